@@ -1,0 +1,1 @@
+"""Storage behind one narrow interface; SQLite is the embedded backend."""
