@@ -1,0 +1,291 @@
+"""The HTTP source: Segment's tracking API, so Segment's own client libraries work unchanged.
+
+A 200 means committed: the handler waits for the log writer's group commit before it
+answers. Every error answer is JSON shaped as Segment's clients read it
+(`{"code": ..., "message": ...}`), and uses the status code that makes them do the
+right thing: 400/401 they drop (so we only say it when a retry cannot help), 429 and
+5xx they retry with backoff, honouring Retry-After.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from aiohttp import web
+
+from actors import tracking_api
+from actors.log_writer import LogProgress, StorageUnavailable, Submission
+from actors.runtime import Actor, Mailbox
+from daemon.config import HttpSection, HttpSource
+from daemon.metrics import Metrics
+from storage.base import AppendRequest
+
+log = structlog.get_logger(__name__)
+
+MAX_REQUEST_BYTES = tracking_api.MAX_REQUEST_BYTES
+RETRY_AFTER_PENDING = 1
+"""Seconds: the writer is behind by a few commits; it catches up quickly."""
+RETRY_AFTER_BACKLOG = 10
+"""Seconds: a consumer is far behind; hammering will not help it."""
+
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    "Access-Control-Max-Age": "86400",
+}
+_ENDPOINTS = tracking_api.SINGLE_ENDPOINTS | tracking_api.BATCH_ENDPOINTS
+_encode = msgspec.json.Encoder().encode
+
+
+class _Refusal(Exception):
+    """An answer other than 200, with Segment's error body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: int | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.retry_after, self.extra = status, code, retry_after, extra
+
+    def response(self) -> web.Response:
+        headers = dict(_CORS)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        body = {"success": False, "code": self.code, "message": str(self), **self.extra}
+        return web.Response(
+            status=self.status, body=_encode(body), content_type="application/json", headers=headers
+        )
+
+
+class HttpSourceActor(Actor):
+    def __init__(
+        self,
+        settings: HttpSection,
+        sources: dict[str, HttpSource],
+        write_keys: dict[str, str],
+        writer: Mailbox[Submission],
+        progress: LogProgress,
+        metrics: Metrics,
+        shutdown_timeout: float,
+    ) -> None:
+        super().__init__("http")
+        self._settings = settings
+        self._source_by_key = {key: name for name, key in write_keys.items()}
+        self._kinds = {name: source.kind for name, source in sources.items()}
+        self._writer = writer
+        self._progress = progress
+        self._metrics = metrics
+        self._shutdown_timeout = shutdown_timeout
+        self._stop = anyio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES + 1, middlewares=[self._observe])
+        app.router.add_post("/v1/{endpoint}", self._ingest)
+        app.router.add_route("OPTIONS", "/v1/{endpoint}", self._preflight)
+        # auto_decompress off: we inflate gzip ourselves, with a cap, so a small
+        # compressed body cannot expand into gigabytes (a gzip bomb).
+        runner = web.AppRunner(
+            app,
+            auto_decompress=False,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self._shutdown_timeout,
+        )
+        await runner.setup()
+        try:
+            listen = self._settings.listen
+            site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+            await site.start()
+            log.info("ingestion API listening", address=str(listen), sources=self._kinds)
+            ready()
+            await self._stop.wait()
+        finally:
+            # Stops accepting, then lets in-flight requests finish (their commits are
+            # still coming: the log writer stops after the sources).
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+
+    @web.middleware
+    async def _observe(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        endpoint = request.match_info.get("endpoint", "")
+        endpoint = endpoint if endpoint in _ENDPOINTS else "other"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        self._metrics.requests.labels(endpoint, str(response.status)).inc()
+        self._metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    async def _preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=_CORS)
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        endpoint = request.match_info["endpoint"]
+        received_at = datetime.now(UTC)
+        try:
+            if endpoint not in _ENDPOINTS:
+                raise _Refusal(404, "not_found", f"unknown endpoint /v1/{endpoint}")
+            source = self._source_from_header(request)
+            self._check_backlog()
+            body = await _read_body(request)
+            if source is None:
+                source = self._source_from_body(body)
+            parsed = tracking_api.parse(endpoint, body, source, received_at)
+            return await self._commit(endpoint, source, parsed, received_at)
+        except tracking_api.RequestError as exc:
+            return self._refuse(request, _Refusal(400, "invalid_request", str(exc)))
+        except _Refusal as refusal:
+            return self._refuse(request, refusal)
+
+    def _refuse(self, request: web.Request, refusal: _Refusal) -> web.Response:
+        log.info(
+            "request refused",
+            path=request.path,
+            status=refusal.status,
+            reason=str(refusal),
+            peer=request.remote,
+        )
+        return refusal.response()
+
+    def _source_from_header(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise _Refusal(
+                401, "unauthorized", "use HTTP Basic auth with the write key as user name"
+            )
+        try:
+            key = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            raise _Refusal(
+                401, "unauthorized", "Authorization header is not valid Basic auth"
+            ) from None
+        return self._source_for(key)
+
+    def _source_from_body(self, body: bytes) -> str:
+        key = tracking_api.body_write_key(body)
+        if key is None:
+            raise _Refusal(
+                401,
+                "unauthorized",
+                "no write key: send it as the Basic auth user name or as writeKey in the body",
+            )
+        return self._source_for(key)
+
+    def _source_for(self, key: str) -> str:
+        source = self._source_by_key.get(key)
+        if source is None:
+            raise _Refusal(401, "unauthorized", "unknown write key")
+        return source
+
+    def _check_backlog(self) -> None:
+        if self._progress.pending >= self._settings.max_pending_events:
+            self._metrics.backpressure.labels("pending").inc()
+            raise _Refusal(
+                429,
+                "too_many_requests",
+                f"{self._progress.pending} events are waiting to be written; retry shortly",
+                retry_after=RETRY_AFTER_PENDING,
+            )
+        if self._progress.backlog >= self._settings.max_backlog:
+            self._metrics.backpressure.labels("backlog").inc()
+            raise _Refusal(
+                429,
+                "too_many_requests",
+                f"{self._progress.backlog} logged events are not processed yet; retry later",
+                retry_after=RETRY_AFTER_BACKLOG,
+            )
+
+    async def _commit(
+        self,
+        endpoint: str,
+        source: str,
+        parsed: tracking_api.ParsedRequest,
+        received_at: datetime,
+    ) -> web.Response:
+        received = tracking_api.iso(received_at)
+        submission = Submission(AppendRequest(source, received, parsed.events, parsed.rejected))
+        weight = len(parsed.events) + len(parsed.rejected)
+        self._progress.pending += weight
+        try:
+            await self._writer.send(submission)
+            result = await submission.wait()
+        except anyio.ClosedResourceError:
+            raise _Refusal(503, "unavailable", "shutting down; retry", retry_after=5) from None
+        except StorageUnavailable as exc:
+            raise _Refusal(
+                503, "unavailable", f"could not store events: {exc}", retry_after=5
+            ) from None
+        finally:
+            self._progress.pending -= weight
+
+        for kind in parsed.types:
+            self._metrics.events_ingested.labels(source, kind).inc()
+        if result.duplicates:
+            self._metrics.events_duplicate.labels(source).inc(result.duplicates)
+        if parsed.rejected:
+            self._metrics.events_rejected.labels(source).inc(len(parsed.rejected))
+            rejected = [{"index": r.batch_index, "message": r.reason} for r in parsed.rejected]
+            if not parsed.events:
+                first = parsed.rejected[0]
+                where = "" if first.batch_index is None else f"batch[{first.batch_index}]: "
+                raise _Refusal(400, "invalid_request", f"{where}{first.reason}", rejected=rejected)
+            body = {"success": True, "accepted": len(parsed.events), "rejected": rejected}
+            return web.Response(body=_encode(body), content_type="application/json", headers=_CORS)
+        return web.Response(
+            body=b'{"success":true}', content_type="application/json", headers=_CORS
+        )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, inflated if gzip, refused past 500 KB either way."""
+    limit = MAX_REQUEST_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise _Refusal(400, "invalid_request", f"request body over {limit} bytes (500 KB)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _Refusal(400, "invalid_request", f"request body over {limit} bytes (500 KB)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding != "gzip":
+        raise _Refusal(
+            400, "invalid_request", f"Content-Encoding {encoding!r}: only gzip is accepted"
+        )
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _Refusal(400, "invalid_request", f"body is not valid gzip: {exc}") from None
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise _Refusal(
+            400, "invalid_request", f"request body over {limit} bytes (500 KB) once decompressed"
+        )
+    if not inflater.eof:
+        raise _Refusal(400, "invalid_request", "body is not valid gzip: truncated")
+    return inflated

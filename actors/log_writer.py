@@ -1,0 +1,139 @@
+"""The log writer: the one actor that appends to the event log, in group commits.
+
+Every source hands its validated messages here and waits for the commit before it
+acknowledges. While one transaction is being written, new requests queue in the
+inbox; the next transaction takes all of them at once. So under load many requests
+share one fsync, and at idle a lone request is committed immediately.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+
+from actors.runtime import Actor, Mailbox
+from daemon.metrics import Metrics
+from storage.base import AppendRequest, AppendResult, Storage
+
+log = structlog.get_logger(__name__)
+
+MAX_GROUP_EVENTS = 5_000
+"""Bounds one transaction, so the write lock is never held long and a reply is prompt."""
+
+
+class StorageUnavailable(Exception):
+    """The database refused the write (locked, disk full, read-only): retry later."""
+
+
+@dataclass
+class LogProgress:
+    """How far the log has been written and read; the numbers backpressure is made of.
+
+    Shared by reference, but each field has one writer: `head` and `pending` the log
+    writer and the sources, `consumers[name]` that consumer alone.
+    """
+
+    head: int = 0
+    pending: int = 0
+    """Events handed to the writer and not yet committed (held in memory)."""
+    consumers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def backlog(self) -> int:
+        """Committed events the slowest consumer has not applied yet (on disk)."""
+        if not self.consumers:
+            return 0
+        return self.head - min(self.consumers.values())
+
+
+class Submission:
+    """One request's work and the slot its reply lands in."""
+
+    def __init__(self, request: AppendRequest) -> None:
+        self.request = request
+        self.result: AppendResult | None = None
+        self.error: Exception | None = None
+        self._done = anyio.Event()
+
+    def resolve(self, result: AppendResult | None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self._done.set()
+
+    async def wait(self) -> AppendResult:
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class LogWriter(Actor):
+    def __init__(
+        self,
+        storage: Storage,
+        inbox: Mailbox[Submission],
+        progress: LogProgress,
+        metrics: Metrics,
+        maintenance_interval: float,
+    ) -> None:
+        super().__init__("log_writer")
+        self._storage = storage
+        self._inbox = inbox
+        self._progress = progress
+        self._metrics = metrics
+        self._maintenance_interval = maintenance_interval
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        self._progress.head = await self._storage.log_head()
+        ready()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._maintain)
+            async for first in self._inbox.receiver:
+                group = [first]
+                events = len(first.request.events)
+                while events < MAX_GROUP_EVENTS:
+                    try:
+                        item = self._inbox.receiver.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    group.append(item)
+                    events += len(item.request.events)
+                await self._commit(group, events)
+            tg.cancel_scope.cancel()
+
+    async def _commit(self, group: list[Submission], events: int) -> None:
+        started = time.perf_counter()
+        try:
+            results, head = await self._storage.append([s.request for s in group])
+        except sqlite3.Error as exc:
+            # The outside world (a lock held too long, a full or read-only disk): the
+            # clients are told to retry and this actor carries on.
+            self._metrics.storage_errors.labels("append").inc()
+            log.error("group commit failed", error=str(exc), requests=len(group), events=events)
+            failure = StorageUnavailable(str(exc))
+            for submission in group:
+                submission.resolve(None, failure)
+            return
+        except BaseException as exc:
+            for submission in group:
+                submission.resolve(None, StorageUnavailable(f"log writer failed: {exc!r}"))
+            raise
+        self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        self._metrics.commit_events.observe(events)
+        self._progress.head = head
+        for submission, result in zip(group, results, strict=True):
+            submission.resolve(result)
+
+    async def _maintain(self) -> None:
+        while True:
+            await anyio.sleep(self._maintenance_interval)
+            try:
+                await self._storage.maintain()
+            except sqlite3.Error as exc:
+                self._metrics.storage_errors.labels("maintain").inc()
+                log.warning("storage maintenance failed", error=str(exc))

@@ -1,0 +1,37 @@
+"""Messages that travel between actors and into the event log. All msgspec Structs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
+EVENT_TYPES: tuple[str, ...] = ("identify", "track", "page", "screen", "group", "alias")
+
+
+class Event(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True):
+    """A Segment-spec message as the log stores it: validated and normalized.
+
+    `timestamp` is corrected for client clock skew; the client's own value is kept in
+    `original_timestamp`. Times are ISO 8601 strings in UTC, as Segment sends them on.
+    """
+
+    type: EventType
+    message_id: str
+    source: str
+    received_at: str
+    timestamp: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    previous_id: str | None = None
+    group_id: str | None = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    traits: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    original_timestamp: str | None = None
+    sent_at: str | None = None

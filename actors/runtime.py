@@ -1,0 +1,61 @@
+"""The actor runtime: an actor is one task, its own state, and at most one bounded inbox.
+
+The inbox (a `Mailbox`) belongs to the supervisor, not to the actor instance: when an
+actor crashes and is restarted, the new instance reads the same inbox, so a crash
+costs at most the message that was being handled (and durable actors recover even
+that from their checkpoint).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """A bounded inbox. A full one makes the sender wait: that is the backpressure."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        send, receive = anyio.create_memory_object_stream[T](capacity)
+        self._send: MemoryObjectSendStream[T] = send
+        self.receiver: MemoryObjectReceiveStream[T] = receive
+
+    async def send(self, item: T) -> None:
+        """Deliver, waiting while the inbox is full. Raises anyio.ClosedResourceError
+        once the daemon is shutting down and the inbox no longer takes work."""
+        await self._send.send(item)
+
+    def depth(self) -> int:
+        return self.receiver.statistics().current_buffer_used
+
+    def close(self) -> None:
+        """Take no more; the reader drains what is queued and then sees the end."""
+        self._send.close()
+
+
+class Actor(ABC):
+    """One unit of the supervision tree.
+
+    `run` returns when the actor has finished its work (its inbox closed and drained,
+    or `stop` was called); it raises when something is wrong, and the supervisor
+    restarts a fresh instance with backoff.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def run(self, ready: Callable[[], None]) -> None:
+        """Do the work; call `ready()` once this actor serves (listeners bound, caught up)."""
+
+    def stop(self) -> None:
+        """Ask an actor without an inbox (a listener, a timer) to finish. Actors with an
+        inbox are stopped by closing the inbox instead, so queued work is drained."""
+        return

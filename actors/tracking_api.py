@@ -1,0 +1,252 @@
+"""Segment's tracking API spec: parse a request body into log records and rejects.
+
+Pure functions, no I/O, so the rules are testable on their own and any source that
+speaks the spec (HTTP today, file backfill later) applies exactly the same ones.
+
+Segment's clients treat a 400 as final and drop the whole batch, so a batch is never
+refused for one bad message: each message is judged alone, the good ones are kept, and
+the bad ones come back as `Rejected` with their index and reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from actors.messages import EVENT_TYPES, Event
+from storage.base import EventRecord, Rejected
+
+MAX_MESSAGE_BYTES = 32 * 1024
+MAX_REQUEST_BYTES = 500 * 1024
+SINGLE_ENDPOINTS = frozenset(EVENT_TYPES)
+BATCH_ENDPOINTS = frozenset({"batch", "import"})
+
+_encode = msgspec.json.Encoder().encode
+
+
+class RequestError(Exception):
+    """The request as a whole is unusable (bad JSON, wrong shape): answer 400."""
+
+
+class _Inbound(msgspec.Struct, rename="camel"):
+    """A message as clients send it: lenient where real clients differ (numeric ids)."""
+
+    type: str | None = None
+    message_id: str | int | None = None
+    user_id: str | int | None = None
+    anonymous_id: str | int | None = None
+    previous_id: str | int | None = None
+    group_id: str | int | None = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    traits: dict[str, Any] | None = None
+    properties: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    write_key: str | None = None
+
+
+class _Envelope(msgspec.Struct, rename="camel"):
+    batch: list[msgspec.Raw]
+    sent_at: datetime | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    write_key: str | None = None
+
+
+class _KeyOnly(msgspec.Struct, rename="camel"):
+    write_key: str | None = None
+
+
+@dataclass
+class ParsedRequest:
+    events: list[EventRecord] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    """The type of each accepted event, in order, for per-type counts."""
+
+
+def body_write_key(body: bytes) -> str | None:
+    """The `writeKey` a body carries, for clients that do not send Basic auth."""
+    try:
+        return msgspec.json.decode(body, type=_KeyOnly).write_key
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def parse(endpoint: str, body: bytes, source: str, received_at: datetime) -> ParsedRequest:
+    """Turn one request body into records for the log and rejects for the quarantine."""
+    received = iso(received_at)
+    parsed = ParsedRequest()
+    if endpoint in BATCH_ENDPOINTS:
+        try:
+            envelope = msgspec.json.decode(body, type=_Envelope)
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
+            raise RequestError(f"body is not a batch: {_explain(exc)}") from None
+        except msgspec.DecodeError as exc:
+            raise RequestError(f"body is not valid JSON: {exc}") from None
+        for index, raw in enumerate(envelope.batch):
+            _judge(parsed, bytes(raw), index, None, envelope, source, received, received_at)
+        return parsed
+    if endpoint not in SINGLE_ENDPOINTS:
+        raise RequestError(f"unknown endpoint /v1/{endpoint}")
+    try:
+        msgspec.json.decode(body, type=dict[str, Any])
+    except msgspec.ValidationError as exc:
+        raise RequestError(f"body is not a message: {_explain(exc)}") from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"body is not valid JSON: {exc}") from None
+    _judge(parsed, body, None, endpoint, None, source, received, received_at)
+    return parsed
+
+
+def _judge(
+    parsed: ParsedRequest,
+    raw: bytes,
+    index: int | None,
+    endpoint_type: str | None,
+    envelope: _Envelope | None,
+    source: str,
+    received: str,
+    received_at: datetime,
+) -> None:
+    try:
+        event = _normalize(raw, endpoint_type, envelope, source, received, received_at)
+    except _Invalid as exc:
+        parsed.rejected.append(Rejected(index, str(exc), raw))
+        return
+    parsed.events.append(EventRecord(event.message_id, event.type, received, _encode(event)))
+    parsed.types.append(event.type)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _normalize(
+    raw: bytes,
+    endpoint_type: str | None,
+    envelope: _Envelope | None,
+    source: str,
+    received: str,
+    received_at: datetime,
+) -> Event:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise _Invalid(f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES} (32 KB)")
+    try:
+        message = msgspec.json.decode(raw, type=_Inbound)
+    except msgspec.ValidationError as exc:
+        raise _Invalid(_explain(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise _Invalid(f"not valid JSON: {exc}") from None
+
+    kind = endpoint_type or message.type
+    if kind is None:
+        raise _Invalid(f"type: missing; expected one of {', '.join(EVENT_TYPES)}")
+    if kind not in EVENT_TYPES:
+        raise _Invalid(f"type: {kind!r} is not one of {', '.join(EVENT_TYPES)}")
+
+    user_id = _id(message.user_id)
+    anonymous_id = _id(message.anonymous_id)
+    previous_id = _id(message.previous_id)
+    group_id = _id(message.group_id)
+    if user_id is None and anonymous_id is None:
+        raise _Invalid("userId or anonymousId is required")
+    if kind == "track" and not message.event:
+        raise _Invalid("event: a track call needs the event name")
+    if kind == "group" and group_id is None:
+        raise _Invalid("groupId: a group call needs the group id")
+    if kind == "alias" and previous_id is None:
+        raise _Invalid("previousId: an alias call needs the previous id")
+    if kind == "alias" and user_id is None:
+        raise _Invalid("userId: an alias call needs the new user id")
+
+    sent_at = message.sent_at or (envelope.sent_at if envelope else None)
+    timestamp, original = _skew_corrected(message.timestamp, sent_at, received_at, received)
+    context = message.context
+    integrations = message.integrations
+    if envelope is not None:
+        # A batch's own context and integrations apply to every call in it.
+        context = _merged(envelope.context, context)
+        integrations = _merged(envelope.integrations, integrations)
+
+    return Event(
+        type=kind,  # type: ignore[arg-type]  # checked against EVENT_TYPES above
+        message_id=_id(message.message_id) or str(uuid.uuid4()),
+        source=source,
+        received_at=received,
+        timestamp=timestamp,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        previous_id=previous_id,
+        group_id=group_id,
+        event=message.event,
+        name=message.name,
+        category=message.category,
+        traits=message.traits,
+        properties=message.properties,
+        context=context,
+        integrations=integrations,
+        original_timestamp=original,
+        sent_at=iso(sent_at) if sent_at else None,
+    )
+
+
+def _skew_corrected(
+    timestamp: datetime | None, sent_at: datetime | None, received_at: datetime, received: str
+) -> tuple[str, str | None]:
+    """Segment's rule: timestamp = receivedAt - (sentAt - originalTimestamp).
+
+    A device whose clock is an hour fast sends both timestamp and sentAt an hour fast;
+    their difference is the event's true age when the request left the device.
+    """
+    if timestamp is None:
+        return received, None
+    timestamp = _utc(timestamp)
+    if sent_at is None:
+        return iso(timestamp), iso(timestamp)
+    corrected = received_at - (_utc(sent_at) - timestamp)
+    return iso(corrected), iso(timestamp)
+
+
+def _merged(outer: dict[str, Any] | None, inner: dict[str, Any] | None) -> dict[str, Any] | None:
+    if outer is None or inner is None:
+        return inner if outer is None else dict(outer)
+    return {**outer, **inner}
+
+
+def _id(value: str | int | None) -> str | None:
+    """Ids as strings; some clients send numbers. An empty id is no id."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return _utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `object`, got `str` - at `$.traits`" as "traits: expected ...".
+
+    The path is relative to the message, which is what a developer fixing their
+    client needs to read.
+    """
+    text = str(exc)
+    problem, sep, where = text.rpartition(" - at `$")
+    if not sep:
+        return text
+    path = where.rstrip("`").lstrip(".")
+    return f"{path}: {problem[:1].lower()}{problem[1:]}" if path else problem
