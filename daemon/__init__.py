@@ -1,0 +1,3 @@
+"""leadsync: a self-hosted customer-data sync daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,133 @@
+"""The admin API on its own port: health for systemd and load balancers, metrics for
+Prometheus, status for people. Bound to localhost by default; it carries no secrets but
+says a lot about the business.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from aiohttp import web
+
+from actors.log_writer import LogProgress
+from actors.runtime import Actor
+from daemon import __version__
+from daemon.config import Config
+from daemon.metrics import CONTENT_TYPE, Metrics
+from daemon.supervisor import Supervisor
+from storage.base import Storage
+
+log = structlog.get_logger(__name__)
+
+READY_PROBE_TIMEOUT = 2.0
+_encode = msgspec.json.Encoder().encode
+
+
+class AdminServer(Actor):
+    def __init__(
+        self,
+        config: Config,
+        supervisor: Supervisor,
+        storage: Storage,
+        progress: LogProgress,
+        metrics: Metrics,
+        started_at: float,
+    ) -> None:
+        super().__init__("admin")
+        self._config = config
+        self._supervisor = supervisor
+        self._storage = storage
+        self._progress = progress
+        self._metrics = metrics
+        self._started_at = started_at
+        self._stop = anyio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/quarantine", self._quarantine)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        await runner.setup()
+        try:
+            listen = self._config.admin.listen
+            await web.TCPSite(runner, listen.host, listen.port).start()
+            log.info("admin API listening", address=str(listen))
+            ready()
+            await self._stop.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        """Liveness: the event loop answers. Nothing else, or a slow disk would get
+        a healthy process killed."""
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problems = [
+            f"actor {s.name} is {s.state}"
+            for s in self._supervisor.statuses()
+            if s.state != "running"
+        ]
+        if self._supervisor.stopping:
+            problems.append("shutting down")
+        try:
+            with anyio.fail_after(READY_PROBE_TIMEOUT):
+                await self._storage.probe_writable()
+        except TimeoutError:
+            problems.append(f"database write took over {READY_PROBE_TIMEOUT:g}s")
+        except sqlite3.Error as exc:
+            problems.append(f"database not writable: {exc}")
+        if problems:
+            return _json({"status": "not ready", "problems": problems}, status=503)
+        return _json({"status": "ready"})
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        quarantined, _ = await self._storage.quarantined(limit=0)
+        return _json(
+            {
+                "version": __version__,
+                "uptime_seconds": round(time.monotonic() - self._started_at, 3),
+                "ready": self._supervisor.ready.is_set() and not self._supervisor.stopping,
+                "events_stored": self._progress.head,
+                "pending_events": self._progress.pending,
+                "backlog_events": self._progress.backlog,
+                "quarantined": quarantined,
+                "ingest": {
+                    "listen": str(self._config.http.listen),
+                    "sources": {
+                        name: {"type": "http", "kind": source.kind}
+                        for name, source in self._config.sources.items()
+                    },
+                },
+                "actors": [asdict(status) for status in self._supervisor.statuses()],
+            }
+        )
+
+    async def _quarantine(self, request: web.Request) -> web.Response:
+        try:
+            limit = max(0, min(int(request.query.get("limit", "20")), 1000))
+        except ValueError:
+            return _json({"error": "limit must be a whole number"}, status=400)
+        total, rows = await self._storage.quarantined(limit)
+        return _json({"total": total, "messages": [msgspec.to_builtins(r) for r in rows]})
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(body), status=status, content_type="application/json")

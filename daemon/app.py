@@ -1,0 +1,150 @@
+"""The daemon: open storage, build the supervision tree, run it until a signal.
+
+Start order is dependency order: admin first (health is observable during start-up),
+then the log writer, then the sources that feed it. Systemd hears READY=1 only when
+every actor is up and every listener is bound.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import anyio
+import structlog
+
+from actors.http_source import HttpSourceActor
+from actors.log_writer import LogProgress, LogWriter, Submission
+from actors.runtime import Mailbox
+from daemon.admin import AdminServer
+from daemon.config import Config
+from daemon.metrics import Metrics
+from daemon.supervisor import ActorSpec, Supervisor
+from daemon.systemd import Systemd
+from storage.base import Storage
+from storage.sqlite import SchemaTooNew, SqliteStorage
+
+log = structlog.get_logger(__name__)
+
+DATABASE_NAME = "leadsync.db"
+
+
+class CannotOpenStorage(Exception):
+    """The database cannot be opened: nothing can be accepted, so the daemon does not start."""
+
+
+async def serve(config: Config, config_path: str) -> int:
+    """Run until SIGTERM/SIGINT (exit 0 after draining) or escalation (non-zero)."""
+    started_at = time.monotonic()
+    path = Path(config.daemon.data_dir) / DATABASE_NAME
+    try:
+        storage = await SqliteStorage.open(
+            path,
+            busy_timeout=config.storage.busy_timeout,
+            journal_size_limit=config.storage.journal_size_limit,
+        )
+    except (OSError, sqlite3.Error, SchemaTooNew) as exc:
+        raise CannotOpenStorage(f"{path}: {exc}") from exc
+    log.info("storage open", path=str(path.resolve()), config=config_path)
+    try:
+        write_keys = await _write_keys(config, storage)
+        metrics = Metrics()
+        progress = LogProgress()
+        supervisor = Supervisor(
+            config.daemon.restart,
+            config.daemon.shutdown_grace,
+            on_restart=lambda name: metrics.actor_restarts.labels(name).inc(),
+        )
+        metrics.watch(supervisor.statuses, progress)
+        # Sized in requests; the pending-events bound in the HTTP source is what
+        # actually limits memory, this only has to be large enough never to bind first.
+        log_inbox = Mailbox[Submission](config.http.max_pending_events)
+
+        supervisor.add(
+            ActorSpec(
+                "admin",
+                lambda: AdminServer(config, supervisor, storage, progress, metrics, started_at),
+                role="service",
+            )
+        )
+        supervisor.add(
+            ActorSpec(
+                "log_writer",
+                lambda: LogWriter(
+                    storage, log_inbox, progress, metrics, config.storage.checkpoint_interval
+                ),
+                mailbox=log_inbox,
+            )
+        )
+        if write_keys:
+            supervisor.add(
+                ActorSpec(
+                    "http",
+                    lambda: HttpSourceActor(
+                        config.http,
+                        config.sources,
+                        write_keys,
+                        log_inbox,
+                        progress,
+                        metrics,
+                        config.daemon.shutdown_grace,
+                    ),
+                    role="source",
+                )
+            )
+
+        systemd = Systemd()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_handle_signals, supervisor, systemd)
+            tg.start_soon(_announce_ready, supervisor, systemd)
+            tg.start_soon(systemd.keep_watchdog_fed)
+            code = await supervisor.run()
+            tg.cancel_scope.cancel()
+    finally:
+        await storage.close()
+    log.info("stopped", exit_code=code, events_stored=progress.head)
+    return code
+
+
+async def _write_keys(config: Config, storage: Storage) -> dict[str, str]:
+    """Each http source's write key; one generated on first start is kept in the database."""
+    keys: dict[str, str] = {}
+    for name, source in config.sources.items():
+        if source.write_key is not None:
+            keys[name] = source.write_key
+            continue
+        meta_key = f"generated_write_key:{name}"
+        key = await storage.get_meta(meta_key)
+        if key is None:
+            key = secrets.token_urlsafe(24)
+            await storage.set_meta(meta_key, key)
+        keys[name] = key
+        log.warning(
+            "using a generated write key; set sources.<name>.write_key to choose one",
+            source=name,
+            write_key=key,
+        )
+    return keys
+
+
+async def _announce_ready(supervisor: Supervisor, systemd: Systemd) -> None:
+    await supervisor.ready.wait()
+    systemd.notify("READY=1\nSTATUS=serving")
+
+
+async def _handle_signals(supervisor: Supervisor, systemd: Systemd) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                # Nothing is reloadable yet; catching it keeps `kill -HUP` from killing us.
+                log.info("SIGHUP received; nothing to reload in this version")
+                continue
+            if supervisor.stopping:
+                log.warning("second stop signal; still draining", signal=signum.name)
+                continue
+            log.info("stop signal received; draining", signal=signum.name)
+            systemd.notify("STOPPING=1\nSTATUS=draining")
+            supervisor.shutdown()

@@ -1,0 +1,277 @@
+"""daemon.toml: msgspec Structs, loaded with errors that name the file, the key and the problem.
+
+Operators edit this file by hand at 2 a.m.; a message like "Expected `int`, got `str`"
+without a location costs them the night. Every error therefore says which file, which
+line (when it can be found), which dotted key, and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+_T = TypeVar("_T")
+
+DEFAULT_CONFIG_NAME = "daemon.toml"
+"""Looked up in the working directory when no --config is given."""
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class Duration(float):
+    """Seconds, written in daemon.toml as a number or as "500ms", "30s", "5m", "4h", "1d"."""
+
+
+class ListenAddress(str):
+    """A "host:port" string; parsed once so every listener agrees on what it means."""
+
+    @property
+    def host(self) -> str:
+        return self.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.rpartition(":")[2])
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if kind is Duration:
+        if isinstance(value, bool):
+            raise ValueError('expected a duration such as 30, "30s", "5m" or "4h"')
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError("a duration cannot be negative")
+            return Duration(value)
+        if isinstance(value, str) and (m := _DURATION.match(value)):
+            return Duration(float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+        raise ValueError(f'expected a duration such as 30, "30s", "5m" or "4h", got {value!r}')
+    if kind is ListenAddress:
+        if not isinstance(value, str):
+            raise ValueError(f'expected "host:port", got {value!r}')
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f'expected "host:port" with a port from 0 to 65535, got {value!r}')
+        return ListenAddress(value)
+    raise NotImplementedError(kind)
+
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class RestartPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """OTP-style: back off between restarts, and give up (exit non-zero) past the intensity."""
+
+    max_restarts: Positive = 5
+    window: Duration = Duration(60)
+    backoff_initial: Duration = Duration(0.5)
+    backoff_max: Duration = Duration(30)
+
+
+class DaemonSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    data_dir: str = "./var"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_grace: Duration = Duration(30)
+    restart: RestartPolicy = RestartPolicy()
+
+
+class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    busy_timeout: Duration = Duration(5)
+    checkpoint_interval: Duration = Duration(30)
+    journal_size_limit: Positive = 64 * 1024 * 1024
+
+
+class HttpSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The Segment-compatible ingestion listener shared by every `type = "http"` source."""
+
+    listen: ListenAddress = ListenAddress("127.0.0.1:8321")
+    max_pending_events: Positive = 20_000
+    max_backlog: Positive = 1_000_000
+
+
+class AdminSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    listen: ListenAddress = ListenAddress("127.0.0.1:8320")
+
+
+class HttpSource(
+    msgspec.Struct, tag="http", tag_field="type", forbid_unknown_fields=True, frozen=True
+):
+    """One write key on the Segment-compatible API.
+
+    A missing write_key means "generate one on first start and keep it in data_dir",
+    which is what the embedded default config uses so `leadsync run` works with no file.
+    """
+
+    kind: Literal["web", "ios", "android", "server"] = "server"
+    write_key: str | None = None
+
+
+Source = HttpSource
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    daemon: DaemonSection = DaemonSection()
+    storage: StorageSection = StorageSection()
+    http: HttpSection = HttpSection()
+    admin: AdminSection = AdminSection()
+    sources: dict[str, Source] = {}
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    path: str
+    """Where it came from: a file path, or "<embedded default>"."""
+
+
+class ConfigError(Exception):
+    """A config problem phrased for the operator: file, line, key, what was expected."""
+
+
+def load(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+    """Load --config PATH, else ./daemon.toml, else the embedded default."""
+    if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+        path = DEFAULT_CONFIG_NAME
+    if path is None:
+        text = resources.files("daemon").joinpath("default.toml").read_text("utf-8")
+        return LoadedConfig(parse(text, "<embedded default>"), "<embedded default>")
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    return LoadedConfig(parse(text, str(path)), str(path))
+
+
+def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{filename}: not valid TOML: {exc}") from None
+    raw = _resolve_env(raw, (), filename, text, os.environ if environ is None else environ)
+    raw_sources = raw.pop("sources", {})
+    if not isinstance(raw_sources, dict):
+        raise ConfigError(
+            f"{_where(filename, text, ('sources',))}sources: expected a table of named sources"
+        )
+    config = _convert(raw, Config, (), filename, text)
+    sources: dict[str, Source] = {}
+    for name, table in raw_sources.items():
+        key = ("sources", name)
+        if not isinstance(table, dict) or "type" not in table:
+            raise ConfigError(
+                f"{_where(filename, text, key)}sources.{name}: every source needs a type "
+                '(one of: "http")'
+            )
+        sources[name] = _convert(table, Source, key, filename, text)
+    config = msgspec.structs.replace(config, sources=sources)
+    _check(config, filename, text)
+    return config
+
+
+def _convert(raw: Any, kind: type[_T], key: tuple[str, ...], filename: str, text: str) -> _T:
+    try:
+        return msgspec.convert(raw, kind, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc, key, filename, text)) from None
+
+
+def _resolve_env(value: Any, key: tuple[str, ...], filename: str, text: str, environ: Any) -> Any:
+    """Replace "env:NAME" strings with the variable's value, so daemon.toml holds no secret."""
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, (*key, k), filename, text, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [
+            _resolve_env(v, (*key, str(i)), filename, text, environ) for i, v in enumerate(value)
+        ]
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in environ:
+            raise ConfigError(
+                f"{_where(filename, text, key)}{'.'.join(key)}: environment variable {name} "
+                "is not set (the value says env:" + name + ")"
+            )
+        return environ[name]
+    return value
+
+
+def _check(config: Config, filename: str, text: str) -> None:
+    """Rules that span keys, which msgspec's per-field validation cannot express."""
+    keys: dict[str, str] = {}
+    for name, source in config.sources.items():
+        if source.write_key is None:
+            continue
+        if source.write_key in keys:
+            key: tuple[str, ...] = ("sources", name, "write_key")
+            raise ConfigError(
+                f"{_where(filename, text, key)}sources.{name}.write_key: the same write key is "
+                f"already used by sources.{keys[source.write_key]}; each source needs its own"
+            )
+        keys[source.write_key] = name
+    if config.http.listen == config.admin.listen and config.http.listen.port != 0:
+        key = ("admin", "listen")
+        raise ConfigError(
+            f"{_where(filename, text, key)}admin.listen: same address as http.listen "
+            f"({config.http.listen}); the admin API needs its own port"
+        )
+
+
+_PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _describe(
+    exc: msgspec.ValidationError, prefix: tuple[str, ...], filename: str, text: str
+) -> str:
+    message = str(exc)
+    match = _PATH_IN_MESSAGE.search(message)
+    key = prefix
+    if match is None:
+        return f"{_where(filename, text, key)}{'.'.join(key) or '(top level)'}: {message}"
+    key += tuple(part for part in re.split(r"\.|\[|\]", match.group("path")) if part)
+    problem = message[: match.start()]
+    if problem.startswith("Object contains unknown field"):
+        field = problem.split("`")[1]
+        key = (*key, field)
+        problem = "unknown key (check the spelling; see the commented daemon.toml for every key)"
+    elif key[:1] == ("sources",) and key[-1] == "type":
+        problem = f"{problem}; a source's type must be one of: http"
+    return f"{_where(filename, text, key)}{'.'.join(key)}: {problem}"
+
+
+def _where(filename: str, text: str, key: tuple[str, ...]) -> str:
+    line = _line_of(text, key)
+    return f"{filename}:{line}: " if line else f"{filename}: "
+
+
+def _line_of(text: str, key: tuple[str, ...]) -> int | None:
+    """Best-effort line of a dotted key: its `name =` line inside the right [table].
+
+    tomllib keeps no positions, so this walks the text. It understands the common
+    shapes ([a.b] tables, `name = ` lines, dotted keys); for anything else it returns
+    the table header's line, or None, and the message still names the key.
+    """
+    if not key:
+        return None
+    table: tuple[str, ...] = ()
+    header_line: int | None = None
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.strip()
+        if line.startswith("["):
+            table = tuple(p.strip().strip('"') for p in line.strip("[]").split("."))
+            if table == key[:-1] or table == key:
+                header_line = number
+            continue
+        name, eq, _ = line.partition("=")
+        if not eq or line.startswith("#"):
+            continue
+        full = (*table, *(p.strip().strip('"') for p in name.split(".")))
+        if full == key:
+            return number
+    return header_line

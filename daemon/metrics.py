@@ -1,0 +1,138 @@
+"""Prometheus metrics: one registry per daemon, every name prefixed `leadsync_`.
+
+Counters and histograms are updated where things happen; values that already live
+somewhere (queue depths, actor states, log positions) are read at scrape time by a
+collector instead of being copied into gauges that could go stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from daemon import __version__
+
+if TYPE_CHECKING:
+    from actors.log_writer import LogProgress
+    from daemon.supervisor import ActorStatus
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# `*_created` series double the scrape for no use on a long-running daemon.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_ingested = Counter(
+            "leadsync_events_ingested",
+            "Events committed to the log.",
+            ["source", "type"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "leadsync_events_duplicate",
+            "Events not stored again because their messageId was already in the log.",
+            ["source"],
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "leadsync_events_rejected",
+            "Messages refused and quarantined (invalid or oversized).",
+            ["source"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "leadsync_http_requests",
+            "Ingestion API responses by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "leadsync_http_request_duration_seconds",
+            "Ingestion API request latency, from first byte read to response.",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.backpressure = Counter(
+            "leadsync_http_backpressure",
+            "Requests answered 429 because a backlog bound was reached.",
+            ["reason"],
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "leadsync_log_commit_duration_seconds",
+            "Time to commit one group of requests to the event log.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=r,
+        )
+        self.commit_events = Histogram(
+            "leadsync_log_commit_events",
+            "Events per group commit.",
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "leadsync_storage_errors", "Database operations that failed.", ["operation"], registry=r
+        )
+        self.actor_restarts = Counter(
+            "leadsync_actor_restarts", "Actor crashes followed by a restart.", ["actor"], registry=r
+        )
+
+    def watch(self, actors: Callable[[], list[ActorStatus]], progress: LogProgress) -> None:
+        """Read actor states and log positions at scrape time."""
+        self.registry.register(_LiveCollector(actors, progress))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, actors: Callable[[], list[ActorStatus]], progress: LogProgress) -> None:
+        self._actors = actors
+        self._progress = progress
+
+    def collect(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("leadsync_build", "Version of the running daemon.")
+        info.add_metric([], {"version": __version__})
+        yield info
+        up = GaugeMetricFamily("leadsync_actor_up", "1 while the actor runs.", labels=["actor"])
+        depth = GaugeMetricFamily(
+            "leadsync_actor_queue_depth", "Messages waiting in the actor's inbox.", labels=["actor"]
+        )
+        capacity = GaugeMetricFamily(
+            "leadsync_actor_queue_capacity", "Bound of the actor's inbox.", labels=["actor"]
+        )
+        for status in self._actors():
+            up.add_metric([status.name], 1.0 if status.state == "running" else 0.0)
+            if status.queue_depth is not None and status.queue_capacity is not None:
+                depth.add_metric([status.name], status.queue_depth)
+                capacity.add_metric([status.name], status.queue_capacity)
+        yield up
+        yield depth
+        yield capacity
+        p = self._progress
+        yield GaugeMetricFamily(
+            "leadsync_log_head_sequence", "Sequence number of the newest logged event.", p.head
+        )
+        yield GaugeMetricFamily(
+            "leadsync_log_pending_events", "Events accepted, waiting for their commit.", p.pending
+        )
+        yield GaugeMetricFamily(
+            "leadsync_log_backlog_events",
+            "Logged events the slowest consumer has not applied yet.",
+            p.backlog,
+        )

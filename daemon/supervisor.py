@@ -1,0 +1,221 @@
+"""The supervisor: starts actors in dependency order, restarts them, stops them in order.
+
+Restart policy is OTP's: a crashed actor restarts after an exponential backoff; more
+than `max_restarts` crashes within `window` seconds means restarting is not helping,
+so the supervisor escalates: it stops everything and the daemon exits non-zero, and
+systemd restarts the whole process.
+
+Shutdown order matters for durability. Sources stop first (no new input is accepted),
+then every other actor in start order has its inbox closed and drains it, so what was
+accepted reaches the log and every checkpoint is written; service actors (admin) stop
+last, so health stays observable until the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import structlog
+
+from actors.runtime import Actor, Mailbox
+from daemon.config import RestartPolicy
+
+log = structlog.get_logger(__name__)
+
+Role = Literal["source", "worker", "service"]
+State = Literal["starting", "running", "backoff", "stopping", "stopped", "failed"]
+
+EXIT_ESCALATED = 70
+"""EX_SOFTWARE: an actor kept crashing; systemd's Restart= takes it from here."""
+EXIT_GRACE_EXCEEDED = 75
+"""EX_TEMPFAIL: shutdown did not finish in time; acknowledged input is safe regardless."""
+
+
+@dataclass
+class ActorSpec:
+    """How to make an actor, and what the supervisor knows about it between restarts."""
+
+    name: str
+    factory: Callable[[], Actor]
+    role: Role = "worker"
+    mailbox: Mailbox[Any] | None = None
+    state: State = "starting"
+    restarts: int = 0
+    last_error: str | None = None
+    current: Actor | None = None
+    crash_times: deque[float] = field(default_factory=deque)
+    started: anyio.Event = field(default_factory=anyio.Event)
+    stop_requested: anyio.Event = field(default_factory=anyio.Event)
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        if self.mailbox is not None:
+            self.mailbox.close()
+        elif self.current is not None:
+            self.current.stop()
+
+
+@dataclass(frozen=True)
+class ActorStatus:
+    name: str
+    role: Role
+    state: State
+    restarts: int
+    queue_depth: int | None
+    queue_capacity: int | None
+    last_error: str | None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        policy: RestartPolicy,
+        grace: float,
+        on_restart: Callable[[str], None] = lambda name: None,
+    ) -> None:
+        self._policy = policy
+        self._grace = grace
+        self._on_restart = on_restart
+        self._specs: list[ActorSpec] = []
+        self._shutdown = anyio.Event()
+        self._exit_code = 0
+        self.ready = anyio.Event()
+
+    def add(self, spec: ActorSpec) -> None:
+        """Register in start order: an actor starts once those before it are ready."""
+        self._specs.append(spec)
+
+    def shutdown(self, exit_code: int = 0) -> None:
+        if not self._shutdown.is_set():
+            self._exit_code = self._exit_code or exit_code
+            self._shutdown.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._shutdown.is_set()
+
+    def statuses(self) -> list[ActorStatus]:
+        return [
+            ActorStatus(
+                s.name,
+                s.role,
+                s.state,
+                s.restarts,
+                s.mailbox.depth() if s.mailbox else None,
+                s.mailbox.capacity if s.mailbox else None,
+                s.last_error,
+            )
+            for s in self._specs
+        ]
+
+    async def run(self) -> int:
+        """Run every actor until shutdown; return the process exit code."""
+        async with anyio.create_task_group() as tg:
+            for spec in self._specs:
+                tg.start_soon(self._supervise, spec)
+                await _first_of(spec.started, self._shutdown)
+                if self._shutdown.is_set():
+                    break
+            else:
+                self.ready.set()
+                log.info("all actors ready", actors=[s.name for s in self._specs])
+            await self._shutdown.wait()
+            with anyio.move_on_after(self._grace) as deadline:
+                await self._stop_all()
+            if deadline.cancelled_caught:
+                log.error(
+                    "shutdown grace exceeded; cancelling what is left",
+                    grace=self._grace,
+                    unfinished=[s.name for s in self._specs if not s.finished.is_set()],
+                )
+                self._exit_code = self._exit_code or EXIT_GRACE_EXCEEDED
+            tg.cancel_scope.cancel()
+        return self._exit_code
+
+    async def _stop_all(self) -> None:
+        order = (
+            [s for s in self._specs if s.role == "source"]
+            + [s for s in self._specs if s.role == "worker"]
+            + [s for s in self._specs if s.role == "service"]
+        )
+        for spec in order:
+            log.info("stopping actor", actor=spec.name)
+            spec.request_stop()
+            await spec.finished.wait()
+
+    async def _supervise(self, spec: ActorSpec) -> None:
+        try:
+            while True:
+                spec.current = spec.factory()
+                spec.state = "stopping" if spec.stop_requested.is_set() else "running"
+                try:
+                    await spec.current.run(spec.started.set)
+                    if spec.stop_requested.is_set():
+                        return
+                    # Only a stop request ends an actor; ending on its own is a bug.
+                    crash: Exception = RuntimeError("actor returned before it was asked to stop")
+                except Exception as exc:
+                    crash = exc
+                if not self._crashed(spec, crash):
+                    return
+                spec.state = "backoff"
+                with anyio.move_on_after(self._backoff(spec)):
+                    await spec.stop_requested.wait()  # a stop cuts the backoff short
+                if spec.stop_requested.is_set() and spec.mailbox is None:
+                    return  # nothing queued to drain, so no reason to come back
+        finally:
+            if spec.state != "failed":
+                spec.state = "stopped"
+            spec.current = None
+            spec.finished.set()
+
+    def _backoff(self, spec: ActorSpec) -> float:
+        """Doubles with each crash still inside the window, so a long-healthy actor
+        that crashes once restarts at once-ish, and a flapping one slows down."""
+        exponent = max(len(spec.crash_times) - 1, 0)
+        return float(min(self._policy.backoff_initial * 2**exponent, self._policy.backoff_max))
+
+    def _crashed(self, spec: ActorSpec, exc: BaseException) -> bool:
+        """Count a crash; return False when the actor must not be restarted."""
+        now = time.monotonic()
+        spec.restarts += 1
+        spec.last_error = f"{type(exc).__name__}: {exc}"
+        spec.crash_times.append(now)
+        while spec.crash_times and spec.crash_times[0] < now - self._policy.window:
+            spec.crash_times.popleft()
+        self._on_restart(spec.name)
+        log.error(
+            "actor crashed",
+            actor=spec.name,
+            restarts=spec.restarts,
+            exc_info=exc,
+        )
+        if len(spec.crash_times) > self._policy.max_restarts:
+            spec.state = "failed"
+            log.critical(
+                "restart intensity exceeded; stopping the daemon",
+                actor=spec.name,
+                max_restarts=self._policy.max_restarts,
+                window=self._policy.window,
+            )
+            self.shutdown(EXIT_ESCALATED)
+            return False
+        return True
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Wait until any one of the events is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait_for(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait_for, event)
