@@ -1,0 +1,1 @@
+"""Tests start real daemons on loopback ports with temporary data directories."""

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon import logs
+from tests.daemon_process import DaemonProcess
+
+# In-process tests log as the daemon does in production: one JSON line per event,
+# which pytest shows only for a failing test.
+logs.configure("info", "json")
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Build daemons in the test's temporary directory; none outlives the test."""
+    made: list[DaemonProcess] = []
+
+    def make(extra_config: str = "", name: str = "daemon") -> DaemonProcess:
+        directory = tmp_path / name
+        directory.mkdir()
+        daemon = DaemonProcess(directory, extra_config)
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        daemon.stop_quietly()
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
+    """A started daemon with two sources: web (kind web) and backend (kind server)."""
+    return make_daemon().start()

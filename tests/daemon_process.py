@@ -1,0 +1,147 @@
+"""A real leadsync daemon in a subprocess: free loopback ports, its own temporary directory.
+
+Tests that need to crash, signal or restart the daemon use this; it is the daemon
+exactly as `leadsync run` starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+WRITE_KEYS = {"web": "web-write-key", "backend": "backend-write-key"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class DaemonProcess:
+    def __init__(self, directory: Path, extra_config: str = "") -> None:
+        self.directory = directory
+        self.http_port = free_port()
+        self.admin_port = free_port()
+        self.config_path = directory / "daemon.toml"
+        self.log_path = directory / "daemon.log"
+        self.database = directory / "var" / "leadsync.db"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.config_path.write_text(
+            f"""
+[daemon]
+data_dir = "{directory / "var"}"
+log_format = "json"
+log_level = "info"
+shutdown_grace = "20s"
+
+[http]
+listen = "127.0.0.1:{self.http_port}"
+
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
+
+[sources.web]
+type = "http"
+kind = "web"
+write_key = "{WRITE_KEYS["web"]}"
+
+[sources.backend]
+type = "http"
+kind = "server"
+write_key = "{WRITE_KEYS["backend"]}"
+{extra_config}
+"""
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, env: dict[str, str] | None = None, wait: bool = True) -> DaemonProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "run", "--config", str(self.config_path)],
+                cwd=self.directory,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **(env or {})},
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"daemon exited with {self.process.returncode} before it was ready:\n"
+                    + self.log()
+                )
+            try:
+                if self.admin("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"daemon not ready after {timeout}s:\n{self.log()}")
+
+    def admin(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.admin_url + path, timeout=5) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        text = body.decode()
+        return status, json.loads(text) if text.startswith(("{", "[")) else text
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no checkpoint, no goodbye."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop_quietly(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read the daemon's database directly, as an operator with sqlite3 would."""
+        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=10) as db:
+            return db.execute(sql, params).fetchall()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for (body,) in self.query("SELECT body FROM events ORDER BY seq")]

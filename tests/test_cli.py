@@ -1,0 +1,122 @@
+"""The leadsync command as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_process import DaemonProcess, free_port
+
+
+def leadsync(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def test_check_config_accepts_a_good_file_and_says_what_it_sets_up(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text("[sources.web]\ntype = 'http'\nkind = 'web'\nwrite_key = 'k'\n")
+    result = leadsync("check-config", "--config", str(path))
+    assert result.returncode == 0
+    assert f"{path}: OK" in result.stdout
+    assert "source     web (type http, kind web, write key set)" in result.stdout
+
+
+def test_check_config_refuses_a_bad_file_with_file_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text("[http]\nmax_backlog = 'lots'\n")
+    result = leadsync("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"leadsync: {path}:2: http.max_backlog: Expected `int`, got `str`"
+    )
+
+
+def test_run_refuses_a_bad_config_before_touching_anything(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_text(f"[daemon]\ndata_dir = '{tmp_path / 'var'}'\nwat = 1\n")
+    result = leadsync("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "daemon.wat: unknown key" in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_run_exits_73_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = tmp_path / "daemon.toml"
+    path.write_text(f"[daemon]\ndata_dir = '{blocker}'\nlog_format = 'json'\n")
+    result = leadsync("run", "--config", str(path))
+    assert result.returncode == 73
+    assert "cannot open storage" in result.stderr
+    assert str(blocker) in result.stderr
+
+
+def test_run_refuses_a_database_from_a_newer_leadsync(tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    with sqlite3.connect(tmp_path / "var" / "leadsync.db") as db:
+        db.execute("PRAGMA user_version = 999")
+    path = tmp_path / "daemon.toml"
+    path.write_text(f"[daemon]\ndata_dir = '{tmp_path / 'var'}'\nlog_format = 'json'\n")
+    result = leadsync("run", "--config", str(path))
+    assert result.returncode == 73
+    assert "schema version 999, newer than this leadsync knows" in result.stderr
+
+
+def test_status_prints_a_table_and_json(daemon: DaemonProcess) -> None:
+    table = leadsync("status", "--config", str(daemon.config_path))
+    assert table.returncode == 0, table.stderr
+    for word in ("ready", "log_writer", "http", "admin", "running", "events stored 0"):
+        assert word in table.stdout
+    raw = leadsync("status", "--config", str(daemon.config_path), "--json")
+    status = json.loads(raw.stdout)
+    assert status["ready"] is True
+    assert {a["name"] for a in status["actors"]} == {"admin", "log_writer", "http"}
+
+
+def test_status_says_when_the_daemon_is_not_running(tmp_path: Path) -> None:
+    port = free_port()
+    result = leadsync("status", "--admin", f"http://127.0.0.1:{port}")
+    assert result.returncode == 69
+    assert f"cannot reach the admin API at http://127.0.0.1:{port}/status" in result.stderr
+
+
+def test_run_with_no_config_uses_the_embedded_default_and_keeps_its_write_key(
+    tmp_path: Path,
+) -> None:
+    """`leadsync run` in an empty directory just works. It listens on the default
+    ports, so this test skips where something already does."""
+    for port in (8320, 8321):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"port {port} is in use on this machine")
+    daemon = DaemonProcess(tmp_path)
+    daemon.config_path.unlink()  # no daemon.toml: the embedded default applies
+    daemon.http_port, daemon.admin_port = 8321, 8320
+    keys: list[str] = []
+    try:
+        for _ in range(2):  # the second start reuses the database and so the key
+            with daemon.log_path.open("wb") as log:
+                daemon.process = subprocess.Popen(
+                    [sys.executable, "-m", "daemon", "run"], cwd=tmp_path, stderr=log
+                )
+            daemon.wait_ready()
+            keys += [line["write_key"] for line in daemon.log_lines() if "write_key" in line]
+            assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
+    assert (tmp_path / "var" / "leadsync.db").exists()
+    assert len(keys) == 2
+    assert keys[0] == keys[1]

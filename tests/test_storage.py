@@ -1,0 +1,201 @@
+"""The SQLite event log: migrations, deduplication, all-or-nothing commits, group commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from actors.log_writer import LogProgress, LogWriter, StorageUnavailable, Submission
+from actors.runtime import Mailbox
+from daemon.metrics import Metrics
+from storage import sqlite as sqlite_module
+from storage.base import AppendRequest, AppendResult, EventRecord, Rejected
+from storage.migrations import MIGRATIONS
+from storage.sqlite import SchemaTooNew, SqliteStorage
+
+
+def record(message_id: str) -> EventRecord:
+    return EventRecord(message_id, "track", "2026-01-01T00:00:00.000Z", b'{"type":"track"}')
+
+
+def request(source: str, *message_ids: str, rejected: Sequence[Rejected] = ()) -> AppendRequest:
+    return AppendRequest(
+        source, "2026-01-01T00:00:00.000Z", [record(m) for m in message_ids], rejected
+    )
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
+    store = await SqliteStorage.open(tmp_path / "leadsync.db")
+    yield store
+    await store.close()
+
+
+async def test_open_migrates_and_reopening_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "db" / "leadsync.db"
+    for _ in range(2):
+        store = await SqliteStorage.open(path)
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_a_database_from_a_newer_leadsync_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "leadsync.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    with pytest.raises(SchemaTooNew, match="newer than this leadsync knows"):
+        await SqliteStorage.open(path)
+
+
+async def test_append_stores_once_per_source_and_message_id(storage: SqliteStorage) -> None:
+    results, head = await storage.append(
+        [request("web", "m1", "m2"), request("web", "m2", "m3"), request("ios", "m1")]
+    )
+    # m2 repeats within one group commit; m1 from another source is another message.
+    assert results == [AppendResult(2, 0), AppendResult(1, 1), AppendResult(1, 0)]
+    assert head == 4
+    results, head = await storage.append([request("web", "m1", "m3")])
+    assert results == [AppendResult(0, 2)]
+    assert head == 4
+    events = await storage.read_events(after=0, limit=10)
+    assert [(e.seq, e.source) for e in events] == [(1, "web"), (2, "web"), (3, "web"), (4, "ios")]
+    assert [e.seq for e in await storage.read_events(after=2, limit=1)] == [3]
+
+
+async def test_rejects_go_to_quarantine_in_the_same_commit(storage: SqliteStorage) -> None:
+    bad = Rejected(1, "event: a track call needs the event name", b'{"type":"track"}')
+    await storage.append([request("web", "ok", rejected=[bad])])
+    total, rows = await storage.quarantined(limit=5)
+    assert total == 1
+    assert rows[0].batch_index == 1
+    assert rows[0].reason == bad.reason
+    assert rows[0].body == '{"type":"track"}'
+    assert rows[0].source == "web"
+
+
+async def test_a_failed_group_stores_nothing(storage: SqliteStorage) -> None:
+    """All or nothing: the second request breaks the transaction, so the first is not kept
+    either — every waiting client is told to retry, and the retry stores it once."""
+    broken = AppendRequest("web", "t", [EventRecord("m2", "track", "t", None)])  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        await storage.append([request("web", "m1"), broken])
+    assert await storage.log_head() == 0
+    results, _ = await storage.append([request("web", "m1")])
+    assert results == [AppendResult(1, 0)]
+
+
+async def test_maintenance_truncates_the_wal_and_trims_the_quarantine(
+    storage: SqliteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "QUARANTINE_KEEP", 3)
+    bad = [Rejected(i, f"bad {i}", b"{}") for i in range(5)]
+    await storage.append([request("web", *[f"m{i}" for i in range(500)], rejected=bad)])
+    wal = Path(f"{storage.path}-wal")
+    assert wal.stat().st_size > 0
+    await storage.maintain()
+    assert wal.stat().st_size == 0
+    total, rows = await storage.quarantined(limit=10)
+    assert total == 3
+    assert [r.reason for r in rows] == ["bad 4", "bad 3", "bad 2"]
+
+
+async def test_probe_writable_fails_while_another_process_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStorage.open(tmp_path / "leadsync.db", busy_timeout=0.1)
+    try:
+        await store.probe_writable()
+        holder = sqlite3.connect(store.path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.probe_writable()
+        holder.execute("ROLLBACK")
+        holder.close()
+        await store.probe_writable()
+    finally:
+        await store.close()
+
+
+class CountingStorage(SqliteStorage):
+    """Counts transactions, and can hold the first one until released."""
+
+    appends: list[int]
+    gate: anyio.Event
+
+    async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
+        self.appends.append(len(requests))
+        await self.gate.wait()
+        return await super().append(requests)
+
+
+async def run_writer(storage: SqliteStorage, body: Callable[[Mailbox[Submission]], object]) -> None:
+    mailbox: Mailbox[Submission] = Mailbox(1000)
+    writer = LogWriter(storage, mailbox, LogProgress(), Metrics(), maintenance_interval=3600)
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(writer.run, ready.set)
+        await ready.wait()
+        await body(mailbox)  # type: ignore[misc]
+        mailbox.close()
+
+
+async def test_concurrent_requests_share_one_commit(tmp_path: Path) -> None:
+    """Group commit: while one transaction is being written, the requests that arrive
+    queue up, and the next transaction takes all of them."""
+    store = await CountingStorage.open(tmp_path / "leadsync.db")
+    store.appends, store.gate = [], anyio.Event()
+    results: list[AppendResult] = []
+
+    async def send_fifty(mailbox: Mailbox[Submission]) -> None:
+        async def one(i: int) -> None:
+            submission = Submission(request("web", f"a{i}", f"b{i}"))
+            await mailbox.send(submission)
+            results.append(await submission.wait())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, 0)
+            with anyio.fail_after(5):
+                while not store.appends:  # the first commit is under way, and held
+                    await anyio.sleep(0.001)
+            for i in range(1, 50):
+                tg.start_soon(one, i)
+            await anyio.sleep(0.05)  # the other 49 queue behind it
+            store.gate.set()
+
+    try:
+        await run_writer(store, send_fifty)
+    finally:
+        await store.close()
+    assert results == [AppendResult(2, 0)] * 50
+    assert sum(store.appends) == 50
+    assert store.appends == [1, 49]
+
+
+async def test_a_failed_commit_tells_every_waiting_client_and_the_writer_carries_on(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStorage.open(tmp_path / "leadsync.db", busy_timeout=0.05)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+
+    async def locked_then_free(mailbox: Mailbox[Submission]) -> None:
+        holder.execute("BEGIN IMMEDIATE")
+        first = Submission(request("web", "m1"))
+        await mailbox.send(first)
+        with pytest.raises(StorageUnavailable, match="locked"):
+            await first.wait()
+        holder.execute("ROLLBACK")
+        second = Submission(request("web", "m1"))
+        await mailbox.send(second)
+        assert await second.wait() == AppendResult(1, 0)
+
+    try:
+        await run_writer(store, locked_then_free)
+    finally:
+        holder.close()
+        await store.close()

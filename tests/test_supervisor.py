@@ -1,0 +1,210 @@
+"""The supervision tree: restarts, escalation, start order, and a drain that loses nothing."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from actors.runtime import Actor, Mailbox
+from daemon.config import Duration, RestartPolicy
+from daemon.supervisor import EXIT_ESCALATED, EXIT_GRACE_EXCEEDED, ActorSpec, Supervisor
+
+FAST = RestartPolicy(
+    max_restarts=3, window=Duration(10), backoff_initial=Duration(0.01), backoff_max=Duration(0.05)
+)
+
+
+class Recorder(Actor):
+    """Consumes its mailbox; crashes on the message "boom"."""
+
+    def __init__(self, mailbox: Mailbox[str], seen: list[str], journal: list[str]) -> None:
+        super().__init__("recorder")
+        self._mailbox = mailbox
+        self._seen = seen
+        self._journal = journal
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        self._journal.append("recorder started")
+        ready()
+        async for item in self._mailbox.receiver:
+            if item == "boom":
+                raise RuntimeError("boom")
+            await anyio.sleep(0.001)
+            self._seen.append(item)
+        self._journal.append("recorder drained")
+
+
+class Listener(Actor):
+    """Stands in for a source or the admin server: runs until stop()."""
+
+    def __init__(self, name: str, journal: list[str], delay_ready: float = 0.0) -> None:
+        super().__init__(name)
+        self._journal = journal
+        self._delay_ready = delay_ready
+        self._stop = anyio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        await anyio.sleep(self._delay_ready)
+        self._journal.append(f"{self.name} started")
+        ready()
+        await self._stop.wait()
+        self._journal.append(f"{self.name} stopped")
+
+
+class AlwaysCrashes(Actor):
+    def __init__(self, runs: list[int]) -> None:
+        super().__init__("crasher")
+        self._runs = runs
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        self._runs.append(1)
+        ready()
+        raise ValueError("broken on purpose")
+
+
+class IgnoresStop(Actor):
+    async def run(self, ready: Callable[[], None]) -> None:
+        ready()
+        await anyio.sleep_forever()
+
+
+async def test_starts_in_order_and_stops_sources_first_then_workers_then_services() -> None:
+    journal: list[str] = []
+    seen: list[str] = []
+    mailbox: Mailbox[str] = Mailbox(100)
+    supervisor = Supervisor(FAST, grace=5)
+    supervisor.add(ActorSpec("admin", lambda: Listener("admin", journal), role="service"))
+    # The worker is slow to become ready; the source must not start before it is.
+    supervisor.add(ActorSpec("recorder", lambda: Recorder(mailbox, seen, journal), mailbox=mailbox))
+    supervisor.add(ActorSpec("source", lambda: Listener("source", journal, 0.05), role="source"))
+
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            assert await supervisor.run() == 0
+
+        tg.start_soon(run)
+        await supervisor.ready.wait()
+        for i in range(50):
+            await mailbox.send(f"m{i}")
+        supervisor.shutdown()
+
+    assert journal == [
+        "admin started",
+        "recorder started",
+        "source started",
+        "source stopped",
+        "recorder drained",
+        "admin stopped",
+    ]
+    # Everything queued before the stop was handled: the drain lost nothing.
+    assert seen == [f"m{i}" for i in range(50)]
+    assert all(s.state == "stopped" for s in supervisor.statuses())
+
+
+async def test_a_crash_restarts_the_actor_and_its_inbox_keeps_the_rest() -> None:
+    journal: list[str] = []
+    seen: list[str] = []
+    restarts: list[str] = []
+    mailbox: Mailbox[str] = Mailbox(100)
+    supervisor = Supervisor(FAST, grace=5, on_restart=restarts.append)
+    supervisor.add(ActorSpec("recorder", lambda: Recorder(mailbox, seen, journal), mailbox=mailbox))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(supervisor.run)
+        await supervisor.ready.wait()
+        for item in ["a", "b", "boom", "c", "d"]:
+            await mailbox.send(item)
+        with anyio.fail_after(5):
+            while len(seen) < 4:
+                await anyio.sleep(0.01)
+        [status] = supervisor.statuses()
+        assert status.state == "running"
+        assert status.restarts == 1
+        assert status.last_error == "RuntimeError: boom"
+        supervisor.shutdown()
+
+    # Only the message being handled when it crashed is gone; the new instance
+    # read the same inbox.
+    assert seen == ["a", "b", "c", "d"]
+    assert restarts == ["recorder"]
+    assert journal.count("recorder started") == 2
+
+
+async def test_restart_intensity_exceeded_stops_the_daemon_with_a_failure_code() -> None:
+    runs: list[int] = []
+    journal: list[str] = []
+    supervisor = Supervisor(FAST, grace=5)
+    supervisor.add(ActorSpec("admin", lambda: Listener("admin", journal), role="service"))
+    supervisor.add(ActorSpec("crasher", lambda: AlwaysCrashes(runs)))
+    with anyio.fail_after(5):
+        code = await supervisor.run()
+    assert code == EXIT_ESCALATED
+    # max_restarts=3 means three restarts are tolerated and the fourth crash escalates.
+    assert len(runs) == FAST.max_restarts + 1
+    states = {s.name: s.state for s in supervisor.statuses()}
+    assert states == {"admin": "stopped", "crasher": "failed"}
+    assert "admin stopped" in journal
+
+
+async def test_backoff_grows_between_restarts() -> None:
+    policy = RestartPolicy(
+        max_restarts=4, window=Duration(10), backoff_initial=Duration(0.05), backoff_max=Duration(1)
+    )
+    times: list[float] = []
+
+    class Timed(AlwaysCrashes):
+        async def run(self, ready: Callable[[], None]) -> None:
+            times.append(anyio.current_time())
+            await super().run(ready)
+
+    supervisor = Supervisor(policy, grace=5)
+    supervisor.add(ActorSpec("crasher", lambda: Timed([])))
+    with anyio.fail_after(5):
+        await supervisor.run()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # 0.05, 0.1, 0.2, 0.4: each wait at least the configured backoff, and growing.
+    for gap, expected in zip(gaps, [0.05, 0.1, 0.2, 0.4], strict=True):
+        assert gap >= expected * 0.9
+    assert gaps == sorted(gaps)
+
+
+async def test_an_actor_that_ignores_stop_is_cancelled_after_the_grace_period() -> None:
+    supervisor = Supervisor(FAST, grace=0.2)
+    supervisor.add(ActorSpec("stuck", lambda: IgnoresStop("stuck")))
+    async with anyio.create_task_group() as tg:
+        codes: list[int] = []
+
+        async def run() -> None:
+            codes.append(await supervisor.run())
+
+        tg.start_soon(run)
+        await supervisor.ready.wait()
+        supervisor.shutdown()
+    assert codes == [EXIT_GRACE_EXCEEDED]
+
+
+@pytest.mark.parametrize("role", ["source", "service"])
+async def test_a_listener_stopped_during_backoff_is_not_restarted(role: str) -> None:
+    runs: list[int] = []
+    supervisor = Supervisor(
+        RestartPolicy(max_restarts=10, backoff_initial=Duration(30), backoff_max=Duration(30)),
+        grace=5,
+    )
+    supervisor.add(ActorSpec("crasher", lambda: AlwaysCrashes(runs), role=role))  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(supervisor.run)
+        await supervisor.ready.wait()
+        with anyio.fail_after(2):
+            while supervisor.statuses()[0].state != "backoff":
+                await anyio.sleep(0.01)
+        with anyio.fail_after(2):  # the 30 s backoff must not delay the stop
+            supervisor.shutdown()
+            while supervisor.statuses()[0].state != "stopped":
+                await anyio.sleep(0.01)
+    assert runs == [1]
