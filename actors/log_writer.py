@@ -42,6 +42,23 @@ class LogProgress:
     pending: int = 0
     """Events handed to the writer and not yet committed (held in memory)."""
     consumers: dict[str, int] = field(default_factory=dict)
+    _moved: anyio.Event | None = field(default=None, repr=False)
+
+    def advance(self, head: int) -> None:
+        """A commit moved the head: wake the consumers that wait for new events."""
+        self.head = head
+        self.wake()
+
+    def wake(self) -> None:
+        if self._moved is not None:
+            self._moved.set()
+            self._moved = None
+
+    async def moved(self) -> None:
+        """Return at the next `advance` or `wake` (consumers re-check their own state)."""
+        if self._moved is None:
+            self._moved = anyio.Event()
+        await self._moved.wait()
 
     @property
     def backlog(self) -> int:
@@ -89,7 +106,7 @@ class LogWriter(Actor):
         self._maintenance_interval = maintenance_interval
 
     async def run(self, ready: Callable[[], None]) -> None:
-        self._progress.head = await self._storage.log_head()
+        self._progress.advance(await self._storage.log_head())
         ready()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._maintain)
@@ -125,7 +142,7 @@ class LogWriter(Actor):
             raise
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         self._metrics.commit_events.observe(events)
-        self._progress.head = head
+        self._progress.advance(head)
         for submission, result in zip(group, results, strict=True):
             submission.resolve(result)
 

@@ -35,3 +35,16 @@ class Event(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True):
     integrations: dict[str, Any] | None = None
     original_timestamp: str | None = None
     sent_at: str | None = None
+
+
+class ProfileChanged(msgspec.Struct, frozen=True):
+    """A hint to the scorer that a profile needs scoring again.
+
+    The durable record is the `profile_changes` table, written in the identity
+    actor's transaction; this message only saves the scorer a poll, so it may be
+    dropped when the scorer's inbox is full.
+    """
+
+    profile_id: str
+    reasons: list[str]
+    seq: int

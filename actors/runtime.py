@@ -32,6 +32,14 @@ class Mailbox(Generic[T]):
         once the daemon is shutting down and the inbox no longer takes work."""
         await self._send.send(item)
 
+    def offer(self, item: T) -> bool:
+        """Deliver if there is room, else drop: for hints whose truth is kept elsewhere."""
+        try:
+            self._send.send_nowait(item)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
     def depth(self) -> int:
         return self.receiver.statistics().current_buffer_used
 

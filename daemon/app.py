@@ -1,7 +1,8 @@
 """The daemon: open storage, build the supervision tree, run it until a signal.
 
 Start order is dependency order: admin first (health is observable during start-up),
-then the log writer, then the sources that feed it. Systemd hears READY=1 only when
+then the log writer, the identity merger that follows the log, then the sources that
+feed it. Systemd hears READY=1 only when
 every actor is up and every listener is bound.
 """
 
@@ -17,6 +18,7 @@ import anyio
 import structlog
 
 from actors.http_source import HttpSourceActor
+from actors.identity.actor import IdentityActor
 from actors.log_writer import LogProgress, LogWriter, Submission
 from actors.runtime import Mailbox
 from daemon.admin import AdminServer
@@ -77,6 +79,19 @@ async def serve(config: Config, config_path: str) -> int:
                     storage, log_inbox, progress, metrics, config.storage.checkpoint_interval
                 ),
                 mailbox=log_inbox,
+            )
+        )
+        supervisor.add(
+            ActorSpec(
+                "identity",
+                lambda: IdentityActor(
+                    storage,
+                    path,
+                    config.storage.busy_timeout,
+                    config.identity,
+                    progress,
+                    metrics,
+                ),
             )
         )
         if write_keys:

@@ -116,12 +116,59 @@ class HttpSource(
 
 Source = HttpSource
 
+BUILTIN_ID_KINDS = ("user_id", "email", "anonymous_id")
+DEFAULT_ID_LIMITS = {"user_id": 1, "email": 5, "anonymous_id": 100}
+"""Per profile. One user id is the rule that keeps two people sharing a device apart;
+the others stop one junk value (a shared kiosk, a QA script) from fusing thousands."""
+
+IdKind = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+IdPath = Annotated[str, msgspec.Meta(pattern=r"^(traits|context|properties)(\.[A-Za-z0-9_$-]+)+$")]
+
+
+class ExternalId(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An identifier some source carries besides Segment's own (a CRM id, a device id)."""
+
+    kind: IdKind
+    path: IdPath
+    """Dotted path in the event, starting at traits, context or properties."""
+    sources: list[str] = []
+    """Only events from these sources; empty means every source."""
+    limit: Positive | None = None
+    """At most this many per profile; none means no cap."""
+
+
+class IdentitySection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How identifiers merge into profiles. Changing a rule applies to new events;
+    `leadsync identity rebuild` applies it to the whole log."""
+
+    limits: dict[str, Positive] = {}
+    """Per-kind caps, over DEFAULT_ID_LIMITS (user_id 1, email 5, anonymous_id 100)."""
+    blocked_values: list[str] = msgspec.field(
+        default_factory=lambda: ["", "null", "undefined", "0", "anonymous", "none", "nan"]
+    )
+    """Junk ids clients send when they have none; compared case-insensitively."""
+    blocked_emails: list[str] = msgspec.field(
+        default_factory=lambda: ["test@test.com", "test@example.com", "email@example.com"]
+    )
+    external_ids: list[ExternalId] = []
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 2_000
+    """Events applied per transaction: larger is faster, smaller holds the lock less."""
+
+    def limit(self, kind: str) -> int | None:
+        if kind in self.limits:
+            return self.limits[kind]
+        for external in self.external_ids:
+            if external.kind == kind:
+                return external.limit
+        return DEFAULT_ID_LIMITS.get(kind)
+
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     daemon: DaemonSection = DaemonSection()
     storage: StorageSection = StorageSection()
     http: HttpSection = HttpSection()
     admin: AdminSection = AdminSection()
+    identity: IdentitySection = IdentitySection()
     sources: dict[str, Source] = {}
 
 
@@ -215,12 +262,42 @@ def _check(config: Config, filename: str, text: str) -> None:
                 f"already used by sources.{keys[source.write_key]}; each source needs its own"
             )
         keys[source.write_key] = name
+    _check_identity(config.identity, config.sources, filename, text)
     if config.http.listen == config.admin.listen and config.http.listen.port != 0:
         key = ("admin", "listen")
         raise ConfigError(
             f"{_where(filename, text, key)}admin.listen: same address as http.listen "
             f"({config.http.listen}); the admin API needs its own port"
         )
+
+
+def _check_identity(
+    identity: IdentitySection, sources: dict[str, Source], filename: str, text: str
+) -> None:
+    kinds = list(BUILTIN_ID_KINDS)
+    for index, external in enumerate(identity.external_ids):
+        key: tuple[str, ...] = ("identity", "external_ids", str(index), "kind")
+        if external.kind in kinds:
+            problem = "is built in" if external.kind in BUILTIN_ID_KINDS else "is configured twice"
+            raise ConfigError(
+                f"{_where(filename, text, key)}identity.external_ids[{index}].kind: "
+                f"{external.kind!r} {problem}; choose another name"
+            )
+        kinds.append(external.kind)
+        for name in external.sources:
+            if name not in sources:
+                key = ("identity", "external_ids", str(index), "sources")
+                raise ConfigError(
+                    f"{_where(filename, text, key)}identity.external_ids[{index}].sources: "
+                    f"no source named {name!r} (sources: {', '.join(sources) or 'none'})"
+                )
+    for kind in identity.limits:
+        if kind not in kinds:
+            key = ("identity", "limits", kind)
+            raise ConfigError(
+                f"{_where(filename, text, key)}identity.limits.{kind}: not an identifier kind "
+                f"(known: {', '.join(kinds)})"
+            )
 
 
 _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -92,6 +92,38 @@ class Metrics:
             "leadsync_actor_restarts", "Actor crashes followed by a restart.", ["actor"], registry=r
         )
 
+        self.identity_events = Counter(
+            "leadsync_identity_events",
+            "Log events applied to the identity graph.",
+            registry=r,
+        )
+        self.identity_merges = Counter(
+            "leadsync_identity_merges", "Profiles merged into an older one.", registry=r
+        )
+        self.identity_links_dropped = Counter(
+            "leadsync_identity_links_dropped",
+            "Links between identifiers not followed because a rule forbids the merge "
+            "(kind=user_id: two user ids on one device or event).",
+            ["kind"],
+            registry=r,
+        )
+        self.identity_recomputes = Counter(
+            "leadsync_identity_recomputes",
+            "Parts of the graph re-decided in event-time order after a rule fired.",
+            registry=r,
+        )
+        self.identity_blocked = Counter(
+            "leadsync_identity_blocked_identifiers",
+            "Identifier values ignored as junk (blocklist, malformed or test emails).",
+            registry=r,
+        )
+        self.identity_batch_seconds = Histogram(
+            "leadsync_identity_batch_duration_seconds",
+            "Time to apply one batch of log events to the identity graph.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+
     def watch(self, actors: Callable[[], list[ActorStatus]], progress: LogProgress) -> None:
         """Read actor states and log positions at scrape time."""
         self.registry.register(_LiveCollector(actors, progress))
@@ -136,3 +168,11 @@ class _LiveCollector(Collector):
             "Logged events the slowest consumer has not applied yet.",
             p.backlog,
         )
+        lag = GaugeMetricFamily(
+            "leadsync_log_consumer_lag_events",
+            "Logged events each consumer has not applied yet.",
+            labels=["consumer"],
+        )
+        for consumer, seq in p.consumers.items():
+            lag.add_metric([consumer], max(p.head - seq, 0))
+        yield lag

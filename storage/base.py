@@ -7,8 +7,10 @@ one transaction: callers never hold a transaction open across an await of their 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from typing import Protocol
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import msgspec
 
@@ -94,3 +96,155 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+# --- The identity graph -----------------------------------------------------------
+# Rows the identity actor keeps. It works a batch at a time in memory and hands the
+# store whole rows, so a backend needs no knowledge of the merge rules.
+
+
+class Stamped(msgspec.Struct, array_like=True):
+    """A value and the event that set it; the newest (timestamp, messageId) wins."""
+
+    value: Any
+    ts: str
+    message_id: str
+
+
+class Activity(msgspec.Struct, omit_defaults=True):
+    """What events said about an identifier or a profile; folds are order-free."""
+
+    first_seen: str = ""
+    last_seen: str = ""
+    events: int = 0
+    sources: dict[str, int] = {}
+    traits: dict[str, Stamped] = {}
+    account: Stamped | None = None
+
+
+class Node(msgspec.Struct):
+    """One identifier (kind, value) and the profile it belongs to.
+
+    `first_ts` is the earliest event that carried it, whatever the order of arrival;
+    `activity` holds the events whose home it is (see actors/identity/extract.py).
+    """
+
+    id: int
+    kind: str
+    value: str
+    profile: int
+    first_ts: str
+    activity: Activity
+
+
+Anchor = tuple[str, str, str]
+"""(first_ts, kind, value) of a profile's oldest identifier: what names the profile."""
+
+
+class Profile(msgspec.Struct):
+    id: int
+    uid: str
+    anchor: Anchor
+    kinds: dict[str, int]
+    activity: Activity
+    user_id: str | None = None
+
+
+class Link(msgspec.Struct, frozen=True):
+    """Two identifiers seen on one event: the earliest such event decides its order."""
+
+    a: int
+    b: int
+    ts: str
+
+
+class Account(msgspec.Struct):
+    group_id: str
+    first_seen: str
+    last_seen: str
+    traits: dict[str, Stamped]
+
+
+class Merge(msgspec.Struct, frozen=True):
+    """The audit trail: which profiles became one (or were re-split), why, on which event."""
+
+    survivor: str
+    merged: str
+    reason: str
+    seq: int
+    message_id: str
+
+
+class Change(enum.IntFlag):
+    """Why a profile needs scoring again; stored as an integer, OR-ed per profile."""
+
+    IDENTITY = 1
+    MERGE = 2
+    TRAITS = 4
+    ACTIVITY = 8
+    ACCOUNT = 16
+    MERGED_AWAY = 32
+    """The profile no longer exists: its identifiers joined another (see redirects)."""
+    RECOMPUTED = 64
+
+
+class GraphStore(Protocol):
+    """The identity graph's persistence, used from one worker thread by one actor.
+
+    Synchronous on purpose: the merger makes many small reads and writes per batch,
+    and one thread hop per batch (not per statement) is what keeps it fast. Every
+    write happens inside `transaction()`, which commits the batch and its checkpoint
+    together.
+    """
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def checkpoint(self) -> int: ...
+
+    def set_checkpoint(self, seq: int) -> None: ...
+
+    def nodes_by_key(self, keys: Sequence[tuple[str, str]]) -> list[Node]: ...
+
+    def nodes_by_id(self, ids: Sequence[int]) -> list[Node]: ...
+
+    def node_ids_of_profiles(self, profiles: Sequence[int]) -> list[int]: ...
+
+    def profiles(self, ids: Sequence[int]) -> list[Profile]: ...
+
+    def new_profile(self, uid: str, anchor: Anchor) -> int: ...
+
+    def new_node(self, kind: str, value: str, profile: int, first_ts: str) -> int: ...
+
+    def save(self, nodes: Sequence[Node], profiles: Sequence[Profile]) -> None: ...
+
+    def delete_profiles(self, ids: Sequence[int]) -> None: ...
+
+    def redirect(self, uid: str, profile: int) -> None:
+        """Keep a retired profile id resolvable: it now means `profile`."""
+        ...
+
+    def repoint(self, old: int, new: int) -> None:
+        """Every identifier and retired id of profile `old` now belongs to `new`."""
+        ...
+
+    def link(self, a: int, b: int, ts: str, seq: int) -> bool:
+        """Record that a and b were seen together at ts; True if that is news (a new
+        pair, or an earlier time than known), which is when rules must look again."""
+        ...
+
+    def links_of(self, nodes: Sequence[int]) -> list[Link]: ...
+
+    def accounts(self, group_ids: Sequence[str]) -> list[Account]: ...
+
+    def save_accounts(self, accounts: Sequence[Account]) -> None: ...
+
+    def add_profile_events(self, rows: Sequence[tuple[int, int]]) -> None:
+        """(node, seq): the event log rows each identifier is home to."""
+        ...
+
+    def record_merges(self, merges: Sequence[Merge]) -> None: ...
+
+    def mark_changed(self, changes: Sequence[tuple[str, int, int]]) -> None:
+        """(profile uid, `Change` flags, seq) for the scorer to pick up; flags accumulate
+        until it does, so a profile changed five times waits as one row."""
+        ...

@@ -37,4 +37,75 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: the identity graph. Identifiers point straight at their profile (union-find
+    # with full path compression); links keep the earliest event that joined two
+    # identifiers, so a conflict can be re-decided in event-time order.
+    """
+    CREATE TABLE profiles (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        uid         TEXT NOT NULL UNIQUE,
+        anchor_ts   TEXT NOT NULL,
+        anchor_kind TEXT NOT NULL,
+        anchor_value TEXT NOT NULL,
+        user_id     TEXT,
+        account_id  TEXT,
+        kinds       BLOB NOT NULL,
+        activity    BLOB NOT NULL
+    );
+    CREATE INDEX profiles_by_account ON profiles (account_id) WHERE account_id IS NOT NULL;
+
+    CREATE TABLE identities (
+        id       INTEGER PRIMARY KEY,
+        kind     TEXT NOT NULL,
+        value    TEXT NOT NULL,
+        profile  INTEGER NOT NULL,
+        first_ts TEXT NOT NULL,
+        activity BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX identities_by_key ON identities (kind, value);
+    CREATE INDEX identities_by_profile ON identities (profile);
+
+    CREATE TABLE identity_links (
+        a   INTEGER NOT NULL,
+        b   INTEGER NOT NULL,
+        ts  TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (a, b)
+    ) WITHOUT ROWID;
+    CREATE INDEX identity_links_by_b ON identity_links (b);
+
+    CREATE TABLE profile_redirects (
+        uid     TEXT PRIMARY KEY,
+        profile INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX profile_redirects_by_profile ON profile_redirects (profile);
+
+    CREATE TABLE identity_merges (
+        id         INTEGER PRIMARY KEY,
+        survivor   TEXT NOT NULL,
+        merged     TEXT NOT NULL,
+        reason     TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        message_id TEXT NOT NULL
+    );
+
+    CREATE TABLE profile_events (
+        node INTEGER NOT NULL,
+        seq  INTEGER NOT NULL,
+        PRIMARY KEY (node, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE accounts (
+        group_id   TEXT PRIMARY KEY,
+        first_seen TEXT NOT NULL,
+        last_seen  TEXT NOT NULL,
+        traits     BLOB NOT NULL
+    );
+
+    CREATE TABLE profile_changes (
+        uid     TEXT PRIMARY KEY,
+        reasons INTEGER NOT NULL,
+        seq     INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -83,7 +83,7 @@ def test_status_prints_a_table_and_json(daemon: DaemonProcess) -> None:
     raw = leadsync("status", "--config", str(daemon.config_path), "--json")
     status = json.loads(raw.stdout)
     assert status["ready"] is True
-    assert {a["name"] for a in status["actors"]} == {"admin", "log_writer", "http"}
+    assert {a["name"] for a in status["actors"]} == {"admin", "log_writer", "identity", "http"}
 
 
 def test_status_says_when_the_daemon_is_not_running(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The identity merger: one profile per person across devices, sources and ids."""

@@ -1,0 +1,464 @@
+"""The merge rules: union-find over identifiers, applied a batch of log events at a time.
+
+Every identifier points straight at its profile (full path compression), so finding
+a profile is one lookup and a merge re-points the smaller side's rows.
+
+Order does not change the outcome. Without a rule firing, union is order-free by
+nature; the surviving profile is the one whose oldest identifier is oldest by event
+time, and traits are newest-event-wins, so neither depends on arrival. When a rule
+fires (two user ids, a cap), the decision could depend on arrival, so the connected
+part of the graph is re-decided from its links sorted by event time: the earliest
+link wins, exactly as if the events had arrived in time order. Links are recorded
+with the earliest event that made them, so a late, older event re-decides correctly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+
+from actors.identity.extract import USER_ID, Extractor, Identifier
+from actors.messages import Event
+from daemon.config import IdentitySection
+from storage.base import (
+    Account,
+    Activity,
+    Anchor,
+    Change,
+    GraphStore,
+    Link,
+    Merge,
+    Node,
+    Profile,
+    Stamped,
+    StoredEvent,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_RECOMPUTE_NODES = 10_000
+"""A conflict re-decides at most this many identifiers; past it (a shared id that
+touches thousands of people) the link is dropped in arrival order and logged."""
+
+_decode_event = msgspec.json.Decoder(Event).decode
+
+
+def uid_of(anchor: Anchor) -> str:
+    """A profile's public id: named after its oldest identifier, so a rebuild, a replay
+    after a crash, or a different arrival order all give the same id."""
+    digest = hashlib.blake2b(f"{anchor[1]}\0{anchor[2]}".encode(), digest_size=8)
+    return "prf_" + digest.hexdigest()
+
+
+def newer(current: Stamped | None, candidate: Stamped) -> bool:
+    return current is None or (candidate.ts, candidate.message_id) > (
+        current.ts,
+        current.message_id,
+    )
+
+
+def absorb(into: Activity, other: Activity) -> None:
+    """Fold `other` into `into`: the same result whichever side came first."""
+    if other.first_seen and (not into.first_seen or other.first_seen < into.first_seen):
+        into.first_seen = other.first_seen
+    into.last_seen = max(into.last_seen, other.last_seen)
+    into.events += other.events
+    for source, count in other.sources.items():
+        into.sources[source] = into.sources.get(source, 0) + count
+    for name, stamp in other.traits.items():
+        if newer(into.traits.get(name), stamp):
+            into.traits[name] = stamp
+    if other.account is not None and newer(into.account, other.account):
+        into.account = other.account
+
+
+def person_traits(event: Event) -> dict[str, Any]:
+    """Traits about the person. A group call's own traits describe the account."""
+    context_traits = (event.context or {}).get("traits")
+    traits = dict(context_traits) if isinstance(context_traits, dict) else {}
+    if event.type == "identify" and event.traits:
+        traits.update(event.traits)
+    return traits
+
+
+def record(activity: Activity, event: Event, traits: dict[str, Any]) -> bool:
+    """Count one event; True if it changed a trait's value."""
+    ts, mid = event.timestamp, event.message_id
+    if not activity.first_seen or ts < activity.first_seen:
+        activity.first_seen = ts
+    activity.last_seen = max(activity.last_seen, ts)
+    activity.events += 1
+    activity.sources[event.source] = activity.sources.get(event.source, 0) + 1
+    changed = False
+    for name, value in traits.items():
+        stamp = Stamped(value, ts, mid)
+        current = activity.traits.get(name)
+        if newer(current, stamp):
+            changed = changed or current is None or current.value != value
+            activity.traits[name] = stamp
+    if event.type == "group" and event.group_id is not None:
+        stamp = Stamped(event.group_id, ts, mid)
+        if newer(activity.account, stamp):
+            activity.account = stamp
+    return changed
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    without_identity: int = 0
+    merges: int = 0
+    recomputes: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Links not followed, by the kind whose rule refused them."""
+    changed: dict[str, Change] = field(default_factory=dict)
+
+
+class Graph:
+    """Applies log events to a GraphStore. One batch is one transaction, checkpoint included."""
+
+    def __init__(self, store: GraphStore, rules: IdentitySection, extractor: Extractor) -> None:
+        self.store = store
+        self.rules = rules
+        self.extractor = extractor
+        self._limits: dict[str, int] = {}
+        for kind in extractor.priority:
+            limit = rules.limit(kind)
+            if limit is not None:
+                self._limits[kind] = limit
+
+    def apply(self, events: Sequence[StoredEvent]) -> BatchResult:
+        batch = _Batch(self)
+        with self.store.transaction():
+            batch.run(events)
+            self.store.set_checkpoint(events[-1].seq)
+        return batch.result
+
+    def violation(self, left: dict[str, int], right: dict[str, int]) -> str | None:
+        """The kind whose cap joining these two would exceed, if any."""
+        for kind, limit in self._limits.items():
+            if left.get(kind, 0) + right.get(kind, 0) > limit:
+                return kind
+        return None
+
+
+class _Batch:
+    """The unit of work for one batch: rows are read once, changed in memory, and
+    written once at the end (or before a re-decision, which reads through SQL)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.store = graph.store
+        self.result = BatchResult()
+        self.nodes: dict[Identifier, Node] = {}
+        self.nodes_by_id: dict[int, Node] = {}
+        self.members: dict[int, set[int]] = {}
+        """Cached node ids by profile, so a merge re-points cached rows too."""
+        self.profiles: dict[int, Profile] = {}
+        self.accounts: dict[str, Account] = {}
+        self.dirty_nodes: set[int] = set()
+        self.dirty_profiles: set[int] = set()
+        self.deleted: set[int] = set()
+        self.dirty_accounts: set[str] = set()
+        self.profile_events: list[tuple[int, int]] = []
+        self.merges: list[Merge] = []
+
+    def run(self, stored: Sequence[StoredEvent]) -> None:
+        work: list[tuple[StoredEvent, Event, list[Identifier]]] = []
+        for row in stored:
+            event = _decode_event(row.body)
+            work.append((row, event, self.graph.extractor.identifiers(event)))
+        self._prefetch(
+            {identifier for _, _, ids in work for identifier in ids},
+            {e.group_id for _, e, _ in work if e.type == "group" and e.group_id is not None},
+        )
+        for row, event, identifiers in work:
+            if not identifiers:
+                self.result.without_identity += 1
+                continue
+            self._apply(row.seq, event, identifiers)
+            self.result.applied += 1
+        self._flush()
+        self.store.mark_changed(
+            [(uid, int(flags), stored[-1].seq) for uid, flags in self.result.changed.items()]
+        )
+
+    def _prefetch(self, identifiers: set[Identifier], group_ids: set[str]) -> None:
+        self._cache_nodes(self.store.nodes_by_key(list(identifiers)))
+        for account in self.store.accounts(list(group_ids)):
+            self.accounts[account.group_id] = account
+
+    def _apply(self, seq: int, event: Event, identifiers: list[Identifier]) -> None:
+        nodes = [self._node(identifier, seq, event) for identifier in identifiers]
+        home = nodes[0]
+        for other in nodes[1:]:
+            self._link(home, other, seq, event)
+        profile = self._profile(home.profile)
+        traits = person_traits(event)
+        record(home.activity, event, traits)
+        flags = Change.ACTIVITY
+        if record(profile.activity, event, traits):
+            flags |= Change.TRAITS
+        if event.type == "group" and event.group_id is not None:
+            self._account(event)
+            flags |= Change.ACCOUNT
+        self.dirty_nodes.add(home.id)
+        self.dirty_profiles.add(profile.id)
+        self.profile_events.append((home.id, seq))
+        self._changed(profile.uid, flags)
+
+    def _node(self, identifier: Identifier, seq: int, event: Event) -> Node:
+        ts = event.timestamp
+        node = self.nodes.get(identifier)
+        if node is None:
+            anchor: Anchor = (ts, identifier.kind, identifier.value)
+            uid = uid_of(anchor)
+            profile_id = self.store.new_profile(uid, anchor)
+            node_id = self.store.new_node(identifier.kind, identifier.value, profile_id, ts)
+            node = Node(node_id, identifier.kind, identifier.value, profile_id, ts, Activity())
+            user_id = identifier.value if identifier.kind == USER_ID else None
+            profile = Profile(profile_id, uid, anchor, {identifier.kind: 1}, Activity(), user_id)
+            self.profiles[profile_id] = profile
+            self.dirty_profiles.add(profile_id)
+            self._cache_nodes([node])
+            self._changed(uid, Change.IDENTITY)
+            return node
+        if ts < node.first_ts:
+            # An older event than any seen for this identifier: it may now be the
+            # profile's oldest, which renames the profile (the old id redirects).
+            node.first_ts = ts
+            self.dirty_nodes.add(node.id)
+            profile = self._profile(node.profile)
+            anchor = (ts, node.kind, node.value)
+            if anchor < profile.anchor:
+                old = profile.uid
+                profile.anchor, profile.uid = anchor, uid_of(anchor)
+                if profile.uid != old:
+                    self.store.redirect(old, profile.id)
+                    self.merges.append(
+                        Merge(
+                            profile.uid,
+                            old,
+                            "renamed: an older event arrived",
+                            seq,
+                            event.message_id,
+                        )
+                    )
+                    self._changed(old, Change.MERGED_AWAY)
+                    self._changed(profile.uid, Change.IDENTITY)
+                self.dirty_profiles.add(profile.id)
+        return node
+
+    def _link(self, home: Node, other: Node, seq: int, event: Event) -> None:
+        if not self.store.link(home.id, other.id, event.timestamp, seq):
+            return  # seen before, at this time or earlier: already decided
+        left, right = self._profile(home.profile), self._profile(other.profile)
+        if left.id == right.id:
+            return
+        kind = self.graph.violation(left.kinds, right.kinds)
+        if kind is None:
+            reason = f"{home.kind} and {other.kind} on one {event.type}"
+            self._merge(left, right, reason, seq, event.message_id)
+            return
+        self.result.dropped[kind] += 1
+        log.info(
+            "identity link dropped",
+            rule=_rule(kind, self.graph.rules.limit(kind)),
+            home=f"{home.kind}:{home.value}",
+            other=f"{other.kind}:{other.value}",
+            message_id=event.message_id,
+            seq=seq,
+        )
+        self._recompute([home, other], seq, event.message_id, kind)
+
+    def _merge(self, left: Profile, right: Profile, reason: str, seq: int, mid: str) -> None:
+        survivor, loser = (left, right) if left.anchor <= right.anchor else (right, left)
+        self.store.repoint(loser.id, survivor.id)
+        moved = self.members.pop(loser.id, set())
+        for node_id in moved:
+            self.nodes_by_id[node_id].profile = survivor.id
+        self.members.setdefault(survivor.id, set()).update(moved)
+        for kind, count in loser.kinds.items():
+            survivor.kinds[kind] = survivor.kinds.get(kind, 0) + count
+        survivor.user_id = survivor.user_id or loser.user_id
+        absorb(survivor.activity, loser.activity)
+        self._delete(loser, survivor.id)
+        self.dirty_profiles.add(survivor.id)
+        self.merges.append(Merge(survivor.uid, loser.uid, reason, seq, mid))
+        self.result.merges += 1
+        self._changed(survivor.uid, Change.MERGE)
+        self._changed(loser.uid, Change.MERGED_AWAY)
+
+    def _recompute(self, seeds: Sequence[Node], seq: int, mid: str, kind: str) -> None:
+        """Re-decide the connected part of the graph around `seeds` in event-time order."""
+        self._flush()
+        profile_ids: set[int] = set()
+        node_ids: set[int] = set()
+        links: set[Link] = set()
+        frontier = {node.profile for node in seeds}
+        while frontier:
+            profile_ids |= frontier
+            members = [
+                i for i in self.store.node_ids_of_profiles(list(frontier)) if i not in node_ids
+            ]
+            node_ids.update(members)
+            if len(node_ids) > MAX_RECOMPUTE_NODES:
+                log.warning(
+                    "conflict touches too many identifiers to re-decide; link dropped as it came",
+                    identifiers=len(node_ids),
+                    limit=MAX_RECOMPUTE_NODES,
+                    message_id=mid,
+                )
+                return
+            found = self.store.links_of(members)
+            links.update(found)
+            reached = {end for link in found for end in (link.a, link.b)} - node_ids
+            frontier = {node.profile for node in self._nodes_by_id(reached)} - profile_ids
+        nodes = {node.id: node for node in self._nodes_by_id(node_ids)}
+        old = [self._profile(profile_id) for profile_id in profile_ids]
+        groups = self._decide(nodes, links)
+
+        before = {node_id: node.profile for node_id, node in nodes.items()}
+        by_uid = {profile.uid: profile for profile in old}
+        owner_of: dict[tuple[str, str], Profile] = {}
+        after: list[Profile] = []
+        for group in groups:
+            anchor = min((n.first_ts, n.kind, n.value) for n in group)
+            uid = uid_of(anchor)
+            profile = by_uid.pop(uid, None)
+            if profile is None:
+                profile = Profile(self.store.new_profile(uid, anchor), uid, anchor, {}, Activity())
+                self.profiles[profile.id] = profile
+            profile.anchor = anchor
+            profile.kinds = dict(Counter(n.kind for n in group))
+            profile.user_id = next((n.value for n in group if n.kind == USER_ID), None)
+            profile.activity = Activity()
+            self.members[profile.id] = set()
+            for node in group:
+                absorb(profile.activity, node.activity)
+                node.profile = profile.id
+                owner_of[(node.kind, node.value)] = profile
+                self.members[profile.id].add(node.id)
+                self.dirty_nodes.add(node.id)
+            self.dirty_profiles.add(profile.id)
+            after.append(profile)
+        for gone in by_uid.values():
+            heir = owner_of[(gone.anchor[1], gone.anchor[2])]
+            self.members.pop(gone.id, None)
+            self._delete(gone, heir.id)
+            self.store.repoint(gone.id, heir.id)
+            self._changed(gone.uid, Change.MERGED_AWAY)
+        self.result.recomputes += 1
+        if before == {node_id: node.profile for node_id, node in nodes.items()}:
+            return  # the earlier decision stands: the link is simply not followed
+        for profile in after:
+            self._changed(profile.uid, Change.RECOMPUTED)
+        self.merges.append(
+            Merge(
+                ",".join(sorted(p.uid for p in after)),
+                ",".join(sorted(p.uid for p in old)),
+                f"re-decided in event-time order after a link broke the {kind} rule",
+                seq,
+                mid,
+            )
+        )
+
+    def _decide(self, nodes: dict[int, Node], links: Iterable[Link]) -> list[list[Node]]:
+        """Union-find over `links` in event-time order, skipping those a rule forbids."""
+
+        def order(link: Link) -> tuple[str, tuple[str, str], tuple[str, str]]:
+            a, b = nodes[link.a], nodes[link.b]
+            ends = sorted([(a.kind, a.value), (b.kind, b.value)])
+            return link.ts, ends[0], ends[1]
+
+        parent = {node_id: node_id for node_id in nodes}
+        kinds = {node_id: {node.kind: 1} for node_id, node in nodes.items()}
+
+        def find(x: int) -> int:
+            root = x
+            while parent[root] != root:
+                root = parent[root]
+            while parent[x] != root:
+                parent[x], x = root, parent[x]
+            return root
+
+        for link in sorted(links, key=order):
+            a, b = find(link.a), find(link.b)
+            if a == b or self.graph.violation(kinds[a], kinds[b]) is not None:
+                continue
+            parent[b] = a
+            for kind, count in kinds.pop(b).items():
+                kinds[a][kind] = kinds[a].get(kind, 0) + count
+        groups: dict[int, list[Node]] = {}
+        for node_id, node in nodes.items():
+            groups.setdefault(find(node_id), []).append(node)
+        return list(groups.values())
+
+    def _account(self, event: Event) -> None:
+        assert event.group_id is not None
+        ts = event.timestamp
+        account = self.accounts.get(event.group_id)
+        if account is None:
+            account = self.accounts[event.group_id] = Account(event.group_id, ts, ts, {})
+        account.first_seen = min(account.first_seen, ts)
+        account.last_seen = max(account.last_seen, ts)
+        for name, value in (event.traits or {}).items():
+            stamp = Stamped(value, ts, event.message_id)
+            if newer(account.traits.get(name), stamp):
+                account.traits[name] = stamp
+        self.dirty_accounts.add(event.group_id)
+
+    def _delete(self, profile: Profile, heir: int) -> None:
+        self.profiles.pop(profile.id, None)
+        self.dirty_profiles.discard(profile.id)
+        self.deleted.add(profile.id)
+        self.store.redirect(profile.uid, heir)
+
+    def _profile(self, profile_id: int) -> Profile:
+        profile = self.profiles.get(profile_id)
+        if profile is None:
+            (profile,) = self.store.profiles([profile_id])
+            self.profiles[profile_id] = profile
+        return profile
+
+    def _nodes_by_id(self, ids: Iterable[int]) -> list[Node]:
+        wanted = [i for i in ids if i not in self.nodes_by_id]
+        self._cache_nodes(self.store.nodes_by_id(wanted))
+        return [self.nodes_by_id[i] for i in ids]
+
+    def _cache_nodes(self, nodes: Iterable[Node]) -> None:
+        for node in nodes:
+            self.nodes[Identifier(node.kind, node.value)] = node
+            self.nodes_by_id[node.id] = node
+            self.members.setdefault(node.profile, set()).add(node.id)
+
+    def _changed(self, uid: str, flags: Change) -> None:
+        self.result.changed[uid] = self.result.changed.get(uid, Change(0)) | flags
+
+    def _flush(self) -> None:
+        self.store.delete_profiles(sorted(self.deleted))
+        self.store.save(
+            [self.nodes_by_id[i] for i in self.dirty_nodes],
+            [self.profiles[i] for i in self.dirty_profiles],
+        )
+        self.store.save_accounts([self.accounts[g] for g in self.dirty_accounts])
+        self.store.add_profile_events(self.profile_events)
+        self.store.record_merges(self.merges)
+        self.dirty_nodes.clear()
+        self.dirty_profiles.clear()
+        self.deleted.clear()
+        self.dirty_accounts.clear()
+        self.profile_events.clear()
+        self.merges.clear()
+
+
+def _rule(kind: str, limit: int | None) -> str:
+    if kind == USER_ID and limit == 1:
+        return "a profile has at most one user id"
+    return f"a profile has at most {limit} {kind}"
