@@ -16,10 +16,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from actors.identity.extract import normalize_email
 from actors.log_writer import LogProgress
 from actors.runtime import Actor
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import BUILTIN_ID_KINDS, Config
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.supervisor import Supervisor
 from storage.base import Storage
@@ -59,6 +60,7 @@ class AdminServer(Actor):
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/status", self._status)
         app.router.add_get("/quarantine", self._quarantine)
+        app.router.add_get("/v1/profiles/{kind}/{value}", self._profile)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await runner.setup()
         try:
@@ -127,6 +129,26 @@ class AdminServer(Actor):
             return _json({"error": "limit must be a whole number"}, status=400)
         total, rows = await self._storage.quarantined(limit)
         return _json({"total": total, "messages": [msgspec.to_builtins(r) for r in rows]})
+
+    async def _profile(self, request: web.Request) -> web.Response:
+        kind, value = request.match_info["kind"], request.match_info["value"]
+        kinds = [
+            "profile",
+            *BUILTIN_ID_KINDS,
+            *(x.kind for x in self._config.identity.external_ids),
+        ]
+        if kind not in kinds:
+            return _json({"error": f"unknown kind {kind!r}; use one of {', '.join(kinds)}"}, 404)
+        try:
+            events = max(0, min(int(request.query.get("events", "20")), 1000))
+        except ValueError:
+            return _json({"error": "events must be a whole number"}, status=400)
+        if kind == "email":
+            value = normalize_email(value) or value
+        view = await self._storage.profile(kind, value, events)
+        if view is None:
+            return _json({"error": f"no profile has {kind} {value!r}"}, status=404)
+        return web.Response(body=_encode(view), content_type="application/json")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import structlog
@@ -17,7 +20,11 @@ from rich.table import Table
 from daemon import __version__, logs
 from daemon.config import ConfigError, LoadedConfig, load
 
+ADMIN_TIMEOUT = 10.0
+EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
+EXIT_USAGE = 64
+"""EX_USAGE: the command line asked for something malformed."""
 EXIT_UNAVAILABLE = 69
 """EX_UNAVAILABLE: the daemon's admin API could not be reached."""
 EXIT_STORAGE = 73
@@ -71,6 +78,33 @@ def _parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--limit", type=int, default=20, help="how many, newest first")
     quarantine.add_argument("--json", action="store_true", help="print the raw JSON")
     quarantine.set_defaults(handler=_quarantine)
+
+    profile = command("profile", "show one person's profile: identities, traits, activity")
+    profile.add_argument(
+        "id",
+        metavar="ID",
+        help="user_id:VALUE, anonymous_id:VALUE, email:VALUE, KIND:VALUE for an external id, "
+        "or a profile id (prf_...)",
+    )
+    profile.add_argument("--admin", metavar="URL", help="admin API base URL (default: from config)")
+    profile.add_argument("--events", type=int, default=10, help="how many recent events to show")
+    profile.add_argument("--json", action="store_true", help="print the raw JSON")
+    profile.set_defaults(handler=_profile)
+
+    identity = commands.add_parser("identity", help="manage the identity graph")
+    identity_commands = identity.add_subparsers(dest="identity_command", metavar="COMMAND")
+    identity_commands.required = True
+    rebuild_help = (
+        "recompute the identity graph from the event log with the config's rules, "
+        "replacing the old graph atomically (safe while the daemon runs)"
+    )
+    rebuild = identity_commands.add_parser("rebuild", help=rebuild_help, description=rebuild_help)
+    rebuild.add_argument(
+        "--config",
+        metavar="PATH",
+        help="daemon.toml to use (default: ./daemon.toml, else the embedded default)",
+    )
+    rebuild.set_defaults(handler=_identity_rebuild)
     return parser
 
 
@@ -99,15 +133,26 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _admin_get(args: argparse.Namespace, loaded: LoadedConfig, path: str) -> Any:
+    answer = _admin_call(args, loaded, path)
+    return None if answer is None else answer[1]
+
+
+def _admin_call(
+    args: argparse.Namespace, loaded: LoadedConfig, path: str, method: str = "GET"
+) -> tuple[int, Any] | None:
+    """(status, JSON body) from the admin API; None, after saying why, if unreachable."""
     base = args.admin
     if base is None:
         listen = loaded.config.admin.listen
         host = "127.0.0.1" if listen.host in ("0.0.0.0", "", "::") else listen.host
         base = f"http://{host}:{listen.port}"
     url = base.rstrip("/") + path
+    request = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.load(response)
+        with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"leadsync: cannot reach the admin API at {url}: {reason}", file=sys.stderr)
@@ -168,6 +213,89 @@ def _quarantine(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         body = row["body"] if len(row["body"]) <= 80 else row["body"][:77] + "..."
         table.add_row(str(row["id"]), row["source"], row["received_at"], index, row["reason"], body)
     console.print(table)
+    return 0
+
+
+def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    kind, sep, value = args.id.partition(":")
+    if not sep:
+        if not args.id.startswith("prf_"):
+            print(
+                f"leadsync: {args.id!r} is neither KIND:VALUE (user_id:, anonymous_id:, email:) "
+                "nor a profile id (prf_...)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        kind, value = "profile", args.id
+    path = f"/v1/profiles/{quote(kind, safe='')}/{quote(value, safe='')}?events={args.events}"
+    answer = _admin_call(args, loaded, path)
+    if answer is None:
+        return EXIT_UNAVAILABLE
+    status, body = answer
+    if status != 200:
+        print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
+        return EXIT_NOT_FOUND if status == 404 else EXIT_USAGE
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    console = Console()
+    console.print(
+        f"[bold]{body['profile_id']}[/]  {body['events']:,} events  "
+        f"first seen {body['first_seen']}  last seen {body['last_seen']}"
+    )
+    if body["merged_ids"]:
+        console.print(f"also known as {', '.join(body['merged_ids'])}")
+    identities = Table("kind", "identity", "first seen", title="identities")
+    for identity in body["identities"]:
+        identities.add_row(identity["kind"], identity["value"], identity["first_seen"])
+    console.print(identities)
+    traits = Table("trait", "value", title="traits")
+    for name, value in body["traits"].items():
+        traits.add_row(name, json.dumps(value) if not isinstance(value, str) else value)
+    console.print(traits)
+    sources = ", ".join(f"{name} {count:,}" for name, count in body["sources"].items())
+    console.print(f"events by source: {sources}")
+    if body["account"]:
+        account = body["account"]
+        console.print(f"account {account['group_id']}: {json.dumps(account['traits'])}")
+    events = Table("time", "source", "type", "event", title="recent events")
+    for event in body["last_events"]:
+        name = event.get("event") or event.get("name") or event.get("groupId") or ""
+        events.add_row(event["timestamp"], event["source"], event["type"], name)
+    console.print(events)
+    return 0
+
+
+def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from rich.progress import Progress
+
+    from actors.identity.rebuild import rebuild
+    from daemon.app import DATABASE_NAME
+
+    config = loaded.config
+    database = Path(config.daemon.data_dir) / DATABASE_NAME
+    if not database.is_file():
+        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+        return EXIT_STORAGE
+    logs.configure("warning", config.daemon.log_format)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("replaying the event log", total=None)
+        try:
+            report = rebuild(
+                database,
+                config.identity,
+                config.storage.busy_timeout,
+                lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except sqlite3.Error as exc:
+            print(f"leadsync: rebuild failed, the old graph is unchanged: {exc}", file=sys.stderr)
+            return EXIT_STORAGE
+    print(
+        f"rebuilt the identity graph from {report.events:,} events in {report.seconds:.1f}s: "
+        f"{report.profiles_before:,} profiles before, {report.profiles_after:,} after "
+        f"({report.merges:,} merges, {report.links_dropped:,} links refused by the rules)"
+    )
     return 0
 
 

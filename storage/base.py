@@ -61,6 +61,36 @@ class QuarantinedMessage(msgspec.Struct, frozen=True):
     body: str
 
 
+class IdentityView(msgspec.Struct):
+    kind: str
+    value: str
+    first_seen: str
+
+
+class AccountView(msgspec.Struct):
+    group_id: str
+    first_seen: str
+    last_seen: str
+    traits: dict[str, Any]
+
+
+class ProfileView(msgspec.Struct):
+    """A profile as `leadsync profile` and GET /v1/profiles show it."""
+
+    profile_id: str
+    user_id: str | None
+    first_seen: str
+    last_seen: str
+    events: int
+    sources: dict[str, int]
+    identities: list[IdentityView]
+    traits: dict[str, Any]
+    account: AccountView | None
+    merged_ids: list[str]
+    """Earlier profile ids that now mean this profile (merged or renamed)."""
+    last_events: list[msgspec.Raw]
+
+
 class Storage(Protocol):
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
         """Commit every request in one transaction (group commit).
@@ -79,6 +109,11 @@ class Storage(Protocol):
 
     async def quarantined(self, limit: int) -> tuple[int, list[QuarantinedMessage]]:
         """How many messages are in quarantine, and the newest `limit` of them."""
+        ...
+
+    async def profile(self, kind: str, value: str, last_events: int) -> ProfileView | None:
+        """The profile an identifier (or a current or retired profile id, kind
+        "profile") belongs to, with its newest `last_events` events."""
         ...
 
     async def probe_writable(self) -> None:

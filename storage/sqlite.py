@@ -17,9 +17,20 @@ from typing import Self
 
 import aiosqlite
 import anyio
+import msgspec
 import structlog
 
-from storage.base import AppendRequest, AppendResult, QuarantinedMessage, StoredEvent
+from storage.base import (
+    AccountView,
+    Activity,
+    AppendRequest,
+    AppendResult,
+    IdentityView,
+    ProfileView,
+    QuarantinedMessage,
+    Stamped,
+    StoredEvent,
+)
 from storage.migrations import MIGRATIONS
 
 log = structlog.get_logger(__name__)
@@ -42,11 +53,19 @@ class SchemaTooNew(Exception):
 
 class SqliteStorage:
     def __init__(
-        self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        lookup: aiosqlite.Connection,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._lookup = lookup
+        """Profile lookups read several tables in one snapshot (a read transaction),
+        so they get their own connection and lock rather than stall other readers."""
+        self._lookup_lock = anyio.Lock()
         self._write_lock = anyio.Lock()
 
     @classmethod
@@ -60,10 +79,11 @@ class SqliteStorage:
             await writer.execute(f"PRAGMA journal_size_limit = {int(journal_size_limit)}")
             await _migrate(writer, path)
             reader = await _connect(path, busy_timeout)
+            lookup = await _connect(path, busy_timeout)
         except BaseException:
             await writer.close()
             raise
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, lookup)
 
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
         results: list[AppendResult] = []
@@ -120,6 +140,15 @@ class SqliteStorage:
         ]
         return total, rows
 
+    async def profile(self, kind: str, value: str, last_events: int) -> ProfileView | None:
+        db = self._lookup
+        async with self._lookup_lock:
+            await db.execute("BEGIN")
+            try:
+                return await _profile_view(db, kind, value, last_events)
+            finally:
+                await db.execute("COMMIT")
+
     async def probe_writable(self) -> None:
         now = datetime.now(UTC).isoformat()
         async with self._write_lock, _transaction(self._writer) as db:
@@ -164,6 +193,7 @@ class SqliteStorage:
                 except sqlite3.Error as exc:
                     log.warning("final wal checkpoint failed", error=str(exc))
                 await self._reader.close()
+                await self._lookup.close()
                 await self._writer.close()
 
 
@@ -176,6 +206,80 @@ async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
     # Group commit is what keeps that affordable.
     await db.execute("PRAGMA synchronous = FULL")
     return db
+
+
+_decode_activity = msgspec.json.Decoder(Activity).decode
+_decode_traits = msgspec.json.Decoder(dict[str, Stamped]).decode
+
+
+async def _profile_view(
+    db: aiosqlite.Connection, kind: str, value: str, last_events: int
+) -> ProfileView | None:
+    if kind == "profile":
+        sql = (
+            "SELECT id FROM profiles WHERE uid = ?1 "
+            "UNION ALL SELECT profile FROM profile_redirects WHERE uid = ?1 LIMIT 1"
+        )
+        params: tuple[str, ...] = (value,)
+    else:
+        sql, params = "SELECT profile FROM identities WHERE kind = ? AND value = ?", (kind, value)
+    row = await (await db.execute(sql, params)).fetchone()
+    if row is None:
+        return None
+    profile_id = row[0]
+    row = await (
+        await db.execute("SELECT uid, user_id, activity FROM profiles WHERE id = ?", (profile_id,))
+    ).fetchone()
+    if row is None:
+        return None
+    uid, user_id, raw_activity = row
+    activity = _decode_activity(raw_activity)
+    identities = [
+        IdentityView(k, v, ts)
+        for k, v, ts in await db.execute_fetchall(
+            "SELECT kind, value, first_ts FROM identities WHERE profile = ? ORDER BY kind, value",
+            (profile_id,),
+        )
+    ]
+    merged = [
+        r[0]
+        for r in await db.execute_fetchall(
+            "SELECT uid FROM profile_redirects WHERE profile = ? ORDER BY uid", (profile_id,)
+        )
+    ]
+    events = [
+        msgspec.Raw(bytes(r[0]))
+        for r in await db.execute_fetchall(
+            "SELECT e.body FROM profile_events pe JOIN events e ON e.seq = pe.seq "
+            "WHERE pe.node IN (SELECT id FROM identities WHERE profile = ?) "
+            "ORDER BY pe.seq DESC LIMIT ?",
+            (profile_id, last_events),
+        )
+    ]
+    account = None
+    if activity.account is not None:
+        row = await (
+            await db.execute(
+                "SELECT group_id, first_seen, last_seen, traits FROM accounts WHERE group_id = ?",
+                (activity.account.value,),
+            )
+        ).fetchone()
+        if row is not None:
+            traits = {name: s.value for name, s in _decode_traits(row[3]).items()}
+            account = AccountView(row[0], row[1], row[2], traits)
+    return ProfileView(
+        profile_id=uid,
+        user_id=user_id,
+        first_seen=activity.first_seen,
+        last_seen=activity.last_seen,
+        events=activity.events,
+        sources=activity.sources,
+        identities=identities,
+        traits={name: stamp.value for name, stamp in sorted(activity.traits.items())},
+        account=account,
+        merged_ids=merged,
+        last_events=events,
+    )
 
 
 def _text(body: bytes) -> str:

@@ -17,7 +17,18 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from storage.base import Account, Activity, Anchor, Link, Merge, Node, Profile, Stamped
+from storage.base import (
+    Account,
+    Activity,
+    Anchor,
+    Link,
+    Merge,
+    Node,
+    Profile,
+    Stamped,
+    StoredEvent,
+)
+from storage.migrations import MIGRATIONS
 
 CONSUMER = "identity"
 _CHUNK = 500
@@ -272,3 +283,45 @@ def _profile(row: tuple[Any, ...]) -> Profile:
         _activity(activity),
         user_id,
     )
+
+
+def read_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
+    return [
+        StoredEvent(seq, source, body)
+        for seq, source, body in db.execute(
+            "SELECT seq, source, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+    ]
+
+
+def scratch(path: Path) -> sqlite3.Connection:
+    """An empty database of the same schema to rebuild the graph in, beside the real one.
+
+    Nothing in it matters until it is swapped in, so it skips the fsyncs."""
+    path.unlink(missing_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = MEMORY")
+    db.execute("PRAGMA synchronous = OFF")
+    for script in MIGRATIONS:
+        db.executescript(script)
+    return db
+
+
+def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
+    """Replace the graph with the rebuilt one and set the checkpoint, in one transaction:
+    readers see the old graph or the new one, never a mix."""
+    db.execute("ATTACH DATABASE ? AS rebuilt", (str(rebuilt),))
+    try:
+        store = SqliteGraphStore(db)
+        with store.transaction():
+            for table in GRAPH_TABLES:
+                db.execute(f"DELETE FROM main.{table}")
+                db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
+            store.set_checkpoint(checkpoint)
+    finally:
+        db.execute("DETACH DATABASE rebuilt")
+
+
+def count(db: sqlite3.Connection, table: str) -> int:
+    return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

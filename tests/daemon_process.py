@@ -29,7 +29,9 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(self, directory: Path, extra_config: str = "") -> None:
+    def __init__(self, directory: Path, extra_config: str = "", http_config: str = "") -> None:
+        """`extra_config` is appended after the sources (new tables only); `http_config`
+        goes inside [http], which TOML does not let a later table reopen."""
         self.directory = directory
         self.http_port = free_port()
         self.admin_port = free_port()
@@ -47,6 +49,7 @@ shutdown_grace = "20s"
 
 [http]
 listen = "127.0.0.1:{self.http_port}"
+{http_config}
 
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
@@ -127,6 +130,13 @@ write_key = "{WRITE_KEYS["backend"]}"
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the daemon process right now (Linux /proc)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        [line] = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+        return int(line.split()[1]) * 1024
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -77,7 +77,7 @@ class Harness:
     async def apply(self, batch_size: int = 1000) -> None:
         assert self.storage is not None
         while events := await self.storage.read_events(self.graph.store.checkpoint(), batch_size):
-            result = self.graph.apply(events)
+            result = self.graph.apply(events, self.graph.store.checkpoint())
             self.result.merges += result.merges
             self.result.dropped.update(result.dropped)
             self.result.recomputes += result.recomputes
@@ -203,7 +203,7 @@ async def test_replay_after_restart_equals_uninterrupted_build(tmp_path: Path) -
         await graph.send(*steps)
         assert graph.storage is not None
         first = await graph.storage.read_events(0, 5)
-        graph.graph.apply(first)
+        graph.graph.apply(first, 0)
         graph.restart()
         await graph.apply(batch_size=2)
         assert shape(graph.profiles()) == expected

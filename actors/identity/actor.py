@@ -18,7 +18,7 @@ import anyio.to_thread
 import structlog
 
 from actors.identity.extract import Extractor
-from actors.identity.graph import BatchResult, Graph
+from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.log_writer import LogProgress
 from actors.messages import ProfileChanged
 from actors.runtime import Actor, Mailbox
@@ -78,7 +78,11 @@ class IdentityActor(Actor):
                     continue
                 started = time.perf_counter()
                 try:
-                    result = await anyio.to_thread.run_sync(graph.apply, events)
+                    result = await anyio.to_thread.run_sync(graph.apply, events, checkpoint)
+                except StaleCheckpoint as stale:
+                    log.info("identity graph was rebuilt; reading on", checkpoint=stale.checkpoint)
+                    checkpoint = self._progress.consumers[CONSUMER] = stale.checkpoint
+                    continue
                 except sqlite3.OperationalError as exc:
                     # The outside world (a long lock, a full disk): nothing of the batch
                     # was committed, so trying the same batch again is exact.

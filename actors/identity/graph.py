@@ -109,6 +109,15 @@ def record(activity: Activity, event: Event, traits: dict[str, Any]) -> bool:
     return changed
 
 
+class StaleCheckpoint(Exception):
+    """The graph was replaced under us (`leadsync identity rebuild`): read on from
+    the checkpoint it carries, given as the argument."""
+
+    def __init__(self, checkpoint: int) -> None:
+        super().__init__(checkpoint)
+        self.checkpoint = checkpoint
+
+
 @dataclass
 class BatchResult:
     applied: int = 0
@@ -133,9 +142,12 @@ class Graph:
             if limit is not None:
                 self._limits[kind] = limit
 
-    def apply(self, events: Sequence[StoredEvent]) -> BatchResult:
+    def apply(self, events: Sequence[StoredEvent], after: int) -> BatchResult:
+        """Apply `events`, which follow checkpoint `after`, and move the checkpoint."""
         batch = _Batch(self)
         with self.store.transaction():
+            if (current := self.store.checkpoint()) != after:
+                raise StaleCheckpoint(current)
             batch.run(events)
             self.store.set_checkpoint(events[-1].seq)
         return batch.result
