@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from actors.identity.extract import normalize_email
+from actors.identity.rebuild import RebuildReport
 from actors.log_writer import LogProgress
 from actors.runtime import Actor
 from daemon import __version__
@@ -40,8 +41,11 @@ class AdminServer(Actor):
         progress: LogProgress,
         metrics: Metrics,
         started_at: float,
+        rebuild_identity: Callable[[], Awaitable[RebuildReport]],
     ) -> None:
         super().__init__("admin")
+        self._rebuild_identity = rebuild_identity
+        self._rebuilding = anyio.Lock()
         self._config = config
         self._supervisor = supervisor
         self._storage = storage
@@ -61,6 +65,7 @@ class AdminServer(Actor):
         app.router.add_get("/status", self._status)
         app.router.add_get("/quarantine", self._quarantine)
         app.router.add_get("/v1/profiles/{kind}/{value}", self._profile)
+        app.router.add_post("/v1/identity/rebuild", self._rebuild)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await runner.setup()
         try:
@@ -149,6 +154,20 @@ class AdminServer(Actor):
         if view is None:
             return _json({"error": f"no profile has {kind} {value!r}"}, status=404)
         return web.Response(body=_encode(view), content_type="application/json")
+
+    async def _rebuild(self, request: web.Request) -> web.Response:
+        """Rebuild inside the daemon, as the service's own user, with its loaded rules."""
+        if self._rebuilding.locked():
+            return _json({"error": "a rebuild is already running"}, status=409)
+        async with self._rebuilding:
+            log.info("identity rebuild started")
+            try:
+                report = await self._rebuild_identity()
+            except sqlite3.Error as exc:
+                log.error("identity rebuild failed; the old graph stays", error=str(exc))
+                return _json({"error": f"rebuild failed, the old graph stays: {exc}"}, 503)
+        log.info("identity rebuild finished", **asdict(report))
+        return _json(asdict(report))
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import structlog
 
 from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
+from actors.identity.rebuild import rebuild
 from actors.log_writer import LogProgress, LogWriter, Submission
 from actors.runtime import Mailbox
 from daemon.admin import AdminServer
@@ -68,7 +70,17 @@ async def serve(config: Config, config_path: str) -> int:
         supervisor.add(
             ActorSpec(
                 "admin",
-                lambda: AdminServer(config, supervisor, storage, progress, metrics, started_at),
+                lambda: AdminServer(
+                    config,
+                    supervisor,
+                    storage,
+                    progress,
+                    metrics,
+                    started_at,
+                    lambda: anyio.to_thread.run_sync(
+                        rebuild, path, config.identity, config.storage.busy_timeout
+                    ),
+                ),
                 role="service",
             )
         )

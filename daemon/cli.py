@@ -21,6 +21,8 @@ from daemon import __version__, logs
 from daemon.config import ConfigError, LoadedConfig, load
 
 ADMIN_TIMEOUT = 10.0
+REBUILD_TIMEOUT = 3600.0
+"""Seconds: a rebuild replays the whole log (about a minute per million events)."""
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
 EXIT_USAGE = 64
@@ -104,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="daemon.toml to use (default: ./daemon.toml, else the embedded default)",
     )
+    rebuild.add_argument("--admin", metavar="URL", help="admin API base URL (default: from config)")
     rebuild.set_defaults(handler=_identity_rebuild)
     return parser
 
@@ -138,7 +141,12 @@ def _admin_get(args: argparse.Namespace, loaded: LoadedConfig, path: str) -> Any
 
 
 def _admin_call(
-    args: argparse.Namespace, loaded: LoadedConfig, path: str, method: str = "GET"
+    args: argparse.Namespace,
+    loaded: LoadedConfig,
+    path: str,
+    method: str = "GET",
+    timeout: float = ADMIN_TIMEOUT,
+    quiet: bool = False,
 ) -> tuple[int, Any] | None:
     """(status, JSON body) from the admin API; None, after saying why, if unreachable."""
     base = args.admin
@@ -149,11 +157,13 @@ def _admin_call(
     url = base.rstrip("/") + path
     request = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=ADMIN_TIMEOUT) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
     except (urllib.error.URLError, OSError) as exc:
+        if quiet:
+            return None
         reason = getattr(exc, "reason", exc)
         print(f"leadsync: cannot reach the admin API at {url}: {reason}", file=sys.stderr)
         print("  is the daemon running, and is --config the one it runs with?", file=sys.stderr)
@@ -267,6 +277,16 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """Ask the running daemon to rebuild (as its own user, with its rules); if none
+    answers, rebuild the database here with this config's rules."""
+    answer = _admin_call(args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True)
+    if answer is not None:
+        status, body = answer
+        if status != 200:
+            print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
+            return EXIT_STORAGE if status == 503 else EXIT_NOT_FOUND
+        _print_rebuild(body, "the running daemon")
+        return 0
     from rich.progress import Progress
 
     from actors.identity.rebuild import rebuild
@@ -278,8 +298,7 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
         return EXIT_STORAGE
     logs.configure("warning", config.daemon.log_format)
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("replaying the event log", total=None)
         try:
             report = rebuild(
@@ -289,14 +308,19 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                 lambda done, total: bar.update(task, completed=done, total=total),
             )
         except sqlite3.Error as exc:
-            print(f"leadsync: rebuild failed, the old graph is unchanged: {exc}", file=sys.stderr)
+            print(f"leadsync: rebuild failed, the old graph stays: {exc}", file=sys.stderr)
             return EXIT_STORAGE
-    print(
-        f"rebuilt the identity graph from {report.events:,} events in {report.seconds:.1f}s: "
-        f"{report.profiles_before:,} profiles before, {report.profiles_after:,} after "
-        f"({report.merges:,} merges, {report.links_dropped:,} links refused by the rules)"
-    )
+    _print_rebuild(vars(report), f"{database}, no daemon answering")
     return 0
+
+
+def _print_rebuild(report: dict[str, Any], where: str) -> None:
+    print(
+        f"rebuilt the identity graph ({where}) from {report['events']:,} events in "
+        f"{report['seconds']:.1f}s: {report['profiles_before']:,} profiles before, "
+        f"{report['profiles_after']:,} after ({report['merges']:,} merges, "
+        f"{report['links_dropped']:,} links refused by the rules)"
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from actors import tracking_api
 from actors.identity.extract import Extractor, Identifier
-from actors.identity.graph import BatchResult, Graph
+from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
+from actors.identity.rebuild import rebuild
 from actors.messages import Event
 from daemon.config import ExternalId, IdentitySection
 from storage.base import AppendRequest, EventRecord
@@ -286,21 +287,58 @@ async def test_external_ids_from_configured_sources_link_profiles(tmp_path: Path
 
 def test_identifiers_are_ordered_user_email_external_anonymous() -> None:
     rules = IdentitySection(external_ids=[ExternalId(kind="crm_id", path="traits.crm")])
-    event = Event(
-        type="alias",
+    extractor = Extractor(rules)
+    at = "2026-01-01T00:00:00.000Z"
+    identify = Event(
+        type="identify",
         message_id="x",
         source="web",
-        received_at="2026-01-01T00:00:00.000Z",
-        timestamp="2026-01-01T00:00:00.000Z",
+        received_at=at,
+        timestamp=at,
         user_id="u1",
         anonymous_id="a1",
-        previous_id="old",
         traits={"crm": 42, "email": "A@B.io"},
     )
-    assert Extractor(rules).identifiers(event) == [
+    assert extractor.identifiers(identify) == [
         Identifier("user_id", "u1"),
         Identifier("email", "a@b.io"),
         Identifier("crm_id", "42"),
         Identifier("anonymous_id", "a1"),
-        Identifier("anonymous_id", "old"),
     ]
+    alias = Event("alias", "y", "web", at, at, user_id="u1", previous_id="a0")
+    assert extractor.identifiers(alias) == [
+        Identifier("user_id", "u1"),
+        Identifier("anonymous_id", "a0"),
+    ]
+    # A group call's traits describe the account: its email is not the person's.
+    group = Event(
+        "group", "z", "web", at, at, user_id="u1", group_id="g", traits={"email": "billing@g.io"}
+    )
+    assert extractor.identifiers(group) == [Identifier("user_id", "u1")]
+
+
+async def test_a_rebuild_under_a_lagging_merger_makes_it_read_on_from_the_rebuilt_graph(
+    tmp_path: Path,
+) -> None:
+    steps = [*journey(), email_opened(), *shared_device()]
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(*steps)
+        assert graph.storage is not None
+        first = await graph.storage.read_events(0, 4)
+        graph.graph.apply(first, 0)
+        expected_before_rebuild = graph.profiles()
+
+        report = rebuild(graph.path, graph.rules, busy_timeout=5)
+
+        assert report.events == len(steps)
+        assert report.profiles_before == len(expected_before_rebuild)
+        rest = await graph.storage.read_events(4, 100)
+        with pytest.raises(StaleCheckpoint) as stale:
+            graph.graph.apply(rest, 4)
+        assert stale.value.checkpoint == len(steps)
+        await graph.apply()  # nothing left to apply: the rebuild included it all
+        rebuilt = graph.profiles()
+    async with Harness(tmp_path / "straight.db") as straight:
+        await straight.send(*steps)
+        await straight.apply()
+        assert shape(rebuilt) == shape(straight.profiles())

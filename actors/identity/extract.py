@@ -50,14 +50,17 @@ class Extractor:
         # Segment's alias joins an earlier id to the user id; the earlier id is, in
         # practice, the anonymous id the visitor had before signing up.
         self._add(found, ANONYMOUS_ID, event.previous_id)
-        for traits in (event.traits, (event.context or {}).get("traits")):
+        # Only an identify's traits describe the person (a group call's describe the
+        # account); any call may carry the person's traits in context.traits.
+        own_traits = event.traits if event.type == "identify" else None
+        for traits in (own_traits, (event.context or {}).get("traits")):
             if isinstance(traits, dict) and isinstance(email := traits.get("email"), str):
                 normalized = normalize_email(email)
                 if normalized is None or normalized in self._blocked_emails:
                     self.blocked += 1
                 else:
                     self._add(found, EMAIL, normalized)
-        roots = {"traits": event.traits, "context": event.context, "properties": event.properties}
+        roots = {"traits": own_traits, "context": event.context, "properties": event.properties}
         for kind, path, sources in self._external:
             if sources and event.source not in sources:
                 continue
