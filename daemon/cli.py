@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     try:
-        loaded = load(args.config)
+        # Only the daemon itself, and the command that vets its config, need secrets.
+        loaded = load(args.config, need_secrets=args.command in ("run", "check-config"))
     except ConfigError as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
         return EXIT_CONFIG

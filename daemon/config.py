@@ -183,18 +183,31 @@ class ConfigError(Exception):
     """A config problem phrased for the operator: file, line, key, what was expected."""
 
 
-def load(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+class _SecretsNotNeeded(dict[str, str]):
+    """The environment for commands that only read where the daemon is (status,
+    profile): an unset `env:NAME` secret becomes a placeholder, so an operator need
+    not load the service's secrets file to ask it a question."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __missing__(self, name: str) -> str:
+        return f"<{name} not set>"
+
+
+def load(path: str | os.PathLike[str] | None = None, *, need_secrets: bool = True) -> LoadedConfig:
     """Load --config PATH, else ./daemon.toml, else the embedded default."""
+    environ = None if need_secrets else _SecretsNotNeeded(os.environ)
     if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
         path = DEFAULT_CONFIG_NAME
     if path is None:
         text = resources.files("daemon").joinpath("default.toml").read_text("utf-8")
-        return LoadedConfig(parse(text, "<embedded default>"), "<embedded default>")
+        return LoadedConfig(parse(text, "<embedded default>", environ), "<embedded default>")
     try:
         text = Path(path).read_text("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
-    return LoadedConfig(parse(text, str(path)), str(path))
+    return LoadedConfig(parse(text, str(path), environ), str(path))
 
 
 def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Config:

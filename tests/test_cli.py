@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,17 @@ def test_run_with_no_config_uses_the_embedded_default_and_keeps_its_write_key(
     assert (tmp_path / "var" / "leadsync.db").exists()
     assert len(keys) == 2
     assert keys[0] == keys[1]
+
+
+def test_operator_commands_do_not_need_the_services_secrets(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """Under systemd the secrets live in a file only the service reads; `status` from an
+    operator's shell must still work, while `check-config` still insists on them."""
+    daemon = make_daemon(extra_config='[sources.crm]\ntype = "http"\nwrite_key = "env:CRM_KEY"\n')
+    daemon.start(env={"CRM_KEY": "crm-secret"})
+    status = leadsync("status", "--config", str(daemon.config_path))
+    assert status.returncode == 0, status.stderr
+    check = leadsync("check-config", "--config", str(daemon.config_path))
+    assert check.returncode == 2
+    assert "sources.crm.write_key: environment variable CRM_KEY is not set" in check.stderr
