@@ -13,6 +13,7 @@ import base64
 import binascii
 import time
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -239,8 +240,10 @@ class HttpSourceActor(Actor):
         finally:
             self._progress.pending -= weight
 
-        for kind in parsed.types:
-            self._metrics.events_ingested.labels(source, kind).inc()
+        # One increment per type, not per event: a labelled increment costs a few us,
+        # which a 100-event batch would pay a hundred times.
+        for kind, count in Counter(parsed.types).items():
+            self._metrics.events_ingested.labels(source, kind).inc(count)
         if result.duplicates:
             self._metrics.events_duplicate.labels(source).inc(result.duplicates)
         if parsed.rejected:

@@ -1,0 +1,500 @@
+"""Segment's HTTP tracking API as a client meets it: the real daemon, over a socket.
+
+Each test checks what a user of the API would see: the status code and the JSON error
+body, what ended up in the event log, what the operator sees in the quarantine, and
+what Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import json
+import os
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon import __version__
+from tests.daemon_process import WRITE_KEYS, DaemonProcess
+
+WEB_KEY = WRITE_KEYS["web"]
+KB = 1024
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+    """The JSON answer, or the text when it is not JSON."""
+
+
+def call(
+    daemon: DaemonProcess,
+    path: str,
+    body: bytes | Iterator[bytes] | None = None,
+    *,
+    key: str | None = WEB_KEY,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+) -> Answer:
+    """One request on its own connection, with the write key as Basic auth user name.
+
+    An iterator body is sent with chunked transfer encoding, as a streaming client
+    would, so the size limit cannot rely on Content-Length.
+    """
+    sent = {"Content-Type": "application/json"}
+    if key is not None:
+        sent["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    sent.update(headers or {})
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
+    try:
+        streamed = body is not None and not isinstance(body, bytes)
+        connection.request(method, path, body=body, headers=sent, encode_chunked=streamed)
+        response = connection.getresponse()
+        raw = response.read()
+        answer_headers = {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+    text = raw.decode(errors="replace")
+    is_json = answer_headers.get("content-type", "").startswith("application/json")
+    return Answer(response.status, answer_headers, json.loads(text) if is_json else text)
+
+
+def post(daemon: DaemonProcess, path: str, message: Any, **kwargs: Any) -> Answer:
+    return call(daemon, path, json.dumps(message).encode(), **kwargs)
+
+
+def quarantine(daemon: DaemonProcess) -> dict[str, Any]:
+    status, answer = daemon.admin("/quarantine?limit=100")
+    assert status == 200
+    assert isinstance(answer, dict)
+    return answer
+
+
+def metrics(daemon: DaemonProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample Prometheus would scrape, by name and labels."""
+    status, text = daemon.admin("/metrics")
+    assert status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample(
+    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+def track(user: str = "u-1", **fields: Any) -> dict[str, Any]:
+    return {"type": "track", "userId": user, "event": "Signed Up", **fields}
+
+
+def refused(answer: Answer, status: int, message: str) -> None:
+    """A refusal as Segment's clients read it: `{success: false, code, message}`."""
+    assert answer.status == status, answer.body
+    assert answer.body["success"] is False
+    assert answer.body["message"] == message
+
+
+# --- refusals of the whole request ---------------------------------------------------
+
+
+def test_malformed_json_is_a_400_that_says_so_and_stores_nothing(daemon: DaemonProcess) -> None:
+    for path in ("/v1/track", "/v1/batch"):
+        answer = call(daemon, path, b'{"userId": "u-1", "event": ')
+        assert answer.status == 400
+        assert answer.body["code"] == "invalid_request"
+        assert answer.body["message"].startswith("body is not valid JSON: ")
+    assert daemon.events() == []
+    assert quarantine(daemon)["total"] == 0
+
+
+def test_wrong_types_are_a_400_naming_the_message_and_the_field(daemon: DaemonProcess) -> None:
+    refused(
+        post(daemon, "/v1/identify", {"userId": {"id": 1}}),
+        400,
+        "userId: expected `int | str | null`, got `object`",
+    )
+    refused(
+        post(daemon, "/v1/batch", {"batch": {"type": "track"}}),
+        400,
+        "body is not a batch: batch: expected `array`, got `object`",
+    )
+    refused(
+        post(daemon, "/v1/track", track(properties="pro")),
+        400,
+        "properties: expected `object | null`, got `str`",
+    )
+    answer = post(
+        daemon, "/v1/batch", {"batch": [track(timestamp="last tuesday"), track(userId=[1])]}
+    )
+    refused(answer, 400, "batch[0]: timestamp: invalid RFC3339 encoded datetime")
+    assert answer.body["rejected"] == [
+        {"index": 0, "message": "timestamp: invalid RFC3339 encoded datetime"},
+        {"index": 1, "message": "userId: expected `int | str | null`, got `array`"},
+    ]
+    assert daemon.events() == []
+
+
+def test_bodies_the_decoder_cannot_read_are_a_400_not_a_500(daemon: DaemonProcess) -> None:
+    """Regression: these were answered 500 (an exception escaped the parser), which
+    Segment's clients retry forever."""
+    deep = b'{"userId": "u-1", "traits": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001
+    for body in (b'{"userId": "caf\xe9"}', deep):
+        answer = call(daemon, "/v1/identify", body)
+        assert answer.status == 400
+        assert answer.body["message"].startswith("body is not valid JSON")
+    early = post(
+        daemon,
+        "/v1/identify",
+        {"userId": "u-1", "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-01-01T00:00:00Z"},
+    )
+    refused(early, 400, "timestamp: out of range once in UTC and corrected with sentAt")
+    assert daemon.events() == []
+
+
+def test_missing_required_fields_are_a_400_for_every_call_type(daemon: DaemonProcess) -> None:
+    cases: dict[str, tuple[dict[str, Any], str]] = {
+        "identify": ({"traits": {"plan": "pro"}}, "userId or anonymousId is required"),
+        "track": ({"userId": "u-1"}, "event: a track call needs the event name"),
+        "page": ({"name": "Home"}, "userId or anonymousId is required"),
+        "screen": ({"name": "Home"}, "userId or anonymousId is required"),
+        "group": ({"userId": "u-1"}, "groupId: a group call needs the group id"),
+        "alias": ({"userId": "u-1"}, "previousId: an alias call needs the previous id"),
+    }
+    for kind, (message, reason) in cases.items():
+        answer = post(daemon, f"/v1/{kind}", message)
+        refused(answer, 400, reason)
+        assert answer.body["rejected"] == [{"index": None, "message": reason}]
+
+    batch = [{"type": kind, **message} for kind, (message, _) in cases.items()]
+    batch.append({"type": "alias", "previousId": "anon-1", "anonymousId": "anon-2"})
+    answer = post(daemon, "/v1/batch", {"batch": batch})
+    refused(answer, 400, "batch[0]: userId or anonymousId is required")
+    assert answer.body["rejected"] == [
+        *({"index": i, "message": reason} for i, (_, reason) in enumerate(cases.values())),
+        {"index": 6, "message": "userId: an alias call needs the new user id"},
+    ]
+    assert daemon.events() == []
+    # Refused messages are kept for the operator, single calls included.
+    assert quarantine(daemon)["total"] == len(cases) + len(batch)
+
+
+def test_an_oversized_message_is_rejected_by_index_and_its_neighbours_kept(
+    daemon: DaemonProcess,
+) -> None:
+    big = track(messageId="big", properties={"blob": "x" * 33 * KB})
+    size = len(json.dumps(big, separators=(",", ":")))
+    answer = call(
+        daemon,
+        "/v1/batch",
+        json.dumps(
+            {"batch": [track(messageId="a"), big, track(messageId="b")]}, separators=(",", ":")
+        ).encode(),
+    )
+    assert answer.status == 200
+    assert answer.body == {
+        "success": True,
+        "accepted": 2,
+        "rejected": [
+            {"index": 1, "message": f"message is {size} bytes; the limit is 32768 (32 KB)"}
+        ],
+    }
+    assert [e["messageId"] for e in daemon.events()] == ["a", "b"]
+
+
+def test_an_oversized_request_is_a_400_with_or_without_content_length(
+    daemon: DaemonProcess,
+) -> None:
+    body = json.dumps({"batch": [track(properties={"n": "x" * 20 * KB})] * 26}).encode()
+    assert len(body) > 500 * KB
+    whole = call(daemon, "/v1/batch", body)
+    refused(whole, 400, "request body over 512000 bytes (500 KB)")
+    chunked = call(
+        daemon, "/v1/batch", iter([body[i : i + 64 * KB] for i in range(0, len(body), 64 * KB)])
+    )
+    refused(chunked, 400, "request body over 512000 bytes (500 KB)")
+    assert daemon.events() == []
+    assert quarantine(daemon)["total"] == 0
+
+
+# --- content encoding ----------------------------------------------------------------
+
+
+def test_a_gzip_body_is_accepted(daemon: DaemonProcess) -> None:
+    body = gzip.compress(json.dumps({"batch": [track(messageId="zipped")]}).encode())
+    answer = call(daemon, "/v1/batch", body, headers={"Content-Encoding": "gzip"})
+    assert (answer.status, answer.body) == (200, {"success": True})
+    assert [e["messageId"] for e in daemon.events()] == ["zipped"]
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(daemon: DaemonProcess) -> None:
+    inflated = 128 << 20
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_RLE)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(packer.compress(zeros) for _ in range(inflated >> 20)) + packer.flush()
+    assert len(bomb) < 500 * KB
+    peak_before = peak_memory(daemon)
+    answer = call(daemon, "/v1/batch", bomb, headers={"Content-Encoding": "gzip"})
+    refused(answer, 400, "request body over 512000 bytes (500 KB) once decompressed")
+    # The 128 MB never existed in the daemon: its peak memory hardly moved.
+    assert peak_memory(daemon) - peak_before < 32 << 20
+
+
+def peak_memory(daemon: DaemonProcess) -> int:
+    """The daemon's peak resident set (VmHWM), in bytes, as the kernel counts it."""
+    assert daemon.process is not None
+    with open(f"/proc/{daemon.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def test_bad_gzip_and_unknown_encodings_are_a_400(daemon: DaemonProcess) -> None:
+    zipped = gzip.compress(json.dumps(track()).encode())
+    garbage = call(daemon, "/v1/track", b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert garbage.status == 400
+    assert garbage.body["message"].startswith("body is not valid gzip: ")
+    cut = call(daemon, "/v1/track", zipped[:-12], headers={"Content-Encoding": "gzip"})
+    refused(cut, 400, "body is not valid gzip: truncated")
+    brotli = call(daemon, "/v1/track", zipped, headers={"Content-Encoding": "br"})
+    refused(brotli, 400, "Content-Encoding 'br': only gzip is accepted")
+    assert daemon.events() == []
+
+
+# --- authentication ------------------------------------------------------------------
+
+
+def test_requests_without_a_known_write_key_are_a_401(daemon: DaemonProcess) -> None:
+    refused(post(daemon, "/v1/track", track(), key="guess"), 401, "unknown write key")
+    refused(
+        post(daemon, "/v1/track", track(), key=None),
+        401,
+        "no write key: send it as the Basic auth user name or as writeKey in the body",
+    )
+    refused(
+        post(
+            daemon, "/v1/track", track(), key=None, headers={"Authorization": f"Bearer {WEB_KEY}"}
+        ),
+        401,
+        "use HTTP Basic auth with the write key as user name",
+    )
+    refused(
+        post(daemon, "/v1/track", {**track(), "writeKey": "guess"}, key=None),
+        401,
+        "unknown write key",
+    )
+    assert daemon.events() == []
+
+
+def test_write_key_in_the_body_works_and_names_the_source(daemon: DaemonProcess) -> None:
+    single = post(daemon, "/v1/track", {**track(), "writeKey": WRITE_KEYS["backend"]}, key=None)
+    batch = post(
+        daemon, "/v1/batch", {"batch": [track()], "writeKey": WRITE_KEYS["backend"]}, key=None
+    )
+    assert (single.status, batch.status) == (200, 200)
+    assert [e["source"] for e in daemon.events()] == ["backend", "backend"]
+
+
+# --- a batch is judged message by message --------------------------------------------
+
+
+def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_stored_once(
+    daemon: DaemonProcess,
+) -> None:
+    bad = {"type": "identify", "userId": "u-2", "traits": "pro", "messageId": "bad"}
+    batch = [track(messageId="m-0"), bad, {"type": "identify", "userId": "u-3", "messageId": "m-2"}]
+    answer = post(daemon, "/v1/batch", {"batch": batch})
+    reason = "traits: expected `object | null`, got `str`"
+    assert answer.status == 200
+    assert answer.body == {
+        "success": True,
+        "accepted": 2,
+        "rejected": [{"index": 1, "message": reason}],
+    }
+    assert [e["messageId"] for e in daemon.events()] == ["m-0", "m-2"]
+    assert daemon.query("SELECT count(*) FROM events WHERE message_id = 'bad'") == [(0,)]
+
+    seen = quarantine(daemon)
+    assert seen["total"] == 1
+    [row] = seen["messages"]
+    assert (row["source"], row["batch_index"], row["reason"]) == ("web", 1, reason)
+    assert json.loads(row["body"]) == bad
+
+    cli = leadsync("quarantine", "--admin", daemon.admin_url, "--json", cwd=daemon)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == seen
+    table = leadsync("quarantine", "--admin", daemon.admin_url, cwd=daemon)
+    assert table.returncode == 0, table.stderr
+    assert "1 quarantined messages (newest 1)" in table.stdout
+    assert reason in table.stdout
+    assert '"messageId": "bad"' in table.stdout
+
+
+def leadsync(*args: str, cwd: DaemonProcess) -> subprocess.CompletedProcess[str]:
+    """The CLI as an operator runs it; a wide terminal so rich does not wrap the table."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd.directory,
+        env={**os.environ, "COLUMNS": "300"},
+        check=False,
+    )
+
+
+def test_import_is_judged_like_batch(daemon: DaemonProcess) -> None:
+    answer = post(
+        daemon, "/v1/import", {"batch": [track(messageId="i-0"), {"type": "track", "userId": "u"}]}
+    )
+    assert answer.status == 200
+    assert answer.body["accepted"] == 1
+    assert answer.body["rejected"] == [
+        {"index": 1, "message": "event: a track call needs the event name"}
+    ]
+    assert [e["messageId"] for e in daemon.events()] == ["i-0"]
+
+
+def test_a_retried_batch_is_acknowledged_and_stored_once(daemon: DaemonProcess) -> None:
+    batch = {"batch": [track(messageId="r-0"), track(messageId="r-1")]}
+    first = post(daemon, "/v1/batch", batch)
+    again = post(daemon, "/v1/batch", batch)
+    assert (first.status, first.body) == (again.status, again.body) == (200, {"success": True})
+    assert [e["messageId"] for e in daemon.events()] == ["r-0", "r-1"]
+    assert sample(metrics(daemon), "leadsync_events_duplicate_total", source="web") == 2
+    # Deduplication is per source: the same messageId from another source is its own event.
+    post(daemon, "/v1/batch", batch, key=WRITE_KEYS["backend"])
+    assert [e["source"] for e in daemon.events()] == ["web", "web", "backend", "backend"]
+
+
+def test_message_ids_are_generated_when_absent(daemon: DaemonProcess) -> None:
+    message = {"type": "identify", "userId": "u-1"}
+    assert post(daemon, "/v1/batch", {"batch": [message, message]}).status == 200
+    ids = [e["messageId"] for e in daemon.events()]
+    assert len(ids) == 2
+    assert ids[0] != ids[1]
+    assert all(len(i) == 36 for i in ids)
+
+
+# --- time ----------------------------------------------------------------------------
+
+
+def test_received_at_is_the_servers_and_timestamp_is_corrected_for_clock_skew(
+    daemon: DaemonProcess,
+) -> None:
+    """A device whose clock is an hour slow sends both times an hour in the past: the
+    event happened five seconds before the request, by the server's clock."""
+    device_now = datetime.now(UTC) - timedelta(hours=1)
+    happened = device_now - timedelta(seconds=5)
+    before = datetime.now(UTC).replace(microsecond=0)
+    answer = post(
+        daemon,
+        "/v1/track",
+        track(timestamp=happened.isoformat(), sentAt=device_now.isoformat()),
+    )
+    after = datetime.now(UTC)
+    assert answer.status == 200
+    [event] = daemon.events()
+    received = datetime.fromisoformat(event["receivedAt"])
+    assert before <= received <= after
+    assert datetime.fromisoformat(event["timestamp"]) == received - timedelta(seconds=5)
+    assert datetime.fromisoformat(event["originalTimestamp"]) == happened.replace(
+        microsecond=happened.microsecond // 1000 * 1000
+    )
+
+
+# --- browsers and strays -------------------------------------------------------------
+
+
+def test_cors_preflight_and_answers_carry_the_cors_headers(daemon: DaemonProcess) -> None:
+    preflight = call(
+        daemon,
+        "/v1/batch",
+        key=None,
+        method="OPTIONS",
+        headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
+    assert {"Authorization", "Content-Type", "Content-Encoding"} <= allowed
+    # A browser can read the answers too, refusals included.
+    for answer in (post(daemon, "/v1/track", track()), post(daemon, "/v1/track", {})):
+        assert answer.headers["access-control-allow-origin"] == "*"
+
+
+def test_unknown_paths_are_a_404(daemon: DaemonProcess) -> None:
+    refused(post(daemon, "/v1/purchase", track()), 404, "unknown endpoint /v1/purchase")
+    assert post(daemon, "/v1/purchase", track()).body["code"] == "not_found"
+    assert post(daemon, "/track", track()).status == 404
+    assert daemon.events() == []
+
+
+# --- what the operator sees ----------------------------------------------------------
+
+
+def test_metrics_move_with_the_traffic(daemon: DaemonProcess) -> None:
+    at_rest = metrics(daemon)
+    assert sample(at_rest, "leadsync_events_ingested_total", source="web", type="track") == 0
+    assert sample(at_rest, "leadsync_log_head_sequence") == 0
+
+    post(daemon, "/v1/batch", {"batch": [track(), track(), {"type": "identify", "userId": "u"}]})
+    post(daemon, "/v1/batch", {"batch": [track(), {"type": "track", "userId": "u"}]})
+    post(daemon, "/v1/page", {"userId": "u", "name": "Home"}, key=WRITE_KEYS["backend"])
+    post(daemon, "/v1/track", {"userId": "u"})
+
+    now = metrics(daemon)
+    ingested = "leadsync_events_ingested_total"
+    assert sample(now, ingested, source="web", type="track") == 3
+    assert sample(now, ingested, source="web", type="identify") == 1
+    assert sample(now, ingested, source="backend", type="page") == 1
+    assert sample(now, "leadsync_events_rejected_total", source="web") == 2
+    assert sample(now, "leadsync_http_requests_total", endpoint="batch", code="200") == 2
+    assert sample(now, "leadsync_http_requests_total", endpoint="track", code="400") == 1
+    latency = "leadsync_http_request_duration_seconds"
+    assert sample(now, f"{latency}_count", endpoint="batch") == 2
+    assert sample(now, f"{latency}_bucket", endpoint="batch", le="+Inf") == 2
+    assert sample(now, f"{latency}_sum", endpoint="batch") > 0
+    assert sample(now, "leadsync_log_head_sequence") == 5
+    assert sample(now, "leadsync_log_commit_duration_seconds_count") >= 1
+    for actor in ("admin", "log_writer", "http"):
+        assert sample(now, "leadsync_actor_up", actor=actor) == 1
+    assert ("leadsync_actor_queue_depth", frozenset({("actor", "log_writer")})) in now
+    assert sample(now, "leadsync_actor_queue_capacity", actor="log_writer") > 0
+    assert ("leadsync_log_backlog_events", frozenset()) in now
+    assert ("leadsync_log_pending_events", frozenset()) in now
+    # Restarts are a labelled counter: declared from the start, a series per crashed actor.
+    _, text = daemon.admin("/metrics")
+    assert "# TYPE leadsync_actor_restarts_total counter" in text
+
+
+def test_status_reports_version_uptime_counts_and_actors(daemon: DaemonProcess) -> None:
+    post(daemon, "/v1/batch", {"batch": [track(), track(), {"type": "track", "userId": "u"}]})
+    status, body = daemon.admin("/status")
+    assert status == 200
+    assert body["version"] == __version__
+    assert body["uptime_seconds"] > 0
+    assert body["events_stored"] == 2
+    assert body["quarantined"] == 1
+    actors = {a["name"]: a for a in body["actors"]}
+    assert {"admin", "log_writer", "http"} <= set(actors)
+    for actor in actors.values():
+        assert actor["state"] == "running"
+        assert actor["restarts"] == 0
+    assert actors["log_writer"]["queue_depth"] == 0
+    assert actors["log_writer"]["queue_capacity"] > 0
