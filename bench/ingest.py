@@ -1,0 +1,560 @@
+"""Ingestion throughput through /v1/batch, next to the two limits that bound it.
+
+A figure alone says little: 30,000 events/s is good or bad depending on what the disk
+and the HTTP stack can do at all on the same machine. So the same run measures
+
+- the real daemon (`python -m daemon run`, a subprocess) answering /v1/batch: events
+  acknowledged with 200, which the API promises are committed (WAL, synchronous=FULL);
+- an aiohttp server that reads the body and answers 200 (the HTTP ceiling: the daemon
+  cannot answer faster than aiohttp can, on the same loop and the same payloads);
+- stdlib sqlite3 inserting the rows the daemon stored into a fresh database of the
+  same schema and PRAGMAs (the storage ceiling: no HTTP, no parsing, no event loop);
+
+and prints the daemon's share of each. Run from the repository root:
+
+    .venv/bin/python bench/ingest.py [--clients 8] [--seconds 10 | --batches N]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script (`python bench/ingest.py`), Python puts bench/ on the path, not the
+# repository root that holds the packages this benchmark drives.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import closing  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+
+import aiohttp  # noqa: E402
+import msgspec  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from actors.tracking_api import MAX_REQUEST_BYTES  # noqa: E402
+from storage.migrations import MIGRATIONS  # noqa: E402
+from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port  # noqa: E402
+
+TARGET_EVENTS_PER_SECOND = 30_000
+TARGET_RSS_BYTES = 200 * 1024 * 1024
+TEMPLATES = 64
+"""Distinct batch bodies; each send stamps a fresh batch number into one of them."""
+_PLACEHOLDER = b"@@@@@@@@@@"
+"""Ten bytes in every messageId, replaced by the batch number: unique ids for free."""
+_INSERT = (
+    "INSERT INTO events (source, message_id, type, received_at, body) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (source, message_id) DO NOTHING"
+)
+
+
+# ---------------------------------------------------------------------------- payloads
+
+
+_PLANS = ("free", "starter", "pro", "enterprise")
+_EVENTS = (
+    "Signed Up",
+    "Product Viewed",
+    "Order Completed",
+    "Trial Started",
+    "Invite Sent",
+    "Report Exported",
+)
+_PAGES = ("Pricing", "Docs", "Home", "Blog", "Integrations", "Careers")
+_AGENTS = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36",
+)
+
+
+def _message(rng: random.Random, index: int, now: datetime) -> dict[str, object]:
+    """One Segment message as real clients send it: ids, context, a few fields, 300-600 B."""
+    user = f"user-{rng.randrange(1_000_000):06d}"
+    message: dict[str, object] = {
+        "messageId": f"bench-{_PLACEHOLDER.decode()}-{index:03d}",
+        "userId": user,
+        "anonymousId": f"{rng.getrandbits(64):016x}-{rng.getrandbits(32):08x}",
+        "timestamp": (now - timedelta(seconds=rng.randrange(60))).isoformat(),
+        "context": {
+            "library": {"name": "analytics-python", "version": "2.3.2"},
+            "ip": f"203.0.113.{rng.randrange(1, 255)}",
+        },
+    }
+    roll = rng.random()
+    if roll < 0.6:
+        message["type"] = "track"
+        message["event"] = rng.choice(_EVENTS)
+        message["properties"] = {
+            "plan": rng.choice(_PLANS),
+            "revenue": round(rng.uniform(5, 500), 2),
+            "currency": "EUR",
+            "sku": f"SKU-{rng.randrange(10_000):05d}",
+        }
+    elif roll < 0.8:
+        message["type"] = "identify"
+        message["traits"] = {
+            "email": f"{user}@example.com",
+            "name": f"Person {rng.randrange(10_000)}",
+            "plan": rng.choice(_PLANS),
+            "company": {
+                "name": f"Company {rng.randrange(5_000)}",
+                "employees": rng.randrange(5000),
+            },
+            "title": rng.choice(("CTO", "Engineer", "Head of Growth", "Founder")),
+        }
+    else:
+        page = rng.choice(_PAGES)
+        message["type"] = "page"
+        message["name"] = page
+        message["properties"] = {
+            "path": f"/{page.lower()}",
+            "url": f"https://example.com/{page.lower()}",
+            "referrer": "https://www.google.com/",
+            "title": f"{page} - Example",
+        }
+        context = message["context"]
+        assert isinstance(context, dict)
+        context["userAgent"] = rng.choice(_AGENTS)
+    return message
+
+
+class Payloads:
+    """Batch bodies with unique messageIds, made without per-send JSON encoding.
+
+    The client shares two cores with the server; encoding 100 messages per request
+    would take CPU from the server we are measuring.
+    """
+
+    def __init__(self, batch_size: int, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        now = datetime.now(UTC)
+        self.templates = [
+            msgspec.json.encode(
+                {
+                    "batch": [_message(rng, i, now) for i in range(batch_size)],
+                    "sentAt": now.isoformat(),
+                    "context": {"library": {"name": "analytics-python", "version": "2.3.2"}},
+                }
+            )
+            for _ in range(TEMPLATES)
+        ]
+        self.batch_size = batch_size
+        self.mean_event_bytes = sum(map(len, self.templates)) / TEMPLATES / batch_size
+        self._next = 0
+
+    def take(self) -> bytes:
+        number = self._next
+        self._next += 1
+        template = self.templates[number % TEMPLATES]
+        return template.replace(_PLACEHOLDER, b"%010d" % number)
+
+
+# ---------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadResult:
+    events: int = 0
+    """Events in requests answered 200."""
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    """Seconds per request answered 200."""
+    failures: Counter[str] = field(default_factory=Counter)
+    server_cpu_seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
+    other_cpu_seconds: float = 0.0
+    """CPU time of everything else on the machine meanwhile: noise in the figures."""
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def percentile(self, fraction: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def drive(
+    url: str, payloads: Payloads, clients: int, seconds: float, batches: int | None, pid: int
+) -> LoadResult:
+    """`clients` keep-alive connections, each sending its next batch as soon as it has
+    an answer; stops after `seconds`, or after `batches` requests in all when given."""
+    result = LoadResult()
+    auth = base64.b64encode(f"{WRITE_KEYS['backend']}:".encode()).decode()
+    headers = {"Authorization": f"Basic {auth}", "Content-Type": "application/json"}
+    deadline = float("inf") if batches is not None else time.perf_counter() + seconds
+    sent = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal sent
+        while time.perf_counter() < deadline and (batches is None or sent < batches):
+            sent += 1
+            body = payloads.take()
+            started = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    status = response.status
+            except aiohttp.ClientError as exc:
+                result.failures[type(exc).__name__] += 1
+                continue
+            if status == 200:
+                result.latencies.append(time.perf_counter() - started)
+                result.events += payloads.batch_size
+            else:
+                result.failures[str(status)] += 1
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        server_before, own_before, machine_before = (
+            _cpu_seconds(pid),
+            time.process_time(),
+            _machine_busy_seconds(),
+        )
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        result.seconds = time.perf_counter() - started
+        result.server_cpu_seconds = _cpu_seconds(pid) - server_before
+        result.client_cpu_seconds = time.process_time() - own_before
+        result.other_cpu_seconds = (
+            _machine_busy_seconds()
+            - machine_before
+            - result.server_cpu_seconds
+            - result.client_cpu_seconds
+        )
+    return result
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its threads (aiosqlite's writer thread too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    """CPU time spent by every process on the machine (all CPUs, idle and iowait excluded)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_bytes(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"{key} not in /proc/{pid}/status")
+
+
+# ---------------------------------------------------------------------------- null server
+
+
+def serve_null(port: int) -> None:
+    """The HTTP ceiling: set up as the daemon's listener, with a handler that only
+    reads the body. Runs in its own process, as the daemon does."""
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b'{"success":true}', content_type="application/json")
+
+    async def main() -> None:
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES + 1)
+        app.router.add_post("/v1/{endpoint}", handler)
+        runner = web.AppRunner(app, auto_decompress=False, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"null server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"null server not listening on {port} after {timeout}s")
+
+
+# ---------------------------------------------------------------------------- raw sqlite
+
+
+Row = tuple[str, str, str, str, bytes]
+
+
+def stored_rows(database: Path, limit: int) -> list[Row]:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return db.execute(
+            "SELECT source, message_id, type, received_at, body FROM events ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+
+def raw_sqlite(path: Path, rows: list[Row], per_transaction: int) -> float:
+    """Events/s for stdlib sqlite3 alone: the daemon's schema, PRAGMAs and INSERT,
+    executemany of 100 rows, one BEGIN IMMEDIATE ... COMMIT (one fsync) every
+    `per_transaction` rows."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        for script in MIGRATIONS:
+            db.executescript(script)
+        started = time.perf_counter()
+        for start in range(0, len(rows), per_transaction):
+            db.execute("BEGIN IMMEDIATE")
+            end = min(start + per_transaction, len(rows))
+            for chunk in range(start, end, 100):
+                db.executemany(_INSERT, rows[chunk : min(chunk + 100, end)])
+            db.execute("COMMIT")
+        return len(rows) / (time.perf_counter() - started)
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    clients: int
+    batch_size: int
+    mean_event_bytes: float
+    daemon: LoadResult
+    daemon_rows: int
+    backlog: int
+    """Logged events the slowest consumer (the identity merger) had not applied yet."""
+    commits: dict[str, float]
+    peak_rss: int
+    null: LoadResult | None
+    sqlite: dict[str, float]
+    stored_row_bytes: float
+
+    @property
+    def durable(self) -> bool:
+        return self.daemon_rows == self.daemon.events
+
+    def lines(self) -> Iterator[str]:
+        yield (
+            f"leadsync ingest: /v1/batch, {self.clients} clients, {self.batch_size} events a "
+            f"batch, ~{self.mean_event_bytes:.0f} B an event; {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+        )
+        yield ""
+        yield (
+            f"{'':40}{'events/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'server':>8}{'client':>8}"
+            f"{'other':>7}{'daemon/limit':>14}"
+        )
+        daemon_rate = self.daemon.events_per_second
+        runs = [("daemon /v1/batch (200 = committed)", self.daemon)]
+        if self.null is not None:
+            runs.append(("limit: aiohttp handler doing nothing", self.null))
+        for label, run in runs:
+            ratio = "" if run is self.daemon else f"{daemon_rate / run.events_per_second:.2f}"
+            yield (
+                f"{label:40}{run.events_per_second:>9,.0f}{run.percentile(0.5) * 1000:>8.1f}"
+                f"{run.percentile(0.99) * 1000:>8.1f}{_share(run.server_cpu_seconds, run):>8}"
+                f"{_share(run.client_cpu_seconds, run):>8}{_share(run.other_cpu_seconds, run):>7}"
+                f"{ratio:>14}"
+            )
+        for label, rate in self.sqlite.items():
+            yield f"{'limit: sqlite3 alone, ' + label:40}{rate:>9,.0f}{daemon_rate / rate:>53.2f}"
+        yield ""
+        yield (
+            "server, client, other: CPU of the server process, of this client, and of "
+            "everything else on the machine (noise; should be ~0%), 100% = one core"
+        )
+        if self.sqlite:
+            yield (
+                f"sqlite3 alone: the rows the daemon stored (~{self.stored_row_bytes:.0f} B "
+                "bodies) inserted again into a fresh file, same schema, PRAGMAs and INSERT, "
+                "executemany of 100 rows, no HTTP, no parsing, no event loop; 100 rows a commit "
+                "= an fsync per request (no group commit); "
+                f"{self.clients * self.batch_size} rows = the largest group {self.clients} "
+                "clients can form; one transaction = no fsync to speak of"
+            )
+        yield ""
+        yield (
+            f"daemon: {self.daemon.events:,} events acknowledged, {self.daemon_rows:,} rows in "
+            f"the events table ({'durable' if self.durable else 'MISMATCH'}); non-200 answers: "
+            f"{dict(self.daemon.failures) or 'none'}; peak RSS {self.peak_rss / 2**20:.0f} MB"
+        )
+        groups = self.commits["leadsync_log_commit_duration_seconds_count"]
+        if groups:
+            busy = self.commits["leadsync_log_commit_duration_seconds_sum"]
+            events = self.commits["leadsync_log_commit_events_sum"]
+            yield (
+                f"daemon group commits: {groups:,.0f}, {events / groups:.0f} events and "
+                f"{busy / groups * 1000:.1f} ms each on average; the log writer was committing "
+                f"{busy / self.daemon.seconds:.0%} of the time"
+            )
+        yield (
+            f"consumers: {self.backlog:,} of the events logged not yet applied (backlog) when "
+            "the load stopped"
+        )
+        if self.null is not None and self.null.failures:
+            yield f"null handler non-200 answers: {dict(self.null.failures)}"
+        speed = "met" if daemon_rate >= TARGET_EVENTS_PER_SECOND else "NOT met"
+        memory = "met" if self.peak_rss < TARGET_RSS_BYTES else "NOT met"
+        yield (
+            f"target >= {TARGET_EVENTS_PER_SECOND:,} events/s: {speed}; "
+            f"target RSS < {TARGET_RSS_BYTES // 2**20} MB: {memory}"
+        )
+
+
+def _commit_figures(metrics: str) -> dict[str, float]:
+    """The log writer's own account of its group commits, from the daemon's /metrics."""
+    wanted = {
+        "leadsync_log_commit_duration_seconds_sum",
+        "leadsync_log_commit_duration_seconds_count",
+        "leadsync_log_commit_events_sum",
+    }
+    figures = dict.fromkeys(wanted, 0.0)
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            figures[name] = float(value)
+    return figures
+
+
+def _share(cpu_seconds: float, run: LoadResult) -> str:
+    return f"{cpu_seconds / run.seconds:.0%}" if run.seconds else "-"
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def measure_null(args: argparse.Namespace, payloads: Payloads) -> LoadResult:
+    port = free_port()
+    null = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--null-server-port", str(port)]
+    )
+    try:
+        _wait_listening(port, null)
+        print(f"aiohttp null handler: {args.clients} clients ...", flush=True)
+        url = f"http://127.0.0.1:{port}/v1/batch"
+        return asyncio.run(drive(url, payloads, args.clients, args.seconds, args.batches, null.pid))
+    finally:
+        null.terminate()
+        null.wait(10)
+
+
+def run(args: argparse.Namespace) -> Report:
+    payloads = Payloads(args.batch_size)
+    null = None if args.daemon_only else measure_null(args, payloads)
+    with tempfile.TemporaryDirectory(prefix="leadsync-bench-") as temp:
+        directory = Path(temp)
+        (directory / "daemon").mkdir()
+        daemon = DaemonProcess(directory / "daemon", args.daemon_config.replace("\\n", "\n"))
+        try:
+            daemon.start()
+            assert daemon.process is not None
+            pid = daemon.process.pid
+            print(f"daemon: {args.clients} clients ...", flush=True)
+            url = f"{daemon.url}/v1/batch"
+            result = asyncio.run(
+                drive(url, payloads, args.clients, args.seconds, args.batches, pid)
+            )
+            # Read while the daemon still runs: every 200 must already be committed.
+            rows = daemon.query("SELECT count(*) FROM events")[0][0]
+            backlog = int(daemon.admin("/status")[1]["backlog_events"])
+            commits = _commit_figures(daemon.admin("/metrics")[1])
+            peak_rss = _status_bytes(pid, "VmHWM")
+            code = daemon.terminate()
+            if code != 0:
+                raise RuntimeError(f"daemon exited with {code}:\n{daemon.log()}")
+        finally:
+            daemon.stop_quietly()
+
+        sqlite_rates: dict[str, float] = {}
+        sample = [] if args.daemon_only else stored_rows(daemon.database, args.sqlite_rows)
+        if sample:
+            print("sqlite3 alone ...", flush=True)
+            group = args.clients * args.batch_size
+            for label, per_transaction in (
+                ("100 rows a commit", 100),
+                (f"{group} rows a commit", group),
+                ("one transaction", len(sample)),
+            ):
+                path = directory / f"sqlite-{per_transaction}.db"
+                sqlite_rates[label] = raw_sqlite(path, sample, per_transaction)
+    return Report(
+        clients=args.clients,
+        batch_size=args.batch_size,
+        mean_event_bytes=payloads.mean_event_bytes,
+        daemon=result,
+        daemon_rows=rows,
+        backlog=backlog,
+        commits=commits,
+        peak_rss=peak_rss,
+        null=null,
+        sqlite=sqlite_rates,
+        stored_row_bytes=sum(len(row[4]) for row in sample) / len(sample) if sample else 0.0,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser.add_argument("--clients", type=int, default=8, help="concurrent connections")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="length of each HTTP run (default 10)"
+    )
+    parser.add_argument(
+        "--batches", type=int, help="send this many batches per HTTP run instead of timing it"
+    )
+    parser.add_argument("--batch-size", type=int, default=100, help="events a batch")
+    parser.add_argument(
+        "--sqlite-rows",
+        type=int,
+        default=200_000,
+        help="how many of the stored rows the sqlite3 limit inserts again (default 200,000)",
+    )
+    parser.add_argument(
+        "--daemon-only",
+        action="store_true",
+        help="skip both limits (quicker, for comparing changes to the daemon)",
+    )
+    parser.add_argument(
+        "--daemon-config",
+        default="",
+        metavar="TOML",
+        help='extra daemon.toml tables, e.g. "[identity]\\nbatch_size = 500"',
+    )
+    parser.add_argument("--null-server-port", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    if args.null_server_port is not None:
+        serve_null(args.null_server_port)
+        return 0
+    report = run(args)
+    print()
+    for line in report.lines():
+        print(line)
+    return 0 if report.durable else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
