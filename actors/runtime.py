@@ -9,10 +9,12 @@ that from their checkpoint).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 T = TypeVar("T")
@@ -46,6 +48,17 @@ class Mailbox(Generic[T]):
     def close(self) -> None:
         """Take no more; the reader drains what is queued and then sees the end."""
         self._send.close()
+
+
+@contextmanager
+def held_from_thread(semaphore: anyio.Semaphore) -> Iterator[None]:
+    """Hold an event-loop semaphore from a worker thread (one started by
+    anyio.to_thread), so sync code queues with async code for the same resource."""
+    anyio.from_thread.run(semaphore.acquire)
+    try:
+        yield
+    finally:
+        anyio.from_thread.run_sync(semaphore.release)
 
 
 class Actor(ABC):

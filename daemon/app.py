@@ -22,7 +22,7 @@ from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import rebuild
 from actors.log_writer import LogProgress, LogWriter, Submission
-from actors.runtime import Mailbox
+from actors.runtime import Mailbox, held_from_thread
 from daemon.admin import AdminServer
 from daemon.config import Config
 from daemon.metrics import Metrics
@@ -78,7 +78,12 @@ async def serve(config: Config, config_path: str) -> int:
                     metrics,
                     started_at,
                     lambda: anyio.to_thread.run_sync(
-                        rebuild, path, config.identity, config.storage.busy_timeout
+                        lambda: rebuild(
+                            path,
+                            config.identity,
+                            config.storage.busy_timeout,
+                            gate=lambda: held_from_thread(storage.write_gate),
+                        )
                     ),
                 ),
                 role="service",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+import anyio
 import msgspec
 
 
@@ -92,6 +92,11 @@ class ProfileView(msgspec.Struct):
 
 
 class Storage(Protocol):
+    write_gate: anyio.Semaphore
+    """Held by whoever writes, so in-process writers queue on it in order. Without it
+    they would queue in SQLite's busy handler, which sleeps in steps of up to 100 ms
+    and made group commits wait behind the identity merger."""
+
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
         """Commit every request in one transaction (group commit).
 
@@ -227,12 +232,18 @@ class GraphStore(Protocol):
     """The identity graph's persistence, used from one worker thread by one actor.
 
     Synchronous on purpose: the merger makes many small reads and writes per batch,
-    and one thread hop per batch (not per statement) is what keeps it fast. Every
-    write happens inside `transaction()`, which commits the batch and its checkpoint
-    together.
+    and one thread hop per batch (not per statement) is what keeps it fast. Reads
+    need no transaction, since only the merger writes these tables; every write
+    happens between `begin()` and `commit()`, with the batch's checkpoint.
     """
 
-    def transaction(self) -> AbstractContextManager[None]: ...
+    def begin(self) -> None:
+        """Open the write transaction (the caller holds Storage.write_gate)."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
 
     def checkpoint(self) -> int: ...
 
@@ -246,25 +257,36 @@ class GraphStore(Protocol):
 
     def profiles(self, ids: Sequence[int]) -> list[Profile]: ...
 
-    def new_profile(self, uid: str, anchor: Anchor) -> int: ...
+    def next_ids(self) -> tuple[int, int]:
+        """(next identifier id, next profile id): a batch hands out ids in memory and
+        writes its rows once, at the end."""
+        ...
 
-    def new_node(self, kind: str, value: str, profile: int, first_ts: str) -> int: ...
-
-    def save(self, nodes: Sequence[Node], profiles: Sequence[Profile]) -> None: ...
+    def save(
+        self, nodes: Sequence[Node], profiles: Sequence[Profile], renamed: Sequence[int]
+    ) -> None:
+        """Insert or update whole rows; `renamed` are profiles whose uid changed."""
+        ...
 
     def delete_profiles(self, ids: Sequence[int]) -> None: ...
 
-    def redirect(self, uid: str, profile: int) -> None:
-        """Keep a retired profile id resolvable: it now means `profile`."""
+    def redirect(self, redirects: Sequence[tuple[str, int]]) -> None:
+        """(retired uid, profile): keep retired profile ids resolvable."""
         ...
 
-    def repoint(self, old: int, new: int) -> None:
-        """Every identifier and retired id of profile `old` now belongs to `new`."""
+    def repoint(
+        self, nodes: Sequence[tuple[int, int]], redirects: Sequence[tuple[int, int]]
+    ) -> None:
+        """(old, new) profile ids, in order: identifiers, and retired ids, of `old` now
+        belong to `new`."""
         ...
 
-    def link(self, a: int, b: int, ts: str, seq: int) -> bool:
-        """Record that a and b were seen together at ts; True if that is news (a new
-        pair, or an earlier time than known), which is when rules must look again."""
+    def links_between(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
+        """The earliest time each (a, b) pair (a < b) was seen together, where known."""
+        ...
+
+    def save_links(self, links: Sequence[tuple[int, int, str, int]]) -> None:
+        """(a, b, ts, seq) with a < b; a pair keeps its earliest time."""
         ...
 
     def links_of(self, nodes: Sequence[int]) -> list[Link]: ...

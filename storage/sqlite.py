@@ -66,7 +66,8 @@ class SqliteStorage:
         """Profile lookups read several tables in one snapshot (a read transaction),
         so they get their own connection and lock rather than stall other readers."""
         self._lookup_lock = anyio.Lock()
-        self._write_lock = anyio.Lock()
+        self.write_gate = anyio.Semaphore(1)
+        """Every in-process writer of this file holds it (see Storage.write_gate)."""
 
     @classmethod
     async def open(
@@ -87,7 +88,7 @@ class SqliteStorage:
 
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
         results: list[AppendResult] = []
-        async with self._write_lock, _transaction(self._writer) as db:
+        async with self.write_gate, _transaction(self._writer) as db:
             for request in requests:
                 stored = 0
                 if request.events:
@@ -151,7 +152,7 @@ class SqliteStorage:
 
     async def probe_writable(self) -> None:
         now = datetime.now(UTC).isoformat()
-        async with self._write_lock, _transaction(self._writer) as db:
+        async with self.write_gate, _transaction(self._writer) as db:
             await db.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_probe', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -159,7 +160,7 @@ class SqliteStorage:
             )
 
     async def maintain(self) -> None:
-        async with self._write_lock:
+        async with self.write_gate:
             async with _transaction(self._writer) as db:
                 await db.execute(
                     "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
@@ -178,7 +179,7 @@ class SqliteStorage:
         return None if row is None else str(row[0])
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self._write_lock, _transaction(self._writer) as db:
+        async with self.write_gate, _transaction(self._writer) as db:
             await db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -187,7 +188,7 @@ class SqliteStorage:
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
-            async with self._write_lock:
+            async with self.write_gate:
                 try:
                     await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +19,6 @@ import msgspec
 from storage.base import (
     Account,
     Activity,
-    Anchor,
     Link,
     Merge,
     Node,
@@ -31,6 +29,7 @@ from storage.base import (
 from storage.migrations import MIGRATIONS
 
 CONSUMER = "identity"
+CACHE_KIB = 64 * 1024
 _CHUNK = 500
 """Values per `IN (...)`: well under SQLite's limit on bound parameters."""
 
@@ -56,7 +55,16 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     """A connection for one worker thread at a time (the actor hops between threads)."""
     db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    db.execute("PRAGMA synchronous = FULL")
+    # NORMAL: in WAL mode a commit is safe from a crash of the process, and power
+    # loss can only drop the newest batches, checkpoint included, which are then
+    # replayed from the log. The graph is derived; the log keeps synchronous=FULL.
+    db.execute("PRAGMA synchronous = NORMAL")
+    # The graph's indexes are read all over for every batch; SQLite's default 2 MB
+    # page cache would re-read and re-parse them from the OS each time.
+    db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    # Checkpointing is the log writer's timer's job (storage.maintain): done inside
+    # every merger commit it would copy the same hot index pages again and again.
+    db.execute("PRAGMA wal_autocheckpoint = 0")
     return db
 
 
@@ -64,16 +72,15 @@ class SqliteGraphStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def checkpoint(self) -> int:
         row = self._db.execute(
@@ -126,47 +133,46 @@ class SqliteGraphStore:
             _profile,
         )
 
-    def new_profile(self, uid: str, anchor: Anchor) -> int:
-        self._db.execute("DELETE FROM profile_redirects WHERE uid = ?", (uid,))
-        cursor = self._db.execute(
-            "INSERT INTO profiles (uid, anchor_ts, anchor_kind, anchor_value, kinds, activity) "
-            "VALUES (?, ?, ?, ?, '{}', '{}')",
-            (uid, *anchor),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+    def next_ids(self) -> tuple[int, int]:
+        node = self._db.execute("SELECT coalesce(max(id), 0) + 1 FROM identities").fetchone()
+        # AUTOINCREMENT: a deleted profile's id is never handed out again, so an id a
+        # scorer or destination still holds cannot come to mean someone else.
+        profile = self._db.execute(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'profiles'), 0),"
+            " coalesce((SELECT max(id) FROM profiles), 0)) + 1"
+        ).fetchone()
+        return int(node[0]), int(profile[0])
 
-    def new_node(self, kind: str, value: str, profile: int, first_ts: str) -> int:
-        cursor = self._db.execute(
-            "INSERT INTO identities (kind, value, profile, first_ts, activity) "
-            "VALUES (?, ?, ?, ?, '{}')",
-            (kind, value, profile, first_ts),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
-
-    def save(self, nodes: Sequence[Node], profiles: Sequence[Profile]) -> None:
+    def save(
+        self, nodes: Sequence[Node], profiles: Sequence[Profile], renamed: Sequence[int]
+    ) -> None:
         self._db.executemany(
-            "UPDATE identities SET profile = ?, first_ts = ?, activity = ? WHERE id = ?",
-            [(n.profile, n.first_ts, _encode(n.activity), n.id) for n in nodes],
+            "INSERT INTO identities (id, kind, value, profile, first_ts, activity) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET profile = excluded.profile, "
+            "first_ts = excluded.first_ts, activity = excluded.activity",
+            [(n.id, n.kind, n.value, n.profile, n.first_ts, _encode(n.activity)) for n in nodes],
         )
-        # A profile can take a uid another profile gave up earlier in the same batch
-        # (a re-split); release uids first so the UNIQUE constraint sees the end state.
+        # A renamed profile may take a uid another gave up in the same batch; release
+        # the old ones first so the UNIQUE constraint only sees the end state.
         self._db.executemany(
-            "UPDATE profiles SET uid = '~' || id WHERE id = ?", [(p.id,) for p in profiles]
+            "UPDATE profiles SET uid = '~' || id WHERE id = ?", [(i,) for i in renamed]
         )
         self._db.executemany(
-            "UPDATE profiles SET uid = ?, anchor_ts = ?, anchor_kind = ?, anchor_value = ?, "
-            "user_id = ?, account_id = ?, kinds = ?, activity = ? WHERE id = ?",
+            "INSERT INTO profiles (id, uid, anchor_ts, anchor_kind, anchor_value, user_id, "
+            "account_id, kinds, activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET uid = excluded.uid, anchor_ts = excluded.anchor_ts, "
+            "anchor_kind = excluded.anchor_kind, anchor_value = excluded.anchor_value, "
+            "user_id = excluded.user_id, account_id = excluded.account_id, "
+            "kinds = excluded.kinds, activity = excluded.activity",
             [
                 (
+                    p.id,
                     p.uid,
                     *p.anchor,
                     p.user_id,
                     None if p.activity.account is None else p.activity.account.value,
                     _encode(p.kinds),
                     _encode(p.activity),
-                    p.id,
                 )
                 for p in profiles
             ],
@@ -178,30 +184,39 @@ class SqliteGraphStore:
     def delete_profiles(self, ids: Sequence[int]) -> None:
         self._db.executemany("DELETE FROM profiles WHERE id = ?", [(i,) for i in ids])
 
-    def redirect(self, uid: str, profile: int) -> None:
-        self._db.execute(
+    def redirect(self, redirects: Sequence[tuple[str, int]]) -> None:
+        self._db.executemany(
             "INSERT INTO profile_redirects (uid, profile) VALUES (?, ?) "
             "ON CONFLICT (uid) DO UPDATE SET profile = excluded.profile",
-            (uid, profile),
+            redirects,
         )
 
-    def repoint(self, old: int, new: int) -> None:
-        self._db.execute("UPDATE identities SET profile = ? WHERE profile = ?", (new, old))
-        self._db.execute("UPDATE profile_redirects SET profile = ? WHERE profile = ?", (new, old))
+    def repoint(
+        self, nodes: Sequence[tuple[int, int]], redirects: Sequence[tuple[int, int]]
+    ) -> None:
+        self._db.executemany("UPDATE identities SET profile = ?2 WHERE profile = ?1", nodes)
+        self._db.executemany(
+            "UPDATE profile_redirects SET profile = ?2 WHERE profile = ?1", redirects
+        )
 
-    def link(self, a: int, b: int, ts: str, seq: int) -> bool:
-        a, b = min(a, b), max(a, b)
-        row = self._db.execute(
-            "SELECT ts FROM identity_links WHERE a = ? AND b = ?", (a, b)
-        ).fetchone()
-        if row is not None and row[0] <= ts:
-            return False
-        self._db.execute(
+    def links_between(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
+        found: dict[tuple[int, int], str] = {}
+        for chunk in _chunks(pairs):
+            values = ",".join("(?, ?)" * 1 for _ in chunk)
+            flat = [end for pair in chunk for end in pair]
+            for a, b, ts in self._db.execute(
+                f"SELECT a, b, ts FROM identity_links WHERE (a, b) IN (VALUES {values})", flat
+            ):
+                found[(a, b)] = ts
+        return found
+
+    def save_links(self, links: Sequence[tuple[int, int, str, int]]) -> None:
+        self._db.executemany(
             "INSERT INTO identity_links (a, b, ts, seq) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (a, b) DO UPDATE SET ts = excluded.ts, seq = excluded.seq",
-            (a, b, ts, seq),
+            "ON CONFLICT (a, b) DO UPDATE SET ts = excluded.ts, seq = excluded.seq "
+            "WHERE excluded.ts < identity_links.ts",
+            links,
         )
-        return True
 
     def links_of(self, nodes: Sequence[int]) -> list[Link]:
         links: set[Link] = set()
@@ -310,16 +325,18 @@ def scratch(path: Path) -> sqlite3.Connection:
 
 def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
     """Replace the graph with the rebuilt one and set the checkpoint, in one transaction:
-    readers see the old graph or the new one, never a mix."""
+    readers see the old graph or the new one, never a mix. The caller holds the gate."""
     db.execute("ATTACH DATABASE ? AS rebuilt", (str(rebuilt),))
+    store = SqliteGraphStore(db)
     try:
-        store = SqliteGraphStore(db)
-        with store.transaction():
-            for table in GRAPH_TABLES:
-                db.execute(f"DELETE FROM main.{table}")
-                db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
-            store.set_checkpoint(checkpoint)
+        store.begin()
+        for table in GRAPH_TABLES:
+            db.execute(f"DELETE FROM main.{table}")
+            db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
+        store.set_checkpoint(checkpoint)
+        store.commit()
     finally:
+        store.rollback()
         db.execute("DETACH DATABASE rebuilt")
 
 

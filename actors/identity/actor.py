@@ -21,7 +21,7 @@ from actors.identity.extract import Extractor
 from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.log_writer import LogProgress
 from actors.messages import ProfileChanged
-from actors.runtime import Actor, Mailbox
+from actors.runtime import Actor, Mailbox, held_from_thread
 from daemon.config import IdentitySection
 from daemon.metrics import Metrics
 from storage.base import Change, Storage
@@ -63,7 +63,8 @@ class IdentityActor(Actor):
         try:
             store = SqliteGraphStore(db)
             extractor = Extractor(self._rules)
-            graph = Graph(store, self._rules, extractor)
+            gate = self._storage.write_gate
+            graph = Graph(store, self._rules, extractor, lambda: held_from_thread(gate))
             checkpoint = await anyio.to_thread.run_sync(store.checkpoint)
             self._progress.consumers[CONSUMER] = checkpoint
             ready()

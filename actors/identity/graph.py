@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,10 @@ MAX_RECOMPUTE_NODES = 10_000
 touches thousands of people) the link is dropped in arrival order and logged."""
 
 _decode_event = msgspec.json.Decoder(Event).decode
+# Plain ints on the hot path: IntFlag arithmetic costs microseconds per call.
+_IDENTITY, _MERGE, _TRAITS = int(Change.IDENTITY), int(Change.MERGE), int(Change.TRAITS)
+_ACTIVITY, _ACCOUNT = int(Change.ACTIVITY), int(Change.ACCOUNT)
+_MERGED_AWAY, _RECOMPUTED = int(Change.MERGED_AWAY), int(Change.RECOMPUTED)
 
 
 def uid_of(anchor: Anchor) -> str:
@@ -132,8 +137,16 @@ class BatchResult:
 class Graph:
     """Applies log events to a GraphStore. One batch is one transaction, checkpoint included."""
 
-    def __init__(self, store: GraphStore, rules: IdentitySection, extractor: Extractor) -> None:
+    def __init__(
+        self,
+        store: GraphStore,
+        rules: IdentitySection,
+        extractor: Extractor,
+        gate: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self.store = store
+        self.gate = gate
+        """Entered (in this thread) before writing, left after the commit."""
         self.rules = rules
         self.extractor = extractor
         self._limits: dict[str, int] = {}
@@ -144,12 +157,9 @@ class Graph:
 
     def apply(self, events: Sequence[StoredEvent], after: int) -> BatchResult:
         """Apply `events`, which follow checkpoint `after`, and move the checkpoint."""
-        batch = _Batch(self)
-        with self.store.transaction():
-            if (current := self.store.checkpoint()) != after:
-                raise StaleCheckpoint(current)
+        with _Batch(self, after) as batch:
             batch.run(events)
-            self.store.set_checkpoint(events[-1].seq)
+            batch.commit(events[-1].seq)
         return batch.result
 
     def violation(self, left: dict[str, int], right: dict[str, int]) -> str | None:
@@ -162,11 +172,16 @@ class Graph:
 
 class _Batch:
     """The unit of work for one batch: rows are read once, changed in memory, and
-    written once at the end (or before a re-decision, which reads through SQL)."""
+    written once at the end. The write lock is taken only for that end, so ingestion
+    commits while the batch computes; a re-decision, which reads through SQL, takes
+    it early and keeps it to the end."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, after: int) -> None:
         self.graph = graph
         self.store = graph.store
+        self.after = after
+        self.writing = ExitStack()
+        self._open = False
         self.result = BatchResult()
         self.nodes: dict[Identifier, Node] = {}
         self.nodes_by_id: dict[int, Node] = {}
@@ -178,32 +193,70 @@ class _Batch:
         self.dirty_profiles: set[int] = set()
         self.deleted: set[int] = set()
         self.dirty_accounts: set[str] = set()
+        self.renamed: set[int] = set()
+        self.redirects: list[tuple[str, int]] = []
+        self.node_moves: list[tuple[int, int]] = []
+        self.redirect_moves: list[tuple[int, int]] = []
+        self.links: dict[tuple[int, int], str] = {}
+        self.dirty_links: dict[tuple[int, int], tuple[str, int]] = {}
         self.profile_events: list[tuple[int, int]] = []
         self.merges: list[Merge] = []
+        self.changed: dict[str, int] = {}
+        self.next_node, self.next_profile = self.store.next_ids()
 
     def run(self, stored: Sequence[StoredEvent]) -> None:
         work: list[tuple[StoredEvent, Event, list[Identifier]]] = []
         for row in stored:
             event = _decode_event(row.body)
             work.append((row, event, self.graph.extractor.identifiers(event)))
-        self._prefetch(
-            {identifier for _, _, ids in work for identifier in ids},
-            {e.group_id for _, e, _ in work if e.type == "group" and e.group_id is not None},
-        )
+        self._prefetch(work)
         for row, event, identifiers in work:
             if not identifiers:
                 self.result.without_identity += 1
                 continue
             self._apply(row.seq, event, identifiers)
             self.result.applied += 1
-        self._flush()
-        self.store.mark_changed(
-            [(uid, int(flags), stored[-1].seq) for uid, flags in self.result.changed.items()]
-        )
 
-    def _prefetch(self, identifiers: set[Identifier], group_ids: set[str]) -> None:
-        self._cache_nodes(self.store.nodes_by_key(list(identifiers)))
-        for account in self.store.accounts(list(group_ids)):
+    def __enter__(self) -> _Batch:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.store.rollback()
+        self.writing.close()
+
+    def _write(self) -> None:
+        """Take the gate and open the transaction, once; the graph must still be the
+        one this batch read (a rebuild may have swapped it)."""
+        if self._open:
+            return
+        self.writing.enter_context(self.graph.gate())
+        self.store.begin()
+        self._open = True
+        if (current := self.store.checkpoint()) != self.after:
+            raise StaleCheckpoint(current)
+
+    def commit(self, seq: int) -> None:
+        self._write()
+        self._flush()
+        self.store.mark_changed([(uid, flags, seq) for uid, flags in self.changed.items()])
+        self.store.set_checkpoint(seq)
+        self.store.commit()
+        self.result.changed = {uid: Change(flags) for uid, flags in self.changed.items()}
+
+    def _prefetch(self, work: list[tuple[StoredEvent, Event, list[Identifier]]]) -> None:
+        """Read every row the batch will touch in a few queries, not one per event."""
+        self._cache_nodes(self.store.nodes_by_key(list({i for _, _, ids in work for i in ids})))
+        for profile in self.store.profiles(list(self.members)):
+            self.profiles[profile.id] = profile
+        pairs: set[tuple[int, int]] = set()
+        for _, _, identifiers in work:
+            known = [self.nodes[i].id for i in identifiers if i in self.nodes]
+            if len(known) > 1 and identifiers[0] in self.nodes:
+                pairs.update((min(known[0], b), max(known[0], b)) for b in known[1:])
+        self.links.update(self.store.links_between(sorted(pairs)))
+        groups = {e.group_id for _, e, _ in work if e.type == "group" and e.group_id is not None}
+        for account in self.store.accounts(list(groups)):
             self.accounts[account.group_id] = account
 
     def _apply(self, seq: int, event: Event, identifiers: list[Identifier]) -> None:
@@ -214,12 +267,12 @@ class _Batch:
         profile = self._profile(home.profile)
         traits = person_traits(event)
         record(home.activity, event, traits)
-        flags = Change.ACTIVITY
+        flags = _ACTIVITY
         if record(profile.activity, event, traits):
-            flags |= Change.TRAITS
+            flags |= _TRAITS
         if event.type == "group" and event.group_id is not None:
             self._account(event)
-            flags |= Change.ACCOUNT
+            flags |= _ACCOUNT
         self.dirty_nodes.add(home.id)
         self.dirty_profiles.add(profile.id)
         self.profile_events.append((home.id, seq))
@@ -231,15 +284,16 @@ class _Batch:
         if node is None:
             anchor: Anchor = (ts, identifier.kind, identifier.value)
             uid = uid_of(anchor)
-            profile_id = self.store.new_profile(uid, anchor)
-            node_id = self.store.new_node(identifier.kind, identifier.value, profile_id, ts)
+            profile_id, node_id = self._new_profile_id(), self.next_node
+            self.next_node += 1
             node = Node(node_id, identifier.kind, identifier.value, profile_id, ts, Activity())
+            self.dirty_nodes.add(node_id)
             user_id = identifier.value if identifier.kind == USER_ID else None
             profile = Profile(profile_id, uid, anchor, {identifier.kind: 1}, Activity(), user_id)
             self.profiles[profile_id] = profile
             self.dirty_profiles.add(profile_id)
             self._cache_nodes([node])
-            self._changed(uid, Change.IDENTITY)
+            self._changed(uid, _IDENTITY)
             return node
         if ts < node.first_ts:
             # An older event than any seen for this identifier: it may now be the
@@ -252,7 +306,8 @@ class _Batch:
                 old = profile.uid
                 profile.anchor, profile.uid = anchor, uid_of(anchor)
                 if profile.uid != old:
-                    self.store.redirect(old, profile.id)
+                    self.renamed.add(profile.id)
+                    self.redirects.append((old, profile.id))
                     self.merges.append(
                         Merge(
                             profile.uid,
@@ -262,14 +317,18 @@ class _Batch:
                             event.message_id,
                         )
                     )
-                    self._changed(old, Change.MERGED_AWAY)
-                    self._changed(profile.uid, Change.IDENTITY)
+                    self._changed(old, _MERGED_AWAY)
+                    self._changed(profile.uid, _IDENTITY)
                 self.dirty_profiles.add(profile.id)
         return node
 
     def _link(self, home: Node, other: Node, seq: int, event: Event) -> None:
-        if not self.store.link(home.id, other.id, event.timestamp, seq):
+        pair = (min(home.id, other.id), max(home.id, other.id))
+        known = self.links.get(pair)
+        if known is not None and known <= event.timestamp:
             return  # seen before, at this time or earlier: already decided
+        self.links[pair] = event.timestamp
+        self.dirty_links[pair] = (event.timestamp, seq)
         left, right = self._profile(home.profile), self._profile(other.profile)
         if left.id == right.id:
             return
@@ -291,10 +350,13 @@ class _Batch:
 
     def _merge(self, left: Profile, right: Profile, reason: str, seq: int, mid: str) -> None:
         survivor, loser = (left, right) if left.anchor <= right.anchor else (right, left)
-        self.store.repoint(loser.id, survivor.id)
         moved = self.members.pop(loser.id, set())
+        if len(moved) < sum(loser.kinds.values()):
+            self.node_moves.append((loser.id, survivor.id))  # some rows are not in memory
+        self.redirect_moves.append((loser.id, survivor.id))
         for node_id in moved:
             self.nodes_by_id[node_id].profile = survivor.id
+        self.dirty_nodes.update(moved)
         self.members.setdefault(survivor.id, set()).update(moved)
         for kind, count in loser.kinds.items():
             survivor.kinds[kind] = survivor.kinds.get(kind, 0) + count
@@ -304,11 +366,12 @@ class _Batch:
         self.dirty_profiles.add(survivor.id)
         self.merges.append(Merge(survivor.uid, loser.uid, reason, seq, mid))
         self.result.merges += 1
-        self._changed(survivor.uid, Change.MERGE)
-        self._changed(loser.uid, Change.MERGED_AWAY)
+        self._changed(survivor.uid, _MERGE)
+        self._changed(loser.uid, _MERGED_AWAY)
 
     def _recompute(self, seeds: Sequence[Node], seq: int, mid: str, kind: str) -> None:
         """Re-decide the connected part of the graph around `seeds` in event-time order."""
+        self._write()
         self._flush()
         profile_ids: set[int] = set()
         node_ids: set[int] = set()
@@ -345,7 +408,7 @@ class _Batch:
             uid = uid_of(anchor)
             profile = by_uid.pop(uid, None)
             if profile is None:
-                profile = Profile(self.store.new_profile(uid, anchor), uid, anchor, {}, Activity())
+                profile = Profile(self._new_profile_id(), uid, anchor, {}, Activity())
                 self.profiles[profile.id] = profile
             profile.anchor = anchor
             profile.kinds = dict(Counter(n.kind for n in group))
@@ -364,13 +427,13 @@ class _Batch:
             heir = owner_of[(gone.anchor[1], gone.anchor[2])]
             self.members.pop(gone.id, None)
             self._delete(gone, heir.id)
-            self.store.repoint(gone.id, heir.id)
-            self._changed(gone.uid, Change.MERGED_AWAY)
+            self.redirect_moves.append((gone.id, heir.id))
+            self._changed(gone.uid, _MERGED_AWAY)
         self.result.recomputes += 1
         if before == {node_id: node.profile for node_id, node in nodes.items()}:
             return  # the earlier decision stands: the link is simply not followed
         for profile in after:
-            self._changed(profile.uid, Change.RECOMPUTED)
+            self._changed(profile.uid, _RECOMPUTED)
         self.merges.append(
             Merge(
                 ",".join(sorted(p.uid for p in after)),
@@ -430,7 +493,7 @@ class _Batch:
         self.profiles.pop(profile.id, None)
         self.dirty_profiles.discard(profile.id)
         self.deleted.add(profile.id)
-        self.store.redirect(profile.uid, heir)
+        self.redirects.append((profile.uid, heir))
 
     def _profile(self, profile_id: int) -> Profile:
         profile = self.profiles.get(profile_id)
@@ -450,20 +513,35 @@ class _Batch:
             self.nodes_by_id[node.id] = node
             self.members.setdefault(node.profile, set()).add(node.id)
 
-    def _changed(self, uid: str, flags: Change) -> None:
-        self.result.changed[uid] = self.result.changed.get(uid, Change(0)) | flags
+    def _new_profile_id(self) -> int:
+        self.next_profile += 1
+        return self.next_profile - 1
+
+    def _changed(self, uid: str, flags: int) -> None:
+        self.changed[uid] = self.changed.get(uid, 0) | flags
 
     def _flush(self) -> None:
         self.store.delete_profiles(sorted(self.deleted))
+        # Order matters: a retired id first points where it went then, and later moves
+        # carry it on; saved rows then carry their final profile.
+        self.store.redirect(self.redirects)
+        self.store.repoint(self.node_moves, self.redirect_moves)
         self.store.save(
             [self.nodes_by_id[i] for i in self.dirty_nodes],
             [self.profiles[i] for i in self.dirty_profiles],
+            sorted(self.renamed & self.dirty_profiles),
         )
+        self.store.save_links([(a, b, ts, seq) for (a, b), (ts, seq) in self.dirty_links.items()])
         self.store.save_accounts([self.accounts[g] for g in self.dirty_accounts])
         self.store.add_profile_events(self.profile_events)
         self.store.record_merges(self.merges)
         self.dirty_nodes.clear()
         self.dirty_profiles.clear()
+        self.renamed.clear()
+        self.redirects.clear()
+        self.node_moves.clear()
+        self.redirect_moves.clear()
+        self.dirty_links.clear()
         self.deleted.clear()
         self.dirty_accounts.clear()
         self.profile_events.clear()

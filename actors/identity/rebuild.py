@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def rebuild(
     rules: IdentitySection,
     busy_timeout: float,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    gate: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> RebuildReport:
+    """`gate` is held for the swap (the daemon's write gate, when it runs this)."""
     started = time.monotonic()
     scratch_path = database.with_name(database.name + ".identity-rebuild")
     db = connect(database, busy_timeout)
@@ -54,7 +57,8 @@ def rebuild(
             done = events[-1].seq
             progress(done, max(total, done))
         work.close()
-        swap_in(db, scratch_path, done)
+        with gate():
+            swap_in(db, scratch_path, done)
         return RebuildReport(
             events=done,
             profiles_before=before,
