@@ -102,12 +102,12 @@ async def serve(config: Config, config_path: str) -> int:
             ActorSpec(
                 "identity",
                 lambda: IdentityActor(
-                    storage,
                     path,
                     config.storage.busy_timeout,
                     config.identity,
                     progress,
                     metrics,
+                    (config.daemon.log_level, config.daemon.log_format),
                 ),
             )
         )

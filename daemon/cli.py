@@ -130,6 +130,9 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     print(f"  data_dir   {config.daemon.data_dir}")
     print(f"  ingest API {config.http.listen}")
     print(f"  admin API  {config.admin.listen}")
+    kinds = ["user_id", "email", *(x.kind for x in config.identity.external_ids), "anonymous_id"]
+    limits = ", ".join(f"{kind} {config.identity.limit(kind) or 'no cap'}" for kind in kinds)
+    print(f"  identity   at most {limits} a profile")
     for name, source in config.sources.items():
         key = "set" if source.write_key else "generated on first start"
         print(f"  source     {name} (type http, kind {source.kind}, write key {key})")

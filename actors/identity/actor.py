@@ -1,5 +1,8 @@
 """The identity actor: follows the event log from its checkpoint and keeps the graph.
 
+The merging itself runs in a worker process (actors/identity/worker.py); this actor
+paces it, reports its figures and hands changed profiles on.
+
 It has no inbox: the log is its input, and after a crash or restart it simply reads
 on from the checkpoint that was committed with the last batch it applied, so nothing
 is applied twice and nothing skipped. It stops by catching up to the log head (the
@@ -8,27 +11,30 @@ sources have already stopped), so a clean shutdown leaves no backlog.
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
-import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 import structlog
 
-from actors.identity.extract import Extractor
-from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
+from actors.identity import worker
+from actors.identity.graph import StaleCheckpoint
 from actors.log_writer import LogProgress
 from actors.messages import ProfileChanged
-from actors.runtime import Actor, Mailbox, held_from_thread
+from actors.runtime import Actor, Mailbox
 from daemon.config import IdentitySection
 from daemon.metrics import Metrics
-from storage.base import Change, Storage
-from storage.sqlite_graph import CONSUMER, SqliteGraphStore, connect
+from storage.base import Change
+from storage.sqlite_graph import CONSUMER
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
 RETRY_AFTER_STORAGE_ERROR = 1.0
 """Seconds before retrying a batch the database refused (locked too long, disk full)."""
 
@@ -36,19 +42,19 @@ RETRY_AFTER_STORAGE_ERROR = 1.0
 class IdentityActor(Actor):
     def __init__(
         self,
-        storage: Storage,
         database: Path,
         busy_timeout: float,
         rules: IdentitySection,
         progress: LogProgress,
         metrics: Metrics,
+        log_settings: tuple[str, str],
         outbox: Mailbox[ProfileChanged] | None = None,
     ) -> None:
         super().__init__("identity")
-        self._storage = storage
         self._database = database
         self._busy_timeout = busy_timeout
         self._rules = rules
+        self._log_level, self._log_format = log_settings
         self._progress = progress
         self._metrics = metrics
         self._outbox = outbox
@@ -59,27 +65,26 @@ class IdentityActor(Actor):
         self._progress.wake()
 
     async def run(self, ready: Callable[[], None]) -> None:
-        db = await anyio.to_thread.run_sync(connect, self._database, self._busy_timeout)
+        pool = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=worker.ignore_stop_signals,
+        )
         try:
-            store = SqliteGraphStore(db)
-            extractor = Extractor(self._rules)
-            gate = self._storage.write_gate
-            graph = Graph(store, self._rules, extractor, lambda: held_from_thread(gate))
-            checkpoint = await anyio.to_thread.run_sync(store.checkpoint)
+            checkpoint = await _call(
+                pool,
+                worker.start,
+                self._database,
+                self._busy_timeout,
+                self._rules,
+                self._log_level,
+                self._log_format,
+            )
             self._progress.consumers[CONSUMER] = checkpoint
             ready()
-            blocked = 0
             while True:
-                events = await self._storage.read_events(checkpoint, self._rules.batch_size)
-                if not events:
-                    if self._stopping:
-                        return
-                    if self._progress.head <= checkpoint:
-                        await self._progress.moved()
-                    continue
-                started = time.perf_counter()
                 try:
-                    result = await anyio.to_thread.run_sync(graph.apply, events, checkpoint)
+                    applied = await _call(pool, worker.apply_next, checkpoint)
                 except StaleCheckpoint as stale:
                     log.info("identity graph was rebuilt; reading on", checkpoint=stale.checkpoint)
                     checkpoint = self._progress.consumers[CONSUMER] = stale.checkpoint
@@ -91,24 +96,35 @@ class IdentityActor(Actor):
                     log.warning("identity batch not applied; retrying", error=str(exc))
                     await anyio.sleep(RETRY_AFTER_STORAGE_ERROR)
                     continue
-                checkpoint = events[-1].seq
-                self._progress.consumers[CONSUMER] = checkpoint
-                self._metrics.identity_batch_seconds.observe(time.perf_counter() - started)
-                self._metrics.identity_blocked.inc(extractor.blocked - blocked)
-                blocked = extractor.blocked
-                self._report(result, checkpoint)
+                if applied is None:
+                    if self._stopping:
+                        return
+                    if self._progress.head <= checkpoint:
+                        await self._progress.moved()
+                    continue
+                checkpoint = self._progress.consumers[CONSUMER] = applied.checkpoint
+                self._report(applied)
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(db.close)
+                await anyio.to_thread.run_sync(pool.shutdown)
 
-    def _report(self, result: BatchResult, seq: int) -> None:
-        self._metrics.identity_events.inc(result.applied)
-        self._metrics.identity_merges.inc(result.merges)
-        self._metrics.identity_recomputes.inc(result.recomputes)
-        for kind, count in result.dropped.items():
+    def _report(self, applied: worker.Applied) -> None:
+        self._metrics.identity_batch_seconds.observe(applied.seconds)
+        self._metrics.identity_events.inc(applied.applied)
+        self._metrics.identity_merges.inc(applied.merges)
+        self._metrics.identity_recomputes.inc(applied.recomputes)
+        self._metrics.identity_blocked.inc(applied.blocked)
+        for kind, count in applied.dropped.items():
             self._metrics.identity_links_dropped.labels(kind).inc(count)
         if self._outbox is None:
             return
-        for uid, flags in result.changed.items():
-            reasons = [c.name.lower() for c in Change if c in flags and c.name is not None]
-            self._outbox.offer(ProfileChanged(uid, reasons, seq))
+        for uid, flags in applied.changed.items():
+            reasons = [c.name.lower() for c in Change if c & flags and c.name is not None]
+            self._outbox.offer(ProfileChanged(uid, reasons, applied.checkpoint))
+
+
+async def _call(pool: ProcessPoolExecutor, function: Callable[..., T], *args: Any) -> T:
+    """Run `function` in the worker; a batch in flight finishes even if we are cancelled,
+    so its outcome is never in doubt."""
+    future = pool.submit(function, *args)
+    return await anyio.to_thread.run_sync(future.result)

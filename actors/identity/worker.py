@@ -1,0 +1,97 @@
+"""The merger's own process.
+
+Merging is Python work, about a hundred microseconds an event, and in the daemon's
+process it would take the interpreter lock from the ingestion API for as long. In a
+process of its own it runs on the other core. It is a single worker (state such as
+the connection lives in this module between calls), it ignores SIGTERM and SIGINT
+(systemd and a terminal signal the whole group; the daemon decides when it stops),
+and it exits when the daemon does, because its call queue closes.
+
+It writes through SQLite's own lock (BEGIN IMMEDIATE with the busy timeout): the
+daemon's in-process gate cannot reach here. Its write phase is short, and its
+checkpoint check makes a leftover worker of a killed daemon harmless.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actors.identity.extract import Extractor
+from actors.identity.graph import Graph
+from daemon import logs
+from daemon.config import IdentitySection
+from storage.sqlite_graph import SqliteGraphStore, connect, read_events
+
+
+@dataclass
+class Applied:
+    """One batch's outcome, small enough to pickle back to the daemon."""
+
+    checkpoint: int
+    applied: int
+    merges: int
+    recomputes: int
+    dropped: dict[str, int]
+    changed: dict[str, int]
+    blocked: int
+    seconds: float
+
+
+@dataclass
+class _State:
+    db: sqlite3.Connection
+    graph: Graph
+    extractor: Extractor
+    batch_size: int
+    blocked: int = 0
+    reported: dict[str, int] = field(default_factory=dict)
+
+
+_state: _State | None = None
+
+
+def ignore_stop_signals() -> None:
+    """Pool initializer: stopping is the daemon's decision, not the signal's."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start(
+    database: Path, busy_timeout: float, rules: IdentitySection, log_level: str, log_format: str
+) -> int:
+    """Open the graph; returns the checkpoint to read on from."""
+    global _state
+    logs.configure(log_level, log_format)  # type: ignore[arg-type]
+    if _state is not None:
+        _state.db.close()
+    db = connect(database, busy_timeout)
+    extractor = Extractor(rules)
+    store = SqliteGraphStore(db)
+    _state = _State(db, Graph(store, rules, extractor), extractor, rules.batch_size)
+    return store.checkpoint()
+
+
+def apply_next(after: int) -> Applied | None:
+    """Apply the next batch after checkpoint `after`; None when the log has no more."""
+    assert _state is not None, "start() first"
+    events = read_events(_state.db, after, _state.batch_size)
+    if not events:
+        return None
+    started = time.perf_counter()
+    result = _state.graph.apply(events, after)
+    blocked = _state.extractor.blocked - _state.blocked
+    _state.blocked = _state.extractor.blocked
+    return Applied(
+        checkpoint=events[-1].seq,
+        applied=result.applied,
+        merges=result.merges,
+        recomputes=result.recomputes,
+        dropped=dict(result.dropped),
+        changed={uid: int(flags) for uid, flags in result.changed.items()},
+        blocked=blocked,
+        seconds=time.perf_counter() - started,
+    )
