@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -287,3 +288,43 @@ def test_rebuild_applies_changed_rules_to_the_whole_log_online_and_offline(
     assert "no daemon answering" in offline.stdout
     assert "4 profiles before, 1 after" in offline.stdout
     assert len(profiles(daemon.database)) == 1
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_merger_process_ends_with_the_daemon_even_when_it_is_killed(
+    daemon: DaemonProcess,
+) -> None:
+    """A leftover merger would hold the database open and keep writing to it."""
+    assert daemon.process is not None
+    workers = [pid for pid in _children(daemon.process.pid) if "spawn_main" in _cmdline(pid)]
+    assert len(workers) == 1
+    daemon.kill()
+    deadline = time.monotonic() + 10
+    while _alive(workers[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(workers[0])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -12,6 +12,7 @@ sources have already stopped), so a clean shutdown leaves no backlog.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -68,7 +69,8 @@ class IdentityActor(Actor):
         pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=worker.ignore_stop_signals,
+            initializer=worker.initialize,
+            initargs=(os.getpid(),),
         )
         try:
             checkpoint = await _call(

@@ -5,7 +5,7 @@ process it would take the interpreter lock from the ingestion API for as long. I
 process of its own it runs on the other core. It is a single worker (state such as
 the connection lives in this module between calls), it ignores SIGTERM and SIGINT
 (systemd and a terminal signal the whole group; the daemon decides when it stops),
-and it exits when the daemon does, because its call queue closes.
+and it exits when the daemon does, even when the daemon was killed.
 
 It writes through SQLite's own lock (BEGIN IMMEDIATE with the busy timeout): the
 daemon's in-process gate cannot reach here. Its write phase is short, and its
@@ -14,8 +14,10 @@ checkpoint check makes a leftover worker of a killed daemon harmless.
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,8 @@ from actors.identity.graph import Graph
 from daemon import logs
 from daemon.config import IdentitySection
 from storage.sqlite_graph import SqliteGraphStore, connect, read_events
+
+ORPHAN_CHECK_SECONDS = 0.5
 
 
 @dataclass
@@ -54,10 +58,19 @@ class _State:
 _state: _State | None = None
 
 
-def ignore_stop_signals() -> None:
-    """Pool initializer: stopping is the daemon's decision, not the signal's."""
+def initialize(daemon_pid: int) -> None:
+    """Pool initializer. Stopping is the daemon's decision, not a signal's; and when
+    the daemon is gone (even SIGKILLed, which closes nothing cleanly), so is this
+    process, mid-batch or not: an uncommitted batch is rolled back by SQLite."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == daemon_pid:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def start(
