@@ -116,6 +116,10 @@ class AdminServer(Actor):
                 "pending_events": self._progress.pending,
                 "backlog_events": self._progress.backlog,
                 "quarantined": quarantined,
+                "consumers": {
+                    name: {"applied": seq, "lag_events": max(self._progress.head - seq, 0)}
+                    for name, seq in self._progress.consumers.items()
+                },
                 "ingest": {
                     "listen": str(self._config.http.listen),
                     "sources": {

@@ -191,6 +191,11 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         f"events stored {status['events_stored']:,}   pending {status['pending_events']:,}   "
         f"backlog {status['backlog_events']:,}   quarantined {status['quarantined']:,}"
     )
+    for name, consumer in status.get("consumers", {}).items():
+        console.print(
+            f"{name}: applied up to event {consumer['applied']:,}, "
+            f"{consumer['lag_events']:,} behind"
+        )
     table = Table("actor", "role", "state", "restarts", "queue", "last error")
     for actor in status["actors"]:
         queue = (

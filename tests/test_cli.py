@@ -85,6 +85,8 @@ def test_status_prints_a_table_and_json(daemon: DaemonProcess) -> None:
     status = json.loads(raw.stdout)
     assert status["ready"] is True
     assert {a["name"] for a in status["actors"]} == {"admin", "log_writer", "identity", "http"}
+    assert status["consumers"] == {"identity": {"applied": 0, "lag_events": 0}}
+    assert "identity: applied up to event 0, 0 behind" in table.stdout
 
 
 def test_status_says_when_the_daemon_is_not_running(tmp_path: Path) -> None:

@@ -1,0 +1,87 @@
+"""The identity actor in process: it follows the log, and tells the scorer what changed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+
+from actors.identity.actor import IdentityActor
+from actors.log_writer import LogProgress
+from actors.messages import ProfileChanged
+from actors.runtime import Mailbox
+from daemon.config import IdentitySection
+from daemon.metrics import Metrics
+from storage.base import AppendRequest, Change
+from storage.sqlite import SqliteStorage
+from tests.identity_journey import USER, journey
+from tests.test_identity import records
+
+
+async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "leadsync.db"
+    storage = await SqliteStorage.open(path)
+    requests = [AppendRequest(s, "now", e) for s, e in map(records, journey())]
+    _, head = await storage.append(requests)
+    progress = LogProgress()
+    progress.advance(head)
+    outbox = Mailbox[ProfileChanged](100)
+    actor = IdentityActor(
+        path, 5, IdentitySection(), progress, Metrics(), ("warning", "json"), outbox
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(actor.run, lambda: None)
+        with anyio.fail_after(30):
+            while progress.consumers.get("identity") != head:
+                await anyio.sleep(0.01)
+        actor.stop()
+    await storage.close()
+
+    offered: dict[str, set[str]] = {}
+    while True:
+        try:
+            change = outbox.receiver.receive_nowait()
+        except anyio.WouldBlock:
+            break
+        offered.setdefault(change.profile_id, set()).update(change.reasons)
+
+    with sqlite3.connect(path) as db:
+        (survivor,) = db.execute(
+            "SELECT p.uid FROM profiles p JOIN identities i ON i.profile = p.id "
+            "WHERE i.kind = 'user_id' AND i.value = ?",
+            (USER,),
+        ).fetchone()
+        recorded = dict(db.execute("SELECT uid, reasons FROM profile_changes").fetchall())
+    # The durable record: the surviving profile, and each profile merged into it.
+    assert Change(recorded[survivor]) & Change.MERGE
+    assert Change(recorded[survivor]) & Change.TRAITS
+    gone = {uid for uid, flags in recorded.items() if Change(flags) & Change.MERGED_AWAY}
+    assert len(gone) == 3  # the email's, the mobile's and the user id's own first profile
+    assert survivor not in gone
+    # The hint the scorer reads first says the same.
+    assert {"merge", "traits", "activity"} <= offered[survivor]
+    assert all("merged_away" in offered[uid] for uid in gone)
+
+
+async def test_a_full_scorer_inbox_never_stalls_the_merger(tmp_path: Path) -> None:
+    path = tmp_path / "leadsync.db"
+    storage = await SqliteStorage.open(path)
+    requests = [AppendRequest(s, "now", e) for s, e in map(records, journey())]
+    _, head = await storage.append(requests)
+    progress = LogProgress()
+    progress.advance(head)
+    outbox = Mailbox[ProfileChanged](1)  # nobody reads it
+    actor = IdentityActor(
+        path, 5, IdentitySection(), progress, Metrics(), ("warning", "json"), outbox
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(actor.run, lambda: None)
+        with anyio.fail_after(30):
+            while progress.consumers.get("identity") != head:
+                await anyio.sleep(0.01)
+        actor.stop()
+    await storage.close()
+    assert outbox.depth() == 1
