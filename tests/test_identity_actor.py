@@ -19,16 +19,13 @@ from tests.identity_journey import USER, journey
 from tests.test_identity import records
 
 
-async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "leadsync.db"
+async def merge_journey(path: Path, outbox: Mailbox[ProfileChanged]) -> None:
+    """Log the journey, run the actor until it has applied all of it, stop it."""
     storage = await SqliteStorage.open(path)
     requests = [AppendRequest(s, "now", e) for s, e in map(records, journey())]
     _, head = await storage.append(requests)
     progress = LogProgress()
     progress.advance(head)
-    outbox = Mailbox[ProfileChanged](100)
     actor = IdentityActor(
         path, 5, IdentitySection(), progress, Metrics(), ("warning", "json"), outbox
     )
@@ -39,6 +36,14 @@ async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
                 await anyio.sleep(0.01)
         actor.stop()
     await storage.close()
+
+
+async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "leadsync.db"
+    outbox = Mailbox[ProfileChanged](100)
+    await merge_journey(path, outbox)
 
     offered: dict[str, set[str]] = {}
     while True:
@@ -67,21 +72,6 @@ async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
 
 
 async def test_a_full_scorer_inbox_never_stalls_the_merger(tmp_path: Path) -> None:
-    path = tmp_path / "leadsync.db"
-    storage = await SqliteStorage.open(path)
-    requests = [AppendRequest(s, "now", e) for s, e in map(records, journey())]
-    _, head = await storage.append(requests)
-    progress = LogProgress()
-    progress.advance(head)
     outbox = Mailbox[ProfileChanged](1)  # nobody reads it
-    actor = IdentityActor(
-        path, 5, IdentitySection(), progress, Metrics(), ("warning", "json"), outbox
-    )
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(actor.run, lambda: None)
-        with anyio.fail_after(30):
-            while progress.consumers.get("identity") != head:
-                await anyio.sleep(0.01)
-        actor.stop()
-    await storage.close()
+    await merge_journey(tmp_path / "leadsync.db", outbox)
     assert outbox.depth() == 1
