@@ -128,11 +128,14 @@ class HttpSourceActor(Actor):
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            response = exc
+            # aiohttp's own answers (no such path, wrong method) in Segment's JSON shape.
+            response = _Refusal(
+                exc.status,
+                exc.reason.lower().replace(" ", "_"),
+                f"{request.method} {request.path}: {exc.reason}",
+            ).response()
         self._metrics.requests.labels(endpoint, str(response.status)).inc()
         self._metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
-        if isinstance(response, web.HTTPException):
-            raise response
         return response
 
     async def _preflight(self, request: web.Request) -> web.Response:
