@@ -250,7 +250,8 @@ class HttpSourceActor(Actor):
         if result.duplicates:
             self._metrics.events_duplicate.labels(source).inc(result.duplicates)
         if parsed.rejected:
-            self._metrics.events_rejected.labels(source).inc(len(parsed.rejected))
+            for kind, count in Counter(parsed.rejected_types).items():
+                self._metrics.events_rejected.labels(source, kind).inc(count)
             rejected = [{"index": r.batch_index, "message": r.reason} for r in parsed.rejected]
             if not parsed.events:
                 first = parsed.rejected[0]

@@ -63,6 +63,10 @@ class _Envelope(msgspec.Struct, rename="camel"):
     write_key: str | None = None
 
 
+class _TypeOnly(msgspec.Struct):
+    type: Any = None
+
+
 class _KeyOnly(msgspec.Struct, rename="camel"):
     write_key: str | None = None
 
@@ -73,6 +77,8 @@ class ParsedRequest:
     rejected: list[Rejected] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     """The type of each accepted event, in order, for per-type counts."""
+    rejected_types: list[str] = field(default_factory=list)
+    """The type of each rejected message ("unknown" if it had none)."""
 
 
 def body_write_key(body: bytes) -> str | None:
@@ -123,9 +129,21 @@ def _judge(
         event = _normalize(raw, endpoint_type, envelope, source, received, received_at)
     except _Invalid as exc:
         parsed.rejected.append(Rejected(index, str(exc), raw))
+        parsed.rejected_types.append(_type_of(raw, endpoint_type))
         return
     parsed.events.append(EventRecord(event.message_id, event.type, received, _encode(event)))
     parsed.types.append(event.type)
+
+
+def _type_of(raw: bytes, endpoint_type: str | None) -> str:
+    """A refused message's type, for per-type counts: "unknown" when it has none."""
+    if endpoint_type is not None:
+        return endpoint_type
+    try:
+        kind = msgspec.json.decode(raw, type=_TypeOnly).type
+    except (*_UNREADABLE, msgspec.ValidationError):
+        return "unknown"
+    return kind if kind in EVENT_TYPES else "unknown"
 
 
 class _Invalid(Exception):

@@ -50,8 +50,9 @@ class Metrics:
         )
         self.events_rejected = Counter(
             "leadsync_events_rejected",
-            "Messages refused and quarantined (invalid or oversized).",
-            ["source"],
+            "Messages refused and quarantined (invalid or oversized), by the type they "
+            'claimed ("unknown" if none).',
+            ["source", "type"],
             registry=r,
         )
         self.requests = Counter(

@@ -461,20 +461,23 @@ def test_metrics_move_with_the_traffic(daemon: DaemonProcess) -> None:
     post(daemon, "/v1/batch", {"batch": [track(), {"type": "track", "userId": "u"}]})
     post(daemon, "/v1/page", {"userId": "u", "name": "Home"}, key=WRITE_KEYS["backend"])
     post(daemon, "/v1/track", {"userId": "u"})
+    post(daemon, "/v1/batch", {"batch": [track(), {"userId": "no type"}]})
 
     now = metrics(daemon)
     ingested = "leadsync_events_ingested_total"
-    assert sample(now, ingested, source="web", type="track") == 3
+    assert sample(now, ingested, source="web", type="track") == 4
     assert sample(now, ingested, source="web", type="identify") == 1
     assert sample(now, ingested, source="backend", type="page") == 1
-    assert sample(now, "leadsync_events_rejected_total", source="web") == 2
-    assert sample(now, "leadsync_http_requests_total", endpoint="batch", code="200") == 2
+    rejected = "leadsync_events_rejected_total"
+    assert sample(now, rejected, source="web", type="track") == 2
+    assert sample(now, rejected, source="web", type="unknown") == 1
+    assert sample(now, "leadsync_http_requests_total", endpoint="batch", code="200") == 3
     assert sample(now, "leadsync_http_requests_total", endpoint="track", code="400") == 1
     latency = "leadsync_http_request_duration_seconds"
-    assert sample(now, f"{latency}_count", endpoint="batch") == 2
-    assert sample(now, f"{latency}_bucket", endpoint="batch", le="+Inf") == 2
+    assert sample(now, f"{latency}_count", endpoint="batch") == 3
+    assert sample(now, f"{latency}_bucket", endpoint="batch", le="+Inf") == 3
     assert sample(now, f"{latency}_sum", endpoint="batch") > 0
-    assert sample(now, "leadsync_log_head_sequence") == 5
+    assert sample(now, "leadsync_log_head_sequence") == 6
     assert sample(now, "leadsync_log_commit_duration_seconds_count") >= 1
     for actor in ("admin", "log_writer", "http"):
         assert sample(now, "leadsync_actor_up", actor=actor) == 1
