@@ -262,10 +262,21 @@ class GraphStore(Protocol):
         writes its rows once, at the end."""
         ...
 
-    def save(
-        self, nodes: Sequence[Node], profiles: Sequence[Profile], renamed: Sequence[int]
+    def insert(self, nodes: Sequence[Node], profiles: Sequence[Profile]) -> None:
+        """Rows new to the store (ids from `next_ids`)."""
+        ...
+
+    def update(
+        self,
+        nodes: Sequence[Node],
+        moved: Sequence[Node],
+        profiles: Sequence[Profile],
+        renamed: Sequence[Profile],
     ) -> None:
-        """Insert or update whole rows; `renamed` are profiles whose uid changed."""
+        """Stored rows, split by what may have changed, so a backend rewrites no more
+        than it must: `nodes` kept their profile, `moved` did not; `profiles` kept
+        their uid, `renamed` did not (and may take a uid another gave up in the same
+        transaction)."""
         ...
 
     def delete_profiles(self, ids: Sequence[int]) -> None: ...

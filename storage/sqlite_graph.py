@@ -143,40 +143,55 @@ class SqliteGraphStore:
         ).fetchone()
         return int(node[0]), int(profile[0])
 
-    def save(
-        self, nodes: Sequence[Node], profiles: Sequence[Profile], renamed: Sequence[int]
-    ) -> None:
+    def insert(self, nodes: Sequence[Node], profiles: Sequence[Profile]) -> None:
         self._db.executemany(
             "INSERT INTO identities (id, kind, value, profile, first_ts, activity) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET profile = excluded.profile, "
-            "first_ts = excluded.first_ts, activity = excluded.activity",
+            "VALUES (?, ?, ?, ?, ?, ?)",
             [(n.id, n.kind, n.value, n.profile, n.first_ts, _encode(n.activity)) for n in nodes],
+        )
+        self._db.executemany(
+            "INSERT INTO profiles (id, uid, anchor_ts, anchor_kind, anchor_value, user_id, "
+            "account_id, kinds, activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(p.id, p.uid, *_profile_columns(p)) for p in profiles],
+        )
+        self._forget_redirects(profiles)
+
+    def update(
+        self,
+        nodes: Sequence[Node],
+        moved: Sequence[Node],
+        profiles: Sequence[Profile],
+        renamed: Sequence[Profile],
+    ) -> None:
+        # Only what can have changed is set: naming an indexed column in SET rewrites
+        # its index entry even when the value is the same.
+        self._db.executemany(
+            "UPDATE identities SET first_ts = ?, activity = ? WHERE id = ?",
+            [(n.first_ts, _encode(n.activity), n.id) for n in nodes],
+        )
+        self._db.executemany(
+            "UPDATE identities SET profile = ?, first_ts = ?, activity = ? WHERE id = ?",
+            [(n.profile, n.first_ts, _encode(n.activity), n.id) for n in moved],
         )
         # A renamed profile may take a uid another gave up in the same batch; release
         # the old ones first so the UNIQUE constraint only sees the end state.
         self._db.executemany(
-            "UPDATE profiles SET uid = '~' || id WHERE id = ?", [(i,) for i in renamed]
+            "UPDATE profiles SET uid = '~' || id WHERE id = ?", [(p.id,) for p in renamed]
         )
         self._db.executemany(
-            "INSERT INTO profiles (id, uid, anchor_ts, anchor_kind, anchor_value, user_id, "
-            "account_id, kinds, activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET uid = excluded.uid, anchor_ts = excluded.anchor_ts, "
-            "anchor_kind = excluded.anchor_kind, anchor_value = excluded.anchor_value, "
-            "user_id = excluded.user_id, account_id = excluded.account_id, "
-            "kinds = excluded.kinds, activity = excluded.activity",
-            [
-                (
-                    p.id,
-                    p.uid,
-                    *p.anchor,
-                    p.user_id,
-                    None if p.activity.account is None else p.activity.account.value,
-                    _encode(p.kinds),
-                    _encode(p.activity),
-                )
-                for p in profiles
-            ],
+            "UPDATE profiles SET anchor_ts = ?, anchor_kind = ?, anchor_value = ?, user_id = ?, "
+            "account_id = ?, kinds = ?, activity = ? WHERE id = ?",
+            [(*_profile_columns(p), p.id) for p in profiles],
         )
+        self._db.executemany(
+            "UPDATE profiles SET uid = ?, anchor_ts = ?, anchor_kind = ?, anchor_value = ?, "
+            "user_id = ?, account_id = ?, kinds = ?, activity = ? WHERE id = ?",
+            [(p.uid, *_profile_columns(p), p.id) for p in renamed],
+        )
+        self._forget_redirects(renamed)
+
+    def _forget_redirects(self, profiles: Sequence[Profile]) -> None:
+        """A live profile's uid is no longer a retired one."""
         self._db.executemany(
             "DELETE FROM profile_redirects WHERE uid = ?", [(p.uid,) for p in profiles]
         )
@@ -202,10 +217,14 @@ class SqliteGraphStore:
     def links_between(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
         found: dict[tuple[int, int], str] = {}
         for chunk in _chunks(pairs):
-            values = ",".join("(?, ?)" * 1 for _ in chunk)
+            values = ",".join(["(?, ?)"] * len(chunk))
             flat = [end for pair in chunk for end in pair]
+            # Joined, not `(a, b) IN (VALUES ...)`: SQLite answers that with a scan of
+            # the whole table, once per chunk.
             for a, b, ts in self._db.execute(
-                f"SELECT a, b, ts FROM identity_links WHERE (a, b) IN (VALUES {values})", flat
+                f"SELECT l.a, l.b, l.ts FROM (VALUES {values}) AS v CROSS JOIN identity_links "
+                "AS l ON l.a = v.column1 AND l.b = v.column2",
+                flat,
             ):
                 found[(a, b)] = ts
         return found
@@ -286,6 +305,12 @@ def _marks(chunk: Sequence[object]) -> str:
 def _node(row: tuple[Any, ...]) -> Node:
     id_, kind, value, profile, first_ts, activity = row
     return Node(id_, kind, value, profile, first_ts, _activity(activity))
+
+
+def _profile_columns(p: Profile) -> tuple[object, ...]:
+    """Every column but id and uid, in table order."""
+    account = None if p.activity.account is None else p.activity.account.value
+    return (*p.anchor, p.user_id, account, _encode(p.kinds), _encode(p.activity))
 
 
 def _profile(row: tuple[Any, ...]) -> Profile:

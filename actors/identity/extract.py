@@ -44,22 +44,39 @@ class Extractor:
         """Identifiers dropped as junk since start, for /metrics."""
 
     def identifiers(self, event: Event) -> list[Identifier]:
+        # This runs for every event: the None checks here spare most events a call.
         found: list[Identifier] = []
-        self._add(found, USER_ID, event.user_id)
-        self._add(found, ANONYMOUS_ID, event.anonymous_id)
+        if event.user_id is not None:
+            self._add(found, USER_ID, event.user_id)
+        if event.anonymous_id is not None:
+            self._add(found, ANONYMOUS_ID, event.anonymous_id)
         # Segment's alias joins an earlier id to the user id; the earlier id is, in
         # practice, the anonymous id the visitor had before signing up.
-        self._add(found, ANONYMOUS_ID, event.previous_id)
+        if event.previous_id is not None:
+            self._add(found, ANONYMOUS_ID, event.previous_id)
         # Only an identify's traits describe the person (a group call's describe the
         # account); any call may carry the person's traits in context.traits.
         own_traits = event.traits if event.type == "identify" else None
-        for traits in (own_traits, (event.context or {}).get("traits")):
+        context = event.context
+        for traits in (own_traits, context.get("traits") if context else None):
             if isinstance(traits, dict) and isinstance(email := traits.get("email"), str):
                 normalized = normalize_email(email)
                 if normalized is None or normalized in self._blocked_emails:
                     self.blocked += 1
                 else:
                     self._add(found, EMAIL, normalized)
+        if self._external:
+            self._add_external(found, event, own_traits)
+        if len(found) > 1:
+            found.sort(key=self._order)
+        return found
+
+    def _order(self, identifier: Identifier) -> tuple[int, str]:
+        return self.priority[identifier.kind], identifier.value
+
+    def _add_external(
+        self, found: list[Identifier], event: Event, own_traits: dict[str, Any] | None
+    ) -> None:
         roots = {"traits": own_traits, "context": event.context, "properties": event.properties}
         for kind, path, sources in self._external:
             if sources and event.source not in sources:
@@ -69,12 +86,8 @@ class Extractor:
                 value = value.get(step) if isinstance(value, dict) else None
             if isinstance(value, str | int) and not isinstance(value, bool):
                 self._add(found, kind, str(value))
-        found.sort(key=lambda identifier: (self.priority[identifier.kind], identifier.value))
-        return found
 
-    def _add(self, found: list[Identifier], kind: str, value: str | None) -> None:
-        if value is None:
-            return
+    def _add(self, found: list[Identifier], kind: str, value: str) -> None:
         value = value.strip()
         if value.casefold() in self._blocked:
             self.blocked += 1
