@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from actors.identity.extract import normalize_email
-from actors.identity.rebuild import RebuildReport
+from actors.identity.rebuild import RebuildReport, RebuildRunning
 from actors.log_writer import LogProgress
 from actors.runtime import Actor
 from daemon import __version__
@@ -147,7 +147,7 @@ class AdminServer(Actor):
             *(x.kind for x in self._config.identity.external_ids),
         ]
         if kind not in kinds:
-            return _json({"error": f"unknown kind {kind!r}; use one of {', '.join(kinds)}"}, 404)
+            return _json({"error": f"unknown kind {kind!r}; use one of {', '.join(kinds)}"}, 400)
         try:
             events = max(0, min(int(request.query.get("events", "20")), 1000))
         except ValueError:
@@ -170,6 +170,8 @@ class AdminServer(Actor):
             except sqlite3.Error as exc:
                 log.error("identity rebuild failed; the old graph stays", error=str(exc))
                 return _json({"error": f"rebuild failed, the old graph stays: {exc}"}, 503)
+            except RebuildRunning as exc:
+                return _json({"error": str(exc)}, status=409)
         log.info("identity rebuild finished", **asdict(report))
         return _json(asdict(report))
 

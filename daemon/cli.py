@@ -31,6 +31,8 @@ EXIT_UNAVAILABLE = 69
 """EX_UNAVAILABLE: the daemon's admin API could not be reached."""
 EXIT_STORAGE = 73
 """EX_CANTCREAT: the database could not be opened."""
+EXIT_TEMPFAIL = 75
+"""EX_TEMPFAIL: another rebuild is running; try again when it is done."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +146,10 @@ def _admin_get(args: argparse.Namespace, loaded: LoadedConfig, path: str) -> Any
     return None if answer is None else answer[1]
 
 
+class _NobodyListens(Exception):
+    pass
+
+
 def _admin_call(
     args: argparse.Namespace,
     loaded: LoadedConfig,
@@ -152,7 +158,9 @@ def _admin_call(
     timeout: float = ADMIN_TIMEOUT,
     quiet: bool = False,
 ) -> tuple[int, Any] | None:
-    """(status, JSON body) from the admin API; None, after saying why, if unreachable."""
+    """(status, JSON body) from the admin API; None, after saying why, if unreachable.
+    With `quiet`, a refused connection raises _NobodyListens instead: no daemon runs
+    there, and the caller has a way to do without one."""
     base = args.admin
     if base is None:
         listen = loaded.config.admin.listen
@@ -164,10 +172,14 @@ def _admin_call(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+        text = exc.read().decode("utf-8", "replace")
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, {"error": text.strip() or exc.reason}
     except (urllib.error.URLError, OSError) as exc:
-        if quiet:
-            return None
+        if quiet and isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+            raise _NobodyListens from None
         reason = getattr(exc, "reason", exc)
         print(f"leadsync: cannot reach the admin API at {url}: {reason}", file=sys.stderr)
         print("  is the daemon running, and is --config the one it runs with?", file=sys.stderr)
@@ -246,6 +258,9 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             )
             return EXIT_USAGE
         kind, value = "profile", args.id
+    if not value:
+        print(f"leadsync: {args.id!r} has no value after the kind", file=sys.stderr)
+        return EXIT_USAGE
     path = f"/v1/profiles/{quote(kind, safe='')}/{quote(value, safe='')}?events={args.events}"
     answer = _admin_call(args, loaded, path)
     if answer is None:
@@ -288,17 +303,26 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     """Ask the running daemon to rebuild (as its own user, with its rules); if none
     answers, rebuild the database here with this config's rules."""
-    answer = _admin_call(args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True)
-    if answer is not None:
-        status, body = answer
-        if status != 200:
-            print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
-            return EXIT_STORAGE if status == 503 else EXIT_NOT_FOUND
-        _print_rebuild(body, "the running daemon")
-        return 0
+    try:
+        answer = _admin_call(
+            args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True
+        )
+    except _NobodyListens:
+        return _rebuild_here(loaded)
+    if answer is None:
+        return EXIT_UNAVAILABLE  # a daemon may be there but did not answer: do not race it
+    status, body = answer
+    if status != 200:
+        print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
+        return EXIT_TEMPFAIL if status == 409 else EXIT_STORAGE
+    _print_rebuild(body, "the running daemon")
+    return 0
+
+
+def _rebuild_here(loaded: LoadedConfig) -> int:
     from rich.progress import Progress
 
-    from actors.identity.rebuild import rebuild
+    from actors.identity.rebuild import RebuildRunning, rebuild
     from daemon.app import DATABASE_NAME
 
     config = loaded.config
@@ -319,6 +343,9 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         except sqlite3.Error as exc:
             print(f"leadsync: rebuild failed, the old graph stays: {exc}", file=sys.stderr)
             return EXIT_STORAGE
+        except RebuildRunning as exc:
+            print(f"leadsync: {exc}", file=sys.stderr)
+            return EXIT_TEMPFAIL
     _print_rebuild(vars(report), f"{database}, no daemon answering")
     return 0
 

@@ -118,6 +118,11 @@ class Metrics:
             "Identifier values ignored as junk (blocklist, malformed or test emails).",
             registry=r,
         )
+        self.identity_failures = Counter(
+            "leadsync_identity_batch_failures",
+            "Batches the merger failed on (a bug); it retries with backoff. Alert on it.",
+            registry=r,
+        )
         self.identity_batch_seconds = Histogram(
             "leadsync_identity_batch_duration_seconds",
             "Time to apply one batch of log events to the identity graph.",

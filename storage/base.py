@@ -144,11 +144,13 @@ class Storage(Protocol):
 
 
 class Stamped(msgspec.Struct, array_like=True):
-    """A value and the event that set it; the newest (timestamp, messageId) wins."""
+    """A value and the event that set it; the newest (timestamp, messageId, source)
+    wins. The source settles ties the log allows: one messageId from two sources."""
 
     value: Any
     ts: str
     message_id: str
+    source: str = ""
 
 
 class Activity(msgspec.Struct, omit_defaults=True):
@@ -160,6 +162,9 @@ class Activity(msgspec.Struct, omit_defaults=True):
     sources: dict[str, int] = {}
     traits: dict[str, Stamped] = {}
     account: Stamped | None = None
+    links_until: str = ""
+    """The latest event time of any link touching these identifiers, followed or
+    not: a refused link later than it cannot change an event-time-order decision."""
 
 
 class Node(msgspec.Struct):
@@ -246,6 +251,11 @@ class GraphStore(Protocol):
     def rollback(self) -> None: ...
 
     def checkpoint(self) -> int: ...
+
+    def generation(self) -> int:
+        """Bumped by every rebuild swap: a batch computed on the graph before a swap
+        must not be written into the one after, even at the same checkpoint."""
+        ...
 
     def set_checkpoint(self, seq: int) -> None: ...
 

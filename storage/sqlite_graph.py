@@ -19,6 +19,7 @@ import msgspec
 from storage.base import (
     Account,
     Activity,
+    Change,
     Link,
     Merge,
     Node,
@@ -29,6 +30,7 @@ from storage.base import (
 from storage.migrations import MIGRATIONS
 
 CONSUMER = "identity"
+GENERATION = "identity_graph_generation"
 CACHE_KIB = 64 * 1024
 _CHUNK = 500
 """Values per `IN (...)`: well under SQLite's limit on bound parameters."""
@@ -86,6 +88,10 @@ class SqliteGraphStore:
         row = self._db.execute(
             "SELECT seq FROM checkpoints WHERE consumer = ?", (CONSUMER,)
         ).fetchone()
+        return int(row[0]) if row else 0
+
+    def generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
         return int(row[0]) if row else 0
 
     def set_checkpoint(self, seq: int) -> None:
@@ -354,11 +360,55 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
     db.execute("ATTACH DATABASE ? AS rebuilt", (str(rebuilt),))
     store = SqliteGraphStore(db)
     try:
+        row = db.execute(
+            "SELECT seq FROM rebuilt.checkpoints WHERE consumer = ?", (CONSUMER,)
+        ).fetchone()
+        if (row[0] if row else 0) != checkpoint:
+            raise sqlite3.DatabaseError(
+                f"{rebuilt} is not the rebuild that replayed to {checkpoint}; nothing swapped"
+            )
         store.begin()
+        # Every profile id that ever resolved keeps resolving: an id the new rules no
+        # longer produce redirects to wherever its oldest identifier now lives, and the
+        # scorer hears it is gone. Changes the scorer has not taken yet are kept.
+        db.execute("DROP TABLE IF EXISTS temp.old_ids")
+        db.execute(
+            "CREATE TEMP TABLE old_ids AS "
+            "SELECT uid, anchor_kind, anchor_value FROM main.profiles UNION ALL "
+            "SELECT r.uid, p.anchor_kind, p.anchor_value FROM main.profile_redirects r "
+            "JOIN main.profiles p ON p.id = r.profile"
+        )
+        db.execute("DROP TABLE IF EXISTS temp.old_changes")
+        db.execute("CREATE TEMP TABLE old_changes AS SELECT * FROM main.profile_changes")
         for table in GRAPH_TABLES:
             db.execute(f"DELETE FROM main.{table}")
             db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
+        db.execute(
+            "INSERT INTO main.profile_redirects (uid, profile) "
+            "SELECT o.uid, i.profile FROM temp.old_ids o JOIN main.identities i "
+            "ON i.kind = o.anchor_kind AND i.value = o.anchor_value "
+            "WHERE o.uid NOT IN (SELECT uid FROM main.profiles) "
+            "ON CONFLICT (uid) DO NOTHING"
+        )
+        db.execute(
+            "INSERT INTO main.profile_changes (uid, reasons, seq) "
+            "SELECT uid, reasons, seq FROM temp.old_changes WHERE true "
+            "ON CONFLICT (uid) DO UPDATE SET reasons = reasons | excluded.reasons"
+        )
+        db.execute(
+            "INSERT INTO main.profile_changes (uid, reasons, seq) "
+            "SELECT uid, ?, ? FROM temp.old_ids WHERE uid NOT IN (SELECT uid FROM main.profiles) "
+            "ON CONFLICT (uid) DO UPDATE SET reasons = reasons | excluded.reasons",
+            (int(Change.MERGED_AWAY), checkpoint),
+        )
+        db.execute("DROP TABLE temp.old_ids")
+        db.execute("DROP TABLE temp.old_changes")
         store.set_checkpoint(checkpoint)
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, '1') "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (GENERATION,),
+        )
         store.commit()
     finally:
         store.rollback()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -194,8 +195,8 @@ def test_profile_cli_shows_the_profile_and_says_when_there_is_none(
     missing = cli("user_id:nobody")
     assert missing.returncode == 1
     assert "no profile has user_id 'nobody'" in missing.stderr
-    malformed = cli("nobody")
-    assert malformed.returncode == 64
+    for malformed in ("nobody", "user_id:", "shoe_size:9"):
+        assert cli(malformed).returncode == 64, malformed
 
 
 def test_sigkill_mid_stream_builds_the_same_graph_as_without_the_crash(
@@ -328,3 +329,23 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_a_batch_the_merger_cannot_apply_does_not_stop_ingestion(daemon: DaemonProcess) -> None:
+    """A damaged graph row (or a merger bug) fails the same batch every time. Crashing
+    would escalate and take ingestion down; the merger retries with backoff instead."""
+    web = client(daemon)
+    web.identify("u1", {"plan": "trial"})
+    settle(daemon)
+    with sqlite3.connect(daemon.database) as db:
+        db.execute("UPDATE identities SET activity = 'not json' WHERE value = 'u1'")
+    web.track("u1", "Upgraded")
+    deadline = time.monotonic() + 20
+    while metric(daemon, "leadsync_identity_batch_failures_total") < 1:
+        assert time.monotonic() < deadline, daemon.log()
+        time.sleep(0.1)
+    web.track("u2", "Signed Up")
+    assert web.errors == []
+    assert daemon.admin("/status")[1]["events_stored"] == 3
+    assert any(line["event"] == "identity batch failed; retrying" for line in daemon.log_lines())
+    assert daemon.terminate() == 0

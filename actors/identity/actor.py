@@ -16,6 +16,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 RETRY_AFTER_STORAGE_ERROR = 1.0
+MAX_RETRY_AFTER_FAILURE = 300.0
 """Seconds before retrying a batch the database refused (locked too long, disk full)."""
 
 
@@ -84,6 +86,7 @@ class IdentityActor(Actor):
             )
             self._progress.consumers[CONSUMER] = checkpoint
             ready()
+            failures = 0
             while True:
                 try:
                     applied = await _call(pool, worker.apply_next, checkpoint)
@@ -98,6 +101,28 @@ class IdentityActor(Actor):
                     log.warning("identity batch not applied; retrying", error=str(exc))
                     await anyio.sleep(RETRY_AFTER_STORAGE_ERROR)
                     continue
+                except BrokenProcessPool:
+                    raise  # the worker died: a restart starts a new one
+                except Exception as exc:
+                    # A bug that one batch triggers every time. Restarting would escalate
+                    # and take ingestion down with it; instead the merger waits, longer
+                    # each time, and says so, while the log keeps taking events.
+                    self._metrics.identity_failures.inc()
+                    failures += 1
+                    delay = min(RETRY_AFTER_STORAGE_ERROR * 2**failures, MAX_RETRY_AFTER_FAILURE)
+                    log.error(
+                        "identity batch failed; retrying",
+                        after=checkpoint,
+                        retry_in=delay,
+                        error=repr(exc),
+                    )
+                    with anyio.move_on_after(delay):
+                        while not self._stopping:
+                            await self._progress.moved()
+                    if self._stopping:
+                        return  # it cannot catch up; its checkpoint is where it stopped
+                    continue
+                failures = 0
                 if applied is None:
                     if self._stopping:
                         return

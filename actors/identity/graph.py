@@ -63,9 +63,10 @@ def uid_of(anchor: Anchor) -> str:
 
 
 def newer(current: Stamped | None, candidate: Stamped) -> bool:
-    return current is None or (candidate.ts, candidate.message_id) > (
+    return current is None or (candidate.ts, candidate.message_id, candidate.source) > (
         current.ts,
         current.message_id,
+        current.source,
     )
 
 
@@ -82,6 +83,7 @@ def absorb(into: Activity, other: Activity) -> None:
             into.traits[name] = stamp
     if other.account is not None and newer(into.account, other.account):
         into.account = other.account
+    into.links_until = max(into.links_until, other.links_until)
 
 
 def person_traits(event: Event) -> dict[str, Any]:
@@ -99,7 +101,7 @@ def person_traits(event: Event) -> dict[str, Any]:
 def record(activity: Activity, event: Event, traits: dict[str, Any]) -> bool:
     """Count one event; True if it changed a trait's value."""
     # Runs twice per event: a Stamped is made only where the event wins.
-    ts, mid = event.timestamp, event.message_id
+    ts, mid, source = event.timestamp, event.message_id, event.source
     if not activity.first_seen or ts < activity.first_seen:
         activity.first_seen = ts
     if ts > activity.last_seen:
@@ -114,13 +116,13 @@ def record(activity: Activity, event: Event, traits: dict[str, Any]) -> bool:
             current = known.get(name)
             if current is None:
                 changed = True
-            elif (ts, mid) > (current.ts, current.message_id):
+            elif (ts, mid, source) > (current.ts, current.message_id, current.source):
                 changed = changed or current.value != value
             else:
                 continue
-            known[name] = Stamped(value, ts, mid)
+            known[name] = Stamped(value, ts, mid, source)
     if event.type == "group" and event.group_id is not None:
-        stamp = Stamped(event.group_id, ts, mid)
+        stamp = Stamped(event.group_id, ts, mid, source)
         if newer(activity.account, stamp):
             activity.account = stamp
     return changed
@@ -223,6 +225,7 @@ class _Batch:
         self.profile_events: list[tuple[int, int]] = []
         self.merges: list[Merge] = []
         self.changed: dict[str, int] = {}
+        self.generation = self.store.generation()
         self.next_node, self.next_profile = self.store.next_ids()
 
     def run(self, stored: Sequence[StoredEvent]) -> None:
@@ -258,7 +261,8 @@ class _Batch:
         self.store.begin()
         self._write_started = time.perf_counter()
         self._open = True
-        if (current := self.store.checkpoint()) != self.after:
+        current = self.store.checkpoint()
+        if current != self.after or self.store.generation() != self.generation:
             raise StaleCheckpoint(current)
 
     def commit(self, seq: int) -> None:
@@ -373,10 +377,17 @@ class _Batch:
             return
         kind = self.graph.violation(left.kinds, right.kinds)
         if kind is None:
+            self._touch(home, other, left, right, event.timestamp)
             reason = f"{home.kind} and {other.kind} on one {event.type}"
             self._merge(left, right, reason, seq, event.message_id)
             return
         self.result.dropped[kind] += 1
+        latest = max(left.activity.links_until, right.activity.links_until)
+        self._touch(home, other, left, right, event.timestamp)
+        if event.timestamp > latest:
+            # Later than every link touching either side: in event-time order it
+            # comes last and is refused just the same, so nothing to re-decide.
+            return
         log.info(
             "identity link dropped",
             rule=_rule(kind, self.graph.rules.limit(kind)),
@@ -386,6 +397,16 @@ class _Batch:
             seq=seq,
         )
         self._recompute([home, other], seq, event.message_id, kind)
+
+    def _touch(self, a: Node, b: Node, left: Profile, right: Profile, ts: str) -> None:
+        for node in (a, b):
+            if ts > node.activity.links_until:
+                node.activity.links_until = ts
+                self.dirty_nodes.add(node.id)
+        for profile in (left, right):
+            if ts > profile.activity.links_until:
+                profile.activity.links_until = ts
+                self.dirty_profiles.add(profile.id)
 
     def _merge(self, left: Profile, right: Profile, reason: str, seq: int, mid: str) -> None:
         survivor, loser = (left, right) if left.anchor <= right.anchor else (right, left)
@@ -527,7 +548,7 @@ class _Batch:
         account.first_seen = min(account.first_seen, ts)
         account.last_seen = max(account.last_seen, ts)
         for name, value in (event.traits or {}).items():
-            stamp = Stamped(value, ts, event.message_id)
+            stamp = Stamped(value, ts, event.message_id, event.source)
             if newer(account.traits.get(name), stamp):
                 account.traits[name] = stamp
         self.dirty_accounts.add(event.group_id)

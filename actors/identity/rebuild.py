@@ -9,9 +9,12 @@ there, and lookups see the old graph until the swap, the new one after.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +43,39 @@ def rebuild(
 ) -> RebuildReport:
     """`gate` is held for the swap (the daemon's write gate, when it runs this)."""
     started = time.monotonic()
-    scratch_path = database.with_name(database.name + ".identity-rebuild")
+    with _exclusive(database):
+        handle, name = tempfile.mkstemp(prefix=database.name + ".rebuild-", dir=database.parent)
+        os.close(handle)
+        scratch_path = Path(name)
+        try:
+            return _rebuild(database, scratch_path, rules, busy_timeout, progress, gate, started)
+        finally:
+            scratch_path.unlink(missing_ok=True)
+
+
+class RebuildRunning(Exception):
+    """Another rebuild of this database is under way; one at a time."""
+
+
+@contextmanager
+def _exclusive(database: Path) -> Iterator[None]:
+    with open(database.with_name(database.name + ".rebuild-lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RebuildRunning(f"a rebuild of {database} is already running") from None
+        yield
+
+
+def _rebuild(
+    database: Path,
+    scratch_path: Path,
+    rules: IdentitySection,
+    busy_timeout: float,
+    progress: Callable[[int, int], None],
+    gate: Callable[[], AbstractContextManager[None]],
+    started: float,
+) -> RebuildReport:
     db = connect(database, busy_timeout)
     work = scratch(scratch_path)
     try:
@@ -70,4 +105,3 @@ def rebuild(
     finally:
         work.close()
         db.close()
-        scratch_path.unlink(missing_ok=True)
