@@ -33,6 +33,8 @@ from storage.base import AppendRequest
 log = structlog.get_logger(__name__)
 
 MAX_REQUEST_BYTES = tracking_api.MAX_REQUEST_BYTES
+BODY_READ_TIMEOUT = 10.0
+"""Seconds to receive a request body."""
 RETRY_AFTER_PENDING = 1
 """Seconds: the writer is behind by a few commits; it catches up quickly."""
 RETRY_AFTER_BACKLOG = 10
@@ -102,7 +104,9 @@ class HttpSourceActor(Actor):
             auto_decompress=False,
             access_log=None,
             handle_signals=False,
-            shutdown_timeout=self._shutdown_timeout,
+            # In-flight requests get a share of the grace; the log writer and the
+            # merger after them need the rest to drain.
+            shutdown_timeout=min(BODY_READ_TIMEOUT, self._shutdown_timeout / 3),
         )
         await runner.setup()
         try:
@@ -180,7 +184,7 @@ class HttpSourceActor(Actor):
             )
         try:
             key = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")[0]
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, ValueError):  # ValueError: non-ASCII; covers Unicode errors
             raise _Refusal(
                 401, "unauthorized", "Authorization header is not valid Basic auth"
             ) from None
@@ -271,11 +275,16 @@ async def _read_body(request: web.Request) -> bytes:
         raise _Refusal(400, "invalid_request", f"request body over {limit} bytes (500 KB)")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise _Refusal(400, "invalid_request", f"request body over {limit} bytes (500 KB)")
-        chunks.append(chunk)
+    # A client trickling its body would hold a request (and, at shutdown, the drain)
+    # open for ever; real clients send 500 KB in well under this.
+    with anyio.move_on_after(BODY_READ_TIMEOUT) as reading:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise _Refusal(400, "invalid_request", f"request body over {limit} bytes (500 KB)")
+            chunks.append(chunk)
+    if reading.cancelled_caught:
+        raise _Refusal(408, "request_timeout", f"body not received within {BODY_READ_TIMEOUT:g}s")
     body = b"".join(chunks)
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding == "identity":

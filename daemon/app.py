@@ -50,7 +50,7 @@ async def serve(config: Config, config_path: str) -> int:
             busy_timeout=config.storage.busy_timeout,
             journal_size_limit=config.storage.journal_size_limit,
         )
-    except (OSError, sqlite3.Error, SchemaTooNew) as exc:
+    except (OSError, ValueError, sqlite3.Error, SchemaTooNew) as exc:
         raise CannotOpenStorage(f"{path}: {exc}") from exc
     log.info("storage open", path=str(path.resolve()), config=config_path)
     try:

@@ -7,6 +7,7 @@ line (when it can be found), which dotted key, and what was expected.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -47,8 +48,8 @@ def _dec_hook(kind: type, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError('expected a duration such as 30, "30s", "5m" or "4h"')
         if isinstance(value, int | float):
-            if value < 0:
-                raise ValueError("a duration cannot be negative")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"expected a finite duration of 0 or more, got {value!r}")
             return Duration(value)
         if isinstance(value, str) and (m := _DURATION.match(value)):
             return Duration(float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
@@ -207,6 +208,8 @@ def load(path: str | os.PathLike[str] | None = None, *, need_secrets: bool = Tru
         text = Path(path).read_text("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return LoadedConfig(parse(text, str(path), environ), str(path))
 
 
@@ -275,6 +278,12 @@ def _check(config: Config, filename: str, text: str) -> None:
                 f"already used by sources.{keys[source.write_key]}; each source needs its own"
             )
         keys[source.write_key] = name
+    if config.storage.checkpoint_interval <= 0:
+        key = ("storage", "checkpoint_interval")
+        raise ConfigError(
+            f"{_where(filename, text, key)}storage.checkpoint_interval: must be more than 0 "
+            "(it is how often the WAL is checkpointed)"
+        )
     _check_identity(config.identity, config.sources, filename, text)
     if config.http.listen == config.admin.listen and config.http.listen.port != 0:
         key = ("admin", "listen")

@@ -92,9 +92,9 @@ class Supervisor:
         self._specs.append(spec)
 
     def shutdown(self, exit_code: int = 0) -> None:
-        if not self._shutdown.is_set():
-            self._exit_code = self._exit_code or exit_code
-            self._shutdown.set()
+        # Also while already stopping: a crash during the drain must not exit 0.
+        self._exit_code = self._exit_code or exit_code
+        self._shutdown.set()
 
     @property
     def stopping(self) -> bool:
@@ -145,6 +145,8 @@ class Supervisor:
             + [s for s in self._specs if s.role == "service"]
         )
         for spec in order:
+            if spec.current is None and not spec.finished.is_set():
+                continue  # a stop came while starting: this one never started
             log.info("stopping actor", actor=spec.name)
             spec.request_stop()
             await spec.finished.wait()

@@ -17,6 +17,7 @@ from typing import Self
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 import msgspec
 import structlog
 
@@ -316,8 +317,25 @@ class _transaction:
         self._db = db
 
     async def __aenter__(self) -> aiosqlite.Connection:
-        await self._db.execute("BEGIN IMMEDIATE")
+        # aiosqlite runs the BEGIN in its own thread whatever happens to us: were we
+        # cancelled while it waits for the lock (a /readyz timeout), it would still
+        # open a transaction nobody ends, and every later write on this connection
+        # would fail. So wait for it (the busy timeout bounds that), then honour the
+        # cancellation with the transaction rolled back.
+        with anyio.CancelScope(shield=True):
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK")
+            await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            await self._rollback_shielded()
+            raise
         return self._db
+
+    async def _rollback_shielded(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._rollback()
 
     async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
         with anyio.CancelScope(shield=True):

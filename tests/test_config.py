@@ -121,3 +121,24 @@ def test_secrets_come_from_the_environment() -> None:
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.toml: cannot read config file"):
         config.load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[daemon]\nshutdown_grace = nan\n", "daemon.shutdown_grace: expected a finite duration"),
+        ("[daemon]\nshutdown_grace = inf\n", "daemon.shutdown_grace: expected a finite duration"),
+        ("[storage]\ncheckpoint_interval = 0\n", "storage.checkpoint_interval: must be more"),
+    ],
+)
+def test_durations_that_would_break_the_daemon_later_are_refused_now(
+    text: str, expected: str
+) -> None:
+    assert expected in error_of(text)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.toml"
+    path.write_bytes(b"[daemon]\ndata_dir = '\xe9t\xe9'\n")
+    with pytest.raises(ConfigError, match=r"daemon\.toml: not UTF-8 text"):
+        load(path)

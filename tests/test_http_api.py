@@ -12,6 +12,7 @@ import gzip
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import zlib
@@ -505,3 +506,21 @@ def test_status_reports_version_uptime_counts_and_actors(daemon: DaemonProcess) 
         assert actor["restarts"] == 0
     assert actors["log_writer"]["queue_depth"] == 0
     assert actors["log_writer"]["queue_capacity"] > 0
+
+
+def test_a_non_ascii_authorization_header_is_a_401(daemon: DaemonProcess) -> None:
+    answer = call(daemon, "/v1/track", b"{}", key=None, headers={"Authorization": "Basic é"})
+    refused(answer, 401, "Authorization header is not valid Basic auth")
+
+
+def test_a_body_that_trickles_in_is_cut_off(daemon: DaemonProcess) -> None:
+    """Otherwise one slow client holds a request, and at shutdown the drain, for ever."""
+    auth = base64.b64encode(f"{WEB_KEY}:".encode()).decode()
+    with socket.create_connection(("127.0.0.1", daemon.http_port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Basic {auth}\r\nContent-Length: 50\r\n\r\n{{".encode()
+        )
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"code":"request_timeout"' in answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -198,4 +199,24 @@ async def test_a_failed_commit_tells_every_waiting_client_and_the_writer_carries
         await run_writer(store, locked_then_free)
     finally:
         holder.close()
+        await store.close()
+
+
+async def test_a_write_cancelled_while_waiting_for_the_lock_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """/readyz gives its probe 2 s; if that ran out while BEGIN waited for the lock,
+    the BEGIN still happened in aiosqlite's thread and every later append failed."""
+    store = await SqliteStorage.open(tmp_path / "leadsync.db", busy_timeout=2)
+    try:
+        holder = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.5, lambda: holder.execute("ROLLBACK")).start()
+        with anyio.move_on_after(0.2) as probe:
+            await store.probe_writable()  # its BEGIN gets the lock at 0.5 s
+        assert probe.cancelled_caught
+        holder.close()
+        await store.append([request("web", "after-the-timeout")])
+        assert await store.log_head() == 1
+    finally:
         await store.close()

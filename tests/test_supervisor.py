@@ -208,3 +208,40 @@ async def test_a_listener_stopped_during_backoff_is_not_restarted(role: str) -> 
             while supervisor.statuses()[0].state != "stopped":
                 await anyio.sleep(0.01)
     assert runs == [1]
+
+
+async def test_a_stop_while_starting_does_not_wait_for_actors_that_never_started() -> None:
+    journal: list[str] = []
+    supervisor = Supervisor(FAST, grace=5)
+    supervisor.add(ActorSpec("slow", lambda: Listener("slow", journal, delay_ready=0.5)))
+    supervisor.add(ActorSpec("source", lambda: Listener("source", journal), role="source"))
+
+    async def stop_soon() -> None:
+        await anyio.sleep(0.1)
+        supervisor.shutdown()
+
+    started = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_soon)
+        with anyio.fail_after(4):
+            assert await supervisor.run() == 0
+    assert anyio.current_time() - started < 2  # not the 5 s grace
+    assert journal == ["slow started", "slow stopped"]
+
+
+async def test_a_crash_while_draining_is_not_reported_as_a_clean_stop() -> None:
+    mailbox = Mailbox[str](10)
+    supervisor = Supervisor(FAST, grace=5)
+    supervisor.add(ActorSpec("recorder", lambda: Recorder(mailbox, [], []), mailbox=mailbox))
+    async with anyio.create_task_group() as tg:
+
+        async def crash_during_drain() -> None:
+            await supervisor.ready.wait()
+            for item in ("boom", "boom", "boom", "boom", "a"):
+                await mailbox.send(item)
+            supervisor.shutdown()
+
+        tg.start_soon(crash_during_drain)
+        with anyio.fail_after(5):
+            code = await supervisor.run()
+    assert code == EXIT_ESCALATED
