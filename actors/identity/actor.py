@@ -5,8 +5,9 @@ paces it, reports its figures and hands changed profiles on.
 
 It has no inbox: the log is its input, and after a crash or restart it simply reads
 on from the checkpoint that was committed with the last batch it applied, so nothing
-is applied twice and nothing skipped. It stops by catching up to the log head (the
-sources have already stopped), so a clean shutdown leaves no backlog.
+is applied twice and nothing skipped. Asked to stop, it finishes the batch in flight
+and returns: catching up a large backlog could outlast the shutdown grace, and the
+backlog is on disk, where the next start reads on from the checkpoint.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ class IdentityActor(Actor):
                     continue
                 checkpoint = self._progress.consumers[CONSUMER] = applied.checkpoint
                 self._report(applied)
+                if self._stopping:
+                    return
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(pool.shutdown)
