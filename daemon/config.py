@@ -60,6 +60,8 @@ def _dec_hook(kind: type, value: Any) -> Any:
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f'expected "host:port" with a port from 0 to 65535, got {value!r}')
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f'an IPv6 address goes in brackets, as "[::1]:8321"; got {value!r}')
         return ListenAddress(value)
     raise NotImplementedError(kind)
 

@@ -70,6 +70,7 @@ def test_durations_accept_numbers_and_units(value: str, seconds: float) -> None:
         ),
         ('[http]\nlisten = "localhost"\n', 'daemon.toml:2: http.listen: expected "host:port"'),
         ('[http]\nlisten = "127.0.0.1:70000"\n', "a port from 0 to 65535"),
+        ('[http]\nlisten = "::1"\n', 'an IPv6 address goes in brackets, as "[::1]:8321"'),
         ("[daemon]\nlog_levl = 'debug'\n", "daemon.toml:2: daemon.log_levl: unknown key"),
         (
             "[daemon.restart]\nmax_restarts = 0\n",
