@@ -33,6 +33,8 @@ from storage.base import AppendRequest
 log = structlog.get_logger(__name__)
 
 MAX_REQUEST_BYTES = tracking_api.MAX_REQUEST_BYTES
+COMMIT_WAIT_TIMEOUT = 60.0
+"""Seconds a request waits for its commit before it is told to retry."""
 BODY_READ_TIMEOUT = 10.0
 """Seconds to receive a request body."""
 RETRY_AFTER_PENDING = 1
@@ -237,7 +239,14 @@ class HttpSourceActor(Actor):
         self._progress.pending += weight
         try:
             await self._writer.send(submission)
-            result = await submission.wait()
+            with anyio.fail_after(COMMIT_WAIT_TIMEOUT):
+                result = await submission.wait()
+        except TimeoutError:
+            # Committed later or not at all: either way the client's retry is safe,
+            # since the log drops a messageId it already has.
+            raise _Refusal(
+                503, "unavailable", "the commit did not complete in time; retry", retry_after=5
+            ) from None
         except anyio.ClosedResourceError:
             raise _Refusal(503, "unavailable", "shutting down; retry", retry_after=5) from None
         except StorageUnavailable as exc:
@@ -293,15 +302,26 @@ async def _read_body(request: web.Request) -> bytes:
         raise _Refusal(
             400, "invalid_request", f"Content-Encoding {encoding!r}: only gzip is accepted"
         )
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise _Refusal(400, "invalid_request", f"body is not valid gzip: {exc}") from None
-    if len(inflated) > limit or inflater.unconsumed_tail:
-        raise _Refusal(
-            400, "invalid_request", f"request body over {limit} bytes (500 KB) once decompressed"
-        )
-    if not inflater.eof:
-        raise _Refusal(400, "invalid_request", "body is not valid gzip: truncated")
-    return inflated
+    # A gzip body may hold several members (concatenated gzip files): each is inflated,
+    # the cap applies to them together, and anything after them that is not gzip is
+    # refused rather than silently dropped.
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise _Refusal(400, "invalid_request", f"body is not valid gzip: {exc}") from None
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise _Refusal(
+                400,
+                "invalid_request",
+                f"request body over {limit} bytes (500 KB) once decompressed",
+            )
+        if not inflater.eof:
+            raise _Refusal(400, "invalid_request", "body is not valid gzip: truncated")
+        parts.append(part)
+        rest = inflater.unused_data
+    return b"".join(parts)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors import http_source
 from actors.http_source import RETRY_AFTER_BACKLOG, RETRY_AFTER_PENDING, HttpSourceActor
 from actors.log_writer import LogProgress, LogWriter, Submission
 from actors.runtime import Mailbox
@@ -356,3 +358,35 @@ async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
     assert [json.loads(event.body)["messageId"] for event in stored] == [
         message_id for ids in work for message_id in ids
     ]
+
+
+async def test_a_commit_that_never_comes_is_answered_503_and_the_retry_is_safe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Were a submission lost (the writer gone between taking and answering it), its
+    request must not wait for ever; a retry is safe because the log dedups messageIds."""
+    monkeypatch.setattr(http_source, "COMMIT_WAIT_TIMEOUT", 0.3)
+    progress = LogProgress()
+    inbox = Mailbox[Submission](100)  # no writer reads it
+    settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"))
+    http = HttpSourceActor(
+        settings,
+        {SOURCE: HttpSource(kind="server")},
+        {SOURCE: WRITE_KEYS[SOURCE]},
+        inbox,
+        progress,
+        Metrics(),
+        shutdown_timeout=5,
+    )
+    tally = Tally()
+    async with anyio.create_task_group() as tg:
+        started = anyio.Event()
+        tg.start_soon(http.run, started.set)
+        await started.wait()
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{settings.listen.port}"
+            with anyio.fail_after(10):
+                status = await post_batch(session, url, batches("lost", 1, 5)[0], tally)
+        http.stop()
+    assert status == 503
+    assert progress.pending == 0

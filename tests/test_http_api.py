@@ -241,6 +241,16 @@ def test_a_gzip_body_is_accepted(daemon: DaemonProcess) -> None:
     assert [e["messageId"] for e in daemon.events()] == ["zipped"]
 
 
+def test_a_gzip_body_of_several_members_is_read_whole(daemon: DaemonProcess) -> None:
+    """Concatenated gzip files are one valid gzip stream; reading only the first
+    member would cut the JSON short."""
+    text = json.dumps({"batch": [track(messageId="one"), track(messageId="two")]}).encode()
+    body = gzip.compress(text[:40]) + gzip.compress(text[40:])
+    answer = call(daemon, "/v1/batch", body, headers={"Content-Encoding": "gzip"})
+    assert (answer.status, answer.body) == (200, {"success": True})
+    assert [e["messageId"] for e in daemon.events()] == ["one", "two"]
+
+
 def test_a_gzip_bomb_is_refused_without_inflating_it(daemon: DaemonProcess) -> None:
     inflated = 128 << 20
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_RLE)
@@ -271,6 +281,9 @@ def test_bad_gzip_and_unknown_encodings_are_a_400(daemon: DaemonProcess) -> None
     assert garbage.body["message"].startswith("body is not valid gzip: ")
     cut = call(daemon, "/v1/track", zipped[:-12], headers={"Content-Encoding": "gzip"})
     refused(cut, 400, "body is not valid gzip: truncated")
+    junk = call(daemon, "/v1/track", zipped + b"junk", headers={"Content-Encoding": "gzip"})
+    assert junk.status == 400
+    assert junk.body["message"].startswith("body is not valid gzip: ")
     brotli = call(daemon, "/v1/track", zipped, headers={"Content-Encoding": "br"})
     refused(brotli, 400, "Content-Encoding 'br': only gzip is accepted")
     assert daemon.events() == []
