@@ -155,9 +155,17 @@ class Supervisor:
         try:
             while True:
                 spec.current = spec.factory()
-                spec.state = "stopping" if spec.stop_requested.is_set() else "running"
+                spec.state = "stopping" if spec.stop_requested.is_set() else "starting"
+
+                def ready(spec: ActorSpec = spec) -> None:
+                    # "running" once it serves, so /readyz is not ready while a
+                    # restarted listener is still binding its port.
+                    if spec.state == "starting":
+                        spec.state = "running"
+                    spec.started.set()
+
                 try:
-                    await spec.current.run(spec.started.set)
+                    await spec.current.run(ready)
                     if spec.stop_requested.is_set():
                         return
                     # Only a stop request ends an actor; ending on its own is a bug.

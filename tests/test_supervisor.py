@@ -245,3 +245,23 @@ async def test_a_crash_while_draining_is_not_reported_as_a_clean_stop() -> None:
         with anyio.fail_after(5):
             code = await supervisor.run()
     assert code == EXIT_ESCALATED
+
+
+async def test_an_actor_counts_as_running_only_once_it_says_it_is_ready() -> None:
+    """/readyz reads these states: a listener still binding is not ready."""
+    supervisor = Supervisor(FAST, grace=5)
+    supervisor.add(ActorSpec("slow", lambda: Listener("slow", [], delay_ready=0.3)))
+    seen: list[str] = []
+
+    async def watch() -> None:
+        await anyio.sleep(0.1)
+        seen.append(supervisor.statuses()[0].state)
+        await supervisor.ready.wait()
+        seen.append(supervisor.statuses()[0].state)
+        supervisor.shutdown()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        with anyio.fail_after(5):
+            await supervisor.run()
+    assert seen == ["starting", "running"]
