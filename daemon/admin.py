@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from actors.identity.extract import normalize_email
-from actors.identity.rebuild import RebuildReport, RebuildRunning
+from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
 from actors.log_writer import LogProgress
 from actors.runtime import Actor
 from daemon import __version__
@@ -172,6 +172,8 @@ class AdminServer(Actor):
                 return _json({"error": f"rebuild failed, the old graph stays: {exc}"}, 503)
             except RebuildRunning as exc:
                 return _json({"error": str(exc)}, status=409)
+            except RebuildCancelled as exc:
+                return _json({"error": str(exc)}, status=503)
         log.info("identity rebuild finished", **asdict(report))
         return _json(asdict(report))
 

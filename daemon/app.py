@@ -20,7 +20,7 @@ import structlog
 
 from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
-from actors.identity.rebuild import rebuild
+from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.log_writer import LogProgress, LogWriter, Submission
 from actors.runtime import Mailbox, held_from_thread
 from daemon.admin import AdminServer
@@ -82,6 +82,7 @@ async def serve(config: Config, config_path: str) -> int:
                             path,
                             config.identity,
                             config.storage.busy_timeout,
+                            progress=lambda done, total: _stop_rebuild_if(supervisor.stopping),
                             gate=lambda: held_from_thread(storage.write_gate),
                         )
                     ),
@@ -139,6 +140,12 @@ async def serve(config: Config, config_path: str) -> int:
         await storage.close()
     log.info("stopped", exit_code=code, events_stored=progress.head)
     return code
+
+
+def _stop_rebuild_if(stopping: bool) -> None:
+    """A rebuild can take minutes; a daemon asked to stop must not wait for it."""
+    if stopping:
+        raise RebuildCancelled("the daemon is stopping; the old graph stays")
 
 
 async def _write_keys(config: Config, storage: Storage) -> dict[str, str]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from actors import tracking_api
 from actors.identity.extract import Extractor, Identifier
 from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
-from actors.identity.rebuild import rebuild
+from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.messages import Event
 from daemon.config import ExternalId, IdentitySection
 from storage.base import AppendRequest, EventRecord
@@ -411,3 +411,22 @@ async def test_a_tie_between_sources_is_settled_the_same_in_any_order(tmp_path: 
             (profile,) = graph.profiles().values()
             plans.append(profile["traits"]["plan"])
     assert plans[0] == plans[1]
+
+
+async def test_a_cancelled_rebuild_leaves_the_graph_and_no_scratch_file(tmp_path: Path) -> None:
+    async with Harness(
+        tmp_path / "g.db", msgspec.convert({"batch_size": 2}, IdentitySection)
+    ) as graph:
+        await graph.send(*journey())
+        await graph.apply()
+        before = shape(graph.profiles())
+
+        def stop(done: int, total: int) -> None:
+            raise RebuildCancelled("stopping")
+
+        with pytest.raises(RebuildCancelled):
+            rebuild(graph.path, IdentitySection(limits={"email": 1}), 5, progress=stop)
+        assert shape(graph.profiles()) == before
+    # The lock file stays (flock needs a file); the scratch database does not.
+    leftovers = [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name]
+    assert leftovers == ["g.db.rebuild-lock"]

@@ -53,6 +53,10 @@ def rebuild(
             scratch_path.unlink(missing_ok=True)
 
 
+class RebuildCancelled(Exception):
+    """Raised by a progress callback to abandon a rebuild; nothing is swapped in."""
+
+
 class RebuildRunning(Exception):
     """Another rebuild of this database is under way; one at a time."""
 
