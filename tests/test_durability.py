@@ -304,6 +304,21 @@ async def test_a_stalled_disk_is_answered_with_429_memory_stays_bounded_and_noth
     assert metric(daemon, "leadsync_log_pending_events") == 0
 
 
+def http_source_for(
+    settings: HttpSection, inbox: Mailbox[Submission], progress: LogProgress, metrics: Metrics
+) -> HttpSourceActor:
+    """The HTTP source in process, serving the one test source."""
+    return HttpSourceActor(
+        settings,
+        {SOURCE: HttpSource(kind="server")},
+        {SOURCE: WRITE_KEYS[SOURCE]},
+        inbox,
+        progress,
+        metrics,
+        shutdown_timeout=5,
+    )
+
+
 async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
     tmp_path: Path,
 ) -> None:
@@ -315,15 +330,7 @@ async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
     inbox = Mailbox[Submission](100)
     settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"), max_backlog=50)
     writer = LogWriter(storage, inbox, progress, metrics, maintenance_interval=3600)
-    http = HttpSourceActor(
-        settings,
-        {SOURCE: HttpSource(kind="server")},
-        {SOURCE: WRITE_KEYS[SOURCE]},
-        inbox,
-        progress,
-        metrics,
-        shutdown_timeout=5,
-    )
+    http = http_source_for(settings, inbox, progress, metrics)
     url = f"http://127.0.0.1:{settings.listen.port}"
     tally = Tally()
     work = batches("backlog", count=5, size=20)
@@ -369,15 +376,7 @@ async def test_a_commit_that_never_comes_is_answered_503_and_the_retry_is_safe(
     progress = LogProgress()
     inbox = Mailbox[Submission](100)  # no writer reads it
     settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"))
-    http = HttpSourceActor(
-        settings,
-        {SOURCE: HttpSource(kind="server")},
-        {SOURCE: WRITE_KEYS[SOURCE]},
-        inbox,
-        progress,
-        Metrics(),
-        shutdown_timeout=5,
-    )
+    http = http_source_for(settings, inbox, progress, Metrics())
     tally = Tally()
     async with anyio.create_task_group() as tg:
         started = anyio.Event()
