@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import anyio
 import msgspec
 
 EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
@@ -48,3 +49,14 @@ class ProfileChanged(msgspec.Struct, frozen=True):
     profile_id: str
     reasons: list[str]
     seq: int
+
+
+class RunBatch(msgspec.Struct):
+    """Ask the scorer for a batch run now (`leadsync scoring run`); `done` is set
+    when it has finished, with its figures in `result`."""
+
+    done: anyio.Event = msgspec.field(default_factory=anyio.Event)
+    result: dict[str, float] = {}
+
+
+ScorerMessage = ProfileChanged | RunBatch

@@ -19,7 +19,8 @@ from aiohttp import web
 from actors.identity.extract import normalize_email
 from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
 from actors.log_writer import LogProgress
-from actors.runtime import Actor
+from actors.messages import RunBatch, ScorerMessage
+from actors.runtime import Actor, Mailbox
 from daemon import __version__
 from daemon.config import BUILTIN_ID_KINDS, Config
 from daemon.metrics import CONTENT_TYPE, Metrics
@@ -42,8 +43,10 @@ class AdminServer(Actor):
         metrics: Metrics,
         started_at: float,
         rebuild_identity: Callable[[], Awaitable[RebuildReport]],
+        scorer: Mailbox[ScorerMessage],
     ) -> None:
         super().__init__("admin")
+        self._scorer = scorer
         self._rebuild_identity = rebuild_identity
         self._rebuilding = anyio.Lock()
         self._config = config
@@ -66,6 +69,7 @@ class AdminServer(Actor):
         app.router.add_get("/quarantine", self._quarantine)
         app.router.add_get("/v1/profiles/{kind}/{value}", self._profile)
         app.router.add_post("/v1/identity/rebuild", self._rebuild)
+        app.router.add_post("/v1/scoring/run", self._run_scoring)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await runner.setup()
         try:
@@ -176,6 +180,18 @@ class AdminServer(Actor):
                 return _json({"error": str(exc)}, status=503)
         log.info("identity rebuild finished", **asdict(report))
         return _json(asdict(report))
+
+    async def _run_scoring(self, request: web.Request) -> web.Response:
+        """A batch run now, answered when it is done (runs asked for meanwhile share it)."""
+        run = RunBatch()
+        try:
+            await self._scorer.send(run)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return _json({"error": "the daemon is stopping"}, status=503)
+        await run.done.wait()
+        if not run.result:
+            return _json({"error": "the scorer stopped before the run finished"}, status=503)
+        return _json(run.result)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -22,7 +22,11 @@ from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.log_writer import LogProgress, LogWriter, Submission
+from actors.messages import ScorerMessage
 from actors.runtime import Mailbox, held_from_thread
+from actors.scoring import deploy
+from actors.scoring.actor import ScorerActor
+from actors.scoring.model import ModelError
 from daemon.admin import AdminServer
 from daemon.config import Config
 from daemon.metrics import Metrics
@@ -30,14 +34,22 @@ from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
 from storage.base import Storage
 from storage.sqlite import SchemaTooNew, SqliteStorage
+from storage.sqlite_graph import connect
+from storage.sqlite_scores import SqliteScoreStore
 
 log = structlog.get_logger(__name__)
 
 DATABASE_NAME = "leadsync.db"
+SCORER_INBOX = 10_000
+"""Hints beyond it are dropped (the to-do list in SQLite keeps the truth)."""
 
 
 class CannotOpenStorage(Exception):
     """The database cannot be opened: nothing can be accepted, so the daemon does not start."""
+
+
+class CannotScore(Exception):
+    """The configured model file is unusable and no model was ever deployed."""
 
 
 async def serve(config: Config, config_path: str) -> int:
@@ -54,6 +66,7 @@ async def serve(config: Config, config_path: str) -> int:
         raise CannotOpenStorage(f"{path}: {exc}") from exc
     log.info("storage open", path=str(path.resolve()), config=config_path)
     try:
+        await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, True)
         write_keys = await _write_keys(config, storage)
         metrics = Metrics()
         progress = LogProgress()
@@ -66,6 +79,7 @@ async def serve(config: Config, config_path: str) -> int:
         # Sized in requests; the pending-events bound in the HTTP source is what
         # actually limits memory, this only has to be large enough never to bind first.
         log_inbox = Mailbox[Submission](config.http.max_pending_events)
+        scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
 
         supervisor.add(
             ActorSpec(
@@ -86,6 +100,7 @@ async def serve(config: Config, config_path: str) -> int:
                             gate=lambda: held_from_thread(storage.write_gate),
                         )
                     ),
+                    scorer_inbox,
                 ),
                 role="service",
             )
@@ -109,7 +124,17 @@ async def serve(config: Config, config_path: str) -> int:
                     progress,
                     metrics,
                     (config.daemon.log_level, config.daemon.log_format),
+                    outbox=scorer_inbox,
                 ),
+            )
+        )
+        supervisor.add(
+            ActorSpec(
+                "scorer",
+                lambda: ScorerActor(
+                    path, config, storage.write_gate, scorer_inbox, progress, metrics
+                ),
+                mailbox=scorer_inbox,
             )
         )
         if write_keys:
@@ -131,7 +156,7 @@ async def serve(config: Config, config_path: str) -> int:
 
         systemd = Systemd()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_handle_signals, supervisor, systemd)
+            tg.start_soon(_handle_signals, supervisor, systemd, config, path, storage)
             tg.start_soon(_announce_ready, supervisor, systemd)
             tg.start_soon(systemd.keep_watchdog_fed)
             code = await supervisor.run()
@@ -174,12 +199,41 @@ async def _announce_ready(supervisor: Supervisor, systemd: Systemd) -> None:
     systemd.notify("READY=1\nSTATUS=serving")
 
 
-async def _handle_signals(supervisor: Supervisor, systemd: Systemd) -> None:
+def _deploy_configured_model(config: Config, path: Path, storage: Storage, starting: bool) -> None:
+    """Deploy `[scoring] model` if its version is new. A broken file is refused and
+    the running model stays; at start with no model ever deployed, it stops the start."""
+    if config.scoring.model is None:
+        return
+    db = connect(path, config.storage.busy_timeout)
+    try:
+        store = SqliteScoreStore(db)
+        model, outcome = deploy.deploy_configured(
+            store, config.scoring.model, lambda: held_from_thread(storage.write_gate)
+        )
+        log.info(
+            "scoring model file",
+            path=config.scoring.model,
+            version=model.version,
+            outcome=outcome.value,
+        )
+    except ModelError as exc:
+        if starting and SqliteScoreStore(db).active_model() is None:
+            raise CannotScore(str(exc)) from None
+        log.error("model file refused; the running model stays", error=str(exc))
+    finally:
+        db.close()
+
+
+async def _handle_signals(
+    supervisor: Supervisor, systemd: Systemd, config: Config, path: Path, storage: Storage
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                # Nothing is reloadable yet; catching it keeps `kill -HUP` from killing us.
-                log.info("SIGHUP received; nothing to reload in this version")
+                log.info("SIGHUP received; reloading the scoring model")
+                await anyio.to_thread.run_sync(
+                    _deploy_configured_model, config, path, storage, False
+                )
                 continue
             if supervisor.stopping:
                 log.warning("second stop signal; still draining", signal=signum.name)

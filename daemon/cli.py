@@ -117,13 +117,16 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     config = loaded.config
     logs.configure(config.daemon.log_level, config.daemon.log_format)
-    from daemon.app import CannotOpenStorage, serve  # only `run` pays for these imports
+    from daemon.app import CannotOpenStorage, CannotScore, serve  # only `run` needs these
 
     try:
         return anyio.run(serve, config, loaded.path)
     except CannotOpenStorage as exc:
         structlog.get_logger("daemon").critical("cannot open storage", error=str(exc))
         return EXIT_STORAGE
+    except CannotScore as exc:
+        structlog.get_logger("daemon").critical("no usable scoring model", error=str(exc))
+        return EXIT_CONFIG
 
 
 def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:

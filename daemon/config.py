@@ -43,7 +43,7 @@ class ListenAddress(str):
         return int(self.rpartition(":")[2])
 
 
-def _dec_hook(kind: type, value: Any) -> Any:
+def dec_hook(kind: type, value: Any) -> Any:
     if kind is Duration:
         if isinstance(value, bool):
             raise ValueError('expected a duration such as 30, "30s", "5m" or "4h"')
@@ -166,12 +166,21 @@ class IdentitySection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return DEFAULT_ID_LIMITS.get(kind)
 
 
+class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    model: str | None = None
+    """A model file, deployed at start and on SIGHUP when its version is new. None:
+    the model deployed last (`leadsync model deploy`), else the shipped example."""
+    batch_interval: Duration = Duration(4 * 3600)
+    """How often Likelihood to Buy is recomputed for every profile."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     daemon: DaemonSection = DaemonSection()
     storage: StorageSection = StorageSection()
     http: HttpSection = HttpSection()
     admin: AdminSection = AdminSection()
     identity: IdentitySection = IdentitySection()
+    scoring: ScoringSection = ScoringSection()
     sources: dict[str, Source] = {}
 
 
@@ -224,7 +233,7 @@ def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Co
     raw_sources = raw.pop("sources", {})
     if not isinstance(raw_sources, dict):
         raise ConfigError(
-            f"{_where(filename, text, ('sources',))}sources: expected a table of named sources"
+            f"{where(filename, text, ('sources',))}sources: expected a table of named sources"
         )
     config = _convert(raw, Config, (), filename, text)
     sources: dict[str, Source] = {}
@@ -232,7 +241,7 @@ def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Co
         key = ("sources", name)
         if not isinstance(table, dict) or "type" not in table:
             raise ConfigError(
-                f"{_where(filename, text, key)}sources.{name}: every source needs a type "
+                f"{where(filename, text, key)}sources.{name}: every source needs a type "
                 '(one of: "http")'
             )
         sources[name] = _convert(table, Source, key, filename, text)
@@ -243,9 +252,9 @@ def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Co
 
 def _convert(raw: Any, kind: type[_T], key: tuple[str, ...], filename: str, text: str) -> _T:
     try:
-        return msgspec.convert(raw, kind, dec_hook=_dec_hook)
+        return msgspec.convert(raw, kind, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_describe(exc, key, filename, text)) from None
+        raise ConfigError(describe(exc, key, filename, text)) from None
 
 
 def _resolve_env(value: Any, key: tuple[str, ...], filename: str, text: str, environ: Any) -> Any:
@@ -260,7 +269,7 @@ def _resolve_env(value: Any, key: tuple[str, ...], filename: str, text: str, env
         name = value[4:]
         if name not in environ:
             raise ConfigError(
-                f"{_where(filename, text, key)}{'.'.join(key)}: environment variable {name} "
+                f"{where(filename, text, key)}{'.'.join(key)}: environment variable {name} "
                 "is not set (the value says env:" + name + ")"
             )
         return environ[name]
@@ -276,21 +285,26 @@ def _check(config: Config, filename: str, text: str) -> None:
         if source.write_key in keys:
             key: tuple[str, ...] = ("sources", name, "write_key")
             raise ConfigError(
-                f"{_where(filename, text, key)}sources.{name}.write_key: the same write key is "
+                f"{where(filename, text, key)}sources.{name}.write_key: the same write key is "
                 f"already used by sources.{keys[source.write_key]}; each source needs its own"
             )
         keys[source.write_key] = name
     if config.storage.checkpoint_interval <= 0:
         key = ("storage", "checkpoint_interval")
         raise ConfigError(
-            f"{_where(filename, text, key)}storage.checkpoint_interval: must be more than 0 "
+            f"{where(filename, text, key)}storage.checkpoint_interval: must be more than 0 "
             "(it is how often the WAL is checkpointed)"
         )
     _check_identity(config.identity, config.sources, filename, text)
+    if config.scoring.batch_interval <= 0:
+        key = ("scoring", "batch_interval")
+        raise ConfigError(
+            f"{where(filename, text, key)}scoring.batch_interval: must be more than 0"
+        )
     if config.http.listen == config.admin.listen and config.http.listen.port != 0:
         key = ("admin", "listen")
         raise ConfigError(
-            f"{_where(filename, text, key)}admin.listen: same address as http.listen "
+            f"{where(filename, text, key)}admin.listen: same address as http.listen "
             f"({config.http.listen}); the admin API needs its own port"
         )
 
@@ -304,7 +318,7 @@ def _check_identity(
         if external.kind in kinds:
             problem = "is built in" if external.kind in BUILTIN_ID_KINDS else "is configured twice"
             raise ConfigError(
-                f"{_where(filename, text, key)}identity.external_ids[{index}].kind: "
+                f"{where(filename, text, key)}identity.external_ids[{index}].kind: "
                 f"{external.kind!r} {problem}; choose another name"
             )
         kinds.append(external.kind)
@@ -312,14 +326,14 @@ def _check_identity(
             if name not in sources:
                 key = ("identity", "external_ids", str(index), "sources")
                 raise ConfigError(
-                    f"{_where(filename, text, key)}identity.external_ids[{index}].sources: "
+                    f"{where(filename, text, key)}identity.external_ids[{index}].sources: "
                     f"no source named {name!r} (sources: {', '.join(sources) or 'none'})"
                 )
     for kind in identity.limits:
         if kind not in kinds:
             key = ("identity", "limits", kind)
             raise ConfigError(
-                f"{_where(filename, text, key)}identity.limits.{kind}: not an identifier kind "
+                f"{where(filename, text, key)}identity.limits.{kind}: not an identifier kind "
                 f"(known: {', '.join(kinds)})"
             )
 
@@ -327,14 +341,14 @@ def _check_identity(
 _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
-def _describe(
+def describe(
     exc: msgspec.ValidationError, prefix: tuple[str, ...], filename: str, text: str
 ) -> str:
     message = str(exc)
     match = _PATH_IN_MESSAGE.search(message)
     key = prefix
     if match is None:
-        return f"{_where(filename, text, key)}{'.'.join(key) or '(top level)'}: {message}"
+        return f"{where(filename, text, key)}{'.'.join(key) or '(top level)'}: {message}"
     key += tuple(part for part in re.split(r"\.|\[|\]", match.group("path")) if part)
     problem = message[: match.start()]
     if problem.startswith("Object contains unknown field"):
@@ -343,10 +357,10 @@ def _describe(
         problem = "unknown key (check the spelling; see the commented daemon.toml for every key)"
     elif key[:1] == ("sources",) and key[-1] == "type":
         problem = f"{problem}; a source's type must be one of: http"
-    return f"{_where(filename, text, key)}{'.'.join(key)}: {problem}"
+    return f"{where(filename, text, key)}{'.'.join(key)}: {problem}"
 
 
-def _where(filename: str, text: str, key: tuple[str, ...]) -> str:
+def where(filename: str, text: str, key: tuple[str, ...]) -> str:
     line = _line_of(text, key)
     return f"{filename}:{line}: " if line else f"{filename}: "
 
@@ -355,19 +369,26 @@ def _line_of(text: str, key: tuple[str, ...]) -> int | None:
     """Best-effort line of a dotted key: its `name =` line inside the right [table].
 
     tomllib keeps no positions, so this walks the text. It understands the common
-    shapes ([a.b] tables, `name = ` lines, dotted keys); for anything else it returns
-    the table header's line, or None, and the message still names the key.
+    shapes ([a.b] tables, [[a.b]] arrays of tables, whose entries are keyed by their
+    index, `name = ` lines, dotted keys); for anything else it returns the table
+    header's line, or None, and the message still names the key.
     """
     if not key:
         return None
     table: tuple[str, ...] = ()
     header_line: int | None = None
+    header_depth = 0
+    entries: dict[tuple[str, ...], int] = {}
     for number, raw_line in enumerate(text.splitlines(), start=1):
         line = raw_line.strip()
         if line.startswith("["):
+            array = line.startswith("[[")
             table = tuple(p.strip().strip('"') for p in line.strip("[]").split("."))
-            if table == key[:-1] or table == key:
-                header_line = number
+            if array:
+                entries[table] = entries.get(table, -1) + 1
+                table = (*table, str(entries[table]))
+            if key[: len(table)] == table and len(table) > header_depth:
+                header_line, header_depth = number, len(table)
             continue
         name, eq, _ = line.partition("=")
         if not eq or line.startswith("#"):

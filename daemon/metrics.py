@@ -14,6 +14,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    Info,
     disable_created_metrics,
     generate_latest,
 )
@@ -127,6 +128,37 @@ class Metrics:
             "leadsync_identity_batch_duration_seconds",
             "Time to apply one batch of log events to the identity graph.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+
+        self.scoring_model = Info(
+            "leadsync_scoring_model", "The scoring model version in use.", registry=r
+        )
+        self.scoring_fit_profiles = Counter(
+            "leadsync_scoring_fit_profiles",
+            "Changed profiles taken off the to-do list and their fit rescored.",
+            registry=r,
+        )
+        self.scoring_fit_seconds = Histogram(
+            "leadsync_scoring_fit_duration_seconds",
+            "Time to rescore one round of changed profiles.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.scoring_events_folded = Counter(
+            "leadsync_scoring_events_read",
+            "Log events read into the behavioural aggregates.",
+            registry=r,
+        )
+        self.scoring_batch_profiles = Counter(
+            "leadsync_scoring_batch_profiles",
+            "Profiles scored by batch runs.",
+            registry=r,
+        )
+        self.scoring_batch_seconds = Histogram(
+            "leadsync_scoring_batch_duration_seconds",
+            "Time of one batch run over every profile and account.",
+            buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
 

@@ -67,11 +67,57 @@ class IdentityView(msgspec.Struct):
     first_seen: str
 
 
+class Score(msgspec.Struct, omit_defaults=True):
+    """A profile's or an account's current scores. Fit is rescored as traits change,
+    likelihood in batch runs, so each half records the model version and the time
+    (epoch seconds) that made it; after a deploy, a half not yet rescored still
+    names the old version."""
+
+    fit_score: int | None = None
+    fit_segment: str | None = None
+    fit_signals: list[str] = []
+    fit_model: str | None = None
+    fit_at: float | None = None
+    ltb_score: int | None = None
+    ltb_segment: str | None = None
+    ltb_signals: list[str] = []
+    ltb_model: str | None = None
+    ltb_at: float | None = None
+    grade: str | None = None
+    inputs: dict[str, Any] = {}
+    """The traits the fit model read, as mk_job_title, mk_country, ..."""
+
+    def traits(self) -> dict[str, Any]:
+        """The scores as the mk_* traits destinations receive."""
+        traits: dict[str, Any] = {}
+        if self.fit_score is not None:
+            traits["mk_customer_fit_score"] = self.fit_score
+            traits["mk_customer_fit_segment"] = self.fit_segment
+            traits["mk_customer_fit_signals"] = self.fit_signals
+        if self.ltb_score is not None:
+            traits["mk_likelihood_to_buy_score"] = self.ltb_score
+            traits["mk_likelihood_to_buy_segment"] = self.ltb_segment
+            traits["mk_likelihood_to_buy_signals"] = self.ltb_signals
+        if self.grade is not None:
+            traits["mk_lead_grade"] = self.grade
+        traits.update(self.inputs)
+        return traits
+
+
+class ScoreView(msgspec.Struct):
+    traits: dict[str, Any]
+    fit_model: str | None
+    fit_at: str | None
+    likelihood_model: str | None
+    likelihood_at: str | None
+
+
 class AccountView(msgspec.Struct):
     group_id: str
     first_seen: str
     last_seen: str
     traits: dict[str, Any]
+    scores: ScoreView | None = None
 
 
 class ProfileView(msgspec.Struct):
@@ -89,6 +135,7 @@ class ProfileView(msgspec.Struct):
     merged_ids: list[str]
     """Earlier profile ids that now mean this profile (merged or renamed)."""
     last_events: list[msgspec.Raw]
+    scores: ScoreView | None = None
 
 
 class Storage(Protocol):
@@ -325,4 +372,109 @@ class GraphStore(Protocol):
     def mark_changed(self, changes: Sequence[tuple[str, int, int]]) -> None:
         """(profile uid, `Change` flags, seq) for the scorer to pick up; flags accumulate
         until it does, so a profile changed five times waits as one row."""
+        ...
+
+
+# --- Scoring --------------------------------------------------------------------
+# The scorer's rows. Like the graph, it works in one worker thread, synchronously, a
+# chunk at a time; every write happens between `begin()` and `commit()`.
+
+PROFILE, ACCOUNT = "profile", "account"
+"""Subjects of a score."""
+
+
+class ProfileToScore(msgspec.Struct):
+    """What scoring one profile needs; `traits` and `account_traits` are filled only
+    when the fit must be computed."""
+
+    row: int
+    uid: str
+    account: str | None
+    score: Score | None
+    intents: list[bytes] = []
+    traits: dict[str, Any] | None = None
+    account_traits: dict[str, Any] | None = None
+
+
+class Deploy(msgspec.Struct, frozen=True):
+    version: str
+    deployed_at: str
+    origin: str
+    """What deployed it: a file path, `leadsync model deploy`, or the built-in example."""
+
+
+class ScoreStore(Protocol):
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def checkpoint(self) -> int:
+        """The last log sequence folded into the behavioural aggregates."""
+        ...
+
+    def set_checkpoint(self, seq: int) -> None: ...
+
+    def read_events(self, after: int, limit: int) -> list[StoredEvent]: ...
+
+    def intents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Behavioural aggregates by identifier (kind, value), as stored."""
+        ...
+
+    def save_intents(self, rows: dict[tuple[str, str], bytes]) -> None: ...
+
+    def intent_digest(self) -> str | None:
+        """Which model's weights the aggregates were built with."""
+        ...
+
+    def reset_intents(self, digest: str) -> None:
+        """Forget every aggregate and read the log again from the start (weights changed)."""
+        ...
+
+    def forget_intents(self, older_than: float) -> int:
+        """Drop aggregates whose newest event is older than this (epoch seconds)."""
+        ...
+
+    def active_model(self) -> tuple[str, str] | None:
+        """(version, model file text) of the newest deploy."""
+        ...
+
+    def model(self, version: str) -> tuple[str, str] | None:
+        """(digest, text) of a version ever deployed."""
+        ...
+
+    def deploy(self, version: str, digest: str, text: str, origin: str) -> None: ...
+
+    def deploys(self, limit: int) -> list[Deploy]: ...
+
+    def changes(self, limit: int) -> list[tuple[str, int, int]]:
+        """(profile uid, Change flags, seq): profiles the identity actor changed."""
+        ...
+
+    def clear_changes(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        """Take rows from `changes` off the list, unless they changed again since."""
+        ...
+
+    def profiles_by_uid(self, uids: Sequence[str]) -> list[ProfileToScore]:
+        """Existing profiles among `uids`, with traits, account traits and scores."""
+        ...
+
+    def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileToScore]:
+        """The next profiles in row order, with their aggregates and scores; traits
+        only where the fit was not made by `fit_model`."""
+        ...
+
+    def accounts_after(self, group_id: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        """(group id, traits) of the next accounts in id order."""
+        ...
+
+    def scores(self, subject: str, ids: Sequence[str]) -> dict[str, Score]: ...
+
+    def save_scores(self, subject: str, scores: dict[str, Score]) -> None: ...
+
+    def delete_scores(self, subject: str, ids: Sequence[str]) -> None: ...
+
+    def forget_gone_profiles(self) -> int:
+        """Delete scores of profiles that no longer exist (merged away, rebuilt)."""
         ...

@@ -108,4 +108,47 @@ MIGRATIONS: list[str] = [
         seq     INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: lead scoring. Model files as deployed, and the order they were deployed in
+    # (the newest deploy is the active model); behavioural aggregates per identifier,
+    # which survive merges and rebuilds because identifiers never change; the current
+    # scores of profiles and accounts, each part with the model version that made it.
+    """
+    CREATE TABLE models (
+        version TEXT PRIMARY KEY,
+        digest  TEXT NOT NULL,
+        body    TEXT NOT NULL
+    );
+
+    CREATE TABLE model_deploys (
+        id          INTEGER PRIMARY KEY,
+        version     TEXT NOT NULL REFERENCES models (version),
+        deployed_at TEXT NOT NULL,
+        origin      TEXT NOT NULL
+    );
+
+    CREATE TABLE intent (
+        kind    TEXT NOT NULL,
+        value   TEXT NOT NULL,
+        state   BLOB NOT NULL,
+        PRIMARY KEY (kind, value)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE scores (
+        subject     TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        fit_score   INTEGER,
+        fit_segment TEXT,
+        fit_signals TEXT,
+        fit_model   TEXT,
+        fit_at      REAL,
+        ltb_score   INTEGER,
+        ltb_segment TEXT,
+        ltb_signals TEXT,
+        ltb_model   TEXT,
+        ltb_at      REAL,
+        grade       TEXT,
+        inputs      TEXT,
+        PRIMARY KEY (subject, id)
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -22,6 +22,8 @@ import msgspec
 import structlog
 
 from storage.base import (
+    ACCOUNT,
+    PROFILE,
     AccountView,
     Activity,
     AppendRequest,
@@ -29,10 +31,12 @@ from storage.base import (
     IdentityView,
     ProfileView,
     QuarantinedMessage,
+    ScoreView,
     Stamped,
     StoredEvent,
 )
 from storage.migrations import MIGRATIONS
+from storage.sqlite_scores import SCORE_COLUMNS, score_of
 
 log = structlog.get_logger(__name__)
 
@@ -268,7 +272,9 @@ async def _profile_view(
         ).fetchone()
         if row is not None:
             traits = {name: s.value for name, s in _decode_traits(row[3]).items()}
-            account = AccountView(row[0], row[1], row[2], traits)
+            account = AccountView(
+                row[0], row[1], row[2], traits, await _score_view(db, ACCOUNT, row[0])
+            )
     return ProfileView(
         profile_id=uid,
         user_id=user_id,
@@ -281,7 +287,32 @@ async def _profile_view(
         account=account,
         merged_ids=merged,
         last_events=events,
+        scores=await _score_view(db, PROFILE, uid),
     )
+
+
+async def _score_view(db: aiosqlite.Connection, subject: str, key: str) -> ScoreView | None:
+    row = await (
+        await db.execute(
+            f"SELECT {SCORE_COLUMNS} FROM scores WHERE subject = ? AND id = ?", (subject, key)
+        )
+    ).fetchone()
+    score = None if row is None else score_of(row)
+    if score is None:
+        return None
+    return ScoreView(
+        traits=score.traits(),
+        fit_model=score.fit_model,
+        fit_at=_iso(score.fit_at),
+        likelihood_model=score.ltb_model,
+        likelihood_at=_iso(score.ltb_at),
+    )
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def _text(body: bytes) -> str:

@@ -84,8 +84,17 @@ def test_status_prints_a_table_and_json(daemon: DaemonProcess) -> None:
     raw = leadsync("status", "--config", str(daemon.config_path), "--json")
     status = json.loads(raw.stdout)
     assert status["ready"] is True
-    assert {a["name"] for a in status["actors"]} == {"admin", "log_writer", "identity", "http"}
-    assert status["consumers"] == {"identity": {"applied": 0, "lag_events": 0}}
+    assert {a["name"] for a in status["actors"]} == {
+        "admin",
+        "log_writer",
+        "identity",
+        "scorer",
+        "http",
+    }
+    assert status["consumers"] == {
+        "identity": {"applied": 0, "lag_events": 0},
+        "scorer": {"applied": 0, "lag_events": 0},
+    }
     assert "identity: applied up to event 0, 0 behind" in table.stdout
 
 

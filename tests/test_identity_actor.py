@@ -9,7 +9,7 @@ import anyio
 
 from actors.identity.actor import IdentityActor
 from actors.log_writer import LogProgress
-from actors.messages import ProfileChanged
+from actors.messages import ProfileChanged, ScorerMessage
 from actors.runtime import Mailbox
 from daemon.config import IdentitySection
 from daemon.metrics import Metrics
@@ -19,7 +19,7 @@ from tests.identity_journey import USER, journey
 from tests.test_identity import records
 
 
-async def merge_journey(path: Path, outbox: Mailbox[ProfileChanged]) -> None:
+async def merge_journey(path: Path, outbox: Mailbox[ScorerMessage]) -> None:
     """Log the journey, run the actor until it has applied all of it, stop it."""
     storage = await SqliteStorage.open(path)
     requests = [AppendRequest(s, "now", e) for s, e in map(records, journey())]
@@ -42,7 +42,7 @@ async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "leadsync.db"
-    outbox = Mailbox[ProfileChanged](100)
+    outbox = Mailbox[ScorerMessage](100)
     await merge_journey(path, outbox)
 
     offered: dict[str, set[str]] = {}
@@ -51,6 +51,7 @@ async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
             change = outbox.receiver.receive_nowait()
         except anyio.WouldBlock:
             break
+        assert isinstance(change, ProfileChanged)
         offered.setdefault(change.profile_id, set()).update(change.reasons)
 
     with sqlite3.connect(path) as db:
@@ -72,6 +73,6 @@ async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
 
 
 async def test_a_full_scorer_inbox_never_stalls_the_merger(tmp_path: Path) -> None:
-    outbox = Mailbox[ProfileChanged](1)  # nobody reads it
+    outbox = Mailbox[ScorerMessage](1)  # nobody reads it
     await merge_journey(tmp_path / "leadsync.db", outbox)
     assert outbox.depth() == 1

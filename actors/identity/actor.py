@@ -28,7 +28,7 @@ import structlog
 from actors.identity import worker
 from actors.identity.graph import StaleCheckpoint
 from actors.log_writer import LogProgress
-from actors.messages import ProfileChanged
+from actors.messages import ProfileChanged, ScorerMessage
 from actors.runtime import Actor, Mailbox
 from daemon.config import IdentitySection
 from daemon.metrics import Metrics
@@ -52,7 +52,7 @@ class IdentityActor(Actor):
         progress: LogProgress,
         metrics: Metrics,
         log_settings: tuple[str, str],
-        outbox: Mailbox[ProfileChanged] | None = None,
+        outbox: Mailbox[ScorerMessage] | None = None,
     ) -> None:
         super().__init__("identity")
         self._database = database

@@ -1,0 +1,202 @@
+"""The scorer actor: Customer Fit within a second of a change, Likelihood to Buy on a
+schedule, and whichever model was deployed last.
+
+Its inbox carries hints (`ProfileChanged`: look at the to-do list now) and requests
+(`RunBatch`). Neither is the truth: the identity actor's `profile_changes` table and
+the log are, so a hint dropped from a full inbox, or lost in a crash, costs a
+second of latency and nothing else. The work itself is synchronous SQLite and
+arithmetic, done in a worker thread (actors/scoring/scorer.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from actors.identity.extract import Extractor
+from actors.log_writer import LogProgress
+from actors.messages import ProfileChanged, RunBatch, ScorerMessage
+from actors.runtime import Actor, Mailbox, held_from_thread
+from actors.scoring import deploy
+from actors.scoring.model import parse
+from actors.scoring.scorer import BatchResult, Scorer
+from daemon.config import Config
+from daemon.metrics import Metrics
+from storage.sqlite_graph import connect
+from storage.sqlite_scores import CONSUMER, SqliteScoreStore
+
+log = structlog.get_logger(__name__)
+
+IDLE_WAKE = 1.0
+"""Seconds between looks at the to-do list when no hint comes (a dropped hint, a
+deploy made by the CLI)."""
+LAST_BATCH = "scoring_last_batch"
+RETRY_AFTER_STORAGE_ERROR = 1.0
+
+
+class ScorerActor(Actor):
+    def __init__(
+        self,
+        database: Path,
+        config: Config,
+        gate: anyio.Semaphore,
+        inbox: Mailbox[ScorerMessage],
+        progress: LogProgress,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__("scorer")
+        self._database = database
+        self._config = config
+        self._gate = gate
+        self._inbox = inbox
+        self._progress = progress
+        self._metrics = metrics
+        self._clock = clock
+        self._requests: list[RunBatch] = []
+        self._next_batch = 0.0
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        db = connect(self._database, self._config.storage.busy_timeout)
+        try:
+            scorer = await anyio.to_thread.run_sync(self._start, db)
+            ready()
+            await self._serve(scorer, db)
+        finally:
+            for request in self._requests:
+                request.done.set()  # unanswered: the daemon is stopping
+            db.close()
+
+    def _start(self, db: sqlite3.Connection) -> Scorer:
+        store = SqliteScoreStore(db)
+        gate = self._write_gate
+        model = deploy.active(store, gate)
+        kinds: dict[str, str] = {n: s.kind for n, s in self._config.sources.items()}
+        scorer = Scorer(store, model, Extractor(self._config.identity), kinds, self._clock, gate)
+        scorer.use(model)
+        self._progress.consumers[CONSUMER] = store.checkpoint()
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (LAST_BATCH,)).fetchone()
+        self._next_batch = (float(row[0]) if row else 0.0) + self._config.scoring.batch_interval
+        self._metrics.scoring_model.info({"version": model.version})
+        log.info("scoring with model", version=model.version)
+        return scorer
+
+    def _write_gate(self) -> AbstractContextManager[None]:
+        return held_from_thread(self._gate)
+
+    async def _serve(self, scorer: Scorer, db: sqlite3.Connection) -> None:
+        open_inbox = True
+        while True:
+            try:
+                busy = await anyio.to_thread.run_sync(self._step, scorer, db)
+            except sqlite3.OperationalError as exc:
+                # A long lock or a full disk: nothing of the step was committed.
+                self._metrics.storage_errors.labels("scorer").inc()
+                log.warning("scoring step not applied; retrying", error=str(exc))
+                await anyio.sleep(RETRY_AFTER_STORAGE_ERROR)
+                continue
+            if not open_inbox:
+                # Asked to stop. What is left (changes, log events) is on disk and
+                # waits for the next start; a batch run in progress was finished.
+                return
+            if busy:
+                open_inbox = self._take_messages()
+                continue
+            with anyio.move_on_after(self._idle_wait()):
+                open_inbox = await self._wait_for_message()
+            if open_inbox:
+                open_inbox = self._take_messages()
+
+    def _idle_wait(self) -> float:
+        due = self._next_batch - self._clock()
+        return max(0.0, min(IDLE_WAKE, due))
+
+    async def _wait_for_message(self) -> bool:
+        """Wait for a hint or a request; False once the inbox is closed and empty."""
+        try:
+            message = await self._inbox.receiver.receive()
+        except anyio.EndOfStream:
+            return False
+        self._keep(message)
+        return True
+
+    def _take_messages(self) -> bool:
+        while True:
+            try:
+                message = self._inbox.receiver.receive_nowait()
+            except anyio.WouldBlock:
+                return True
+            except anyio.EndOfStream:
+                return False
+            self._keep(message)
+
+    def _keep(self, message: ScorerMessage) -> None:
+        if isinstance(message, RunBatch):
+            self._requests.append(message)
+        elif isinstance(message, ProfileChanged):
+            pass  # a wake-up call: the to-do list in SQLite says what changed
+
+    def _step(self, scorer: Scorer, db: sqlite3.Connection) -> bool:
+        """One round of work in the worker thread; True if there may be more."""
+        self._follow_deploys(scorer)
+        started = time.perf_counter()
+        changed = scorer.score_changes()
+        if changed:
+            self._metrics.scoring_fit_seconds.observe(time.perf_counter() - started)
+            self._metrics.scoring_fit_profiles.inc(changed)
+        folded = scorer.fold_events(self._progress.head)
+        self._progress.consumers[CONSUMER] = scorer.store.checkpoint()
+        if folded:
+            self._metrics.scoring_events_folded.inc(folded)
+        if self._requests or self._clock() >= self._next_batch:
+            self._batch(scorer, db)
+        return bool(changed or folded)
+
+    def _follow_deploys(self, scorer: Scorer) -> None:
+        """Pick up a model deployed by the CLI or by SIGHUP since the last step."""
+        active = scorer.store.active_model()
+        if active is None or active[0] == scorer.model.version:
+            return
+        version, text = active
+        scorer.use(parse(text, f"<model {version} as deployed>"))
+        self._metrics.scoring_model.info({"version": version})
+        log.info("scoring with a newly deployed model", version=version)
+
+    def _batch(self, scorer: Scorer, db: sqlite3.Connection) -> None:
+        # Fold every event logged so far first, so the run sees all of them.
+        while scorer.fold_events(self._progress.head):
+            pass
+        result = scorer.run_batch()
+        finished = self._clock()
+        with self._write_gate():
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (LAST_BATCH, repr(finished)),
+            )
+        self._next_batch = finished + self._config.scoring.batch_interval
+        self._report(result)
+        for request in self._requests:
+            request.result = {k: float(v) for k, v in asdict(result).items()}
+            anyio.from_thread.run_sync(request.done.set)
+        self._requests.clear()
+
+    def _report(self, result: BatchResult) -> None:
+        self._metrics.scoring_batch_seconds.observe(result.seconds)
+        self._metrics.scoring_batch_profiles.inc(result.profiles)
+        log.info(
+            "scoring batch run",
+            profiles=result.profiles,
+            accounts=result.accounts,
+            changed=result.changed,
+            fit_rescored=result.fit_rescored,
+            seconds=round(result.seconds, 2),
+        )

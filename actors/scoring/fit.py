@@ -1,0 +1,163 @@
+"""Customer Fit: a model's rules applied to a profile's traits and its account's.
+
+Comparisons are forgiving the way traits are messy: strings match without regard to
+case or surrounding spaces, and a number sent as a string ("200") is a number. A
+rule whose trait is missing, or has a value it cannot compare, does not match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any, NamedTuple
+
+from actors.scoring.model import FIT_SEGMENTS, FitRule, Model
+
+PERSONAL_DOMAINS = frozenset(
+    line.strip()
+    for line in resources.files("actors.scoring")
+    .joinpath("personal_domains.txt")
+    .read_text("utf-8")
+    .splitlines()
+    if line.strip() and not line.startswith("#")
+)
+"""Free mail providers: an address there says nothing about where the person works."""
+
+
+class Traits(NamedTuple):
+    """What a rule can look at: the profile's own traits, and its account's under `account.`."""
+
+    profile: Mapping[str, Any]
+    account: Mapping[str, Any]
+
+
+class FitScore(NamedTuple):
+    score: int
+    segment: str
+    signals: list[str]
+    """The matched rules' signals, weightiest first (either sign), at most three."""
+    inputs: dict[str, Any]
+    """The model's inputs found on the profile, as `mk_<name>` traits."""
+
+
+class FitScorer:
+    """A model compiled for speed: regexes compiled, operands normalised, once."""
+
+    def __init__(self, model: Model) -> None:
+        spec = model.spec
+        self._base = spec.fit.base
+        self._inputs = {name: [p.split(".") for p in paths] for name, paths in spec.inputs.items()}
+        self._rules = [(self._path(rule.trait), _matcher(rule), rule) for rule in spec.fit.rules]
+        self._segments = sorted(
+            ((spec.fit.segments[name], name) for name in FIT_SEGMENTS[:-1]), reverse=True
+        )
+
+    def _path(self, trait: str) -> list[list[str]]:
+        """A rule may name an input (tried along its paths) or a trait path itself."""
+        return self._inputs.get(trait, [trait.split(".")])
+
+    def score(self, traits: Traits) -> FitScore:
+        total = self._base
+        matched: list[tuple[float, int, str]] = []
+        for index, (paths, matches, rule) in enumerate(self._rules):
+            if matches(_lookup(traits, paths)):
+                total += rule.points
+                matched.append((-abs(rule.points), index, rule.signal))
+        score = max(0, min(100, round(total)))
+        matched.sort()
+        inputs = {}
+        for name, paths in self._inputs.items():
+            value = _lookup(traits, paths)
+            if value is not None:
+                inputs[f"mk_{name}"] = value
+        return FitScore(score, self.segment(score), [s for _, _, s in matched[:3]], inputs)
+
+    def segment(self, score: float) -> str:
+        for threshold, name in self._segments:
+            if score >= threshold:
+                return name
+        return FIT_SEGMENTS[-1]
+
+
+def _lookup(traits: Traits, paths: list[list[str]]) -> Any:
+    """The first path that holds a value; `account.x` reads the account's traits."""
+    for path in paths:
+        if path[0] == "account" and len(path) > 1:
+            value: Any = traits.account.get(path[1])
+            rest = path[2:]
+        else:
+            value = traits.profile.get(path[0])
+            rest = path[1:]
+        for step in rest:
+            value = value.get(step) if isinstance(value, dict) else None
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _matcher(rule: FitRule) -> Any:
+    """A predicate over the trait's value (None when absent), built once per rule."""
+    if rule.exists is not None:
+        wanted = rule.exists
+        return lambda value: (value is not None) is wanted
+    if rule.personal_email is not None:
+        personal = rule.personal_email
+        return lambda value: (
+            (d := _domain(value)) is not None and (d in PERSONAL_DOMAINS) is personal
+        )
+    if rule.regex is not None:
+        pattern = re.compile(rule.regex)
+        return lambda value: isinstance(value, str) and pattern.search(value) is not None
+    if rule.contains is not None:
+        needle = _fold(rule.contains)
+        return lambda value: (
+            needle in _fold(value)
+            if isinstance(value, str)
+            else isinstance(value, list) and any(_same(item, needle) for item in value)
+        )
+    if rule.in_ is not None:
+        options = [_fold(o) if isinstance(o, str) else o for o in rule.in_]
+        return lambda value: value is not None and any(_same(value, o) for o in options)
+    if rule.equals is not None:
+        option = _fold(rule.equals) if isinstance(rule.equals, str) else rule.equals
+        return lambda value: value is not None and _same(value, option)
+    low = rule.min if rule.min is not None else float("-inf")
+    high = rule.max if rule.max is not None else float("inf")
+    return lambda value: (n := _number(value)) is not None and low <= n < high
+
+
+def _fold(text: str) -> str:
+    return text.strip().casefold()
+
+
+def _same(value: Any, option: Any) -> bool:
+    """`option` comes normalised from the model; `value` from a trait."""
+    if isinstance(option, bool) or isinstance(value, bool):
+        return value is option
+    if isinstance(option, str):
+        return isinstance(value, str) and _fold(value) == option
+    number = _number(value)
+    return number is not None and number == option
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip().replace(",", ""))
+        except ValueError:
+            return None
+    return None
+
+
+def _domain(value: Any) -> str | None:
+    """An address's domain; a bare domain is taken as one too."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    domain = text.rpartition("@")[2]
+    return domain if "." in domain else None

@@ -1,0 +1,290 @@
+"""The scoring work itself, synchronous: the scorer actor runs it in a worker thread,
+and `leadsync model check` and bench/scoring.py run it directly.
+
+Three jobs, each a short transaction at a time so ingestion never waits long:
+- `fold_events`: follow the event log and fold weighted events into each
+  identifier's behavioural aggregate, with the log checkpoint in the same
+  transaction (exact after a crash, like every consumer);
+- `score_changes`: rescore the fit of profiles whose traits, identities or account
+  changed, taking them off the identity actor's durable to-do list as it goes;
+- `run_batch`: likelihood, grade and (after a deploy) fit of every profile and account.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+
+from actors.identity.extract import Extractor
+from actors.messages import Event
+from actors.scoring.fit import FitScorer, Traits
+from actors.scoring.likelihood import Intent, LikelihoodScorer, epoch
+from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
+from storage.base import ACCOUNT, PROFILE, Change, ProfileToScore, Score, ScoreStore
+
+log = structlog.get_logger(__name__)
+
+FOLD_BATCH = 5_000
+"""Log events folded per transaction."""
+CHANGES_BATCH = 2_000
+"""Changed profiles rescored per transaction."""
+BATCH_CHUNK = 5_000
+"""Profiles scored per transaction in a batch run."""
+
+_FIT_REASONS = int(
+    Change.IDENTITY | Change.MERGE | Change.TRAITS | Change.ACCOUNT | Change.RECOMPUTED
+)
+_decode_event = msgspec.json.Decoder(Event).decode
+_decode_intent = msgspec.json.Decoder(Intent).decode
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass
+class BatchResult:
+    profiles: int = 0
+    accounts: int = 0
+    changed: int = 0
+    """Subjects whose stored scores changed."""
+    fit_rescored: int = 0
+    """Profiles whose fit was made by an older model version."""
+    seconds: float = 0.0
+
+
+class Scorer:
+    def __init__(
+        self,
+        store: ScoreStore,
+        model: Model,
+        extractor: Extractor,
+        source_kinds: dict[str, str],
+        clock: Callable[[], float] = time.time,
+        gate: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
+        self.store = store
+        self.extractor = extractor
+        self.source_kinds = source_kinds
+        self.clock = clock
+        self.gate = gate
+        self.model = model
+        self.fit = FitScorer(model)
+        self.likelihood = LikelihoodScorer(model, source_kinds)
+
+    def use(self, model: Model) -> None:
+        """Score with `model` from now on. If its event weights differ from those the
+        aggregates were built with, the aggregates are rebuilt from the whole log."""
+        self.model = model
+        self.fit = FitScorer(model)
+        self.likelihood = LikelihoodScorer(model, self.source_kinds)
+        if self.store.intent_digest() != model.likelihood_digest:
+            with self._transaction():
+                self.store.reset_intents(model.likelihood_digest)
+            log.info("event weights changed; reading the log again", model=model.version)
+
+    def _transaction(self) -> AbstractContextManager[None]:
+        return _Transaction(self.store, self.gate)
+
+    def fold_events(self, up_to: int, limit: int = FOLD_BATCH) -> int:
+        """Fold the next events (at most up to log sequence `up_to`); returns how many
+        were read, 0 when caught up."""
+        after = self.store.checkpoint()
+        events = self.store.read_events(after, min(limit, up_to - after))
+        if not events:
+            return 0
+        half_life = self.likelihood.half_life
+        weighed: list[tuple[tuple[str, str], float, str, float]] = []
+        for stored in events:
+            try:
+                event = _decode_event(stored.body)
+            except msgspec.DecodeError:
+                log.error("unreadable event in the log; not scored", seq=stored.seq)
+                continue
+            weight = self.likelihood.weigh(event)
+            if weight is None:
+                continue
+            identifiers = self.extractor.identifiers(event)
+            at = epoch(event.timestamp)
+            if not identifiers or at is None:
+                continue
+            home = identifiers[0]
+            weighed.append(((home.kind, home.value), weight[0], weight[1], at))
+        stored_states = self.store.intents([key for key, *_ in weighed])
+        states: dict[tuple[str, str], Intent] = {
+            key: _decode_intent(state) for key, state in stored_states.items()
+        }
+        for key, points, signal, at in weighed:
+            intent = states.get(key)
+            if intent is None:
+                intent = states[key] = Intent(at, {})
+            intent.add(points, signal, at, half_life)
+        # Only this scorer writes aggregates, so what was read above is still current.
+        with self._transaction():
+            self.store.save_intents({key: _encode(intent) for key, intent in states.items()})
+            self.store.set_checkpoint(events[-1].seq)
+        return len(events)
+
+    def score_changes(self, limit: int = CHANGES_BATCH) -> int:
+        """Rescore the fit of changed profiles; returns how many changes were taken."""
+        changes = self.store.changes(limit)
+        if not changes:
+            return 0
+        now = self.clock()
+        reasons = {uid: flags for uid, flags, _ in changes}
+        profiles = self.store.profiles_by_uid(
+            [uid for uid, flags in reasons.items() if flags & _FIT_REASONS]
+        )
+        found = {p.uid for p in profiles}
+        gone = [
+            uid for uid, flags in reasons.items() if flags & Change.MERGED_AWAY and uid not in found
+        ]
+        scores = {p.uid: self._with_fit(p, now) for p in profiles}
+        accounts = {
+            p.account: p.account_traits or {}
+            for p in profiles
+            if p.account and reasons[p.uid] & Change.ACCOUNT
+        }
+        account_scores = self._accounts_fit(accounts, now)
+        # A profile the identity actor changes again meanwhile keeps its row (see
+        # clear_changes) and is rescored next time round.
+        with self._transaction():
+            self.store.save_scores(PROFILE, scores)
+            self.store.delete_scores(PROFILE, gone)
+            self.store.save_scores(ACCOUNT, account_scores)
+            self.store.clear_changes(changes)
+        return len(changes)
+
+    def _accounts_fit(self, accounts: dict[str, dict[str, Any]], now: float) -> dict[str, Score]:
+        current = self.store.scores(ACCOUNT, list(accounts))
+        updated: dict[str, Score] = {}
+        for group_id, traits in accounts.items():
+            old = current.get(group_id)
+            score = msgspec.structs.replace(old) if old else Score()
+            self._set_fit(score, Traits({}, traits), now)
+            updated[group_id] = score
+        return updated
+
+    def _with_fit(self, profile: ProfileToScore, now: float) -> Score:
+        score = msgspec.structs.replace(profile.score) if profile.score else Score()
+        self._set_fit(score, Traits(profile.traits or {}, profile.account_traits or {}), now)
+        return score
+
+    def _set_fit(self, score: Score, traits: Traits, now: float) -> None:
+        fit = self.fit.score(traits)
+        score.fit_score, score.fit_segment, score.fit_signals = fit.score, fit.segment, fit.signals
+        score.inputs = fit.inputs
+        score.fit_model, score.fit_at = self.model.version, now
+        score.grade = self.grade(score)
+
+    def grade(self, score: Score) -> str:
+        row = self.model.spec.grade[score.fit_segment or "low"]
+        return row[LIKELIHOOD_SEGMENTS.index(score.ltb_segment or "low")]
+
+    def run_batch(self, chunk: int = BATCH_CHUNK) -> BatchResult:
+        """Score every profile's likelihood and grade (and fit, where an older model
+        made it), then every account's. Chunked: a crash midway leaves each profile
+        with a consistent score, and the next run does it all again anyway."""
+        started = time.perf_counter()
+        now = self.clock()
+        result = BatchResult()
+        version = self.model.version
+        members: dict[str, dict[str, float]] = {}
+        after = 0
+        while profiles := self.store.profiles_after(after, chunk, version):
+            updated: dict[str, Score] = {}
+            for profile in profiles:
+                score = self._batch_score(profile, now, result)
+                points = self._points_of(profile, now)
+                if profile.account:
+                    total = members.setdefault(profile.account, {})
+                    for name, value in points.items():
+                        total[name] = total.get(name, 0.0) + value
+                self._set_likelihood(score, points, now)
+                if score != profile.score:
+                    updated[profile.uid] = score
+            with self._transaction():
+                self.store.save_scores(PROFILE, updated)
+            result.profiles += len(profiles)
+            result.changed += len(updated)
+            after = profiles[-1].row
+        result.accounts, changed = self._batch_accounts(members, now, chunk)
+        result.changed += changed
+        with self._transaction():
+            self.store.forget_gone_profiles()
+            self.store.forget_intents(now - self.likelihood.lookback)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _batch_score(self, profile: ProfileToScore, now: float, result: BatchResult) -> Score:
+        if profile.traits is None and profile.score is not None:
+            return msgspec.structs.replace(profile.score)
+        result.fit_rescored += 1
+        return self._with_fit(profile, now)
+
+    def _points_of(self, profile: ProfileToScore, now: float) -> dict[str, float]:
+        return self.likelihood.now_points(map(_decode_intent, profile.intents), now)
+
+    def _set_likelihood(self, score: Score, points: dict[str, float], now: float) -> None:
+        ltb = self.likelihood.score(points)
+        if (score.ltb_score, score.ltb_segment, score.ltb_signals, score.ltb_model) != (
+            ltb.score,
+            ltb.segment,
+            ltb.signals,
+            self.model.version,
+        ):
+            score.ltb_score, score.ltb_segment = ltb.score, ltb.segment
+            score.ltb_signals, score.ltb_model, score.ltb_at = ltb.signals, self.model.version, now
+        score.grade = self.grade(score)
+
+    def _batch_accounts(
+        self, members: dict[str, dict[str, float]], now: float, chunk: int
+    ) -> tuple[int, int]:
+        """An account's fit from its own traits; its likelihood from all its members."""
+        count = changed = 0
+        after = ""
+        while accounts := self.store.accounts_after(after, chunk):
+            current = self.store.scores(ACCOUNT, [group for group, _ in accounts])
+            updated: dict[str, Score] = {}
+            for group_id, traits in accounts:
+                old = current.get(group_id)
+                score = msgspec.structs.replace(old) if old else Score()
+                if old is None or old.fit_model != self.model.version:
+                    self._set_fit(score, Traits({}, traits), now)
+                self._set_likelihood(score, members.get(group_id, {}), now)
+                if score != old:
+                    updated[group_id] = score
+            with self._transaction():
+                self.store.save_scores(ACCOUNT, updated)
+            count += len(accounts)
+            changed += len(updated)
+            after = accounts[-1][0]
+        return count, changed
+
+
+class _Transaction:
+    """The gate, then BEGIN IMMEDIATE; COMMIT on success, ROLLBACK on anything else."""
+
+    def __init__(self, store: ScoreStore, gate: Callable[[], AbstractContextManager[None]]):
+        self._store = store
+        self._gate = gate()
+
+    def __enter__(self) -> None:
+        self._gate.__enter__()
+        try:
+            self._store.begin()
+        except BaseException:
+            self._gate.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        try:
+            if kind is None:
+                self._store.commit()
+            else:
+                self._store.rollback()
+        finally:
+            self._gate.__exit__(kind, *rest)

@@ -1,0 +1,332 @@
+"""Scores, behavioural aggregates and deployed models in SQLite, synchronously.
+
+The scorer works in one worker thread with its own connection (see
+storage/sqlite_graph.py for why); it holds the daemon's write gate around each
+transaction, so its chunks queue fairly with the log writer's group commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from storage.base import (
+    ACCOUNT,
+    PROFILE,
+    Activity,
+    Deploy,
+    ProfileToScore,
+    Score,
+    Stamped,
+    StoredEvent,
+)
+from storage.sqlite_graph import read_events
+
+CONSUMER = "scorer"
+INTENT_DIGEST = "scoring_intent_digest"
+_CHUNK = 500
+
+SCORE_COLUMNS = (
+    "fit_score, fit_segment, fit_signals, fit_model, fit_at, "
+    "ltb_score, ltb_segment, ltb_signals, ltb_model, ltb_at, grade, inputs"
+)
+_encode = msgspec.json.Encoder().encode
+_signals = msgspec.json.Decoder(list[str]).decode
+_inputs = msgspec.json.Decoder(dict[str, Any]).decode
+_activity = msgspec.json.Decoder(Activity).decode
+_traits = msgspec.json.Decoder(dict[str, Stamped]).decode
+
+
+class SqliteScoreStore:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def checkpoint(self) -> int:
+        row = self._db.execute(
+            "SELECT seq FROM checkpoints WHERE consumer = ?", (CONSUMER,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_checkpoint(self, seq: int) -> None:
+        self._db.execute(
+            "INSERT INTO checkpoints (consumer, seq, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, "
+            "updated_at = excluded.updated_at",
+            (CONSUMER, seq, datetime.now(UTC).isoformat()),
+        )
+
+    def read_events(self, after: int, limit: int) -> list[StoredEvent]:
+        return read_events(self._db, after, limit)
+
+    def intents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        found: dict[tuple[str, str], bytes] = {}
+        by_kind: dict[str, list[str]] = {}
+        for kind, value in keys:
+            by_kind.setdefault(kind, []).append(value)
+        for kind, values in by_kind.items():
+            for start in range(0, len(values), _CHUNK):
+                chunk = values[start : start + _CHUNK]
+                for value, state in self._db.execute(
+                    "SELECT value, state FROM intent "
+                    f"WHERE kind = ? AND value IN ({_marks(chunk)})",
+                    (kind, *chunk),
+                ):
+                    found[kind, value] = state
+        return found
+
+    def save_intents(self, rows: dict[tuple[str, str], bytes]) -> None:
+        self._db.executemany(
+            "INSERT INTO intent (kind, value, state) VALUES (?, ?, ?) "
+            "ON CONFLICT (kind, value) DO UPDATE SET state = excluded.state",
+            [(kind, value, state) for (kind, value), state in rows.items()],
+        )
+
+    def intent_digest(self) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (INTENT_DIGEST,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def reset_intents(self, digest: str) -> None:
+        self._db.execute("DELETE FROM intent")
+        self.set_checkpoint(0)
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (INTENT_DIGEST, digest),
+        )
+
+    def forget_intents(self, older_than: float) -> int:
+        # The state is [as_of, {...}] (Intent is array_like): as_of leads the JSON.
+        cursor = self._db.execute(
+            "DELETE FROM intent WHERE json_extract(state, '$[0]') < ?", (older_than,)
+        )
+        return cursor.rowcount
+
+    def active_model(self) -> tuple[str, str] | None:
+        row = self._db.execute(
+            "SELECT m.version, m.body FROM model_deploys d JOIN models m ON m.version = d.version "
+            "ORDER BY d.id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def model(self, version: str) -> tuple[str, str] | None:
+        row = self._db.execute(
+            "SELECT digest, body FROM models WHERE version = ?", (version,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def deploy(self, version: str, digest: str, text: str, origin: str) -> None:
+        self._db.execute(
+            "INSERT INTO models (version, digest, body) VALUES (?, ?, ?) "
+            "ON CONFLICT (version) DO NOTHING",
+            (version, digest, text),
+        )
+        self._db.execute(
+            "INSERT INTO model_deploys (version, deployed_at, origin) VALUES (?, ?, ?)",
+            (version, datetime.now(UTC).isoformat(timespec="seconds"), origin),
+        )
+
+    def deploys(self, limit: int) -> list[Deploy]:
+        return [
+            Deploy(*row)
+            for row in self._db.execute(
+                "SELECT version, deployed_at, origin FROM model_deploys ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def changes(self, limit: int) -> list[tuple[str, int, int]]:
+        return [
+            (uid, reasons, seq)
+            for uid, reasons, seq in self._db.execute(
+                "SELECT uid, reasons, seq FROM profile_changes ORDER BY seq LIMIT ?", (limit,)
+            )
+        ]
+
+    def clear_changes(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        self._db.executemany(
+            "DELETE FROM profile_changes WHERE uid = ? AND reasons = ? AND seq = ?", rows
+        )
+
+    def profiles_by_uid(self, uids: Sequence[str]) -> list[ProfileToScore]:
+        found: list[ProfileToScore] = []
+        for start in range(0, len(uids), _CHUNK):
+            chunk = uids[start : start + _CHUNK]
+            rows = self._db.execute(
+                "SELECT p.id, p.uid, p.account_id, p.activity, a.traits, "
+                f"{_prefixed('s')} FROM profiles p "
+                "LEFT JOIN accounts a ON a.group_id = p.account_id "
+                "LEFT JOIN scores s ON s.subject = 'profile' AND s.id = p.uid "
+                f"WHERE p.uid IN ({_marks(chunk)})",
+                chunk,
+            ).fetchall()
+            for row_id, uid, account, activity, account_traits, *score in rows:
+                found.append(
+                    ProfileToScore(
+                        row_id,
+                        uid,
+                        account,
+                        score_of(score),
+                        traits=_values(_activity(activity).traits),
+                        account_traits=_values(_traits(account_traits)) if account_traits else {},
+                    )
+                )
+        return found
+
+    def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileToScore]:
+        rows = self._db.execute(
+            f"SELECT p.id, p.uid, p.account_id, {_prefixed('s')} FROM profiles p "
+            "LEFT JOIN scores s ON s.subject = 'profile' AND s.id = p.uid "
+            "WHERE p.id > ? ORDER BY p.id LIMIT ?",
+            (row, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        profiles = {r[0]: ProfileToScore(r[0], r[1], r[2], score_of(r[3:]), []) for r in rows}
+        for profile, state in self._db.execute(
+            "SELECT i.profile, n.state FROM identities i "
+            "JOIN intent n ON n.kind = i.kind AND n.value = i.value "
+            "WHERE i.profile BETWEEN ? AND ?",
+            (rows[0][0], rows[-1][0]),
+        ):
+            if (target := profiles.get(profile)) is not None:
+                target.intents.append(state)
+        stale = [
+            p.row for p in profiles.values() if p.score is None or p.score.fit_model != fit_model
+        ]
+        for start in range(0, len(stale), _CHUNK):
+            chunk = stale[start : start + _CHUNK]
+            for profile, activity, account_traits in self._db.execute(
+                "SELECT p.id, p.activity, a.traits FROM profiles p "
+                "LEFT JOIN accounts a ON a.group_id = p.account_id "
+                f"WHERE p.id IN ({_marks(chunk)})",
+                chunk,
+            ):
+                target = profiles[profile]
+                target.traits = _values(_activity(activity).traits)
+                target.account_traits = _values(_traits(account_traits)) if account_traits else {}
+        return list(profiles.values())
+
+    def accounts_after(self, group_id: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (group, _values(_traits(traits)))
+            for group, traits in self._db.execute(
+                "SELECT group_id, traits FROM accounts WHERE group_id > ? ORDER BY group_id "
+                "LIMIT ?",
+                (group_id, limit),
+            )
+        ]
+
+    def scores(self, subject: str, ids: Sequence[str]) -> dict[str, Score]:
+        found: dict[str, Score] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            for key, *columns in self._db.execute(
+                f"SELECT id, {SCORE_COLUMNS} FROM scores "
+                f"WHERE subject = ? AND id IN ({_marks(chunk)})",
+                (subject, *chunk),
+            ):
+                score = score_of(columns)
+                if score is not None:
+                    found[key] = score
+        return found
+
+    def save_scores(self, subject: str, scores: dict[str, Score]) -> None:
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO scores (subject, id, {SCORE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    subject,
+                    key,
+                    s.fit_score,
+                    s.fit_segment,
+                    _encode(s.fit_signals),
+                    s.fit_model,
+                    s.fit_at,
+                    s.ltb_score,
+                    s.ltb_segment,
+                    _encode(s.ltb_signals),
+                    s.ltb_model,
+                    s.ltb_at,
+                    s.grade,
+                    _encode(s.inputs),
+                )
+                for key, s in scores.items()
+            ],
+        )
+
+    def delete_scores(self, subject: str, ids: Sequence[str]) -> None:
+        self._db.executemany(
+            "DELETE FROM scores WHERE subject = ? AND id = ?", [(subject, i) for i in ids]
+        )
+
+    def forget_gone_profiles(self) -> int:
+        cursor = self._db.execute(
+            "DELETE FROM scores WHERE subject = ? AND id NOT IN (SELECT uid FROM profiles)",
+            (PROFILE,),
+        )
+        gone = cursor.rowcount
+        cursor = self._db.execute(
+            "DELETE FROM scores WHERE subject = ? AND id NOT IN (SELECT group_id FROM accounts)",
+            (ACCOUNT,),
+        )
+        return gone + cursor.rowcount
+
+
+def _values(traits: dict[str, Stamped]) -> dict[str, Any]:
+    return {name: stamped.value for name, stamped in traits.items()}
+
+
+def _prefixed(alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in SCORE_COLUMNS.split(","))
+
+
+def score_of(columns: Sequence[Any]) -> Score | None:
+    (
+        fit_score,
+        fit_segment,
+        fit_signals,
+        fit_model,
+        fit_at,
+        ltb_score,
+        ltb_segment,
+        ltb_signals,
+        ltb_model,
+        ltb_at,
+        grade,
+        inputs,
+    ) = columns
+    if fit_model is None and ltb_model is None:
+        return None
+    return Score(
+        fit_score,
+        fit_segment,
+        _signals(fit_signals) if fit_signals else [],
+        fit_model,
+        fit_at,
+        ltb_score,
+        ltb_segment,
+        _signals(ltb_signals) if ltb_signals else [],
+        ltb_model,
+        ltb_at,
+        grade,
+        _inputs(inputs) if inputs else {},
+    )
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
