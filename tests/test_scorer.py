@@ -1,0 +1,281 @@
+"""The scorer on a real database: events go through the log and the identity graph as
+in production, then the scorer's three jobs run with an injected clock.
+
+Points are the shipped example model's (actors/scoring/example_model.toml): a demo
+request is worth 40, fading by half every 7 days.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from actors.identity.extract import Extractor
+from actors.scoring import deploy
+from actors.scoring.model import Model, example, parse
+from actors.scoring.scorer import Scorer
+from storage.base import ACCOUNT, PROFILE, Score
+from storage.sqlite_graph import connect
+from storage.sqlite_scores import SqliteScoreStore
+from tests.test_identity import Harness
+
+DAY = 86_400.0
+T0 = datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp()
+
+
+def at(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def track(name: str, when: float, n: str, **ids: str) -> dict[str, Any]:
+    return {"type": "track", "event": name, "messageId": n, "timestamp": at(when), **ids}
+
+
+def identify(traits: dict[str, Any], when: float, n: str, **ids: str) -> dict[str, Any]:
+    return {"type": "identify", "traits": traits, "messageId": n, "timestamp": at(when), **ids}
+
+
+class Scoring:
+    """A scorer beside the identity harness, on its own connection, with a clock."""
+
+    def __init__(self, graph: Harness, model: Model | None = None) -> None:
+        self.graph = graph
+        self.now = T0
+        self.store = SqliteScoreStore(connect(graph.path, 5))
+        self.model = model or deploy.active(self.store)
+        self.scorer = self._scorer(self.model)
+
+    def _scorer(self, model: Model) -> Scorer:
+        scorer = Scorer(
+            self.store, model, Extractor(self.graph.rules), {"web": "web"}, lambda: self.now
+        )
+        scorer.use(model)
+        return scorer
+
+    def restart(self) -> None:
+        """A new scorer on a new connection: only what was committed carries over."""
+        self.store = SqliteScoreStore(connect(self.graph.path, 5))
+        self.scorer = self._scorer(deploy.active(self.store))
+
+    async def send(self, *messages: dict[str, Any]) -> None:
+        await self.graph.send(*messages)
+        await self.graph.apply()
+        while self.scorer.score_changes():
+            pass
+
+    def batch(self) -> None:
+        while self.scorer.fold_events(10**9):
+            pass
+        self.scorer.run_batch()
+
+    def profile_score(self, kind: str, value: str) -> Score:
+        with sqlite3.connect(self.graph.path) as db:
+            (uid,) = db.execute(
+                "SELECT p.uid FROM profiles p JOIN identities i ON i.profile = p.id "
+                "WHERE i.kind = ? AND i.value = ?",
+                (kind, value),
+            ).fetchone()
+        return self.store.scores(PROFILE, [uid])[uid]
+
+    def score_ids(self) -> set[str]:
+        with sqlite3.connect(self.graph.path) as db:
+            return {r[0] for r in db.execute("SELECT id FROM scores WHERE subject = 'profile'")}
+
+
+CTO = {"title": "CTO", "company_size": 200, "industry": "Software", "email": "ann@initech.com"}
+
+
+async def test_new_traits_are_scored_for_fit_with_the_signals_and_inputs(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(identify(CTO, T0, "1", userId="ann"))
+        score = scoring.profile_score("user_id", "ann")
+        assert (score.fit_score, score.fit_segment, score.fit_model) == (
+            100,
+            "very good",
+            "example-1",
+        )
+        assert score.fit_at == T0
+        assert score.traits()["mk_customer_fit_signals"][0] == "Senior decision maker"
+        assert score.traits()["mk_job_title"] == "CTO"
+        # No batch run yet: no likelihood, and the grade reads it as "low".
+        assert score.ltb_score is None
+        assert score.grade == "C"
+
+        await scoring.send(identify({"email": "ann@gmail.com"}, T0 + 60, "2", userId="ann"))
+        score = scoring.profile_score("user_id", "ann")
+        assert score.fit_score == 70
+        assert "mk_customer_fit_score" in score.traits()
+
+
+async def test_likelihood_halves_after_a_half_life_and_new_events_raise_it(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(track("Demo Requested", T0, "1", userId="ann"))
+        scoring.batch()
+        first = scoring.profile_score("user_id", "ann")
+        assert (first.ltb_score, first.ltb_segment, first.ltb_signals) == (
+            40,
+            "high",
+            ["Requested a demo"],
+        )
+
+        scoring.now = T0 + 7 * DAY
+        scoring.batch()
+        halved = scoring.profile_score("user_id", "ann")
+        assert (halved.ltb_score, halved.ltb_segment) == (20, "medium")
+        assert halved.ltb_at == T0 + 7 * DAY
+
+        await scoring.send(track("Demo Requested", T0 + 7 * DAY, "2", userId="ann"))
+        scoring.batch()
+        raised = scoring.profile_score("user_id", "ann")
+        assert (raised.ltb_score, raised.ltb_segment) == (60, "very high")
+
+        scoring.now = T0 + 200 * DAY  # quiet for longer than the 90-day lookback
+        scoring.batch()
+        assert scoring.profile_score("user_id", "ann").ltb_score == 0
+
+
+async def test_merged_profiles_add_up_their_activity_and_the_old_score_goes(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(
+            identify({"title": "CTO"}, T0, "1", anonymousId="desk"),
+            track("Demo Requested", T0, "2", anonymousId="desk"),
+            track("Demo Requested", T0, "3", anonymousId="phone"),
+            identify({"title": "CTO"}, T0, "4", anonymousId="phone"),
+        )
+        scoring.batch()
+        assert len(scoring.score_ids()) == 2
+        assert scoring.profile_score("anonymous_id", "phone").ltb_score == 40
+
+        await scoring.send(identify({}, T0 + 1, "5", userId="ann", anonymousId="desk"))
+        await scoring.send(identify({}, T0 + 2, "6", userId="ann", anonymousId="phone"))
+        assert len(scoring.score_ids()) == 1, "the merged-away profile's score is deleted"
+        scoring.batch()
+        assert scoring.profile_score("user_id", "ann").ltb_score == 80
+
+
+async def test_a_deploy_rescores_every_profile_in_the_next_batch(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(
+            identify(CTO, T0, "1", userId="ann"), identify(CTO, T0, "2", userId="bob")
+        )
+        scoring.batch()
+        stricter = parse(
+            example()
+            .text.replace('version = "example-1"', 'version = "stricter-2"')
+            .replace("points = 35", "points = 5"),
+            "stricter.toml",
+        )
+        assert deploy.deploy(scoring.store, stricter, "test", again=False).value == "deployed"
+        scoring.restart()
+        assert scoring.scorer.model.version == "stricter-2"
+
+        # Until the batch, scores keep the version that made them...
+        assert scoring.profile_score("user_id", "bob").fit_model == "example-1"
+        # ...except where traits changed meanwhile: those are scored at once.
+        await scoring.send(identify({"plan": "pro"}, T0 + 5, "3", userId="ann"))
+        ann = scoring.profile_score("user_id", "ann")
+        assert (ann.fit_model, ann.fit_score) == ("stricter-2", 70)
+
+        scoring.now += 60
+        scoring.batch()
+        bob = scoring.profile_score("user_id", "bob")
+        assert (bob.fit_model, bob.fit_score, bob.ltb_model) == ("stricter-2", 70, "stricter-2")
+        assert [d.version for d in scoring.store.deploys(10)] == ["stricter-2", "example-1"]
+
+
+async def test_changed_event_weights_rebuild_the_aggregates_from_the_log(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(track("Demo Requested", T0, "1", userId="ann"))
+        scoring.batch()
+        assert scoring.profile_score("user_id", "ann").ltb_score == 40
+        cheaper = parse(
+            example()
+            .text.replace('version = "example-1"', 'version = "cheap-demo"')
+            .replace("points = 40", "points = 15"),
+            "cheap.toml",
+        )
+        deploy.deploy(scoring.store, cheaper, "test", again=False)
+        scoring.restart()
+        assert scoring.store.checkpoint() == 0, "the log is read again"
+        scoring.batch()
+        assert scoring.profile_score("user_id", "ann").ltb_score == 15
+
+
+async def test_a_scorer_stopped_midway_through_the_log_ends_where_an_unstopped_one_does(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(
+            *(
+                track(
+                    "Demo Requested" if n % 3 else "Signed Up",
+                    T0 + n * 3600,
+                    f"e{n}",
+                    userId=f"u{n % 4}",
+                )
+                for n in range(40)
+            )
+        )
+        scoring.scorer.fold_events(10**9, limit=7)
+        scoring.scorer.fold_events(10**9, limit=7)
+        scoring.restart()  # as after kill -9: the next fold reads on from the checkpoint
+        while scoring.scorer.fold_events(10**9, limit=7):
+            pass
+        with sqlite3.connect(graph.path) as db:
+            resumed = db.execute("SELECT kind, value, state FROM intent ORDER BY 1, 2").fetchall()
+            scoring.store.begin()
+            scoring.store.reset_intents(scoring.model.likelihood_digest)
+            scoring.store.commit()
+            while scoring.scorer.fold_events(10**9):
+                pass
+            straight = db.execute("SELECT kind, value, state FROM intent ORDER BY 1, 2").fetchall()
+        assert len(resumed) == 4
+        assert resumed == straight
+
+
+async def test_an_account_is_scored_from_its_traits_and_all_its_members(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        acme = {"name": "Acme", "employees": 300, "industry": "Software"}
+        await scoring.send(
+            {
+                "type": "group",
+                "groupId": "acme",
+                "userId": "ann",
+                "traits": acme,
+                "messageId": "g1",
+                "timestamp": at(T0),
+            },
+            {
+                "type": "group",
+                "groupId": "acme",
+                "userId": "bob",
+                "traits": acme,
+                "messageId": "g2",
+                "timestamp": at(T0),
+            },
+            track("Demo Requested", T0, "1", userId="ann"),
+            track("Demo Requested", T0, "2", userId="bob"),
+            identify({"title": "Engineer"}, T0, "3", userId="bob"),
+        )
+        account = scoring.store.scores(ACCOUNT, ["acme"])["acme"]
+        # Mid-sized 25 + software 20, read from the account's own traits.
+        assert (account.fit_score, account.fit_segment) == (45, "medium")
+        scoring.batch()
+        account = scoring.store.scores(ACCOUNT, ["acme"])["acme"]
+        assert (account.ltb_score, account.ltb_segment, account.grade) == (80, "very high", "B")
+        # Members see the account's traits too: bob is an Engineer (no title points)
+        # at a mid-sized software company.
+        assert scoring.profile_score("user_id", "bob").fit_score == 45

@@ -1,0 +1,191 @@
+"""Scoring in the running daemon: identifies in over HTTP, scores out on the admin API,
+models deployed by file and SIGHUP, and a kill -9 that loses nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors.identity.extract import Extractor
+from actors.scoring.model import example
+from actors.scoring.scorer import Scorer
+from daemon.config import IdentitySection
+from storage.sqlite_graph import connect
+from storage.sqlite_scores import SqliteScoreStore
+from tests.daemon_process import WRITE_KEYS, DaemonProcess
+
+CTO = {"title": "CTO", "company_size": 200, "industry": "Software", "email": "ann@initech.com"}
+
+
+def post(daemon: DaemonProcess, batch: list[dict[str, Any]]) -> int:
+    auth = base64.b64encode(f"{WRITE_KEYS['web']}:".encode()).decode()
+    request = urllib.request.Request(
+        daemon.url + "/v1/batch",
+        data=json.dumps({"batch": batch}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def run_batch(daemon: DaemonProcess) -> dict[str, Any]:
+    request = urllib.request.Request(daemon.admin_url + "/v1/scoring/run", method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.05)
+    raise TimeoutError(f"not within {timeout}s")
+
+
+def scores(daemon: DaemonProcess, user: str) -> dict[str, Any] | None:
+    status, body = daemon.admin(f"/v1/profiles/user_id/{user}")
+    if status != 200 or body.get("scores") is None:
+        return None
+    found: dict[str, Any] = body["scores"]
+    return found
+
+
+def model_in_use(daemon: DaemonProcess) -> str:
+    with urllib.request.urlopen(daemon.admin_url + "/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("leadsync_scoring_model_info{"):
+                return str(line.split('version="')[1].split('"')[0])
+    return ""
+
+
+def test_an_identify_is_scored_within_seconds_and_a_batch_run_adds_likelihood(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    daemon = make_daemon().start()
+    assert post(daemon, [{"type": "identify", "userId": "ann", "traits": CTO}]) == 200
+    found = wait_for(lambda: scores(daemon, "ann"))
+    assert found["traits"]["mk_customer_fit_score"] == 100
+    assert found["traits"]["mk_customer_fit_segment"] == "very good"
+    assert found["traits"]["mk_job_title"] == "CTO"
+    assert found["fit_model"] == "example-1"
+
+    assert post(daemon, [{"type": "track", "userId": "ann", "event": "Demo Requested"}]) == 200
+    wait_for(lambda: daemon.admin("/status")[1]["consumers"]["scorer"]["lag_events"] == 0)
+    figures = run_batch(daemon)
+    assert figures["profiles"] == 1
+    found = scores(daemon, "ann")
+    assert found is not None
+    assert found["traits"]["mk_likelihood_to_buy_score"] == 40
+    assert found["traits"]["mk_lead_grade"] == "A"
+    assert found["likelihood_model"] == "example-1"
+
+
+def test_sighup_deploys_a_new_model_version_and_refuses_a_broken_file(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(example().text.replace('"example-1"', '"ours-1"'))
+    daemon = make_daemon(f'[scoring]\nmodel = "{model_file}"\n').start()
+    assert model_in_use(daemon) == "ours-1"
+    assert post(daemon, [{"type": "identify", "userId": "ann", "traits": CTO}]) == 200
+    assert wait_for(lambda: scores(daemon, "ann"))["fit_model"] == "ours-1"
+
+    model_file.write_text(
+        example().text.replace('"example-1"', '"ours-2"').replace("points = 35", "points = 5")
+    )
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: model_in_use(daemon) == "ours-2")
+    run_batch(daemon)
+    assert scores(daemon, "ann")["traits"]["mk_customer_fit_score"] == 70  # type: ignore[index]
+
+    model_file.write_text(example().text.replace("[fit.segments]", "[fit.segments"))
+    daemon.process.send_signal(signal.SIGHUP)
+    refused = wait_for(
+        lambda: [e for e in daemon.log_lines() if e["event"].startswith("model file refused")]
+    )
+    assert "not valid TOML" in refused[0]["error"]
+    assert daemon.admin("/readyz")[0] == 200
+    assert model_in_use(daemon) == "ours-2"
+
+
+def test_a_broken_model_with_none_deployed_stops_the_start_with_the_reason(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(example().text.replace("min = 50", "min = 5000"))
+    daemon = make_daemon(f'[scoring]\nmodel = "{model_file}"\n').start(wait=False)
+    assert daemon.process is not None
+    assert daemon.process.wait(20) == 2
+    assert f"{model_file}:" in daemon.log()
+    assert "fit.rules[2].max: must be more than min" in daemon.log()
+
+
+def test_after_kill_9_every_logged_event_is_counted_once_in_the_likelihood(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    daemon = make_daemon().start()
+    stop = threading.Event()
+
+    def send() -> None:
+        n = 0
+        while not stop.is_set():
+            batch = [
+                {
+                    "type": "track",
+                    "userId": f"u{(n + i) % 50}",
+                    "event": "Demo Requested" if i % 2 else "Signed Up",
+                    "messageId": f"m{n + i}",
+                }
+                for i in range(20)
+            ]
+            try:
+                if post(daemon, batch) == 200:
+                    n += 20
+            except OSError:
+                pass  # the daemon is down for a moment; the client retries
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        wait_for(lambda: daemon.query("SELECT count(*) FROM events")[0][0] > 2000, 30)
+        daemon.kill()
+        daemon.start()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        sender.join()
+    wait_for(lambda: daemon.admin("/status")[1]["consumers"]["scorer"]["lag_events"] == 0, 30)
+    assert daemon.terminate() == 0
+
+    after_crash = tmp_path / "after-crash.db"
+    shutil.copy(daemon.database, after_crash)
+    with sqlite3.connect(after_crash) as db:
+        crashed = db.execute("SELECT kind, value, state FROM intent ORDER BY 1, 2").fetchall()
+    # The same log read once from the start, by a scorer that never crashed.
+    store = SqliteScoreStore(connect(after_crash, 5))
+    scorer = Scorer(store, example(), Extractor(IdentitySection()), {"web": "web"})
+    store.begin()
+    store.reset_intents(example().likelihood_digest)
+    store.commit()
+    while scorer.fold_events(10**9):
+        pass
+    with sqlite3.connect(after_crash) as db:
+        straight = db.execute("SELECT kind, value, state FROM intent ORDER BY 1, 2").fetchall()
+    assert len(crashed) == 50
+    assert crashed == straight
