@@ -42,6 +42,9 @@ class LogProgress:
     pending: int = 0
     """Events handed to the writer and not yet committed (held in memory)."""
     consumers: dict[str, int] = field(default_factory=dict)
+    replaying: set[str] = field(default_factory=set)
+    """Consumers reading the whole log again on purpose (the scorer after new event
+    weights): their lag is work they chose, not a backlog to push back on clients for."""
     _moved: anyio.Event | None = field(default=None, repr=False)
 
     def advance(self, head: int) -> None:
@@ -63,9 +66,10 @@ class LogProgress:
     @property
     def backlog(self) -> int:
         """Committed events the slowest consumer has not applied yet (on disk)."""
-        if not self.consumers:
+        positions = [seq for name, seq in self.consumers.items() if name not in self.replaying]
+        if not positions:
             return 0
-        return self.head - min(self.consumers.values())
+        return self.head - min(positions)
 
 
 class Submission:

@@ -367,6 +367,39 @@ async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
     ]
 
 
+async def test_a_consumer_replaying_the_log_on_purpose_does_not_push_back(
+    tmp_path: Path,
+) -> None:
+    # The scorer reads the whole log again after a deploy with new event weights; a
+    # big log must not turn that into minutes of 429s for every client.
+    storage = await SqliteStorage.open(tmp_path / "leadsync.db")
+    progress = LogProgress(consumers={"identity": 0, "scorer": 0}, replaying={"scorer"})
+    metrics = Metrics()
+    inbox = Mailbox[Submission](100)
+    settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"), max_backlog=50)
+    writer = LogWriter(storage, inbox, progress, metrics, maintenance_interval=3600)
+    http = http_source_for(settings, inbox, progress, metrics)
+    url = f"http://127.0.0.1:{settings.listen.port}"
+    statuses: list[int | None] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            for actor in (writer, http):
+                started = anyio.Event()
+                tg.start_soon(actor.run, started.set)
+                await started.wait()
+            async with aiohttp.ClientSession() as session:
+                for ids in batches("replay", count=5, size=20):
+                    statuses.append(await post_batch(session, url, ids, Tally()))
+                    progress.consumers["identity"] = progress.head
+                progress.replaying.clear()  # caught up: its lag counts again
+                statuses.append(await post_batch(session, url, ["late"], Tally()))
+            http.stop()
+            inbox.close()
+    finally:
+        await storage.close()
+    assert statuses == [200, 200, 200, 200, 200, 429]
+
+
 async def test_a_commit_that_never_comes_is_answered_503_and_the_retry_is_safe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -81,7 +81,8 @@ class ScorerActor(Actor):
         model = deploy.active(store, gate)
         kinds: dict[str, str] = {n: s.kind for n, s in self._config.sources.items()}
         scorer = Scorer(store, model, Extractor(self._config.identity), kinds, self._clock, gate)
-        scorer.use(model)
+        if scorer.use(model):
+            self._progress.replaying.add(CONSUMER)
         self._progress.consumers[CONSUMER] = store.checkpoint()
         row = db.execute("SELECT value FROM meta WHERE key = ?", (LAST_BATCH,)).fetchone()
         self._next_batch = (float(row[0]) if row else 0.0) + self._config.scoring.batch_interval
@@ -154,6 +155,8 @@ class ScorerActor(Actor):
             self._metrics.scoring_fit_profiles.inc(changed)
         folded = scorer.fold_events(self._progress.head)
         self._progress.consumers[CONSUMER] = scorer.store.checkpoint()
+        if not folded:
+            self._progress.replaying.discard(CONSUMER)
         if folded:
             self._metrics.scoring_events_folded.inc(folded)
         if self._requests or self._clock() >= self._next_batch:
@@ -166,7 +169,8 @@ class ScorerActor(Actor):
         if active is None or active[0] == scorer.model.version:
             return
         version, text = active
-        scorer.use(parse(text, f"<model {version} as deployed>"))
+        if scorer.use(parse(text, f"<model {version} as deployed>")):
+            self._progress.replaying.add(CONSUMER)
         self._metrics.scoring_model.info({"version": version})
         log.info("scoring with a newly deployed model", version=version)
 

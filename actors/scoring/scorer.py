@@ -75,9 +75,10 @@ class Scorer:
         self.fit = FitScorer(model)
         self.likelihood = LikelihoodScorer(model, source_kinds)
 
-    def use(self, model: Model) -> None:
+    def use(self, model: Model) -> bool:
         """Score with `model` from now on. If its event weights differ from those the
-        aggregates were built with, the aggregates are rebuilt from the whole log."""
+        aggregates were built with, the aggregates are rebuilt from the whole log, and
+        this returns True."""
         self.model = model
         self.fit = FitScorer(model)
         self.likelihood = LikelihoodScorer(model, self.source_kinds)
@@ -85,6 +86,8 @@ class Scorer:
             with self._transaction():
                 self.store.reset_intents(model.likelihood_digest)
             log.info("event weights changed; reading the log again", model=model.version)
+            return True
+        return False
 
     def _transaction(self) -> AbstractContextManager[None]:
         return _Transaction(self.store, self.gate)
