@@ -228,8 +228,8 @@ def test_unit_is_a_hardened_notify_service(service: dict[str, str]) -> None:
     # Emptied, not absent: absent would leave every capability in the bounding set.
     assert service["CapabilityBoundingSet"] == ""
     assert set(service["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
-    # SIGHUP only logs; a reload command would report success and change nothing.
-    assert "ExecReload" not in service
+    # `systemctl reload` is SIGHUP, which redeploys the scoring model file.
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
 
 
 def test_unit_waits_longer_than_the_drain_before_sigkill(service: dict[str, str]) -> None:
