@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -21,6 +22,7 @@ from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunn
 from actors.log_writer import LogProgress
 from actors.messages import RunBatch, ScorerMessage
 from actors.runtime import Actor, Mailbox
+from actors.scoring.actor import ScoringStatus
 from daemon import __version__
 from daemon.config import BUILTIN_ID_KINDS, Config
 from daemon.metrics import CONTENT_TYPE, Metrics
@@ -44,9 +46,11 @@ class AdminServer(Actor):
         started_at: float,
         rebuild_identity: Callable[[], Awaitable[RebuildReport]],
         scorer: Mailbox[ScorerMessage],
+        scoring: ScoringStatus,
     ) -> None:
         super().__init__("admin")
         self._scorer = scorer
+        self._scoring = scoring
         self._rebuild_identity = rebuild_identity
         self._rebuilding = anyio.Lock()
         self._config = config
@@ -131,6 +135,12 @@ class AdminServer(Actor):
                         for name, source in self._config.sources.items()
                     },
                 },
+                "scoring": {
+                    "model": self._scoring.model,
+                    "last_batch_at": _iso(self._scoring.last_batch_at),
+                    "next_batch_at": _iso(self._scoring.next_batch_at),
+                    "last_batch": self._scoring.last_batch,
+                },
                 "actors": [asdict(status) for status in self._supervisor.statuses()],
             }
         )
@@ -192,6 +202,12 @@ class AdminServer(Actor):
         if not run.result:
             return _json({"error": "the scorer stopped before the run finished"}, status=503)
         return _json(run.result)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -25,7 +25,7 @@ from actors.log_writer import LogProgress, LogWriter, Submission
 from actors.messages import ScorerMessage
 from actors.runtime import Mailbox, held_from_thread
 from actors.scoring import deploy
-from actors.scoring.actor import ScorerActor
+from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from daemon.admin import AdminServer
 from daemon.config import Config
@@ -80,6 +80,7 @@ async def serve(config: Config, config_path: str) -> int:
         # actually limits memory, this only has to be large enough never to bind first.
         log_inbox = Mailbox[Submission](config.http.max_pending_events)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
+        scoring_status = ScoringStatus()
 
         supervisor.add(
             ActorSpec(
@@ -101,6 +102,7 @@ async def serve(config: Config, config_path: str) -> int:
                         )
                     ),
                     scorer_inbox,
+                    scoring_status,
                 ),
                 role="service",
             )
@@ -132,7 +134,13 @@ async def serve(config: Config, config_path: str) -> int:
             ActorSpec(
                 "scorer",
                 lambda: ScorerActor(
-                    path, config, storage.write_gate, scorer_inbox, progress, metrics
+                    path,
+                    config,
+                    storage.write_gate,
+                    scorer_inbox,
+                    progress,
+                    metrics,
+                    scoring_status,
                 ),
                 mailbox=scorer_inbox,
             )

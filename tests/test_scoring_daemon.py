@@ -88,6 +88,10 @@ def test_an_identify_is_scored_within_seconds_and_a_batch_run_adds_likelihood(
     wait_for(lambda: daemon.admin("/status")[1]["consumers"]["scorer"]["lag_events"] == 0)
     figures = run_batch(daemon)
     assert figures["profiles"] == 1
+    scoring = daemon.admin("/status")[1]["scoring"]
+    assert scoring["model"] == "example-1"
+    assert scoring["last_batch"] == figures
+    assert scoring["next_batch_at"] > scoring["last_batch_at"]
     found = scores(daemon, "ann")
     assert found is not None
     assert found["traits"]["mk_likelihood_to_buy_score"] == 40

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anyio
@@ -42,6 +42,16 @@ LAST_BATCH = "scoring_last_batch"
 RETRY_AFTER_STORAGE_ERROR = 1.0
 
 
+@dataclass
+class ScoringStatus:
+    """What /status shows about scoring; written by the scorer actor only."""
+
+    model: str | None = None
+    last_batch_at: float | None = None
+    next_batch_at: float | None = None
+    last_batch: dict[str, float] = field(default_factory=dict)
+
+
 class ScorerActor(Actor):
     def __init__(
         self,
@@ -51,6 +61,7 @@ class ScorerActor(Actor):
         inbox: Mailbox[ScorerMessage],
         progress: LogProgress,
         metrics: Metrics,
+        status: ScoringStatus,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__("scorer")
@@ -61,6 +72,7 @@ class ScorerActor(Actor):
         self._progress = progress
         self._metrics = metrics
         self._clock = clock
+        self._status = status
         self._requests: list[RunBatch] = []
         self._next_batch = 0.0
 
@@ -85,7 +97,10 @@ class ScorerActor(Actor):
             self._progress.replaying.add(CONSUMER)
         self._progress.consumers[CONSUMER] = store.checkpoint()
         row = db.execute("SELECT value FROM meta WHERE key = ?", (LAST_BATCH,)).fetchone()
-        self._next_batch = (float(row[0]) if row else 0.0) + self._config.scoring.batch_interval
+        last = float(row[0]) if row else None
+        self._next_batch = (last or 0.0) + self._config.scoring.batch_interval
+        self._status.last_batch_at, self._status.next_batch_at = last, self._next_batch
+        self._status.model = model.version
         self._metrics.scoring_model.info({"version": model.version})
         log.info("scoring with model", version=model.version)
         return scorer
@@ -172,6 +187,7 @@ class ScorerActor(Actor):
         if scorer.use(parse(text, f"<model {version} as deployed>")):
             self._progress.replaying.add(CONSUMER)
         self._metrics.scoring_model.info({"version": version})
+        self._status.model = version
         log.info("scoring with a newly deployed model", version=version)
 
     def _batch(self, scorer: Scorer, db: sqlite3.Connection) -> None:
@@ -187,9 +203,11 @@ class ScorerActor(Actor):
                 (LAST_BATCH, repr(finished)),
             )
         self._next_batch = finished + self._config.scoring.batch_interval
+        self._status.last_batch_at, self._status.next_batch_at = finished, self._next_batch
+        self._status.last_batch = {k: float(v) for k, v in asdict(result).items()}
         self._report(result)
         for request in self._requests:
-            request.result = {k: float(v) for k, v in asdict(result).items()}
+            request.result = self._status.last_batch
             anyio.from_thread.run_sync(request.done.set)
         self._requests.clear()
 
