@@ -109,9 +109,11 @@ class SqliteScoreStore:
         )
 
     def forget_intents(self, older_than: float) -> int:
-        # The state is [as_of, {...}] (Intent is array_like): as_of leads the JSON.
+        # The state is [as_of, {...}] (Intent is array_like): as_of leads the JSON. The
+        # cast matters: SQLite 3.45+ reads a BLOB argument as its binary JSONB format.
         cursor = self._db.execute(
-            "DELETE FROM intent WHERE json_extract(state, '$[0]') < ?", (older_than,)
+            "DELETE FROM intent WHERE json_extract(CAST(state AS TEXT), '$[0]') < ?",
+            (older_than,),
         )
         return cursor.rowcount
 

@@ -138,6 +138,10 @@ async def test_likelihood_halves_after_a_half_life_and_new_events_raise_it(
         scoring.now = T0 + 200 * DAY  # quiet for longer than the 90-day lookback
         scoring.batch()
         assert scoring.profile_score("user_id", "ann").ltb_score == 0
+        with sqlite3.connect(graph.path) as db:
+            assert db.execute("SELECT count(*) FROM intent").fetchone() == (0,), (
+                "aggregates past the lookback are deleted"
+            )
 
 
 async def test_merged_profiles_add_up_their_activity_and_the_old_score_goes(
