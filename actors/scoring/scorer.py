@@ -214,6 +214,8 @@ class Scorer:
             result.profiles += len(profiles)
             result.changed += len(updated)
             after = profiles[-1].row
+            # A run over a million profiles takes seconds; fit stays realtime meanwhile.
+            self.score_changes()
         result.accounts, changed = self._batch_accounts(members, now, chunk)
         result.changed += changed
         with self._transaction():
