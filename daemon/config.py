@@ -342,22 +342,32 @@ _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
 def describe(
-    exc: msgspec.ValidationError, prefix: tuple[str, ...], filename: str, text: str
+    exc: msgspec.ValidationError,
+    prefix: tuple[str, ...],
+    filename: str,
+    text: str,
+    reference: str = "the commented daemon.toml",
 ) -> str:
+    """`reference` is where the operator can look up every key of this kind of file."""
     message = str(exc)
     match = _PATH_IN_MESSAGE.search(message)
     key = prefix
     if match is None:
-        return f"{where(filename, text, key)}{'.'.join(key) or '(top level)'}: {message}"
+        return f"{where(filename, text, key)}{dotted(key) or '(top level)'}: {message}"
     key += tuple(part for part in re.split(r"\.|\[|\]", match.group("path")) if part)
     problem = message[: match.start()]
     if problem.startswith("Object contains unknown field"):
         field = problem.split("`")[1]
         key = (*key, field)
-        problem = "unknown key (check the spelling; see the commented daemon.toml for every key)"
+        problem = f"unknown key (check the spelling; see {reference} for every key)"
     elif key[:1] == ("sources",) and key[-1] == "type":
         problem = f"{problem}; a source's type must be one of: http"
-    return f"{where(filename, text, key)}{'.'.join(key)}: {problem}"
+    return f"{where(filename, text, key)}{dotted(key)}: {problem}"
+
+
+def dotted(key: tuple[str, ...]) -> str:
+    """A key as people write it: identity.external_ids[0].kind."""
+    return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in key).lstrip(".")
 
 
 def where(filename: str, text: str, key: tuple[str, ...]) -> str:

@@ -168,7 +168,7 @@ events = []
         (BROKEN, "b.toml:16: fit.rules[1].regex: not a valid regular expression"),
         (
             BROKEN.replace('regex = "(unclosed"', 'matches = "x"'),
-            "b.toml:16: fit.rules.1.matches: unknown key",
+            "b.toml:16: fit.rules[1].matches: unknown key",
         ),
         (
             BROKEN.replace('regex = "(unclosed"', 'exists = true\nequals = "x"'),
@@ -178,7 +178,7 @@ events = []
         (BROKEN.replace('half_life = "7d"', 'half_life = "soon"'), "likelihood.half_life"),
         (
             BROKEN.replace('points = 10\nsignal = "ok"', 'points = 500\nsignal = "ok"'),
-            "b.toml:11: fit.rules.0.points: Expected `float` <= 100",
+            "b.toml:11: fit.rules[0].points: Expected `float` <= 100",
         ),
         (BROKEN.replace("[fit.segments]", "[fit.segments"), "b.toml: not valid TOML"),
     ],

@@ -8,7 +8,7 @@ rule whose trait is missing, or has a value it cannot compare, does not match.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -42,42 +42,58 @@ class FitScore(NamedTuple):
 
 
 class FitScorer:
-    """A model compiled for speed: regexes compiled, operands normalised, once."""
+    """A model compiled for speed: regexes compiled, operands normalised, and rules
+    grouped by the trait they read, so each trait is looked up once per profile."""
 
     def __init__(self, model: Model) -> None:
         spec = model.spec
         self._base = spec.fit.base
-        self._inputs = {name: [p.split(".") for p in paths] for name, paths in spec.inputs.items()}
-        self._rules = [(self._path(rule.trait), _matcher(rule), rule) for rule in spec.fit.rules]
+        inputs = {name: [p.split(".") for p in paths] for name, paths in spec.inputs.items()}
+        groups: dict[str, tuple[list[list[str]], list[_Rule]]] = {}
+        for index, rule in enumerate(spec.fit.rules):
+            # A rule may name an input (tried along its paths) or a trait path itself.
+            paths = inputs.get(rule.trait, [rule.trait.split(".")])
+            compiled = (_matcher(rule), rule.points, (-abs(rule.points), index), rule.signal)
+            groups.setdefault(rule.trait, (paths, []))[1].append(compiled)
+        self._groups = list(groups.values())
+        order = list(groups)
+        self._inputs = [
+            (f"mk_{name}", order.index(name) if name in groups else None, paths)
+            for name, paths in inputs.items()
+        ]
         self._segments = sorted(
             ((spec.fit.segments[name], name) for name in FIT_SEGMENTS[:-1]), reverse=True
         )
 
-    def _path(self, trait: str) -> list[list[str]]:
-        """A rule may name an input (tried along its paths) or a trait path itself."""
-        return self._inputs.get(trait, [trait.split(".")])
-
     def score(self, traits: Traits) -> FitScore:
         total = self._base
-        matched: list[tuple[float, int, str]] = []
-        for index, (paths, matches, rule) in enumerate(self._rules):
-            if matches(_lookup(traits, paths)):
-                total += rule.points
-                matched.append((-abs(rule.points), index, rule.signal))
+        matched: list[tuple[tuple[float, int], str]] = []
+        values = []
+        for paths, rules in self._groups:
+            value = _lookup(traits, paths)
+            values.append(value)
+            for matches, points, rank, signal in rules:
+                if matches(value):
+                    total += points
+                    matched.append((rank, signal))
         score = max(0, min(100, round(total)))
         matched.sort()
         inputs = {}
-        for name, paths in self._inputs.items():
-            value = _lookup(traits, paths)
+        for name, group, paths in self._inputs:
+            value = values[group] if group is not None else _lookup(traits, paths)
             if value is not None:
-                inputs[f"mk_{name}"] = value
-        return FitScore(score, self.segment(score), [s for _, _, s in matched[:3]], inputs)
+                inputs[name] = value
+        return FitScore(score, self.segment(score), [s for _, s in matched[:3]], inputs)
 
     def segment(self, score: float) -> str:
         for threshold, name in self._segments:
             if score >= threshold:
                 return name
         return FIT_SEGMENTS[-1]
+
+
+_Rule = tuple[Callable[[Any], bool], float, tuple[float, int], str]
+"""A compiled rule: matcher, points, rank among signals (weightiest first), signal."""
 
 
 def _lookup(traits: Traits, paths: list[list[str]]) -> Any:
@@ -96,7 +112,7 @@ def _lookup(traits: Traits, paths: list[list[str]]) -> Any:
     return None
 
 
-def _matcher(rule: FitRule) -> Any:
+def _matcher(rule: FitRule) -> Callable[[Any], bool]:
     """A predicate over the trait's value (None when absent), built once per rule."""
     if rule.exists is not None:
         wanted = rule.exists

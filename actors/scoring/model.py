@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from daemon.config import ConfigError, Duration, dec_hook, describe, where
+from daemon.config import ConfigError, Duration, dec_hook, describe, dotted, where
 
 FIT_SEGMENTS = ("very good", "good", "medium", "low")
 LIKELIHOOD_SEGMENTS = ("very high", "high", "medium", "low")
@@ -149,7 +149,9 @@ def parse(text: str, filename: str) -> Model:
     try:
         spec = msgspec.convert(raw, ModelFile, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
-        raise ModelError(describe(exc, (), filename, text)) from None
+        raise ModelError(
+            describe(exc, (), filename, text, "actors/scoring/example_model.toml")
+        ) from None
     _check(spec, filename, text)
     weights = msgspec.json.encode(
         [float(spec.likelihood.half_life), spec.likelihood.events], order="deterministic"
@@ -164,9 +166,7 @@ def parse(text: str, filename: str) -> Model:
 
 def _check(spec: ModelFile, filename: str, text: str) -> None:
     def fail(key: tuple[str, ...], problem: str) -> None:
-        dotted = ".".join(key).replace(".rules.", ".rules[").replace(".events.", ".events[")
-        dotted = re.sub(r"\[(\d+)", r"[\1]", dotted)
-        raise ModelError(f"{where(filename, text, key)}{dotted}: {problem}")
+        raise ModelError(f"{where(filename, text, key)}{dotted(key)}: {problem}")
 
     _check_segments(spec.fit.segments, FIT_SEGMENTS, ("fit", "segments"), fail)
     _check_segments(spec.likelihood.segments, LIKELIHOOD_SEGMENTS, ("likelihood", "segments"), fail)
