@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sqlite3
 import sys
 import urllib.error
@@ -23,14 +24,24 @@ from daemon.config import ConfigError, LoadedConfig, load
 ADMIN_TIMEOUT = 10.0
 REBUILD_TIMEOUT = 3600.0
 """Seconds: a rebuild replays the whole log (about a minute per million events)."""
+SCORING_RUN_TIMEOUT = 3600.0
+"""Seconds: a batch run takes about 30 s per million profiles."""
+SKIPS_SHOWN = 20
+"""Unscorable CSV rows reported one by one; the rest are counted."""
 EXIT_NOT_FOUND = 1
+EXIT_ROWS_SKIPPED = 1
+"""score-csv: some rows could not be scored; the others were written."""
 EXIT_CONFIG = 2
 EXIT_USAGE = 64
 """EX_USAGE: the command line asked for something malformed."""
+EXIT_DATAERR = 65
+"""EX_DATAERR: a model file that cannot be used."""
+EXIT_NOINPUT = 66
+"""EX_NOINPUT: an input file that cannot be read."""
 EXIT_UNAVAILABLE = 69
 """EX_UNAVAILABLE: the daemon's admin API could not be reached."""
 EXIT_STORAGE = 73
-"""EX_CANTCREAT: the database could not be opened."""
+"""EX_CANTCREAT: the database, or an output file, could not be opened."""
 EXIT_TEMPFAIL = 75
 """EX_TEMPFAIL: another rebuild is running; try again when it is done."""
 
@@ -41,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if not args.needs_config:
+        standalone: int = args.handler(args)
+        return standalone
     try:
         # Only the daemon itself, and the command that vets its config, need secrets.
         loaded = load(args.config, need_secrets=args.command in ("run", "check-config"))
@@ -54,16 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leadsync", description=__doc__)
     parser.add_argument("--version", action="version", version=f"leadsync {__version__}")
+    parser.set_defaults(needs_config=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--config",
-            metavar="PATH",
-            help="daemon.toml to use (default: ./daemon.toml, else the embedded default)",
-        )
-        return sub
+        return _with_config(commands.add_parser(name, help=help_text, description=help_text))
 
     run = command("run", "run the daemon in the foreground")
     run.set_defaults(handler=_run)
@@ -103,15 +112,74 @@ def _parser() -> argparse.ArgumentParser:
         "recompute the identity graph from the event log with the config's rules, "
         "replacing the old graph atomically (safe while the daemon runs)"
     )
-    rebuild = identity_commands.add_parser("rebuild", help=rebuild_help, description=rebuild_help)
-    rebuild.add_argument(
+    rebuild = _with_config(
+        identity_commands.add_parser("rebuild", help=rebuild_help, description=rebuild_help)
+    )
+    rebuild.add_argument("--admin", metavar="URL", help="admin API base URL (default: from config)")
+    rebuild.set_defaults(handler=_identity_rebuild)
+
+    model = commands.add_parser("model", help="check, deploy and list lead scoring models")
+    model_commands = model.add_subparsers(dest="model_command", metavar="COMMAND")
+    model_commands.required = True
+
+    def model_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return _with_config(model_commands.add_parser(name, help=help_text, description=help_text))
+
+    model_check = model_command(
+        "check",
+        "validate a model file and compare the fit it would give the current profiles "
+        "with the active model's",
+    )
+    model_check.add_argument("file", metavar="FILE", help="the model file (TOML)")
+    model_check.set_defaults(handler=_model_check)
+    model_deploy = model_command(
+        "deploy",
+        "make a model file the active model (an older version too: a rollback); every "
+        "profile is rescored in the next batch run",
+    )
+    model_deploy.add_argument("file", metavar="FILE", help="the model file (TOML)")
+    model_deploy.set_defaults(handler=_model_deploy)
+    history = model_command("history", "list the models deployed, newest (the active one) first")
+    history.add_argument("--limit", type=int, default=20, help="how many, newest first")
+    history.set_defaults(handler=_model_history)
+
+    scoring = commands.add_parser("scoring", help="lead scoring in the running daemon")
+    scoring_commands = scoring.add_subparsers(dest="scoring_command", metavar="COMMAND")
+    scoring_commands.required = True
+    run_help = "score every profile and account now (a batch run) and print the figures"
+    scoring_run = _with_config(
+        scoring_commands.add_parser("run", help=run_help, description=run_help)
+    )
+    scoring_run.add_argument(
+        "--admin", metavar="URL", help="admin API base URL (default: from config)"
+    )
+    scoring_run.set_defaults(handler=_scoring_run)
+
+    csv_help = "score a CSV of leads offline (Customer Fit only) with a model file"
+    score_csv = commands.add_parser("score-csv", help=csv_help, description=csv_help)
+    score_csv.add_argument("--model", metavar="FILE", required=True, help="the model file")
+    score_csv.add_argument("input", metavar="IN.csv", help="leads, with a header row")
+    score_csv.add_argument("output", metavar="OUT.csv", help="every input column, then the scores")
+    score_csv.add_argument(
+        "--map",
+        metavar="COLUMN=TRAIT",
+        action="append",
+        default=[],
+        help="the trait a column fills (repeatable). Default: the header if the model "
+        "reads that name, else the header lower-cased with spaces and dashes as "
+        "underscores. company.industry builds a nested trait, account.x an account trait",
+    )
+    score_csv.set_defaults(handler=_score_csv, needs_config=False)
+    return parser
+
+
+def _with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sub.add_argument(
         "--config",
         metavar="PATH",
         help="daemon.toml to use (default: ./daemon.toml, else the embedded default)",
     )
-    rebuild.add_argument("--admin", metavar="URL", help="admin API base URL (default: from config)")
-    rebuild.set_defaults(handler=_identity_rebuild)
-    return parser
+    return sub
 
 
 def _run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
@@ -131,6 +199,18 @@ def _run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     config = loaded.config
+    if config.scoring.model is None:
+        scoring = "the model deployed last (leadsync model deploy), else the built-in example"
+    else:
+        from actors.scoring.model import ModelError
+        from actors.scoring.model import load as load_model
+
+        try:
+            model = load_model(config.scoring.model)
+        except ModelError as exc:
+            print(f"leadsync: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        scoring = f"model {config.scoring.model} (version {model.version})"
     print(f"{loaded.path}: OK")
     print(f"  data_dir   {config.daemon.data_dir}")
     print(f"  ingest API {config.http.listen}")
@@ -141,6 +221,7 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     for name, source in config.sources.items():
         key = "set" if source.write_key else "generated on first start"
         print(f"  source     {name} (type http, kind {source.kind}, write key {key})")
+    print(f"  scoring    {scoring}")
     return 0
 
 
@@ -290,6 +371,10 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     for name, value in body["traits"].items():
         traits.add_row(name, json.dumps(value) if not isinstance(value, str) else value)
     console.print(traits)
+    _print_scores(console, body.get("scores"), "scores")
+    account = body["account"]
+    if account and account.get("scores"):
+        _print_scores(console, account["scores"], f"scores of account {account['group_id']}")
     sources = ", ".join(f"{name} {count:,}" for name, count in body["sources"].items())
     console.print(f"events by source: {sources}")
     if body["account"]:
@@ -360,6 +445,323 @@ def _print_rebuild(report: dict[str, Any], where: str) -> None:
         f"{report['profiles_after']:,} after ({report['merges']:,} merges, "
         f"{report['links_dropped']:,} links refused by the rules)"
     )
+
+
+def _print_scores(console: Console, view: dict[str, Any] | None, title: str) -> None:
+    if view is None:
+        console.print(f"{title}: not scored yet")
+        return
+    table = Table("score", "value", title=title)
+    for name, value in view["traits"].items():
+        if isinstance(value, list):
+            text = "; ".join(map(str, value))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+        table.add_row(name, text)
+    made = [
+        f"{part} by model {view[f'{key}_model']} at {view[f'{key}_at']}"
+        for part, key in (("fit", "fit"), ("likelihood", "likelihood"))
+        if view[f"{key}_model"] is not None
+    ]
+    table.caption = "; ".join(made)
+    console.print(table)
+
+
+def _database(loaded: LoadedConfig) -> Path:
+    from daemon.app import DATABASE_NAME
+
+    return Path(loaded.config.daemon.data_dir) / DATABASE_NAME
+
+
+def _model_check(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """Validate; then, if there are profiles, what the model would make of them."""
+    from actors.scoring import bulk
+    from actors.scoring.model import ModelError, example, load, parse
+    from storage.sqlite_graph import connect
+    from storage.sqlite_scores import SqliteScoreStore
+
+    try:
+        model = load(args.file)
+    except ModelError as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+    spec = model.spec
+    print(
+        f"{args.file}: OK, model {model.version} ({len(spec.fit.rules)} fit rules, "
+        f"{len(spec.likelihood.events)} event weights)"
+    )
+    database = _database(loaded)
+    if not database.is_file():
+        print(f"no database at {database} (data_dir from {loaded.path}): no profiles to score")
+        return 0
+    db = connect(database, loaded.config.storage.busy_timeout)
+    try:
+        store = SqliteScoreStore(db)
+        found = store.active_model()
+        active = example() if found is None else parse(found[1], f"<model {found[0]} as deployed>")
+        with _Bar("scoring profiles", "profiles") as bar:
+            preview = bulk.preview(store, model, active, bar.update)
+    except sqlite3.Error as exc:
+        print(f"leadsync: cannot read {database}: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    finally:
+        db.close()
+    if not preview.profiles:
+        print(f"no profiles in {database} yet: nothing to compare")
+        return 0
+    print(
+        f"\nthe fit of {_count(preview.profiles, 'profile')} in {database}, "
+        "by the active model and by this file:\n"
+    )
+    now, then = f"{active.version} (active)", f"{model.version} (this file)"
+    rows = [["fit segment", now, then]]
+    rows += [
+        [name, f"{preview.active.segments[name]:,}", f"{preview.candidate.segments[name]:,}"]
+        for name in preview.active.segments
+    ]
+    rows.append(["", "", ""])
+    rows.append(["score", now, then])
+    for index, (was, will) in enumerate(
+        zip(preview.active.histogram, preview.candidate.histogram, strict=True)
+    ):
+        low = index * 100 // bulk.HISTOGRAM_BUCKETS
+        high = 100 if index == bulk.HISTOGRAM_BUCKETS - 1 else low + 9
+        rows.append([f"{low}-{high}", f"{was:,}", f"{will:,}"])
+    _print_columns(rows)
+    print(
+        f"\n{preview.changed:,} of {_count(preview.profiles, 'profile')} would change segment"
+        if preview.changed
+        else "\nno profile would change segment"
+    )
+    return 0
+
+
+def _model_deploy(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """Straight into the database: the daemon's scorer looks for a new active model
+    every second, so no daemon needs to be asked (or even running)."""
+    from actors.scoring.deploy import Outcome, deploy
+    from actors.scoring.model import ModelError, load
+    from storage.sqlite_graph import connect
+    from storage.sqlite_scores import SqliteScoreStore
+
+    try:
+        model = load(args.file)
+    except ModelError as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+    database = _database(loaded)
+    if not database.is_file():
+        print(
+            f"leadsync: no database at {database} (data_dir from {loaded.path}); start the "
+            "daemon once first, or name the file in daemon.toml ([scoring] model)",
+            file=sys.stderr,
+        )
+        return EXIT_STORAGE
+    db = connect(database, loaded.config.storage.busy_timeout)
+    try:
+        store = SqliteScoreStore(db)
+        before = store.active_model()
+        outcome = deploy(store, model, str(Path(args.file).resolve()), again=True)
+    except ModelError as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        print("  nothing was deployed; the active model stays", file=sys.stderr)
+        return EXIT_DATAERR
+    except sqlite3.Error as exc:
+        print(f"leadsync: cannot deploy into {database}: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    finally:
+        db.close()
+    if outcome is Outcome.ALREADY_ACTIVE:
+        print(f"model {model.version} is already the active model: nothing changed")
+        return 0
+    was = f"replacing {before[0]}" if before else "the first model deployed"
+    print(f"{outcome.value} model {model.version} from {args.file} ({was})")
+    print(
+        "every profile is rescored with it in the next batch run "
+        "(`leadsync scoring run` runs one now);"
+    )
+    print("a running daemon switches to it within a second")
+    return 0
+
+
+def _model_history(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from actors.scoring.model import example
+    from storage.sqlite_graph import connect
+    from storage.sqlite_scores import SqliteScoreStore
+
+    database = _database(loaded)
+    deploys = []
+    if database.is_file():
+        db = connect(database, loaded.config.storage.busy_timeout)
+        try:
+            deploys = SqliteScoreStore(db).deploys(args.limit)
+        except sqlite3.Error as exc:
+            print(f"leadsync: cannot read {database}: {exc}", file=sys.stderr)
+            return EXIT_STORAGE
+        finally:
+            db.close()
+    if not deploys:
+        print(
+            f"no model deployed yet: the daemon deploys the built-in example "
+            f"({example().version}) when it starts, unless [scoring] model names a file"
+        )
+        return 0
+    rows = [["", "version", "deployed", "origin"]]
+    rows += [
+        ["active" if index == 0 else "", d.version, d.deployed_at, d.origin]
+        for index, d in enumerate(deploys)
+    ]
+    _print_columns(rows, numbers=False)
+    return 0
+
+
+def _print_columns(rows: list[list[str]], numbers: bool = True) -> None:
+    """Plain aligned columns (easy to read, grep and diff); `numbers` right-aligns
+    every column but the first."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            cell.rjust(width) if numbers and index else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("   ".join(cells).rstrip())
+
+
+def _scoring_run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    answer = _admin_call(args, loaded, "/v1/scoring/run", "POST", SCORING_RUN_TIMEOUT)
+    if answer is None:
+        return EXIT_UNAVAILABLE
+    status, body = answer
+    if status != 200:
+        print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(
+        f"batch run done in {body['seconds']:.1f}s: {_count(body['profiles'], 'profile')} and "
+        f"{_count(body['accounts'], 'account')} scored, {_count(body['changed'], 'score')} "
+        f"changed, {_count(body['fit_rescored'], 'fit')} made anew by the active model"
+    )
+    return 0
+
+
+def _score_csv(args: argparse.Namespace) -> int:
+    from actors.scoring import bulk
+    from actors.scoring.model import ModelError, load
+
+    overrides: dict[str, str] = {}
+    for item in args.map:
+        column, sep, trait = item.rpartition("=")
+        if not sep or not column or not bulk.valid_trait(trait):
+            print(
+                f"leadsync: --map {item!r}: expected COLUMN=TRAIT, with a trait name like "
+                "job_title, company.industry or account.employees",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        overrides[column] = trait
+    try:
+        model = load(args.model)
+    except ModelError as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+    bar = _Bar(f"scoring {args.input}", "bytes")
+    shown = 0
+
+    def report(line: int, reason: str) -> None:
+        nonlocal shown
+        if shown < SKIPS_SHOWN:
+            shown += 1
+            bar.say(f"{args.input}:{line}: {reason}")
+
+    interrupted = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with bar:
+            result = bulk.score_csv(
+                model, Path(args.input), Path(args.output), overrides, report, bar.update_bytes
+            )
+    except bulk.CannotRead as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return EXIT_NOINPUT
+    except bulk.UnknownColumn as exc:
+        print(f"leadsync: --map: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"leadsync: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return EXIT_STORAGE
+    finally:
+        signal.signal(signal.SIGTERM, interrupted)
+    if result.skipped > SKIPS_SHOWN:
+        print(
+            f"{args.input}: {_count(result.skipped - SKIPS_SHOWN, 'more row')} could not be scored",
+            file=sys.stderr,
+        )
+    print(f"scored {_count(result.scored, 'row')} into {args.output} with model {model.version}")
+    if result.skipped:
+        print(
+            f"{_count(result.skipped, 'row')} could not be scored and "
+            f"{'is' if result.skipped == 1 else 'are'} not in {args.output}"
+        )
+        return EXIT_ROWS_SKIPPED
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """`kill` then cleans up like Ctrl-C: no temporary file is left behind."""
+    raise SystemExit(128 + signum)
+
+
+class _Bar:
+    """A progress bar on stderr when it is a terminal, and nothing otherwise (a log
+    file or a pipe would fill with redraws). Messages go around it."""
+
+    def __init__(self, description: str, unit: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress: Progress | None = None
+        if not sys.stderr.isatty():
+            return
+        columns = (
+            [BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+            if unit == "bytes"
+            else [MofNCompleteColumn()]
+        )
+        self._progress = Progress(
+            "{task.description}", *columns, console=Console(stderr=True), transient=True
+        )
+        self._task = self._progress.add_task(description, total=None)
+
+    def __enter__(self) -> _Bar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, done: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done)
+
+    def update_bytes(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+    def say(self, text: str) -> None:
+        if self._progress is None:
+            print(text, file=sys.stderr)
+        else:
+            self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _count(number: float, thing: str) -> str:
+    return f"{int(number):,} {thing}{'' if number == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:
