@@ -42,6 +42,12 @@ class Mailbox(Generic[T]):
             return False
         return True
 
+    @property
+    def closed(self) -> bool:
+        """The daemon is stopping and this inbox takes no more (what is queued may
+        still be waiting). Safe to read from a worker thread."""
+        return self.receiver.statistics().open_send_streams == 0
+
     def depth(self) -> int:
         return self.receiver.statistics().current_buffer_used
 

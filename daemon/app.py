@@ -8,6 +8,7 @@ every actor is up and every listener is bound.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import signal
 import sqlite3
@@ -212,15 +213,26 @@ def _deploy_configured_model(config: Config, path: Path, storage: Storage, start
     the running model stays; at start with no model ever deployed, it stops the start."""
     if config.scoring.model is None:
         return
-    db = connect(path, config.storage.busy_timeout)
+    try:
+        with contextlib.closing(connect(path, config.storage.busy_timeout)) as db:
+            _deploy_file(config.scoring.model, db, storage, starting)
+    except sqlite3.Error as exc:
+        if starting:
+            raise CannotOpenStorage(f"{path}: {exc}") from exc
+        log.error("model file not deployed; the running model stays", error=str(exc))
+
+
+def _deploy_file(model_path: str, db: sqlite3.Connection, storage: Storage, starting: bool) -> None:
+    # synchronous=FULL: a deploy the log reported must survive power loss.
+    db.execute("PRAGMA synchronous = FULL")
     try:
         store = SqliteScoreStore(db)
         model, outcome = deploy.deploy_configured(
-            store, config.scoring.model, lambda: held_from_thread(storage.write_gate)
+            store, model_path, lambda: held_from_thread(storage.write_gate)
         )
         log.info(
             "scoring model file",
-            path=config.scoring.model,
+            path=model_path,
             version=model.version,
             outcome=outcome.value,
         )
@@ -228,8 +240,6 @@ def _deploy_configured_model(config: Config, path: Path, storage: Storage, start
         if starting and SqliteScoreStore(db).active_model() is None:
             raise CannotScore(str(exc)) from None
         log.error("model file refused; the running model stays", error=str(exc))
-    finally:
-        db.close()
 
 
 async def _handle_signals(

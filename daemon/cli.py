@@ -559,6 +559,8 @@ def _model_deploy(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return EXIT_STORAGE
     db = connect(database, loaded.config.storage.busy_timeout)
     try:
+        # FULL: "deployed" on the terminal must survive a power cut.
+        db.execute("PRAGMA synchronous = FULL")
         store = SqliteScoreStore(db)
         before = store.active_model()
         outcome = deploy(store, model, str(Path(args.file).resolve()), again=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import anyio
@@ -418,22 +419,36 @@ class ScoreStore(Protocol):
 
     def read_events(self, after: int, limit: int) -> list[StoredEvent]: ...
 
+    def log_head(self) -> int: ...
+
     def intents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         """Behavioural aggregates by identifier (kind, value), as stored."""
         ...
 
-    def save_intents(self, rows: dict[tuple[str, str], bytes]) -> None: ...
-
-    def intent_digest(self) -> str | None:
-        """Which model's weights the aggregates were built with."""
+    def save_intents(self, rows: dict[tuple[str, str], tuple[float, bytes]]) -> None:
+        """(kind, value) -> (time of the newest event, aggregate as stored)."""
         ...
 
-    def reset_intents(self, digest: str) -> None:
-        """Forget every aggregate and read the log again from the start (weights changed)."""
+    def reset_intents(self) -> int:
+        """Forget every aggregate and read the log again from the start (weights changed);
+        returns the log head that the replay has to reach."""
         ...
 
     def forget_intents(self, older_than: float) -> int:
         """Drop aggregates whose newest event is older than this (epoch seconds)."""
+        ...
+
+    def meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def generation(self) -> int:
+        """The identity graph's generation (see GraphStore.generation): profile row ids
+        and uids read before a rebuild swap mean nothing after it."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Several reads that see one state of the database."""
         ...
 
     def active_model(self) -> tuple[str, str] | None:
@@ -456,8 +471,12 @@ class ScoreStore(Protocol):
         """Take rows from `changes` off the list, unless they changed again since."""
         ...
 
+    def members(self, group_ids: Sequence[str]) -> list[str]:
+        """Uids of the profiles that belong to these accounts."""
+        ...
+
     def profiles_by_uid(self, uids: Sequence[str]) -> list[ProfileToScore]:
-        """Existing profiles among `uids`, with traits, account traits and scores."""
+        """Existing profiles among `uids`, with traits, account traits, aggregates and scores."""
         ...
 
     def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileToScore]:
@@ -475,6 +494,7 @@ class ScoreStore(Protocol):
 
     def delete_scores(self, subject: str, ids: Sequence[str]) -> None: ...
 
-    def forget_gone_profiles(self) -> int:
-        """Delete scores of profiles that no longer exist (merged away, rebuilt)."""
+    def forget_gone(self) -> int:
+        """Delete scores of profiles and accounts that no longer exist (after a rebuild;
+        profiles merged away are taken off one by one, as the identity actor says)."""
         ...

@@ -112,6 +112,9 @@ MIGRATIONS: list[str] = [
     # (the newest deploy is the active model); behavioural aggregates per identifier,
     # which survive merges and rebuilds because identifiers never change; the current
     # scores of profiles and accounts, each part with the model version that made it.
+    # The scorer takes its to-do list (profile_changes) oldest first, and after a
+    # rebuild it holds a row for every profile: sorting it per round would cost more
+    # than the work, hence the index.
     """
     CREATE TABLE models (
         version TEXT PRIMARY KEY,
@@ -129,9 +132,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE intent (
         kind    TEXT NOT NULL,
         value   TEXT NOT NULL,
+        as_of   REAL NOT NULL,
         state   BLOB NOT NULL,
         PRIMARY KEY (kind, value)
     ) WITHOUT ROWID;
+    CREATE INDEX intent_by_time ON intent (as_of);
+
+    CREATE INDEX profile_changes_by_seq ON profile_changes (seq);
 
     CREATE TABLE scores (
         subject     TEXT NOT NULL,

@@ -8,7 +8,8 @@ transaction, so its chunks queue fairly with the log writer's group commits.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +25,9 @@ from storage.base import (
     Stamped,
     StoredEvent,
 )
-from storage.sqlite_graph import read_events
+from storage.sqlite_graph import GENERATION, read_events
 
 CONSUMER = "scorer"
-INTENT_DIGEST = "scoring_intent_digest"
 _CHUNK = 500
 
 SCORE_COLUMNS = (
@@ -72,6 +72,9 @@ class SqliteScoreStore:
     def read_events(self, after: int, limit: int) -> list[StoredEvent]:
         return read_events(self._db, after, limit)
 
+    def log_head(self) -> int:
+        return int(self._db.execute("SELECT max(seq) FROM events").fetchone()[0] or 0)
+
     def intents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         found: dict[tuple[str, str], bytes] = {}
         by_kind: dict[str, list[str]] = {}
@@ -88,34 +91,43 @@ class SqliteScoreStore:
                     found[kind, value] = state
         return found
 
-    def save_intents(self, rows: dict[tuple[str, str], bytes]) -> None:
+    def save_intents(self, rows: dict[tuple[str, str], tuple[float, bytes]]) -> None:
         self._db.executemany(
-            "INSERT INTO intent (kind, value, state) VALUES (?, ?, ?) "
-            "ON CONFLICT (kind, value) DO UPDATE SET state = excluded.state",
-            [(kind, value, state) for (kind, value), state in rows.items()],
+            "INSERT INTO intent (kind, value, as_of, state) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (kind, value) DO UPDATE SET as_of = excluded.as_of, "
+            "state = excluded.state",
+            [(kind, value, as_of, state) for (kind, value), (as_of, state) in rows.items()],
         )
 
-    def intent_digest(self) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (INTENT_DIGEST,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def reset_intents(self, digest: str) -> None:
+    def reset_intents(self) -> int:
         self._db.execute("DELETE FROM intent")
         self.set_checkpoint(0)
+        return self.log_head()
+
+    def forget_intents(self, older_than: float) -> int:
+        return self._db.execute("DELETE FROM intent WHERE as_of < ?", (older_than,)).rowcount
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (INTENT_DIGEST, digest),
+            (key, value),
         )
 
-    def forget_intents(self, older_than: float) -> int:
-        # The state is [as_of, {...}] (Intent is array_like): as_of leads the JSON. The
-        # cast matters: SQLite 3.45+ reads a BLOB argument as its binary JSONB format.
-        cursor = self._db.execute(
-            "DELETE FROM intent WHERE json_extract(CAST(state AS TEXT), '$[0]') < ?",
-            (older_than,),
-        )
-        return cursor.rowcount
+    def generation(self) -> int:
+        return int(self.meta(GENERATION) or 0)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
 
     def active_model(self) -> tuple[str, str] | None:
         row = self._db.execute(
@@ -163,6 +175,18 @@ class SqliteScoreStore:
             "DELETE FROM profile_changes WHERE uid = ? AND reasons = ? AND seq = ?", rows
         )
 
+    def members(self, group_ids: Sequence[str]) -> list[str]:
+        uids: list[str] = []
+        for start in range(0, len(group_ids), _CHUNK):
+            chunk = group_ids[start : start + _CHUNK]
+            uids += (
+                uid
+                for (uid,) in self._db.execute(
+                    f"SELECT uid FROM profiles WHERE account_id IN ({_marks(chunk)})", chunk
+                )
+            )
+        return uids
+
     def profiles_by_uid(self, uids: Sequence[str]) -> list[ProfileToScore]:
         found: list[ProfileToScore] = []
         for start in range(0, len(uids), _CHUNK):
@@ -175,17 +199,27 @@ class SqliteScoreStore:
                 f"WHERE p.uid IN ({_marks(chunk)})",
                 chunk,
             ).fetchall()
-            for row_id, uid, account, activity, account_traits, *score in rows:
-                found.append(
-                    ProfileToScore(
-                        row_id,
-                        uid,
-                        account,
-                        score_of(score),
-                        traits=_values(_activity(activity).traits),
-                        account_traits=_values(_traits(account_traits)) if account_traits else {},
-                    )
+            profiles = {
+                row_id: ProfileToScore(
+                    row_id,
+                    uid,
+                    account,
+                    score_of(score),
+                    [],
+                    traits=_values(_activity(activity).traits),
+                    account_traits=_values(_traits(account_traits)) if account_traits else {},
                 )
+                for row_id, uid, account, activity, account_traits, *score in rows
+            }
+            ids = list(profiles)
+            for profile, state in self._db.execute(
+                "SELECT i.profile, n.state FROM identities i "
+                "JOIN intent n ON n.kind = i.kind AND n.value = i.value "
+                f"WHERE i.profile IN ({_marks(ids)})",
+                ids,
+            ):
+                profiles[profile].intents.append(state)
+            found += profiles.values()
         return found
 
     def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileToScore]:
@@ -276,7 +310,7 @@ class SqliteScoreStore:
             "DELETE FROM scores WHERE subject = ? AND id = ?", [(subject, i) for i in ids]
         )
 
-    def forget_gone_profiles(self) -> int:
+    def forget_gone(self) -> int:
         cursor = self._db.execute(
             "DELETE FROM scores WHERE subject = ? AND id NOT IN (SELECT uid FROM profiles)",
             (PROFILE,),

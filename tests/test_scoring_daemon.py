@@ -185,7 +185,7 @@ def test_after_kill_9_every_logged_event_is_counted_once_in_the_likelihood(
     store = SqliteScoreStore(connect(after_crash, 5))
     scorer = Scorer(store, example(), Extractor(IdentitySection()), {"web": "web"})
     store.begin()
-    store.reset_intents(example().likelihood_digest)
+    store.reset_intents()
     store.commit()
     while scorer.fold_events(10**9):
         pass

@@ -267,3 +267,23 @@ def test_the_order_events_arrive_in_does_not_change_the_aggregate() -> None:
     for as_of, value in results:
         assert as_of == first_as_of
         assert value == pytest.approx(first_value, rel=1e-9)
+
+
+def test_an_input_may_not_shadow_a_score() -> None:
+    text = example().text.replace("[inputs]\n", '[inputs]\nlead_grade = ["grade"]\n')
+    with pytest.raises(ModelError, match=r"inputs\.lead_grade: mk_lead_grade is a score"):
+        parse(text, "m.toml")
+
+
+def test_a_deployed_model_this_version_cannot_read_falls_back_to_the_one_before(
+    tmp_path: Path,
+) -> None:
+    from actors.scoring import deploy
+    from storage.sqlite_graph import scratch
+    from storage.sqlite_scores import SqliteScoreStore
+
+    store = SqliteScoreStore(scratch(tmp_path / "m.db"))
+    older = parse(example().text.replace('"example-1"', '"older"'), "older.toml")
+    store.deploy(older.version, older.digest, older.text, "test")
+    store.deploy("from-the-future", "x", 'version = "from-the-future"\n[fit]\nnew = 1\n', "test")
+    assert deploy.active(store).version == "older"

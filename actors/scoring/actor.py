@@ -10,6 +10,7 @@ arithmetic, done in a worker thread (actors/scoring/scorer.py).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -26,8 +27,8 @@ from actors.log_writer import LogProgress
 from actors.messages import ProfileChanged, RunBatch, ScorerMessage
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
-from actors.scoring.model import parse
-from actors.scoring.scorer import BatchResult, Scorer
+from actors.scoring.model import ModelError, parse
+from actors.scoring.scorer import FOLD_BATCH, BatchResult, Scorer
 from daemon.config import Config
 from daemon.metrics import Metrics
 from storage.sqlite_graph import connect
@@ -75,13 +76,18 @@ class ScorerActor(Actor):
         self._status = status
         self._requests: list[RunBatch] = []
         self._next_batch = 0.0
+        self._checkpoint = 0
+        self._replaying = False
+        self._refused: str | None = None
+        """A deployed version that failed to parse, so it is reported once."""
 
     async def run(self, ready: Callable[[], None]) -> None:
         db = connect(self._database, self._config.storage.busy_timeout)
         try:
             scorer = await anyio.to_thread.run_sync(self._start, db)
+            self._show_progress(scorer)
             ready()
-            await self._serve(scorer, db)
+            await self._serve(scorer)
         finally:
             for request in self._requests:
                 request.done.set()  # unanswered: the daemon is stopping
@@ -93,65 +99,68 @@ class ScorerActor(Actor):
         model = deploy.active(store, gate)
         kinds: dict[str, str] = {n: s.kind for n, s in self._config.sources.items()}
         scorer = Scorer(store, model, Extractor(self._config.identity), kinds, self._clock, gate)
-        if scorer.use(model):
-            self._progress.replaying.add(CONSUMER)
-        self._progress.consumers[CONSUMER] = store.checkpoint()
-        row = db.execute("SELECT value FROM meta WHERE key = ?", (LAST_BATCH,)).fetchone()
-        last = float(row[0]) if row else None
-        self._next_batch = (last or 0.0) + self._config.scoring.batch_interval
-        self._status.last_batch_at, self._status.next_batch_at = last, self._next_batch
-        self._status.model = model.version
-        self._metrics.scoring_model.info({"version": model.version})
+        scorer.use(model)
+        self._checkpoint, self._replaying = store.checkpoint(), scorer.replaying()
+        last = store.meta(LAST_BATCH)
+        self._next_batch = (float(last) if last else 0.0) + self._config.scoring.batch_interval
+        self._status.last_batch_at = float(last) if last else None
+        self._status.next_batch_at = self._next_batch
+        self._show_model(model.version)
         log.info("scoring with model", version=model.version)
         return scorer
 
     def _write_gate(self) -> AbstractContextManager[None]:
         return held_from_thread(self._gate)
 
-    async def _serve(self, scorer: Scorer, db: sqlite3.Connection) -> None:
-        open_inbox = True
+    async def _serve(self, scorer: Scorer) -> None:
         while True:
+            closing = self._inbox.closed
             try:
-                busy = await anyio.to_thread.run_sync(self._step, scorer, db)
+                busy = await anyio.to_thread.run_sync(self._step, scorer, closing)
             except sqlite3.OperationalError as exc:
                 # A long lock or a full disk: nothing of the step was committed.
                 self._metrics.storage_errors.labels("scorer").inc()
                 log.warning("scoring step not applied; retrying", error=str(exc))
+                if closing:
+                    return  # what is left is on disk for the next start
                 await anyio.sleep(RETRY_AFTER_STORAGE_ERROR)
                 continue
-            if not open_inbox:
-                # Asked to stop. What is left (changes, log events) is on disk and
-                # waits for the next start; a batch run in progress was finished.
+            finally:
+                self._show_progress(scorer)
+            if closing:
+                # Asked to stop: the inbox is drained, the last round is done, and what
+                # is left (changes, log events) is on disk for the next start.
                 return
             if busy:
-                open_inbox = self._take_messages()
+                self._take_messages()
                 continue
             with anyio.move_on_after(self._idle_wait()):
-                open_inbox = await self._wait_for_message()
-            if open_inbox:
-                open_inbox = self._take_messages()
+                await self._wait_for_message()
+            self._take_messages()
+
+    def _show_progress(self, scorer: Scorer) -> None:
+        """On the event loop thread, which is where LogProgress is read."""
+        self._progress.consumers[CONSUMER] = self._checkpoint
+        if self._replaying:
+            self._progress.replaying.add(CONSUMER)
+        else:
+            self._progress.replaying.discard(CONSUMER)
 
     def _idle_wait(self) -> float:
         due = self._next_batch - self._clock()
         return max(0.0, min(IDLE_WAKE, due))
 
-    async def _wait_for_message(self) -> bool:
-        """Wait for a hint or a request; False once the inbox is closed and empty."""
-        try:
-            message = await self._inbox.receiver.receive()
-        except anyio.EndOfStream:
-            return False
-        self._keep(message)
-        return True
+    async def _wait_for_message(self) -> None:
+        """Wait for a hint or a request (or the end of the inbox)."""
+        with contextlib.suppress(anyio.EndOfStream):
+            self._keep(await self._inbox.receiver.receive())
 
-    def _take_messages(self) -> bool:
+    def _take_messages(self) -> None:
         while True:
             try:
                 message = self._inbox.receiver.receive_nowait()
-            except anyio.WouldBlock:
-                return True
-            except anyio.EndOfStream:
-                return False
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
             self._keep(message)
 
     def _keep(self, message: ScorerMessage) -> None:
@@ -160,7 +169,7 @@ class ScorerActor(Actor):
         elif isinstance(message, ProfileChanged):
             pass  # a wake-up call: the to-do list in SQLite says what changed
 
-    def _step(self, scorer: Scorer, db: sqlite3.Connection) -> bool:
+    def _step(self, scorer: Scorer, closing: bool) -> bool:
         """One round of work in the worker thread; True if there may be more."""
         self._follow_deploys(scorer)
         started = time.perf_counter()
@@ -169,43 +178,48 @@ class ScorerActor(Actor):
             self._metrics.scoring_fit_seconds.observe(time.perf_counter() - started)
             self._metrics.scoring_fit_profiles.inc(changed)
         folded = scorer.fold_events(self._progress.head)
-        self._progress.consumers[CONSUMER] = scorer.store.checkpoint()
-        if not folded:
-            self._progress.replaying.discard(CONSUMER)
-        if folded:
-            self._metrics.scoring_events_folded.inc(folded)
-        if self._requests or self._clock() >= self._next_batch:
-            self._batch(scorer, db)
+        self._metrics.scoring_events_folded.inc(folded)
+        self._checkpoint, self._replaying = scorer.store.checkpoint(), scorer.replaying()
+        # A run waits until the log is (nearly) folded: folding all of it inside the
+        # run would hold up realtime fit for as long as a replay takes.
+        caught_up = folded < FOLD_BATCH
+        due = self._requests or self._clock() >= self._next_batch
+        if due and caught_up and not closing:
+            self._batch(scorer)
         return bool(changed or folded)
 
     def _follow_deploys(self, scorer: Scorer) -> None:
         """Pick up a model deployed by the CLI or by SIGHUP since the last step."""
         active = scorer.store.active_model()
-        if active is None or active[0] == scorer.model.version:
+        if active is None or active[0] in (scorer.model.version, self._refused):
             return
         version, text = active
-        if scorer.use(parse(text, f"<model {version} as deployed>")):
-            self._progress.replaying.add(CONSUMER)
-        self._metrics.scoring_model.info({"version": version})
-        self._status.model = version
+        try:
+            model = parse(text, f"<model {version} as deployed>")
+        except ModelError as exc:
+            # Written by another leadsync version, or by hand: the running model stays.
+            self._refused = version
+            log.error("deployed model cannot be used; keeping the running one", error=str(exc))
+            return
+        scorer.use(model)
+        self._show_model(version)
         log.info("scoring with a newly deployed model", version=version)
 
-    def _batch(self, scorer: Scorer, db: sqlite3.Connection) -> None:
-        # Fold every event logged so far first, so the run sees all of them.
-        while scorer.fold_events(self._progress.head):
-            pass
-        result = scorer.run_batch()
+    def _show_model(self, version: str) -> None:
+        self._metrics.scoring_model.info({"version": version})
+        self._status.model = version
+
+    def _batch(self, scorer: Scorer) -> None:
+        result = scorer.run_batch(stop=lambda: self._inbox.closed)
+        self._report(result)
+        if not result.complete:
+            return  # stopping, or a rebuild swapped in: run again (soon, or next start)
         finished = self._clock()
-        with self._write_gate():
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (LAST_BATCH, repr(finished)),
-            )
+        with scorer.transaction():
+            scorer.store.set_meta(LAST_BATCH, repr(finished))
         self._next_batch = finished + self._config.scoring.batch_interval
         self._status.last_batch_at, self._status.next_batch_at = finished, self._next_batch
         self._status.last_batch = {k: float(v) for k, v in asdict(result).items()}
-        self._report(result)
         for request in self._requests:
             request.result = self._status.last_batch
             anyio.from_thread.run_sync(request.done.set)
@@ -221,4 +235,5 @@ class ScorerActor(Actor):
             changed=result.changed,
             fit_rescored=result.fit_rescored,
             seconds=round(result.seconds, 2),
+            complete=result.complete,
         )

@@ -13,10 +13,14 @@ import enum
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
+import structlog
+
 from actors.scoring.model import Model, ModelError, example, load, parse
 from storage.base import ScoreStore
 
 EXAMPLE_ORIGIN = "built-in example"
+DEPLOYS_TRIED = 20
+log = structlog.get_logger(__name__)
 
 
 class Outcome(enum.Enum):
@@ -59,15 +63,22 @@ def deploy(
 def active(
     store: ScoreStore, gate: Callable[[], AbstractContextManager[None]] = nullcontext
 ) -> Model:
-    """The model deployed last, or the shipped example if none ever was (deployed
-    now, so that scores always name a version that is in the history)."""
-    found = store.active_model()
-    if found is None:
-        model = example()
-        deploy(store, model, EXAMPLE_ORIGIN, again=False, gate=gate)
-        return model
-    version, text = found
-    return parse(text, f"<model {version} as deployed>")
+    """The model deployed last that this leadsync can read, or the shipped example if
+    none ever was (deployed now, so that scores always name a version that is in the
+    history)."""
+    for deployed in store.deploys(DEPLOYS_TRIED):
+        found = store.model(deployed.version)
+        if found is None:
+            continue
+        try:
+            return parse(found[1], f"<model {deployed.version} as deployed>")
+        except ModelError as exc:
+            # From a newer leadsync, or edited by hand: an older deploy is better than
+            # a scorer that crashes at every start and takes the daemon with it.
+            log.error("deployed model cannot be used; trying the one before", error=str(exc))
+    model = example()
+    deploy(store, model, EXAMPLE_ORIGIN, again=False, gate=gate)
+    return model
 
 
 def deploy_configured(

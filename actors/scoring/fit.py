@@ -7,6 +7,7 @@ rule whose trait is missing, or has a value it cannot compare, does not match.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -76,7 +77,7 @@ class FitScorer:
                 if matches(value):
                     total += points
                     matched.append((rank, signal))
-        score = max(0, min(100, round(total)))
+        score = max(0, min(100, math.floor(total + 0.5)))  # 72.5 is 73, not 72
         matched.sort()
         inputs = {}
         for name, group, paths in self._inputs:
@@ -174,6 +175,7 @@ def _domain(value: Any) -> str | None:
     """An address's domain; a bare domain is taken as one too."""
     if not isinstance(value, str):
         return None
-    text = value.strip().lower()
+    # "Ann <ann@gmail.com>" is how some forms and CRMs hand addresses on.
+    text = value.strip().lower().rstrip(">")
     domain = text.rpartition("@")[2]
-    return domain if "." in domain else None
+    return domain if "." in domain and not any(c.isspace() for c in domain) else None

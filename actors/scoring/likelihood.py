@@ -13,6 +13,7 @@ likelihood is still the sum over the identifiers it holds now.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
@@ -100,8 +101,9 @@ class LikelihoodScorer:
         return total
 
     def score(self, points: dict[str, float]) -> LikelihoodScore:
-        score = max(0, min(100, round(sum(points.values()))))
-        ranked = sorted(points.items(), key=lambda item: -abs(item[1]))
+        score = max(0, min(100, math.floor(sum(points.values()) + 0.5)))
+        # Ties by name, so the signals do not change with the order rows were read in.
+        ranked = sorted(points.items(), key=lambda item: (-abs(item[1]), item[0]))
         signals = [name for name, value in ranked[:3] if round(value, 2) != 0]
         return LikelihoodScore(score, self.segment(score), signals, points)
 

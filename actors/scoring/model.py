@@ -24,6 +24,19 @@ from daemon.config import ConfigError, Duration, dec_hook, describe, dotted, whe
 FIT_SEGMENTS = ("very good", "good", "medium", "low")
 LIKELIHOOD_SEGMENTS = ("very high", "high", "medium", "low")
 GRADES = ("A", "B", "C", "D", "E")
+SCORE_TRAITS = frozenset(
+    f"mk_{name}"
+    for name in (
+        "customer_fit_score",
+        "customer_fit_segment",
+        "customer_fit_signals",
+        "likelihood_to_buy_score",
+        "likelihood_to_buy_segment",
+        "likelihood_to_buy_signals",
+        "lead_grade",
+    )
+)
+"""The traits scores leave as; an input (sent on as mk_<name>) must not shadow one."""
 OPERATORS = ("equals", "in", "contains", "regex", "min", "max", "exists", "personal_email")
 
 DEFAULT_GRADE = {
@@ -113,8 +126,8 @@ class Model(msgspec.Struct, frozen=True):
     digest: str
     """Of the text: one version must always mean the same model."""
     likelihood_digest: str
-    """Of what the stored behavioural aggregates depend on (weights and half-life):
-    when it changes, the aggregates are rebuilt from the log."""
+    """Of what the stored behavioural aggregates depend on (weights, half-life, and the
+    lookback past which they are deleted): when it changes, they are rebuilt from the log."""
 
     @property
     def version(self) -> str:
@@ -154,7 +167,8 @@ def parse(text: str, filename: str) -> Model:
         ) from None
     _check(spec, filename, text)
     weights = msgspec.json.encode(
-        [float(spec.likelihood.half_life), spec.likelihood.events], order="deterministic"
+        [float(spec.likelihood.half_life), float(spec.likelihood.lookback), spec.likelihood.events],
+        order="deterministic",
     )
     return Model(
         spec,
@@ -194,6 +208,9 @@ def _check(spec: ModelFile, filename: str, text: str) -> None:
                 fail((*key, bound), "must be a finite number")
         if rule.min is not None and rule.max is not None and rule.min >= rule.max:
             fail((*key, "max"), f"must be more than min ({rule.min:g})")
+    for name in spec.inputs:
+        if f"mk_{name}" in SCORE_TRAITS:
+            fail(("inputs", name), f"mk_{name} is a score's own name; call the input otherwise")
     for index, weight in enumerate(spec.likelihood.events):
         if not any((weight.type, weight.event, weight.name, weight.source, weight.source_kind)):
             fail(

@@ -12,6 +12,7 @@ Three jobs, each a short transaction at a time so ingestion never waits long:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +41,11 @@ BATCH_CHUNK = 5_000
 _FIT_REASONS = int(
     Change.IDENTITY | Change.MERGE | Change.TRAITS | Change.ACCOUNT | Change.RECOMPUTED
 )
+_HOLDINGS = int(Change.IDENTITY | Change.MERGE | Change.RECOMPUTED)
+"""Changes to which identifiers a profile holds, and so to its likelihood."""
+INTENT_DIGEST = "scoring_intent_digest"
+REPLAY_UNTIL = "scoring_replay_until"
+SWEPT = "scoring_swept_generation"
 _decode_event = msgspec.json.Decoder(Event).decode
 _decode_intent = msgspec.json.Decoder(Intent).decode
 _encode = msgspec.json.Encoder().encode
@@ -54,6 +60,8 @@ class BatchResult:
     fit_rescored: int = 0
     """Profiles whose fit was made by an older model version."""
     seconds: float = 0.0
+    complete: bool = True
+    """False when the run stopped early (the daemon stopping, a rebuild swapped in)."""
 
 
 class Scorer:
@@ -76,20 +84,29 @@ class Scorer:
         self.likelihood = LikelihoodScorer(model, source_kinds)
 
     def use(self, model: Model) -> bool:
-        """Score with `model` from now on. If its event weights differ from those the
-        aggregates were built with, the aggregates are rebuilt from the whole log, and
-        this returns True."""
+        """Score with `model` from now on. If the aggregates were built with other event
+        weights, half-life, lookback or source kinds, they are rebuilt from the whole
+        log, and this returns True."""
         self.model = model
         self.fit = FitScorer(model)
         self.likelihood = LikelihoodScorer(model, self.source_kinds)
-        if self.store.intent_digest() != model.likelihood_digest:
-            with self._transaction():
-                self.store.reset_intents(model.likelihood_digest)
-            log.info("event weights changed; reading the log again", model=model.version)
-            return True
-        return False
+        digest = hashlib.sha256(
+            msgspec.json.encode([model.likelihood_digest, sorted(self.source_kinds.items())])
+        ).hexdigest()
+        if self.store.meta(INTENT_DIGEST) == digest:
+            return False
+        with self.transaction():
+            until = self.store.reset_intents()
+            self.store.set_meta(INTENT_DIGEST, digest)
+            self.store.set_meta(REPLAY_UNTIL, str(until))
+        log.info("event weights changed; reading the log again", model=model.version, until=until)
+        return True
 
-    def _transaction(self) -> AbstractContextManager[None]:
+    def replaying(self) -> bool:
+        """Still reading the log again after `use` reset the aggregates."""
+        return self.store.checkpoint() < int(self.store.meta(REPLAY_UNTIL) or 0)
+
+    def transaction(self) -> AbstractContextManager[None]:
         return _Transaction(self.store, self.gate)
 
     def fold_events(self, up_to: int, limit: int = FOLD_BATCH) -> int:
@@ -111,11 +128,13 @@ class Scorer:
             if weight is None:
                 continue
             identifiers = self.extractor.identifiers(event)
-            at = epoch(event.timestamp)
-            if not identifiers or at is None:
+            at, received = epoch(event.timestamp), epoch(event.received_at)
+            if not identifiers or at is None or received is None:
                 continue
             home = identifiers[0]
-            weighed.append(((home.kind, home.value), weight[0], weight[1], at))
+            # A client clock years ahead (no sentAt to correct it by) must not park an
+            # aggregate in the future, where it would outweigh every real event.
+            weighed.append(((home.kind, home.value), weight[0], weight[1], min(at, received)))
         stored_states = self.store.intents([key for key, *_ in weighed])
         states: dict[tuple[str, str], Intent] = {
             key: _decode_intent(state) for key, state in stored_states.items()
@@ -126,38 +145,57 @@ class Scorer:
                 intent = states[key] = Intent(at, {})
             intent.add(points, signal, at, half_life)
         # Only this scorer writes aggregates, so what was read above is still current.
-        with self._transaction():
-            self.store.save_intents({key: _encode(intent) for key, intent in states.items()})
+        with self.transaction():
+            self.store.save_intents(
+                {key: (intent.as_of, _encode(intent)) for key, intent in states.items()}
+            )
             self.store.set_checkpoint(events[-1].seq)
         return len(events)
 
     def score_changes(self, limit: int = CHANGES_BATCH) -> int:
-        """Rescore the fit of changed profiles; returns how many changes were taken."""
-        changes = self.store.changes(limit)
-        if not changes:
-            return 0
+        """Rescore changed profiles; returns how many changes were taken off the list.
+
+        Fit for every profile whose traits, identities or account changed, and for the
+        other members of an account whose traits changed. Likelihood too where the
+        identifiers a profile holds changed (a merge, a split, a new profile id), so
+        its grade does not wait hours for the batch run.
+        """
+        generation = self.store.generation()
+        with self.store.snapshot():
+            changes = self.store.changes(limit)
+            if not changes:
+                return 0
+            reasons = {uid: flags for uid, flags, _ in changes}
+            profiles = self.store.profiles_by_uid(
+                [uid for uid, flags in reasons.items() if flags & _FIT_REASONS]
+            )
+            # The account's traits changed: every member's fit may read them.
+            groups = {p.account for p in profiles if p.account and reasons[p.uid] & Change.ACCOUNT}
+            others = [uid for uid in self.store.members(sorted(groups)) if uid not in reasons]
+            for uid in others:
+                reasons[uid] = int(Change.ACCOUNT)
+            profiles += self.store.profiles_by_uid(others)
         now = self.clock()
-        reasons = {uid: flags for uid, flags, _ in changes}
-        profiles = self.store.profiles_by_uid(
-            [uid for uid, flags in reasons.items() if flags & _FIT_REASONS]
-        )
         found = {p.uid for p in profiles}
         gone = [
             uid for uid, flags in reasons.items() if flags & Change.MERGED_AWAY and uid not in found
         ]
-        scores = {p.uid: self._with_fit(p, now) for p in profiles}
-        accounts = {
-            p.account: p.account_traits or {}
-            for p in profiles
-            if p.account and reasons[p.uid] & Change.ACCOUNT
-        }
+        scores: dict[str, Score] = {}
+        for profile in profiles:
+            score = self._with_fit(profile, now)
+            if reasons[profile.uid] & _HOLDINGS or score.ltb_model is None:
+                self._set_likelihood(score, self._points_of(profile, now), now)
+            scores[profile.uid] = score
+        accounts = {p.account: p.account_traits or {} for p in profiles if p.account in groups}
         account_scores = self._accounts_fit(accounts, now)
-        # A profile the identity actor changes again meanwhile keeps its row (see
-        # clear_changes) and is rescored next time round.
-        with self._transaction():
+        with self.transaction():
+            if self.store.generation() != generation:
+                return 0  # a rebuild swapped in: what was read belongs to the old graph
             self.store.save_scores(PROFILE, scores)
             self.store.delete_scores(PROFILE, gone)
             self.store.save_scores(ACCOUNT, account_scores)
+            # A profile the identity actor changed again since the read keeps its row
+            # (see clear_changes) and is rescored next time round.
             self.store.clear_changes(changes)
         return len(changes)
 
@@ -187,17 +225,30 @@ class Scorer:
         row = self.model.spec.grade[score.fit_segment or "low"]
         return row[LIKELIHOOD_SEGMENTS.index(score.ltb_segment or "low")]
 
-    def run_batch(self, chunk: int = BATCH_CHUNK) -> BatchResult:
+    def run_batch(
+        self, chunk: int = BATCH_CHUNK, stop: Callable[[], bool] = lambda: False
+    ) -> BatchResult:
         """Score every profile's likelihood and grade (and fit, where an older model
-        made it), then every account's. Chunked: a crash midway leaves each profile
-        with a consistent score, and the next run does it all again anyway."""
+        made it), then every account's.
+
+        Chunked, each chunk read in one snapshot and written in one short transaction;
+        between chunks, changed profiles are rescored and the log is followed, so fit
+        stays realtime and the backlog does not grow through a long run. `stop` ends
+        the run early, as does a rebuild swapping the graph in (profile row ids change);
+        the next run does everything again anyway.
+        """
         started = time.perf_counter()
         now = self.clock()
         result = BatchResult()
+        generation = self.store.generation()
         version = self.model.version
         members: dict[str, dict[str, float]] = {}
         after = 0
-        while profiles := self.store.profiles_after(after, chunk, version):
+        while True:
+            with self.store.snapshot():
+                profiles = self.store.profiles_after(after, chunk, version)
+            if not profiles:
+                break
             updated: dict[str, Score] = {}
             for profile in profiles:
                 score = self._batch_score(profile, now, result)
@@ -209,18 +260,26 @@ class Scorer:
                 self._set_likelihood(score, points, now)
                 if score != profile.score:
                     updated[profile.uid] = score
-            with self._transaction():
-                self.store.save_scores(PROFILE, updated)
+            with self.transaction():
+                swapped = self.store.generation() != generation
+                if not swapped:
+                    self.store.save_scores(PROFILE, updated)
+            if swapped or stop():
+                result.complete = False
+                break
             result.profiles += len(profiles)
             result.changed += len(updated)
             after = profiles[-1].row
-            # A run over a million profiles takes seconds; fit stays realtime meanwhile.
             self.score_changes()
-        result.accounts, changed = self._batch_accounts(members, now, chunk)
-        result.changed += changed
-        with self._transaction():
-            self.store.forget_gone_profiles()
-            self.store.forget_intents(now - self.likelihood.lookback)
+            self.fold_events(self.store.log_head())
+        if result.complete:
+            result.accounts, changed = self._batch_accounts(members, now, chunk)
+            result.changed += changed
+            with self.transaction():
+                if self.store.meta(SWEPT) != str(generation):
+                    self.store.forget_gone()
+                    self.store.set_meta(SWEPT, str(generation))
+                self.store.forget_intents(now - self.likelihood.lookback)
         result.seconds = time.perf_counter() - started
         return result
 
@@ -262,7 +321,7 @@ class Scorer:
                 self._set_likelihood(score, members.get(group_id, {}), now)
                 if score != old:
                     updated[group_id] = score
-            with self._transaction():
+            with self.transaction():
                 self.store.save_scores(ACCOUNT, updated)
             count += len(accounts)
             changed += len(updated)
