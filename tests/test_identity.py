@@ -25,7 +25,7 @@ from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.messages import Event
 from daemon.config import ExternalId, IdentitySection
-from storage.base import AppendRequest, EventRecord
+from storage.base import AppendRequest, Change, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import SqliteGraphStore, connect, scratch, swap_in
 from tests.identity_journey import DESKTOP, EMAIL, MOBILE, USER, email_opened, journey, profiles
@@ -430,3 +430,29 @@ async def test_a_cancelled_rebuild_leaves_the_graph_and_no_scratch_file(tmp_path
     # The lock file stays (flock needs a file); the scratch database does not.
     leftovers = [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name]
     assert leftovers == ["g.db.rebuild-lock"]
+
+
+async def test_a_first_identify_with_a_user_id_and_an_email_leaves_no_merge_behind(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(
+            {
+                "type": "identify",
+                "userId": "ann",
+                "traits": {"email": "ann@initech.com"},
+                "messageId": "m1",
+                "timestamp": "2026-03-01T10:00:00Z",
+            }
+        )
+        await graph.apply()
+        (profile,) = graph.profiles().values()
+        assert profile["identities"] == {"user_id:ann", "email:ann@initech.com"}
+        db = connect(graph.path, 5)
+        # No id that nobody ever saw: nothing redirects, nothing was merged away.
+        assert db.execute("SELECT count(*) FROM profile_redirects").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM identity_merges").fetchone() == (0,)
+        assert [r[1] for r in db.execute("SELECT uid, reasons FROM profile_changes")] == [
+            int(Change.IDENTITY | Change.TRAITS | Change.ACTIVITY)
+        ]
+        db.close()

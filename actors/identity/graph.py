@@ -423,8 +423,18 @@ class _Batch:
             survivor.kinds[kind] = survivor.kinds.get(kind, 0) + count
         survivor.user_id = survivor.user_id or loser.user_id
         absorb(survivor.activity, loser.activity)
-        self._delete(loser, survivor.id)
         self.dirty_profiles.add(survivor.id)
+        if loser.id in self.fresh_profiles:
+            # Born in this batch and never stored (a new identify with a user id and an
+            # email makes one profile per identifier, then joins them): nobody has seen
+            # its id, so it needs no redirect, no merge record and no word to the scorer.
+            self.profiles.pop(loser.id, None)
+            self.dirty_profiles.discard(loser.id)
+            self.fresh_profiles.discard(loser.id)
+            self.changed.pop(loser.uid, None)
+            self._changed(survivor.uid, _IDENTITY)
+            return
+        self._delete(loser, survivor.id)
         self.merges.append(Merge(survivor.uid, loser.uid, reason, seq, mid))
         self.result.merges += 1
         self._changed(survivor.uid, _MERGE)
