@@ -4,6 +4,12 @@ Append new migrations; never edit one that has shipped, because a database in th
 field has already run it.
 """
 
+SCORE_COLUMNS = (
+    "fit_score, fit_segment, fit_signals, fit_model, fit_at, "
+    "ltb_score, ltb_segment, ltb_signals, ltb_model, ltb_at, grade, inputs"
+)
+"""The columns profile_scores and account_scores share, after their key."""
+
 MIGRATIONS: list[str] = [
     # 1: the event log, consumer checkpoints, quarantined input, small key/value facts.
     """
@@ -112,6 +118,11 @@ MIGRATIONS: list[str] = [
     # (the newest deploy is the active model); behavioural aggregates per identifier,
     # which survive merges and rebuilds because identifiers never change; the current
     # scores of profiles and accounts, each part with the model version that made it.
+    # Profile scores are keyed by the profile's row: a batch run reads and writes them
+    # in row order, beside the profiles (keyed by the profile id, a hash, every row
+    # was a random page, which cost half of a run over a million profiles). A merge
+    # deletes the row with the profile, a rename keeps it, and a rebuild carries each
+    # row over to the profile with the same id.
     # The scorer takes its to-do list (profile_changes) oldest first, and after a
     # rebuild it holds a row for every profile: sorting it per round would cost more
     # than the work, hence the index.
@@ -140,9 +151,8 @@ MIGRATIONS: list[str] = [
 
     CREATE INDEX profile_changes_by_seq ON profile_changes (seq);
 
-    CREATE TABLE scores (
-        subject     TEXT NOT NULL,
-        id          TEXT NOT NULL,
+    CREATE TABLE profile_scores (
+        profile     INTEGER PRIMARY KEY,
         fit_score   INTEGER,
         fit_segment TEXT,
         fit_signals TEXT,
@@ -154,8 +164,23 @@ MIGRATIONS: list[str] = [
         ltb_model   TEXT,
         ltb_at      REAL,
         grade       TEXT,
-        inputs      TEXT,
-        PRIMARY KEY (subject, id)
+        inputs      TEXT
+    );
+
+    CREATE TABLE account_scores (
+        group_id    TEXT PRIMARY KEY,
+        fit_score   INTEGER,
+        fit_segment TEXT,
+        fit_signals TEXT,
+        fit_model   TEXT,
+        fit_at      REAL,
+        ltb_score   INTEGER,
+        ltb_segment TEXT,
+        ltb_signals TEXT,
+        ltb_model   TEXT,
+        ltb_at      REAL,
+        grade       TEXT,
+        inputs      TEXT
     ) WITHOUT ROWID;
     """,
 ]

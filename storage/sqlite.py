@@ -35,8 +35,8 @@ from storage.base import (
     Stamped,
     StoredEvent,
 )
-from storage.migrations import MIGRATIONS
-from storage.sqlite_scores import SCORE_COLUMNS, score_of
+from storage.migrations import MIGRATIONS, SCORE_COLUMNS
+from storage.sqlite_scores import score_of
 
 log = structlog.get_logger(__name__)
 
@@ -287,14 +287,17 @@ async def _profile_view(
         account=account,
         merged_ids=merged,
         last_events=events,
-        scores=await _score_view(db, PROFILE, uid),
+        scores=await _score_view(db, PROFILE, profile_id),
     )
 
 
-async def _score_view(db: aiosqlite.Connection, subject: str, key: str) -> ScoreView | None:
+async def _score_view(db: aiosqlite.Connection, subject: str, key: str | int) -> ScoreView | None:
     row = await (
         await db.execute(
-            f"SELECT {SCORE_COLUMNS} FROM scores WHERE subject = ? AND id = ?", (subject, key)
+            f"SELECT {SCORE_COLUMNS} FROM profile_scores WHERE profile = ?"
+            if subject == PROFILE
+            else f"SELECT {SCORE_COLUMNS} FROM account_scores WHERE group_id = ?",
+            (key,),
         )
     ).fetchone()
     score = None if row is None else score_of(row)

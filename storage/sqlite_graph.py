@@ -27,7 +27,7 @@ from storage.base import (
     Stamped,
     StoredEvent,
 )
-from storage.migrations import MIGRATIONS
+from storage.migrations import MIGRATIONS, SCORE_COLUMNS
 
 CONSUMER = "identity"
 GENERATION = "identity_graph_generation"
@@ -203,7 +203,10 @@ class SqliteGraphStore:
         )
 
     def delete_profiles(self, ids: Sequence[int]) -> None:
-        self._db.executemany("DELETE FROM profiles WHERE id = ?", [(i,) for i in ids])
+        rows = [(i,) for i in ids]
+        self._db.executemany("DELETE FROM profiles WHERE id = ?", rows)
+        # A profile's scores go with it (its survivor has its own).
+        self._db.executemany("DELETE FROM profile_scores WHERE profile = ?", rows)
 
     def redirect(self, redirects: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(
@@ -380,6 +383,14 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
         )
         db.execute("DROP TABLE IF EXISTS temp.old_changes")
         db.execute("CREATE TEMP TABLE old_changes AS SELECT * FROM main.profile_changes")
+        # Scores are keyed by profile row, and the rebuild numbered rows anew: each
+        # score follows its profile id (the same person, as far as the new rules go).
+        db.execute("DROP TABLE IF EXISTS temp.old_scores")
+        db.execute(
+            f"CREATE TEMP TABLE old_scores AS SELECT p.uid, {SCORE_COLUMNS} "
+            "FROM main.profile_scores s JOIN main.profiles p ON p.id = s.profile"
+        )
+        db.execute("DELETE FROM main.profile_scores")
         for table in GRAPH_TABLES:
             db.execute(f"DELETE FROM main.{table}")
             db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
@@ -401,8 +412,14 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
             "ON CONFLICT (uid) DO UPDATE SET reasons = reasons | excluded.reasons",
             (int(Change.MERGED_AWAY), checkpoint),
         )
+        db.execute(
+            f"INSERT INTO main.profile_scores (profile, {SCORE_COLUMNS}) "
+            f"SELECT p.id, {SCORE_COLUMNS} FROM temp.old_scores o "
+            "JOIN main.profiles p ON p.uid = o.uid"
+        )
         db.execute("DROP TABLE temp.old_ids")
         db.execute("DROP TABLE temp.old_changes")
+        db.execute("DROP TABLE temp.old_scores")
         store.set_checkpoint(checkpoint)
         db.execute(
             "INSERT INTO meta (key, value) VALUES (?, '1') "

@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 
 from storage.base import (
-    ACCOUNT,
     PROFILE,
     Activity,
     Deploy,
@@ -25,15 +24,12 @@ from storage.base import (
     Stamped,
     StoredEvent,
 )
+from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import GENERATION, read_events
 
 CONSUMER = "scorer"
 _CHUNK = 500
 
-SCORE_COLUMNS = (
-    "fit_score, fit_segment, fit_signals, fit_model, fit_at, "
-    "ltb_score, ltb_segment, ltb_signals, ltb_model, ltb_at, grade, inputs"
-)
 _encode = msgspec.json.Encoder().encode
 _signals = msgspec.json.Decoder(list[str]).decode
 _inputs = msgspec.json.Decoder(dict[str, Any]).decode
@@ -195,7 +191,7 @@ class SqliteScoreStore:
                 "SELECT p.id, p.uid, p.account_id, p.activity, a.traits, "
                 f"{_prefixed('s')} FROM profiles p "
                 "LEFT JOIN accounts a ON a.group_id = p.account_id "
-                "LEFT JOIN scores s ON s.subject = 'profile' AND s.id = p.uid "
+                "LEFT JOIN profile_scores s ON s.profile = p.id "
                 f"WHERE p.uid IN ({_marks(chunk)})",
                 chunk,
             ).fetchall()
@@ -225,7 +221,7 @@ class SqliteScoreStore:
     def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileToScore]:
         rows = self._db.execute(
             f"SELECT p.id, p.uid, p.account_id, {_prefixed('s')} FROM profiles p "
-            "LEFT JOIN scores s ON s.subject = 'profile' AND s.id = p.uid "
+            "LEFT JOIN profile_scores s ON s.profile = p.id "
             "WHERE p.id > ? ORDER BY p.id LIMIT ?",
             (row, limit),
         ).fetchall()
@@ -267,60 +263,63 @@ class SqliteScoreStore:
         ]
 
     def scores(self, subject: str, ids: Sequence[str]) -> dict[str, Score]:
+        if subject == PROFILE:
+            sql = (
+                f"SELECT p.uid, {_prefixed('s')} FROM profiles p "
+                "JOIN profile_scores s ON s.profile = p.id WHERE p.uid IN "
+            )
+        else:
+            sql = f"SELECT group_id, {SCORE_COLUMNS} FROM account_scores WHERE group_id IN "
         found: dict[str, Score] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            for key, *columns in self._db.execute(
-                f"SELECT id, {SCORE_COLUMNS} FROM scores "
-                f"WHERE subject = ? AND id IN ({_marks(chunk)})",
-                (subject, *chunk),
-            ):
+            for key, *columns in self._db.execute(f"{sql}({_marks(chunk)})", chunk):
                 score = score_of(columns)
                 if score is not None:
                     found[key] = score
         return found
 
-    def save_scores(self, subject: str, scores: dict[str, Score]) -> None:
+    def save_profile_scores(self, scores: dict[int, Score]) -> None:
         self._db.executemany(
-            f"INSERT OR REPLACE INTO scores (subject, id, {SCORE_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    subject,
-                    key,
-                    s.fit_score,
-                    s.fit_segment,
-                    _encode(s.fit_signals),
-                    s.fit_model,
-                    s.fit_at,
-                    s.ltb_score,
-                    s.ltb_segment,
-                    _encode(s.ltb_signals),
-                    s.ltb_model,
-                    s.ltb_at,
-                    s.grade,
-                    _encode(s.inputs),
-                )
-                for key, s in scores.items()
-            ],
+            f"INSERT OR REPLACE INTO profile_scores (profile, {SCORE_COLUMNS}) "
+            f"VALUES ({_marks(range(13))})",
+            [(row, *_columns(score)) for row, score in sorted(scores.items())],
         )
 
-    def delete_scores(self, subject: str, ids: Sequence[str]) -> None:
+    def save_account_scores(self, scores: dict[str, Score]) -> None:
         self._db.executemany(
-            "DELETE FROM scores WHERE subject = ? AND id = ?", [(subject, i) for i in ids]
+            f"INSERT OR REPLACE INTO account_scores (group_id, {SCORE_COLUMNS}) "
+            f"VALUES ({_marks(range(13))})",
+            [(group, *_columns(score)) for group, score in sorted(scores.items())],
         )
 
     def forget_gone(self) -> int:
-        cursor = self._db.execute(
-            "DELETE FROM scores WHERE subject = ? AND id NOT IN (SELECT uid FROM profiles)",
-            (PROFILE,),
+        gone = self._db.execute(
+            "DELETE FROM profile_scores WHERE profile NOT IN (SELECT id FROM profiles)"
+        ).rowcount
+        return (
+            gone
+            + self._db.execute(
+                "DELETE FROM account_scores WHERE group_id NOT IN (SELECT group_id FROM accounts)"
+            ).rowcount
         )
-        gone = cursor.rowcount
-        cursor = self._db.execute(
-            "DELETE FROM scores WHERE subject = ? AND id NOT IN (SELECT group_id FROM accounts)",
-            (ACCOUNT,),
-        )
-        return gone + cursor.rowcount
+
+
+def _columns(s: Score) -> tuple[Any, ...]:
+    return (
+        s.fit_score,
+        s.fit_segment,
+        _encode(s.fit_signals),
+        s.fit_model,
+        s.fit_at,
+        s.ltb_score,
+        s.ltb_segment,
+        _encode(s.ltb_signals),
+        s.ltb_model,
+        s.ltb_at,
+        s.grade,
+        _encode(s.inputs),
+    )
 
 
 def _values(traits: dict[str, Stamped]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.identity.extract import Extractor
+from actors.identity.rebuild import rebuild
 from actors.scoring import deploy
 from actors.scoring.model import Model, example, parse
 from actors.scoring.scorer import Scorer
@@ -80,8 +81,17 @@ class Scoring:
         return self.store.scores(PROFILE, [uid])[uid]
 
     def score_ids(self) -> set[str]:
+        """Profile ids with a stored score; every stored score belongs to a profile."""
         with sqlite3.connect(self.graph.path) as db:
-            return {r[0] for r in db.execute("SELECT id FROM scores WHERE subject = 'profile'")}
+            (rows,) = db.execute("SELECT count(*) FROM profile_scores").fetchone()
+            uids = {
+                r[0]
+                for r in db.execute(
+                    "SELECT p.uid FROM profile_scores s JOIN profiles p ON p.id = s.profile"
+                )
+            }
+        assert len(uids) == rows
+        return uids
 
 
 CTO = {"title": "CTO", "company_size": 200, "industry": "Software", "email": "ann@initech.com"}
@@ -412,3 +422,27 @@ def group(group_id: str, traits: dict[str, Any], when: float, n: str, **ids: str
         "timestamp": at(when),
         **ids,
     }
+
+
+async def test_scores_follow_their_profiles_through_an_identity_rebuild(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(track("Demo Requested", T0, "1", userId="bob"))
+        await scoring.send(identify(CTO, T0 - DAY, "0", userId="ann"))
+        scoring.batch()
+        before = {u: scoring.profile_score("user_id", u) for u in ("ann", "bob")}
+        # A graph that has lived through merges numbers its rows otherwise than a
+        # rebuild does: a score must follow the person, not the row number.
+        with sqlite3.connect(graph.path) as db:
+            for table, column in (
+                ("profiles", "id"),
+                ("identities", "profile"),
+                ("profile_scores", "profile"),
+            ):
+                db.execute(f"UPDATE {table} SET {column} = {column} + 100")
+        rebuild(graph.path, graph.rules, 5)
+        with sqlite3.connect(graph.path) as db:
+            assert db.execute("SELECT max(id) FROM profiles").fetchone()[0] < 100
+        after = {u: scoring.profile_score("user_id", u) for u in ("ann", "bob")}
+        assert after == before
+        assert (after["ann"].fit_score, after["bob"].ltb_score) == (100, 40)

@@ -27,7 +27,7 @@ from actors.messages import Event
 from actors.scoring.fit import FitScorer, Traits
 from actors.scoring.likelihood import Intent, LikelihoodScorer, epoch
 from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
-from storage.base import ACCOUNT, PROFILE, Change, ProfileToScore, Score, ScoreStore
+from storage.base import ACCOUNT, Change, ProfileToScore, Score, ScoreStore
 
 log = structlog.get_logger(__name__)
 
@@ -176,24 +176,20 @@ class Scorer:
                 reasons[uid] = int(Change.ACCOUNT)
             profiles += self.store.profiles_by_uid(others)
         now = self.clock()
-        found = {p.uid for p in profiles}
-        gone = [
-            uid for uid, flags in reasons.items() if flags & Change.MERGED_AWAY and uid not in found
-        ]
-        scores: dict[str, Score] = {}
+        scores: dict[int, Score] = {}
         for profile in profiles:
             score = self._with_fit(profile, now)
             if reasons[profile.uid] & _HOLDINGS or score.ltb_model is None:
                 self._set_likelihood(score, self._points_of(profile, now), now)
-            scores[profile.uid] = score
+            scores[profile.row] = score
         accounts = {p.account: p.account_traits or {} for p in profiles if p.account in groups}
         account_scores = self._accounts_fit(accounts, now)
         with self.transaction():
             if self.store.generation() != generation:
                 return 0  # a rebuild swapped in: what was read belongs to the old graph
-            self.store.save_scores(PROFILE, scores)
-            self.store.delete_scores(PROFILE, gone)
-            self.store.save_scores(ACCOUNT, account_scores)
+            # Profiles merged away took their scores with them (delete_profiles).
+            self.store.save_profile_scores(scores)
+            self.store.save_account_scores(account_scores)
             # A profile the identity actor changed again since the read keeps its row
             # (see clear_changes) and is rescored next time round.
             self.store.clear_changes(changes)
@@ -249,7 +245,7 @@ class Scorer:
                 profiles = self.store.profiles_after(after, chunk, version)
             if not profiles:
                 break
-            updated: dict[str, Score] = {}
+            updated: dict[int, Score] = {}
             for profile in profiles:
                 score = self._batch_score(profile, now, result)
                 points = self._points_of(profile, now)
@@ -259,11 +255,11 @@ class Scorer:
                         total[name] = total.get(name, 0.0) + value
                 self._set_likelihood(score, points, now)
                 if score != profile.score:
-                    updated[profile.uid] = score
+                    updated[profile.row] = score
             with self.transaction():
                 swapped = self.store.generation() != generation
                 if not swapped:
-                    self.store.save_scores(PROFILE, updated)
+                    self.store.save_profile_scores(updated)
             if swapped or stop():
                 result.complete = False
                 break
@@ -322,7 +318,7 @@ class Scorer:
                 if score != old:
                     updated[group_id] = score
             with self.transaction():
-                self.store.save_scores(ACCOUNT, updated)
+                self.store.save_account_scores(updated)
             count += len(accounts)
             changed += len(updated)
             after = accounts[-1][0]
