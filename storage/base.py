@@ -397,6 +397,20 @@ class ProfileToScore(msgspec.Struct):
     account_traits: dict[str, Any] | None = None
 
 
+class ProfileInBatch(msgspec.Struct):
+    """A profile as a batch run reads it. When its fit was made by the model in use,
+    only what its likelihood and grade need is read, and only they are written back;
+    otherwise `refit` holds what a whole new score needs."""
+
+    row: int
+    account: str | None
+    fit_segment: str | None
+    likelihood: tuple[Any, ...]
+    """As stored: (ltb_score, ltb_segment, ltb_signals as JSON, ltb_model, grade)."""
+    intents: list[bytes] = []
+    refit: ProfileToScore | None = None
+
+
 class Deploy(msgspec.Struct, frozen=True):
     version: str
     deployed_at: str
@@ -479,9 +493,14 @@ class ScoreStore(Protocol):
         """Existing profiles among `uids`, with traits, account traits, aggregates and scores."""
         ...
 
-    def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileToScore]:
-        """The next profiles in row order, with their aggregates and scores; traits
-        only where the fit was not made by `fit_model`."""
+    def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileInBatch]:
+        """The next profiles in row order, with their aggregates; traits only where
+        the fit was not made by `fit_model`."""
+        ...
+
+    def save_likelihoods(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """(ltb_score, ltb_segment, ltb_signals as JSON, ltb_model, ltb_at, grade, row)
+        for profiles whose stored fit stays."""
         ...
 
     def accounts_after(self, group_id: str, limit: int) -> list[tuple[str, dict[str, Any]]]:

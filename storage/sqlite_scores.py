@@ -19,6 +19,7 @@ from storage.base import (
     PROFILE,
     Activity,
     Deploy,
+    ProfileInBatch,
     ProfileToScore,
     Score,
     Stamped,
@@ -218,16 +219,17 @@ class SqliteScoreStore:
             found += profiles.values()
         return found
 
-    def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileToScore]:
+    def profiles_after(self, row: int, limit: int, fit_model: str) -> list[ProfileInBatch]:
         rows = self._db.execute(
-            f"SELECT p.id, p.uid, p.account_id, {_prefixed('s')} FROM profiles p "
+            "SELECT p.id, p.uid, p.account_id, s.fit_model, s.fit_segment, s.ltb_score, "
+            "s.ltb_segment, s.ltb_signals, s.ltb_model, s.grade FROM profiles p "
             "LEFT JOIN profile_scores s ON s.profile = p.id "
             "WHERE p.id > ? ORDER BY p.id LIMIT ?",
             (row, limit),
         ).fetchall()
         if not rows:
             return []
-        profiles = {r[0]: ProfileToScore(r[0], r[1], r[2], score_of(r[3:]), []) for r in rows}
+        profiles = {r[0]: ProfileInBatch(r[0], r[2], r[4], r[5:], []) for r in rows}
         for profile, state in self._db.execute(
             "SELECT i.profile, n.state FROM identities i "
             "JOIN intent n ON n.kind = i.kind AND n.value = i.value "
@@ -236,11 +238,10 @@ class SqliteScoreStore:
         ):
             if (target := profiles.get(profile)) is not None:
                 target.intents.append(state)
-        stale = [
-            p.row for p in profiles.values() if p.score is None or p.score.fit_model != fit_model
-        ]
-        for start in range(0, len(stale), _CHUNK):
-            chunk = stale[start : start + _CHUNK]
+        stale = {r[0]: r[1] for r in rows if r[3] != fit_model}
+        ids = list(stale)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
             for profile, activity, account_traits in self._db.execute(
                 "SELECT p.id, p.activity, a.traits FROM profiles p "
                 "LEFT JOIN accounts a ON a.group_id = p.account_id "
@@ -248,9 +249,23 @@ class SqliteScoreStore:
                 chunk,
             ):
                 target = profiles[profile]
-                target.traits = _values(_activity(activity).traits)
-                target.account_traits = _values(_traits(account_traits)) if account_traits else {}
+                target.refit = ProfileToScore(
+                    profile,
+                    stale[profile],
+                    target.account,
+                    None,
+                    target.intents,
+                    traits=_values(_activity(activity).traits),
+                    account_traits=_values(_traits(account_traits)) if account_traits else {},
+                )
         return list(profiles.values())
+
+    def save_likelihoods(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self._db.executemany(
+            "UPDATE profile_scores SET ltb_score = ?, ltb_segment = ?, ltb_signals = ?, "
+            "ltb_model = ?, ltb_at = ?, grade = ? WHERE profile = ?",
+            rows,
+        )
 
     def accounts_after(self, group_id: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
         return [

@@ -271,7 +271,9 @@ def preview(
     after = 0
     while profiles := store.profiles_after(after, PREVIEW_CHUNK, NO_MODEL):
         for profile in profiles:
-            traits = Traits(profile.traits or {}, profile.account_traits or {})
+            refit = profile.refit
+            assert refit is not None, "no score's fit_model is NO_MODEL"
+            traits = Traits(refit.traits or {}, refit.account_traits or {})
             will, was = new.score(traits), old.score(traits)
             result.candidate.add(will.score, will.segment)
             result.active.add(was.score, was.segment)

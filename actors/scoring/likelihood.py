@@ -70,6 +70,7 @@ class LikelihoodScorer:
         self._segments = sorted(
             ((spec.segments[name], name) for name in LIKELIHOOD_SEGMENTS[:-1]), reverse=True
         )
+        self._lowest = self.segment(0)
 
     def weigh(self, event: Event) -> tuple[float, str] | None:
         """The points and signal of the first weight that matches, if any does."""
@@ -101,10 +102,16 @@ class LikelihoodScorer:
         return total
 
     def score(self, points: dict[str, float]) -> LikelihoodScore:
+        if not points:  # most profiles in a batch run: nothing weighted lately
+            return LikelihoodScore(0, self._lowest, [], points)
         score = max(0, min(100, math.floor(sum(points.values()) + 0.5)))
-        # Ties by name, so the signals do not change with the order rows were read in.
-        ranked = sorted(points.items(), key=lambda item: (-abs(item[1]), item[0]))
-        signals = [name for name, value in ranked[:3] if round(value, 2) != 0]
+        if len(points) == 1:
+            ((name, value),) = points.items()
+            signals = [name] if round(value, 2) != 0 else []
+        else:
+            # Ties by name, so the signals do not change with the order rows were read in.
+            ranked = sorted(points.items(), key=lambda item: (-abs(item[1]), item[0]))
+            signals = [name for name, value in ranked[:3] if round(value, 2) != 0]
         return LikelihoodScore(score, self.segment(score), signals, points)
 
     def segment(self, score: float) -> str:

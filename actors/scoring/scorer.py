@@ -218,8 +218,11 @@ class Scorer:
         score.grade = self.grade(score)
 
     def grade(self, score: Score) -> str:
-        row = self.model.spec.grade[score.fit_segment or "low"]
-        return row[LIKELIHOOD_SEGMENTS.index(score.ltb_segment or "low")]
+        return self._grade(score.fit_segment, score.ltb_segment)
+
+    def _grade(self, fit_segment: str | None, likelihood_segment: str | None) -> str:
+        row = self.model.spec.grade[fit_segment or "low"]
+        return row[LIKELIHOOD_SEGMENTS.index(likelihood_segment or "low")]
 
     def run_batch(
         self, chunk: int = BATCH_CHUNK, stop: Callable[[], bool] = lambda: False
@@ -245,26 +248,37 @@ class Scorer:
                 profiles = self.store.profiles_after(after, chunk, version)
             if not profiles:
                 break
-            updated: dict[int, Score] = {}
+            refits: dict[int, Score] = {}
+            likelihoods: list[tuple[Any, ...]] = []
             for profile in profiles:
-                score = self._batch_score(profile, now, result)
-                points = self._points_of(profile, now)
+                points = self.likelihood.now_points(map(_decode_intent, profile.intents), now)
                 if profile.account:
                     total = members.setdefault(profile.account, {})
                     for name, value in points.items():
                         total[name] = total.get(name, 0.0) + value
-                self._set_likelihood(score, points, now)
-                if score != profile.score:
-                    updated[profile.row] = score
+                if profile.refit is not None:
+                    # No score yet, or one an older model made: a whole new one.
+                    score = self._with_fit(profile.refit, now)
+                    self._set_likelihood(score, points, now)
+                    refits[profile.row] = score
+                    continue
+                ltb = self.likelihood.score(points)
+                signals = _encode(ltb.signals)
+                grade = self._grade(profile.fit_segment, ltb.segment)
+                stored = (ltb.score, ltb.segment, signals, version, grade)
+                if stored != profile.likelihood:
+                    likelihoods.append((*stored[:4], now, grade, profile.row))
+            result.fit_rescored += len(refits)
             with self.transaction():
                 swapped = self.store.generation() != generation
                 if not swapped:
-                    self.store.save_profile_scores(updated)
+                    self.store.save_profile_scores(refits)
+                    self.store.save_likelihoods(likelihoods)
             if swapped or stop():
                 result.complete = False
                 break
             result.profiles += len(profiles)
-            result.changed += len(updated)
+            result.changed += len(refits) + len(likelihoods)
             after = profiles[-1].row
             self.score_changes()
             self.fold_events(self.store.log_head())
@@ -278,12 +292,6 @@ class Scorer:
                 self.store.forget_intents(now - self.likelihood.lookback)
         result.seconds = time.perf_counter() - started
         return result
-
-    def _batch_score(self, profile: ProfileToScore, now: float, result: BatchResult) -> Score:
-        if profile.traits is None and profile.score is not None:
-            return msgspec.structs.replace(profile.score)
-        result.fit_rescored += 1
-        return self._with_fit(profile, now)
 
     def _points_of(self, profile: ProfileToScore, now: float) -> dict[str, float]:
         return self.likelihood.now_points(map(_decode_intent, profile.intents), now)
