@@ -17,7 +17,6 @@ import msgspec
 
 from storage.base import (
     PROFILE,
-    Activity,
     Deploy,
     ProfileInBatch,
     ProfileToScore,
@@ -34,7 +33,13 @@ _CHUNK = 500
 _encode = msgspec.json.Encoder().encode
 _signals = msgspec.json.Decoder(list[str]).decode
 _inputs = msgspec.json.Decoder(dict[str, Any]).decode
-_activity = msgspec.json.Decoder(Activity).decode
+class _Traits(msgspec.Struct):
+    """The part of a profile's Activity that scoring reads; the decoder skips the rest."""
+
+    traits: dict[str, Stamped] = {}
+
+
+_activity = msgspec.json.Decoder(_Traits).decode
 _traits = msgspec.json.Decoder(dict[str, Stamped]).decode
 
 

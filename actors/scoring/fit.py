@@ -134,8 +134,11 @@ def _matcher(rule: FitRule) -> Callable[[Any], bool]:
             else isinstance(value, list) and any(_same(item, needle) for item in value)
         )
     if rule.in_ is not None:
-        options = [_fold(o) if isinstance(o, str) else o for o in rule.in_]
-        return lambda value: value is not None and any(_same(value, o) for o in options)
+        texts = frozenset(_fold(o) for o in rule.in_ if isinstance(o, str))
+        numbers = frozenset(float(o) for o in rule.in_ if not isinstance(o, str))
+        return lambda value: (isinstance(value, str) and _fold(value) in texts) or (
+            bool(numbers) and (n := _number(value)) is not None and n in numbers
+        )
     if rule.equals is not None:
         option = _fold(rule.equals) if isinstance(rule.equals, str) else rule.equals
         return lambda value: value is not None and _same(value, option)
@@ -178,4 +181,7 @@ def _domain(value: Any) -> str | None:
     # "Ann <ann@gmail.com>" is how some forms and CRMs hand addresses on.
     text = value.strip().lower().rstrip(">")
     domain = text.rpartition("@")[2]
-    return domain if "." in domain and not any(c.isspace() for c in domain) else None
+    return domain if "." in domain and not _SPACE.search(domain) else None
+
+
+_SPACE = re.compile(r"\s")
