@@ -275,6 +275,8 @@ class Change(enum.IntFlag):
     MERGE = 2
     TRAITS = 4
     ACTIVITY = 8
+    """Events happened. Recorded only beside another reason: alone, it asks nothing of
+    the scorer (likelihood comes from the log)."""
     ACCOUNT = 16
     MERGED_AWAY = 32
     """The profile no longer exists: its identifiers joined another (see redirects)."""

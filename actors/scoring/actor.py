@@ -39,6 +39,8 @@ log = structlog.get_logger(__name__)
 IDLE_WAKE = 1.0
 """Seconds between looks at the to-do list when no hint comes (a dropped hint, a
 deploy made by the CLI)."""
+ROUND_INTERVAL = 0.25
+"""Seconds between rounds of work while there is more to do."""
 LAST_BATCH = "scoring_last_batch"
 RETRY_AFTER_STORAGE_ERROR = 1.0
 
@@ -115,6 +117,7 @@ class ScorerActor(Actor):
     async def _serve(self, scorer: Scorer) -> None:
         while True:
             closing = self._inbox.closed
+            round_started = time.monotonic()
             try:
                 busy = await anyio.to_thread.run_sync(self._step, scorer, closing)
             except sqlite3.OperationalError as exc:
@@ -132,6 +135,10 @@ class ScorerActor(Actor):
                 # is left (changes, log events) is on disk for the next start.
                 return
             if busy:
+                # Under load, a round every ROUND_INTERVAL: each then carries more rows
+                # per transaction, and the write lock is taken less often (ingestion
+                # and the merger wait for it too). Fit stays well within a second.
+                await anyio.sleep(max(0.0, round_started + ROUND_INTERVAL - time.monotonic()))
                 self._take_messages()
                 continue
             with anyio.move_on_after(self._idle_wait()):
