@@ -33,6 +33,8 @@ _CHUNK = 500
 _encode = msgspec.json.Encoder().encode
 _signals = msgspec.json.Decoder(list[str]).decode
 _inputs = msgspec.json.Decoder(dict[str, Any]).decode
+
+
 class _Traits(msgspec.Struct):
     """The part of a profile's Activity that scoring reads; the decoder skips the rest."""
 

@@ -136,8 +136,9 @@ def _matcher(rule: FitRule) -> Callable[[Any], bool]:
     if rule.in_ is not None:
         texts = frozenset(_fold(o) for o in rule.in_ if isinstance(o, str))
         numbers = frozenset(float(o) for o in rule.in_ if not isinstance(o, str))
-        return lambda value: (isinstance(value, str) and _fold(value) in texts) or (
-            bool(numbers) and (n := _number(value)) is not None and n in numbers
+        return lambda value: (
+            (isinstance(value, str) and _fold(value) in texts)
+            or (bool(numbers) and (n := _number(value)) is not None and n in numbers)
         )
     if rule.equals is not None:
         option = _fold(rule.equals) if isinstance(rule.equals, str) else rule.equals
