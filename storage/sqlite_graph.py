@@ -70,7 +70,12 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return db
 
 
-class SqliteGraphStore:
+class LogConsumerStore:
+    """What every synchronous consumer of the log shares: its own write transactions,
+    and its checkpoint, committed in them with the state the batch produced."""
+
+    consumer: str
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
@@ -86,12 +91,8 @@ class SqliteGraphStore:
 
     def checkpoint(self) -> int:
         row = self._db.execute(
-            "SELECT seq FROM checkpoints WHERE consumer = ?", (CONSUMER,)
+            "SELECT seq FROM checkpoints WHERE consumer = ?", (self.consumer,)
         ).fetchone()
-        return int(row[0]) if row else 0
-
-    def generation(self) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
         return int(row[0]) if row else 0
 
     def set_checkpoint(self, seq: int) -> None:
@@ -99,8 +100,16 @@ class SqliteGraphStore:
             "INSERT INTO checkpoints (consumer, seq, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, "
             "updated_at = excluded.updated_at",
-            (CONSUMER, seq, datetime.now(UTC).isoformat()),
+            (self.consumer, seq, datetime.now(UTC).isoformat()),
         )
+
+    def generation(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
+        return int(row[0]) if row else 0
+
+
+class SqliteGraphStore(LogConsumerStore):
+    consumer = CONSUMER
 
     def nodes_by_key(self, keys: Sequence[tuple[str, str]]) -> list[Node]:
         nodes: list[Node] = []

@@ -7,7 +7,6 @@ transaction, so its chunks queue fairly with the log writer's group commits.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from storage.base import (
     StoredEvent,
 )
 from storage.migrations import SCORE_COLUMNS
-from storage.sqlite_graph import GENERATION, read_events
+from storage.sqlite_graph import LogConsumerStore, read_events
 
 CONSUMER = "scorer"
 _CHUNK = 500
@@ -45,33 +44,8 @@ _activity = msgspec.json.Decoder(_Traits).decode
 _traits = msgspec.json.Decoder(dict[str, Stamped]).decode
 
 
-class SqliteScoreStore:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def begin(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
-        self._db.execute("COMMIT")
-
-    def rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
-    def checkpoint(self) -> int:
-        row = self._db.execute(
-            "SELECT seq FROM checkpoints WHERE consumer = ?", (CONSUMER,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def set_checkpoint(self, seq: int) -> None:
-        self._db.execute(
-            "INSERT INTO checkpoints (consumer, seq, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, "
-            "updated_at = excluded.updated_at",
-            (CONSUMER, seq, datetime.now(UTC).isoformat()),
-        )
+class SqliteScoreStore(LogConsumerStore):
+    consumer = CONSUMER
 
     def read_events(self, after: int, limit: int) -> list[StoredEvent]:
         return read_events(self._db, after, limit)
@@ -121,9 +95,6 @@ class SqliteScoreStore:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
-
-    def generation(self) -> int:
-        return int(self.meta(GENERATION) or 0)
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

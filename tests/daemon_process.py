@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,13 @@ write_key = "{WRITE_KEYS["backend"]}"
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(body) for (body,) in self.query("SELECT body FROM events ORDER BY seq")]
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll `check` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.05)
+    raise TimeoutError(f"not within {timeout}s")

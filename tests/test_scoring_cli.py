@@ -8,11 +8,9 @@ from __future__ import annotations
 import csv
 import re
 import sqlite3
-import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,7 +18,7 @@ from actors.scoring import bulk
 from actors.scoring.model import example
 from daemon.cli import main
 from storage.sqlite import SqliteStorage
-from tests.daemon_process import DaemonProcess, free_port
+from tests.daemon_process import DaemonProcess, free_port, wait_for
 from tests.test_cli import leadsync
 from tests.test_http_api import post
 from tests.test_identity import Harness
@@ -415,15 +413,6 @@ def test_check_config_loads_the_configured_model_and_fails_like_a_config_error(
 
 
 # --- against a running daemon -----------------------------------------------------
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.05)
-    raise TimeoutError(f"not within {timeout}s")
 
 
 def test_scoring_run_profile_and_deploy_against_the_running_daemon(

@@ -22,7 +22,7 @@ from actors.scoring.scorer import Scorer
 from daemon.config import IdentitySection
 from storage.sqlite_graph import connect
 from storage.sqlite_scores import SqliteScoreStore
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 
 CTO = {"title": "CTO", "company_size": 200, "industry": "Software", "email": "ann@initech.com"}
 
@@ -46,15 +46,6 @@ def run_batch(daemon: DaemonProcess) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=60) as response:
         result: dict[str, Any] = json.loads(response.read())
         return result
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.05)
-    raise TimeoutError(f"not within {timeout}s")
 
 
 def scores(daemon: DaemonProcess, user: str) -> dict[str, Any] | None:
