@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import multiprocessing
 import random
-import resource
 import sqlite3
 import statistics
 import tempfile
@@ -30,6 +29,7 @@ import msgspec
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from actors.messages import Event
+from bench import measure
 from daemon.config import IdentitySection, StorageSection
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import SqliteGraphStore, connect, read_events
@@ -184,7 +184,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "leadsync.db"
-        asyncio.run(_migrate(path))
+        measure.migrate(path)
         print(f"writing {args.events:,} events for {args.people:,} people ...", flush=True)
         writer = multiprocessing.get_context("fork").Process(
             target=write_log, args=(path, args.events, args.people, args.seed)
@@ -192,9 +192,9 @@ def main() -> None:
         writer.start()
         writer.join()
         limit = read_limit(path, rules.batch_size)
-        rss_before = _peak_rss()
+        rss_before = measure.peak_rss()
         seconds, applied, writes = merge(path, rules)
-        rss = _peak_rss()
+        rss = measure.peak_rss()
         db = sqlite3.connect(path)
         profile_count = db.execute("SELECT count(*) FROM profiles").fetchone()[0]
         identity_count = db.execute("SELECT count(*) FROM identities").fetchone()[0]
@@ -223,14 +223,6 @@ def main() -> None:
     print()
     for name, value in rows:
         print(f"{name:<34}{value}")
-
-
-async def _migrate(path: Path) -> None:
-    await (await SqliteStorage.open(path)).close()
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import msgspec  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from actors.tracking_api import MAX_REQUEST_BYTES  # noqa: E402
+from bench import measure  # noqa: E402
 from storage.migrations import MIGRATIONS  # noqa: E402
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port  # noqa: E402
 
@@ -224,14 +225,14 @@ async def drive(
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         server_before, own_before, machine_before = (
-            _cpu_seconds(pid),
+            measure.cpu_seconds(pid),
             time.process_time(),
             _machine_busy_seconds(),
         )
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         result.seconds = time.perf_counter() - started
-        result.server_cpu_seconds = _cpu_seconds(pid) - server_before
+        result.server_cpu_seconds = measure.cpu_seconds(pid) - server_before
         result.client_cpu_seconds = time.process_time() - own_before
         result.other_cpu_seconds = (
             _machine_busy_seconds()
@@ -242,23 +243,10 @@ async def drive(
     return result
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its threads (aiosqlite's writer thread too)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _machine_busy_seconds() -> float:
     """CPU time spent by every process on the machine (all CPUs, idle and iowait excluded)."""
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _status_bytes(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise LookupError(f"{key} not in /proc/{pid}/status")
 
 
 # ---------------------------------------------------------------------------- null server
@@ -399,10 +387,10 @@ class Report:
             f"the events table ({'durable' if self.durable else 'MISMATCH'}); non-200 answers: "
             f"{dict(self.daemon.failures) or 'none'}; peak RSS {self.peak_rss / 2**20:.0f} MB"
         )
-        groups = self.commits["leadsync_log_commit_duration_seconds_count"]
+        groups = self.commits[measure.COMMITS]
         if groups:
-            busy = self.commits["leadsync_log_commit_duration_seconds_sum"]
-            events = self.commits["leadsync_log_commit_events_sum"]
+            busy = self.commits[measure.COMMIT_SECONDS]
+            events = self.commits[measure.COMMIT_EVENTS]
             yield (
                 f"daemon group commits: {groups:,.0f}, {events / groups:.0f} events and "
                 f"{busy / groups * 1000:.1f} ms each on average; the log writer was committing "
@@ -420,21 +408,6 @@ class Report:
             f"target >= {TARGET_EVENTS_PER_SECOND:,} events/s: {speed}; "
             f"target RSS < {TARGET_RSS_BYTES // 2**20} MB: {memory}"
         )
-
-
-def _commit_figures(metrics: str) -> dict[str, float]:
-    """The log writer's own account of its group commits, from the daemon's /metrics."""
-    wanted = {
-        "leadsync_log_commit_duration_seconds_sum",
-        "leadsync_log_commit_duration_seconds_count",
-        "leadsync_log_commit_events_sum",
-    }
-    figures = dict.fromkeys(wanted, 0.0)
-    for line in metrics.splitlines():
-        name, _, value = line.partition(" ")
-        if name in wanted:
-            figures[name] = float(value)
-    return figures
 
 
 def _share(cpu_seconds: float, run: LoadResult) -> str:
@@ -478,8 +451,8 @@ def run(args: argparse.Namespace) -> Report:
             # Read while the daemon still runs: every 200 must already be committed.
             rows = daemon.query("SELECT count(*) FROM events")[0][0]
             backlog = int(daemon.admin("/status")[1]["backlog_events"])
-            commits = _commit_figures(daemon.admin("/metrics")[1])
-            peak_rss = _status_bytes(pid, "VmHWM")
+            commits = measure.commit_figures(daemon.admin("/metrics")[1])
+            peak_rss = measure.status_bytes(pid, "VmHWM")
             code = daemon.terminate()
             if code != 0:
                 raise RuntimeError(f"daemon exited with {code}:\n{daemon.log()}")

@@ -35,7 +35,6 @@ import multiprocessing
 import os
 import platform
 import random
-import resource
 import sqlite3
 import tempfile
 import threading
@@ -56,10 +55,10 @@ from actors.identity.graph import uid_of
 from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
 from actors.scoring.scorer import BATCH_CHUNK, BatchResult, Scorer
+from bench import measure
 from daemon.config import IdentitySection, StorageSection
 from storage.base import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
-from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect
 from storage.sqlite_scores import SqliteScoreStore
 from tests.daemon_process import WRITE_KEYS, DaemonProcess
@@ -450,7 +449,7 @@ class BatchReport:
 def run_batch(profiles: int, seed: int) -> BatchReport:
     with tempfile.TemporaryDirectory(prefix="leadsync-bench-") as directory:
         path = Path(directory) / "leadsync.db"
-        asyncio.run(_migrate(path))
+        measure.migrate(path)
         print(f"writing {profiles:,} profiles ...", flush=True)
         started = time.perf_counter()
         writer = multiprocessing.get_context("fork").Process(
@@ -478,7 +477,7 @@ def run_batch(profiles: int, seed: int) -> BatchReport:
             gate=checkpointer.held,
         )
         runs: list[tuple[str, BatchResult, float]] = []
-        rss_before = _peak_rss()
+        rss_before = measure.peak_rss()
         for label, first in (
             ("run 1: fit + likelihood (no scores)", True),
             ("run 2: likelihood + grade (steady)", False),
@@ -488,7 +487,7 @@ def run_batch(profiles: int, seed: int) -> BatchReport:
             with checkpointer.running():
                 result = scorer.run_batch()
             runs.append((label, result, limit))
-        rss = _peak_rss()
+        rss = measure.peak_rss()
         scorer_db.close()
         return BatchReport(
             profiles=profiles,
@@ -502,14 +501,6 @@ def run_batch(profiles: int, seed: int) -> BatchReport:
             database_bytes=path.stat().st_size,
             largest_wal=checkpointer.largest_wal,
         )
-
-
-async def _migrate(path: Path) -> None:
-    await (await SqliteStorage.open(path)).close()
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---------------------------------------------------------------------------- realtime
@@ -638,9 +629,9 @@ class RealtimeReport:
             f"({achieved:,.0f}/s); non-200 answers: {dict(sent.failures) or 'none'}"
         )
         yield f"no fit stored within {NO_SCORE_AFTER:.0f} s of the 200: {self.unscored:,}"
-        groups = self.commits[_COMMITS]
+        groups = self.commits[measure.COMMITS]
         if groups:
-            busy, events = self.commits[_COMMIT_SECONDS], self.commits[_COMMIT_EVENTS]
+            busy, events = self.commits[measure.COMMIT_SECONDS], self.commits[measure.COMMIT_EVENTS]
             yield (
                 f"log writer: {groups:,.0f} group commits, {events / groups:.0f} events and "
                 f"{busy / groups * 1000:.1f} ms each (waits for the write gate, shared with the "
@@ -665,14 +656,14 @@ def run_realtime(rate: float, seconds: float, connections: int) -> RealtimeRepor
             assert daemon.process is not None
             pid = daemon.process.pid
             print(f"daemon: {rate:,.0f} identifies/s for {seconds:.0f} s ...", flush=True)
-            cpu = _cpu_seconds(pid)
+            cpu = measure.cpu_seconds(pid)
             sent = asyncio.run(
                 send_identifies(f"{daemon.url}/v1/identify", rate, seconds, connections)
             )
-            daemon_cpu = _cpu_seconds(pid) - cpu
-            commits = _commit_figures(daemon.admin("/metrics")[1])
+            daemon_cpu = measure.cpu_seconds(pid) - cpu
+            commits = measure.commit_figures(daemon.admin("/metrics")[1])
             fits = wait_for_fits(daemon, sent)
-            peak_rss = _status_bytes(pid, "VmHWM")
+            peak_rss = measure.status_bytes(pid, "VmHWM")
             code = daemon.terminate()
             if code != 0:
                 raise RuntimeError(f"daemon exited with {code}:\n{daemon.log()}")
@@ -689,37 +680,11 @@ def run_realtime(rate: float, seconds: float, connections: int) -> RealtimeRepor
     )
 
 
-_COMMITS = "leadsync_log_commit_duration_seconds_count"
-_COMMIT_SECONDS = "leadsync_log_commit_duration_seconds_sum"
-_COMMIT_EVENTS = "leadsync_log_commit_events_sum"
-
-
-def _commit_figures(metrics: str) -> dict[str, float]:
-    figures = dict.fromkeys((_COMMITS, _COMMIT_SECONDS, _COMMIT_EVENTS), 0.0)
-    for line in metrics.splitlines():
-        name, _, value = line.partition(" ")
-        if name in figures:
-            figures[name] = float(value)
-    return figures
-
-
 def _percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _status_bytes(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise LookupError(f"{key} not in /proc/{pid}/status")
 
 
 # ---------------------------------------------------------------------------- main
