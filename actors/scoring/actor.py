@@ -222,8 +222,6 @@ class ScorerActor(Actor):
         if not result.complete:
             return  # stopping, or a rebuild swapped in: run again (soon, or next start)
         finished = self._clock()
-        with scorer.transaction():
-            scorer.store.set_meta(LAST_BATCH, repr(finished))
         self._next_batch = finished + self._config.scoring.batch_interval
         self._status.last_batch_at, self._status.next_batch_at = finished, self._next_batch
         self._status.last_batch = {k: float(v) for k, v in asdict(result).items()}
@@ -231,6 +229,10 @@ class ScorerActor(Actor):
             request.result = self._status.last_batch
             anyio.from_thread.run_sync(request.done.set)
         self._requests.clear()
+        # Last, so that failing to note the time (a lock held too long) only means the
+        # next start runs a batch early, not that this one is run and waited for again.
+        with scorer.transaction():
+            scorer.store.set_meta(LAST_BATCH, repr(finished))
 
     def _report(self, result: BatchResult) -> None:
         self._metrics.scoring_batch_seconds.observe(result.seconds)
