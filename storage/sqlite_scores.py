@@ -273,10 +273,12 @@ class SqliteScoreStore(LogConsumerStore):
         return found
 
     def save_profile_scores(self, scores: dict[int, Score]) -> None:
+        # Only for profiles that still exist: the merger may have merged one away (and
+        # deleted its scores) since the scorer read it.
         self._db.executemany(
             f"INSERT OR REPLACE INTO profile_scores (profile, {SCORE_COLUMNS}) "
-            f"VALUES ({_marks(range(13))})",
-            [(row, *_columns(score)) for row, score in sorted(scores.items())],
+            f"SELECT {_marks(range(13))} WHERE EXISTS (SELECT 1 FROM profiles WHERE id = ?)",
+            [(row, *_columns(score), row) for row, score in sorted(scores.items())],
         )
 
     def save_account_scores(self, scores: dict[str, Score]) -> None:

@@ -446,3 +446,50 @@ async def test_scores_follow_their_profiles_through_an_identity_rebuild(tmp_path
         after = {u: scoring.profile_score("user_id", u) for u in ("ann", "bob")}
         assert after == before
         assert (after["ann"].fit_score, after["bob"].ltb_score) == (100, 40)
+
+
+async def test_a_profile_merged_away_while_the_scorer_works_leaves_no_score_behind(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await graph.send(identify(CTO, T0, "1", userId="ann"))
+        await graph.apply()
+        read = scoring.store.profiles_by_uid
+
+        def merged_meanwhile(uids: Any) -> Any:
+            found = read(uids)
+            # What the merger does to a profile it merges away, between the scorer's
+            # read and its write (delete_profiles).
+            with sqlite3.connect(graph.path) as db:
+                for profile in found:
+                    db.execute("DELETE FROM profiles WHERE id = ?", (profile.row,))
+                    db.execute("DELETE FROM profile_scores WHERE profile = ?", (profile.row,))
+            return found
+
+        scoring.store.profiles_by_uid = merged_meanwhile  # type: ignore[method-assign]
+        assert scoring.scorer.score_changes() > 0
+        with sqlite3.connect(graph.path) as db:
+            assert db.execute("SELECT count(*) FROM profile_scores").fetchone() == (0,)
+
+
+async def test_account_news_carried_by_a_profile_merged_away_in_the_same_batch_is_kept(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(
+            group("acme", {"employees": 10}, T0, "g1", userId="bob"),
+            identify({"title": "Engineer"}, T0, "c1", userId="carl"),
+        )
+        assert scoring.profile_score("user_id", "bob").fit_score == 0
+        # A visitor's group call grows the account, and the visitor logs in as carl:
+        # one batch, in which the visitor's profile is born and merged into carl's.
+        await scoring.send(
+            group(
+                "acme", {"employees": 300, "industry": "Software"}, T0 + 60, "g2", anonymousId="v"
+            ),
+            identify({}, T0 + 61, "c2", userId="carl", anonymousId="v"),
+        )
+        assert scoring.profile_score("user_id", "bob").fit_score == 45
+        assert scoring.store.scores(ACCOUNT, ["acme"])["acme"].fit_score == 45

@@ -428,6 +428,10 @@ class _Batch:
         survivor.user_id = survivor.user_id or loser.user_id
         absorb(survivor.activity, loser.activity)
         self.dirty_profiles.add(survivor.id)
+        # What the batch changed on the loser (new traits, a new account) is now the
+        # survivor's to be rescored for.
+        flags = self.changed.pop(loser.uid, 0)
+        self._changed(survivor.uid, flags & ~_MERGED_AWAY)
         if loser.id in self.fresh_profiles:
             # Born in this batch and never stored (a new identify with a user id and an
             # email makes one profile per identifier, then joins them): nobody has seen
@@ -435,7 +439,10 @@ class _Batch:
             self.profiles.pop(loser.id, None)
             self.dirty_profiles.discard(loser.id)
             self.fresh_profiles.discard(loser.id)
-            self.changed.pop(loser.uid, None)
+            if flags & _MERGED_AWAY:
+                # A stored profile of the same id went earlier in this batch (a
+                # re-decision made the id anew): that still needs saying.
+                self.changed[loser.uid] = _MERGED_AWAY
             self._changed(survivor.uid, _IDENTITY)
             return
         self._delete(loser, survivor.id)

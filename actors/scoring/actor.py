@@ -11,6 +11,7 @@ arithmetic, done in a worker thread (actors/scoring/scorer.py).
 from __future__ import annotations
 
 import contextlib
+import enum
 import sqlite3
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from actors.messages import ProfileChanged, RunBatch, ScorerMessage
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.model import ModelError, parse
-from actors.scoring.scorer import FOLD_BATCH, BatchResult, Scorer
+from actors.scoring.scorer import CHANGES_BATCH, FOLD_BATCH, BatchResult, Scorer
 from daemon.config import Config
 from daemon.metrics import Metrics
 from storage.sqlite_graph import connect
@@ -53,6 +54,12 @@ class ScoringStatus:
     last_batch_at: float | None = None
     next_batch_at: float | None = None
     last_batch: dict[str, float] = field(default_factory=dict)
+
+
+class _Round(enum.Enum):
+    FULL = "a round's worth of work was left over"
+    SOME = "some work"
+    IDLE = "nothing to do"
 
 
 class ScorerActor(Actor):
@@ -119,7 +126,7 @@ class ScorerActor(Actor):
             closing = self._inbox.closed
             round_started = time.monotonic()
             try:
-                busy = await anyio.to_thread.run_sync(self._step, scorer, closing)
+                done = await anyio.to_thread.run_sync(self._step, scorer, closing)
             except sqlite3.OperationalError as exc:
                 # A long lock or a full disk: nothing of the step was committed.
                 self._metrics.storage_errors.labels("scorer").inc()
@@ -134,7 +141,10 @@ class ScorerActor(Actor):
                 # Asked to stop: the inbox is drained, the last round is done, and what
                 # is left (changes, log events) is on disk for the next start.
                 return
-            if busy:
+            if done is _Round.FULL:
+                self._take_messages()  # more waiting than a round takes: straight on
+                continue
+            if done is _Round.SOME:
                 # Under load, a round every ROUND_INTERVAL: each then carries more rows
                 # per transaction, and the write lock is taken less often (ingestion
                 # and the merger wait for it too). Fit stays well within a second.
@@ -176,8 +186,8 @@ class ScorerActor(Actor):
         elif isinstance(message, ProfileChanged):
             pass  # a wake-up call: the to-do list in SQLite says what changed
 
-    def _step(self, scorer: Scorer, closing: bool) -> bool:
-        """One round of work in the worker thread; True if there may be more."""
+    def _step(self, scorer: Scorer, closing: bool) -> _Round:
+        """One round of work in the worker thread."""
         self._follow_deploys(scorer)
         started = time.perf_counter()
         changed = scorer.score_changes()
@@ -193,7 +203,15 @@ class ScorerActor(Actor):
         due = self._requests or self._clock() >= self._next_batch
         if due and caught_up and not closing:
             self._batch(scorer)
-        return bool(changed or folded)
+        if changed >= CHANGES_BATCH or not caught_up:
+            return _Round.FULL
+        return _Round.SOME if changed or folded else _Round.IDLE
+
+    def _chunk_done(self, checkpoint: int) -> None:
+        """Between the chunks of a batch run, which folds the log as it goes: the
+        backlog that pushes back on clients must see it move."""
+        self._checkpoint = checkpoint
+        anyio.from_thread.run_sync(self._progress.consumers.__setitem__, CONSUMER, checkpoint)
 
     def _follow_deploys(self, scorer: Scorer) -> None:
         """Pick up a model deployed by the CLI or by SIGHUP since the last step."""
@@ -217,7 +235,7 @@ class ScorerActor(Actor):
         self._status.model = version
 
     def _batch(self, scorer: Scorer) -> None:
-        result = scorer.run_batch(stop=lambda: self._inbox.closed)
+        result = scorer.run_batch(stop=lambda: self._inbox.closed, between=self._chunk_done)
         self._report(result)
         if not result.complete:
             return  # stopping, or a rebuild swapped in: run again (soon, or next start)

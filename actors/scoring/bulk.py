@@ -269,7 +269,12 @@ def preview(
     new, old = FitScorer(candidate), FitScorer(active)
     result = Preview()
     after = 0
-    while profiles := store.profiles_after(after, PREVIEW_CHUNK, NO_MODEL):
+    while True:
+        # One snapshot a chunk: the daemon may be merging profiles meanwhile.
+        with store.snapshot():
+            profiles = store.profiles_after(after, PREVIEW_CHUNK, NO_MODEL)
+        if not profiles:
+            break
         for profile in profiles:
             refit = profile.refit
             assert refit is not None, "no score's fit_model is NO_MODEL"

@@ -225,7 +225,10 @@ class Scorer:
         return row[LIKELIHOOD_SEGMENTS.index(likelihood_segment or "low")]
 
     def run_batch(
-        self, chunk: int = BATCH_CHUNK, stop: Callable[[], bool] = lambda: False
+        self,
+        chunk: int = BATCH_CHUNK,
+        stop: Callable[[], bool] = lambda: False,
+        between: Callable[[int], None] = lambda checkpoint: None,
     ) -> BatchResult:
         """Score every profile's likelihood and grade (and fit, where an older model
         made it), then every account's.
@@ -234,7 +237,8 @@ class Scorer:
         between chunks, changed profiles are rescored and the log is followed, so fit
         stays realtime and the backlog does not grow through a long run. `stop` ends
         the run early, as does a rebuild swapping the graph in (profile row ids change);
-        the next run does everything again anyway.
+        the next run does everything again anyway. `between` hears the log checkpoint
+        after each chunk.
         """
         started = time.perf_counter()
         now = self.clock()
@@ -282,6 +286,7 @@ class Scorer:
             after = profiles[-1].row
             self.score_changes()
             self.fold_events(self.store.log_head())
+            between(self.store.checkpoint())
         if result.complete:
             result.accounts, changed = self._batch_accounts(members, now, chunk)
             result.changed += changed
