@@ -13,6 +13,7 @@ import base64
 import itertools
 import json
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ async def test_every_acknowledged_event_survives_kill_9_mid_load_and_none_twice(
     work = batches("kill", count=150, size=20)
     pending_work = iter(work)
     tally = Tally()
-    killing = False
+    kill_sent = float("inf")
     failed_in_flight = 0
     acknowledged_at_kill: set[str] = set()
 
@@ -148,20 +149,23 @@ async def test_every_acknowledged_event_survives_kill_9_mid_load_and_none_twice(
         nonlocal failed_in_flight
         for ids in pending_work:
             while True:
-                started_before_kill = not killing
+                started = time.monotonic()
                 status = await post_batch(session, daemon.url, ids, tally)
                 if status == 200:
                     break
-                if started_before_kill and status is None:
-                    failed_in_flight += 1
+                if status is None and started < kill_sent:
+                    failed_in_flight += 1  # it was on its way when the kill came
                 await asyncio.sleep(0.02)
 
+    def kill() -> None:
+        nonlocal kill_sent
+        kill_sent = time.monotonic()
+        daemon.kill()
+
     async def crash_and_restart() -> None:
-        nonlocal killing
         await wait_until(lambda: len(tally.acknowledged) >= 400)
-        killing = True
         acknowledged_at_kill.update(tally.acknowledged)
-        await asyncio.to_thread(daemon.kill)
+        await asyncio.to_thread(kill)
         await asyncio.to_thread(daemon.start)
 
     async with (

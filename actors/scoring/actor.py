@@ -40,8 +40,11 @@ log = structlog.get_logger(__name__)
 IDLE_WAKE = 1.0
 """Seconds between looks at the to-do list when no hint comes (a dropped hint, a
 deploy made by the CLI)."""
-ROUND_INTERVAL = 0.25
+ROUND_INTERVAL = 0.05
 """Seconds between rounds of work while there is more to do."""
+FOLD_INTERVAL = 1.0
+"""Seconds between folds of the log while less than a fold's worth is waiting: the
+aggregates are read by batch runs only, so they need not follow every commit."""
 LAST_BATCH = "scoring_last_batch"
 RETRY_AFTER_STORAGE_ERROR = 1.0
 
@@ -87,6 +90,7 @@ class ScorerActor(Actor):
         self._next_batch = 0.0
         self._checkpoint = 0
         self._replaying = False
+        self._next_fold = 0.0
         self._refused: str | None = None
         """A deployed version that failed to parse, so it is reported once."""
 
@@ -194,13 +198,17 @@ class ScorerActor(Actor):
         if changed:
             self._metrics.scoring_fit_seconds.observe(time.perf_counter() - started)
             self._metrics.scoring_fit_profiles.inc(changed)
-        folded = scorer.fold_events(self._progress.head)
-        self._metrics.scoring_events_folded.inc(folded)
+        due = self._requests or self._clock() >= self._next_batch
+        waiting = self._progress.head - self._checkpoint
+        folded = 0
+        if due or waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
+            folded = scorer.fold_events(self._progress.head)
+            self._next_fold = time.monotonic() + FOLD_INTERVAL
+            self._metrics.scoring_events_folded.inc(folded)
         self._checkpoint, self._replaying = scorer.store.checkpoint(), scorer.replaying()
         # A run waits until the log is (nearly) folded: folding all of it inside the
         # run would hold up realtime fit for as long as a replay takes.
-        caught_up = folded < FOLD_BATCH
-        due = self._requests or self._clock() >= self._next_batch
+        caught_up = self._progress.head - self._checkpoint < FOLD_BATCH
         if due and caught_up and not closing:
             self._batch(scorer)
         if changed >= CHANGES_BATCH or not caught_up:
