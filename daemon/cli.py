@@ -292,6 +292,16 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             f"{name}: applied up to event {consumer['applied']:,}, "
             f"{consumer['lag_events']:,} behind"
         )
+    scoring = status.get("scoring")
+    if scoring is not None:
+        last = scoring["last_batch_at"] or "never"
+        figures = scoring["last_batch"]
+        if figures:
+            last += f" ({figures['profiles']:,.0f} profiles in {figures['seconds']:.1f}s)"
+        console.print(
+            f"scoring model {scoring['model'] or '-'}   last batch run {last}   "
+            f"next {scoring['next_batch_at'] or '-'}"
+        )
     table = Table("actor", "role", "state", "restarts", "queue", "last error")
     for actor in status["actors"]:
         queue = (

@@ -96,6 +96,7 @@ def test_status_prints_a_table_and_json(daemon: DaemonProcess) -> None:
         "scorer": {"applied": 0, "lag_events": 0},
     }
     assert "identity: applied up to event 0, 0 behind" in table.stdout
+    assert "scoring model example-1" in table.stdout
 
 
 def test_status_says_when_the_daemon_is_not_running(tmp_path: Path) -> None:
