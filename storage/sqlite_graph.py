@@ -104,8 +104,25 @@ class LogConsumerStore:
         )
 
     def generation(self) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
-        return int(row[0]) if row else 0
+        return int(self.meta(GENERATION) or 0)
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _select(self, sql: str, keys: Sequence[Any], make: Any) -> list[Any]:
+        """`sql` ending in "IN ", run for `keys` a chunk at a time, each row through `make`."""
+        rows: list[Any] = []
+        for chunk in chunks(keys):
+            rows += map(make, self._db.execute(f"{sql}({marks(chunk)})", chunk))
+        return rows
 
 
 class SqliteGraphStore(LogConsumerStore):
@@ -113,16 +130,13 @@ class SqliteGraphStore(LogConsumerStore):
 
     def nodes_by_key(self, keys: Sequence[tuple[str, str]]) -> list[Node]:
         nodes: list[Node] = []
-        by_kind: dict[str, list[str]] = {}
-        for kind, value in keys:
-            by_kind.setdefault(kind, []).append(value)
-        for kind, values in by_kind.items():
-            for chunk in _chunks(values):
+        for kind, values in by_kind(keys).items():
+            for chunk in chunks(values):
                 nodes += map(
                     _node,
                     self._db.execute(
                         "SELECT id, kind, value, profile, first_ts, activity FROM identities "
-                        f"WHERE kind = ? AND value IN ({_marks(chunk)})",
+                        f"WHERE kind = ? AND value IN ({marks(chunk)})",
                         (kind, *chunk),
                     ),
                 )
@@ -234,7 +248,7 @@ class SqliteGraphStore(LogConsumerStore):
 
     def links_between(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
         found: dict[tuple[int, int], str] = {}
-        for chunk in _chunks(pairs):
+        for chunk in chunks(pairs):
             values = ",".join(["(?, ?)"] * len(chunk))
             flat = [end for pair in chunk for end in pair]
             # Joined, not `(a, b) IN (VALUES ...)`: SQLite answers that with a scan of
@@ -257,13 +271,13 @@ class SqliteGraphStore(LogConsumerStore):
 
     def links_of(self, nodes: Sequence[int]) -> list[Link]:
         links: set[Link] = set()
-        for chunk in _chunks(nodes):
-            marks = _marks(chunk)
+        for chunk in chunks(nodes):
+            placeholders = marks(chunk)
             links.update(
                 Link(a, b, ts)
                 for a, b, ts in self._db.execute(
-                    f"SELECT a, b, ts FROM identity_links WHERE a IN ({marks}) "
-                    f"UNION ALL SELECT a, b, ts FROM identity_links WHERE b IN ({marks})",
+                    f"SELECT a, b, ts FROM identity_links WHERE a IN ({placeholders}) "
+                    f"UNION ALL SELECT a, b, ts FROM identity_links WHERE b IN ({placeholders})",
                     (*chunk, *chunk),
                 )
             )
@@ -304,20 +318,22 @@ class SqliteGraphStore(LogConsumerStore):
             changes,
         )
 
-    def _select(self, sql: str, keys: Sequence[Any], make: Any) -> list[Any]:
-        rows: list[Any] = []
-        for chunk in _chunks(keys):
-            rows += map(make, self._db.execute(f"{sql}({_marks(chunk)})", chunk))
-        return rows
 
-
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
 
 
-def _marks(chunk: Sequence[object]) -> str:
+def marks(chunk: Sequence[object]) -> str:
     return ",".join("?" * len(chunk))
+
+
+def by_kind(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """(kind, value) keys as values per kind: one `kind = ? AND value IN (...)` each."""
+    grouped: dict[str, list[str]] = {}
+    for kind, value in keys:
+        grouped.setdefault(kind, []).append(value)
+    return grouped
 
 
 def _node(row: tuple[Any, ...]) -> Node:

@@ -24,10 +24,9 @@ from storage.base import (
     StoredEvent,
 )
 from storage.migrations import SCORE_COLUMNS
-from storage.sqlite_graph import LogConsumerStore, read_events
+from storage.sqlite_graph import LogConsumerStore, by_kind, chunks, marks, read_events
 
 CONSUMER = "scorer"
-_CHUNK = 500
 
 _encode = msgspec.json.Encoder().encode
 _signals = msgspec.json.Decoder(list[str]).decode
@@ -55,15 +54,10 @@ class SqliteScoreStore(LogConsumerStore):
 
     def intents(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         found: dict[tuple[str, str], bytes] = {}
-        by_kind: dict[str, list[str]] = {}
-        for kind, value in keys:
-            by_kind.setdefault(kind, []).append(value)
-        for kind, values in by_kind.items():
-            for start in range(0, len(values), _CHUNK):
-                chunk = values[start : start + _CHUNK]
+        for kind, values in by_kind(keys).items():
+            for chunk in chunks(values):
                 for value, state in self._db.execute(
-                    "SELECT value, state FROM intent "
-                    f"WHERE kind = ? AND value IN ({_marks(chunk)})",
+                    f"SELECT value, state FROM intent WHERE kind = ? AND value IN ({marks(chunk)})",
                     (kind, *chunk),
                 ):
                     found[kind, value] = state
@@ -84,17 +78,6 @@ class SqliteScoreStore(LogConsumerStore):
 
     def forget_intents(self, older_than: float) -> int:
         return self._db.execute("DELETE FROM intent WHERE as_of < ?", (older_than,)).rowcount
-
-    def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -151,27 +134,19 @@ class SqliteScoreStore(LogConsumerStore):
         )
 
     def members(self, group_ids: Sequence[str]) -> list[str]:
-        uids: list[str] = []
-        for start in range(0, len(group_ids), _CHUNK):
-            chunk = group_ids[start : start + _CHUNK]
-            uids += (
-                uid
-                for (uid,) in self._db.execute(
-                    f"SELECT uid FROM profiles WHERE account_id IN ({_marks(chunk)})", chunk
-                )
-            )
-        return uids
+        return self._select(
+            "SELECT uid FROM profiles WHERE account_id IN ", group_ids, lambda row: str(row[0])
+        )
 
     def profiles_by_uid(self, uids: Sequence[str]) -> list[ProfileToScore]:
         found: list[ProfileToScore] = []
-        for start in range(0, len(uids), _CHUNK):
-            chunk = uids[start : start + _CHUNK]
+        for chunk in chunks(uids):
             rows = self._db.execute(
                 "SELECT p.id, p.uid, p.account_id, p.activity, a.traits, "
                 f"{_prefixed('s')} FROM profiles p "
                 "LEFT JOIN accounts a ON a.group_id = p.account_id "
                 "LEFT JOIN profile_scores s ON s.profile = p.id "
-                f"WHERE p.uid IN ({_marks(chunk)})",
+                f"WHERE p.uid IN ({marks(chunk)})",
                 chunk,
             ).fetchall()
             profiles = {
@@ -190,7 +165,7 @@ class SqliteScoreStore(LogConsumerStore):
             for profile, state in self._db.execute(
                 "SELECT i.profile, n.state FROM identities i "
                 "JOIN intent n ON n.kind = i.kind AND n.value = i.value "
-                f"WHERE i.profile IN ({_marks(ids)})",
+                f"WHERE i.profile IN ({marks(ids)})",
                 ids,
             ):
                 profiles[profile].intents.append(state)
@@ -217,13 +192,11 @@ class SqliteScoreStore(LogConsumerStore):
             if (target := profiles.get(profile)) is not None:
                 target.intents.append(state)
         stale = {r[0]: r[1] for r in rows if r[3] != fit_model}
-        ids = list(stale)
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
+        for chunk in chunks(list(stale)):
             for profile, activity, account_traits in self._db.execute(
                 "SELECT p.id, p.activity, a.traits FROM profiles p "
                 "LEFT JOIN accounts a ON a.group_id = p.account_id "
-                f"WHERE p.id IN ({_marks(chunk)})",
+                f"WHERE p.id IN ({marks(chunk)})",
                 chunk,
             ):
                 target = profiles[profile]
@@ -264,9 +237,8 @@ class SqliteScoreStore(LogConsumerStore):
         else:
             sql = f"SELECT group_id, {SCORE_COLUMNS} FROM account_scores WHERE group_id IN "
         found: dict[str, Score] = {}
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            for key, *columns in self._db.execute(f"{sql}({_marks(chunk)})", chunk):
+        for chunk in chunks(ids):
+            for key, *columns in self._db.execute(f"{sql}({marks(chunk)})", chunk):
                 score = score_of(columns)
                 if score is not None:
                     found[key] = score
@@ -277,14 +249,14 @@ class SqliteScoreStore(LogConsumerStore):
         # deleted its scores) since the scorer read it.
         self._db.executemany(
             f"INSERT OR REPLACE INTO profile_scores (profile, {SCORE_COLUMNS}) "
-            f"SELECT {_marks(range(13))} WHERE EXISTS (SELECT 1 FROM profiles WHERE id = ?)",
+            f"SELECT {marks(range(13))} WHERE EXISTS (SELECT 1 FROM profiles WHERE id = ?)",
             [(row, *_columns(score), row) for row, score in sorted(scores.items())],
         )
 
     def save_account_scores(self, scores: dict[str, Score]) -> None:
         self._db.executemany(
             f"INSERT OR REPLACE INTO account_scores (group_id, {SCORE_COLUMNS}) "
-            f"VALUES ({_marks(range(13))})",
+            f"VALUES ({marks(range(13))})",
             [(group, *_columns(score)) for group, score in sorted(scores.items())],
         )
 
@@ -356,7 +328,3 @@ def score_of(columns: Sequence[Any]) -> Score | None:
         grade,
         _inputs(inputs) if inputs else {},
     )
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" * len(values))
