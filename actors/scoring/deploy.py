@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 import structlog
 
 from actors.scoring.model import Model, ModelError, example, load, parse
+from actors.scoring.scorer import transaction
 from storage.base import ScoreStore
 
 EXAMPLE_ORIGIN = "built-in example"
@@ -39,25 +40,20 @@ def deploy(
 ) -> Outcome:
     """Make `model` active. `again`: also if this version was active once before (a
     rollback); otherwise a version deploys at most once."""
-    with gate():
-        store.begin()
-        try:
-            known = store.model(model.version)
-            if known is not None and known[0] != model.digest:
-                raise ModelError(
-                    f"{origin}: version {model.version!r} was deployed before with other "
-                    "content; give the changed model a new version"
-                )
-            active = store.active_model()
-            if active is not None and active[0] == model.version:
-                return Outcome.ALREADY_ACTIVE
-            if known is not None and not again:
-                return Outcome.DEPLOYED_BEFORE
-            store.deploy(model.version, model.digest, model.text, origin)
-            store.commit()
-            return Outcome.DEPLOYED
-        finally:
-            store.rollback()
+    with transaction(store, gate):
+        known = store.model(model.version)
+        if known is not None and known[0] != model.digest:
+            raise ModelError(
+                f"{origin}: version {model.version!r} was deployed before with other "
+                "content; give the changed model a new version"
+            )
+        active = store.active_model()
+        if active is not None and active[0] == model.version:
+            return Outcome.ALREADY_ACTIVE
+        if known is not None and not again:
+            return Outcome.DEPLOYED_BEFORE
+        store.deploy(model.version, model.digest, model.text, origin)
+        return Outcome.DEPLOYED
 
 
 def active(

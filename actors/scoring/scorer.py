@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,7 @@ class Scorer:
         return self.store.checkpoint() < int(self.store.meta(REPLAY_UNTIL) or 0)
 
     def transaction(self) -> AbstractContextManager[None]:
-        return _Transaction(self.store, self.gate)
+        return transaction(self.store, self.gate)
 
     def fold_events(self, up_to: int, limit: int = FOLD_BATCH) -> int:
         """Fold the next events (at most up to log sequence `up_to`); returns how many
@@ -180,7 +180,7 @@ class Scorer:
         for profile in profiles:
             score = self._with_fit(profile, now)
             if reasons[profile.uid] & _HOLDINGS or score.ltb_model is None:
-                self._set_likelihood(score, self._points_of(profile, now), now)
+                self._set_likelihood(score, self._points(profile.intents, now), now)
             scores[profile.row] = score
         accounts = {p.account: p.account_traits or {} for p in profiles if p.account in groups}
         account_scores = self._accounts_fit(accounts, now)
@@ -199,14 +199,13 @@ class Scorer:
         current = self.store.scores(ACCOUNT, list(accounts))
         updated: dict[str, Score] = {}
         for group_id, traits in accounts.items():
-            old = current.get(group_id)
-            score = msgspec.structs.replace(old) if old else Score()
+            score = _copy(current.get(group_id))
             self._set_fit(score, Traits({}, traits), now)
             updated[group_id] = score
         return updated
 
     def _with_fit(self, profile: ProfileToScore, now: float) -> Score:
-        score = msgspec.structs.replace(profile.score) if profile.score else Score()
+        score = _copy(profile.score)
         self._set_fit(score, Traits(profile.traits or {}, profile.account_traits or {}), now)
         return score
 
@@ -255,7 +254,7 @@ class Scorer:
             refits: dict[int, Score] = {}
             likelihoods: list[tuple[Any, ...]] = []
             for profile in profiles:
-                points = self.likelihood.now_points(map(_decode_intent, profile.intents), now)
+                points = self._points(profile.intents, now)
                 if profile.account:
                     total = members.setdefault(profile.account, {})
                     for name, value in points.items():
@@ -298,8 +297,9 @@ class Scorer:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _points_of(self, profile: ProfileToScore, now: float) -> dict[str, float]:
-        return self.likelihood.now_points(map(_decode_intent, profile.intents), now)
+    def _points(self, intents: Iterable[bytes], now: float) -> dict[str, float]:
+        """Each signal's points at `now`, over a profile's identifiers' aggregates."""
+        return self.likelihood.now_points(map(_decode_intent, intents), now)
 
     def _set_likelihood(self, score: Score, points: dict[str, float], now: float) -> None:
         ltb = self.likelihood.score(points)
@@ -324,7 +324,7 @@ class Scorer:
             updated: dict[str, Score] = {}
             for group_id, traits in accounts:
                 old = current.get(group_id)
-                score = msgspec.structs.replace(old) if old else Score()
+                score = _copy(old)
                 if old is None or old.fit_model != self.model.version:
                     self._set_fit(score, Traits({}, traits), now)
                 self._set_likelihood(score, members.get(group_id, {}), now)
@@ -338,26 +338,21 @@ class Scorer:
         return count, changed
 
 
-class _Transaction:
+@contextmanager
+def transaction(
+    store: ScoreStore, gate: Callable[[], AbstractContextManager[None]] = nullcontext
+) -> Iterator[None]:
     """The gate, then BEGIN IMMEDIATE; COMMIT on success, ROLLBACK on anything else."""
-
-    def __init__(self, store: ScoreStore, gate: Callable[[], AbstractContextManager[None]]):
-        self._store = store
-        self._gate = gate()
-
-    def __enter__(self) -> None:
-        self._gate.__enter__()
+    with gate():
+        store.begin()
         try:
-            self._store.begin()
+            yield
         except BaseException:
-            self._gate.__exit__(None, None, None)
+            store.rollback()
             raise
+        store.commit()
 
-    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
-        try:
-            if kind is None:
-                self._store.commit()
-            else:
-                self._store.rollback()
-        finally:
-            self._gate.__exit__(kind, *rest)
+
+def _copy(score: Score | None) -> Score:
+    """A stored score to change (the stored one stays for comparing), or a new one."""
+    return msgspec.structs.replace(score) if score else Score()
