@@ -15,7 +15,8 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -323,41 +324,56 @@ def http_source_for(
     )
 
 
-async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
-    tmp_path: Path,
-) -> None:
-    # In process, so a consumer can be held still: a consumer reports the sequence it has
-    # applied in LogProgress.consumers, and a stalled one is an entry that stays put.
+@asynccontextmanager
+async def ingesting(
+    tmp_path: Path, progress: LogProgress, max_backlog: int
+) -> AsyncIterator[tuple[str, SqliteStorage, Metrics]]:
+    """The log writer and the HTTP source in process, on a real file and a free port:
+    (base URL, storage, metrics). A test holds consumers still through `progress`."""
     storage = await SqliteStorage.open(tmp_path / "leadsync.db")
-    progress = LogProgress(consumers={"fast": 0, "stalled": 0})
     metrics = Metrics()
     inbox = Mailbox[Submission](100)
-    settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"), max_backlog=50)
+    settings = HttpSection(
+        listen=ListenAddress(f"127.0.0.1:{free_port()}"), max_backlog=max_backlog
+    )
     writer = LogWriter(storage, inbox, progress, metrics, maintenance_interval=3600)
     http = http_source_for(settings, inbox, progress, metrics)
-    url = f"http://127.0.0.1:{settings.listen.port}"
-    tally = Tally()
-    work = batches("backlog", count=5, size=20)
-    statuses: list[int | None] = []
     try:
         async with anyio.create_task_group() as tg:
             for actor in (writer, http):
                 started = anyio.Event()
                 tg.start_soon(actor.run, started.set)
                 await started.wait()
-            async with aiohttp.ClientSession() as session:
-                for ids in work[:4]:
-                    statuses.append(await post_batch(session, url, ids, tally))
-                    progress.consumers["fast"] = progress.head  # one consumer keeps up
-                statuses.append(await post_batch(session, url, work[4], tally))
-                progress.consumers["stalled"] = progress.head  # the slow one catches up
-                statuses.append(await post_batch(session, url, work[3], tally))
-                statuses.append(await post_batch(session, url, work[4], tally))
-            http.stop()
-            inbox.close()
-        stored = await storage.read_events(0, 1000)
+            try:
+                yield f"http://127.0.0.1:{settings.listen.port}", storage, metrics
+            finally:
+                http.stop()
+                inbox.close()
     finally:
         await storage.close()
+
+
+async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
+    tmp_path: Path,
+) -> None:
+    # In process, so a consumer can be held still: a consumer reports the sequence it has
+    # applied in LogProgress.consumers, and a stalled one is an entry that stays put.
+    progress = LogProgress(consumers={"fast": 0, "stalled": 0})
+    tally = Tally()
+    work = batches("backlog", count=5, size=20)
+    statuses: list[int | None] = []
+    async with (
+        ingesting(tmp_path, progress, max_backlog=50) as (url, storage, metrics),
+        aiohttp.ClientSession() as session,
+    ):
+        for ids in work[:4]:
+            statuses.append(await post_batch(session, url, ids, tally))
+            progress.consumers["fast"] = progress.head  # one consumer keeps up
+        statuses.append(await post_batch(session, url, work[4], tally))
+        progress.consumers["stalled"] = progress.head  # the slow one catches up
+        statuses.append(await post_batch(session, url, work[3], tally))
+        statuses.append(await post_batch(session, url, work[4], tally))
+        stored = await storage.read_events(0, 1000)
 
     # 0, 20, 40 behind: taken (under 50); 60 behind: refused until the slowest catches up.
     assert statuses == [200, 200, 200, 429, 429, 200, 200]
@@ -376,31 +392,17 @@ async def test_a_consumer_replaying_the_log_on_purpose_does_not_push_back(
 ) -> None:
     # The scorer reads the whole log again after a deploy with new event weights; a
     # big log must not turn that into minutes of 429s for every client.
-    storage = await SqliteStorage.open(tmp_path / "leadsync.db")
     progress = LogProgress(consumers={"identity": 0, "scorer": 0}, replaying={"scorer"})
-    metrics = Metrics()
-    inbox = Mailbox[Submission](100)
-    settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"), max_backlog=50)
-    writer = LogWriter(storage, inbox, progress, metrics, maintenance_interval=3600)
-    http = http_source_for(settings, inbox, progress, metrics)
-    url = f"http://127.0.0.1:{settings.listen.port}"
     statuses: list[int | None] = []
-    try:
-        async with anyio.create_task_group() as tg:
-            for actor in (writer, http):
-                started = anyio.Event()
-                tg.start_soon(actor.run, started.set)
-                await started.wait()
-            async with aiohttp.ClientSession() as session:
-                for ids in batches("replay", count=5, size=20):
-                    statuses.append(await post_batch(session, url, ids, Tally()))
-                    progress.consumers["identity"] = progress.head
-                progress.replaying.clear()  # caught up: its lag counts again
-                statuses.append(await post_batch(session, url, ["late"], Tally()))
-            http.stop()
-            inbox.close()
-    finally:
-        await storage.close()
+    async with (
+        ingesting(tmp_path, progress, max_backlog=50) as (url, _, _),
+        aiohttp.ClientSession() as session,
+    ):
+        for ids in batches("replay", count=5, size=20):
+            statuses.append(await post_batch(session, url, ids, Tally()))
+            progress.consumers["identity"] = progress.head
+        progress.replaying.clear()  # caught up: its lag counts again
+        statuses.append(await post_batch(session, url, ["late"], Tally()))
     assert statuses == [200, 200, 200, 200, 200, 429]
 
 

@@ -38,6 +38,13 @@ def identify(traits: dict[str, Any], when: float, n: str, **ids: str) -> dict[st
     return {"type": "identify", "traits": traits, "messageId": n, "timestamp": at(when), **ids}
 
 
+def variant(version: str, old: str, new: str) -> Model:
+    """The example model as a new version, with `old` in its text made `new`."""
+    text = example().text.replace('version = "example-1"', f'version = "{version}"')
+    assert old in text
+    return parse(text.replace(old, new), f"{version}.toml")
+
+
 class Scoring:
     """A scorer beside the identity harness, on its own connection, with a clock."""
 
@@ -182,12 +189,7 @@ async def test_a_deploy_rescores_every_profile_in_the_next_batch(tmp_path: Path)
             identify(CTO, T0, "1", userId="ann"), identify(CTO, T0, "2", userId="bob")
         )
         scoring.batch()
-        stricter = parse(
-            example()
-            .text.replace('version = "example-1"', 'version = "stricter-2"')
-            .replace("points = 35", "points = 5"),
-            "stricter.toml",
-        )
+        stricter = variant("stricter-2", "points = 35", "points = 5")
         assert deploy.deploy(scoring.store, stricter, "test", again=False).value == "deployed"
         scoring.restart()
         assert scoring.scorer.model.version == "stricter-2"
@@ -212,12 +214,7 @@ async def test_changed_event_weights_rebuild_the_aggregates_from_the_log(tmp_pat
         await scoring.send(track("Demo Requested", T0, "1", userId="ann"))
         scoring.batch()
         assert scoring.profile_score("user_id", "ann").ltb_score == 40
-        cheaper = parse(
-            example()
-            .text.replace('version = "example-1"', 'version = "cheap-demo"')
-            .replace("points = 40", "points = 15"),
-            "cheap.toml",
-        )
+        cheaper = variant("cheap-demo", "points = 40", "points = 15")
         deploy.deploy(scoring.store, cheaper, "test", again=False)
         scoring.restart()
         assert scoring.store.checkpoint() == 0, "the log is read again"
@@ -349,12 +346,7 @@ async def test_a_longer_lookback_rebuilds_the_aggregates(tmp_path: Path) -> None
         await scoring.send(track("Demo Requested", T0, "1", userId="ann"))
         scoring.now = T0 + 120 * DAY
         scoring.batch()  # past the 90-day lookback: the aggregate is deleted
-        longer = parse(
-            example()
-            .text.replace('version = "example-1"', 'version = "long-memory"')
-            .replace('lookback = "90d"', 'lookback = "180d"'),
-            "long.toml",
-        )
+        longer = variant("long-memory", 'lookback = "90d"', 'lookback = "180d"')
         deploy.deploy(scoring.store, longer, "test", again=False)
         scoring.restart()
         scoring.batch()
