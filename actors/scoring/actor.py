@@ -98,7 +98,7 @@ class ScorerActor(Actor):
         db = connect(self._database, self._config.storage.busy_timeout)
         try:
             scorer = await anyio.to_thread.run_sync(self._start, db)
-            self._show_progress(scorer)
+            self._show_progress()
             ready()
             await self._serve(scorer)
         finally:
@@ -140,7 +140,7 @@ class ScorerActor(Actor):
                 await anyio.sleep(RETRY_AFTER_STORAGE_ERROR)
                 continue
             finally:
-                self._show_progress(scorer)
+                self._show_progress()
             if closing:
                 # Asked to stop: the inbox is drained, the last round is done, and what
                 # is left (changes, log events) is on disk for the next start.
@@ -159,7 +159,7 @@ class ScorerActor(Actor):
                 await self._wait_for_message()
             self._take_messages()
 
-    def _show_progress(self, scorer: Scorer) -> None:
+    def _show_progress(self) -> None:
         """On the event loop thread, which is where LogProgress is read."""
         self._progress.consumers[CONSUMER] = self._checkpoint
         if self._replaying:

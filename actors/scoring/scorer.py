@@ -82,6 +82,8 @@ class Scorer:
         self.model = model
         self.fit = FitScorer(model)
         self.likelihood = LikelihoodScorer(model, source_kinds)
+        self.replay_until = 0
+        """The log head when the aggregates were last reset (kept in meta for restarts)."""
 
     def use(self, model: Model) -> bool:
         """Score with `model` from now on. If the aggregates were built with other event
@@ -94,17 +96,22 @@ class Scorer:
             msgspec.json.encode([model.likelihood_digest, sorted(self.source_kinds.items())])
         ).hexdigest()
         if self.store.meta(INTENT_DIGEST) == digest:
+            self.replay_until = int(self.store.meta(REPLAY_UNTIL) or 0)
             return False
         with self.transaction():
-            until = self.store.reset_intents()
+            self.replay_until = self.store.reset_intents()
             self.store.set_meta(INTENT_DIGEST, digest)
-            self.store.set_meta(REPLAY_UNTIL, str(until))
-        log.info("event weights changed; reading the log again", model=model.version, until=until)
+            self.store.set_meta(REPLAY_UNTIL, str(self.replay_until))
+        log.info(
+            "event weights changed; reading the log again",
+            model=model.version,
+            until=self.replay_until,
+        )
         return True
 
     def replaying(self) -> bool:
         """Still reading the log again after `use` reset the aggregates."""
-        return self.store.checkpoint() < int(self.store.meta(REPLAY_UNTIL) or 0)
+        return self.store.checkpoint() < self.replay_until
 
     def transaction(self) -> AbstractContextManager[None]:
         return transaction(self.store, self.gate)
