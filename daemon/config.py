@@ -215,13 +215,20 @@ def load(path: str | os.PathLike[str] | None = None, *, need_secrets: bool = Tru
     if path is None:
         text = resources.files("daemon").joinpath("default.toml").read_text("utf-8")
         return LoadedConfig(parse(text, "<embedded default>", environ), "<embedded default>")
-    try:
-        text = Path(path).read_text("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = read_text(path, "config file")
     return LoadedConfig(parse(text, str(path), environ), str(path))
+
+
+def read_text(
+    path: str | os.PathLike[str], what: str, error: type[ConfigError] = ConfigError
+) -> str:
+    """A file an operator wrote, or `error` saying why it cannot be read."""
+    try:
+        return Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Config:

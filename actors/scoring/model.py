@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from daemon.config import ConfigError, Duration, dec_hook, describe, dotted, where
+from daemon.config import ConfigError, Duration, dec_hook, describe, dotted, read_text, where
 
 FIT_SEGMENTS = ("very good", "good", "medium", "low")
 LIKELIHOOD_SEGMENTS = ("very high", "high", "medium", "low")
@@ -139,13 +139,7 @@ class ModelError(ConfigError):
 
 
 def load(path: str | Path) -> Model:
-    try:
-        text = Path(path).read_text("utf-8")
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ModelError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse(text, str(path))
+    return parse(read_text(path, "model file", ModelError), str(path))
 
 
 def example() -> Model:
