@@ -486,7 +486,8 @@ def _database(loaded: LoadedConfig) -> Path:
 def _model_check(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     """Validate; then, if there are profiles, what the model would make of them."""
     from actors.scoring import bulk
-    from actors.scoring.model import ModelError, example, load, parse
+    from actors.scoring.deploy import deployed
+    from actors.scoring.model import ModelError, example, load
     from storage.sqlite_graph import connect
     from storage.sqlite_scores import SqliteScoreStore
 
@@ -507,8 +508,7 @@ def _model_check(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     db = connect(database, loaded.config.storage.busy_timeout)
     try:
         store = SqliteScoreStore(db)
-        found = store.active_model()
-        active = example() if found is None else parse(found[1], f"<model {found[0]} as deployed>")
+        active = deployed(store) or example()
         with _Bar("scoring profiles", "profiles") as bar:
             preview = bulk.preview(store, model, active, bar.update)
     except sqlite3.Error as exc:

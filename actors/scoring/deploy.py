@@ -62,19 +62,26 @@ def active(
     """The model deployed last that this leadsync can read, or the shipped example if
     none ever was (deployed now, so that scores always name a version that is in the
     history)."""
-    for deployed in store.deploys(DEPLOYS_TRIED):
-        found = store.model(deployed.version)
+    model = deployed(store)
+    if model is None:
+        model = example()
+        deploy(store, model, EXAMPLE_ORIGIN, again=False, gate=gate)
+    return model
+
+
+def deployed(store: ScoreStore) -> Model | None:
+    """The model deployed last that this leadsync can read, if any."""
+    for entry in store.deploys(DEPLOYS_TRIED):
+        found = store.model(entry.version)
         if found is None:
             continue
         try:
-            return parse(found[1], f"<model {deployed.version} as deployed>")
+            return parse(found[1], f"<model {entry.version} as deployed>")
         except ModelError as exc:
             # From a newer leadsync, or edited by hand: an older deploy is better than
             # a scorer that crashes at every start and takes the daemon with it.
             log.error("deployed model cannot be used; trying the one before", error=str(exc))
-    model = example()
-    deploy(store, model, EXAMPLE_ORIGIN, again=False, gate=gate)
-    return model
+    return None
 
 
 def deploy_configured(
