@@ -59,4 +59,15 @@ class RunBatch(msgspec.Struct):
     result: dict[str, float] = {}
 
 
-ScorerMessage = ProfileChanged | RunBatch
+class SyncDestination(msgspec.Struct):
+    """Ask the scorer to stage every profile's payload for one destination
+    (`leadsync sync NAME [--full]`); `done` is set when staged, with counts in `result`."""
+
+    destination: str
+    full: bool
+    """Resend even what the destination already acknowledged."""
+    done: anyio.Event = msgspec.field(default_factory=anyio.Event)
+    result: dict[str, float] = {}
+
+
+ScorerMessage = ProfileChanged | RunBatch | SyncDestination

@@ -17,10 +17,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from actors.delivery.actor import DestinationStatus
 from actors.identity.extract import normalize_email
 from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
 from actors.log_writer import LogProgress
-from actors.messages import RunBatch, ScorerMessage
+from actors.messages import RunBatch, ScorerMessage, SyncDestination
 from actors.runtime import Actor, Mailbox
 from actors.scoring.actor import ScoringStatus
 from daemon import __version__
@@ -47,8 +48,10 @@ class AdminServer(Actor):
         rebuild_identity: Callable[[], Awaitable[RebuildReport]],
         scorer: Mailbox[ScorerMessage],
         scoring: ScoringStatus,
+        destinations: dict[str, DestinationStatus],
     ) -> None:
         super().__init__("admin")
+        self._destinations = destinations
         self._scorer = scorer
         self._scoring = scoring
         self._rebuild_identity = rebuild_identity
@@ -74,6 +77,7 @@ class AdminServer(Actor):
         app.router.add_get("/v1/profiles/{kind}/{value}", self._profile)
         app.router.add_post("/v1/identity/rebuild", self._rebuild)
         app.router.add_post("/v1/scoring/run", self._run_scoring)
+        app.router.add_post("/v1/destinations/{name}/sync", self._sync)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await runner.setup()
         try:
@@ -141,6 +145,9 @@ class AdminServer(Actor):
                     "next_batch_at": _iso(self._scoring.next_batch_at),
                     "last_batch": self._scoring.last_batch,
                 },
+                "destinations": {
+                    name: _destination(status) for name, status in self._destinations.items()
+                },
                 "actors": [asdict(status) for status in self._supervisor.statuses()],
             }
         )
@@ -202,6 +209,32 @@ class AdminServer(Actor):
         if not run.result:
             return _json({"error": "the scorer stopped before the run finished"}, status=503)
         return _json(run.result)
+
+    async def _sync(self, request: web.Request) -> web.Response:
+        """Stage every profile's payload for one destination (`?full=1`: even those it
+        has), answered when staged; the destination then sends at its own pace."""
+        name = request.match_info["name"]
+        if name not in self._destinations:
+            known = ", ".join(self._destinations) or "none configured"
+            return _json({"error": f"no destination named {name!r} ({known})"}, status=404)
+        sync = SyncDestination(name, request.query.get("full") in ("1", "true"))
+        try:
+            await self._scorer.send(sync)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return _json({"error": "the daemon is stopping"}, status=503)
+        await sync.done.wait()
+        if not sync.result:
+            return _json({"error": "the scorer stopped before the sync finished"}, status=503)
+        return _json(sync.result)
+
+
+def _destination(status: DestinationStatus) -> dict[str, Any]:
+    shown = asdict(status)
+    shown["last_success_at"] = _iso(status.last_success_at)
+    shown["last_error_at"] = _iso(status.last_error_at)
+    shown["rate"] = round(status.rate, 3)
+    shown["paused_for"] = round(status.paused_for, 1)
+    return shown
 
 
 def _iso(epoch: float | None) -> str | None:

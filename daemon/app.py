@@ -13,12 +13,15 @@ import secrets
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import structlog
 
+from actors.delivery.actor import DestinationActor, DestinationStatus
+from actors.delivery.senders import sender_for
 from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
@@ -29,7 +32,7 @@ from actors.scoring import deploy
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from daemon.admin import AdminServer
-from daemon.config import Config
+from daemon.config import Config, Destination
 from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
@@ -82,6 +85,11 @@ async def serve(config: Config, config_path: str) -> int:
         log_inbox = Mailbox[Submission](config.http.max_pending_events)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
         scoring_status = ScoringStatus()
+        destinations = {
+            name: DestinationStatus(destination.kind, destination.mode)
+            for name, destination in config.destinations.items()
+        }
+        metrics.watch_destinations(destinations)
 
         supervisor.add(
             ActorSpec(
@@ -104,6 +112,7 @@ async def serve(config: Config, config_path: str) -> int:
                     ),
                     scorer_inbox,
                     scoring_status,
+                    destinations,
                 ),
                 role="service",
             )
@@ -146,6 +155,15 @@ async def serve(config: Config, config_path: str) -> int:
                 mailbox=scorer_inbox,
             )
         )
+        for name, destination in config.destinations.items():
+            supervisor.add(
+                ActorSpec(
+                    f"destination:{name}",
+                    _destination_actor(
+                        name, destination, path, config, storage, metrics, destinations[name]
+                    ),
+                )
+            )
         if write_keys:
             supervisor.add(
                 ActorSpec(
@@ -174,6 +192,28 @@ async def serve(config: Config, config_path: str) -> int:
         await storage.close()
     log.info("stopped", exit_code=code, events_stored=progress.head)
     return code
+
+
+def _destination_actor(
+    name: str,
+    destination: Destination,
+    path: Path,
+    config: Config,
+    storage: Storage,
+    metrics: Metrics,
+    status: DestinationStatus,
+) -> Callable[[], DestinationActor]:
+    """A new actor, with a new sender, for each (re)start."""
+    return lambda: DestinationActor(
+        name,
+        destination,
+        sender_for(name, destination),
+        path,
+        config.storage.busy_timeout,
+        storage.write_gate,
+        metrics,
+        status,
+    )
 
 
 def _stop_rebuild_if(stopping: bool) -> None:

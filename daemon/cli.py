@@ -7,13 +7,17 @@ import json
 import signal
 import sqlite3
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import anyio
+import msgspec
 import structlog
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +25,7 @@ from rich.table import Table
 from daemon import __version__, logs
 from daemon.config import ConfigError, LoadedConfig, load
 
+_T = TypeVar("_T")
 ADMIN_TIMEOUT = 10.0
 REBUILD_TIMEOUT = 3600.0
 """Seconds: a rebuild replays the whole log (about a minute per million events)."""
@@ -155,6 +160,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     scoring_run.set_defaults(handler=_scoring_run)
 
+    dlq = commands.add_parser("dlq", help="list and replay records no destination accepted")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND")
+    dlq_commands.required = True
+    list_help = "list dead letters (oldest first) with their destination, profile and last error"
+    dlq_list = _with_config(dlq_commands.add_parser("list", help=list_help, description=list_help))
+    dlq_list.add_argument("--destination", metavar="NAME", help="only this destination's")
+    dlq_list.add_argument("--limit", type=int, default=50, help="how many, oldest first")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON lines, with payloads")
+    dlq_list.set_defaults(handler=_dlq_list)
+    replay_help = (
+        "put dead letters back in the outbox, to be sent again within seconds (one whose "
+        "profile has a newer payload since is dropped instead: the newer one is sent)"
+    )
+    dlq_replay = _with_config(
+        dlq_commands.add_parser("replay", help=replay_help, description=replay_help)
+    )
+    dlq_replay.add_argument("--destination", metavar="NAME", help="only this destination's")
+    dlq_replay.add_argument(
+        "--id", type=int, action="append", dest="ids", metavar="ID", help="only this one (repeat)"
+    )
+    dlq_replay.set_defaults(handler=_dlq_replay)
+
+    sync_help = (
+        "send a destination every profile whose payload differs from what it acknowledged "
+        "(after changing its fields or filter); --full sends every profile again"
+    )
+    sync = _with_config(commands.add_parser("sync", help=sync_help, description=sync_help))
+    sync.add_argument("destination", metavar="NAME", help="a destination in daemon.toml")
+    sync.add_argument(
+        "--full", action="store_true", help="resend every profile, even unchanged ones"
+    )
+    sync.add_argument("--admin", metavar="URL", help="admin API base URL (default: from config)")
+    sync.set_defaults(handler=_sync)
+
     csv_help = "score a CSV of leads offline (Customer Fit only) with a model file"
     score_csv = commands.add_parser("score-csv", help=csv_help, description=csv_help)
     score_csv.add_argument("--model", metavar="FILE", required=True, help="the model file")
@@ -222,6 +261,13 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         key = "set" if source.write_key else "generated on first start"
         print(f"  source     {name} (type http, kind {source.kind}, write key {key})")
     print(f"  scoring    {scoring}")
+    for name, destination in config.destinations.items():
+        limit = destination.rate
+        daily = f", {limit.daily:,} a day" if limit.daily else ""
+        print(
+            f"  destination {name} (type {destination.kind}, mode {destination.mode}, "
+            f"at most {limit.requests} calls per {limit.per:g}s{daily})"
+        )
     return 0
 
 
@@ -302,6 +348,35 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             f"scoring model {scoring['model'] or '-'}   last batch run {last}   "
             f"next {scoring['next_batch_at'] or '-'}"
         )
+    destinations = status.get("destinations") or {}
+    if destinations:
+        outbox = Table(
+            "destination",
+            "state",
+            "queued",
+            "held",
+            "sent",
+            "failed",
+            "dead",
+            "rate/s",
+            "last success",
+            "last error",
+        )
+        for name, d in destinations.items():
+            state = d["state"] + (f" ({d['paused_for']:.0f}s)" if d["paused_for"] else "")
+            outbox.add_row(
+                f"{name} ({d['type']}, {d['mode']})",
+                state,
+                f"{d['queued']:,}",
+                f"{d['held']:,}",
+                f"{d['sent']:,}",
+                f"{d['failed']:,}",
+                f"{d['dead_letters']:,}",
+                f"{d['rate']:.1f}",
+                d["last_success_at"] or "never",
+                d["last_error"] or "",
+            )
+        console.print(outbox)
     table = Table("actor", "role", "state", "restarts", "queue", "last error")
     for actor in status["actors"]:
         queue = (
@@ -651,6 +726,99 @@ def _scoring_run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         f"batch run done in {body['seconds']:.1f}s: {_count(body['profiles'], 'profile')} and "
         f"{_count(body['accounts'], 'account')} scored, {_count(body['changed'], 'score')} "
         f"changed, {_count(body['fit_rescored'], 'fit')} made anew by the active model"
+    )
+    return 0
+
+
+def _dlq_list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """Straight from the database, so it works with the daemon stopped too."""
+    letters = _with_outbox(loaded, lambda o: o.dead_letters(args.destination, args.limit))
+    if letters is None:
+        return EXIT_STORAGE
+    if args.json:
+        for letter in letters:
+            shown = msgspec.to_builtins(letter)
+            shown["payload"] = json.loads(letter.payload)
+            print(json.dumps(shown))
+        return 0
+    if not letters:
+        which = f" for {args.destination}" if args.destination else ""
+        print(f"no dead letters{which}")
+        return 0
+    rows = [["id", "destination", "profile", "attempts", "dead since", "last error"]]
+    rows += [
+        [
+            str(d.id),
+            d.destination,
+            d.uid,
+            str(d.attempts),
+            datetime.fromtimestamp(d.dead_at, UTC).isoformat(timespec="seconds"),
+            d.error,
+        ]
+        for d in letters
+    ]
+    _print_columns(rows, numbers=False)
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    """Straight into the database: a running daemon's destination actors look at the
+    outbox every half second."""
+    replayed = _with_outbox(
+        loaded, lambda o: o.replay(args.destination, args.ids, time.time()), write=True
+    )
+    if replayed is None:
+        return EXIT_STORAGE
+    sent, stale = replayed
+    print(f"{_count(sent, 'dead letter')} back in the outbox, to be sent again")
+    if stale:
+        print(f"{_count(stale, 'dead letter')} dropped: a newer payload for the profile is queued")
+    return 0
+
+
+def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = False) -> _T | None:
+    from storage.sqlite_graph import connect
+    from storage.sqlite_outbox import SqliteOutboxStore
+
+    database = _database(loaded)
+    if not database.is_file():
+        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+        return None
+    db = connect(database, loaded.config.storage.busy_timeout)
+    try:
+        store = SqliteOutboxStore(db)
+        if not write:
+            return work(store)
+        store.begin()
+        try:
+            result = work(store)
+        except BaseException:
+            store.rollback()
+            raise
+        store.commit()
+        return result
+    except sqlite3.Error as exc:
+        print(f"leadsync: cannot use {database}: {exc}", file=sys.stderr)
+        return None
+    finally:
+        db.close()
+
+
+def _sync(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    name = quote(args.destination, safe="")
+    full = "?full=1" if args.full else ""
+    answer = _admin_call(
+        args, loaded, f"/v1/destinations/{name}/sync{full}", "POST", SCORING_RUN_TIMEOUT
+    )
+    if answer is None:
+        return EXIT_UNAVAILABLE
+    status, body = answer
+    if status != 200:
+        print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
+        return EXIT_NOT_FOUND if status == 404 else EXIT_UNAVAILABLE
+    print(
+        f"{_count(body['queued'], 'profile')} of {body['profiles']:,} queued for "
+        f"{args.destination}; `leadsync status` shows the queue go down"
     )
     return 0
 

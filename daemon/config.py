@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import msgspec
 
@@ -174,6 +174,83 @@ class ScoringSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """How often Likelihood to Buy is recomputed for every profile."""
 
 
+class RateLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """At most `requests` calls in any window of `per` seconds (the way HubSpot and
+    Salesforce count), and at most `daily` in a UTC day (kept across restarts)."""
+
+    requests: Positive = 10
+    per: Duration = Duration(1)
+    daily: Positive | None = None
+
+
+class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Failed sends wait first_delay, then twice as long each time (at most
+    max_delay, each ±25% at random); after `attempts` in all, the dead-letter table.
+    The defaults spread nine retries over about two hours."""
+
+    attempts: Positive = 10
+    first_delay: Duration = Duration(15)
+    max_delay: Duration = Duration(3600)
+
+
+Mode = Literal["realtime", "batch", "both"]
+
+
+class _Destination(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What every destination has; see the commented daemon.toml for each key."""
+
+    mode: Mode = "batch"
+    filter: str | None = None
+    """A Python-like expression over the profile's traits, identifiers and mk_* scores;
+    only profiles for which it is true are sent."""
+    fields: dict[str, str] = {}
+    """mk_* trait -> the destination's name for it. Empty: every mk_* trait as is."""
+    rate: RateLimit = RateLimit()
+    retry: RetryPolicy = RetryPolicy()
+    timeout: Duration = Duration(30)
+    batch_size: Positive | None = None
+    """Profiles per call; None means the API's maximum."""
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Calls in flight at once (the rate limit still holds)."""
+
+    @property
+    def kind(self) -> str:
+        """The `type` key: segment, webhook or file."""
+        return str(self.__struct_config__.tag)
+
+
+class SegmentDestination(_Destination, tag="segment", tag_field="type", kw_only=True, frozen=True):
+    """identify calls with the mk_* traits, to Segment or any Segment-compatible API."""
+
+    write_key: str
+    host: str = "https://api.segment.io"
+    rate: RateLimit = RateLimit(requests=50, per=Duration(1))
+    """Segment asks for under 50 calls a second."""
+
+
+class WebhookDestination(_Destination, tag="webhook", tag_field="type", kw_only=True, frozen=True):
+    """Signed JSON POSTs; docs/destinations.md says how a receiver verifies them."""
+
+    url: str
+    secret: str
+    """The HMAC-SHA256 key. Use env:NAME so daemon.toml holds no secret."""
+
+
+class FileDestination(_Destination, tag="file", tag_field="type", kw_only=True, frozen=True):
+    """CSV or JSONL files; a file appears under its final name only when complete."""
+
+    path: str
+    """A directory; created if missing."""
+    format: Literal["jsonl", "csv"] = "jsonl"
+    rotate_bytes: Positive = 64 * 1024 * 1024
+    rotate_interval: Duration = Duration(3600)
+    rate: RateLimit = RateLimit(requests=100, per=Duration(1))
+
+
+Destination = SegmentDestination | WebhookDestination | FileDestination
+DESTINATION_TYPES = ("segment", "webhook", "file")
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     daemon: DaemonSection = DaemonSection()
     storage: StorageSection = StorageSection()
@@ -182,6 +259,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     identity: IdentitySection = IdentitySection()
     scoring: ScoringSection = ScoringSection()
     sources: dict[str, Source] = {}
+    destinations: dict[str, Destination] = {}
 
 
 @dataclass(frozen=True)
@@ -238,23 +316,37 @@ def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Co
         raise ConfigError(f"{filename}: not valid TOML: {exc}") from None
     raw = _resolve_env(raw, (), filename, text, os.environ if environ is None else environ)
     raw_sources = raw.pop("sources", {})
-    if not isinstance(raw_sources, dict):
-        raise ConfigError(
-            f"{where(filename, text, ('sources',))}sources: expected a table of named sources"
-        )
+    raw_destinations = raw.pop("destinations", {})
     config = _convert(raw, Config, (), filename, text)
-    sources: dict[str, Source] = {}
-    for name, table in raw_sources.items():
-        key = ("sources", name)
-        if not isinstance(table, dict) or "type" not in table:
-            raise ConfigError(
-                f"{where(filename, text, key)}sources.{name}: every source needs a type "
-                '(one of: "http")'
-            )
-        sources[name] = _convert(table, Source, key, filename, text)
-    config = msgspec.structs.replace(config, sources=sources)
+    config = msgspec.structs.replace(
+        config,
+        sources=_named(raw_sources, "sources", Source, ("http",), filename, text),
+        destinations=_named(
+            raw_destinations, "destinations", Destination, DESTINATION_TYPES, filename, text
+        ),
+    )
     _check(config, filename, text)
     return config
+
+
+def _named(
+    raw: Any, section: str, kind: Any, types: tuple[str, ...], filename: str, text: str
+) -> dict[str, Any]:
+    """[section.NAME] tables, each with a `type` that picks its Struct."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where(filename, text, (section,))}{section}: expected a table of named {section}"
+        )
+    found: dict[str, Any] = {}
+    for name, table in raw.items():
+        key = (section, name)
+        if not isinstance(table, dict) or "type" not in table:
+            raise ConfigError(
+                f"{where(filename, text, key)}{section}.{name}: every {section[:-1]} needs "
+                f"a type (one of: {', '.join(f'{t!r}' for t in types)})"
+            )
+        found[name] = _convert(table, kind, key, filename, text)
+    return found
 
 
 def _convert(raw: Any, kind: type[_T], key: tuple[str, ...], filename: str, text: str) -> _T:
@@ -303,6 +395,7 @@ def _check(config: Config, filename: str, text: str) -> None:
             "(it is how often the WAL is checkpointed)"
         )
     _check_identity(config.identity, config.sources, filename, text)
+    _check_destinations(config.destinations, filename, text)
     if config.scoring.batch_interval <= 0:
         key = ("scoring", "batch_interval")
         raise ConfigError(
@@ -345,6 +438,32 @@ def _check_identity(
             )
 
 
+def _check_destinations(destinations: dict[str, Destination], filename: str, text: str) -> None:
+    from actors.delivery.filter import Filter, FilterError  # actors import this module
+
+    def fail(name: str, field: str, problem: str) -> NoReturn:
+        key = ("destinations", name, field)
+        raise ConfigError(f"{where(filename, text, key)}destinations.{name}.{field}: {problem}")
+
+    for name, destination in destinations.items():
+        if destination.filter is not None:
+            try:
+                Filter(destination.filter)
+            except FilterError as exc:
+                fail(name, "filter", f"{exc} (in {destination.filter!r})")
+        for trait in destination.fields:
+            if not trait.startswith("mk_"):
+                fail(name, "fields", f"{trait!r}: only mk_* score traits are mapped")
+        for field in ("url", "host"):
+            address = getattr(destination, field, None)
+            if address is not None and not re.match(r"^https?://[^/\s]+", address):
+                fail(name, field, f"expected an http:// or https:// URL, got {address!r}")
+        if destination.rate.per <= 0:
+            fail(name, "rate", "per must be more than 0")
+        if destination.retry.first_delay <= 0:
+            fail(name, "retry", "first_delay must be more than 0")
+
+
 _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
@@ -369,6 +488,8 @@ def describe(
         problem = f"unknown key (check the spelling; see {reference} for every key)"
     elif key[:1] == ("sources",) and key[-1] == "type":
         problem = f"{problem}; a source's type must be one of: http"
+    elif key[:1] == ("destinations",) and len(key) == 3 and key[-1] == "type":
+        problem = f"{problem}; a destination's type must be one of: {', '.join(DESTINATION_TYPES)}"
     return f"{where(filename, text, key)}{dotted(key)}: {problem}"
 
 

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from daemon import __version__
 
 if TYPE_CHECKING:
+    from actors.delivery.actor import DestinationStatus
     from actors.log_writer import LogProgress
     from daemon.supervisor import ActorStatus
 
@@ -162,9 +163,45 @@ class Metrics:
             registry=r,
         )
 
+        self.destination_sent = Counter(
+            "leadsync_destination_sent",
+            "Profiles' payloads the destination acknowledged.",
+            ["destination"],
+            registry=r,
+        )
+        self.destination_requests = Counter(
+            "leadsync_destination_requests",
+            "Calls to the destination by outcome: ok, partial (some records refused), "
+            "throttled (429), unavailable (5xx, timeout, connection), refused (400).",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.destination_failed = Counter(
+            "leadsync_destination_failed",
+            "Records whose send failed and was scheduled again.",
+            ["destination"],
+            registry=r,
+        )
+        self.destination_dead_lettered = Counter(
+            "leadsync_destination_dead_lettered",
+            "Records moved to the dead-letter table (see `leadsync dlq list`).",
+            ["destination"],
+            registry=r,
+        )
+        self.destination_lag = Histogram(
+            "leadsync_destination_lag_seconds",
+            "From the score being stored to the destination acknowledging it.",
+            ["destination"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400),
+            registry=r,
+        )
+
     def watch(self, actors: Callable[[], list[ActorStatus]], progress: LogProgress) -> None:
         """Read actor states and log positions at scrape time."""
         self.registry.register(_LiveCollector(actors, progress))
+
+    def watch_destinations(self, statuses: dict[str, DestinationStatus]) -> None:
+        self.registry.register(_DestinationCollector(statuses))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -214,3 +251,43 @@ class _LiveCollector(Collector):
         for consumer, seq in p.consumers.items():
             lag.add_metric([consumer], max(p.head - seq, 0))
         yield lag
+
+
+class _DestinationCollector(Collector):
+    def __init__(self, statuses: dict[str, DestinationStatus]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = {
+            "queued": GaugeMetricFamily(
+                "leadsync_destination_queued",
+                "Outbox rows due or waiting for a retry.",
+                labels=["destination"],
+            ),
+            "held": GaugeMetricFamily(
+                "leadsync_destination_held",
+                "Outbox rows waiting for the end of the batch run.",
+                labels=["destination"],
+            ),
+            "dead_letters": GaugeMetricFamily(
+                "leadsync_destination_dead_letters",
+                "Rows in the dead-letter table.",
+                labels=["destination"],
+            ),
+            "rate": GaugeMetricFamily(
+                "leadsync_destination_rate",
+                "Calls per second over the last rate-limit window.",
+                labels=["destination"],
+            ),
+            "last_success_at": GaugeMetricFamily(
+                "leadsync_destination_last_success_timestamp_seconds",
+                "When the destination last acknowledged a record (Unix time).",
+                labels=["destination"],
+            ),
+        }
+        for name, status in self._statuses.items():
+            for field, gauge in gauges.items():
+                value = getattr(status, field)
+                if value is not None:
+                    gauge.add_metric([name], float(value))
+        yield from gauges.values()

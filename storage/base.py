@@ -513,6 +513,14 @@ class ScoreStore(Protocol):
         """Current scores of profiles (by profile id) or accounts (by group id)."""
         ...
 
+    def scores_by_row(self, rows: Sequence[int]) -> dict[int, Score]:
+        """Profiles' scores by profile row (those that have one)."""
+        ...
+
+    def scores_after(self, row: int, limit: int) -> dict[int, Score]:
+        """The next `limit` scored profiles after profile row `row`, in row order."""
+        ...
+
     def save_profile_scores(self, scores: dict[int, Score]) -> None:
         """By profile row (`ProfileToScore.row`); a merge deletes a profile's row with it."""
         ...
@@ -521,4 +529,116 @@ class ScoreStore(Protocol):
 
     def forget_gone(self) -> int:
         """Delete scores of profiles and accounts that no longer exist (after a rebuild)."""
+        ...
+
+
+class OutboxRow(msgspec.Struct, frozen=True):
+    """One profile's newest payload for one destination, not yet acknowledged."""
+
+    id: int
+    uid: str
+    payload: bytes
+    hash: int
+    staged_at: float
+    attempts: int
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    id: int
+    destination: str
+    uid: str
+    payload: bytes
+    staged_at: float
+    attempts: int
+    error: str
+    dead_at: float
+
+
+class Settlement(msgspec.Struct):
+    """What became of one round of sends: written in one transaction. Each row is
+    named by (outbox id, hash): if the profile's payload changed while it was in
+    flight, the row holds the newer one and is left for its own send."""
+
+    delivered: list[tuple[int, str, int]] = []
+    """(id, uid, hash)"""
+    retry: list[tuple[int, int, float, str, bool]] = []
+    """(id, hash, due_at, error, counts as an attempt)"""
+    dead: list[tuple[int, int, str]] = []
+    """(id, hash, error)"""
+    requests: int = 0
+    """Calls made, for the daily cap."""
+    sender_state: str | None = None
+    """What the sender must find again after a crash (Sender.state), if anything."""
+
+
+class DestinationCounts(msgspec.Struct, frozen=True):
+    queued: int
+    """Due now or waiting for a retry."""
+    held: int
+    """Waiting for the batch run to end."""
+    dead: int
+
+
+class OutboxStore(Protocol):
+    """Synchronous, on the scorer's or a destination actor's own connection; the
+    caller holds the transaction (see ScoreStore.begin)."""
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def subjects(
+        self, rows: Sequence[int], with_traits: bool
+    ) -> dict[int, tuple[str, dict[str, str], dict[str, Any]]]:
+        """Per profile row: its id, its addresses (user_id, email, anonymous_id: the
+        oldest of each) and, if asked, its traits."""
+        ...
+
+    def stage(
+        self,
+        destination: str,
+        rows: Sequence[tuple[str, bytes | None, int]],
+        staged_at: float,
+        due_at: float | None,
+        force: bool = False,
+    ) -> int:
+        """Queue each (uid, payload, hash) whose payload differs both from what was
+        staged last and from what the destination acknowledged (`force`: every one, for
+        a full resync); a None payload (the filter said no) drops what was queued.
+        Returns how many rows were queued."""
+        ...
+
+    def release(self, destinations: Sequence[str], due_at: float) -> int:
+        """Rows held for the end of a batch run become due."""
+        ...
+
+    def due(self, destination: str, now: float, limit: int) -> list[OutboxRow]: ...
+
+    def next_due(self, destination: str) -> float | None: ...
+
+    def settle(self, destination: str, settlement: Settlement, now: float) -> None: ...
+
+    def usage(self, destination: str, now: float) -> int:
+        """Requests made in the UTC day of `now`."""
+        ...
+
+    def sender_state(self, destination: str) -> str | None:
+        """The sender state saved by the last settlement that had one."""
+        ...
+
+    def counts(self, destination: str) -> DestinationCounts: ...
+
+    def dead_letters(self, destination: str | None, limit: int) -> list[DeadLetter]: ...
+
+    def replay(
+        self, destination: str | None, ids: Sequence[int] | None, now: float
+    ) -> tuple[int, int]:
+        """Dead letters back into the outbox; returns (replayed, superseded): a dead
+        letter whose profile has a newer payload since is dropped, not sent."""
+        ...
+
+    def forget_gone(self) -> int:
+        """Delivery state of profiles that no longer exist (merged away)."""
         ...

@@ -183,4 +183,54 @@ MIGRATIONS: list[str] = [
         inputs      TEXT
     ) WITHOUT ROWID;
     """,
+    # 4: delivery. The outbox holds one row per destination and profile with the
+    # newest payload not yet acknowledged (a profile changed five times before a send
+    # is sent once); `due_at` NULL holds a row until the batch run ends. Hashes (64-bit)
+    # of what each destination acknowledged and of what was last staged make
+    # only-on-change a lookup. Dead letters keep the payload, attempts and last error
+    # until replayed. Usage counts requests per UTC day, for daily caps that must
+    # survive restarts.
+    """
+    CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        uid         TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        hash        INTEGER NOT NULL,
+        staged_at   REAL NOT NULL,
+        due_at      REAL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        UNIQUE (destination, uid)
+    );
+    CREATE INDEX outbox_due ON outbox (destination, due_at);
+
+    CREATE TABLE destination_state (
+        destination TEXT NOT NULL,
+        uid         TEXT NOT NULL,
+        acked       INTEGER,
+        staged      INTEGER NOT NULL,
+        PRIMARY KEY (destination, uid)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY,
+        destination TEXT NOT NULL,
+        uid         TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        hash        INTEGER NOT NULL,
+        staged_at   REAL NOT NULL,
+        attempts    INTEGER NOT NULL,
+        error       TEXT NOT NULL,
+        dead_at     REAL NOT NULL
+    );
+    CREATE INDEX dead_letters_by_destination ON dead_letters (destination, id);
+
+    CREATE TABLE destination_usage (
+        destination TEXT NOT NULL,
+        day         TEXT NOT NULL,
+        requests    INTEGER NOT NULL,
+        PRIMARY KEY (destination, day)
+    ) WITHOUT ROWID;
+    """,
 ]

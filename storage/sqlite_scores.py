@@ -244,6 +244,29 @@ class SqliteScoreStore(LogConsumerStore):
                     found[key] = score
         return found
 
+    def scores_by_row(self, rows: Sequence[int]) -> dict[int, Score]:
+        found: dict[int, Score] = {}
+        for chunk in chunks(rows):
+            for row, *columns in self._db.execute(
+                f"SELECT profile, {SCORE_COLUMNS} FROM profile_scores "
+                f"WHERE profile IN ({marks(chunk)})",
+                chunk,
+            ):
+                if (score := score_of(columns)) is not None:
+                    found[row] = score
+        return found
+
+    def scores_after(self, row: int, limit: int) -> dict[int, Score]:
+        found: dict[int, Score] = {}
+        for profile, *columns in self._db.execute(
+            f"SELECT profile, {SCORE_COLUMNS} FROM profile_scores WHERE profile > ? "
+            "ORDER BY profile LIMIT ?",
+            (row, limit),
+        ):
+            if (score := score_of(columns)) is not None:
+                found[profile] = score
+        return found
+
     def save_profile_scores(self, scores: dict[int, Score]) -> None:
         # Only for profiles that still exist: the merger may have merged one away (and
         # deleted its scores) since the scorer read it.

@@ -23,9 +23,10 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from actors.delivery.staging import Staging
 from actors.identity.extract import Extractor
 from actors.log_writer import LogProgress
-from actors.messages import ProfileChanged, RunBatch, ScorerMessage
+from actors.messages import ProfileChanged, RunBatch, ScorerMessage, SyncDestination
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.model import ModelError, parse
@@ -33,6 +34,7 @@ from actors.scoring.scorer import CHANGES_BATCH, FOLD_BATCH, BatchResult, Scorer
 from daemon.config import Config
 from daemon.metrics import Metrics
 from storage.sqlite_graph import connect
+from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import CONSUMER, SqliteScoreStore
 
 log = structlog.get_logger(__name__)
@@ -87,6 +89,7 @@ class ScorerActor(Actor):
         self._clock = clock
         self._status = status
         self._requests: list[RunBatch] = []
+        self._syncs: list[SyncDestination] = []
         self._next_batch = 0.0
         self._checkpoint = 0
         self._replaying = False
@@ -102,8 +105,8 @@ class ScorerActor(Actor):
             ready()
             await self._serve(scorer)
         finally:
-            for request in self._requests:
-                request.done.set()  # unanswered: the daemon is stopping
+            for waiting in [*(r.done for r in self._requests), *(s.done for s in self._syncs)]:
+                waiting.set()  # unanswered: the daemon is stopping
             db.close()
 
     def _start(self, db: sqlite3.Connection) -> Scorer:
@@ -111,7 +114,14 @@ class ScorerActor(Actor):
         gate = self._write_gate
         model = deploy.active(store, gate)
         kinds: dict[str, str] = {n: s.kind for n, s in self._config.sources.items()}
-        scorer = Scorer(store, model, Extractor(self._config.identity), kinds, self._clock, gate)
+        staging = (
+            Staging(SqliteOutboxStore(db), self._config.destinations)
+            if self._config.destinations
+            else None
+        )
+        scorer = Scorer(
+            store, model, Extractor(self._config.identity), kinds, self._clock, gate, staging
+        )
         scorer.use(model)
         self._checkpoint, self._replaying = store.checkpoint(), scorer.replaying()
         last = store.meta(LAST_BATCH)
@@ -187,6 +197,8 @@ class ScorerActor(Actor):
     def _keep(self, message: ScorerMessage) -> None:
         if isinstance(message, RunBatch):
             self._requests.append(message)
+        elif isinstance(message, SyncDestination):
+            self._syncs.append(message)
         elif isinstance(message, ProfileChanged):
             pass  # a wake-up call: the to-do list in SQLite says what changed
 
@@ -198,6 +210,8 @@ class ScorerActor(Actor):
         if changed:
             self._metrics.scoring_fit_seconds.observe(time.perf_counter() - started)
             self._metrics.scoring_fit_profiles.inc(changed)
+        while self._syncs and not closing:
+            self._sync(scorer, self._syncs.pop(0))
         due = self._requests or self._clock() >= self._next_batch
         waiting = self._progress.head - self._checkpoint
         folded = 0
@@ -214,6 +228,18 @@ class ScorerActor(Actor):
         if changed >= CHANGES_BATCH or not caught_up:
             return _Round.FULL
         return _Round.SOME if changed or folded else _Round.IDLE
+
+    def _sync(self, scorer: Scorer, request: SyncDestination) -> None:
+        result = scorer.sync(request.destination, request.full, stop=lambda: self._inbox.closed)
+        log.info(
+            "destination sync staged",
+            destination=request.destination,
+            full=request.full,
+            **asdict(result),
+        )
+        if result.complete:
+            request.result = {"profiles": result.profiles, "queued": result.queued}
+        anyio.from_thread.run_sync(request.done.set)
 
     def _chunk_done(self, checkpoint: int) -> None:
         """Between the chunks of a batch run, which folds the log as it goes: the

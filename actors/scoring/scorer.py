@@ -22,10 +22,11 @@ from typing import Any
 import msgspec
 import structlog
 
+from actors.delivery.staging import Prepared, Staging, Subject
 from actors.identity.extract import Extractor
 from actors.messages import Event
 from actors.scoring.fit import FitScorer, Traits
-from actors.scoring.likelihood import Intent, LikelihoodScorer, epoch
+from actors.scoring.likelihood import Intent, LikelihoodScore, LikelihoodScorer, epoch
 from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
 from storage.base import ACCOUNT, Change, ProfileToScore, Score, ScoreStore
 
@@ -62,6 +63,18 @@ class BatchResult:
     seconds: float = 0.0
     complete: bool = True
     """False when the run stopped early (the daemon stopping, a rebuild swapped in)."""
+    staged: int = 0
+    """Outbox rows written for destinations."""
+    released: int = 0
+    """Outbox rows held for the end of the run, now due."""
+
+
+@dataclass
+class SyncResult:
+    profiles: int = 0
+    queued: int = 0
+    """Payloads put in the outbox."""
+    complete: bool = True
 
 
 class Scorer:
@@ -73,8 +86,11 @@ class Scorer:
         source_kinds: dict[str, str],
         clock: Callable[[], float] = time.time,
         gate: Callable[[], AbstractContextManager[None]] = nullcontext,
+        staging: Staging | None = None,
     ) -> None:
         self.store = store
+        self.staging = staging
+        """Where changed scores go on to destinations; None: nowhere (model check)."""
         self.extractor = extractor
         self.source_kinds = source_kinds
         self.clock = clock
@@ -182,6 +198,12 @@ class Scorer:
             for uid in others:
                 reasons[uid] = int(Change.ACCOUNT)
             profiles += self.store.profiles_by_uid(others)
+            routes = self.staging.wanted(batch=False) if self.staging else []
+            subjects = (
+                self.staging.store.subjects([p.row for p in profiles], with_traits=False)
+                if self.staging and routes
+                else {}
+            )
         now = self.clock()
         scores: dict[int, Score] = {}
         for profile in profiles:
@@ -191,12 +213,22 @@ class Scorer:
             scores[profile.row] = score
         accounts = {p.account: p.account_traits or {} for p in profiles if p.account in groups}
         account_scores = self._accounts_fit(accounts, now)
+        prepared = Staging.prepare(
+            (
+                Subject(p.uid, scores[p.row], subjects[p.row][1], p.traits or {})
+                for p in profiles
+                if p.row in subjects
+            ),
+            routes,
+        )
         with self.transaction():
             if self.store.generation() != generation:
                 return 0  # a rebuild swapped in: what was read belongs to the old graph
             # Profiles merged away took their scores with them (delete_profiles).
             self.store.save_profile_scores(scores)
             self.store.save_account_scores(account_scores)
+            if self.staging:
+                self.staging.stage(prepared, now, batch=False)
             # A profile the identity actor changed again since the read keeps its row
             # (see clear_changes) and is rescored next time round.
             self.store.clear_changes(changes)
@@ -260,6 +292,7 @@ class Scorer:
                 break
             refits: dict[int, Score] = {}
             likelihoods: list[tuple[Any, ...]] = []
+            new_likelihoods: dict[int, tuple[LikelihoodScore, str]] = {}
             for profile in profiles:
                 points = self._points(profile.intents, now)
                 if profile.account:
@@ -278,12 +311,16 @@ class Scorer:
                 stored = (ltb.score, ltb.segment, signals, version, grade)
                 if stored != profile.likelihood:
                     likelihoods.append((*stored[:4], now, grade, profile.row))
+                    new_likelihoods[profile.row] = (ltb, grade)
             result.fit_rescored += len(refits)
+            prepared = self._prepare_batch(refits, new_likelihoods, now)
             with self.transaction():
                 swapped = self.store.generation() != generation
                 if not swapped:
                     self.store.save_profile_scores(refits)
                     self.store.save_likelihoods(likelihoods)
+                    if self.staging:
+                        result.staged += self.staging.stage(prepared, now, batch=True)
             if swapped or stop():
                 result.complete = False
                 break
@@ -301,8 +338,92 @@ class Scorer:
                     self.store.forget_gone()
                     self.store.set_meta(SWEPT, str(generation))
                 self.store.forget_intents(now - self.likelihood.lookback)
+                if self.staging:
+                    self.staging.store.forget_gone()
+        if self.staging:
+            # Even after a run cut short: what it staged is the newest there is.
+            with self.transaction():
+                result.released = self.staging.release(self.clock())
         result.seconds = time.perf_counter() - started
         return result
+
+    def sync(
+        self,
+        destination: str,
+        full: bool,
+        chunk: int = BATCH_CHUNK,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> SyncResult:
+        """Stage every scored profile's current payload for one destination, due now
+        (with `full`, even what the destination already acknowledged: a resend after
+        its data was lost). Between chunks, changed profiles are rescored as usual."""
+        assert self.staging is not None
+        route = self.staging.routes[destination]
+        result = SyncResult()
+        generation = self.store.generation()
+        after = 0
+        while True:
+            with self.store.snapshot():
+                scores = self.store.scores_after(after, chunk)
+                subjects = self.staging.store.subjects(list(scores), route.needs_traits)
+            if not scores:
+                break
+            prepared = Staging.prepare(
+                (
+                    Subject(uid, scores[row], addresses, traits)
+                    for row, (uid, addresses, traits) in subjects.items()
+                    if row in scores
+                ),
+                [route],
+            )
+            now = self.clock()
+            with self.transaction():
+                if self.store.generation() != generation:
+                    result.complete = False  # a rebuild renumbered the rows: run it again
+                    break
+                result.queued += self.staging.store.stage(
+                    destination, prepared[destination], now, now, force=full
+                )
+            result.profiles += len(scores)
+            after = max(scores)
+            if stop():
+                result.complete = False
+                break
+            self.score_changes()
+        return result
+
+    def _prepare_batch(
+        self,
+        refits: dict[int, Score],
+        likelihoods: dict[int, tuple[LikelihoodScore, str]],
+        now: float,
+    ) -> Prepared:
+        """Payloads for the profiles whose scores this chunk changes, read and built
+        before the chunk's transaction."""
+        routes = self.staging.wanted(batch=True) if self.staging else []
+        if not routes or not (refits or likelihoods):
+            return {}
+        assert self.staging is not None
+        rows = [*refits, *likelihoods]
+        with self.store.snapshot():
+            subjects = self.staging.store.subjects(rows, self.staging.needs_traits(routes))
+            scores = {**self.store.scores_by_row(list(likelihoods)), **refits}
+        for row, (ltb, grade) in likelihoods.items():
+            if (score := scores.get(row)) is not None:
+                score.ltb_score, score.ltb_segment, score.ltb_signals = (
+                    ltb.score,
+                    ltb.segment,
+                    ltb.signals,
+                )
+                score.ltb_model, score.ltb_at, score.grade = self.model.version, now, grade
+        return Staging.prepare(
+            (
+                Subject(uid, scores[row], addresses, traits)
+                for row, (uid, addresses, traits) in subjects.items()
+                if row in scores
+            ),
+            routes,
+        )
 
     def _points(self, intents: Iterable[bytes], now: float) -> dict[str, float]:
         """Each signal's points at `now`, over a profile's identifiers' aggregates."""

@@ -1,0 +1,406 @@
+"""One destination actor: the outbox rows of one destination, delivered within its
+rate limit, retried with backoff, dead-lettered when they cannot succeed.
+
+Written once for every kind of destination; a kind is only its `Sender`. The outbox
+in SQLite is the truth and the actor keeps nothing it could not read again: rows in
+flight are remembered in memory only so that two of its tasks do not send the same
+row, and after a crash every row not settled is simply due again (a send whose
+acknowledgement was lost may repeat once; docs/destinations.md says so).
+
+A destination that is down never blocks the others: each has its own actor, its own
+connection, and waits only on its own limiter.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from actors.delivery.limiter import WindowLimiter
+from actors.delivery.sender import Refused, Sender, Unavailable
+from actors.runtime import Actor, held_from_thread
+from daemon.config import Destination
+from daemon.metrics import Metrics
+from storage.base import OutboxRow, Settlement
+from storage.sqlite_graph import connect
+from storage.sqlite_outbox import SqliteOutboxStore
+
+log = structlog.get_logger(__name__)
+
+POLL = 0.5
+"""Seconds between looks at the outbox when nothing is due: how soon a score the
+scorer staged starts on its way."""
+COUNTS_INTERVAL = 5.0
+"""Seconds between counts of the queue for /status and /metrics."""
+DOWN_PAUSE_MAX = 300.0
+"""A destination that failed a whole call is left alone for the first retry delay,
+doubling while it keeps failing up to this (or the retry policy's max_delay), so an
+outage costs a probe now and then, not a storm of calls."""
+DAY = 86_400
+_T = TypeVar("_T")
+
+
+@dataclass
+class DestinationStatus:
+    """What /status and /metrics show of one destination; written by its actor."""
+
+    type: str
+    mode: str
+    state: str = "starting"
+    queued: int = 0
+    held: int = 0
+    dead_letters: int = 0
+    sent: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    rate: float = 0.0
+    """Calls per second over the last rate window."""
+    paused_for: float = 0.0
+    """Seconds left of a pause (Retry-After, or the destination down)."""
+    used_today: int = 0
+    """Calls in the current UTC day, for the daily cap."""
+
+
+class DestinationActor(Actor):
+    def __init__(
+        self,
+        name: str,
+        config: Destination,
+        sender: Sender,
+        database: Path,
+        busy_timeout: float,
+        gate: anyio.Semaphore,
+        metrics: Metrics,
+        status: DestinationStatus,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(f"destination:{name}")
+        self.destination = name
+        self._config = config
+        self._sender = sender
+        self._database = database
+        self._busy_timeout = busy_timeout
+        self._gate = gate
+        self._metrics = metrics
+        self._status = status
+        self._clock = clock
+        self._limiter = WindowLimiter(config.rate.requests, config.rate.per)
+        batch = config.batch_size or sender.max_batch
+        self._batch = min(batch, sender.max_batch)
+        self._workers = 1 if sender.serial else config.concurrency
+        self._buffer: deque[OutboxRow] = deque()
+        self._in_flight: set[int] = set()
+        self._fetching = anyio.Lock()
+        self._serial = anyio.Lock()
+        """Held by a serial sender's send-and-settle, and by every tick."""
+        self._stopping = anyio.Event()
+        self._waits: set[anyio.CancelScope] = set()
+        self._down_pause = 0.0
+        self._store: SqliteOutboxStore | None = None
+        self._day = int(clock() // DAY)
+
+    def stop(self) -> None:
+        """Calls in flight finish and are settled; nothing new starts."""
+        self._stopping.set()
+        for scope in self._waits:
+            scope.cancel()
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        db = connect(self._database, self._busy_timeout)
+        self._store = SqliteOutboxStore(db)
+        try:
+            state = await self._db(self._store.sender_state, self.destination)
+            self._status.used_today = await self._db(
+                self._store.usage, self.destination, self._clock()
+            )
+            await self._sender.open(state)
+            try:
+                await self._count()
+                ready()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._housekeeping)
+                    for _ in range(self._workers):
+                        tg.start_soon(self._work)
+                    await self._stopping.wait()
+                    # Workers return once their call in flight is settled.
+            finally:
+                await self._sender.close()
+        finally:
+            self._status.state = "stopped"
+            db.close()
+
+    async def _start_over(self) -> None:
+        """A serial sender goes back to the state last recorded (a file cuts off what
+        the unrecorded sends wrote), as it would after a crash, so that sending those
+        records again does not write them twice."""
+        assert self._store is not None
+        while True:
+            try:
+                state = await self._db(self._store.sender_state, self.destination)
+                break
+            except sqlite3.OperationalError:
+                await anyio.sleep(POLL)
+        await self._sender.close()
+        await self._sender.open(state)
+
+    async def _db(self, call: Callable[..., _T], *args: object) -> _T:
+        return await anyio.to_thread.run_sync(call, *args)
+
+    def _write_gate(self) -> AbstractContextManager[None]:
+        return held_from_thread(self._gate)
+
+    async def _housekeeping(self) -> None:
+        while not self._stopping.is_set():
+            with anyio.move_on_after(COUNTS_INTERVAL):
+                await self._stopping.wait()
+            await self._count()
+            if not self._stopping.is_set():
+                async with self._serial:
+                    await self._sender.tick()
+
+    async def _count(self) -> None:
+        assert self._store is not None
+        counts = await self._db(self._store.counts, self.destination)
+        self._status.queued, self._status.held = counts.queued, counts.held
+        self._status.dead_letters = counts.dead
+        self._status.rate = self._limiter.rate()
+        self._status.paused_for = self._limiter.paused_for()
+
+    async def _work(self) -> None:
+        while True:
+            rows = await self._next()
+            if rows is None:
+                return
+            try:
+                settlement = Settlement(requests=0)
+                # A serial sender's state (a file's length) must be recorded with the
+                # outcome of exactly the sends before it: no tick in between.
+                async with self._serial if self._sender.serial else nullcontext():
+                    await self._deliver(rows, settlement)
+                    await self._settle(settlement)
+            finally:
+                self._in_flight.difference_update(row.id for row in rows)
+
+    async def _next(self) -> list[OutboxRow] | None:
+        """The next batch, once it may be sent (its slot in the rate limit taken);
+        None when stopping."""
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            if self._stopping.is_set():
+                scope.cancel()
+            try:
+                rows = await self._take()
+                try:
+                    await self._wait_for_daily_cap()
+                    await self._limiter.acquire()
+                except BaseException:
+                    self._in_flight.difference_update(row.id for row in rows)
+                    raise
+                return rows
+            finally:
+                self._waits.discard(scope)
+        return None
+
+    async def _take(self) -> list[OutboxRow]:
+        async with self._fetching:
+            while not self._buffer:
+                await self._refill()
+                if not self._buffer:
+                    self._status.state = "idle" if not self._status.queued else "waiting"
+                    await self._sleep_until_due()
+            rows: list[OutboxRow] = []
+            size = 0
+            limit = self._sender.max_bytes
+            while self._buffer and len(rows) < self._batch:
+                row = self._buffer[0]
+                if rows and limit is not None and size + len(row.payload) > limit:
+                    break
+                rows.append(self._buffer.popleft())
+                size += len(row.payload)
+            self._in_flight.update(row.id for row in rows)
+            return rows
+
+    async def _refill(self) -> None:
+        assert self._store is not None
+        want = self._batch * (self._workers + 1)
+        rows = await self._db(
+            self._store.due, self.destination, self._clock(), want + len(self._in_flight)
+        )
+        self._buffer.extend(row for row in rows if row.id not in self._in_flight)
+
+    async def _sleep_until_due(self) -> None:
+        assert self._store is not None
+        due = await self._db(self._store.next_due, self.destination)
+        wait = POLL if due is None else min(POLL, max(0.0, due - self._clock()))
+        await anyio.sleep(wait)
+
+    async def _wait_for_daily_cap(self) -> None:
+        cap = self._config.rate.daily
+        while cap is not None and self._used_today() >= cap:
+            self._status.state = "daily cap reached"
+            now = self._clock()
+            await anyio.sleep(min(POLL * 10, (now // DAY + 1) * DAY - now))
+
+    def _used_today(self) -> int:
+        day = int(self._clock() // DAY)
+        if day != self._day:
+            self._day, self._status.used_today = day, 0
+        return self._status.used_today
+
+    async def _deliver(self, rows: Sequence[OutboxRow], settlement: Settlement) -> None:
+        """One call (and, for a batch refused as a whole, the calls that find which of
+        its records is bad), with the outcome added to `settlement`."""
+        self._status.state = "sending"
+        settlement.requests += 1
+        self._status.used_today = self._used_today() + 1
+        started = self._clock()
+        try:
+            outcome = await self._sender.send(rows)
+        except Unavailable as exc:
+            self._limiter.release()
+            self._unavailable(rows, exc, settlement)
+            return
+        except Refused as exc:
+            self._limiter.release()
+            self._metrics.destination_requests.labels(self.destination, "refused").inc()
+            if len(rows) == 1:
+                self._dead(rows[0], exc.reason, settlement)
+                return
+            # Halves until the bad records stand alone; the good ones go through.
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                await self._limiter.acquire()
+                await self._deliver(part, settlement)
+            return
+        self._limiter.release()
+        self._down_pause = 0.0
+        failed = sum(1 for error in outcome if error is not None)
+        self._metrics.destination_requests.labels(
+            self.destination, "partial" if failed else "ok"
+        ).inc()
+        for row, error in zip(rows, outcome, strict=True):
+            if error is None:
+                settlement.delivered.append((row.id, row.uid, row.hash))
+                self._metrics.destination_lag.labels(self.destination).observe(
+                    max(0.0, started - row.staged_at)
+                )
+            elif error.retryable:
+                self._retry(row, error.reason, settlement, counts=True)
+            else:
+                self._dead(row, error.reason, settlement)
+        if failed < len(rows):
+            self._status.last_success_at = self._clock()
+
+    def _unavailable(
+        self, rows: Sequence[OutboxRow], exc: Unavailable, settlement: Settlement
+    ) -> None:
+        outcome = "throttled" if exc.throttled else "unavailable"
+        self._metrics.destination_requests.labels(self.destination, outcome).inc()
+        if exc.retry_after is not None:
+            pause = exc.retry_after
+        else:
+            retry = self._config.retry
+            longest = min(DOWN_PAUSE_MAX, retry.max_delay)
+            self._down_pause = min(longest, max(retry.first_delay, self._down_pause * 2))
+            pause = self._down_pause
+        self._limiter.pause(pause)
+        self._note_error(exc.reason)
+        log.warning(
+            "destination call failed; will retry",
+            destination=self.destination,
+            error=exc.reason,
+            records=len(rows),
+            pause=round(pause, 2),
+        )
+        for row in rows:
+            if exc.throttled:
+                # Not the records' fault: no attempt counted, back when the API says.
+                settlement.retry.append(
+                    (row.id, row.hash, self._clock() + pause, exc.reason, False)
+                )
+            else:
+                self._retry(row, exc.reason, settlement, counts=True, at_least=pause)
+
+    def _retry(
+        self,
+        row: OutboxRow,
+        reason: str,
+        settlement: Settlement,
+        counts: bool,
+        at_least: float = 0.0,
+    ) -> None:
+        attempts = row.attempts + 1
+        retry = self._config.retry
+        if attempts >= retry.attempts:
+            self._dead(row, f"{reason} (after {attempts} attempts)", settlement)
+            return
+        delay = min(retry.max_delay, retry.first_delay * 2 ** (attempts - 1))
+        delay *= random.uniform(0.75, 1.25)
+        settlement.retry.append(
+            (row.id, row.hash, self._clock() + max(delay, at_least), reason, counts)
+        )
+        self._status.failed += 1
+        self._metrics.destination_failed.labels(self.destination).inc()
+
+    def _dead(self, row: OutboxRow, reason: str, settlement: Settlement) -> None:
+        settlement.dead.append((row.id, row.hash, reason))
+        self._status.dead_lettered += 1
+        self._metrics.destination_dead_lettered.labels(self.destination).inc()
+        self._note_error(reason)
+        log.error(
+            "record dead-lettered",
+            destination=self.destination,
+            profile=row.uid,
+            attempts=row.attempts + 1,
+            error=reason,
+        )
+
+    def _note_error(self, reason: str) -> None:
+        self._status.last_error, self._status.last_error_at = reason, self._clock()
+
+    async def _settle(self, settlement: Settlement) -> None:
+        """Record the outcome; a storage error leaves the rows due, so they are sent
+        again (at most once more) rather than lost."""
+        assert self._store is not None
+        settlement.sender_state = self._sender.state()
+        store = self._store
+        now = self._clock()
+
+        def write() -> None:
+            with self._write_gate():
+                store.begin()
+                try:
+                    store.settle(self.destination, settlement, now)
+                except BaseException:
+                    store.rollback()
+                    raise
+                store.commit()
+
+        try:
+            await self._db(write)
+        except sqlite3.OperationalError as exc:
+            self._metrics.storage_errors.labels(self.name).inc()
+            log.error(
+                "delivery outcome not recorded; those records will be sent again",
+                destination=self.destination,
+                error=str(exc),
+            )
+            if self._sender.serial:
+                await self._start_over()
+            return
+        self._status.sent += len(settlement.delivered)
+        self._metrics.destination_sent.labels(self.destination).inc(len(settlement.delivered))

@@ -1,0 +1,109 @@
+"""Turning scores into outbox rows, for the scorer, inside the transaction that
+stores the scores (so a crash can never keep one without the other).
+
+Each destination's payload is built before that transaction (mapping and filter cost
+microseconds a profile, and the write lock is shared with ingestion); only the
+comparison with what was staged and acknowledged before runs inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from actors.delivery.filter import Filter
+from actors.delivery.payload import Payload, encode
+from daemon.config import Destination
+from storage.base import OutboxStore, Score
+
+ADDRESS_KINDS = ("user_id", "email", "anonymous_id")
+
+
+@dataclass
+class Subject:
+    """A profile as staging sees it: its id, scores, addresses and (if a filter needs
+    them) traits."""
+
+    uid: str
+    score: Score
+    addresses: Mapping[str, str]
+    traits: Mapping[str, Any]
+
+
+class Route:
+    """One destination's mapping, filter and mode. Not thread-safe (the filter's
+    evaluator is reused): one per scorer."""
+
+    def __init__(self, name: str, config: Destination) -> None:
+        self.name = name
+        self.realtime = config.mode in ("realtime", "both")
+        self.batch = config.mode in ("batch", "both")
+        self.held = config.mode == "batch"
+        """Realtime changes wait for the end of the next batch run."""
+        self.fields = dict(config.fields)
+        self.filter = Filter(config.filter) if config.filter else None
+        self.needs_traits = self.filter is not None and any(
+            not name.startswith("mk_") and name not in ADDRESS_KINDS for name in self.filter.names
+        )
+
+    def payload(self, subject: Subject) -> tuple[bytes | None, int]:
+        """The encoded payload and its hash, or (None, 0) if the filter refuses it."""
+        scores = subject.score.traits()
+        if self.filter is not None:
+            values = {**subject.traits, **subject.addresses, **scores}
+            if not self.filter.matches(values):
+                return None, 0
+        if self.fields:
+            traits = {self.fields[k]: v for k, v in scores.items() if k in self.fields}
+        else:
+            traits = scores
+        return encode(
+            Payload(
+                subject.uid,
+                traits,
+                subject.addresses.get("user_id"),
+                subject.addresses.get("email"),
+                subject.addresses.get("anonymous_id"),
+            )
+        )
+
+
+Prepared = dict[str, list[tuple[str, bytes | None, int]]]
+"""Per destination: (profile id, payload or None, hash)."""
+
+
+class Staging:
+    def __init__(self, store: OutboxStore, destinations: Mapping[str, Destination]) -> None:
+        self.store = store
+        self.routes = {name: Route(name, config) for name, config in destinations.items()}
+        self.held = [r.name for r in self.routes.values() if r.batch]
+        """Destinations whose rows a batch run releases at its end."""
+
+    def wanted(self, batch: bool) -> list[Route]:
+        """Routes that take changes from a batch run; every route takes realtime fit
+        changes (a batch-only one holds them for the end of the next run)."""
+        return [r for r in self.routes.values() if r.batch or not batch]
+
+    def needs_traits(self, routes: Iterable[Route]) -> bool:
+        return any(r.needs_traits for r in routes)
+
+    @staticmethod
+    def prepare(subjects: Iterable[Subject], routes: Sequence[Route]) -> Prepared:
+        prepared: Prepared = {r.name: [] for r in routes}
+        for subject in subjects:
+            for route in routes:
+                prepared[route.name].append((subject.uid, *route.payload(subject)))
+        return prepared
+
+    def stage(self, prepared: Prepared, now: float, batch: bool) -> int:
+        """Inside the caller's transaction. Rows from a batch run, and realtime rows for
+        batch-only destinations, are held until the run ends (see release)."""
+        queued = 0
+        for name, rows in prepared.items():
+            held = batch or self.routes[name].held
+            queued += self.store.stage(name, rows, now, None if held else now)
+        return queued
+
+    def release(self, now: float) -> int:
+        return self.store.release(self.held, now) if self.held else 0

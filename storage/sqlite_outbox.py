@@ -1,0 +1,265 @@
+"""The outbox, delivery state and dead letters in SQLite, synchronously.
+
+Staging runs inside the scorer's transaction, on its connection, so a score and the
+outbox row that carries it commit together. Destination actors use their own
+connection, one short transaction per fetch or per settled round.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from storage.base import DeadLetter, DestinationCounts, OutboxRow, Settlement, Stamped
+from storage.sqlite_graph import chunks, marks
+
+FILTERED = 0
+"""The staged hash of a profile the destination's filter refused."""
+
+_SENDER_STATE = "destination_sender_state:"
+_UPSERT = (
+    "INSERT INTO outbox (destination, uid, payload, hash, staged_at, due_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (destination, uid) DO UPDATE SET "
+    "payload = excluded.payload, hash = excluded.hash, staged_at = excluded.staged_at, "
+    "due_at = excluded.due_at, attempts = 0, last_error = NULL"
+)
+_STATE = (
+    "INSERT INTO destination_state (destination, uid, staged) VALUES (?, ?, ?) "
+    "ON CONFLICT (destination, uid) DO UPDATE SET staged = excluded.staged"
+)
+
+
+class _Traits(msgspec.Struct):
+    traits: dict[str, Stamped] = {}
+
+
+_activity = msgspec.json.Decoder(_Traits).decode
+
+
+class SqliteOutboxStore:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def subjects(
+        self, rows: Sequence[int], with_traits: bool
+    ) -> dict[int, tuple[str, dict[str, str], dict[str, Any]]]:
+        found: dict[int, tuple[str, dict[str, str], dict[str, Any]]] = {}
+        for chunk in chunks(list(rows)):
+            columns = "id, uid, user_id" + (", activity" if with_traits else "")
+            for row in self._db.execute(
+                f"SELECT {columns} FROM profiles WHERE id IN ({marks(chunk)})", chunk
+            ):
+                addresses = {"user_id": row[2]} if row[2] is not None else {}
+                traits = (
+                    {k: v.value for k, v in _activity(row[3]).traits.items()} if with_traits else {}
+                )
+                found[row[0]] = (row[1], addresses, traits)
+            # The oldest email and anonymous id: the ones a destination most likely knows.
+            for profile, kind, value in self._db.execute(
+                "SELECT profile, kind, value FROM identities "
+                f"WHERE profile IN ({marks(chunk)}) AND kind IN ('email', 'anonymous_id') "
+                "ORDER BY first_ts DESC, id DESC",
+                chunk,
+            ):
+                if profile in found:
+                    found[profile][1][kind] = value
+        return found
+
+    def stage(
+        self,
+        destination: str,
+        rows: Sequence[tuple[str, bytes | None, int]],
+        staged_at: float,
+        due_at: float | None,
+        force: bool = False,
+    ) -> int:
+        state: dict[str, tuple[int | None, int]] = {}
+        for chunk in chunks([uid for uid, _, _ in rows]):
+            for uid, acked, staged in self._db.execute(
+                "SELECT uid, acked, staged FROM destination_state "
+                f"WHERE destination = ? AND uid IN ({marks(chunk)})",
+                (destination, *chunk),
+            ):
+                state[uid] = (acked, staged)
+        queue: list[tuple[Any, ...]] = []
+        drop: list[tuple[str, str]] = []
+        staged_now: list[tuple[str, str, int]] = []
+        for uid, payload, digest in rows:
+            acked, staged = state.get(uid, (None, None))
+            if payload is None:
+                if staged not in (None, FILTERED):
+                    drop.append((destination, uid))
+                    staged_now.append((destination, uid, FILTERED))
+                continue
+            if not force and digest == staged:
+                continue  # queued, held, sent or dead-lettered already: nothing new
+            staged_now.append((destination, uid, digest))
+            if not force and digest == acked:
+                drop.append((destination, uid))  # back to what the destination holds
+            else:
+                queue.append((destination, uid, payload, digest, staged_at, due_at))
+        self._db.executemany("DELETE FROM outbox WHERE destination = ? AND uid = ?", drop)
+        self._db.executemany(_UPSERT, queue)
+        self._db.executemany(_STATE, staged_now)
+        return len(queue)
+
+    def release(self, destinations: Sequence[str], due_at: float) -> int:
+        return sum(
+            self._db.execute(
+                "UPDATE outbox SET due_at = ? WHERE destination = ? AND due_at IS NULL",
+                (due_at, name),
+            ).rowcount
+            for name in destinations
+        )
+
+    def due(self, destination: str, now: float, limit: int) -> list[OutboxRow]:
+        return [
+            OutboxRow(*row)
+            for row in self._db.execute(
+                "SELECT id, uid, payload, hash, staged_at, attempts FROM outbox "
+                "WHERE destination = ? AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+                (destination, now, limit),
+            )
+        ]
+
+    def next_due(self, destination: str) -> float | None:
+        row = self._db.execute(
+            "SELECT min(due_at) FROM outbox WHERE destination = ? AND due_at IS NOT NULL",
+            (destination,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def settle(self, destination: str, settlement: Settlement, now: float) -> None:
+        db = self._db
+        db.executemany(
+            "DELETE FROM outbox WHERE id = ? AND hash = ?",
+            [(row, digest) for row, _, digest in settlement.delivered],
+        )
+        db.executemany(
+            "UPDATE destination_state SET acked = ? WHERE destination = ? AND uid = ?",
+            [(digest, destination, uid) for _, uid, digest in settlement.delivered],
+        )
+        db.executemany(
+            "UPDATE outbox SET due_at = ?, last_error = ?, attempts = attempts + ? "
+            "WHERE id = ? AND hash = ?",
+            [
+                (due, error, int(counts), row, digest)
+                for row, digest, due, error, counts in settlement.retry
+            ],
+        )
+        db.executemany(
+            "INSERT INTO dead_letters (destination, uid, payload, hash, staged_at, attempts, "
+            "error, dead_at) SELECT destination, uid, payload, hash, staged_at, attempts + 1, "
+            "?, ? FROM outbox WHERE id = ? AND hash = ?",
+            [(error, now, row, digest) for row, digest, error in settlement.dead],
+        )
+        db.executemany(
+            "DELETE FROM outbox WHERE id = ? AND hash = ?",
+            [(row, digest) for row, digest, _ in settlement.dead],
+        )
+        if settlement.sender_state is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (_SENDER_STATE + destination, settlement.sender_state),
+            )
+        if settlement.requests:
+            db.execute(
+                "INSERT INTO destination_usage (destination, day, requests) VALUES (?, ?, ?) "
+                "ON CONFLICT (destination, day) DO UPDATE SET "
+                "requests = requests + excluded.requests",
+                (destination, utc_day(now), settlement.requests),
+            )
+
+    def usage(self, destination: str, now: float) -> int:
+        row = self._db.execute(
+            "SELECT requests FROM destination_usage WHERE destination = ? AND day = ?",
+            (destination, utc_day(now)),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def sender_state(self, destination: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (_SENDER_STATE + destination,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def counts(self, destination: str) -> DestinationCounts:
+        queued, held = self._db.execute(
+            "SELECT count(due_at), count(*) - count(due_at) FROM outbox WHERE destination = ?",
+            (destination,),
+        ).fetchone()
+        (dead,) = self._db.execute(
+            "SELECT count(*) FROM dead_letters WHERE destination = ?", (destination,)
+        ).fetchone()
+        return DestinationCounts(queued, held, dead)
+
+    def dead_letters(self, destination: str | None, limit: int) -> list[DeadLetter]:
+        where, args = _which("", destination, None)
+        return [
+            DeadLetter(*row)
+            for row in self._db.execute(
+                "SELECT id, destination, uid, payload, staged_at, attempts, error, dead_at "
+                f"FROM dead_letters {where} ORDER BY id LIMIT ?",
+                (*args, limit),
+            )
+        ]
+
+    def replay(
+        self, destination: str | None, ids: Sequence[int] | None, now: float
+    ) -> tuple[int, int]:
+        where, args = _which("d.", destination, ids)
+        letters = self._db.execute(
+            "SELECT d.id, d.destination, d.uid, d.payload, d.hash, d.staged_at, s.staged "
+            "FROM dead_letters d LEFT JOIN destination_state s "
+            f"ON s.destination = d.destination AND s.uid = d.uid {where} ORDER BY d.id",
+            args,
+        ).fetchall()
+        current = [row for row in letters if row[6] == row[4]]
+        self._db.executemany(
+            "INSERT INTO outbox (destination, uid, payload, hash, staged_at, due_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (destination, uid) DO NOTHING",
+            [
+                (dest, uid, body, digest, staged, now)
+                for _, dest, uid, body, digest, staged, _ in current
+            ],
+        )
+        self._db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in letters])
+        return len(current), len(letters) - len(current)
+
+    def forget_gone(self) -> int:
+        return self._db.execute(
+            "DELETE FROM destination_state WHERE uid NOT IN (SELECT uid FROM profiles)"
+        ).rowcount
+
+
+def _which(
+    alias: str, destination: str | None, ids: Sequence[int] | None
+) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if destination is not None:
+        clauses.append(f"{alias}destination = ?")
+        args.append(destination)
+    if ids is not None:
+        clauses.append(f"{alias}id IN ({marks(ids)})")
+        args += ids
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def utc_day(epoch: float) -> str:
+    """Daily caps count by the UTC day, as the APIs that have them do."""
+    return datetime.fromtimestamp(epoch, UTC).date().isoformat()

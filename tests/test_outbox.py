@@ -1,0 +1,214 @@
+"""The outbox on a real database: what the scorer stages for each destination, in the
+transaction that stores the score, and what only-on-change, filters and modes do.
+
+Events go through the identity graph and the scorer as in production; destinations
+are settled by hand here (tests/test_delivery.py drives the real actor).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+
+from actors.delivery.payload import Payload, decode
+from actors.delivery.staging import Staging
+from actors.scoring.model import Model
+from actors.scoring.scorer import Scorer
+from daemon.config import Destination, FileDestination, WebhookDestination
+from storage.base import Settlement
+from storage.sqlite_graph import connect
+from storage.sqlite_outbox import SqliteOutboxStore
+from tests.test_identity import Harness
+from tests.test_scorer import CTO, DAY, T0, Scoring, identify, track
+
+
+def hook(**options: object) -> WebhookDestination:
+    return msgspec.convert(
+        {"url": "http://127.0.0.1:9/", "secret": "s", **options}, WebhookDestination
+    )
+
+
+class Delivering(Scoring):
+    """The test scorer, staging for `destinations`."""
+
+    def __init__(self, graph: Harness, destinations: dict[str, Destination]) -> None:
+        self.destinations = destinations
+        self.db = connect(graph.path, 5)
+        self.outbox = SqliteOutboxStore(self.db)
+        super().__init__(graph)
+
+    def _scorer(self, model: Model) -> Scorer:
+        scorer = super()._scorer(model)
+        scorer.staging = Staging(SqliteOutboxStore(self.store._db), self.destinations)
+        return scorer
+
+    def rows(self, destination: str) -> dict[str, tuple[Payload, float | None, int]]:
+        """Per profile id: the queued payload, when it is due (None: held), attempts."""
+        return {
+            uid: (decode(payload), due, attempts)
+            for uid, payload, due, attempts in self.db.execute(
+                "SELECT uid, payload, due_at, attempts FROM outbox WHERE destination = ?",
+                (destination,),
+            )
+        }
+
+    def ack(self, destination: str) -> int:
+        """The destination acknowledges everything due."""
+        due = self.outbox.due(destination, 10**12, 10_000)
+        self.settle(destination, Settlement([(r.id, r.uid, r.hash) for r in due]))
+        return len(due)
+
+    def settle(self, destination: str, settlement: Settlement) -> None:
+        self.outbox.begin()
+        self.outbox.settle(destination, settlement, self.now)
+        self.outbox.commit()
+
+
+def uid_of(db_path: Path, user_id: str) -> str:
+    with sqlite3.connect(db_path) as db:
+        return str(
+            db.execute("SELECT uid FROM profiles WHERE user_id = ?", (user_id,)).fetchone()[0]
+        )
+
+
+async def test_a_realtime_fit_change_is_queued_with_the_mapped_traits(tmp_path: Path) -> None:
+    destinations: dict[str, Destination] = {
+        "crm": hook(mode="realtime", fields={"mk_customer_fit_score": "fit"})
+    }
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0, "1", userId="ann", anonymousId="a-1"))
+        uid = uid_of(graph.path, "ann")
+        payload, due, attempts = scoring.rows("crm")[uid]
+        assert payload == Payload(
+            uid, {"fit": 100}, user_id="ann", email="ann@initech.com", anonymous_id="a-1"
+        )
+        assert (due, attempts) == (T0, 0)
+
+
+async def test_a_profile_changed_five_times_before_a_send_goes_out_once_newest(
+    tmp_path: Path,
+) -> None:
+    destinations: dict[str, Destination] = {"crm": hook(mode="realtime")}
+    titles = ["Intern", "Engineer", "Manager", "VP Sales", "CTO"]
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        for n, title in enumerate(titles):
+            scoring.now = T0 + n
+            await scoring.send(identify({**CTO, "title": title}, T0 + n, f"t{n}", userId="ann"))
+        rows = scoring.rows("crm")
+        assert len(rows) == 1
+        (payload, _, _) = rows[uid_of(graph.path, "ann")]
+        assert payload.traits["mk_job_title"] == "CTO"
+
+
+async def test_rescoring_to_the_same_payload_sends_nothing(tmp_path: Path) -> None:
+    destinations: dict[str, Destination] = {"crm": hook(mode="realtime")}
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0, "1", userId="ann"))
+        assert scoring.ack("crm") == 1
+        # A trait the model does not read: fit is rescored, to the same payload.
+        scoring.now = T0 + 60
+        await scoring.send(identify({"favourite_colour": "teal"}, T0 + 60, "2", userId="ann"))
+        assert scoring.rows("crm") == {}
+        # A real change is queued; changing back before it is sent drops it again,
+        # since the destination already holds that payload.
+        await scoring.send(identify({"title": "Intern"}, T0 + 61, "3", userId="ann"))
+        assert len(scoring.rows("crm")) == 1
+        await scoring.send(identify({"title": "CTO"}, T0 + 62, "4", userId="ann"))
+        assert scoring.rows("crm") == {}
+
+
+async def test_a_payload_changed_in_flight_is_sent_again(tmp_path: Path) -> None:
+    destinations: dict[str, Destination] = {"crm": hook(mode="realtime")}
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0, "1", userId="ann"))
+        (in_flight,) = scoring.outbox.due("crm", 10**12, 10)
+        await scoring.send(identify({"title": "Intern"}, T0 + 1, "2", userId="ann"))
+        scoring.settle("crm", Settlement([(in_flight.id, in_flight.uid, in_flight.hash)]))
+        (payload, _, _) = scoring.rows("crm")[in_flight.uid]
+        assert payload.traits["mk_job_title"] == "Intern"
+        # ...and going back to what was acknowledged in flight drops it.
+        await scoring.send(identify({"title": "CTO"}, T0 + 2, "3", userId="ann"))
+        assert scoring.rows("crm") == {}
+
+
+async def test_the_filter_decides_who_is_sent_and_drops_who_stops_matching(
+    tmp_path: Path,
+) -> None:
+    good = 'company_size >= 100 and mk_customer_fit_segment in ["good", "very good"]'
+    destinations: dict[str, Destination] = {"crm": hook(mode="realtime", filter=good)}
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0, "1", userId="ann"))
+        await scoring.send(identify({**CTO, "company_size": 5}, T0, "2", userId="bob"))
+        assert set(scoring.rows("crm")) == {uid_of(graph.path, "ann")}
+        await scoring.send(identify({"company_size": 10}, T0 + 1, "3", userId="ann"))
+        assert scoring.rows("crm") == {}
+
+
+async def test_batch_mode_holds_rows_until_the_batch_run_ends(tmp_path: Path) -> None:
+    destinations: dict[str, Destination] = {
+        "warehouse": FileDestination(path=str(tmp_path / "out"), mode="batch"),
+        "crm": hook(mode="realtime"),
+    }
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0, "1", userId="ann"))
+        uid = uid_of(graph.path, "ann")
+        assert scoring.rows("warehouse")[uid][1] is None  # held
+        assert scoring.rows("crm")[uid][1] == T0  # due at once
+        scoring.ack("crm")
+        # A demo request raises the likelihood: the batch run stages it for the batch
+        # destination only (realtime destinations take fit changes as they happen).
+        scoring.now = T0 + DAY
+        await scoring.send(track("Demo Requested", T0 + DAY, "2", userId="ann"))
+        scoring.batch()
+        (payload, due, _) = scoring.rows("warehouse")[uid]
+        assert payload.traits["mk_likelihood_to_buy_score"] > 0
+        assert due == T0 + DAY
+        assert scoring.rows("crm") == {}
+
+
+async def test_dead_letters_replay_unless_a_newer_payload_superseded_them(
+    tmp_path: Path,
+) -> None:
+    destinations: dict[str, Destination] = {"crm": hook(mode="realtime")}
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0, "1", userId="ann"))
+        await scoring.send(identify(CTO, T0, "2", userId="bob"))
+        rows = scoring.outbox.due("crm", 10**12, 10)
+        scoring.settle("crm", Settlement(dead=[(r.id, r.hash, "400: bad email") for r in rows]))
+        assert scoring.rows("crm") == {}
+        letters = scoring.outbox.dead_letters("crm", 10)
+        assert {(d.error, d.attempts) for d in letters} == {("400: bad email", 1)}
+        # Rescoring to the same payload does not bring a dead letter back by itself.
+        await scoring.send(identify({"favourite_colour": "teal"}, T0 + 1, "3", userId="ann"))
+        assert scoring.rows("crm") == {}
+        # Bob changes: his dead letter is stale, replay drops it; Ann's goes back.
+        await scoring.send(identify({"title": "Intern"}, T0 + 2, "4", userId="bob"))
+        scoring.outbox.begin()
+        assert scoring.outbox.replay("crm", None, T0 + 3) == (1, 1)
+        scoring.outbox.commit()
+        rows_now = scoring.rows("crm")
+        assert rows_now[uid_of(graph.path, "ann")][1:] == (T0 + 3, 0)
+        assert rows_now[uid_of(graph.path, "bob")][0].traits["mk_job_title"] == "Intern"
+        assert scoring.outbox.dead_letters("crm", 10) == []
+
+
+async def test_full_sync_resends_what_the_destination_already_has(tmp_path: Path) -> None:
+    destinations: dict[str, Destination] = {"crm": hook(mode="realtime")}
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0, "1", userId="ann"))
+        await scoring.send(identify(CTO, T0, "2", userId="bob"))
+        scoring.ack("crm")
+        assert scoring.scorer.sync("crm", full=False).queued == 0
+        result = scoring.scorer.sync("crm", full=True)
+        assert (result.profiles, result.queued, result.complete) == (2, 2, True)
+        assert len(scoring.rows("crm")) == 2
