@@ -305,6 +305,10 @@ class FakeReceiver:
         the Rejections: webhook_rejected, leadsync_invalid or leadsync_partial."""
         self._rules.append(_Rule(predicate, error, retryable, answer))
 
+    def clear_rules(self) -> None:
+        """Drop every `fail_when` rule: the far end is fixed."""
+        self._rules.clear()
+
     def records(self) -> list[Any]:
         """Every record taken (`Received.taken`), in arrival order, repeats included."""
         return [record for received in self.requests for record in received.taken]

@@ -13,8 +13,8 @@ import pytest
 from multidict import CIMultiDict
 
 from actors.delivery.payload import Payload, encode
-from actors.delivery.sender import RecordError, Refused, Unavailable
-from actors.destinations.webhook import WebhookSender, delivery_id, verify
+from actors.delivery.sender import RecordError, Refused, Unavailable, delivery_id
+from actors.destinations.webhook import WebhookSender, verify
 from daemon import __version__
 from daemon.config import Duration, WebhookDestination
 from storage.base import OutboxRow
@@ -181,7 +181,9 @@ async def test_server_errors_are_unavailable(
     assert not caught.value.throttled
     assert caught.value.retry_after is None
     assert str(status) in caught.value.reason
-    assert "url and secret" not in caught.value.reason  # passing trouble, not misconfigured
+    assert (
+        "address and credentials" not in caught.value.reason
+    )  # passing trouble, not misconfigured
 
 
 async def test_503_retry_after_is_kept(receiver: FakeReceiver, make_sender: MakeSender) -> None:
@@ -327,7 +329,7 @@ async def test_a_configuration_problem_is_unavailable_and_says_so(
         await (await make_sender()).send([row("p1")])
 
     assert str(status) in caught.value.reason
-    assert "url and secret" in caught.value.reason
+    assert "address and credentials" in caught.value.reason
     assert not caught.value.throttled
     # A redirect is not followed: as a GET without the body, its 200 would be a lie.
     assert [r.path for r in receiver.requests] == ["/hook"]

@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 POLL = 0.5
 """Seconds between looks at the outbox when nothing is due: how soon a score the
 scorer staged starts on its way."""
-COUNTS_INTERVAL = 5.0
+COUNTS_INTERVAL = 1.0
 """Seconds between counts of the queue for /status and /metrics."""
 DOWN_PAUSE_MAX = 300.0
 """A destination that failed a whole call is left alone for the first retry delay,
@@ -104,6 +104,8 @@ class DestinationActor(Actor):
         self._workers = 1 if sender.serial else config.concurrency
         self._buffer: deque[OutboxRow] = deque()
         self._in_flight: set[int] = set()
+        self._settled: set[int] = set()
+        """Rows settled since the last refill began."""
         self._fetching = anyio.Lock()
         self._serial = anyio.Lock()
         """Held by a serial sender's send-and-settle, and by every tick."""
@@ -193,7 +195,9 @@ class DestinationActor(Actor):
                     await self._deliver(rows, settlement)
                     await self._settle(settlement)
             finally:
-                self._in_flight.difference_update(row.id for row in rows)
+                ids = [row.id for row in rows]
+                self._in_flight.difference_update(ids)
+                self._settled.update(ids)
 
     async def _next(self) -> list[OutboxRow] | None:
         """The next batch, once it may be sent (its slot in the rate limit taken);
@@ -237,10 +241,13 @@ class DestinationActor(Actor):
     async def _refill(self) -> None:
         assert self._store is not None
         want = self._batch * (self._workers + 1)
+        self._settled = set()
         rows = await self._db(
             self._store.due, self.destination, self._clock(), want + len(self._in_flight)
         )
-        self._buffer.extend(row for row in rows if row.id not in self._in_flight)
+        # A row settled while the read ran may have been read as it was before.
+        skip = self._in_flight | self._settled
+        self._buffer.extend(row for row in rows if row.id not in skip)
 
     async def _sleep_until_due(self) -> None:
         assert self._store is not None

@@ -5,12 +5,21 @@ backoff, dead letters, figures) is actors/delivery/actor.py, written once.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 import msgspec
 
 from storage.base import OutboxRow
+
+REASON_CHARS = 200
+"""Of an API's answer kept in a reason: enough to say what is wrong, and a reason ends
+up in logs and in the dead-letter table."""
+REFUSED = frozenset({400, 413, 422})
+"""Statuses that say the request itself is invalid, so some record in it is."""
 
 
 class RecordError(msgspec.Struct, frozen=True):
@@ -77,3 +86,47 @@ class Sender(ABC):
 
     async def close(self) -> None:
         return
+
+
+def delivery_id(row: OutboxRow) -> str:
+    """The same for every send of one payload of one profile, and different for the
+    next payload, so a receiver drops repeats without dropping updates."""
+    return f"{row.uid}:{row.hash & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def raise_for_status(status: int, retry_after: str | None, text: str, now: float) -> None:
+    """What a non-2xx answer means for the call as a whole. Only 400/413/422 blame the
+    records; 401, 403, 404 and the like are the configuration's fault, so the records
+    are retried (and dead-lettered with that reason if it is never fixed)."""
+    if 200 <= status < 300:
+        return
+    said = f"HTTP {status}: {excerpt(text)}" if text.strip() else f"HTTP {status}"
+    if status == 429:
+        raise Unavailable(said, retry_after_seconds(retry_after, now), throttled=True)
+    if status == 408 or status >= 500:
+        raise Unavailable(said, retry_after_seconds(retry_after, now))
+    if status in REFUSED:
+        raise Refused(said)
+    raise Unavailable(f"{said} (check the destination's address and credentials)")
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header: delay-seconds or an HTTP-date."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"

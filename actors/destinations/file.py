@@ -18,34 +18,34 @@ the profile's payload was staged, ISO 8601 UTC to the millisecond,
 "2026-11-23T15:45:01.123Z") and traits (the mk_* scores under this destination's
 names). JSONL: one JSON object per line. CSV (RFC 4180, UTF-8, CRLF): a header row at
 the top of every file, and traits as one JSON object in one column, because the
-mapped names differ from profile to profile and a file's columns cannot.
+mapped names differ from profile to profile and a file's columns cannot. A spreadsheet
+opening the CSV file would run a cell beginning with =, +, -, @, tab or carriage return
+as a formula, so such a cell gets a single quote in front (OWASP's advice against CSV
+injection): only the ids can begin so (staged_at begins with a digit, traits with "{"),
+and such an id reads back with the quote.
 
 Exactly once across crashes. `state()` is "part file name:length" after the last
-successful send, and the actor records it in the transaction that records those
-sends' outcome. On start, `open(recorded state)`:
+write, and the actor records it in the transaction that records those sends' outcome.
+The argument assumes two things of the actor (actors/delivery/actor.py): `tick` never
+runs between a send and the settlement recording it, and a round whose outcome was not
+recorded is followed by a crash or by `close` and `open(recorded state)` before the
+next send. A round is one send here (this sender never raises Refused, the one thing
+that makes the actor send again before settling), so a file only ever rotates holding
+exactly recorded content (at the start of a send, or on a tick between rounds), and
+`open(recorded state)`:
 
 - truncates the recorded part file to the recorded length: what lies beyond was
-  written by sends whose outcome was never recorded, and those records are due again;
-- deletes every other part file of this destination: none has been published, and any
-  record in one was written after the recorded state, so it is due again too;
-- if the recorded part file is gone, it was rotated. Rotation at the start of a send
-  only ever renames content of earlier, settled sends (the actor records each round
-  before the next send), so the final file holds exactly the recorded length and
-  records sent after it are due again: nothing lost, nothing doubled. But the actor's
-  `tick` may rotate the file between a send and the transaction recording it; a crash
-  there leaves records in a final file that will be sent again. So `open` reads what a
-  final file holds beyond the recorded state (the tail of the recorded file, all of any
-  later file) and, when those records come again, reports them delivered without
-  writing them twice. A record's line is a function of its payload and its staged_at
-  alone, and a profile's outbox row keeps both until the row is settled (a new payload
-  is a new line, rightly written), so an identical line is the same record. (Should a
-  reader have taken that final file away already, its records are written again.)
+  written by sends whose outcome was not recorded, and those records are due again;
+- deletes every other part file: none is recorded, so its records are due again too;
+- if the recorded part file is gone, it was rotated since (by a tick after the last
+  settlement, or at the start of a later send), so its final file holds exactly the
+  recorded content.
 
-What the argument assumes of the actor: a round whose outcome was not recorded is
-followed by a crash or by `open` with the recorded state before the next send.
+Records due again are then written once more: nothing lost, nothing doubled.
 
 Writes are fsynced before `send` returns, and a failed write is cut back to the length
-before it, so the file only ever grows by whole sends.
+before it (again before the next write or rotation, should that fail too), so a file
+only ever grows by whole sends.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import io
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +75,7 @@ log = structlog.get_logger(__name__)
 
 CSV_HEADER = ("profile", "user_id", "email", "anonymous_id", "staged_at", "traits")
 _STAMP = "%Y%m%dT%H%M%SZ"
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 class _JsonLine(msgspec.Struct):
@@ -103,6 +104,13 @@ def _csv_row(fields: Sequence[str]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer).writerow(fields)
     return buffer.getvalue().encode()
+
+
+def _cell(value: str | None) -> str:
+    """An id as a CSV cell that no spreadsheet runs as a formula."""
+    if value is None:
+        return ""
+    return "'" + value if value.startswith(_FORMULA) else value
 
 
 def _iso(epoch: float) -> str:
@@ -134,9 +142,6 @@ class FileSender(Sender):
         self._part: _Part | None = None
         self._state: tuple[str, int] | None = None
         self._next_counter = 1
-        self._written_before: set[bytes] = set()
-        """Lines of records a final file already holds though their outcome was never
-        recorded (see the module docstring)."""
         self._lock = anyio.Lock()
         """`tick` runs beside `send`; the file has one end."""
 
@@ -167,19 +172,16 @@ class FileSender(Sender):
 
     def _open(self, state: str | None) -> None:
         self._close()
-        self._written_before.clear()
         self._state = None
-        recorded: tuple[str, int, int] | None = None
         if state is not None:
             name, _, length = state.rpartition(":")
             match = self._files.fullmatch(name)
             if match is None or not match["part"] or not length.isdigit():
                 raise ValueError(f"not a state of file destination {self._name}: {state!r}")
-            recorded = (name, int(match["counter"]), int(length))
             self._state = (name, int(length))
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
-            names = sorted(os.listdir(self._directory))
+            names = os.listdir(self._directory)
         except OSError as exc:
             raise Unavailable(_reason("open directory", self._directory, exc)) from exc
         highest = 0
@@ -187,20 +189,13 @@ class FileSender(Sender):
             match = self._files.fullmatch(name)
             if match is None:
                 continue
-            counter = int(match["counter"])
-            highest = max(highest, counter)
-            if match["part"]:
-                if recorded is None or name != recorded[0]:
-                    self._delete(name)
-            elif (
-                recorded is not None and counter >= recorded[1] and match["format"] == self._format
-            ):
-                offset = recorded[2] if counter == recorded[1] else 0
-                self._written_before.update(self._records(name, offset))
+            highest = max(highest, int(match["counter"]))
+            if match["part"] and (self._state is None or name != self._state[0]):
+                self._delete(name)
         self._next_counter = highest + 1
-        if recorded is not None and recorded[0] in names:
+        if self._state is not None and self._state[0] in names:
             try:
-                self._resume(recorded[0], recorded[2])
+                self._resume(*self._state)
             except BaseException:
                 self._close()
                 raise
@@ -246,26 +241,9 @@ class FileSender(Sender):
             # The configured format changed: finish this file, start the next anew.
             self._rotate(part)
 
-    def _records(self, name: str, offset: int) -> Iterator[bytes]:
-        """The lines of a final file from `offset`, as `_render` writes them."""
-        try:
-            with open(self._directory / name, "rb") as file:
-                file.seek(offset)
-                tail = file.read()
-        except OSError as exc:
-            raise Unavailable(_reason("read", self._directory / name, exc)) from exc
-        if self._format == "jsonl":
-            yield from (line + b"\n" for line in tail.split(b"\n") if line)
-            return
-        # A CSV header among them is harmless: no record renders as one.
-        yield from (
-            _csv_row(fields) for fields in csv.reader(io.StringIO(tail.decode(), newline=""))
-        )
-
     def _send(self, rows: Sequence[OutboxRow]) -> list[RecordError | None]:
         outcome: list[RecordError | None] = []
         lines: list[bytes] = []
-        known: list[bytes] = []
         for row in rows:
             try:
                 payload = decode(row.payload)
@@ -273,15 +251,11 @@ class FileSender(Sender):
                 outcome.append(RecordError(f"stored payload cannot be read: {exc}", False))
                 continue
             outcome.append(None)
-            line = self._render(payload, row.staged_at)
-            (known if line in self._written_before else lines).append(line)
-        # Before writing: the part file holds only settled records at this point.
+            lines.append(self._render(payload, row.staged_at))
+        # Before writing: the part file holds only recorded sends at this point.
         self._rotate_if_due()
         if lines:
             self._append(b"".join(lines))
-        # Only now: had this send failed, the records would come again, and still be
-        # in the file already.
-        self._written_before.difference_update(known)
         return outcome
 
     def _render(self, payload: Payload, staged_at: float) -> bytes:
@@ -297,10 +271,10 @@ class FileSender(Sender):
             return _encode_json(line) + b"\n"
         return _csv_row(
             (
-                payload.profile,
-                payload.user_id or "",
-                payload.email or "",
-                payload.anonymous_id or "",
+                _cell(payload.profile),
+                _cell(payload.user_id),
+                _cell(payload.email),
+                _cell(payload.anonymous_id),
                 _iso(staged_at),
                 _encode_json(payload.traits).decode(),
             )
@@ -315,8 +289,7 @@ class FileSender(Sender):
                 data = _csv_row(CSV_HEADER) + data
         path = self._directory / part.name
         try:
-            if os.fstat(part.fd).st_size != part.length:
-                os.ftruncate(part.fd, part.length)  # what an earlier failed write left
+            os.ftruncate(part.fd, part.length)  # what a failed write may have left
             view = memoryview(data)
             offset = part.length
             while view:
@@ -347,7 +320,7 @@ class FileSender(Sender):
 
     def _undo(self, part: _Part, created: bool) -> None:
         """Leave the file as it was before the failed write. Should this fail too, the
-        next write cuts the file back first."""
+        next write or rotation cuts the file back first."""
         try:
             if created:
                 os.close(part.fd)
@@ -370,6 +343,7 @@ class FileSender(Sender):
         path = self._directory / part.name
         final = path.with_name(part.name.removesuffix(".part"))
         try:
+            os.ftruncate(part.fd, part.length)  # what a failed write may have left
             os.fsync(part.fd)
             os.rename(path, final)
             self._part = None

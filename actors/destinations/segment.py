@@ -12,7 +12,9 @@ are read per record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +22,14 @@ import aiohttp
 import msgspec
 
 from actors.delivery.payload import decode
-from actors.delivery.sender import RecordError, Refused, Sender, Unavailable
+from actors.delivery.sender import (
+    REFUSED,
+    RecordError,
+    Sender,
+    Unavailable,
+    delivery_id,
+    raise_for_status,
+)
 from daemon import __version__
 from daemon.config import SegmentDestination
 from storage.base import OutboxRow
@@ -38,7 +47,6 @@ class _Rejection(msgspec.Struct):
 
 class _Answer(msgspec.Struct):
     rejected: list[_Rejection] = []
-    message: str = ""
 
 
 _answer = msgspec.json.Decoder(_Answer).decode
@@ -49,24 +57,28 @@ class SegmentSender(Sender):
     max_bytes = 450_000
     """Under Segment's 500 KB per request, with room for the identify envelope."""
 
-    def __init__(self, config: SegmentDestination) -> None:
+    def __init__(self, config: SegmentDestination, clock: Callable[[], float] = time.time):
         self._config = config
+        self._clock = clock
         self._url = config.host.rstrip("/") + "/v1/batch"
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self, state: str | None) -> None:
+        # The write key as the Basic auth user name, as Segment's own clients send it.
+        key = base64.b64encode(f"{self._config.write_key}:".encode()).decode()
         self._session = aiohttp.ClientSession(
-            auth=aiohttp.BasicAuth(self._config.write_key, ""),
             timeout=aiohttp.ClientTimeout(total=self._config.timeout),
-            headers={"User-Agent": f"leadsync/{__version__}"},
+            headers={"User-Agent": f"leadsync/{__version__}", "Authorization": f"Basic {key}"},
         )
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def send(self, rows: Sequence[OutboxRow]) -> list[RecordError | None]:
-        assert self._session is not None
+        if self._session is None:
+            raise RuntimeError("SegmentSender.send before open")
         outcome: list[RecordError | None] = [None] * len(rows)
         batch: list[bytes] = []
         sent: list[int] = []
@@ -79,30 +91,26 @@ class SegmentSender(Sender):
                 sent.append(index)
         if not batch:
             return outcome
-        body = b'{"batch":[' + b",".join(batch) + b'],"sentAt":"' + _now().encode() + b'"}'
+        now = self._clock()
+        body = b'{"batch":[%b],"sentAt":"%b"}' % (b",".join(batch), _iso(now).encode())
         try:
             async with self._session.post(
-                self._url, data=body, headers={"Content-Type": "application/json"}
+                self._url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                allow_redirects=False,
             ) as response:
-                text = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
+                text = (await response.read()).decode("utf-8", "replace")
         except TimeoutError:
             raise Unavailable(f"no answer within {self._config.timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            raise Unavailable(f"cannot reach {self._url}: {exc}") from None
-        if status == 429:
-            raise Unavailable("429 Too Many Requests", _seconds(retry_after), throttled=True)
-        if status >= 500 or status == 408:
-            raise Unavailable(f"{status} from {self._url}: {_excerpt(text)}")
-        answer = _parse(text)
-        if status in (400, 413, 422) and not answer.rejected:
-            raise Refused(f"{status}: {_excerpt(text)}")
-        if status >= 400 and status not in (400, 413, 422):
-            raise Unavailable(
-                f"{status} from {self._url}: {_excerpt(text)} (check the write key and host)"
-            )
-        for rejection in answer.rejected:
+            said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+            raise Unavailable(f"request failed: {type(exc).__name__}: {said}") from None
+        rejected = _rejected(text)
+        # leadsync answers 400 when it refused every message, naming each.
+        if not (response.status in REFUSED and rejected):
+            raise_for_status(response.status, response.headers.get("Retry-After"), text, now)
+        for rejection in rejected:
             if rejection.index is not None and 0 <= rejection.index < len(sent):
                 outcome[sent[rejection.index]] = RecordError(
                     f"refused: {rejection.message}", retryable=False
@@ -118,8 +126,8 @@ def _identify(row: OutboxRow) -> bytes | RecordError:
         )
     message: dict[str, Any] = {
         "type": "identify",
-        "messageId": f"leadsync-{row.uid}-{row.hash & 0xFFFFFFFFFFFFFFFF:016x}",
-        "timestamp": datetime.fromtimestamp(row.staged_at, UTC).isoformat(),
+        "messageId": f"leadsync-{delivery_id(row)}",
+        "timestamp": _iso(row.staged_at),
         "traits": payload.traits,
         "context": {"library": {"name": "leadsync", "version": __version__}},
     }
@@ -135,30 +143,12 @@ def _identify(row: OutboxRow) -> bytes | RecordError:
     return encoded
 
 
-def _parse(text: bytes) -> _Answer:
+def _rejected(text: str) -> list[_Rejection]:
     try:
-        return _answer(text)
-    except msgspec.DecodeError:
-        return _Answer()
+        return _answer(text).rejected
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
 
 
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _excerpt(text: bytes) -> str:
-    return text[:200].decode("utf-8", "replace").strip()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

@@ -27,18 +27,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import msgspec
 
 from actors.delivery import payload as payloads
-from actors.delivery.sender import RecordError, Refused, Sender, Unavailable
+from actors.delivery.sender import (
+    RecordError,
+    Sender,
+    Unavailable,
+    delivery_id,
+    raise_for_status,
+)
 from daemon import __version__
 from daemon.config import WebhookDestination
 from storage.base import OutboxRow
@@ -47,12 +51,6 @@ TIMESTAMP_HEADER = "X-Leadsync-Timestamp"
 SIGNATURE_HEADER = "X-Leadsync-Signature"
 TOLERANCE = 300.0
 """Seconds a receiver accepts between the signed timestamp and its own clock."""
-REASON_CHARS = 200
-"""Of a receiver's answer kept in a reason: enough to say what is wrong, and a reason
-ends up in logs and in the dead-letter table."""
-
-_REFUSED = frozenset({400, 413, 422})
-"""Statuses that say the request itself is invalid, so some record in it is."""
 _encode = msgspec.json.Encoder().encode
 
 
@@ -94,19 +92,8 @@ def verify(
     return hmac.compare_digest(sign(secret, sent, body).encode(), signature.encode())
 
 
-def delivery_id(row: OutboxRow) -> str:
-    """The same for every send of one payload of one profile, and different for the
-    next payload, so a receiver drops repeats without dropping updates."""
-    return f"{row.uid}:{row.hash & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
 class WebhookSender(Sender):
@@ -169,19 +156,8 @@ class WebhookSender(Sender):
     def _judge(
         self, status: int, retry_after: str | None, text: str, count: int
     ) -> list[RecordError | None]:
-        """What an answer means for the records. Only 400/413/422 blame the records;
-        401, 403, 404 and the like are the configuration's fault, so the records are
-        retried (and dead-lettered with that reason if it is never fixed)."""
-        if 200 <= status < 300:
-            return self._rejections(text, count)
-        said = f"HTTP {status}: {_excerpt(text)}" if text.strip() else f"HTTP {status}"
-        if status == 429:
-            raise Unavailable(said, self._retry_after(retry_after), throttled=True)
-        if status == 408 or status >= 500:
-            raise Unavailable(said, self._retry_after(retry_after))
-        if status in _REFUSED:
-            raise Refused(said)
-        raise Unavailable(f"{said} (check the destination's url and secret)")
+        raise_for_status(status, retry_after, text, self._clock())
+        return self._rejections(text, count)
 
     def _rejections(self, text: str, count: int) -> list[RecordError | None]:
         """A rejected list the receiver sent but we cannot read is Unavailable: it
@@ -205,19 +181,3 @@ class WebhookSender(Sender):
                 )
             outcome[rejection.index] = RecordError(rejection.error, rejection.retryable)
         return outcome
-
-    def _retry_after(self, value: str | None) -> float | None:
-        """Seconds from a Retry-After header: delay-seconds or an HTTP-date."""
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                return None
-            if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
-                when = when.replace(tzinfo=UTC)
-            seconds = when.timestamp() - self._clock()
-        return max(0.0, seconds) if math.isfinite(seconds) else None

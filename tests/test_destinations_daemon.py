@@ -1,0 +1,172 @@
+"""Destinations in real daemon processes: leadsync A sends its scores to leadsync B as
+Segment identify calls; a webhook receiver survives A's kill -9 mid-delivery with
+nothing lost; the dlq and sync commands work on a running daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from segment.analytics.client import Client
+
+from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
+from tests.fake_receiver import FakeReceiver
+from tests.test_cli import leadsync
+from tests.test_scoring_daemon import CTO, post, run_batch
+
+
+@contextmanager
+def receiver_thread() -> Iterator[FakeReceiver]:
+    """A FakeReceiver on its own event loop in a thread, for tests that block on
+    subprocesses and polls."""
+    receiver = FakeReceiver()
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve() -> None:
+        nonlocal stop, loop
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+        async with receiver:
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield receiver
+    finally:
+        assert loop is not None
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+
+
+def destination(name: str, kind: str, **settings: Any) -> str:
+    lines = [f"\n[destinations.{name}]", f'type = "{kind}"']
+    tables = {k: v for k, v in settings.items() if isinstance(v, dict)}
+    for key, value in settings.items():
+        if key not in tables:
+            lines.append(f"{key} = {value!r}".replace("'", '"'))
+    for key, table in tables.items():
+        lines.append(f"[destinations.{name}.{key}]")
+        lines += [f"{k} = {v!r}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def status_of(daemon: DaemonProcess, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = daemon.admin("/status")[1]["destinations"][name]
+    return found
+
+
+def test_leadsync_a_sends_its_scores_to_leadsync_b_as_segment_identifies(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    b = make_daemon(name="b").start()
+    a = make_daemon(
+        destination("b", "segment", mode="batch", host=b.url, write_key=WRITE_KEYS["backend"]),
+        name="a",
+    ).start()
+    client = Client(WRITE_KEYS["web"], host=a.url, sync_mode=True)
+    client.identify("ann", CTO, anonymous_id="aaa-aaa-aaa")
+    client.track("ann", "Demo Requested")
+    client.identify("bob", {"title": "Intern", "email": "bob@gmail.com"})
+    client.flush()
+    wait_for(lambda: a.admin("/status")[1]["consumers"]["scorer"]["lag_events"] == 0)
+    wait_for(lambda: status_of(a, "b")["held"] == 2)
+    assert b.events() == []  # batch mode: nothing before the batch run ends
+    run_batch(a)
+
+    def identifies() -> list[dict[str, Any]]:
+        return [e for e in b.events() if e["type"] == "identify"]
+
+    wait_for(lambda: len(identifies()) == 2)
+    by_user = {e["userId"]: e for e in identifies()}
+    ann = by_user["ann"]
+    assert ann["anonymousId"] == "aaa-aaa-aaa"
+    assert ann["source"] == "backend"
+    assert ann["traits"]["mk_customer_fit_score"] == 100
+    assert ann["traits"]["mk_likelihood_to_buy_score"] == 40
+    assert ann["traits"]["mk_lead_grade"] == "A"
+    assert ann["context"]["library"]["name"] == "leadsync"
+    assert by_user["bob"]["traits"]["mk_customer_fit_segment"] != "very good"
+    wait_for(lambda: status_of(a, "b")["sent"] == 2)
+    # Only on change: another batch run with nothing new sends nothing more.
+    run_batch(a)
+    wait_for(lambda: status_of(a, "b")["held"] == 0)
+    assert status_of(a, "b")["sent"] == 2
+    assert len(identifies()) == 2
+    # A full sync resends both, and B's deduplication by messageId keeps one of each.
+    result = leadsync("sync", "b", "--full", "--config", str(a.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "2 profiles of 2 queued" in result.stdout
+    wait_for(lambda: status_of(a, "b")["sent"] == 4)
+    wait_for(lambda: b.admin("/metrics")[1].count("leadsync_events_duplicate_total") > 0)
+    assert len(identifies()) == 2
+
+
+def test_kill_9_mid_delivery_loses_nothing_and_repeats_at_most_what_was_in_flight(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    with receiver_thread() as receiver:
+        batch, concurrency = 10, 2
+        a = make_daemon(
+            destination(
+                "hook",
+                "webhook",
+                mode="realtime",
+                url=receiver.url + "/hook",
+                secret="s",
+                batch_size=batch,
+                concurrency=concurrency,
+                rate={"requests": 20, "per": 1},
+            )
+        ).start()
+        people = [f"user-{n:03d}" for n in range(300)]
+        for start in range(0, 300, 100):
+            group = people[start : start + 100]
+            sent = [{"type": "identify", "userId": u, "traits": CTO} for u in group]
+            assert post(a, sent) == 200
+        wait_for(lambda: len(receiver.records()) >= 60)
+        a.kill()
+        a.start()
+        wait_for(lambda: {r["user_id"] for r in receiver.records()} == set(people), timeout=40)
+        wait_for(lambda: status_of(a, "hook")["queued"] == 0, timeout=10)
+    received = [r["user_id"] for r in receiver.records()]
+    repeated = len(received) - len(set(received))
+    # Only records in flight when the process died can come again, each once.
+    assert repeated <= batch * concurrency
+    assert max(received.count(u) for u in people) <= 2
+    assert len(a.query("SELECT 1 FROM outbox")) == 0
+
+
+def test_dead_letters_are_listed_and_replayed_from_the_command_line(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    with receiver_thread() as receiver:
+        receiver.fail_when(lambda record: record["user_id"] == "bob", "bob is not welcome")
+        a = make_daemon(
+            destination("hook", "webhook", mode="realtime", url=receiver.url, secret="s")
+        ).start()
+        sent = [{"type": "identify", "userId": u, "traits": CTO} for u in ("ann", "bob")]
+        assert post(a, sent) == 200
+        wait_for(lambda: status_of(a, "hook")["dead_letters"] == 1, timeout=15)
+        listed = leadsync("dlq", "list", "--config", str(a.config_path))
+        assert listed.returncode == 0, listed.stderr
+        assert "hook" in listed.stdout
+        assert "bob is not welcome" in listed.stdout
+        assert [r["user_id"] for r in receiver.records()] == ["ann"]
+        receiver.clear_rules()
+        replayed = leadsync(
+            "dlq", "replay", "--destination", "hook", "--config", str(a.config_path)
+        )
+        assert replayed.returncode == 0, replayed.stderr
+        assert "1 dead letter back in the outbox" in replayed.stdout
+        wait_for(lambda: [r["user_id"] for r in receiver.records()] == ["ann", "bob"])
+        empty = leadsync("dlq", "list", "--config", str(a.config_path))
+        assert "no dead letters" in empty.stdout
