@@ -348,35 +348,18 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             f"scoring model {scoring['model'] or '-'}   last batch run {last}   "
             f"next {scoring['next_batch_at'] or '-'}"
         )
-    destinations = status.get("destinations") or {}
-    if destinations:
-        outbox = Table(
-            "destination",
-            "state",
-            "queued",
-            "held",
-            "sent",
-            "failed",
-            "dead",
-            "rate/s",
-            "last success",
-            "last error",
+    for name, d in (status.get("destinations") or {}).items():
+        # A line each rather than a table: ten columns do not fit a terminal.
+        paused = f" for {d['paused_for']:.0f}s more" if d["paused_for"] else ""
+        console.print(
+            f"destination {name} ({d['type']}, {d['mode']}): {d['state']}{paused}   "
+            f"queued {d['queued']:,}   held {d['held']:,}   sent {d['sent']:,}   "
+            f"failed {d['failed']:,}   dead letters {d['dead_letters']:,}   "
+            f"{d['rate']:.1f} calls/s   last success {d['last_success_at'] or 'never'}",
+            highlight=False,
         )
-        for name, d in destinations.items():
-            state = d["state"] + (f" ({d['paused_for']:.0f}s)" if d["paused_for"] else "")
-            outbox.add_row(
-                f"{name} ({d['type']}, {d['mode']})",
-                state,
-                f"{d['queued']:,}",
-                f"{d['held']:,}",
-                f"{d['sent']:,}",
-                f"{d['failed']:,}",
-                f"{d['dead_letters']:,}",
-                f"{d['rate']:.1f}",
-                d["last_success_at"] or "never",
-                d["last_error"] or "",
-            )
-        console.print(outbox)
+        if d["last_error"]:
+            console.print(f"  last error ({d['last_error_at']}): {d['last_error']}", markup=False)
     table = Table("actor", "role", "state", "restarts", "queue", "last error")
     for actor in status["actors"]:
         queue = (

@@ -53,7 +53,7 @@ GRAPH_TABLES = (
 )
 
 
-def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqlite3.Connection:
     """A connection for one worker thread at a time (the actor hops between threads)."""
     db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -63,7 +63,7 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous = NORMAL")
     # The graph's indexes are read all over for every batch; SQLite's default 2 MB
     # page cache would re-read and re-parse them from the OS each time.
-    db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    db.execute(f"PRAGMA cache_size = -{cache_kib}")
     # Checkpointing is the log writer's timer's job (storage.maintain): done inside
     # every merger commit it would copy the same hot index pages again and again.
     db.execute("PRAGMA wal_autocheckpoint = 0")

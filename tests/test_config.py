@@ -89,6 +89,39 @@ def test_durations_accept_numbers_and_units(value: str, seconds: float) -> None:
             "[sources.web]\ntype = 'http'\nwrite_key = 5\n",
             "daemon.toml:3: sources.web.write_key: Expected `str | null`, got `int`",
         ),
+        (
+            "[destinations.crm]\ntype = 'hubspot'\n",
+            "daemon.toml:2: destinations.crm.type: Invalid value 'hubspot'; a destination's "
+            "type must be one of: segment, webhook, file",
+        ),
+        (
+            "[destinations.crm]\ntype = 'webhook'\nurl = 'https://x.io'\n",
+            "daemon.toml:1: destinations.crm: Object missing required field `secret`",
+        ),
+        (
+            "[destinations.crm]\ntype = 'webhook'\nurl = 'x.io'\nsecret = 's'\n",
+            "daemon.toml:3: destinations.crm.url: expected an http:// or https:// URL",
+        ),
+        (
+            "[destinations.f]\ntype = 'file'\npath = 'o'\nfilter = 'email =='\n",
+            "daemon.toml:4: destinations.f.filter: not an expression",
+        ),
+        (
+            "[destinations.f]\ntype = 'file'\npath = 'o'\nfilter = 'len(email) > 3'\n",
+            "daemon.toml:4: destinations.f.filter: Function 'len' not defined",
+        ),
+        (
+            "[destinations.f]\ntype = 'file'\npath = 'o'\n[destinations.f.fields]\ngrade = 'g'\n",
+            "destinations.f.fields: 'grade': only mk_* score traits are mapped",
+        ),
+        (
+            "[destinations.f]\ntype = 'file'\npath = 'o'\nmode = 'nightly'\n",
+            "daemon.toml:4: destinations.f.mode: Invalid enum value 'nightly'",
+        ),
+        (
+            "[destinations.f]\ntype = 'file'\npath = 'o'\n[destinations.f.rate]\nper = 0\n",
+            "destinations.f.rate: per must be more than 0",
+        ),
         ("[daemon\n", "daemon.toml: not valid TOML"),
         ("sources = 3\n", "daemon.toml:1: sources: expected a table of named sources"),
     ],

@@ -96,6 +96,10 @@ def test_leadsync_a_sends_its_scores_to_leadsync_b_as_segment_identifies(
     assert ann["context"]["library"]["name"] == "leadsync"
     assert by_user["bob"]["traits"]["mk_customer_fit_segment"] != "very good"
     wait_for(lambda: status_of(a, "b")["sent"] == 2)
+    shown = leadsync("status", "--config", str(a.config_path))
+    assert shown.returncode == 0, shown.stderr
+    assert "destination b (segment, batch): " in shown.stdout
+    assert "sent 2 " in shown.stdout
     # Only on change: another batch run with nothing new sends nothing more.
     run_batch(a)
     wait_for(lambda: status_of(a, "b")["held"] == 0)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import EXIT_CONFIG
-from daemon.config import DaemonSection, parse
+from daemon.config import DaemonSection, FileDestination, parse
 from tests.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,7 +265,13 @@ def test_docs_config_keeps_the_database_in_the_state_directory(service: dict[str
     blocks = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.DOTALL)
     assert blocks, "docs/systemd.md shows no daemon.toml"
     environ = {name: "x" for block in blocks for name in re.findall(r'"env:(\w+)"', block)}
-    data_dirs = {parse(block, "docs/systemd.md", environ).daemon.data_dir for block in blocks}
+    configs = [parse(block, "docs/systemd.md", environ) for block in blocks]
     state_directory = f"/var/lib/{service['StateDirectory']}"
-    assert data_dirs == {state_directory}
+    assert {config.daemon.data_dir for config in configs} == {state_directory}
+    # A file destination writes there too, for the same reason.
+    paths = [
+        d.path for c in configs for d in c.destinations.values() if isinstance(d, FileDestination)
+    ]
+    assert paths
+    assert all(path.startswith(state_directory + "/") for path in paths)
     assert f'data_dir = "{state_directory}"' in README.read_text()

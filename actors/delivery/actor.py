@@ -47,6 +47,8 @@ DOWN_PAUSE_MAX = 300.0
 """A destination that failed a whole call is left alone for the first retry delay,
 doubling while it keeps failing up to this (or the retry policy's max_delay), so an
 outage costs a probe now and then, not a storm of calls."""
+CACHE_KIB = 4 * 1024
+"""The outbox is read oldest-first through one index: a small page cache does."""
 DAY = 86_400
 _T = TypeVar("_T")
 
@@ -107,6 +109,7 @@ class DestinationActor(Actor):
         self._settled: set[int] = set()
         """Rows settled since the last refill began."""
         self._fetching = anyio.Lock()
+        self._connection = anyio.Lock()
         self._serial = anyio.Lock()
         """Held by a serial sender's send-and-settle, and by every tick."""
         self._stopping = anyio.Event()
@@ -122,7 +125,7 @@ class DestinationActor(Actor):
             scope.cancel()
 
     async def run(self, ready: Callable[[], None]) -> None:
-        db = connect(self._database, self._busy_timeout)
+        db = connect(self._database, self._busy_timeout, CACHE_KIB)
         self._store = SqliteOutboxStore(db)
         try:
             state = await self._db(self._store.sender_state, self.destination)
@@ -160,7 +163,11 @@ class DestinationActor(Actor):
         await self._sender.open(state)
 
     async def _db(self, call: Callable[..., _T], *args: object) -> _T:
-        return await anyio.to_thread.run_sync(call, *args)
+        """One call at a time on the actor's connection: its tasks would otherwise use
+        it from several threads at once, a read running inside another's write
+        transaction."""
+        async with self._connection:
+            return await anyio.to_thread.run_sync(call, *args)
 
     def _write_gate(self) -> AbstractContextManager[None]:
         return held_from_thread(self._gate)
