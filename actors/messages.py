@@ -7,6 +7,8 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from daemon.config import Destination
+
 EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
 EVENT_TYPES: tuple[str, ...] = ("identify", "track", "page", "screen", "group", "alias")
 
@@ -68,6 +70,15 @@ class SyncDestination(msgspec.Struct):
     """Resend even what the destination already acknowledged."""
     done: anyio.Event = msgspec.field(default_factory=anyio.Event)
     result: dict[str, float] = {}
+    fingerprint: str | None = None
+    """Kept once the sync is complete, for a sync the scorer started itself because a
+    destination is new or changed (see actors/delivery/staging.py: fingerprint)."""
 
 
-ScorerMessage = ProfileChanged | RunBatch | SyncDestination
+class UseDestinations(msgspec.Struct, frozen=True):
+    """The destinations after a reload (SIGHUP): the scorer stages for these from now on."""
+
+    destinations: dict[str, Destination]
+
+
+ScorerMessage = ProfileChanged | RunBatch | SyncDestination | UseDestinations

@@ -13,11 +13,11 @@ import secrets
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from actors.delivery.actor import DestinationActor, DestinationStatus
@@ -26,13 +26,13 @@ from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.log_writer import LogProgress, LogWriter, Submission
-from actors.messages import ScorerMessage
+from actors.messages import ScorerMessage, UseDestinations
 from actors.runtime import Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from daemon.admin import AdminServer
-from daemon.config import Config, Destination
+from daemon.config import EMBEDDED_DEFAULT, Config, ConfigError, Destination, load
 from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
@@ -85,11 +85,7 @@ async def serve(config: Config, config_path: str) -> int:
         log_inbox = Mailbox[Submission](config.http.max_pending_events)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
         scoring_status = ScoringStatus()
-        destinations = {
-            name: DestinationStatus(destination.kind, destination.mode)
-            for name, destination in config.destinations.items()
-        }
-        metrics.watch_destinations(destinations)
+        destinations = Destinations(config, path, storage, metrics, supervisor, scorer_inbox)
 
         supervisor.add(
             ActorSpec(
@@ -112,7 +108,7 @@ async def serve(config: Config, config_path: str) -> int:
                     ),
                     scorer_inbox,
                     scoring_status,
-                    destinations,
+                    destinations.statuses,
                 ),
                 role="service",
             )
@@ -155,15 +151,7 @@ async def serve(config: Config, config_path: str) -> int:
                 mailbox=scorer_inbox,
             )
         )
-        for name, destination in config.destinations.items():
-            supervisor.add(
-                ActorSpec(
-                    f"destination:{name}",
-                    _destination_actor(
-                        name, destination, path, config, storage, metrics, destinations[name]
-                    ),
-                )
-            )
+        destinations.add_all()
         if write_keys:
             supervisor.add(
                 ActorSpec(
@@ -183,7 +171,16 @@ async def serve(config: Config, config_path: str) -> int:
 
         systemd = Systemd()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_handle_signals, supervisor, systemd, config, path, storage)
+            tg.start_soon(
+                _handle_signals,
+                supervisor,
+                systemd,
+                config,
+                config_path,
+                path,
+                storage,
+                destinations,
+            )
             tg.start_soon(_announce_ready, supervisor, systemd)
             tg.start_soon(systemd.keep_watchdog_fed)
             code = await supervisor.run()
@@ -194,26 +191,83 @@ async def serve(config: Config, config_path: str) -> int:
     return code
 
 
-def _destination_actor(
-    name: str,
-    destination: Destination,
-    path: Path,
-    config: Config,
-    storage: Storage,
-    metrics: Metrics,
-    status: DestinationStatus,
-) -> Callable[[], DestinationActor]:
-    """A new actor, with a new sender, for each (re)start."""
-    return lambda: DestinationActor(
-        name,
-        destination,
-        sender_for(name, destination),
-        path,
-        config.storage.busy_timeout,
-        storage.write_gate,
-        metrics,
-        status,
-    )
+class Destinations:
+    """The destination actors as daemon.toml has them now; SIGHUP reloads them."""
+
+    def __init__(
+        self,
+        config: Config,
+        database: Path,
+        storage: Storage,
+        metrics: Metrics,
+        supervisor: Supervisor,
+        scorer: Mailbox[ScorerMessage],
+    ) -> None:
+        self.config = config
+        self.statuses: dict[str, DestinationStatus] = {}
+        """Shared with /status and /metrics, which read it as it is."""
+        self._database = database
+        self._storage = storage
+        self._metrics = metrics
+        self._supervisor = supervisor
+        self._scorer = scorer
+        metrics.watch_destinations(self.statuses)
+
+    def add_all(self) -> None:
+        for name, destination in self.config.destinations.items():
+            self._supervisor.add(self._spec(name, destination))
+
+    async def reload(self, config_path: str) -> None:
+        """Stop the destinations that went or changed, start the new and changed ones,
+        and tell the scorer. The rest of daemon.toml takes effect at the next restart."""
+        if config_path == EMBEDDED_DEFAULT:
+            log.info("running on the embedded default config: no destinations to reload")
+            return
+        try:
+            loaded = await anyio.to_thread.run_sync(load, config_path)
+        except ConfigError as exc:
+            log.error(
+                "daemon.toml not reloaded; the destinations stay as they were", error=str(exc)
+            )
+            return
+        old, new = self.config.destinations, loaded.config.destinations
+        gone = [name for name in old if old[name] != new.get(name)]
+        coming = [name for name in new if new[name] != old.get(name)]
+        for name in gone:
+            await self._supervisor.retire(_actor_name(name))
+            del self.statuses[name]
+        self.config = msgspec.structs.replace(self.config, destinations=new)
+        await self._scorer.send(UseDestinations(new))
+        for name in coming:
+            await self._supervisor.start(self._spec(name, new[name]))
+        if loaded.config != self.config:
+            log.warning("daemon.toml changed outside [destinations]; that takes a restart")
+        log.info(
+            "destinations reloaded",
+            started=[n for n in coming if n not in old],
+            restarted=[n for n in coming if n in old],
+            stopped=[n for n in gone if n not in new],
+        )
+
+    def _spec(self, name: str, destination: Destination) -> ActorSpec:
+        status = self.statuses[name] = DestinationStatus(destination.kind, destination.mode)
+        return ActorSpec(
+            _actor_name(name),
+            lambda: DestinationActor(
+                name,
+                destination,
+                sender_for(name, destination),
+                self._database,
+                self.config.storage.busy_timeout,
+                self._storage.write_gate,
+                self._metrics,
+                status,
+            ),
+        )
+
+
+def _actor_name(destination: str) -> str:
+    return f"destination:{destination}"
 
 
 def _stop_rebuild_if(stopping: bool) -> None:
@@ -283,15 +337,23 @@ def _deploy_file(model_path: str, db: sqlite3.Connection, storage: Storage, star
 
 
 async def _handle_signals(
-    supervisor: Supervisor, systemd: Systemd, config: Config, path: Path, storage: Storage
+    supervisor: Supervisor,
+    systemd: Systemd,
+    config: Config,
+    config_path: str,
+    path: Path,
+    storage: Storage,
+    destinations: Destinations,
 ) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                log.info("SIGHUP received; reloading the scoring model")
+                log.info("SIGHUP received; reloading the scoring model and the destinations")
                 await anyio.to_thread.run_sync(
                     _deploy_configured_model, config, path, storage, False
                 )
+                if not supervisor.stopping:
+                    await destinations.reload(config_path)
                 continue
             if supervisor.stopping:
                 log.warning("second stop signal; still draining", signal=signum.name)

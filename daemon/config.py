@@ -22,6 +22,7 @@ _T = TypeVar("_T")
 
 DEFAULT_CONFIG_NAME = "daemon.toml"
 """Looked up in the working directory when no --config is given."""
+EMBEDDED_DEFAULT = "<embedded default>"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -292,7 +293,7 @@ def load(path: str | os.PathLike[str] | None = None, *, need_secrets: bool = Tru
         path = DEFAULT_CONFIG_NAME
     if path is None:
         text = resources.files("daemon").joinpath("default.toml").read_text("utf-8")
-        return LoadedConfig(parse(text, "<embedded default>", environ), "<embedded default>")
+        return LoadedConfig(parse(text, EMBEDDED_DEFAULT, environ), EMBEDDED_DEFAULT)
     text = read_text(path, "config file")
     return LoadedConfig(parse(text, str(path), environ), str(path))
 

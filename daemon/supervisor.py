@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import structlog
 
 from actors.runtime import Actor, Mailbox
@@ -83,6 +84,7 @@ class Supervisor:
         self._grace = grace
         self._on_restart = on_restart
         self._specs: list[ActorSpec] = []
+        self._running: anyio.abc.TaskGroup | None = None
         self._shutdown = anyio.Event()
         self._exit_code = 0
         self.ready = anyio.Event()
@@ -90,6 +92,25 @@ class Supervisor:
     def add(self, spec: ActorSpec) -> None:
         """Register in start order: an actor starts once those before it are ready."""
         self._specs.append(spec)
+
+    async def start(self, spec: ActorSpec) -> None:
+        """Add an actor to a running tree (a destination added by a reload); returns
+        once it is ready, or has stopped trying."""
+        if self._running is None or self.stopping:
+            raise RuntimeError("the supervisor is not running")
+        self._specs.append(spec)
+        self._running.start_soon(self._supervise, spec)
+        await _first_of(spec.started, spec.finished)
+
+    async def retire(self, name: str) -> None:
+        """Stop one actor for good (draining its inbox) and forget it."""
+        for spec in self._specs:
+            if spec.name == name:
+                if spec.current is not None or not spec.finished.is_set():
+                    spec.request_stop()
+                    await spec.finished.wait()
+                self._specs.remove(spec)
+                return
 
     def shutdown(self, exit_code: int = 0) -> None:
         # Also while already stopping: a crash during the drain must not exit 0.
@@ -117,7 +138,8 @@ class Supervisor:
     async def run(self) -> int:
         """Run every actor until shutdown; return the process exit code."""
         async with anyio.create_task_group() as tg:
-            for spec in self._specs:
+            self._running = tg
+            for spec in list(self._specs):
                 tg.start_soon(self._supervise, spec)
                 await _first_of(spec.started, self._shutdown)
                 if self._shutdown.is_set():

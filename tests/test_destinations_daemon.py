@@ -6,6 +6,8 @@ nothing lost; the dlq and sync commands work on a running daemon.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -174,3 +176,47 @@ def test_dead_letters_are_listed_and_replayed_from_the_command_line(
         wait_for(lambda: [r["user_id"] for r in receiver.records()] == ["ann", "bob"])
         empty = leadsync("dlq", "list", "--config", str(a.config_path))
         assert "no dead letters" in empty.stdout
+
+
+def test_sighup_reloads_destinations_and_new_or_changed_ones_catch_up(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    with receiver_thread() as receiver:
+        hook = destination("hook", "webhook", mode="realtime", url=receiver.url, secret="s")
+        a = make_daemon(hook).start()
+        sent = [{"type": "identify", "userId": u, "traits": CTO} for u in ("ann", "bob")]
+        assert post(a, sent) == 200
+        wait_for(lambda: len(receiver.records()) == 2)
+        assert "mk_lead_grade" in receiver.records()[0]["traits"]
+
+        # A broken file is refused whole: the running destinations stay.
+        config = a.config_path.read_text()
+        a.config_path.write_text(config + "\n[destinations.x]\ntype = 'carrier pigeon'\n")
+        assert a.process is not None
+        a.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("not reloaded" in line["event"] for line in a.log_lines()))
+        assert set(a.admin("/status")[1]["destinations"]) == {"hook"}
+
+        # The hook now sends the grade alone, under another name; a file destination
+        # is added. Both catch up without a new score: the hook with every payload
+        # that changed (all of them), the files with every profile.
+        out = a.directory / "out"
+        renamed = hook + "[destinations.hook.fields]\nmk_lead_grade = 'grade'\n"
+        files = destination("files", "file", path=str(out), mode="batch", rotate_interval=1)
+        a.config_path.write_text(config.replace(hook, renamed) + files)
+        a.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(receiver.records()) == 4)
+        assert [r["traits"] for r in receiver.records()[2:]] == [{"grade": "C"}] * 2
+        wait_for(lambda: status_of(a, "files")["sent"] == 2)
+        (done,) = wait_for(lambda: [p for p in out.iterdir() if p.suffix == ".jsonl"], timeout=20)
+        lines = [json.loads(line) for line in done.read_text().splitlines()]
+        assert sorted(line["user_id"] for line in lines) == ["ann", "bob"]
+        assert a.admin("/status")[1]["destinations"]["hook"]["state"] != "stopped"
+
+        # Removed: its actor stops and nothing more is staged for it.
+        a.config_path.write_text(config.replace(hook, renamed))
+        a.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: set(a.admin("/status")[1]["destinations"]) == {"hook"})
+        actors = {actor["name"] for actor in a.admin("/status")[1]["actors"]}
+        assert "destination:files" not in actors
+        assert "destination:hook" in actors

@@ -8,9 +8,12 @@ comparison with what was staged and acknowledged before runs inside it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from actors.delivery.filter import Filter
 from actors.delivery.payload import Payload, encode
@@ -67,6 +70,19 @@ class Route:
                 subject.addresses.get("anonymous_id"),
             )
         )
+
+
+def fingerprint(config: Destination) -> tuple[str, str]:
+    """(where it sends, what it sends): a new `where` (another type, URL, host, write
+    key or directory) is a destination that has nothing yet; a new `what` (fields or
+    filter) changes payloads, and so what differs from what it has."""
+    where = [config.kind, *(getattr(config, k, None) for k in ("url", "host", "write_key", "path"))]
+    what = [config.fields, config.filter]
+    return _digest(where), _digest(what)
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()[:16]
 
 
 Prepared = dict[str, list[tuple[str, bytes | None, int]]]

@@ -23,15 +23,21 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from actors.delivery.staging import Staging
+from actors.delivery.staging import Staging, fingerprint
 from actors.identity.extract import Extractor
 from actors.log_writer import LogProgress
-from actors.messages import ProfileChanged, RunBatch, ScorerMessage, SyncDestination
+from actors.messages import (
+    ProfileChanged,
+    RunBatch,
+    ScorerMessage,
+    SyncDestination,
+    UseDestinations,
+)
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.model import ModelError, parse
 from actors.scoring.scorer import CHANGES_BATCH, FOLD_BATCH, BatchResult, Scorer
-from daemon.config import Config
+from daemon.config import Config, Destination
 from daemon.metrics import Metrics
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
@@ -48,6 +54,7 @@ FOLD_INTERVAL = 1.0
 """Seconds between folds of the log while less than a fold's worth is waiting: the
 aggregates are read by batch runs only, so they need not follow every commit."""
 LAST_BATCH = "scoring_last_batch"
+FINGERPRINT = "destination_fingerprint:"
 RETRY_AFTER_STORAGE_ERROR = 1.0
 
 
@@ -90,6 +97,7 @@ class ScorerActor(Actor):
         self._status = status
         self._requests: list[RunBatch] = []
         self._syncs: list[SyncDestination] = []
+        self._reloaded: dict[str, Destination] | None = None
         self._next_batch = 0.0
         self._checkpoint = 0
         self._replaying = False
@@ -98,7 +106,7 @@ class ScorerActor(Actor):
         """A deployed version that failed to parse, so it is reported once."""
 
     async def run(self, ready: Callable[[], None]) -> None:
-        db = connect(self._database, self._config.storage.busy_timeout)
+        db = self._connection = connect(self._database, self._config.storage.busy_timeout)
         try:
             scorer = await anyio.to_thread.run_sync(self._start, db)
             self._show_progress()
@@ -114,14 +122,8 @@ class ScorerActor(Actor):
         gate = self._write_gate
         model = deploy.active(store, gate)
         kinds: dict[str, str] = {n: s.kind for n, s in self._config.sources.items()}
-        staging = (
-            Staging(SqliteOutboxStore(db), self._config.destinations)
-            if self._config.destinations
-            else None
-        )
-        scorer = Scorer(
-            store, model, Extractor(self._config.identity), kinds, self._clock, gate, staging
-        )
+        scorer = Scorer(store, model, Extractor(self._config.identity), kinds, self._clock, gate)
+        self._use_destinations(scorer, self._config.destinations)
         scorer.use(model)
         self._checkpoint, self._replaying = store.checkpoint(), scorer.replaying()
         last = store.meta(LAST_BATCH)
@@ -131,6 +133,26 @@ class ScorerActor(Actor):
         self._show_model(model.version)
         log.info("scoring with model", version=model.version)
         return scorer
+
+    def _use_destinations(self, scorer: Scorer, destinations: dict[str, Destination]) -> None:
+        """Stage for `destinations` from now on. One that is new, or sends somewhere
+        else now, is queued every scored profile; one whose fields or filter changed,
+        every profile whose payload changed (once: the fingerprint is kept when done)."""
+        outbox = SqliteOutboxStore(self._connection)
+        scorer.staging = Staging(outbox, destinations) if destinations else None
+        self._syncs = [s for s in self._syncs if s.destination in destinations]
+        for name, config in destinations.items():
+            where, what = fingerprint(config)
+            kept = scorer.store.meta(FINGERPRINT + name)
+            if kept == f"{where} {what}":
+                continue
+            full = kept is None or kept.split()[0] != where
+            log.info(
+                "destination new or changed; queueing profiles for it",
+                destination=name,
+                profiles="every scored one" if full else "those whose payload changed",
+            )
+            self._syncs.append(SyncDestination(name, full, fingerprint=f"{where} {what}"))
 
     def _write_gate(self) -> AbstractContextManager[None]:
         return held_from_thread(self._gate)
@@ -199,12 +221,17 @@ class ScorerActor(Actor):
             self._requests.append(message)
         elif isinstance(message, SyncDestination):
             self._syncs.append(message)
+        elif isinstance(message, UseDestinations):
+            self._reloaded = message.destinations
         elif isinstance(message, ProfileChanged):
             pass  # a wake-up call: the to-do list in SQLite says what changed
 
     def _step(self, scorer: Scorer, closing: bool) -> _Round:
         """One round of work in the worker thread."""
         self._follow_deploys(scorer)
+        if self._reloaded is not None:
+            self._use_destinations(scorer, self._reloaded)
+            self._reloaded = None
         started = time.perf_counter()
         changed = scorer.score_changes()
         if changed:
@@ -231,6 +258,9 @@ class ScorerActor(Actor):
 
     def _sync(self, scorer: Scorer, request: SyncDestination) -> None:
         result = scorer.sync(request.destination, request.full, stop=lambda: self._inbox.closed)
+        if result.complete and request.fingerprint is not None:
+            with scorer.transaction():
+                scorer.store.set_meta(FINGERPRINT + request.destination, request.fingerprint)
         log.info(
             "destination sync staged",
             destination=request.destination,
