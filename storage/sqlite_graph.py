@@ -70,11 +70,9 @@ def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqli
     return db
 
 
-class LogConsumerStore:
-    """What every synchronous consumer of the log shares: its own write transactions,
-    and its checkpoint, committed in them with the state the batch produced."""
-
-    consumer: str
+class Transactions:
+    """Write transactions on a synchronous connection of one's own: BEGIN IMMEDIATE,
+    so a busy database is waited for rather than failed at the first write."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -88,6 +86,13 @@ class LogConsumerStore:
     def rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+class LogConsumerStore(Transactions):
+    """What every synchronous consumer of the log shares: its own write transactions,
+    and its checkpoint, committed in them with the state the batch produced."""
+
+    consumer: str
 
     def checkpoint(self) -> int:
         row = self._db.execute(

@@ -7,7 +7,6 @@ connection, one short transaction per fetch or per settled round.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import msgspec
 
 from storage.base import DeadLetter, DestinationCounts, OutboxRow, Settlement, Stamped
-from storage.sqlite_graph import chunks, marks
+from storage.sqlite_graph import Transactions, chunks, marks
 
 FILTERED = 0
 """The staged hash of a profile the destination's filter refused."""
@@ -40,20 +39,7 @@ class _Traits(msgspec.Struct):
 _activity = msgspec.json.Decoder(_Traits).decode
 
 
-class SqliteOutboxStore:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def begin(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
-        self._db.execute("COMMIT")
-
-    def rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
+class SqliteOutboxStore(Transactions):
     def subjects(
         self, rows: Sequence[int], with_traits: bool
     ) -> dict[int, tuple[str, dict[str, str], dict[str, Any]]]:

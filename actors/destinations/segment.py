@@ -15,18 +15,15 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import msgspec
 
+from actors.delivery.http import HttpSender, iso
 from actors.delivery.payload import decode
 from actors.delivery.sender import (
     REFUSED,
     RecordError,
-    Sender,
-    Unavailable,
     delivery_id,
     raise_for_status,
 )
@@ -52,33 +49,18 @@ class _Answer(msgspec.Struct):
 _answer = msgspec.json.Decoder(_Answer).decode
 
 
-class SegmentSender(Sender):
+class SegmentSender(HttpSender):
     max_batch = 100
     max_bytes = 450_000
     """Under Segment's 500 KB per request, with room for the identify envelope."""
 
     def __init__(self, config: SegmentDestination, clock: Callable[[], float] = time.time):
-        self._config = config
-        self._clock = clock
-        self._url = config.host.rstrip("/") + "/v1/batch"
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self, state: str | None) -> None:
         # The write key as the Basic auth user name, as Segment's own clients send it.
-        key = base64.b64encode(f"{self._config.write_key}:".encode()).decode()
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._config.timeout),
-            headers={"User-Agent": f"leadsync/{__version__}", "Authorization": f"Basic {key}"},
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        key = base64.b64encode(f"{config.write_key}:".encode()).decode()
+        super().__init__(config.timeout, clock, {"Authorization": f"Basic {key}"})
+        self._url = config.host.rstrip("/") + "/v1/batch"
 
     async def send(self, rows: Sequence[OutboxRow]) -> list[RecordError | None]:
-        if self._session is None:
-            raise RuntimeError("SegmentSender.send before open")
         outcome: list[RecordError | None] = [None] * len(rows)
         batch: list[bytes] = []
         sent: list[int] = []
@@ -92,24 +74,12 @@ class SegmentSender(Sender):
         if not batch:
             return outcome
         now = self._clock()
-        body = b'{"batch":[%b],"sentAt":"%b"}' % (b",".join(batch), _iso(now).encode())
-        try:
-            async with self._session.post(
-                self._url,
-                data=body,
-                headers={"Content-Type": "application/json"},
-                allow_redirects=False,
-            ) as response:
-                text = (await response.read()).decode("utf-8", "replace")
-        except TimeoutError:
-            raise Unavailable(f"no answer within {self._config.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
-            raise Unavailable(f"request failed: {type(exc).__name__}: {said}") from None
+        body = b'{"batch":[%b],"sentAt":"%b"}' % (b",".join(batch), iso(now).encode())
+        status, retry_after, text = await self.post(self._url, body, {})
         rejected = _rejected(text)
         # leadsync answers 400 when it refused every message, naming each.
-        if not (response.status in REFUSED and rejected):
-            raise_for_status(response.status, response.headers.get("Retry-After"), text, now)
+        if not (status in REFUSED and rejected):
+            raise_for_status(status, retry_after, text, now)
         for rejection in rejected:
             if rejection.index is not None and 0 <= rejection.index < len(sent):
                 outcome[sent[rejection.index]] = RecordError(
@@ -127,7 +97,7 @@ def _identify(row: OutboxRow) -> bytes | RecordError:
     message: dict[str, Any] = {
         "type": "identify",
         "messageId": f"leadsync-{delivery_id(row)}",
-        "timestamp": _iso(row.staged_at),
+        "timestamp": iso(row.staged_at),
         "traits": payload.traits,
         "context": {"library": {"name": "leadsync", "version": __version__}},
     }
@@ -148,7 +118,3 @@ def _rejected(text: str) -> list[_Rejection]:
         return _answer(text).rejected
     except (msgspec.DecodeError, msgspec.ValidationError):
         return []
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

@@ -29,21 +29,18 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from actors.delivery import payload as payloads
+from actors.delivery.http import HttpSender, iso
 from actors.delivery.sender import (
     RecordError,
-    Sender,
     Unavailable,
     delivery_id,
     raise_for_status,
 )
-from daemon import __version__
 from daemon.config import WebhookDestination
 from storage.base import OutboxRow
 
@@ -92,66 +89,35 @@ def verify(
     return hmac.compare_digest(sign(secret, sent, body).encode(), signature.encode())
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-class WebhookSender(Sender):
+class WebhookSender(HttpSender):
     max_batch = 100
     max_bytes = 1_000_000
 
     def __init__(self, config: WebhookDestination, clock: Callable[[], float] = time.time):
+        super().__init__(config.timeout, clock)
         self._config = config
-        self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self, state: str | None) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._config.timeout),
-            headers={"User-Agent": f"leadsync/{__version__}"},
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def _body(self, rows: Sequence[OutboxRow], now: float) -> bytes:
         profiles = [
             {
                 "id": delivery_id(row),
-                "staged_at": _iso(row.staged_at),
+                "staged_at": iso(row.staged_at),
                 **msgspec.to_builtins(payloads.decode(row.payload)),
             }
             for row in rows
         ]
-        return _encode({"sent_at": _iso(now), "profiles": profiles})
+        return _encode({"sent_at": iso(now), "profiles": profiles})
 
     async def send(self, rows: Sequence[OutboxRow]) -> list[RecordError | None]:
-        if self._session is None:
-            raise RuntimeError("WebhookSender.send before open")
         now = self._clock()
         timestamp = int(now)
         body = self._body(rows, now)
         headers = {
-            "Content-Type": "application/json",
             TIMESTAMP_HEADER: str(timestamp),
             SIGNATURE_HEADER: sign(self._config.secret, timestamp, body),
         }
-        try:
-            # No redirects: aiohttp would follow a 301/302 as a GET without the body,
-            # and the 200 of that GET would read as delivered.
-            async with self._session.post(
-                self._config.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                text = (await response.read()).decode("utf-8", "replace")
-        except TimeoutError:
-            raise Unavailable(f"no answer within {self._config.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            # A response error's str holds the url, whose path may carry a token.
-            said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
-            raise Unavailable(f"request failed: {type(exc).__name__}: {said}") from None
-        return self._judge(response.status, response.headers.get("Retry-After"), text, len(rows))
+        answer = await self.post(self._config.url, body, headers)
+        return self._judge(answer.status, answer.retry_after, answer.text, len(rows))
 
     def _judge(
         self, status: int, retry_after: str | None, text: str, count: int

@@ -1,0 +1,69 @@
+"""What the HTTP destinations share: one client session per actor instance, a timeout
+on every call, no redirects, and transport failures as Unavailable."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import aiohttp
+
+from actors.delivery.sender import Sender, Unavailable
+from daemon import __version__
+
+
+class Answer(NamedTuple):
+    status: int
+    retry_after: str | None
+    text: str
+
+
+class HttpSender(Sender):
+    def __init__(
+        self,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._timeout = timeout
+        self._clock = clock
+        self._headers = {"User-Agent": f"leadsync/{__version__}", **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self, state: str | None) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._timeout), headers=self._headers
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        if self._session is None:
+            raise RuntimeError(f"{type(self).__name__}.send before open")
+        try:
+            # No redirects: aiohttp would follow a 301/302 as a GET without the body,
+            # and the 200 of that GET would read as delivered.
+            async with self._session.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json", **headers},
+                allow_redirects=False,
+            ) as response:
+                text = (await response.read()).decode("utf-8", "replace")
+        except TimeoutError:
+            raise Unavailable(f"no answer within {self._timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            # A response error's str holds the url, whose path may carry a token.
+            said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+            raise Unavailable(f"request failed: {type(exc).__name__}: {said}") from None
+        return Answer(response.status, response.headers.get("Retry-After"), text)
+
+
+def iso(epoch: float) -> str:
+    """2026-11-23T15:45:01.123Z"""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
