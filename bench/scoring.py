@@ -50,16 +50,24 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from actors.delivery.staging import Staging
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor
 from actors.identity.graph import uid_of
 from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
 from actors.scoring.scorer import BATCH_CHUNK, BatchResult, Scorer
 from bench import measure
-from daemon.config import IdentitySection, StorageSection
+from daemon.config import (
+    Destination,
+    FileDestination,
+    IdentitySection,
+    StorageSection,
+    WebhookDestination,
+)
 from storage.base import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import connect
+from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import SqliteScoreStore
 from tests.daemon_process import WRITE_KEYS, DaemonProcess
 
@@ -397,6 +405,8 @@ class BatchReport:
     rss: int
     database_bytes: int
     largest_wal: int
+    destinations: list[str]
+    """Staged for, if any (--destinations)."""
 
     def lines(self) -> Iterator[str]:
         yield (
@@ -439,6 +449,14 @@ class BatchReport:
             )
             + f"; accounts scored: {self.runs[0][1].accounts:,} a run"
         )
+        if self.destinations:
+            yield (
+                f"staged for destinations ({', '.join(self.destinations)}), inside the runs: "
+                + ", ".join(
+                    f"{label.split(':')[0]} {result.staged:,} outbox rows"
+                    for label, result, _ in self.runs
+                )
+            )
         yield (
             f"peak RSS {self.rss / 2**20:.0f} MB (before scoring {self.rss_before / 2**20:.0f} "
             f"MB); database {self.database_bytes / 2**20:,.0f} MB; WAL at most "
@@ -446,7 +464,15 @@ class BatchReport:
         )
 
 
-def run_batch(profiles: int, seed: int) -> BatchReport:
+DESTINATIONS: dict[str, Destination] = {
+    "crm": WebhookDestination(url="http://127.0.0.1:9/", secret="s", mode="both"),
+    "files": FileDestination(path="/nonexistent", mode="batch"),
+}
+"""With --destinations: what a batch run stages for (nothing is sent; the bench times
+the run, and staging is part of it)."""
+
+
+def run_batch(profiles: int, seed: int, destinations: bool) -> BatchReport:
     with tempfile.TemporaryDirectory(prefix="leadsync-bench-") as directory:
         path = Path(directory) / "leadsync.db"
         measure.migrate(path)
@@ -475,6 +501,7 @@ def run_batch(profiles: int, seed: int) -> BatchReport:
             Extractor(IdentitySection()),
             {},
             gate=checkpointer.held,
+            staging=Staging(SqliteOutboxStore(scorer_db), DESTINATIONS) if destinations else None,
         )
         runs: list[tuple[str, BatchResult, float]] = []
         rss_before = measure.peak_rss()
@@ -490,6 +517,7 @@ def run_batch(profiles: int, seed: int) -> BatchReport:
         rss = measure.peak_rss()
         scorer_db.close()
         return BatchReport(
+            destinations=list(DESTINATIONS) if destinations else [],
             profiles=profiles,
             identities=identities,
             intents=intents,
@@ -696,6 +724,11 @@ def main() -> None:
     parser.add_argument("--realtime", action="store_true", help="run only the realtime part")
     parser.add_argument("--profiles", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--destinations",
+        action="store_true",
+        help="batch runs also stage outbox rows for two destinations (both and batch modes)",
+    )
     parser.add_argument("--rate", type=float, default=1000.0, help="identifies a second")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the realtime run")
     parser.add_argument(
@@ -705,7 +738,7 @@ def main() -> None:
     both = not (args.batch or args.realtime)
     reports: list[BatchReport | RealtimeReport] = []
     if args.batch or both:
-        reports.append(run_batch(args.profiles, args.seed))
+        reports.append(run_batch(args.profiles, args.seed, args.destinations))
     if args.realtime or both:
         reports.append(run_realtime(args.rate, args.seconds, args.connections))
     for report in reports:

@@ -345,19 +345,32 @@ async def _handle_signals(
     storage: Storage,
     destinations: Destinations,
 ) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP received; reloading the scoring model and the destinations")
-                await anyio.to_thread.run_sync(
-                    _deploy_configured_model, config, path, storage, False
-                )
-                if not supervisor.stopping:
-                    await destinations.reload(config_path)
-                continue
+    reloading = anyio.Lock()
+
+    async def reload() -> None:
+        """In a task of its own, so a reload that waits (for a destination to finish
+        its call in flight) never holds up a stop signal; one at a time, and only once
+        every actor has started."""
+        async with reloading:
+            await supervisor.ready.wait()
+            await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, False)
             if supervisor.stopping:
-                log.warning("second stop signal; still draining", signal=signum.name)
-                continue
-            log.info("stop signal received; draining", signal=signum.name)
-            systemd.notify("STOPPING=1\nSTATUS=draining")
-            supervisor.shutdown()
+                return
+            try:
+                await destinations.reload(config_path)
+            except (RuntimeError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                log.warning("destinations reload cut short: the daemon is stopping")
+
+    async with anyio.create_task_group() as tg:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP received; reloading the scoring model and the destinations")
+                    tg.start_soon(reload)
+                    continue
+                if supervisor.stopping:
+                    log.warning("second stop signal; still draining", signal=signum.name)
+                    continue
+                log.info("stop signal received; draining", signal=signum.name)
+                systemd.notify("STOPPING=1\nSTATUS=draining")
+                supervisor.shutdown()

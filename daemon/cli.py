@@ -755,7 +755,10 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     sent, stale = replayed
     print(f"{_count(sent, 'dead letter')} back in the outbox, to be sent again")
     if stale:
-        print(f"{_count(stale, 'dead letter')} dropped: a newer payload for the profile is queued")
+        print(
+            f"{_count(stale, 'dead letter')} dropped: the profile's payload has changed "
+            "since (a newer one is queued or sent)"
+        )
     return 0
 
 

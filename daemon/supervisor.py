@@ -141,7 +141,7 @@ class Supervisor:
             self._running = tg
             for spec in list(self._specs):
                 tg.start_soon(self._supervise, spec)
-                await _first_of(spec.started, self._shutdown)
+                await _first_of(spec.started, spec.finished, self._shutdown)
                 if self._shutdown.is_set():
                     break
             else:
@@ -176,6 +176,8 @@ class Supervisor:
     async def _supervise(self, spec: ActorSpec) -> None:
         try:
             while True:
+                if spec.stop_requested.is_set() and spec.mailbox is None:
+                    return  # retired before it ever ran (a reload during start-up)
                 spec.current = spec.factory()
                 spec.state = "stopping" if spec.stop_requested.is_set() else "starting"
 

@@ -610,8 +610,9 @@ class OutboxStore(Protocol):
         Returns how many rows were queued."""
         ...
 
-    def release(self, destinations: Sequence[str], due_at: float) -> int:
-        """Rows held for the end of a batch run become due."""
+    def release(self, destinations: Sequence[str], due_at: float, limit: int) -> int:
+        """Up to `limit` rows per destination held for the end of a batch run become
+        due; returns how many."""
         ...
 
     def due(self, destination: str, now: float, limit: int) -> list[OutboxRow]: ...
@@ -639,6 +640,20 @@ class OutboxStore(Protocol):
         letter whose profile has a newer payload since is dropped, not sent."""
         ...
 
-    def forget_gone(self) -> int:
-        """Delivery state of profiles that no longer exist (merged away)."""
+    def gone(self) -> list[tuple[str, str]]:
+        """(destination, profile id) of delivery states whose profile no longer exists
+        (merged away): read outside any write transaction, it is a scan."""
+        ...
+
+    def forget(self, states: Sequence[tuple[str, str]]) -> None: ...
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per destination, the fingerprint of the config last synced for."""
+        ...
+
+    def set_fingerprint(self, destination: str, fingerprint: str | None) -> None: ...
+
+    def drop_some(self, destination: str, limit: int) -> int:
+        """Up to `limit` outbox rows and delivery states of a destination no longer
+        configured; returns how many went."""
         ...

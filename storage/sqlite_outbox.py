@@ -19,7 +19,15 @@ from storage.sqlite_graph import Transactions, chunks, marks
 FILTERED = 0
 """The staged hash of a profile the destination's filter refused."""
 
+ADDRESSES = (
+    "SELECT profile, kind, value FROM identities WHERE profile IN ({}) "
+    "AND +kind IN ('email', 'anonymous_id') ORDER BY first_ts DESC, id DESC"
+)
+"""`+kind`: by the profile index. Left to itself the planner took the (kind, value)
+index and read every email and anonymous id for each chunk: a batch run that staged
+for destinations went from a minute to hours."""
 _SENDER_STATE = "destination_sender_state:"
+FINGERPRINT = "destination_fingerprint:"
 _UPSERT = (
     "INSERT INTO outbox (destination, uid, payload, hash, staged_at, due_at) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (destination, uid) DO UPDATE SET "
@@ -55,12 +63,7 @@ class SqliteOutboxStore(Transactions):
                 )
                 found[row[0]] = (row[1], addresses, traits)
             # The oldest email and anonymous id: the ones a destination most likely knows.
-            for profile, kind, value in self._db.execute(
-                "SELECT profile, kind, value FROM identities "
-                f"WHERE profile IN ({marks(chunk)}) AND kind IN ('email', 'anonymous_id') "
-                "ORDER BY first_ts DESC, id DESC",
-                chunk,
-            ):
+            for profile, kind, value in self._db.execute(ADDRESSES.format(marks(chunk)), chunk):
                 if profile in found:
                     found[profile][1][kind] = value
         return found
@@ -82,6 +85,7 @@ class SqliteOutboxStore(Transactions):
             ):
                 state[uid] = (acked, staged)
         queue: list[tuple[Any, ...]] = []
+        back: list[tuple[str, bytes, int]] = []
         drop: list[tuple[str, str]] = []
         staged_now: list[tuple[str, str, int]] = []
         for uid, payload, digest in rows:
@@ -95,19 +99,40 @@ class SqliteOutboxStore(Transactions):
                 continue  # queued, held, sent or dead-lettered already: nothing new
             staged_now.append((destination, uid, digest))
             if not force and digest == acked:
-                drop.append((destination, uid))  # back to what the destination holds
+                back.append((uid, payload, digest))
             else:
                 queue.append((destination, uid, payload, digest, staged_at, due_at))
+        # Back to what the destination acknowledged. Its queued row may be in flight
+        # already, and be acknowledged after this: so the row is not dropped but
+        # made this payload again, and sent (once more, harmlessly). With no row
+        # queued (it was sent, filtered out or dead-lettered), nothing is sent.
+        queued = self._queued(destination, [uid for uid, _, _ in back])
+        queue += [
+            (destination, uid, payload, digest, staged_at, due_at)
+            for uid, payload, digest in back
+            if uid in queued
+        ]
         self._db.executemany("DELETE FROM outbox WHERE destination = ? AND uid = ?", drop)
         self._db.executemany(_UPSERT, queue)
         self._db.executemany(_STATE, staged_now)
         return len(queue)
 
-    def release(self, destinations: Sequence[str], due_at: float) -> int:
+    def _queued(self, destination: str, uids: Sequence[str]) -> set[str]:
+        return {
+            uid
+            for chunk in chunks(list(uids))
+            for (uid,) in self._db.execute(
+                f"SELECT uid FROM outbox WHERE destination = ? AND uid IN ({marks(chunk)})",
+                (destination, *chunk),
+            )
+        }
+
+    def release(self, destinations: Sequence[str], due_at: float, limit: int) -> int:
         return sum(
             self._db.execute(
-                "UPDATE outbox SET due_at = ? WHERE destination = ? AND due_at IS NULL",
-                (due_at, name),
+                "UPDATE outbox SET due_at = ? WHERE id IN (SELECT id FROM outbox "
+                "WHERE destination = ? AND due_at IS NULL LIMIT ?)",
+                (due_at, name, limit),
             ).rowcount
             for name in destinations
         )
@@ -226,10 +251,48 @@ class SqliteOutboxStore(Transactions):
         self._db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in letters])
         return len(current), len(letters) - len(current)
 
-    def forget_gone(self) -> int:
+    def gone(self) -> list[tuple[str, str]]:
         return self._db.execute(
-            "DELETE FROM destination_state WHERE uid NOT IN (SELECT uid FROM profiles)"
+            "SELECT destination, uid FROM destination_state "
+            "WHERE uid NOT IN (SELECT uid FROM profiles)"
+        ).fetchall()
+
+    def forget(self, states: Sequence[tuple[str, str]]) -> None:
+        self._db.executemany(
+            "DELETE FROM destination_state WHERE destination = ? AND uid = ?", states
+        )
+
+    def fingerprints(self) -> dict[str, str]:
+        return {
+            key.removeprefix(FINGERPRINT): value
+            for key, value in self._db.execute(
+                "SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                (FINGERPRINT, FINGERPRINT[:-1] + chr(ord(FINGERPRINT[-1]) + 1)),
+            )
+        }
+
+    def set_fingerprint(self, destination: str, fingerprint: str | None) -> None:
+        if fingerprint is None:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (FINGERPRINT + destination,))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (FINGERPRINT + destination, fingerprint),
+            )
+
+    def drop_some(self, destination: str, limit: int) -> int:
+        """Up to `limit` outbox rows and as many delivery states of a destination no
+        longer configured; returns how many went."""
+        queued = self._db.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE destination = ? LIMIT ?)",
+            (destination, limit),
         ).rowcount
+        known = self._db.execute(
+            "DELETE FROM destination_state WHERE destination = ? AND uid IN "
+            "(SELECT uid FROM destination_state WHERE destination = ? LIMIT ?)",
+            (destination, destination, limit),
+        ).rowcount
+        return queued + known
 
 
 def _which(

@@ -18,11 +18,12 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
 
 from actors.delivery.actor import DestinationActor, DestinationStatus
 from actors.delivery.payload import Payload, encode
-from actors.destinations.webhook import WebhookSender
-from daemon.config import WebhookDestination, dec_hook
+from actors.delivery.senders import sender_for
+from daemon.config import Destination, FileDestination, WebhookDestination, dec_hook
 from daemon.metrics import Metrics
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect
@@ -100,12 +101,11 @@ class Running:
 
 
 @asynccontextmanager
-async def delivering(path: Path, name: str, config: WebhookDestination) -> AsyncIterator[Running]:
+async def delivering(path: Path, name: str, config: Destination) -> AsyncIterator[Running]:
     storage = await SqliteStorage.open(path)
-    status = DestinationStatus("webhook", config.mode)
-    actor = DestinationActor(
-        name, config, WebhookSender(config), path, 5.0, storage.write_gate, Metrics(), status
-    )
+    status = DestinationStatus(config.kind, config.mode)
+    sender = sender_for(name, config)
+    actor = DestinationActor(name, config, sender, path, 5.0, storage.write_gate, Metrics(), status)
     try:
         async with anyio.create_task_group() as tg:
             started = anyio.Event()
@@ -269,3 +269,48 @@ async def test_a_record_error_that_may_pass_is_retried_alone(tmp_path: Path) -> 
             await running.until(lambda: running.status.sent == 3)
         assert [len(r.taken) for r in receiver.requests] == [2, 1]
         assert receiver.requests[1].records[0]["profile"] == "prf_0001"
+
+
+async def test_a_destination_waiting_on_calls_in_flight_does_not_spin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "d.db"
+    reads = 0
+    due = SqliteOutboxStore.due
+
+    def counted(store: SqliteOutboxStore, *args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return due(store, *args)
+
+    monkeypatch.setattr(SqliteOutboxStore, "due", counted)
+    async with FakeReceiver() as receiver:
+        receiver.fallback = hang()
+        async with delivering(path, "hook", webhook(receiver.url, timeout=5)) as running:
+            stage(path, "hook", uids(1))
+            await receiver.wait_until(lambda: len(receiver.requests) == 1)
+            before = reads
+            await anyio.sleep(1.0)
+            # The other task has nothing to send but the row in flight: it waits for
+            # the call to end (or half a second), it does not read the outbox in a loop.
+            assert reads - before <= 4
+            assert running.status.sent == 0
+
+
+async def test_a_file_destination_that_cannot_open_waits_and_the_daemon_goes_on(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "d.db"
+    blocked = tmp_path / "out"
+    blocked.write_text("a file where the directory should be")
+    config = msgspec.convert(
+        {"path": str(blocked), "retry": FAST_RETRIES, "rotate_interval": 0.1},
+        FileDestination,
+        dec_hook=dec_hook,
+    )
+    async with delivering(path, "files", config) as running:
+        stage(path, "files", uids(3))
+        await running.until(lambda: running.status.state == "cannot start")
+        assert running.status.last_error is not None
+        blocked.unlink()  # the operator fixes it
+        await running.until(lambda: running.status.sent == 3)

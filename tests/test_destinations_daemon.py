@@ -213,10 +213,24 @@ def test_sighup_reloads_destinations_and_new_or_changed_ones_catch_up(
         assert sorted(line["user_id"] for line in lines) == ["ann", "bob"]
         assert a.admin("/status")[1]["destinations"]["hook"]["state"] != "stopped"
 
-        # Removed: its actor stops and nothing more is staged for it.
+        # Batch mode holds a new profile's fit for the next batch run; made realtime,
+        # the files destination sends what it held at once.
+        assert post(a, [{"type": "identify", "userId": "cyd", "traits": CTO}]) == 200
+        wait_for(lambda: status_of(a, "files")["held"] == 1)
+        realtime = files.replace('mode = "batch"', 'mode = "realtime"')
+        a.config_path.write_text(config.replace(hook, renamed) + realtime)
+        a.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: status_of(a, "files")["mode"] == "realtime")
+        wait_for(lambda: status_of(a, "files")["sent"] == 1)
+
+        # Removed: its actor stops and its queue goes. Added again: it starts afresh.
         a.config_path.write_text(config.replace(hook, renamed))
         a.process.send_signal(signal.SIGHUP)
         wait_for(lambda: set(a.admin("/status")[1]["destinations"]) == {"hook"})
         actors = {actor["name"] for actor in a.admin("/status")[1]["actors"]}
         assert "destination:files" not in actors
         assert "destination:hook" in actors
+        wait_for(lambda: not a.query("SELECT 1 FROM destination_state WHERE destination = 'files'"))
+        a.config_path.write_text(config.replace(hook, renamed) + realtime)
+        a.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: status_of(a, "files")["sent"] == 3)

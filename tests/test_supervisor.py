@@ -265,3 +265,27 @@ async def test_an_actor_counts_as_running_only_once_it_says_it_is_ready() -> Non
         with anyio.fail_after(5):
             await supervisor.run()
     assert seen == ["starting", "running"]
+
+
+async def test_actors_added_and_retired_while_running_and_a_retired_one_never_starts() -> None:
+    journal: list[str] = []
+    supervisor = Supervisor(RestartPolicy(), grace=5)
+    supervisor.add(ActorSpec("admin", lambda: Listener("admin", journal), role="service"))
+    # Retired before the tree got to start it (a reload during start-up).
+    slow = ActorSpec("slow", lambda: Listener("slow", journal, delay_ready=0.2))
+    late = ActorSpec("late", lambda: Listener("late", journal))
+    supervisor.add(slow)
+    supervisor.add(late)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(supervisor.run)
+        await anyio.sleep(0.05)
+        with anyio.fail_after(5):
+            await supervisor.retire("late")
+            await supervisor.ready.wait()
+            await supervisor.start(ActorSpec("added", lambda: Listener("added", journal)))
+            assert "added started" in journal
+            await supervisor.retire("added")
+        assert [s.name for s in supervisor.statuses()] == ["admin", "slow"]
+        supervisor.shutdown()
+    assert "late started" not in journal
+    assert journal.index("added stopped") < journal.index("slow stopped")

@@ -42,7 +42,7 @@ POLL = 0.5
 """Seconds between looks at the outbox when nothing is due: how soon a score the
 scorer staged starts on its way."""
 COUNTS_INTERVAL = 1.0
-"""Seconds between counts of the queue for /status and /metrics."""
+"""Seconds between counts of the queue for /status and /metrics, at least."""
 DOWN_PAUSE_MAX = 300.0
 """A destination that failed a whole call is left alone for the first retry delay,
 doubling while it keeps failing up to this (or the retry policy's max_delay), so an
@@ -114,6 +114,8 @@ class DestinationActor(Actor):
         """Held by a serial sender's send-and-settle, and by every tick."""
         self._stopping = anyio.Event()
         self._waits: set[anyio.CancelScope] = set()
+        self._settling = anyio.Event()
+        """Set (and replaced) whenever a call ends: what waits for rows in flight."""
         self._down_pause = 0.0
         self._store: SqliteOutboxStore | None = None
         self._day = int(clock() // DAY)
@@ -132,9 +134,10 @@ class DestinationActor(Actor):
             self._status.used_today = await self._db(
                 self._store.usage, self.destination, self._clock()
             )
-            await self._sender.open(state)
+            await self._count()
+            if not await self._open(state, ready):
+                return
             try:
-                await self._count()
                 ready()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._housekeeping)
@@ -148,19 +151,31 @@ class DestinationActor(Actor):
             self._status.state = "stopped"
             db.close()
 
-    async def _start_over(self) -> None:
-        """A serial sender goes back to the state last recorded (a file cuts off what
-        the unrecorded sends wrote), as it would after a crash, so that sending those
-        records again does not write them twice."""
-        assert self._store is not None
+    async def _open(self, state: str | None, ready: Callable[[], None]) -> bool:
+        """Open the sender; one that cannot open yet (a directory not writable) is a
+        destination that is down, not a crash: it is tried again with the down
+        pause, and the daemon serves meanwhile. False if stopped first."""
+        pause = float(self._config.retry.first_delay)
         while True:
             try:
-                state = await self._db(self._store.sender_state, self.destination)
-                break
-            except sqlite3.OperationalError:
-                await anyio.sleep(POLL)
-        await self._sender.close()
-        await self._sender.open(state)
+                await self._sender.open(state)
+            except Unavailable as exc:
+                self._status.state = "cannot start"
+                self._note_error(exc.reason)
+                log.error(
+                    "destination cannot start; trying again",
+                    destination=self.destination,
+                    error=exc.reason,
+                    pause=round(pause, 2),
+                )
+                ready()
+                with anyio.move_on_after(pause):
+                    await self._stopping.wait()
+                if self._stopping.is_set():
+                    return False
+                pause = min(DOWN_PAUSE_MAX, pause * 2)
+                continue
+            return True
 
     async def _db(self, call: Callable[..., _T], *args: object) -> _T:
         """One call at a time on the actor's connection: its tasks would otherwise use
@@ -173,10 +188,15 @@ class DestinationActor(Actor):
         return held_from_thread(self._gate)
 
     async def _housekeeping(self) -> None:
+        wait = COUNTS_INTERVAL
         while not self._stopping.is_set():
-            with anyio.move_on_after(COUNTS_INTERVAL):
+            with anyio.move_on_after(wait):
                 await self._stopping.wait()
+            started = time.monotonic()
             await self._count()
+            # Counting a queue of a million rows takes a while: never more than 5% of
+            # the time (and of the connection, which sends wait for).
+            wait = max(COUNTS_INTERVAL, 20 * (time.monotonic() - started))
             if not self._stopping.is_set():
                 async with self._serial:
                     await self._sender.tick()
@@ -196,54 +216,83 @@ class DestinationActor(Actor):
                 return
             try:
                 settlement = Settlement(requests=0)
+                staged: list[float] = []
                 # A serial sender's state (a file's length) must be recorded with the
                 # outcome of exactly the sends before it: no tick in between.
                 async with self._serial if self._sender.serial else nullcontext():
-                    await self._deliver(rows, settlement)
-                    await self._settle(settlement)
+                    await self._deliver(rows, settlement, staged)
+                    await self._settle(settlement, staged)
             finally:
                 ids = [row.id for row in rows]
                 self._in_flight.difference_update(ids)
                 self._settled.update(ids)
+                self._wake_waiting()
 
     async def _next(self) -> list[OutboxRow] | None:
-        """The next batch, once it may be sent (its slot in the rate limit taken);
-        None when stopping."""
+        """The next batch, its call already allowed by the rate limit and the daily
+        cap; None when stopping. The call is allowed first and the rows taken after,
+        so rows never wait in memory through a long pause and go out stale."""
         with anyio.CancelScope() as scope:
             self._waits.add(scope)
             if self._stopping.is_set():
                 scope.cancel()
             try:
-                rows = await self._take()
-                try:
-                    await self._wait_for_daily_cap()
-                    await self._limiter.acquire()
-                except BaseException:
-                    self._in_flight.difference_update(row.id for row in rows)
-                    raise
-                return rows
+                while True:
+                    await self._until_due()
+                    waited = await self._allowed()
+                    try:
+                        if waited > POLL:
+                            async with self._fetching:  # read again what may be stale
+                                self._buffer.clear()
+                                await self._refill()
+                    except BaseException:
+                        self._limiter.cancel()
+                        raise
+                    if rows := self._take():
+                        return rows
+                    self._limiter.cancel()  # another task took them
             finally:
                 self._waits.discard(scope)
         return None
 
-    async def _take(self) -> list[OutboxRow]:
+    async def _allowed(self) -> float:
+        """Wait for the daily cap and the rate limit to allow one more call, and count
+        it; returns the seconds waited."""
+        started = time.monotonic()
+        cap = self._config.rate.daily
+        while True:
+            while cap is not None and self._used_today() >= cap:
+                self._status.state = "daily cap reached"
+                now = self._clock()
+                await anyio.sleep(min(POLL * 10, (now // DAY + 1) * DAY - now))
+            await self._limiter.acquire()
+            if cap is None or self._used_today() < cap:
+                break
+            self._limiter.cancel()  # another task made the day's last call meanwhile
+        self._status.used_today = self._used_today() + 1
+        return time.monotonic() - started
+
+    async def _until_due(self) -> None:
+        """Until the buffer holds rows to send (none taken)."""
         async with self._fetching:
             while not self._buffer:
                 await self._refill()
                 if not self._buffer:
                     self._status.state = "idle" if not self._status.queued else "waiting"
                     await self._sleep_until_due()
-            rows: list[OutboxRow] = []
-            size = 0
-            limit = self._sender.max_bytes
-            while self._buffer and len(rows) < self._batch:
-                row = self._buffer[0]
-                if rows and limit is not None and size + len(row.payload) > limit:
-                    break
-                rows.append(self._buffer.popleft())
-                size += len(row.payload)
-            self._in_flight.update(row.id for row in rows)
-            return rows
+
+    def _take(self) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        size = 0
+        limit = self._sender.max_bytes
+        while self._buffer and len(rows) < self._batch:
+            row = self._buffer[0]
+            if rows and limit is not None and size + len(row.payload) > limit:
+                break
+            rows.append(self._buffer.popleft())
+            size += len(row.payload)
+        self._in_flight.update(row.id for row in rows)
+        return rows
 
     async def _refill(self) -> None:
         assert self._store is not None
@@ -259,15 +308,16 @@ class DestinationActor(Actor):
     async def _sleep_until_due(self) -> None:
         assert self._store is not None
         due = await self._db(self._store.next_due, self.destination)
-        wait = POLL if due is None else min(POLL, max(0.0, due - self._clock()))
-        await anyio.sleep(wait)
+        if due is None or due > self._clock():
+            await anyio.sleep(POLL if due is None else min(POLL, due - self._clock()))
+            return
+        # Due rows, every one in flight: wait for a call to end, not round again at once.
+        with anyio.move_on_after(POLL):
+            await self._settling.wait()
 
-    async def _wait_for_daily_cap(self) -> None:
-        cap = self._config.rate.daily
-        while cap is not None and self._used_today() >= cap:
-            self._status.state = "daily cap reached"
-            now = self._clock()
-            await anyio.sleep(min(POLL * 10, (now // DAY + 1) * DAY - now))
+    def _wake_waiting(self) -> None:
+        self._settling.set()
+        self._settling = anyio.Event()
 
     def _used_today(self) -> int:
         day = int(self._clock() // DAY)
@@ -275,13 +325,14 @@ class DestinationActor(Actor):
             self._day, self._status.used_today = day, 0
         return self._status.used_today
 
-    async def _deliver(self, rows: Sequence[OutboxRow], settlement: Settlement) -> None:
-        """One call (and, for a batch refused as a whole, the calls that find which of
-        its records is bad), with the outcome added to `settlement`."""
+    async def _deliver(
+        self, rows: Sequence[OutboxRow], settlement: Settlement, staged: list[float]
+    ) -> None:
+        """One call, already allowed (and, for a batch refused as a whole, the calls
+        that find which of its records is bad), with the outcome added to
+        `settlement` and the staging times of what was delivered to `staged`."""
         self._status.state = "sending"
         settlement.requests += 1
-        self._status.used_today = self._used_today() + 1
-        started = self._clock()
         try:
             outcome = await self._sender.send(rows)
         except Unavailable as exc:
@@ -294,11 +345,22 @@ class DestinationActor(Actor):
             if len(rows) == 1:
                 self._dead(rows[0], exc.reason, settlement)
                 return
-            # Halves until the bad records stand alone; the good ones go through.
+            # Halves until the bad records stand alone; the good ones go through,
+            # unless the destination pauses or the daemon stops meanwhile: then what
+            # is left waits for its turn like any other row.
             half = len(rows) // 2
             for part in (rows[:half], rows[half:]):
-                await self._limiter.acquire()
-                await self._deliver(part, settlement)
+                cap = self._config.rate.daily
+                if (
+                    self._stopping.is_set()
+                    or self._limiter.paused_for() > 0
+                    or (cap is not None and self._used_today() >= cap)
+                ):
+                    due = self._clock() + self._limiter.paused_for()
+                    settlement.retry += [(r.id, r.hash, due, exc.reason, False) for r in part]
+                    continue
+                await self._allowed()
+                await self._deliver(part, settlement, staged)
             return
         self._limiter.release()
         self._down_pause = 0.0
@@ -309,9 +371,7 @@ class DestinationActor(Actor):
         for row, error in zip(rows, outcome, strict=True):
             if error is None:
                 settlement.delivered.append((row.id, row.uid, row.hash))
-                self._metrics.destination_lag.labels(self.destination).observe(
-                    max(0.0, started - row.staged_at)
-                )
+                staged.append(row.staged_at)
             elif error.retryable:
                 self._retry(row, error.reason, settlement, counts=True)
             else:
@@ -386,9 +446,11 @@ class DestinationActor(Actor):
     def _note_error(self, reason: str) -> None:
         self._status.last_error, self._status.last_error_at = reason, self._clock()
 
-    async def _settle(self, settlement: Settlement) -> None:
-        """Record the outcome; a storage error leaves the rows due, so they are sent
-        again (at most once more) rather than lost."""
+    async def _settle(self, settlement: Settlement, staged: list[float]) -> None:
+        """Record the outcome. A storage error (a full disk, a lock held too long) is
+        retried, and nothing new is sent meanwhile, so that the same records are not
+        sent again and again; if the daemon stops first, they are sent once more after
+        the restart (and a file is cut back to its recorded length)."""
         assert self._store is not None
         settlement.sender_state = self._sender.state()
         store = self._store
@@ -404,17 +466,31 @@ class DestinationActor(Actor):
                     raise
                 store.commit()
 
-        try:
-            await self._db(write)
-        except sqlite3.OperationalError as exc:
-            self._metrics.storage_errors.labels(self.name).inc()
-            log.error(
-                "delivery outcome not recorded; those records will be sent again",
-                destination=self.destination,
-                error=str(exc),
-            )
-            if self._sender.serial:
-                await self._start_over()
-            return
+        while True:
+            try:
+                await self._db(write)
+                break
+            except sqlite3.OperationalError as exc:
+                self._metrics.storage_errors.labels(self.name).inc()
+                self._note_error(f"cannot record deliveries: {exc}")
+                if self._stopping.is_set():
+                    log.error(
+                        "delivery outcome not recorded; those records are sent again "
+                        "after the restart",
+                        destination=self.destination,
+                        error=str(exc),
+                    )
+                    return
+                log.error(
+                    "delivery outcome not recorded; trying again",
+                    destination=self.destination,
+                    error=str(exc),
+                )
+                self._limiter.pause(2 * POLL)
+                await anyio.sleep(POLL)
         self._status.sent += len(settlement.delivered)
         self._metrics.destination_sent.labels(self.destination).inc(len(settlement.delivered))
+        done = self._clock()
+        lag = self._metrics.destination_lag.labels(self.destination)
+        for at in staged:
+            lag.observe(max(0.0, done - at))

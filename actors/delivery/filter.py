@@ -11,7 +11,7 @@ most profiles lack most traits and that must not be an error.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import simpleeval
@@ -24,7 +24,7 @@ class FilterError(ValueError):
 class Filter:
     def __init__(self, expression: str) -> None:
         self.expression = expression
-        self._evaluator = simpleeval.EvalWithCompoundTypes(functions={})
+        self._evaluator = simpleeval.EvalWithCompoundTypes(functions={}, operators=_OPERATORS)
         try:
             self._tree = self._evaluator.parse(expression)
         except SyntaxError as exc:
@@ -47,4 +47,24 @@ class Filter:
         except simpleeval.InvalidExpression as exc:
             raise FilterError(str(exc)) from None
         except TypeError:
-            return False  # comparing None with a number, say: the profile lacks the value
+            return False  # arithmetic on a value the profile lacks (None + 1)
+
+
+def _lenient(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    """A comparison that makes no sense for this profile (None >= 50, a number in a
+    string) is false, on its own: `score >= 50 or plan == "enterprise"` still holds
+    for an enterprise without a score."""
+
+    def compared(left: Any, right: Any) -> bool:
+        try:
+            return bool(compare(left, right))
+        except TypeError:
+            return False
+
+    return compared
+
+
+_OPERATORS = {
+    kind: _lenient(op) if kind in (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn) else op
+    for kind, op in simpleeval.DEFAULT_OPERATORS.items()
+}

@@ -51,6 +51,11 @@ class WindowLimiter:
         self._finished.append(self._clock())
         self._wake()
 
+    def cancel(self) -> None:
+        """Give back a slot taken by `acquire` for a call that was not made."""
+        self._in_flight -= 1
+        self._wake()
+
     def pause(self, seconds: float) -> None:
         """No call starts for `seconds` (a Retry-After, or a destination that is down)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)

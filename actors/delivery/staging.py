@@ -97,8 +97,8 @@ class Staging:
         """Destinations whose rows a batch run releases at its end."""
 
     def wanted(self, batch: bool) -> list[Route]:
-        """Routes that take changes from a batch run; every route takes realtime fit
-        changes (a batch-only one holds them for the end of the next run)."""
+        """Routes that take likelihood changes from a batch run (batch and both); every
+        route takes fit changes (a batch-only one holds them for the end of a run)."""
         return [r for r in self.routes.values() if r.batch or not batch]
 
     def needs_traits(self, routes: Iterable[Route]) -> bool:
@@ -113,13 +113,18 @@ class Staging:
         return prepared
 
     def stage(self, prepared: Prepared, now: float, batch: bool) -> int:
-        """Inside the caller's transaction. Rows from a batch run, and realtime rows for
-        batch-only destinations, are held until the run ends (see release)."""
+        """Inside the caller's transaction. Rows for batch and both modes from a batch
+        run, and every row for batch mode, are held until the run ends (see release);
+        realtime mode's are due at once."""
         queued = 0
         for name, rows in prepared.items():
-            held = batch or self.routes[name].held
+            route = self.routes[name]
+            held = route.held or (batch and route.batch)
             queued += self.store.stage(name, rows, now, None if held else now)
         return queued
 
-    def release(self, now: float) -> int:
-        return self.store.release(self.held, now) if self.held else 0
+    def release(self, now: float, limit: int, routes: Sequence[str] | None = None) -> int:
+        """Up to `limit` held rows of each route (by default those that take batch
+        runs) become due."""
+        names = self.held if routes is None else routes
+        return self.store.release(names, now, limit) if names else 0

@@ -54,7 +54,6 @@ FOLD_INTERVAL = 1.0
 """Seconds between folds of the log while less than a fold's worth is waiting: the
 aggregates are read by batch runs only, so they need not follow every commit."""
 LAST_BATCH = "scoring_last_batch"
-FINGERPRINT = "destination_fingerprint:"
 RETRY_AFTER_STORAGE_ERROR = 1.0
 
 
@@ -137,16 +136,32 @@ class ScorerActor(Actor):
     def _use_destinations(self, scorer: Scorer, destinations: dict[str, Destination]) -> None:
         """Stage for `destinations` from now on. One that is new, or sends somewhere
         else now, is queued every scored profile; one whose fields or filter changed,
-        every profile whose payload changed (once: the fingerprint is kept when done)."""
+        every profile whose payload changed (once: the fingerprint is kept when done).
+        What was queued for a destination no longer configured is deleted, so that
+        adding it again starts afresh; rows held for a batch run by a destination now
+        realtime are made due."""
         outbox = SqliteOutboxStore(self._connection)
         scorer.staging = Staging(outbox, destinations) if destinations else None
+        for dropped in [s for s in self._syncs if s.destination not in destinations]:
+            anyio.from_thread.run_sync(dropped.done.set)  # unanswered: it went
         self._syncs = [s for s in self._syncs if s.destination in destinations]
+        kept = outbox.fingerprints()
+        for name in set(kept) - set(destinations):
+            while True:
+                with scorer.transaction():
+                    if not outbox.drop_some(name, CHANGES_BATCH):
+                        outbox.set_fingerprint(name, None)
+                        break
+            log.info("destination no longer configured; its queue is deleted", destination=name)
+        if scorer.staging is not None:
+            realtime = [n for n, r in scorer.staging.routes.items() if not r.batch]
+            if realtime:
+                scorer.release(routes=realtime)
         for name, config in destinations.items():
             where, what = fingerprint(config)
-            kept = scorer.store.meta(FINGERPRINT + name)
-            if kept == f"{where} {what}":
+            if kept.get(name) == f"{where} {what}":
                 continue
-            full = kept is None or kept.split()[0] != where
+            full = name not in kept or kept[name].split()[0] != where
             log.info(
                 "destination new or changed; queueing profiles for it",
                 destination=name,
@@ -258,9 +273,9 @@ class ScorerActor(Actor):
 
     def _sync(self, scorer: Scorer, request: SyncDestination) -> None:
         result = scorer.sync(request.destination, request.full, stop=lambda: self._inbox.closed)
-        if result.complete and request.fingerprint is not None:
+        if result.complete and request.fingerprint is not None and scorer.staging is not None:
             with scorer.transaction():
-                scorer.store.set_meta(FINGERPRINT + request.destination, request.fingerprint)
+                scorer.staging.store.set_fingerprint(request.destination, request.fingerprint)
         log.info(
             "destination sync staged",
             destination=request.destination,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -338,14 +338,29 @@ class Scorer:
                     self.store.forget_gone()
                     self.store.set_meta(SWEPT, str(generation))
                 self.store.forget_intents(now - self.likelihood.lookback)
-                if self.staging:
-                    self.staging.store.forget_gone()
+            if self.staging:
+                # Delivery states of profiles merged away: found by a scan outside the
+                # write lock, forgotten a chunk a transaction.
+                gone = self.staging.store.gone()
+                for start in range(0, len(gone), chunk):
+                    with self.transaction():
+                        self.staging.store.forget(gone[start : start + chunk])
         if self.staging:
             # Even after a run cut short: what it staged is the newest there is.
-            with self.transaction():
-                result.released = self.staging.release(self.clock())
+            result.released = self.release(chunk)
         result.seconds = time.perf_counter() - started
         return result
+
+    def release(self, chunk: int = BATCH_CHUNK, routes: Sequence[str] | None = None) -> int:
+        """Make held outbox rows due, a chunk a transaction (after a deploy, every
+        profile's row is held)."""
+        assert self.staging is not None
+        released, total = chunk, 0
+        while released >= chunk:
+            with self.transaction():
+                released = self.staging.release(self.clock(), chunk, routes)
+            total += released
+        return total
 
     def sync(
         self,
@@ -400,13 +415,14 @@ class Scorer:
     ) -> Prepared:
         """Payloads for the profiles whose scores this chunk changes, read and built
         before the chunk's transaction."""
-        routes = self.staging.wanted(batch=True) if self.staging else []
-        if not routes or not (refits or likelihoods):
+        if self.staging is None or not (refits or likelihoods):
             return {}
-        assert self.staging is not None
+        # A new fit (after a deploy) goes to every destination, realtime ones too; a
+        # new likelihood only to those that take batch runs.
+        every, batch = self.staging.wanted(batch=False), self.staging.wanted(batch=True)
         rows = [*refits, *likelihoods]
         with self.store.snapshot():
-            subjects = self.staging.store.subjects(rows, self.staging.needs_traits(routes))
+            subjects = self.staging.store.subjects(rows, self.staging.needs_traits(every))
             scores = {**self.store.scores_by_row(list(likelihoods)), **refits}
         for row, (ltb, grade) in likelihoods.items():
             if (score := scores.get(row)) is not None:
@@ -416,14 +432,25 @@ class Scorer:
                     ltb.signals,
                 )
                 score.ltb_model, score.ltb_at, score.grade = self.model.version, now, grade
-        return Staging.prepare(
+        prepared = Staging.prepare(
             (
                 Subject(uid, scores[row], addresses, traits)
                 for row, (uid, addresses, traits) in subjects.items()
-                if row in scores
+                if row in refits
             ),
-            routes,
+            every,
         )
+        changed = Staging.prepare(
+            (
+                Subject(uid, scores[row], addresses, traits)
+                for row, (uid, addresses, traits) in subjects.items()
+                if row in likelihoods and row in scores
+            ),
+            batch,
+        )
+        for name, staged in changed.items():
+            prepared[name] += staged
+        return prepared
 
     def _points(self, intents: Iterable[bytes], now: float) -> dict[str, float]:
         """Each signal's points at `now`, over a profile's identifiers' aggregates."""
