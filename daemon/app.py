@@ -358,7 +358,7 @@ async def _handle_signals(
                 return
             try:
                 await destinations.reload(config_path)
-            except (RuntimeError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 log.warning("destinations reload cut short: the daemon is stopping")
 
     async with anyio.create_task_group() as tg:

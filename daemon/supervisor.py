@@ -97,7 +97,8 @@ class Supervisor:
         """Add an actor to a running tree (a destination added by a reload); returns
         once it is ready, or has stopped trying."""
         if self._running is None or self.stopping:
-            raise RuntimeError("the supervisor is not running")
+            log.warning("not started: the daemon is stopping", actor=spec.name)
+            return
         self._specs.append(spec)
         self._running.start_soon(self._supervise, spec)
         await _first_of(spec.started, spec.finished)

@@ -647,6 +647,10 @@ class OutboxStore(Protocol):
 
     def forget(self, states: Sequence[tuple[str, str]]) -> None: ...
 
+    def destinations(self) -> set[str]:
+        """Every destination the database holds a queue, state or fingerprint for."""
+        ...
+
     def fingerprints(self) -> dict[str, str]:
         """Per destination, the fingerprint of the config last synced for."""
         ...
@@ -655,5 +659,6 @@ class OutboxStore(Protocol):
 
     def drop_some(self, destination: str, limit: int) -> int:
         """Up to `limit` outbox rows and delivery states of a destination no longer
-        configured; returns how many went."""
+        configured; returns how many went. When none are left, the rest of what is
+        kept for it goes too, but its dead letters."""
         ...

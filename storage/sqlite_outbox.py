@@ -262,6 +262,19 @@ class SqliteOutboxStore(Transactions):
             "DELETE FROM destination_state WHERE destination = ? AND uid = ?", states
         )
 
+    def destinations(self) -> set[str]:
+        """Every destination with a queue or delivery state: one index seek each."""
+        found: set[str] = set()
+        for table in ("outbox", "destination_state"):
+            name = ""
+            while (
+                row := self._db.execute(
+                    f"SELECT min(destination) FROM {table} WHERE destination > ?", (name,)
+                ).fetchone()[0]
+            ) is not None:
+                found.add(name := row)
+        return found | set(self.fingerprints())
+
     def fingerprints(self) -> dict[str, str]:
         return {
             key.removeprefix(FINGERPRINT): value
@@ -282,7 +295,8 @@ class SqliteOutboxStore(Transactions):
 
     def drop_some(self, destination: str, limit: int) -> int:
         """Up to `limit` outbox rows and as many delivery states of a destination no
-        longer configured; returns how many went."""
+        longer configured; returns how many went. When none are left, its usage counts,
+        sender state and fingerprint go too (its dead letters stay, for the record)."""
         queued = self._db.execute(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE destination = ? LIMIT ?)",
             (destination, limit),
@@ -292,6 +306,10 @@ class SqliteOutboxStore(Transactions):
             "(SELECT uid FROM destination_state WHERE destination = ? LIMIT ?)",
             (destination, destination, limit),
         ).rowcount
+        if not queued + known:
+            self._db.execute("DELETE FROM destination_usage WHERE destination = ?", (destination,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (_SENDER_STATE + destination,))
+            self.set_fingerprint(destination, None)
         return queued + known
 
 

@@ -32,7 +32,7 @@ from actors.delivery.sender import Refused, Sender, Unavailable
 from actors.runtime import Actor, held_from_thread
 from daemon.config import Destination
 from daemon.metrics import Metrics
-from storage.base import OutboxRow, Settlement
+from storage.base import DestinationCounts, OutboxRow, Settlement
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 
@@ -173,7 +173,7 @@ class DestinationActor(Actor):
                     await self._stopping.wait()
                 if self._stopping.is_set():
                     return False
-                pause = min(DOWN_PAUSE_MAX, pause * 2)
+                pause = min(DOWN_PAUSE_MAX, self._config.retry.max_delay, pause * 2)
                 continue
             return True
 
@@ -188,26 +188,35 @@ class DestinationActor(Actor):
         return held_from_thread(self._gate)
 
     async def _housekeeping(self) -> None:
-        wait = COUNTS_INTERVAL
+        """Ticks the sender every COUNTS_INTERVAL; counts the queue as often, unless
+        counting takes long (a million rows queued): then at most 5% of the time."""
+        next_count = 0.0
         while not self._stopping.is_set():
-            with anyio.move_on_after(wait):
+            with anyio.move_on_after(COUNTS_INTERVAL):
                 await self._stopping.wait()
-            started = time.monotonic()
-            await self._count()
-            # Counting a queue of a million rows takes a while: never more than 5% of
-            # the time (and of the connection, which sends wait for).
-            wait = max(COUNTS_INTERVAL, 20 * (time.monotonic() - started))
-            if not self._stopping.is_set():
-                async with self._serial:
-                    await self._sender.tick()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() >= next_count:
+                took = await self._count()
+                next_count = time.monotonic() + max(COUNTS_INTERVAL, 20 * took)
+            async with self._serial:
+                await self._sender.tick()
 
-    async def _count(self) -> None:
+    async def _count(self) -> float:
+        """Returns the seconds the count itself took."""
         assert self._store is not None
-        counts = await self._db(self._store.counts, self.destination)
+        store = self._store
+
+        def count() -> tuple[DestinationCounts, float]:
+            started = time.perf_counter()
+            return store.counts(self.destination), time.perf_counter() - started
+
+        counts, took = await self._db(count)
         self._status.queued, self._status.held = counts.queued, counts.held
         self._status.dead_letters = counts.dead
         self._status.rate = self._limiter.rate()
         self._status.paused_for = self._limiter.paused_for()
+        return took
 
     async def _work(self) -> None:
         while True:
@@ -246,11 +255,11 @@ class DestinationActor(Actor):
                                 self._buffer.clear()
                                 await self._refill()
                     except BaseException:
-                        self._limiter.cancel()
+                        self._give_back()
                         raise
                     if rows := self._take():
                         return rows
-                    self._limiter.cancel()  # another task took them
+                    self._give_back()  # another task took them
             finally:
                 self._waits.discard(scope)
         return None
@@ -271,6 +280,20 @@ class DestinationActor(Actor):
             self._limiter.cancel()  # another task made the day's last call meanwhile
         self._status.used_today = self._used_today() + 1
         return time.monotonic() - started
+
+    def _allowed_now(self) -> bool:
+        """One more call now if the cap and the rate limit allow it, without waiting
+        (a batch being split must not hold up a stop); counted if so."""
+        cap = self._config.rate.daily
+        if (cap is not None and self._used_today() >= cap) or not self._limiter.try_acquire():
+            return False
+        self._status.used_today = self._used_today() + 1
+        return True
+
+    def _give_back(self) -> None:
+        """A call allowed by `_allowed` and not made."""
+        self._limiter.cancel()
+        self._status.used_today = max(0, self._used_today() - 1)
 
     async def _until_due(self) -> None:
         """Until the buffer holds rows to send (none taken)."""
@@ -350,16 +373,10 @@ class DestinationActor(Actor):
             # is left waits for its turn like any other row.
             half = len(rows) // 2
             for part in (rows[:half], rows[half:]):
-                cap = self._config.rate.daily
-                if (
-                    self._stopping.is_set()
-                    or self._limiter.paused_for() > 0
-                    or (cap is not None and self._used_today() >= cap)
-                ):
+                if self._stopping.is_set() or not self._allowed_now():
                     due = self._clock() + self._limiter.paused_for()
                     settlement.retry += [(r.id, r.hash, due, exc.reason, False) for r in part]
                     continue
-                await self._allowed()
                 await self._deliver(part, settlement, staged)
             return
         self._limiter.release()

@@ -46,6 +46,16 @@ class WindowLimiter:
             with anyio.move_on_after(wait):
                 await changed.wait()
 
+    def try_acquire(self) -> bool:
+        """A slot now, or False (no waiting)."""
+        now = self._clock()
+        while self._finished and self._finished[0] <= now - self.per:
+            self._finished.popleft()
+        if self._paused_until > now or self._in_flight + len(self._finished) >= self.requests:
+            return False
+        self._in_flight += 1
+        return True
+
     def release(self) -> None:
         self._in_flight -= 1
         self._finished.append(self._clock())

@@ -146,11 +146,10 @@ class ScorerActor(Actor):
             anyio.from_thread.run_sync(dropped.done.set)  # unanswered: it went
         self._syncs = [s for s in self._syncs if s.destination in destinations]
         kept = outbox.fingerprints()
-        for name in set(kept) - set(destinations):
+        for name in outbox.destinations() - set(destinations):
             while True:
                 with scorer.transaction():
                     if not outbox.drop_some(name, CHANGES_BATCH):
-                        outbox.set_fingerprint(name, None)
                         break
             log.info("destination no longer configured; its queue is deleted", destination=name)
         if scorer.staging is not None:

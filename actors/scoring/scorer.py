@@ -415,11 +415,15 @@ class Scorer:
     ) -> Prepared:
         """Payloads for the profiles whose scores this chunk changes, read and built
         before the chunk's transaction."""
-        if self.staging is None or not (refits or likelihoods):
+        if self.staging is None:
             return {}
         # A new fit (after a deploy) goes to every destination, realtime ones too; a
         # new likelihood only to those that take batch runs.
         every, batch = self.staging.wanted(batch=False), self.staging.wanted(batch=True)
+        if not batch:
+            likelihoods = {}
+        if not (refits or likelihoods):
+            return {}
         rows = [*refits, *likelihoods]
         with self.store.snapshot():
             subjects = self.staging.store.subjects(rows, self.staging.needs_traits(every))
