@@ -234,6 +234,7 @@ def _destination(status: DestinationStatus) -> dict[str, Any]:
     shown["last_error_at"] = _iso(status.last_error_at)
     shown["rate"] = round(status.rate, 3)
     shown["paused_for"] = round(status.paused_for, 1)
+    shown["lag"] = None if status.lag is None else round(status.lag, 3)
     return shown
 
 

@@ -355,7 +355,8 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             f"destination {name} ({d['type']}, {d['mode']}): {d['state']}{paused}   "
             f"queued {d['queued']:,}   held {d['held']:,}   sent {d['sent']:,}   "
             f"failed {d['failed']:,}   dead letters {d['dead_letters']:,}   "
-            f"{d['rate']:.1f} calls/s   last success {d['last_success_at'] or 'never'}",
+            f"{d['rate']:.1f} calls/s   last success {d['last_success_at'] or 'never'}"
+            + (f"   lag {d['lag']:.1f}s" if d["lag"] is not None else ""),
             highlight=False,
         )
         if d["last_error"]:

@@ -99,6 +99,8 @@ def test_leadsync_a_sends_its_scores_to_leadsync_b_as_segment_identifies(
     assert ann["context"]["library"]["name"] == "leadsync"
     assert by_user["bob"]["traits"]["mk_customer_fit_segment"] != "very good"
     wait_for(lambda: status_of(a, "b").get("sent") == 2)
+    # Held for the batch run, then sent: the lag runs from the score to the answer.
+    assert status_of(a, "b")["lag"] > 0
     shown = leadsync("status", "--config", str(a.config_path))
     assert shown.returncode == 0, shown.stderr
     assert "destination b (segment, batch): " in shown.stdout

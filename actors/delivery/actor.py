@@ -75,6 +75,9 @@ class DestinationStatus:
     """Seconds left of a pause (Retry-After, or the destination down)."""
     used_today: int = 0
     """Calls in the current UTC day, for the daily cap."""
+    lag: float | None = None
+    """Seconds from score stored to acknowledgement recorded, for the oldest record of
+    the last call that delivered any (the histogram in /metrics has them all)."""
 
 
 class DestinationActor(Actor):
@@ -511,3 +514,5 @@ class DestinationActor(Actor):
         lag = self._metrics.destination_lag.labels(self.destination)
         for at in staged:
             lag.observe(max(0.0, done - at))
+        if staged:
+            self._status.lag = max(0.0, done - min(staged))
