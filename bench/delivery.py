@@ -142,7 +142,7 @@ def stage(path: Path, destination: str, count: int, seed: int) -> float:
         store = SqliteOutboxStore(db)
         started = time.perf_counter()
         now = time.time()
-        rows = [(payload.profile, *encode(payload)) for payload in made]
+        rows = [(row, payload.profile, *encode(payload)) for row, payload in enumerate(made)]
         store.begin()
         store.stage(destination, rows, now, now)
         store.commit()

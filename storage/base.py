@@ -599,12 +599,13 @@ class OutboxStore(Protocol):
     def stage(
         self,
         destination: str,
-        rows: Sequence[tuple[str, bytes | None, int]],
+        rows: Sequence[tuple[int, str, bytes | None, int]],
         staged_at: float,
         due_at: float | None,
         force: bool = False,
     ) -> int:
-        """Queue each (uid, payload, hash) whose payload differs both from what was
+        """Queue each (profile row, profile id, payload, hash) whose payload differs both
+        from what was
         staged last and from what the destination acknowledged (`force`: every one, for
         a full resync); a None payload (the filter said no) drops what was queued.
         Returns how many rows were queued."""
@@ -640,12 +641,12 @@ class OutboxStore(Protocol):
         letter whose profile has a newer payload since is dropped, not sent."""
         ...
 
-    def gone(self) -> list[tuple[str, str]]:
-        """(destination, profile id) of delivery states whose profile no longer exists
+    def gone(self) -> list[tuple[str, int]]:
+        """(destination, profile row) of delivery states whose profile no longer exists
         (merged away): read outside any write transaction, it is a scan."""
         ...
 
-    def forget(self, states: Sequence[tuple[str, str]]) -> None: ...
+    def forget(self, states: Sequence[tuple[str, int]]) -> None: ...
 
     def destinations(self) -> set[str]:
         """Every destination the database holds a queue, state or fingerprint for."""

@@ -421,6 +421,13 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
             "FROM main.profile_scores s JOIN main.profiles p ON p.id = s.profile"
         )
         db.execute("DELETE FROM main.profile_scores")
+        # So are delivery states and outbox rows: they follow their profile id too.
+        db.execute("DROP TABLE IF EXISTS temp.old_delivery")
+        db.execute(
+            "CREATE TEMP TABLE old_delivery AS SELECT p.uid, d.destination, d.acked, d.staged "
+            "FROM main.destination_state d JOIN main.profiles p ON p.id = d.profile"
+        )
+        db.execute("DELETE FROM main.destination_state")
         for table in GRAPH_TABLES:
             db.execute(f"DELETE FROM main.{table}")
             db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
@@ -447,9 +454,25 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
             f"SELECT p.id, {SCORE_COLUMNS} FROM temp.old_scores o "
             "JOIN main.profiles p ON p.uid = o.uid"
         )
+        db.execute(
+            "INSERT INTO main.destination_state (destination, profile, acked, staged) "
+            "SELECT o.destination, p.id, o.acked, o.staged FROM temp.old_delivery o "
+            "JOIN main.profiles p ON p.uid = o.uid"
+        )
+        # A queued row whose profile id the new graph has not (merged away) goes: the
+        # profile that took its identifiers is rescored and queued afresh.
+        db.execute("DELETE FROM main.outbox WHERE uid NOT IN (SELECT uid FROM main.profiles)")
+        # Through negative rows first: two rows may swap numbers, and (destination,
+        # profile) must stay unique at every step.
+        db.execute("UPDATE main.outbox SET profile = -profile")
+        db.execute(
+            "UPDATE main.outbox SET profile = "
+            "(SELECT p.id FROM main.profiles p WHERE p.uid = outbox.uid)"
+        )
         db.execute("DROP TABLE temp.old_ids")
         db.execute("DROP TABLE temp.old_changes")
         db.execute("DROP TABLE temp.old_scores")
+        db.execute("DROP TABLE temp.old_delivery")
         store.set_checkpoint(checkpoint)
         db.execute(
             "INSERT INTO meta (key, value) VALUES (?, '1') "

@@ -29,14 +29,15 @@ for destinations went from a minute to hours."""
 _SENDER_STATE = "destination_sender_state:"
 FINGERPRINT = "destination_fingerprint:"
 _UPSERT = (
-    "INSERT INTO outbox (destination, uid, payload, hash, staged_at, due_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (destination, uid) DO UPDATE SET "
-    "payload = excluded.payload, hash = excluded.hash, staged_at = excluded.staged_at, "
-    "due_at = excluded.due_at, attempts = 0, last_error = NULL"
+    "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, due_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (destination, profile) DO UPDATE SET "
+    "uid = excluded.uid, payload = excluded.payload, hash = excluded.hash, "
+    "staged_at = excluded.staged_at, due_at = excluded.due_at, attempts = 0, "
+    "last_error = NULL"
 )
 _STATE = (
-    "INSERT INTO destination_state (destination, uid, staged) VALUES (?, ?, ?) "
-    "ON CONFLICT (destination, uid) DO UPDATE SET staged = excluded.staged"
+    "INSERT INTO destination_state (destination, profile, staged) VALUES (?, ?, ?) "
+    "ON CONFLICT (destination, profile) DO UPDATE SET staged = excluded.staged"
 )
 
 
@@ -71,58 +72,55 @@ class SqliteOutboxStore(Transactions):
     def stage(
         self,
         destination: str,
-        rows: Sequence[tuple[str, bytes | None, int]],
+        rows: Sequence[tuple[int, str, bytes | None, int]],
         staged_at: float,
         due_at: float | None,
         force: bool = False,
     ) -> int:
-        state: dict[str, tuple[int | None, int]] = {}
-        for chunk in chunks([uid for uid, _, _ in rows]):
-            for uid, acked, staged in self._db.execute(
-                "SELECT uid, acked, staged FROM destination_state "
-                f"WHERE destination = ? AND uid IN ({marks(chunk)})",
+        state: dict[int, tuple[int | None, int]] = {}
+        for chunk in chunks([profile for profile, *_ in rows]):
+            for profile, acked, staged in self._db.execute(
+                "SELECT profile, acked, staged FROM destination_state "
+                f"WHERE destination = ? AND profile IN ({marks(chunk)})",
                 (destination, *chunk),
             ):
-                state[uid] = (acked, staged)
+                state[profile] = (acked, staged)
         queue: list[tuple[Any, ...]] = []
-        back: list[tuple[str, bytes, int]] = []
-        drop: list[tuple[str, str]] = []
-        staged_now: list[tuple[str, str, int]] = []
-        for uid, payload, digest in rows:
-            acked, staged = state.get(uid, (None, None))
+        back: list[tuple[Any, ...]] = []
+        drop: list[tuple[str, int]] = []
+        staged_now: list[tuple[str, int, int]] = []
+        for profile, uid, payload, digest in rows:
+            acked, staged = state.get(profile, (None, None))
             if payload is None:
                 if staged not in (None, FILTERED):
-                    drop.append((destination, uid))
-                    staged_now.append((destination, uid, FILTERED))
+                    drop.append((destination, profile))
+                    staged_now.append((destination, profile, FILTERED))
                 continue
             if not force and digest == staged:
                 continue  # queued, held, sent or dead-lettered already: nothing new
-            staged_now.append((destination, uid, digest))
+            staged_now.append((destination, profile, digest))
+            row = (destination, profile, uid, payload, digest, staged_at, due_at)
             if not force and digest == acked:
-                back.append((uid, payload, digest))
+                back.append(row)
             else:
-                queue.append((destination, uid, payload, digest, staged_at, due_at))
+                queue.append(row)
         # Back to what the destination acknowledged. Its queued row may be in flight
         # already, and be acknowledged after this: so the row is not dropped but
         # made this payload again, and sent (once more, harmlessly). With no row
         # queued (it was sent, filtered out or dead-lettered), nothing is sent.
-        queued = self._queued(destination, [uid for uid, _, _ in back])
-        queue += [
-            (destination, uid, payload, digest, staged_at, due_at)
-            for uid, payload, digest in back
-            if uid in queued
-        ]
-        self._db.executemany("DELETE FROM outbox WHERE destination = ? AND uid = ?", drop)
+        queued = self._queued(destination, [row[1] for row in back])
+        queue += [row for row in back if row[1] in queued]
+        self._db.executemany("DELETE FROM outbox WHERE destination = ? AND profile = ?", drop)
         self._db.executemany(_UPSERT, queue)
         self._db.executemany(_STATE, staged_now)
         return len(queue)
 
-    def _queued(self, destination: str, uids: Sequence[str]) -> set[str]:
+    def _queued(self, destination: str, profiles: Sequence[int]) -> set[int]:
         return {
-            uid
-            for chunk in chunks(list(uids))
-            for (uid,) in self._db.execute(
-                f"SELECT uid FROM outbox WHERE destination = ? AND uid IN ({marks(chunk)})",
+            profile
+            for chunk in chunks(list(profiles))
+            for (profile,) in self._db.execute(
+                f"SELECT profile FROM outbox WHERE destination = ? AND profile IN ({marks(chunk)})",
                 (destination, *chunk),
             )
         }
@@ -161,7 +159,9 @@ class SqliteOutboxStore(Transactions):
             [(row, digest) for row, _, digest in settlement.delivered],
         )
         db.executemany(
-            "UPDATE destination_state SET acked = ? WHERE destination = ? AND uid = ?",
+            # By profile id: a rebuild may have renumbered the rows since the send.
+            "UPDATE destination_state SET acked = ? WHERE destination = ? "
+            "AND profile = (SELECT id FROM profiles WHERE uid = ?)",
             [(digest, destination, uid) for _, uid, digest in settlement.delivered],
         )
         db.executemany(
@@ -234,32 +234,30 @@ class SqliteOutboxStore(Transactions):
     ) -> tuple[int, int]:
         where, args = _which("d.", destination, ids)
         letters = self._db.execute(
-            "SELECT d.id, d.destination, d.uid, d.payload, d.hash, d.staged_at, s.staged "
-            "FROM dead_letters d LEFT JOIN destination_state s "
-            f"ON s.destination = d.destination AND s.uid = d.uid {where} ORDER BY d.id",
+            "SELECT d.id, d.destination, p.id, d.uid, d.payload, d.hash, d.staged_at, s.staged "
+            "FROM dead_letters d LEFT JOIN profiles p ON p.uid = d.uid "
+            "LEFT JOIN destination_state s ON s.destination = d.destination "
+            f"AND s.profile = p.id {where} ORDER BY d.id",
             args,
         ).fetchall()
-        current = [row for row in letters if row[6] == row[4]]
+        current = [row for row in letters if row[2] is not None and row[7] == row[5]]
         self._db.executemany(
-            "INSERT INTO outbox (destination, uid, payload, hash, staged_at, due_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (destination, uid) DO NOTHING",
-            [
-                (dest, uid, body, digest, staged, now)
-                for _, dest, uid, body, digest, staged, _ in current
-            ],
+            "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, due_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (destination, profile) DO NOTHING",
+            [(*row[1:7], now) for row in current],
         )
         self._db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in letters])
         return len(current), len(letters) - len(current)
 
-    def gone(self) -> list[tuple[str, str]]:
+    def gone(self) -> list[tuple[str, int]]:
         return self._db.execute(
-            "SELECT destination, uid FROM destination_state "
-            "WHERE uid NOT IN (SELECT uid FROM profiles)"
+            "SELECT destination, profile FROM destination_state "
+            "WHERE profile NOT IN (SELECT id FROM profiles)"
         ).fetchall()
 
-    def forget(self, states: Sequence[tuple[str, str]]) -> None:
+    def forget(self, states: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(
-            "DELETE FROM destination_state WHERE destination = ? AND uid = ?", states
+            "DELETE FROM destination_state WHERE destination = ? AND profile = ?", states
         )
 
     def destinations(self) -> set[str]:
@@ -302,8 +300,8 @@ class SqliteOutboxStore(Transactions):
             (destination, limit),
         ).rowcount
         known = self._db.execute(
-            "DELETE FROM destination_state WHERE destination = ? AND uid IN "
-            "(SELECT uid FROM destination_state WHERE destination = ? LIMIT ?)",
+            "DELETE FROM destination_state WHERE destination = ? AND profile IN "
+            "(SELECT profile FROM destination_state WHERE destination = ? LIMIT ?)",
             (destination, destination, limit),
         ).rowcount
         if not queued + known:

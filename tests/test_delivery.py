@@ -11,6 +11,7 @@ in the daemon.
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -60,7 +61,11 @@ def stage(path: Path, destination: str, uids: Sequence[str]) -> None:
     try:
         store = SqliteOutboxStore(db)
         rows = [
-            (uid, *encode(Payload(uid, {"mk_customer_fit_score": n}, email=f"{uid}@x.io")))
+            (
+                zlib.crc32(uid.encode()),  # a profile row of its own for each id
+                uid,
+                *encode(Payload(uid, {"mk_customer_fit_score": n}, email=f"{uid}@x.io")),
+            )
             for n, uid in enumerate(uids)
         ]
         store.begin()

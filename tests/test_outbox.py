@@ -14,6 +14,7 @@ import msgspec
 
 from actors.delivery.payload import Payload, decode
 from actors.delivery.staging import Staging
+from actors.identity.rebuild import rebuild
 from actors.scoring import deploy
 from actors.scoring.model import Model
 from actors.scoring.scorer import Scorer
@@ -258,3 +259,46 @@ async def test_addresses_are_read_through_the_profile_index(tmp_path: Path) -> N
         ids = list(range(500))
         plan = db.execute("EXPLAIN QUERY PLAN " + ADDRESSES.format(marks(ids)), ids).fetchall()
         assert any("identities_by_profile" in step[-1] for step in plan), plan
+
+
+async def test_queued_rows_and_delivery_state_follow_their_profiles_through_a_rebuild(
+    tmp_path: Path,
+) -> None:
+    destinations: dict[str, Destination] = {"crm": hook(mode="realtime")}
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        for n, user in enumerate(("ann", "bob", "cyd")):
+            await scoring.send(identify(CTO, T0 + n, str(n), userId=user))
+        scoring.ack("crm")  # acknowledged: ann, bob and cyd as CTOs
+        await scoring.send(identify({"title": "Intern"}, T0 + 5, "5", userId="bob"))
+        await scoring.send(identify({"title": "Intern"}, T0 + 6, "6", userId="cyd"))
+        # Number bob's and cyd's rows the other way round, as a graph that lived
+        # through merges may: the rebuild swaps them back, and (destination, profile)
+        # must stay unique throughout.
+        bob, cyd = (uid_of(graph.path, u) for u in ("bob", "cyd"))
+        with sqlite3.connect(graph.path) as db:
+            ids = dict(db.execute("SELECT uid, id FROM profiles").fetchall())
+            swap = {ids[bob]: ids[cyd], ids[cyd]: ids[bob]}
+            for table, column in (
+                ("profiles", "id"),
+                ("identities", "profile"),
+                ("profile_scores", "profile"),
+                ("outbox", "profile"),
+                ("destination_state", "profile"),
+            ):
+                for old, new in swap.items():
+                    db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (-new, old))
+                db.execute(f"UPDATE {table} SET {column} = -{column} WHERE {column} < 0")
+        rebuild(graph.path, graph.rules, 5)
+        with sqlite3.connect(graph.path) as db:
+            rows = dict(db.execute("SELECT uid, profile FROM outbox").fetchall())
+            ids = dict(db.execute("SELECT uid, id FROM profiles").fetchall())
+        assert rows == {bob: ids[bob], cyd: ids[cyd]}
+        # Ann's state came along: rescoring her to what crm holds queues nothing.
+        await scoring.send(identify({"favourite_colour": "teal"}, T0 + 9, "9", userId="ann"))
+        assert set(scoring.rows("crm")) == {bob, cyd}
+        # And acknowledging bob's queued row lands on bob's state, whatever his row.
+        due = scoring.outbox.due("crm", 10**12, 10)
+        scoring.settle("crm", Settlement([(r.id, r.uid, r.hash) for r in due if r.uid == bob]))
+        await scoring.send(identify({"title": "Intern"}, T0 + 10, "10", userId="bob"))
+        assert set(scoring.rows("crm")) == {cyd}

@@ -28,6 +28,7 @@ class Subject:
     """A profile as staging sees it: its id, scores, addresses and (if a filter needs
     them) traits."""
 
+    row: int
     uid: str
     score: Score
     addresses: Mapping[str, str]
@@ -85,8 +86,8 @@ def _digest(value: object) -> str:
     return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()[:16]
 
 
-Prepared = dict[str, list[tuple[str, bytes | None, int]]]
-"""Per destination: (profile id, payload or None, hash)."""
+Prepared = dict[str, list[tuple[int, str, bytes | None, int]]]
+"""Per destination: (profile row, profile id, payload or None, hash)."""
 
 
 class Staging:
@@ -109,7 +110,7 @@ class Staging:
         prepared: Prepared = {r.name: [] for r in routes}
         for subject in subjects:
             for route in routes:
-                prepared[route.name].append((subject.uid, *route.payload(subject)))
+                prepared[route.name].append((subject.row, subject.uid, *route.payload(subject)))
         return prepared
 
     def stage(self, prepared: Prepared, now: float, batch: bool) -> int:

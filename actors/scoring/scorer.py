@@ -215,7 +215,7 @@ class Scorer:
         account_scores = self._accounts_fit(accounts, now)
         prepared = Staging.prepare(
             (
-                Subject(p.uid, scores[p.row], subjects[p.row][1], p.traits or {})
+                Subject(p.row, p.uid, scores[p.row], subjects[p.row][1], p.traits or {})
                 for p in profiles
                 if p.row in subjects
             ),
@@ -385,7 +385,7 @@ class Scorer:
                 break
             prepared = Staging.prepare(
                 (
-                    Subject(uid, scores[row], addresses, traits)
+                    Subject(row, uid, scores[row], addresses, traits)
                     for row, (uid, addresses, traits) in subjects.items()
                     if row in scores
                 ),
@@ -438,7 +438,7 @@ class Scorer:
                 score.ltb_model, score.ltb_at, score.grade = self.model.version, now, grade
         prepared = Staging.prepare(
             (
-                Subject(uid, scores[row], addresses, traits)
+                Subject(row, uid, scores[row], addresses, traits)
                 for row, (uid, addresses, traits) in subjects.items()
                 if row in refits
             ),
@@ -446,7 +446,7 @@ class Scorer:
         )
         changed = Staging.prepare(
             (
-                Subject(uid, scores[row], addresses, traits)
+                Subject(row, uid, scores[row], addresses, traits)
                 for row, (uid, addresses, traits) in subjects.items()
                 if row in likelihoods and row in scores
             ),
