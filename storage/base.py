@@ -611,9 +611,14 @@ class OutboxStore(Protocol):
         Returns how many rows were queued."""
         ...
 
+    def end_run(self, destinations: Sequence[str]) -> int:
+        """Everything held for the end of the batch run becomes due; returns how many
+        rows of `destinations` that was."""
+        ...
+
     def release(self, destinations: Sequence[str], due_at: float, limit: int) -> int:
-        """Up to `limit` rows per destination held for the end of a batch run become
-        due; returns how many."""
+        """Up to `limit` held rows per destination become due at `due_at` (for a
+        destination made realtime); returns how many."""
         ...
 
     def due(self, destination: str, now: float, limit: int) -> list[OutboxRow]: ...

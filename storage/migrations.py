@@ -185,7 +185,8 @@ MIGRATIONS: list[str] = [
     """,
     # 4: delivery. The outbox holds one row per destination and profile with the
     # newest payload not yet acknowledged (a profile changed five times before a send
-    # is sent once); `due_at` NULL holds a row until the batch run ends. Hashes (64-bit)
+    # is sent once); a negative `due_at`, -N, holds a row until batch run N ends (then
+    # meta.outbox_released_run is set to N: one write, not one per row). Hashes (64-bit)
     # of what each destination acknowledged and of what was last staged make
     # only-on-change a lookup. Both are keyed by the profile's row, like its scores: a
     # batch run stages in row order, so its writes land on neighbouring pages (keyed by
@@ -202,7 +203,7 @@ MIGRATIONS: list[str] = [
         payload     BLOB NOT NULL,
         hash        INTEGER NOT NULL,
         staged_at   REAL NOT NULL,
-        due_at      REAL,
+        due_at      REAL NOT NULL,
         attempts    INTEGER NOT NULL DEFAULT 0,
         last_error  TEXT,
         UNIQUE (destination, profile)

@@ -28,6 +28,9 @@ index and read every email and anonymous id for each chunk: a batch run that sta
 for destinations went from a minute to hours."""
 _SENDER_STATE = "destination_sender_state:"
 FINGERPRINT = "destination_fingerprint:"
+_RELEASED = "outbox_released_run"
+"""Held rows carry due_at -N, N the batch run they wait for; they are due once this
+reaches N."""
 _UPSERT = (
     "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, due_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (destination, profile) DO UPDATE SET "
@@ -77,6 +80,8 @@ class SqliteOutboxStore(Transactions):
         due_at: float | None,
         force: bool = False,
     ) -> int:
+        if due_at is None:
+            due_at = -(self._released() + 1)  # held for the end of this batch run
         state: dict[int, tuple[int | None, int]] = {}
         for chunk in chunks([profile for profile, *_ in rows]):
             for profile, acked, staged in self._db.execute(
@@ -125,11 +130,29 @@ class SqliteOutboxStore(Transactions):
             )
         }
 
+    def _released(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_RELEASED,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def end_run(self, destinations: Sequence[str]) -> int:
+        """Everything held for the end of the batch run becomes due: one number is
+        written, not every row. Returns how many rows that released."""
+        run = self._released() + 1
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_RELEASED, str(run))
+        )
+        return sum(
+            self._db.execute(
+                "SELECT count(*) FROM outbox WHERE destination = ? AND due_at = ?", (name, -run)
+            ).fetchone()[0]
+            for name in destinations
+        )
+
     def release(self, destinations: Sequence[str], due_at: float, limit: int) -> int:
         return sum(
             self._db.execute(
                 "UPDATE outbox SET due_at = ? WHERE id IN (SELECT id FROM outbox "
-                "WHERE destination = ? AND due_at IS NULL LIMIT ?)",
+                "WHERE destination = ? AND due_at < 0 LIMIT ?)",
                 (due_at, name, limit),
             ).rowcount
             for name in destinations
@@ -140,15 +163,17 @@ class SqliteOutboxStore(Transactions):
             OutboxRow(*row)
             for row in self._db.execute(
                 "SELECT id, uid, payload, hash, staged_at, attempts FROM outbox "
-                "WHERE destination = ? AND due_at <= ? ORDER BY due_at, id LIMIT ?",
-                (destination, now, limit),
+                "WHERE destination = ? AND due_at >= ? AND due_at <= ? "
+                "ORDER BY due_at, id LIMIT ?",
+                (destination, -self._released(), now, limit),
             )
         ]
 
     def next_due(self, destination: str) -> float | None:
+        """The earliest due time; a negative one (held, and released) is due now."""
         row = self._db.execute(
-            "SELECT min(due_at) FROM outbox WHERE destination = ? AND due_at IS NOT NULL",
-            (destination,),
+            "SELECT min(due_at) FROM outbox WHERE destination = ? AND due_at >= ?",
+            (destination, -self._released()),
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
@@ -209,9 +234,11 @@ class SqliteOutboxStore(Transactions):
         return None if row is None else str(row[0])
 
     def counts(self, destination: str) -> DestinationCounts:
+        released = -self._released()
         queued, held = self._db.execute(
-            "SELECT count(due_at), count(*) - count(due_at) FROM outbox WHERE destination = ?",
-            (destination,),
+            "SELECT count(*) FILTER (WHERE due_at >= ?), count(*) FILTER (WHERE due_at < ?) "
+            "FROM outbox WHERE destination = ?",
+            (released, released, destination),
         ).fetchone()
         (dead,) = self._db.execute(
             "SELECT count(*) FROM dead_letters WHERE destination = ?", (destination,)

@@ -47,7 +47,8 @@ class Delivering(Scoring):
         return scorer
 
     def rows(self, destination: str) -> dict[str, tuple[Payload, float | None, int]]:
-        """Per profile id: the queued payload, when it is due (None: held), attempts."""
+        """Per profile id: the queued payload, when it is due (negative: held for the
+        end of a batch run, see `due`), attempts."""
         return {
             uid: (decode(payload), due, attempts)
             for uid, payload, due, attempts in self.db.execute(
@@ -55,6 +56,10 @@ class Delivering(Scoring):
                 (destination,),
             )
         }
+
+    def due(self, destination: str) -> set[str]:
+        """Profile ids a destination actor would take now."""
+        return {row.uid for row in self.outbox.due(destination, self.now, 10_000)}
 
     def ack(self, destination: str) -> int:
         """The destination acknowledges everything due."""
@@ -178,18 +183,24 @@ async def test_batch_mode_holds_rows_until_the_batch_run_ends(tmp_path: Path) ->
         scoring = Delivering(graph, destinations)
         await scoring.send(identify(CTO, T0, "1", userId="ann"))
         uid = uid_of(graph.path, "ann")
-        assert scoring.rows("warehouse")[uid][1] is None  # held
-        assert scoring.rows("crm")[uid][1] == T0  # due at once
+        assert uid in scoring.rows("warehouse")
+        assert scoring.due("warehouse") == set()  # held
+        assert scoring.due("crm") == {uid}  # due at once
         scoring.ack("crm")
         # A demo request raises the likelihood: the batch run stages it for the batch
         # destination only (realtime destinations take fit changes as they happen).
         scoring.now = T0 + DAY
         await scoring.send(track("Demo Requested", T0 + DAY, "2", userId="ann"))
         scoring.batch()
-        (payload, due, _) = scoring.rows("warehouse")[uid]
+        (payload, _, _) = scoring.rows("warehouse")[uid]
         assert payload.traits["mk_likelihood_to_buy_score"] > 0
-        assert due == T0 + DAY
+        assert scoring.due("warehouse") == {uid}  # released when the run ended
         assert scoring.rows("crm") == {}
+        # What the next run holds waits for that run, not the one that has ended.
+        await scoring.send(identify({"title": "Intern"}, T0 + DAY, "3", userId="ann"))
+        assert scoring.due("warehouse") == set()
+        scoring.batch()
+        assert scoring.due("warehouse") == {uid}
 
 
 async def test_dead_letters_replay_unless_a_newer_payload_superseded_them(

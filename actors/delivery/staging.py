@@ -124,8 +124,6 @@ class Staging:
             queued += self.store.stage(name, rows, now, None if held else now)
         return queued
 
-    def release(self, now: float, limit: int, routes: Sequence[str] | None = None) -> int:
-        """Up to `limit` held rows of each route (by default those that take batch
-        runs) become due."""
-        names = self.held if routes is None else routes
-        return self.store.release(names, now, limit) if names else 0
+    def end_run(self) -> int:
+        """What the batch run held becomes due (inside the caller's transaction)."""
+        return self.store.end_run(self.held)

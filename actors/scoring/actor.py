@@ -155,7 +155,7 @@ class ScorerActor(Actor):
         if scorer.staging is not None:
             realtime = [n for n, r in scorer.staging.routes.items() if not r.batch]
             if realtime:
-                scorer.release(routes=realtime)
+                scorer.release(realtime)
         for name, config in destinations.items():
             where, what = fingerprint(config)
             if kept.get(name) == f"{where} {what}":

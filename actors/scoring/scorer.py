@@ -347,18 +347,19 @@ class Scorer:
                         self.staging.store.forget(gone[start : start + chunk])
         if self.staging:
             # Even after a run cut short: what it staged is the newest there is.
-            result.released = self.release(chunk)
+            with self.transaction():
+                result.released = self.staging.end_run()
         result.seconds = time.perf_counter() - started
         return result
 
-    def release(self, chunk: int = BATCH_CHUNK, routes: Sequence[str] | None = None) -> int:
-        """Make held outbox rows due, a chunk a transaction (after a deploy, every
-        profile's row is held)."""
+    def release(self, routes: Sequence[str], chunk: int = BATCH_CHUNK) -> int:
+        """Make the held rows of `routes` due now, a chunk a transaction (for
+        destinations made realtime, which no batch run releases)."""
         assert self.staging is not None
         released, total = chunk, 0
         while released >= chunk:
             with self.transaction():
-                released = self.staging.release(self.clock(), chunk, routes)
+                released = self.staging.store.release(routes, self.clock(), chunk)
             total += released
         return total
 
