@@ -605,10 +605,10 @@ class OutboxStore(Protocol):
         force: bool = False,
     ) -> int:
         """Queue each (profile row, profile id, payload, hash) whose payload differs both
-        from what was
-        staged last and from what the destination acknowledged (`force`: every one, for
-        a full resync); a None payload (the filter said no) drops what was queued.
-        Returns how many rows were queued."""
+        from what was staged last and from what the destination acknowledged (`force`:
+        every one, for a full resync), due at `due_at`, or held for the end of the
+        current batch run if None; a None payload (the filter said no) drops what was
+        queued. Returns how many rows were queued."""
         ...
 
     def end_run(self, destinations: Sequence[str]) -> int:
