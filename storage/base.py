@@ -606,12 +606,12 @@ class OutboxStore(Protocol):
     ) -> int:
         """Queue each (profile row, profile id, payload, hash) whose payload differs both
         from what was staged last and from what the destination acknowledged (`force`:
-        every one, for a full resync), due at `due_at`, or held for the end of the
-        current batch run if None; a None payload (the filter said no) drops what was
-        queued. Returns how many rows were queued."""
+        every one, for a full resync), due at `due_at`, or if None held until the next
+        batch run to end (the one under way, if any); a None payload (the filter said
+        no) drops what was queued. Returns how many rows were queued."""
         ...
 
-    def end_run(self, destinations: Sequence[str]) -> int:
+    def end_run(self, destinations: Sequence[str], now: float) -> int:
         """Everything held for the end of the batch run becomes due; returns how many
         rows of `destinations` that was."""
         ...

@@ -192,7 +192,8 @@ MIGRATIONS: list[str] = [
     # batch run stages in row order, so its writes land on neighbouring pages (keyed by
     # the profile id, a hash, each row was a random page: a full recompute staging for
     # two destinations took five times as long). A rebuild carries them over by profile
-    # id. Dead letters keep the payload, attempts and last error until replayed. Usage
+    # id; a profile merged away takes its queued rows with it (hence the index by
+    # profile). Dead letters keep the payload, attempts and last error until replayed. Usage
     # counts requests per UTC day, for daily caps that must survive restarts.
     """
     CREATE TABLE outbox (
@@ -209,6 +210,7 @@ MIGRATIONS: list[str] = [
         UNIQUE (destination, profile)
     );
     CREATE INDEX outbox_due ON outbox (destination, due_at);
+    CREATE INDEX outbox_by_profile ON outbox (profile);
 
     CREATE TABLE destination_state (
         destination TEXT NOT NULL,

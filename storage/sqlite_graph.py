@@ -233,8 +233,10 @@ class SqliteGraphStore(LogConsumerStore):
     def delete_profiles(self, ids: Sequence[int]) -> None:
         rows = [(i,) for i in ids]
         self._db.executemany("DELETE FROM profiles WHERE id = ?", rows)
-        # A profile's scores go with it (its survivor has its own).
+        # A profile's scores go with it (its survivor has its own), and so does what
+        # was queued for it: the survivor is rescored and queued in its own right.
         self._db.executemany("DELETE FROM profile_scores WHERE profile = ?", rows)
+        self._db.executemany("DELETE FROM outbox WHERE profile = ?", rows)
 
     def redirect(self, redirects: Sequence[tuple[str, int]]) -> None:
         self._db.executemany(
@@ -428,6 +430,11 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
             "FROM main.destination_state d JOIN main.profiles p ON p.id = d.profile"
         )
         db.execute("DELETE FROM main.destination_state")
+        db.execute("DROP TABLE IF EXISTS temp.old_outbox")
+        db.execute(
+            "CREATE TEMP TABLE old_outbox AS SELECT o.id, p.uid FROM main.outbox o "
+            "JOIN main.profiles p ON p.id = o.profile"
+        )
         for table in GRAPH_TABLES:
             db.execute(f"DELETE FROM main.{table}")
             db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
@@ -459,20 +466,23 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
             "SELECT o.destination, p.id, o.acked, o.staged FROM temp.old_delivery o "
             "JOIN main.profiles p ON p.uid = o.uid"
         )
-        # A queued row whose profile id the new graph has not (merged away) goes: the
-        # profile that took its identifiers is rescored and queued afresh.
-        db.execute("DELETE FROM main.outbox WHERE uid NOT IN (SELECT uid FROM main.profiles)")
+        # Queued rows follow their live profile's id (not the id written on the row,
+        # which a rename leaves behind); one whose profile id the new graph has not
+        # goes: the profile that took its identifiers is rescored and queued afresh.
+        db.execute("DELETE FROM temp.old_outbox WHERE uid NOT IN (SELECT uid FROM main.profiles)")
+        db.execute("DELETE FROM main.outbox WHERE id NOT IN (SELECT id FROM temp.old_outbox)")
         # Through negative rows first: two rows may swap numbers, and (destination,
         # profile) must stay unique at every step.
         db.execute("UPDATE main.outbox SET profile = -profile")
         db.execute(
-            "UPDATE main.outbox SET profile = "
-            "(SELECT p.id FROM main.profiles p WHERE p.uid = outbox.uid)"
+            "UPDATE main.outbox SET profile = (SELECT p.id FROM temp.old_outbox o "
+            "JOIN main.profiles p ON p.uid = o.uid WHERE o.id = outbox.id)"
         )
         db.execute("DROP TABLE temp.old_ids")
         db.execute("DROP TABLE temp.old_changes")
         db.execute("DROP TABLE temp.old_scores")
         db.execute("DROP TABLE temp.old_delivery")
+        db.execute("DROP TABLE temp.old_outbox")
         store.set_checkpoint(checkpoint)
         db.execute(
             "INSERT INTO meta (key, value) VALUES (?, '1') "

@@ -29,6 +29,7 @@ for destinations went from a minute to hours."""
 _SENDER_STATE = "destination_sender_state:"
 FINGERPRINT = "destination_fingerprint:"
 _RELEASED = "outbox_released_run"
+_RELEASED_AT = "outbox_released_at"
 """Held rows carry due_at -N, N the batch run they wait for; they are due once this
 reaches N."""
 _UPSERT = (
@@ -134,12 +135,17 @@ class SqliteOutboxStore(Transactions):
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_RELEASED,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    def end_run(self, destinations: Sequence[str]) -> int:
+    def _released_at(self) -> float:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_RELEASED_AT,)).fetchone()
+        return 0.0 if row is None else float(row[0])
+
+    def end_run(self, destinations: Sequence[str], now: float) -> int:
         """Everything held for the end of the batch run becomes due: one number is
         written, not every row. Returns how many rows that released."""
         run = self._released() + 1
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_RELEASED, str(run))
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [(_RELEASED, str(run)), (_RELEASED_AT, repr(now))],
         )
         return sum(
             self._db.execute(
@@ -159,15 +165,24 @@ class SqliteOutboxStore(Transactions):
         )
 
     def due(self, destination: str, now: float, limit: int) -> list[OutboxRow]:
-        return [
-            OutboxRow(*row)
-            for row in self._db.execute(
-                "SELECT id, uid, payload, hash, staged_at, attempts FROM outbox "
-                "WHERE destination = ? AND due_at >= ? AND due_at <= ? "
-                "ORDER BY due_at, id LIMIT ?",
-                (destination, -self._released(), now, limit),
-            )
-        ]
+        """Oldest first. A row a batch run held counts as due from when the last run
+        ended: after what was due before then, before what came due since, older
+        runs' rows before newer ones'. Two index scans, merged."""
+        released, released_at = self._released(), self._released_at()
+        columns = "id, uid, payload, hash, staged_at, attempts, due_at"
+        timed = self._db.execute(
+            f"SELECT {columns} FROM outbox WHERE destination = ? AND due_at >= 0 "
+            "AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+            (destination, now, limit),
+        ).fetchall()
+        held = self._db.execute(
+            f"SELECT {columns} FROM outbox WHERE destination = ? AND due_at < 0 "
+            "AND due_at >= ? ORDER BY due_at DESC, id LIMIT ?",
+            (destination, -released, limit),
+        ).fetchall()
+        before = [row for row in timed if row[-1] <= released_at]
+        after = timed[len(before) :]
+        return [OutboxRow(*row[:-1]) for row in (*before, *held, *after)][:limit]
 
     def next_due(self, destination: str) -> float | None:
         """The earliest due time; a negative one (held, and released) is due now."""

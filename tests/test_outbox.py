@@ -313,3 +313,52 @@ async def test_queued_rows_and_delivery_state_follow_their_profiles_through_a_re
         scoring.settle("crm", Settlement([(r.id, r.uid, r.hash) for r in due if r.uid == bob]))
         await scoring.send(identify({"title": "Intern"}, T0 + 10, "10", userId="bob"))
         assert set(scoring.rows("crm")) == {cyd}
+
+
+async def test_a_profile_merged_away_takes_its_queued_rows_and_a_rebuild_still_swaps(
+    tmp_path: Path,
+) -> None:
+    destinations: dict[str, Destination] = {"warehouse": hook(mode="batch")}
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Delivering(graph, destinations)
+        await scoring.send(identify(CTO, T0 + 1, "1", userId="ann"))
+        await scoring.send(identify({"title": "VP"}, T0 + 2, "2", anonymousId="x"))
+        # x joins ann (its profile merged away), then an earlier event gives x to
+        # bob: the split brings x's profile id back, on a new row.
+        await scoring.send(track("Page", T0 + 3, "3", anonymousId="x", userId="ann"))
+        await scoring.send(track("Page", T0 + 2.5, "4", anonymousId="x", userId="bob"))
+        with sqlite3.connect(graph.path) as db:
+            queued = db.execute("SELECT uid FROM outbox").fetchall()
+        assert len(queued) == len(set(queued))  # one row a profile id
+        rebuild(graph.path, graph.rules, 5)
+        with sqlite3.connect(graph.path) as db:
+            rows = db.execute(
+                "SELECT o.uid, p.uid FROM outbox o JOIN profiles p ON p.id = o.profile"
+            )
+            assert all(mine == theirs for mine, theirs in rows)
+
+
+async def test_rows_a_batch_run_released_go_out_in_turn_with_the_rest(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        outbox = SqliteOutboxStore(connect(graph.path, 5))
+
+        def stage(row: int, due: float | None) -> None:
+            outbox.begin()
+            outbox.stage("d", [(row, f"u{row}", b"{}", row)], 0.0, due)
+            outbox.commit()
+
+        def end_run(at: float) -> None:
+            outbox.begin()
+            outbox.end_run(["d"], at)
+            outbox.commit()
+
+        stage(1, 100.0)  # due before the first run ends
+        stage(2, None)  # held for the first run
+        end_run(200.0)
+        stage(3, 300.0)  # due after the first run ended, before the second
+        stage(4, None)  # held for the second run
+        stage(5, 450.0)  # due after the second run ended
+        end_run(400.0)
+        # Held rows count as due from when the last run ended, older runs' first; they
+        # do not jump ahead of what was due before, nor wait behind what came after.
+        assert [r.uid for r in outbox.due("d", 1000.0, 10)] == ["u1", "u3", "u2", "u4", "u5"]

@@ -124,6 +124,6 @@ class Staging:
             queued += self.store.stage(name, rows, now, None if held else now)
         return queued
 
-    def end_run(self) -> int:
+    def end_run(self, now: float) -> int:
         """What the batch run held becomes due (inside the caller's transaction)."""
-        return self.store.end_run(self.held)
+        return self.store.end_run(self.held, now)

@@ -344,11 +344,13 @@ class Scorer:
                 gone = self.staging.store.gone()
                 for start in range(0, len(gone), chunk):
                     with self.transaction():
+                        if self.store.generation() != generation:
+                            break  # a rebuild renumbered the rows: those are others now
                         self.staging.store.forget(gone[start : start + chunk])
         if self.staging:
             # Even after a run cut short: what it staged is the newest there is.
             with self.transaction():
-                result.released = self.staging.end_run()
+                result.released = self.staging.end_run(self.clock())
         result.seconds = time.perf_counter() - started
         return result
 
