@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 import aiohttp
@@ -62,8 +61,3 @@ class HttpSender(Sender):
             said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
             raise Unavailable(f"request failed: {type(exc).__name__}: {said}") from None
         return Answer(response.status, response.headers.get("Retry-After"), text)
-
-
-def iso(epoch: float) -> str:
-    """2026-11-23T15:45:01.123Z"""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

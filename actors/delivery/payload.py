@@ -7,9 +7,12 @@ score time), so rescoring a profile to the same scores stages nothing.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+
+from actors import tracking_api
 
 
 class Payload(msgspec.Struct, omit_defaults=True, frozen=True):
@@ -32,3 +35,8 @@ def encode(payload: Payload) -> tuple[bytes, int]:
     body = _encode(payload)
     digest = int.from_bytes(hashlib.blake2b(body, digest_size=8).digest(), "big", signed=True)
     return body, digest or 1
+
+
+def iso(epoch: float) -> str:
+    """A payload's times as destinations receive them: "2026-11-23T15:45:01.123Z"."""
+    return tracking_api.iso(datetime.fromtimestamp(epoch, UTC))

@@ -66,7 +66,7 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from actors.delivery.payload import Payload, decode
+from actors.delivery.payload import Payload, decode, iso
 from actors.delivery.sender import RecordError, Sender, Unavailable
 from daemon.config import FileDestination
 from storage.base import OutboxRow
@@ -111,10 +111,6 @@ def _cell(value: str | None) -> str:
     if value is None:
         return ""
     return "'" + value if value.startswith(_FORMULA) else value
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _reason(action: str, path: Path, exc: OSError) -> str:
@@ -265,7 +261,7 @@ class FileSender(Sender):
                 payload.user_id,
                 payload.email,
                 payload.anonymous_id,
-                _iso(staged_at),
+                iso(staged_at),
                 payload.traits,
             )
             return _encode_json(line) + b"\n"
@@ -275,7 +271,7 @@ class FileSender(Sender):
                 _cell(payload.user_id),
                 _cell(payload.email),
                 _cell(payload.anonymous_id),
-                _iso(staged_at),
+                iso(staged_at),
                 _encode_json(payload.traits).decode(),
             )
         )

@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from actors.delivery.http import HttpSender, iso
-from actors.delivery.payload import decode
+from actors.delivery.http import HttpSender
+from actors.delivery.payload import decode, iso
 from actors.delivery.sender import (
     REFUSED,
     RecordError,

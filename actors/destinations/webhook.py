@@ -34,7 +34,8 @@ from typing import Any
 import msgspec
 
 from actors.delivery import payload as payloads
-from actors.delivery.http import HttpSender, iso
+from actors.delivery.http import HttpSender
+from actors.delivery.payload import iso
 from actors.delivery.sender import (
     RecordError,
     Unavailable,
