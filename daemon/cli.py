@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -764,6 +765,7 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = False) -> _T | None:
+    from storage.base import transaction
     from storage.sqlite_graph import connect
     from storage.sqlite_outbox import SqliteOutboxStore
 
@@ -774,16 +776,8 @@ def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = 
     db = connect(database, loaded.config.storage.busy_timeout)
     try:
         store = SqliteOutboxStore(db)
-        if not write:
+        with transaction(store) if write else nullcontext():
             return work(store)
-        store.begin()
-        try:
-            result = work(store)
-        except BaseException:
-            store.rollback()
-            raise
-        store.commit()
-        return result
     except sqlite3.Error as exc:
         print(f"leadsync: cannot use {database}: {exc}", file=sys.stderr)
         return None

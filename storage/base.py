@@ -8,8 +8,8 @@ one transaction: callers never hold a transaction open across an await of their 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import anyio
@@ -668,3 +668,29 @@ class OutboxStore(Protocol):
         configured; returns how many went. When none are left, the rest of what is
         kept for it goes too, but its dead letters."""
         ...
+
+
+class Transactional(Protocol):
+    """A synchronous store with write transactions of its own (see Transactions in
+    storage/sqlite_graph.py)."""
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+@contextmanager
+def transaction(
+    store: Transactional, gate: Callable[[], AbstractContextManager[None]] = nullcontext
+) -> Iterator[None]:
+    """The gate, then BEGIN IMMEDIATE; COMMIT on success, ROLLBACK on anything else."""
+    with gate():
+        store.begin()
+        try:
+            yield
+        except BaseException:
+            store.rollback()
+            raise
+        store.commit()

@@ -32,7 +32,7 @@ from actors.delivery.sender import Refused, Sender, Unavailable
 from actors.runtime import Actor, held_from_thread
 from daemon.config import Destination
 from daemon.metrics import Metrics
-from storage.base import DestinationCounts, OutboxRow, Settlement
+from storage.base import DestinationCounts, OutboxRow, Settlement, transaction
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 
@@ -477,14 +477,8 @@ class DestinationActor(Actor):
         now = self._clock()
 
         def write() -> None:
-            with self._write_gate():
-                store.begin()
-                try:
-                    store.settle(self.destination, settlement, now)
-                except BaseException:
-                    store.rollback()
-                    raise
-                store.commit()
+            with transaction(store, self._write_gate):
+                store.settle(self.destination, settlement, now)
 
         while True:
             try:

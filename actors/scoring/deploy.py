@@ -16,8 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 import structlog
 
 from actors.scoring.model import Model, ModelError, example, load, parse
-from actors.scoring.scorer import transaction
-from storage.base import ScoreStore
+from storage.base import ScoreStore, transaction
 
 EXAMPLE_ORIGIN = "built-in example"
 DEPLOYS_TRIED = 20

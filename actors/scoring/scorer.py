@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from actors.messages import Event
 from actors.scoring.fit import FitScorer, Traits
 from actors.scoring.likelihood import Intent, LikelihoodScore, LikelihoodScorer, epoch
 from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
-from storage.base import ACCOUNT, Change, ProfileToScore, Score, ScoreStore
+from storage.base import ACCOUNT, Change, ProfileToScore, Score, ScoreStore, transaction
 
 log = structlog.get_logger(__name__)
 
@@ -498,21 +498,6 @@ class Scorer:
             changed += len(updated)
             after = accounts[-1][0]
         return count, changed
-
-
-@contextmanager
-def transaction(
-    store: ScoreStore, gate: Callable[[], AbstractContextManager[None]] = nullcontext
-) -> Iterator[None]:
-    """The gate, then BEGIN IMMEDIATE; COMMIT on success, ROLLBACK on anything else."""
-    with gate():
-        store.begin()
-        try:
-            yield
-        except BaseException:
-            store.rollback()
-            raise
-        store.commit()
 
 
 def _copy(score: Score | None) -> Score:
