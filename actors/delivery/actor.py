@@ -158,11 +158,11 @@ class DestinationActor(Actor):
         """Open the sender; one that cannot open yet (a directory not writable) is a
         destination that is down, not a crash: it is tried again with the down
         pause, and the daemon serves meanwhile. False if stopped first."""
-        pause = float(self._config.retry.first_delay)
         while True:
             try:
                 await self._sender.open(state)
             except Unavailable as exc:
+                pause = self._back_off()
                 self._status.state = "cannot start"
                 self._note_error(exc.reason)
                 log.error(
@@ -176,9 +176,17 @@ class DestinationActor(Actor):
                     await self._stopping.wait()
                 if self._stopping.is_set():
                     return False
-                pause = min(DOWN_PAUSE_MAX, self._config.retry.max_delay, pause * 2)
                 continue
+            self._down_pause = 0.0
             return True
+
+    def _back_off(self) -> float:
+        """The next pause of a destination that is down: the first retry delay,
+        doubling while it stays down, at most DOWN_PAUSE_MAX (or max_delay)."""
+        retry = self._config.retry
+        longest = min(DOWN_PAUSE_MAX, retry.max_delay)
+        self._down_pause = min(longest, max(retry.first_delay, self._down_pause * 2))
+        return self._down_pause
 
     async def _db(self, call: Callable[..., _T], *args: object) -> _T:
         """One call at a time on the actor's connection: its tasks would otherwise use
@@ -271,14 +279,13 @@ class DestinationActor(Actor):
         """Wait for the daily cap and the rate limit to allow one more call, and count
         it; returns the seconds waited."""
         started = time.monotonic()
-        cap = self._config.rate.daily
         while True:
-            while cap is not None and self._used_today() >= cap:
+            while self._capped():
                 self._status.state = "daily cap reached"
                 now = self._clock()
                 await anyio.sleep(min(POLL * 10, (now // DAY + 1) * DAY - now))
             await self._limiter.acquire()
-            if cap is None or self._used_today() < cap:
+            if not self._capped():
                 break
             self._limiter.cancel()  # another task made the day's last call meanwhile
         self._status.used_today = self._used_today() + 1
@@ -287,8 +294,7 @@ class DestinationActor(Actor):
     def _allowed_now(self) -> bool:
         """One more call now if the cap and the rate limit allow it, without waiting
         (a batch being split must not hold up a stop); counted if so."""
-        cap = self._config.rate.daily
-        if (cap is not None and self._used_today() >= cap) or not self._limiter.try_acquire():
+        if self._capped() or not self._limiter.try_acquire():
             return False
         self._status.used_today = self._used_today() + 1
         return True
@@ -344,6 +350,11 @@ class DestinationActor(Actor):
     def _wake_waiting(self) -> None:
         self._settling.set()
         self._settling = anyio.Event()
+
+    def _capped(self) -> bool:
+        """The day's calls are used up."""
+        cap = self._config.rate.daily
+        return cap is not None and self._used_today() >= cap
 
     def _used_today(self) -> int:
         day = int(self._clock() // DAY)
@@ -404,13 +415,7 @@ class DestinationActor(Actor):
     ) -> None:
         outcome = "throttled" if exc.throttled else "unavailable"
         self._metrics.destination_requests.labels(self.destination, outcome).inc()
-        if exc.retry_after is not None:
-            pause = exc.retry_after
-        else:
-            retry = self._config.retry
-            longest = min(DOWN_PAUSE_MAX, retry.max_delay)
-            self._down_pause = min(longest, max(retry.first_delay, self._down_pause * 2))
-            pause = self._down_pause
+        pause = exc.retry_after if exc.retry_after is not None else self._back_off()
         self._limiter.pause(pause)
         self._note_error(exc.reason)
         log.warning(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -386,14 +386,7 @@ class Scorer:
                 subjects = self.staging.store.subjects(list(scores), route.needs_traits)
             if not scores:
                 break
-            prepared = Staging.prepare(
-                (
-                    Subject(row, uid, scores[row], addresses, traits)
-                    for row, (uid, addresses, traits) in subjects.items()
-                    if row in scores
-                ),
-                [route],
-            )
+            prepared = Staging.prepare(_subjects(subjects, scores, scores), [route])
             now = self.clock()
             with self.transaction():
                 if self.store.generation() != generation:
@@ -439,22 +432,8 @@ class Scorer:
                     ltb.signals,
                 )
                 score.ltb_model, score.ltb_at, score.grade = self.model.version, now, grade
-        prepared = Staging.prepare(
-            (
-                Subject(row, uid, scores[row], addresses, traits)
-                for row, (uid, addresses, traits) in subjects.items()
-                if row in refits
-            ),
-            every,
-        )
-        changed = Staging.prepare(
-            (
-                Subject(row, uid, scores[row], addresses, traits)
-                for row, (uid, addresses, traits) in subjects.items()
-                if row in likelihoods and row in scores
-            ),
-            batch,
-        )
+        prepared = Staging.prepare(_subjects(subjects, scores, refits), every)
+        changed = Staging.prepare(_subjects(subjects, scores, likelihoods), batch)
         for name, staged in changed.items():
             prepared[name] += staged
         return prepared
@@ -498,6 +477,18 @@ class Scorer:
             changed += len(updated)
             after = accounts[-1][0]
         return count, changed
+
+
+def _subjects(
+    read: dict[int, tuple[str, dict[str, str], dict[str, Any]]],
+    scores: Mapping[int, Score],
+    rows: Container[int],
+) -> Iterator[Subject]:
+    """Staging's view of the profiles read (`OutboxStore.subjects`) that are in `rows`
+    and have a score."""
+    for row, (uid, addresses, traits) in read.items():
+        if row in rows and row in scores:
+            yield Subject(row, uid, scores[row], addresses, traits)
 
 
 def _copy(score: Score | None) -> Score:
