@@ -187,6 +187,21 @@ def test_dates_that_leave_the_calendar_are_rejected_not_a_crash(message: dict[st
     ]
 
 
+def test_a_batch_sent_at_that_leaves_the_calendar_rejects_each_message_using_it() -> None:
+    """The batch's own sentAt is converted once for all its messages; out of range, it
+    refuses each message that relies on it, as a message's own sentAt would."""
+    envelope = {
+        "sentAt": "0001-01-01T00:00:00+05:00",
+        "batch": [
+            {"type": "identify", "userId": "u"},
+            {"type": "identify", "userId": "v", "sentAt": "2026-03-01T12:00:00Z"},
+        ],
+    }
+    parsed = parse("batch", msgspec.json.encode(envelope), "web", NOW)
+    assert reasons(parsed) == [(0, "timestamp: out of range once in UTC and corrected with sentAt")]
+    assert len(parsed.events) == 1
+
+
 # --- time -----------------------------------------------------------------------------
 
 
