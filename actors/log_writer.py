@@ -42,6 +42,9 @@ class LogProgress:
     pending: int = 0
     """Events handed to the writer and not yet committed (held in memory)."""
     consumers: dict[str, int] = field(default_factory=dict)
+    commit_seconds: float = 0.0
+    """Time the writer has spent in commits, summed: how close ingestion runs to its
+    capacity (a writer committing all the time has requests queued behind it)."""
     replaying: set[str] = field(default_factory=set)
     """Consumers reading the whole log again on purpose (the scorer after new event
     weights): their lag is work they chose, not a backlog to push back on clients for."""
@@ -144,7 +147,9 @@ class LogWriter(Actor):
             for submission in group:
                 submission.resolve(None, StorageUnavailable(f"log writer failed: {exc!r}"))
             raise
-        self._metrics.commit_seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._progress.commit_seconds += elapsed
+        self._metrics.commit_seconds.observe(elapsed)
         self._metrics.commit_events.observe(events)
         self._progress.advance(head)
         for submission, result in zip(group, results, strict=True):

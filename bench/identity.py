@@ -32,7 +32,7 @@ from actors.messages import Event
 from bench import measure
 from daemon.config import IdentitySection, StorageSection
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import SqliteGraphStore, connect, read_events
+from storage.sqlite_graph import SqliteGraphStore, connect, log_path, read_events
 
 _decode = msgspec.json.Decoder(Event).decode
 
@@ -76,7 +76,7 @@ def write_log(path: Path, events: int, people: int, seed: int) -> int:
     trails = [person_events(rng, p) for p in range(people)]
     cursors = [0] * people
     encode = msgspec.json.Encoder().encode
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(log_path(path))
     db.execute("PRAGMA synchronous = OFF")
     rows: list[tuple[str, str, str, str, bytes]] = []
     written = 0
@@ -201,7 +201,7 @@ def main() -> None:
         merges = db.execute("SELECT count(*) FROM identity_merges").fetchone()[0]
         db.close()
         latencies = asyncio.run(lookups(path, args.people, args.lookups, args.seed))
-        size = path.stat().st_size
+        size = path.stat().st_size + log_path(path).stat().st_size
 
     rate = applied / seconds
     limit_rate = applied / limit

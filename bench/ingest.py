@@ -49,19 +49,19 @@ from aiohttp import web  # noqa: E402
 
 from actors.tracking_api import MAX_REQUEST_BYTES  # noqa: E402
 from bench import measure  # noqa: E402
-from storage.migrations import MIGRATIONS  # noqa: E402
+from storage.migrations import LOG_MIGRATIONS  # noqa: E402
+from storage.sqlite_graph import log_path, uri  # noqa: E402
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port  # noqa: E402
 
 TARGET_EVENTS_PER_SECOND = 30_000
 TARGET_RSS_BYTES = 200 * 1024 * 1024
 TEMPLATES = 64
 """Distinct batch bodies; each send stamps a fresh batch number into one of them."""
-_PLACEHOLDER = b"@@@@@@@@@@"
-"""Ten bytes in every messageId, replaced by the batch number: unique ids for free."""
-_INSERT = (
-    "INSERT INTO events (source, message_id, type, received_at, body) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (source, message_id) DO NOTHING"
-)
+_PLACEHOLDER = b"@@@@@@@@@@@@@@@@@@@@"
+"""Twenty bytes in every messageId, replaced by a random prefix and the batch number:
+ids unique for free, and in no order, as the UUIDs real clients send are (ordered ids
+flatter storage: an index on them is appended to, not written all over)."""
+_INSERT = "INSERT INTO events (source, message_id, type, received_at, body) VALUES (?, ?, ?, ?, ?)"
 
 
 # ---------------------------------------------------------------------------- payloads
@@ -87,7 +87,7 @@ def _message(rng: random.Random, index: int, now: datetime) -> dict[str, object]
     """One Segment message as real clients send it: ids, context, a few fields, 300-600 B."""
     user = f"user-{rng.randrange(1_000_000):06d}"
     message: dict[str, object] = {
-        "messageId": f"bench-{_PLACEHOLDER.decode()}-{index:03d}",
+        "messageId": f"{_PLACEHOLDER.decode()}-{index:03d}-{rng.getrandbits(48):012x}",
         "userId": user,
         "anonymousId": f"{rng.getrandbits(64):016x}-{rng.getrandbits(32):08x}",
         "timestamp": (now - timedelta(seconds=rng.randrange(60))).isoformat(),
@@ -143,6 +143,7 @@ class Payloads:
 
     def __init__(self, batch_size: int, seed: int = 1) -> None:
         rng = random.Random(seed)
+        self._rng = random.Random(seed + 1)
         now = datetime.now(UTC)
         self.templates = [
             msgspec.json.encode(
@@ -162,7 +163,7 @@ class Payloads:
         number = self._next
         self._next += 1
         template = self.templates[number % TEMPLATES]
-        return template.replace(_PLACEHOLDER, b"%010d" % number)
+        return template.replace(_PLACEHOLDER, b"%08x%012d" % (self._rng.getrandbits(32), number))
 
 
 # ---------------------------------------------------------------------------- load
@@ -291,7 +292,7 @@ Row = tuple[str, str, str, str, bytes]
 
 
 def stored_rows(database: Path, limit: int) -> list[Row]:
-    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+    with closing(sqlite3.connect(uri(log_path(database), readonly=True), uri=True)) as db:
         return db.execute(
             "SELECT source, message_id, type, received_at, body FROM events ORDER BY seq LIMIT ?",
             (limit,),
@@ -299,14 +300,14 @@ def stored_rows(database: Path, limit: int) -> list[Row]:
 
 
 def raw_sqlite(path: Path, rows: list[Row], per_transaction: int) -> float:
-    """Events/s for stdlib sqlite3 alone: the daemon's schema, PRAGMAs and INSERT,
+    """Events/s for stdlib sqlite3 alone: the event log's schema, PRAGMAs and INSERT,
     executemany of 100 rows, one BEGIN IMMEDIATE ... COMMIT (one fsync) every
     `per_transaction` rows."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
-        for script in MIGRATIONS:
+        for script in LOG_MIGRATIONS:
             db.executescript(script)
         started = time.perf_counter()
         for start in range(0, len(rows), per_transaction):

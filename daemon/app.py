@@ -12,6 +12,7 @@ import contextlib
 import secrets
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -37,13 +38,20 @@ from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
 from storage.base import Storage
-from storage.sqlite import SchemaTooNew, SqliteStorage
+from storage.migrations import SchemaTooNew
+from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect
 from storage.sqlite_scores import SqliteScoreStore
 
 log = structlog.get_logger(__name__)
 
 DATABASE_NAME = "leadsync.db"
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread waiting for the interpreter lock waits before it asks for it
+(Python's default is 0.005). Group commits run in a worker thread that gives the lock
+up around each SQLite call and must get it back from the event loop, busy parsing the
+next requests: at the default, a commit's handful of waits cost more than its fsync
+(ingestion measured 22,500 events/s at the default, 26,500 at this)."""
 SCORER_INBOX = 10_000
 """Hints beyond it are dropped (the to-do list in SQLite keeps the truth)."""
 
@@ -57,6 +65,7 @@ class CannotScore(Exception):
 
 
 async def serve(config: Config, config_path: str) -> int:
+    sys.setswitchinterval(SWITCH_INTERVAL)
     """Run until SIGTERM/SIGINT (exit 0 after draining) or escalation (non-zero)."""
     started_at = time.monotonic()
     path = Path(config.daemon.data_dir) / DATABASE_NAME
@@ -66,7 +75,7 @@ async def serve(config: Config, config_path: str) -> int:
             busy_timeout=config.storage.busy_timeout,
             journal_size_limit=config.storage.journal_size_limit,
         )
-    except (OSError, ValueError, sqlite3.Error, SchemaTooNew) as exc:
+    except (OSError, ValueError, sqlite3.Error, SchemaTooNew, LogBehind) as exc:
         raise CannotOpenStorage(f"{path}: {exc}") from exc
     log.info("storage open", path=str(path.resolve()), config=config_path)
     try:

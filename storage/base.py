@@ -690,7 +690,7 @@ def transaction(
         store.begin()
         try:
             yield
+            store.commit()
         except BaseException:
-            store.rollback()
+            store.rollback()  # a COMMIT that failed (busy, disk full) may leave it open
             raise
-        store.commit()

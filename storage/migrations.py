@@ -1,8 +1,52 @@
 """Schema migrations, applied in order at start; `PRAGMA user_version` records the last one.
 
-Append new migrations; never edit one that has shipped, because a database in the
-field has already run it.
+Two files, two lists: the event log (LOG_MIGRATIONS) and everything derived from it
+(MIGRATIONS). Append new migrations; never edit one that has shipped, because a
+database in the field has already run it.
 """
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class SchemaTooNew(Exception):
+    """The file was written by a newer leadsync; running older code on it could corrupt it."""
+
+
+def migrate(
+    db: sqlite3.Connection,
+    path: Path,
+    migrations: list[str],
+    before: dict[int, Callable[[], None]] | None = None,
+) -> None:
+    """Bring the file at `path` up to date, a transaction a migration; `before[n]` runs
+    just before migration n."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(migrations):
+        raise SchemaTooNew(
+            f"{path} has schema version {version}, newer than this leadsync knows "
+            f"({len(migrations)}); run the newer leadsync or restore a backup"
+        )
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        if before and number in before:
+            before[number]()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("schema migrated", path=str(path), version=number)
+
 
 SCORE_COLUMNS = (
     "fit_score, fit_segment, fit_signals, fit_model, fit_at, "
@@ -239,5 +283,42 @@ MIGRATIONS: list[str] = [
         requests    INTEGER NOT NULL,
         PRIMARY KEY (destination, day)
     ) WITHOUT ROWID;
+    """,
+    # 5: the event log moved to a file of its own (LOG_MIGRATIONS), so ingestion's
+    # commits never wait for the merger's or the scorer's: SQLite has one writer per
+    # file. storage.sqlite copies the rows across before this runs.
+    """
+    DROP TABLE main.events;
+    DROP TABLE main.quarantine;
+    """,
+]
+
+LOG_MIGRATIONS: list[str] = [
+    # 1: the event log and quarantined input, as main migration 1 had them but for the
+    # unique index on (source, message_id): retries are recognised in memory (see
+    # storage/sqlite_log.py). meta holds the readiness probe's writes.
+    """
+    CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY,
+        source      TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        body        BLOB NOT NULL
+    );
+
+    CREATE TABLE quarantine (
+        id          INTEGER PRIMARY KEY,
+        source      TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        batch_index INTEGER,
+        reason      TEXT NOT NULL,
+        body        BLOB NOT NULL
+    );
+
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     """,
 ]

@@ -1,16 +1,19 @@
-"""The SQLite backend: one file, WAL, one writer at a time.
+"""The SQLite backend: two files, WAL, one writer at a time in each.
 
-Two connections: writes go through one (serialised by a lock, opened with
+The event log has a file of its own (storage/sqlite_log.py); everything derived from
+it (graph, profiles, scores, outbox, checkpoints) lives in the main file. Writes to the
+main file go through one connection here (serialised by the write gate, opened with
 BEGIN IMMEDIATE so a busy database waits for the lock instead of failing at the first
-write), reads through the other, which WAL lets run beside a write. aiosqlite hops to
-its own thread for every call, so each method does its work in as few calls as it can
-(executemany per request, never a statement per row).
+write), reads through others, which WAL lets run beside a write, with the log
+attached. aiosqlite hops to its own thread for every call, so each method does its
+work in as few calls as it can.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
@@ -35,36 +38,33 @@ from storage.base import (
     Stamped,
     StoredEvent,
 )
-from storage.migrations import MIGRATIONS, SCORE_COLUMNS
+from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
+from storage.sqlite_graph import connect, uri
+from storage.sqlite_log import EventLog
 from storage.sqlite_scores import score_of
 
 log = structlog.get_logger(__name__)
 
-QUARANTINE_KEEP = 10_000
-"""Quarantine keeps the newest rejects only, so a broken client cannot fill the disk."""
 
-_INSERT_EVENT = (
-    "INSERT INTO events (source, message_id, type, received_at, body) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (source, message_id) DO NOTHING"
-)
-_INSERT_REJECT = (
-    "INSERT INTO quarantine (source, received_at, batch_index, reason, body) VALUES (?, ?, ?, ?, ?)"
-)
-
-
-class SchemaTooNew(Exception):
-    """The file was written by a newer leadsync; running older code on it could corrupt it."""
+class LogBehind(Exception):
+    """The event log ends before what consumers have applied: the two files come from
+    different moments (a restore of one, a deleted log). Consumers would skip new events
+    that reuse the old sequence numbers, so nothing starts."""
 
 
 class SqliteStorage:
     def __init__(
         self,
         path: Path,
+        log: EventLog,
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         lookup: aiosqlite.Connection,
     ) -> None:
         self.path = path
+        self._log = log
+        self._log_gate = anyio.Lock()
+        """Group commits and the log's maintenance take turns on its connection."""
         self._writer = writer
         self._reader = reader
         self._lookup = lookup
@@ -72,50 +72,30 @@ class SqliteStorage:
         so they get their own connection and lock rather than stall other readers."""
         self._lookup_lock = anyio.Lock()
         self.write_gate = anyio.Semaphore(1)
-        """Every in-process writer of this file holds it (see Storage.write_gate)."""
+        """Every in-process writer of the main file holds it (see Storage.write_gate)."""
 
     @classmethod
     async def open(
         cls, path: Path, *, busy_timeout: float = 5.0, journal_size_limit: int = 64 << 20
     ) -> Self:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path, busy_timeout)
+        log = await anyio.to_thread.run_sync(_prepare, path, busy_timeout, journal_size_limit)
+        opened: list[aiosqlite.Connection] = []
         try:
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await writer.execute(f"PRAGMA journal_size_limit = {int(journal_size_limit)}")
-            await _migrate(writer, path)
-            reader = await _connect(path, busy_timeout)
-            lookup = await _connect(path, busy_timeout)
+            opened.append(writer := await _connect(path, busy_timeout))
+            opened.append(reader := await _connect(path, busy_timeout, attach=log.path))
+            opened.append(lookup := await _connect(path, busy_timeout, attach=log.path))
         except BaseException:
-            await writer.close()
+            for db in opened:
+                await db.close()
+            log.close()
             raise
-        return cls(path, writer, reader, lookup)
+        return cls(path, log, writer, reader, lookup)
 
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
-        results: list[AppendResult] = []
-        async with self.write_gate, _transaction(self._writer) as db:
-            for request in requests:
-                stored = 0
-                if request.events:
-                    cursor = await db.executemany(
-                        _INSERT_EVENT,
-                        [
-                            (request.source, e.message_id, e.type, e.received_at, e.body)
-                            for e in request.events
-                        ],
-                    )
-                    stored = cursor.rowcount
-                if request.rejected:
-                    await db.executemany(
-                        _INSERT_REJECT,
-                        [
-                            (request.source, request.received_at, r.batch_index, r.reason, r.body)
-                            for r in request.rejected
-                        ],
-                    )
-                results.append(AppendResult(stored, len(request.events) - stored))
-            head = await _scalar(db, "SELECT coalesce(max(seq), 0) FROM events")
-        return results, head
+        # One hop for the whole transaction; not abandoned when cancelled, so it always
+        # ends committed or rolled back before the next one starts.
+        async with self._log_gate:
+            return await anyio.to_thread.run_sync(self._log.append, requests)
 
     async def log_head(self) -> int:
         return await _scalar(self._reader, "SELECT coalesce(max(seq), 0) FROM events")
@@ -156,27 +136,23 @@ class SqliteStorage:
                 await db.execute("COMMIT")
 
     async def probe_writable(self) -> None:
-        now = datetime.now(UTC).isoformat()
+        async with self._log_gate:
+            await anyio.to_thread.run_sync(self._log.probe)
         async with self.write_gate, _transaction(self._writer) as db:
             await db.execute(
                 "INSERT INTO meta (key, value) VALUES ('last_probe', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (now,),
+                (datetime.now(UTC).isoformat(),),
             )
 
     async def maintain(self) -> None:
+        async with self._log_gate:
+            _report_checkpoint(self._log.path, *await anyio.to_thread.run_sync(self._log.maintain))
         async with self.write_gate:
-            async with _transaction(self._writer) as db:
-                await db.execute(
-                    "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
-                    (QUARANTINE_KEEP,),
-                )
             # TRUNCATE waits (busy timeout) for readers to move past the WAL, then
             # empties it, so the WAL cannot grow without bound under steady reads.
             cursor = await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            busy, wal_pages, moved = await cursor.fetchone() or (0, 0, 0)
-        if busy:
-            log.info("wal checkpoint incomplete, readers active", wal_pages=wal_pages, moved=moved)
+            _report_checkpoint(self.path, *(await cursor.fetchone() or (0, 0, 0)))
 
     async def get_meta(self, key: str) -> str | None:
         cursor = await self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,))
@@ -193,24 +169,68 @@ class SqliteStorage:
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
-            async with self.write_gate:
+            async with self._log_gate, self.write_gate:
+                await self._reader.close()
+                await self._lookup.close()
                 try:
+                    await anyio.to_thread.run_sync(self._log.checkpoint)
                     await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error as exc:
                     log.warning("final wal checkpoint failed", error=str(exc))
-                await self._reader.close()
-                await self._lookup.close()
+                self._log.close()
                 await self._writer.close()
 
 
-async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
+def _prepare(path: Path, busy_timeout: float, journal_size_limit: int) -> EventLog:
+    """Create or migrate both files; the log first, since the main file's migration 5
+    moves an older database's log into it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    events = EventLog.open(path, busy_timeout, journal_size_limit)
+    try:
+        with closing(connect(path, busy_timeout)) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA journal_size_limit = {int(journal_size_limit)}")
+            migrate(db, path, MIGRATIONS, {5: lambda: events.move_from(path)})
+            _check_log_covers_checkpoints(db, events.path)
+    except BaseException:
+        events.close()
+        raise
+    return events
+
+
+def _check_log_covers_checkpoints(db: sqlite3.Connection, events: Path) -> None:
+    head = int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    row = db.execute(
+        "SELECT consumer, seq FROM checkpoints WHERE seq > ? ORDER BY seq DESC LIMIT 1", (head,)
+    ).fetchone()
+    if row is not None:
+        raise LogBehind(
+            f"{events} ends at event {head}, but {row[0]} has applied up to {row[1]}: the "
+            "event log and the database beside it come from different moments (was one "
+            "restored, or the log deleted?). Restore both from the same backup."
+        )
+
+
+def _report_checkpoint(path: Path, busy: int, wal_pages: int, moved: int) -> None:
+    if busy:
+        log.info(
+            "wal checkpoint incomplete, readers active",
+            path=str(path),
+            wal_pages=wal_pages,
+            moved=moved,
+        )
+
+
+async def _connect(
+    path: Path, busy_timeout: float, attach: Path | None = None
+) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN IMMEDIATE ourselves rather than let the
     # sqlite3 module open deferred transactions that fail with "database is locked".
-    db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+    db = await aiosqlite.connect(uri(path), uri=True, isolation_level=None, timeout=busy_timeout)
     await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    # FULL: an acknowledged event survives power loss, not only a process crash.
-    # Group commit is what keeps that affordable.
-    await db.execute("PRAGMA synchronous = FULL")
+    await db.execute("PRAGMA synchronous = FULL")  # what meta holds: write keys, deploys
+    if attach is not None:
+        await db.execute("ATTACH DATABASE ? AS log", (uri(attach, readonly=True),))
     return db
 
 
@@ -318,30 +338,10 @@ def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
-def _text(body: bytes) -> str:
-    return bytes(body).decode("utf-8", "replace")
-
-
 async def _scalar(db: aiosqlite.Connection, sql: str) -> int:
     cursor = await db.execute(sql)
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
-
-
-async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
-    version = await _scalar(db, "PRAGMA user_version")
-    if version > len(MIGRATIONS):
-        raise SchemaTooNew(
-            f"{path} has schema version {version}, newer than this leadsync knows "
-            f"({len(MIGRATIONS)}); run the newer leadsync or restore a backup"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        statements = [s for s in script.split(";") if s.strip()]
-        async with _transaction(db):
-            for statement in statements:
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {number}")
-        log.info("schema migrated", path=str(path), version=number)
 
 
 class _transaction:

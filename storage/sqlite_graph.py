@@ -53,10 +53,33 @@ GRAPH_TABLES = (
 )
 
 
+def log_path(path: Path) -> Path:
+    """The event log's file beside the database at `path`: leadsync.db's is
+    leadsync-events.db. Its own file, so appending to it takes a write lock of its own
+    (SQLite has one writer per file), and ingestion never waits for the merger."""
+    return path.with_name(f"{path.stem}-events{path.suffix}")
+
+
+def uri(path: Path, *, readonly: bool = False) -> str:
+    """`path` as an SQLite URI (ATTACH takes a mode only in one)."""
+    return path.absolute().as_uri() + ("?mode=ro" if readonly else "")
+
+
 def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqlite3.Connection:
-    """A connection for one worker thread at a time (the actor hops between threads)."""
-    db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
+    """A connection for one worker thread at a time (the actor hops between threads),
+    with the event log attached as `log`, so `events` names its table in every query.
+
+    Attached read-only: BEGIN IMMEDIATE takes the write lock of every attached file
+    that is writable, and the merger's or the scorer's would then stall ingestion."""
+    db = sqlite3.connect(
+        uri(path),
+        uri=True,
+        isolation_level=None,
+        timeout=busy_timeout,
+        check_same_thread=False,
+    )
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    db.execute("ATTACH DATABASE ? AS log", (uri(log_path(path), readonly=True),))
     # NORMAL: in WAL mode a commit is safe from a crash of the process, and power
     # loss can only drop the newest batches, checkpoint included, which are then
     # replayed from the log. The graph is derived; the log keeps synchronous=FULL.

@@ -17,8 +17,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+from storage.sqlite_graph import log_path, uri
 
 WRITE_KEYS = {"web": "web-write-key", "backend": "backend-write-key"}
 
@@ -150,8 +153,15 @@ write_key = "{WRITE_KEYS["backend"]}"
         return lines
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Read the daemon's database directly, as an operator with sqlite3 would."""
-        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=10) as db:
+        """Read the daemon's database directly, as an operator with sqlite3 would,
+        with its event log attached."""
+        with closing(
+            sqlite3.connect(uri(self.database, readonly=True), uri=True, timeout=10)
+        ) as db:
+            db.execute(
+                "ATTACH DATABASE ? AS log",
+                (uri(log_path(self.database), readonly=True),),
+            )
             return db.execute(sql, params).fetchall()
 
     def events(self) -> list[dict[str, Any]]:

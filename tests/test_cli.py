@@ -8,10 +8,12 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from storage.migrations import MIGRATIONS
 from tests.daemon_process import DaemonProcess, free_port
 
 
@@ -74,6 +76,25 @@ def test_run_refuses_a_database_from_a_newer_leadsync(tmp_path: Path) -> None:
     result = leadsync("run", "--config", str(path))
     assert result.returncode == 73
     assert "schema version 999, newer than this leadsync knows" in result.stderr
+
+
+def test_run_refuses_an_event_log_older_than_the_database(tmp_path: Path) -> None:
+    """The log deleted (or restored from an older backup than leadsync.db): new events
+    would reuse sequence numbers the merger has applied, so the daemon does not start."""
+    var = tmp_path / "var"
+    path = tmp_path / "daemon.toml"
+    path.write_text(f"[daemon]\ndata_dir = '{var}'\nlog_format = 'json'\n")
+    assert leadsync("check-config", "--config", str(path)).returncode == 0
+    var.mkdir()
+    with closing(sqlite3.connect(var / "leadsync.db")) as db:
+        for script in MIGRATIONS:
+            db.executescript(script)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        db.execute("INSERT INTO checkpoints VALUES ('identity', 42, 't')")
+        db.commit()
+    result = leadsync("run", "--config", str(path))
+    assert result.returncode == 73
+    assert "leadsync-events.db ends at event 0, but identity has applied up to 42" in result.stderr
 
 
 def test_status_prints_a_table_and_json(daemon: DaemonProcess) -> None:

@@ -32,6 +32,7 @@ from actors.runtime import Mailbox
 from daemon.config import HttpSection, HttpSource, ListenAddress
 from daemon.metrics import Metrics
 from storage.sqlite import SqliteStorage
+from storage.sqlite_graph import log_path
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port
 
 SOURCE = "backend"
@@ -269,9 +270,9 @@ async def test_a_stalled_disk_is_answered_with_429_memory_stays_bounded_and_noth
     rss: list[int] = []
     pending: list[float] = []
 
-    lock = sqlite3.connect(daemon.database, isolation_level=None, timeout=10)
+    lock = sqlite3.connect(log_path(daemon.database), isolation_level=None, timeout=10)
     try:
-        lock.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        lock.execute("BEGIN IMMEDIATE")  # another process holds the log's write lock
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
             asyncio.timeout(STUCK),

@@ -20,7 +20,7 @@ from actors.identity.extract import Extractor
 from actors.scoring.model import example
 from actors.scoring.scorer import Scorer
 from daemon.config import IdentitySection
-from storage.sqlite_graph import connect
+from storage.sqlite_graph import connect, log_path
 from storage.sqlite_scores import SqliteScoreStore
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 
@@ -170,6 +170,7 @@ def test_after_kill_9_every_logged_event_is_counted_once_in_the_likelihood(
 
     after_crash = tmp_path / "after-crash.db"
     shutil.copy(daemon.database, after_crash)
+    shutil.copy(log_path(daemon.database), log_path(after_crash))
     with sqlite3.connect(after_crash) as db:
         crashed = db.execute("SELECT kind, value, state FROM intent ORDER BY 1, 2").fetchall()
     # The same log read once from the start, by a scorer that never crashed.

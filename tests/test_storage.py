@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -13,10 +14,11 @@ import pytest
 from actors.log_writer import LogProgress, LogWriter, StorageUnavailable, Submission
 from actors.runtime import Mailbox
 from daemon.metrics import Metrics
-from storage import sqlite as sqlite_module
+from storage import sqlite_log
 from storage.base import AppendRequest, AppendResult, EventRecord, Rejected
-from storage.migrations import MIGRATIONS
-from storage.sqlite import SchemaTooNew, SqliteStorage
+from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew
+from storage.sqlite import LogBehind, SqliteStorage
+from storage.sqlite_graph import connect, log_path
 
 
 def record(message_id: str) -> EventRecord:
@@ -41,17 +43,123 @@ async def test_open_migrates_and_reopening_is_a_no_op(tmp_path: Path) -> None:
     for _ in range(2):
         store = await SqliteStorage.open(path)
         await store.close()
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    for file, migrations in ((path, MIGRATIONS), (log_path(path), LOG_MIGRATIONS)):
+        with closing(sqlite3.connect(file)) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (len(migrations),)
+            assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            assert ("events" in tables) == (file != path)
 
 
-async def test_a_database_from_a_newer_leadsync_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("events_file", [False, True])
+async def test_a_database_from_a_newer_leadsync_is_refused(
+    tmp_path: Path, events_file: bool
+) -> None:
     path = tmp_path / "leadsync.db"
-    with sqlite3.connect(path) as db:
-        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    newer = len(LOG_MIGRATIONS if events_file else MIGRATIONS) + 1
+    with closing(sqlite3.connect(log_path(path) if events_file else path)) as db:
+        db.execute(f"PRAGMA user_version = {newer}")
     with pytest.raises(SchemaTooNew, match="newer than this leadsync knows"):
         await SqliteStorage.open(path)
+
+
+def old_layout(path: Path) -> None:
+    """A database as leadsync wrote it before the log had its own file (schema 4)."""
+    with closing(sqlite3.connect(path)) as db:
+        for script in MIGRATIONS[:4]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 4")
+        db.executemany(
+            "INSERT INTO events (source, message_id, type, received_at, body) "
+            "VALUES ('web', ?, 'track', 't', ?)",
+            [(f"m{i}", b"{}") for i in range(1, 4)],
+        )
+        db.execute(
+            "INSERT INTO quarantine (source, received_at, batch_index, reason, body) "
+            "VALUES ('web', 't', 2, 'bad', x'7b7d')"
+        )
+        db.execute("INSERT INTO checkpoints VALUES ('identity', 3, 't')")
+        db.commit()
+
+
+async def test_the_log_of_an_older_database_moves_to_its_own_file(tmp_path: Path) -> None:
+    path = tmp_path / "leadsync.db"
+    old_layout(path)
+    store = await SqliteStorage.open(path)
+    try:
+        assert [(e.seq, e.source) for e in await store.read_events(0, 10)] == [
+            (1, "web"),
+            (2, "web"),
+            (3, "web"),
+        ]
+        assert (await store.quarantined(5))[0] == 1
+        results, head = await store.append([request("web", "m3", "m4")])
+        assert (results, head) == ([AppendResult(1, 1)], 4)  # deduplicated across the move
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'events'"
+        ).fetchone() == (0,)
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+
+
+async def test_a_move_interrupted_after_the_copy_is_finished_without_duplicates(
+    tmp_path: Path,
+) -> None:
+    """The copy commits in the log's file before the old tables go from the other: a
+    crash between the two leaves rows in both, and the next start copies again."""
+    path = tmp_path / "leadsync.db"
+    old_layout(path)
+    with closing(sqlite3.connect(log_path(path))) as db:
+        db.executescript(LOG_MIGRATIONS[0])
+        db.execute(f"PRAGMA user_version = {len(LOG_MIGRATIONS)}")
+        db.execute(f"ATTACH DATABASE '{path}' AS old")
+        db.execute("INSERT INTO events SELECT * FROM old.events")
+        db.execute("INSERT INTO quarantine SELECT * FROM old.quarantine")
+        db.commit()
+    store = await SqliteStorage.open(path)
+    try:
+        assert await store.log_head() == 3
+        assert len(await store.read_events(0, 10)) == 3
+        assert (await store.quarantined(5))[0] == 1
+    finally:
+        await store.close()
+
+
+async def test_a_log_that_ends_before_the_checkpoints_is_refused(tmp_path: Path) -> None:
+    """A log restored from an older backup than the database, or deleted: the merger
+    would skip the new events that take the old sequence numbers."""
+    path = tmp_path / "leadsync.db"
+    old_layout(path)
+    store = await SqliteStorage.open(path)
+    await store.close()
+    for leftover in tmp_path.glob("leadsync-events.db*"):
+        leftover.unlink()
+    with pytest.raises(LogBehind, match=r"leadsync-events\.db ends at event 0, but identity"):
+        await SqliteStorage.open(path)
+
+
+async def test_an_append_does_not_wait_for_a_writer_of_the_other_file(tmp_path: Path) -> None:
+    """The merger's and the scorer's transactions (BEGIN IMMEDIATE on a connection with
+    the log attached) leave the log's write lock free for group commits."""
+    store = await SqliteStorage.open(tmp_path / "leadsync.db", busy_timeout=0.05)
+    merger = connect(store.path, busy_timeout=0.05)
+    try:
+        merger.execute("BEGIN IMMEDIATE")
+        merger.execute("SELECT count(*) FROM events").fetchone()
+        merger.execute("INSERT INTO meta VALUES ('k', 'v')")
+        results, head = await store.append([request("web", "m1")])
+        assert (results, head) == ([AppendResult(1, 0)], 1)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            merger.execute(
+                "INSERT INTO events (source, message_id, type, received_at, body) "
+                "VALUES ('web', 'x', 'track', 't', x'00')"
+            )
+        merger.execute("COMMIT")
+    finally:
+        merger.close()
+        await store.close()
 
 
 async def test_append_stores_once_per_source_and_message_id(storage: SqliteStorage) -> None:
@@ -67,6 +175,41 @@ async def test_append_stores_once_per_source_and_message_id(storage: SqliteStora
     events = await storage.read_events(after=0, limit=10)
     assert [(e.seq, e.source) for e in events] == [(1, "web"), (2, "web"), (3, "web"), (4, "ios")]
     assert [e.seq for e in await storage.read_events(after=2, limit=1)] == [3]
+
+
+async def test_a_retry_after_a_restart_is_still_recognised(tmp_path: Path) -> None:
+    """The messageIds that deduplicate retries are read back from the log at start."""
+    path = tmp_path / "leadsync.db"
+    store = await SqliteStorage.open(path)
+    await store.append([request("web", "m1", "m2")])
+    await store.close()
+    store = await SqliteStorage.open(path)
+    try:
+        assert await store.append([request("web", "m2", "m3")]) == ([AppendResult(1, 1)], 3)
+    finally:
+        await store.close()
+
+
+async def test_retries_are_recognised_among_the_newest_events_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEDUP_WINDOW bounds the memory: the newest half of it at least is remembered,
+    so a retry that comes that many events later is stored again."""
+    monkeypatch.setattr(sqlite_log, "DEDUP_WINDOW", 4)
+    path = tmp_path / "leadsync.db"
+    store = await SqliteStorage.open(path)
+    try:
+        await store.append([request("web", *[f"m{i}" for i in range(1, 8)])])
+        results, _ = await store.append([request("web", "m6", "m7"), request("web", "m1")])
+        assert results == [AppendResult(0, 2), AppendResult(1, 0)]
+    finally:
+        await store.close()
+    store = await SqliteStorage.open(path)  # the same after a restart
+    try:
+        results, _ = await store.append([request("web", "m7"), request("web", "m2")])
+        assert results == [AppendResult(0, 1), AppendResult(1, 0)]
+    finally:
+        await store.close()
 
 
 async def test_rejects_go_to_quarantine_in_the_same_commit(storage: SqliteStorage) -> None:
@@ -94,10 +237,10 @@ async def test_a_failed_group_stores_nothing(storage: SqliteStorage) -> None:
 async def test_maintenance_truncates_the_wal_and_trims_the_quarantine(
     storage: SqliteStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "QUARANTINE_KEEP", 3)
+    monkeypatch.setattr(sqlite_log, "QUARANTINE_KEEP", 3)
     bad = [Rejected(i, f"bad {i}", b"{}") for i in range(5)]
     await storage.append([request("web", *[f"m{i}" for i in range(500)], rejected=bad)])
-    wal = Path(f"{storage.path}-wal")
+    wal = Path(f"{log_path(storage.path)}-wal")
     assert wal.stat().st_size > 0
     await storage.maintain()
     assert wal.stat().st_size == 0
@@ -106,13 +249,15 @@ async def test_maintenance_truncates_the_wal_and_trims_the_quarantine(
     assert [r.reason for r in rows] == ["bad 4", "bad 3", "bad 2"]
 
 
+@pytest.mark.parametrize("events_file", [False, True])
 async def test_probe_writable_fails_while_another_process_holds_the_write_lock(
-    tmp_path: Path,
+    tmp_path: Path, events_file: bool
 ) -> None:
     store = await SqliteStorage.open(tmp_path / "leadsync.db", busy_timeout=0.1)
     try:
         await store.probe_writable()
-        holder = sqlite3.connect(store.path, isolation_level=None)
+        file = log_path(store.path) if events_file else store.path
+        holder = sqlite3.connect(file, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             await store.probe_writable()
@@ -182,7 +327,7 @@ async def test_a_failed_commit_tells_every_waiting_client_and_the_writer_carries
     tmp_path: Path,
 ) -> None:
     store = await SqliteStorage.open(tmp_path / "leadsync.db", busy_timeout=0.05)
-    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder = sqlite3.connect(log_path(store.path), isolation_level=None)
 
     async def locked_then_free(mailbox: Mailbox[Submission]) -> None:
         holder.execute("BEGIN IMMEDIATE")

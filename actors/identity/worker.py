@@ -64,6 +64,7 @@ def initialize(daemon_pid: int) -> None:
     process, mid-batch or not: an uncommitted batch is rolled back by SQLite."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(10)
 
     def watch() -> None:
         while os.getppid() == daemon_pid:

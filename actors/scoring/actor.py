@@ -53,6 +53,14 @@ ROUND_INTERVAL = 0.05
 FOLD_INTERVAL = 1.0
 """Seconds between folds of the log while less than a fold's worth is waiting: the
 aggregates are read by batch runs only, so they need not follow every commit."""
+INGESTION_BUSY = 0.5
+"""Share of the time the log writer spends committing above which ingestion is taken
+to run near its capacity. The fold then waits: it costs about as much interpreter time
+an event as parsing it did, only batch runs read what it makes, and ingestion answers
+clients. It waits until a batch run is due, ingestion eases, or half the backlog bound
+is unfolded (so it never makes the HTTP source refuse events)."""
+BUSY_WINDOW = 1.0
+"""Seconds over which the log writer's busy share is measured."""
 LAST_BATCH = "scoring_last_batch"
 RETRY_AFTER_STORAGE_ERROR = 1.0
 
@@ -101,6 +109,9 @@ class ScorerActor(Actor):
         self._checkpoint = 0
         self._replaying = False
         self._next_fold = 0.0
+        self._fold_limit = config.http.max_backlog // 2
+        self._busy_mark = (time.monotonic(), 0.0)
+        self._busy = 0.0
         self._refused: str | None = None
         """A deployed version that failed to parse, so it is reported once."""
 
@@ -256,19 +267,32 @@ class ScorerActor(Actor):
         due = self._requests or self._clock() >= self._next_batch
         waiting = self._progress.head - self._checkpoint
         folded = 0
-        if due or waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
-            folded = scorer.fold_events(self._progress.head)
-            self._next_fold = time.monotonic() + FOLD_INTERVAL
-            self._metrics.scoring_events_folded.inc(folded)
+        deferred = False
+        if waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
+            deferred = not due and waiting < self._fold_limit and self._ingestion_busy()
+            if not deferred:
+                folded = scorer.fold_events(self._progress.head)
+                self._next_fold = time.monotonic() + FOLD_INTERVAL
+                self._metrics.scoring_events_folded.inc(folded)
         self._checkpoint, self._replaying = scorer.store.checkpoint(), scorer.replaying()
         # A run waits until the log is (nearly) folded: folding all of it inside the
         # run would hold up realtime fit for as long as a replay takes.
         caught_up = self._progress.head - self._checkpoint < FOLD_BATCH
         if due and caught_up and not closing:
             self._batch(scorer)
-        if changed >= CHANGES_BATCH or not caught_up:
+        if changed >= CHANGES_BATCH or not (caught_up or deferred):
             return _Round.FULL
         return _Round.SOME if changed or folded else _Round.IDLE
+
+    def _ingestion_busy(self) -> bool:
+        """Whether the log writer spent more than INGESTION_BUSY of the last
+        BUSY_WINDOW committing (measured afresh once a window has passed)."""
+        now, committed = time.monotonic(), self._progress.commit_seconds
+        since, before = self._busy_mark
+        if now - since >= BUSY_WINDOW:
+            self._busy = (committed - before) / (now - since)
+            self._busy_mark = (now, committed)
+        return self._busy > INGESTION_BUSY
 
     def _sync(self, scorer: Scorer, request: SyncDestination) -> None:
         result = scorer.sync(request.destination, request.full, stop=lambda: self._inbox.closed)
