@@ -1,0 +1,118 @@
+"""The scorer actor's pacing: its fold of the log gives way to ingestion near capacity."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from actors.log_writer import LogProgress
+from actors.messages import ScorerMessage
+from actors.runtime import Mailbox
+from actors.scoring import actor as scoring_actor
+from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
+from actors.scoring.scorer import FOLD_BATCH
+from daemon.config import Config
+from daemon.metrics import Metrics
+from storage.base import AppendRequest, EventRecord
+from storage.sqlite import SqliteStorage
+from storage.sqlite_scores import CONSUMER
+
+EVENTS = FOLD_BATCH + 1000
+"""More than a fold's worth: the scorer would fold at once, were it not for ingestion."""
+
+
+def tracks(count: int) -> AppendRequest:
+    def body(n: int) -> bytes:
+        return (
+            b'{"type":"track","messageId":"m%d","source":"web","receivedAt":'
+            b'"2026-01-01T00:00:00.000Z","timestamp":"2026-01-01T00:00:00.000Z",'
+            b'"userId":"u%d","event":"Signed Up"}' % (n, n % 50)
+        )
+
+    return AppendRequest(
+        "web",
+        "2026-01-01T00:00:00.000Z",
+        [EventRecord(f"m{n}", "track", "2026-01-01T00:00:00.000Z", body(n)) for n in range(count)],
+    )
+
+
+class Flood:
+    """The log writer committing 90% of the time, as under a flood of requests."""
+
+    def __init__(self, progress: LogProgress) -> None:
+        self.progress = progress
+        self.eased = anyio.Event()
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while not self.eased.is_set():
+            await anyio.sleep(0.02)
+            now = time.monotonic()
+            self.progress.commit_seconds += 0.9 * (now - last)
+            last = now
+
+
+@asynccontextmanager
+async def scorer_under_flood(
+    tmp_path: Path, config: Config
+) -> AsyncIterator[tuple[LogProgress, Flood, int]]:
+    """A scorer actor with a log of EVENTS unfolded and a batch run not yet due."""
+    storage = await SqliteStorage.open(tmp_path / "leadsync.db")
+    try:
+        _, head = await storage.append([tracks(EVENTS)])
+        await storage.set_meta(LAST_BATCH, str(time.time()))
+        progress = LogProgress()
+        progress.advance(head)
+        inbox = Mailbox[ScorerMessage](10)
+        flood = Flood(progress)
+        actor = ScorerActor(
+            storage.path, config, storage.write_gate, inbox, progress, Metrics(), ScoringStatus()
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood.run)
+            await anyio.sleep(0.3)  # a window of it, measured from the actor's creation
+            ready = anyio.Event()
+            tg.start_soon(actor.run, ready.set)
+            await ready.wait()
+            yield progress, flood, head
+            flood.eased.set()
+            inbox.close()
+    finally:
+        await storage.close()
+
+
+async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
+    async with scorer_under_flood(tmp_path, Config()) as (progress, flood, head):
+        await anyio.sleep(1.5)
+        assert progress.consumers[CONSUMER] == 0  # it waited: nothing folded
+        flood.eased.set()
+        with anyio.fail_after(10):
+            while progress.consumers[CONSUMER] < head:
+                await anyio.sleep(0.05)
+
+
+async def test_the_fold_does_not_wait_past_half_the_backlog_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting longer would make the HTTP source refuse events for the scorer's sake."""
+    monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
+    config = Config()
+    config = msgspec.structs.replace(
+        config, http=msgspec.structs.replace(config.http, max_backlog=2 * (EVENTS - 10))
+    )
+    limit = config.http.max_backlog // 2
+    async with scorer_under_flood(tmp_path, config) as (progress, _, head):
+        with anyio.fail_after(10):  # flooded all along, and still it folds
+            while head - progress.consumers[CONSUMER] >= limit:
+                await anyio.sleep(0.05)
+        await anyio.sleep(1)
+        assert head - progress.consumers[CONSUMER] < limit
