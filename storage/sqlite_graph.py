@@ -79,7 +79,9 @@ def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqli
         check_same_thread=False,
     )
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    db.execute("ATTACH DATABASE ? AS log", (uri(log_path(path), readonly=True),))
+    events = log_path(path)
+    if events.exists():  # not yet for a database from before it had one (migration 5)
+        db.execute("ATTACH DATABASE ? AS log", (uri(events, readonly=True),))
     # NORMAL: in WAL mode a commit is safe from a crash of the process, and power
     # loss can only drop the newest batches, checkpoint included, which are then
     # replayed from the log. The graph is derived; the log keeps synchronous=FULL.

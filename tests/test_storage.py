@@ -104,6 +104,15 @@ async def test_the_log_of_an_older_database_moves_to_its_own_file(tmp_path: Path
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
 
 
+def test_an_older_database_can_be_read_before_the_daemon_moves_its_log(tmp_path: Path) -> None:
+    """A command run on it between the upgrade and the daemon's first start."""
+    path = tmp_path / "leadsync.db"
+    old_layout(path)
+    with closing(connect(path, 5)) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (3,)
+    assert not log_path(path).exists()
+
+
 async def test_a_move_interrupted_after_the_copy_is_finished_without_duplicates(
     tmp_path: Path,
 ) -> None:
