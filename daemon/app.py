@@ -65,8 +65,8 @@ class CannotScore(Exception):
 
 
 async def serve(config: Config, config_path: str) -> int:
-    sys.setswitchinterval(SWITCH_INTERVAL)
     """Run until SIGTERM/SIGINT (exit 0 after draining) or escalation (non-zero)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
     started_at = time.monotonic()
     path = Path(config.daemon.data_dir) / DATABASE_NAME
     try:

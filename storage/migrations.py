@@ -43,7 +43,8 @@ def migrate(
             db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled it back already
+                db.execute("ROLLBACK")
             raise
         log.info("schema migrated", path=str(path), version=number)
 

@@ -78,18 +78,18 @@ class SqliteStorage:
     async def open(
         cls, path: Path, *, busy_timeout: float = 5.0, journal_size_limit: int = 64 << 20
     ) -> Self:
-        log = await anyio.to_thread.run_sync(_prepare, path, busy_timeout, journal_size_limit)
+        events = await anyio.to_thread.run_sync(_prepare, path, busy_timeout, journal_size_limit)
         opened: list[aiosqlite.Connection] = []
         try:
             opened.append(writer := await _connect(path, busy_timeout))
-            opened.append(reader := await _connect(path, busy_timeout, attach=log.path))
-            opened.append(lookup := await _connect(path, busy_timeout, attach=log.path))
+            opened.append(reader := await _connect(path, busy_timeout, attach=events.path))
+            opened.append(lookup := await _connect(path, busy_timeout, attach=events.path))
         except BaseException:
             for db in opened:
                 await db.close()
-            log.close()
+            events.close()
             raise
-        return cls(path, log, writer, reader, lookup)
+        return cls(path, events, writer, reader, lookup)
 
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
         # One hop for the whole transaction; not abandoned when cancelled, so it always

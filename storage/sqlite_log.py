@@ -41,6 +41,10 @@ DEDUP_WINDOW = 1_000_000
 least, since it is kept as two generations (about 60 MB when full). Clients retry
 within minutes (Segment's libraries for up to about 17); at 1,000 events a second this
 remembers eight minutes at least, at 100 a second more than an hour."""
+MAINTENANCE_WAIT = 0.05
+"""Seconds the periodic checkpoint waits for readers (the merger's and the scorer's
+snapshots of the log). TRUNCATE holds off writers while it waits, and group commits
+with them: at the busy timeout, every checkpoint could hold ingestion for seconds."""
 QUARANTINE_KEEP = 10_000
 """Quarantine keeps the newest rejects only, so a broken client cannot fill the disk."""
 ROWS_A_STATEMENT = 1_000
@@ -83,6 +87,7 @@ class EventLog(Transactions):
     def __init__(self, path: Path, db: sqlite3.Connection) -> None:
         super().__init__(db)
         self.path = path
+        self._busy_timeout_ms = int(db.execute("PRAGMA busy_timeout").fetchone()[0])
         self.head = 0
         """The last sequence number committed: kept here, since this connection is the
         log's only writer, rather than asked of SQLite in every commit."""
@@ -107,12 +112,12 @@ class EventLog(Transactions):
             # crash. Group commit is what keeps that affordable.
             db.execute("PRAGMA synchronous = FULL")
             migrate(db, path, LOG_MIGRATIONS)
-            log = cls(path, db)
-            log.remember()
+            opened = cls(path, db)
+            opened.remember()
         except BaseException:
             db.close()
             raise
-        return log
+        return opened
 
     def remember(self) -> None:
         """Read the head and the newest DEDUP_WINDOW message ids back from the log."""
@@ -192,14 +197,19 @@ class EventLog(Transactions):
             )
 
     def maintain(self) -> tuple[int, int, int]:
-        """Trim the quarantine; checkpoint the WAL into the file and empty it.
-        Returns SQLite's (busy, WAL pages, pages moved)."""
+        """Trim the quarantine; checkpoint the WAL into the file and empty it, waiting
+        at most MAINTENANCE_WAIT for readers. Returns SQLite's (busy, WAL pages, pages
+        moved); busy, the rest waits for the next time (commits checkpoint as they go)."""
         with transaction(self):
             self._db.execute(
                 "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
                 (QUARANTINE_KEEP,),
             )
-        return self.checkpoint()
+        self._db.execute(f"PRAGMA busy_timeout = {int(MAINTENANCE_WAIT * 1000)}")
+        try:
+            return self.checkpoint()
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
 
     def checkpoint(self) -> tuple[int, int, int]:
         busy, pages, moved = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
 import anyio
+import pytest
+import structlog.testing
 
+from actors.identity import worker
 from actors.identity.actor import IdentityActor
 from actors.log_writer import LogProgress
 from actors.messages import ProfileChanged, ScorerMessage
 from actors.runtime import Mailbox
+from daemon import logs
 from daemon.config import IdentitySection
 from daemon.metrics import Metrics
 from storage.base import AppendRequest, Change
@@ -80,3 +87,32 @@ async def test_a_full_scorer_inbox_never_stalls_the_merger(tmp_path: Path) -> No
     outbox = Mailbox[ScorerMessage](1)  # nobody reads it
     await merge_journey(tmp_path / "leadsync.db", outbox)
     assert outbox.depth() == 1
+
+
+def test_a_worker_refused_a_lower_priority_runs_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd's @resources filter refuses setpriority with EPERM; the merger must
+    still start (it once broke the pool, and the daemon never became ready)."""
+
+    def refused(increment: int) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "nice", refused)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # not this test process's
+    monkeypatch.setattr(logs, "configure", lambda *_: None)  # nor its logging
+    monkeypatch.setattr(worker, "_nice_refused", None)
+    monkeypatch.setattr(worker, "_state", None)
+    worker.initialize(os.getppid())  # the orphan watch sees its "daemon" alive
+    asyncio.run(_migrated(tmp_path / "leadsync.db"))
+    with structlog.testing.capture_logs() as logged:
+        assert worker.start(tmp_path / "leadsync.db", 5, IdentitySection(), "info", "json") == 0
+    assert worker._state is not None
+    worker._state.db.close()
+    [line] = [e for e in logged if "priority" in e["event"]]
+    assert line["event"] == "merger worker runs at the daemon's priority: lowering it was refused"
+    assert "Operation not permitted" in line["error"]
+
+
+async def _migrated(path: Path) -> None:
+    await (await SqliteStorage.open(path)).close()

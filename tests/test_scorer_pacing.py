@@ -5,18 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 import pytest
 
 from actors.log_writer import LogProgress
-from actors.messages import ScorerMessage
+from actors.messages import RunBatch, ScorerMessage
 from actors.runtime import Mailbox
 from actors.scoring import actor as scoring_actor
 from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
-from actors.scoring.scorer import FOLD_BATCH
+from actors.scoring.scorer import FOLD_BATCH, Scorer
 from daemon.config import Config
 from daemon.metrics import Metrics
 from storage.base import AppendRequest, EventRecord
@@ -58,10 +60,17 @@ class Flood:
             last = now
 
 
+@dataclass
+class Scene:
+    storage: SqliteStorage
+    progress: LogProgress
+    flood: Flood
+    inbox: Mailbox[ScorerMessage]
+    head: int
+
+
 @asynccontextmanager
-async def scorer_under_flood(
-    tmp_path: Path, config: Config
-) -> AsyncIterator[tuple[LogProgress, Flood, int]]:
+async def scorer_under_flood(tmp_path: Path, config: Config) -> AsyncIterator[Scene]:
     """A scorer actor with a log of EVENTS unfolded and a batch run not yet due."""
     storage = await SqliteStorage.open(tmp_path / "leadsync.db")
     try:
@@ -80,7 +89,7 @@ async def scorer_under_flood(
             ready = anyio.Event()
             tg.start_soon(actor.run, ready.set)
             await ready.wait()
-            yield progress, flood, head
+            yield Scene(storage, progress, flood, inbox, head)
             flood.eased.set()
             inbox.close()
     finally:
@@ -91,7 +100,8 @@ async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
-    async with scorer_under_flood(tmp_path, Config()) as (progress, flood, head):
+    async with scorer_under_flood(tmp_path, Config()) as scene:
+        progress, flood, head = scene.progress, scene.flood, scene.head
         await anyio.sleep(1.5)
         assert progress.consumers[CONSUMER] == 0  # it waited: nothing folded
         flood.eased.set()
@@ -110,9 +120,44 @@ async def test_the_fold_does_not_wait_past_half_the_backlog_bound(
         config, http=msgspec.structs.replace(config.http, max_backlog=2 * (EVENTS - 10))
     )
     limit = config.http.max_backlog // 2
-    async with scorer_under_flood(tmp_path, config) as (progress, _, head):
+    async with scorer_under_flood(tmp_path, config) as scene:
+        progress, head = scene.progress, scene.head
         with anyio.fail_after(10):  # flooded all along, and still it folds
             while head - progress.consumers[CONSUMER] >= limit:
                 await anyio.sleep(0.05)
         await anyio.sleep(1)
         assert head - progress.consumers[CONSUMER] < limit
+
+
+async def test_a_batch_run_folds_what_was_logged_before_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fewer than a fold's worth of events waiting and the fold's timer far off: a run
+    asked for now still folds them first (it once started on the older aggregates)."""
+    seen: list[int] = []
+    original = Scorer.run_batch
+
+    def run_batch(scorer: Scorer, *args: Any, **kwargs: Any) -> Any:
+        seen.append(scorer.store.checkpoint())
+        return original(scorer, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "run_batch", run_batch)
+    monkeypatch.setattr(scoring_actor, "FOLD_INTERVAL", 3600.0)
+    async with scorer_under_flood(tmp_path, Config()) as scene:
+        scene.flood.eased.set()
+        with anyio.fail_after(10):  # a fold's worth, then no more for an hour
+            while not scene.progress.consumers[CONSUMER]:
+                await anyio.sleep(0.05)
+        request = tracks(50)
+        request = AppendRequest(  # 50 more, ids after the first ones
+            "web",
+            request.received_at,
+            [msgspec.structs.replace(e, message_id=f"n{i}") for i, e in enumerate(request.events)],
+        )
+        _, newer = await scene.storage.append([request])
+        scene.progress.advance(newer)
+        run = RunBatch()
+        await scene.inbox.send(run)
+        with anyio.fail_after(10):
+            await run.done.wait()
+    assert seen == [newer]

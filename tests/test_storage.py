@@ -258,6 +258,30 @@ async def test_maintenance_truncates_the_wal_and_trims_the_quarantine(
     assert [r.reason for r in rows] == ["bad 4", "bad 3", "bad 2"]
 
 
+async def test_maintenance_does_not_hold_group_commits_for_a_reader_of_the_log(
+    tmp_path: Path,
+) -> None:
+    """The merger reads the log inside its write transactions. A TRUNCATE checkpoint
+    waits for such a reader with the log's gate held, so it waits briefly and leaves
+    the rest for next time, rather than hold ingestion for the busy timeout."""
+    store = await SqliteStorage.open(tmp_path / "leadsync.db", busy_timeout=30)
+    merger = connect(store.path, busy_timeout=30)
+    try:
+        await store.append([request("web", "m1")])
+        merger.execute("BEGIN")
+        merger.execute("SELECT count(*) FROM events").fetchone()  # a snapshot of the log
+        await store.append([request("web", "m2")])
+        with anyio.fail_after(10):  # a bound on a hang: 30 s was the old wait
+            await store.maintain()
+            assert await store.append([request("web", "m3")]) == ([AppendResult(1, 0)], 3)
+        merger.execute("COMMIT")
+        await store.maintain()
+        assert Path(f"{log_path(store.path)}-wal").stat().st_size == 0
+    finally:
+        merger.close()
+        await store.close()
+
+
 @pytest.mark.parametrize("events_file", [False, True])
 async def test_probe_writable_fails_while_another_process_holds_the_write_lock(
     tmp_path: Path, events_file: bool

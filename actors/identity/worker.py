@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from daemon import logs
@@ -56,6 +58,8 @@ class _State:
 
 
 _state: _State | None = None
+_nice_refused: str | None = None
+log = structlog.get_logger(__name__)
 
 
 def initialize(daemon_pid: int) -> None:
@@ -64,7 +68,11 @@ def initialize(daemon_pid: int) -> None:
     process, mid-batch or not: an uncommitted batch is rolled back by SQLite."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.nice(10)
+    global _nice_refused
+    try:
+        os.nice(10)
+    except OSError as exc:  # a seccomp filter without setpriority: said once logs are set up
+        _nice_refused = str(exc)
 
     def watch() -> None:
         while os.getppid() == daemon_pid:
@@ -80,6 +88,11 @@ def start(
     """Open the graph; returns the checkpoint to read on from."""
     global _state
     logs.configure(log_level, log_format)  # type: ignore[arg-type]
+    if _nice_refused is not None:
+        log.warning(
+            "merger worker runs at the daemon's priority: lowering it was refused",
+            error=_nice_refused,
+        )
     if _state is not None:
         _state.db.close()
     db = connect(database, busy_timeout)

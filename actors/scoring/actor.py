@@ -110,7 +110,7 @@ class ScorerActor(Actor):
         self._replaying = False
         self._next_fold = 0.0
         self._fold_limit = config.http.max_backlog // 2
-        self._busy_mark = (time.monotonic(), 0.0)
+        self._busy_mark = (time.monotonic(), progress.commit_seconds)
         self._busy = 0.0
         self._refused: str | None = None
         """A deployed version that failed to parse, so it is reported once."""
@@ -268,7 +268,7 @@ class ScorerActor(Actor):
         waiting = self._progress.head - self._checkpoint
         folded = 0
         deferred = False
-        if waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
+        if due or waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
             deferred = not due and waiting < self._fold_limit and self._ingestion_busy()
             if not deferred:
                 folded = scorer.fold_events(self._progress.head)
