@@ -70,12 +70,15 @@ class Scene:
 
 
 @asynccontextmanager
-async def scorer_under_flood(tmp_path: Path, config: Config) -> AsyncIterator[Scene]:
-    """A scorer actor with a log of EVENTS unfolded and a batch run not yet due."""
+async def scorer_under_flood(
+    tmp_path: Path, config: Config, last_batch: float | None = None
+) -> AsyncIterator[Scene]:
+    """A scorer actor with a log of EVENTS unfolded and its last batch run at
+    `last_batch` (by default now: the next is an hour away)."""
     storage = await SqliteStorage.open(tmp_path / "leadsync.db")
     try:
         _, head = await storage.append([tracks(EVENTS)])
-        await storage.set_meta(LAST_BATCH, str(time.time()))
+        await storage.set_meta(LAST_BATCH, str(time.time() if last_batch is None else last_batch))
         progress = LogProgress()
         progress.advance(head)
         inbox = Mailbox[ScorerMessage](10)
@@ -89,9 +92,11 @@ async def scorer_under_flood(tmp_path: Path, config: Config) -> AsyncIterator[Sc
             ready = anyio.Event()
             tg.start_soon(actor.run, ready.set)
             await ready.wait()
-            yield Scene(storage, progress, flood, inbox, head)
-            flood.eased.set()
-            inbox.close()
+            try:
+                yield Scene(storage, progress, flood, inbox, head)
+            finally:
+                flood.eased.set()
+                inbox.close()
     finally:
         await storage.close()
 
@@ -161,3 +166,28 @@ async def test_a_batch_run_folds_what_was_logged_before_it_first(
         with anyio.fail_after(10):
             await run.done.wait()
     assert seen == [newer]
+
+
+async def test_a_scheduled_run_waits_for_ingestion_to_ease_and_a_requested_one_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+    original = Scorer.run_batch
+
+    def run_batch(scorer: Scorer, *args: Any, **kwargs: Any) -> Any:
+        runs.append(scorer.store.checkpoint())
+        return original(scorer, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "run_batch", run_batch)
+    monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
+    async with scorer_under_flood(tmp_path, Config(), last_batch=0.0) as scene:  # overdue
+        await anyio.sleep(1.5)
+        assert runs == []  # not while ingestion is flooded
+        run = RunBatch()
+        await scene.inbox.send(run)
+        with anyio.fail_after(20):
+            await run.done.wait()
+        # Asked for: it ran, once the log was folded to within a fold's worth (the run
+        # folds the rest as it goes).
+        assert len(runs) == 1
+        assert scene.head - runs[0] < FOLD_BATCH

@@ -55,10 +55,11 @@ FOLD_INTERVAL = 1.0
 aggregates are read by batch runs only, so they need not follow every commit."""
 INGESTION_BUSY = 0.5
 """Share of the time the log writer spends committing above which ingestion is taken
-to run near its capacity. The fold then waits: it costs about as much interpreter time
-an event as parsing it did, only batch runs read what it makes, and ingestion answers
-clients. It waits until a batch run is due, ingestion eases, or half the backlog bound
-is unfolded (so it never makes the HTTP source refuse events)."""
+to run near its capacity. The fold then waits, and a scheduled batch run (which folds
+first) with it: the fold costs about as much interpreter time an event as parsing it
+did, only batch runs read what it makes, and ingestion answers clients. They wait until
+ingestion eases, or half the backlog bound is unfolded (so the wait never makes the
+HTTP source refuse events); a run someone asked for (`leadsync scoring run`) does not."""
 BUSY_WINDOW = 1.0
 """Seconds over which the log writer's busy share is measured."""
 LAST_BATCH = "scoring_last_batch"
@@ -264,12 +265,15 @@ class ScorerActor(Actor):
             self._metrics.scoring_fit_profiles.inc(changed)
         while self._syncs and not closing:
             self._sync(scorer, self._syncs.pop(0))
-        due = self._requests or self._clock() >= self._next_batch
+        requested = bool(self._requests)
+        due = requested or self._clock() >= self._next_batch
         waiting = self._progress.head - self._checkpoint
         folded = 0
         deferred = False
         if due or waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
-            deferred = not due and waiting < self._fold_limit and self._ingestion_busy()
+            # Ingestion near capacity comes first, and a scheduled run waits with the
+            # fold; a run someone asked for does not, nor a lag past the fold limit.
+            deferred = not requested and waiting < self._fold_limit and self._ingestion_busy()
             if not deferred:
                 folded = scorer.fold_events(self._progress.head)
                 self._next_fold = time.monotonic() + FOLD_INTERVAL
@@ -278,7 +282,7 @@ class ScorerActor(Actor):
         # A run waits until the log is (nearly) folded: folding all of it inside the
         # run would hold up realtime fit for as long as a replay takes.
         caught_up = self._progress.head - self._checkpoint < FOLD_BATCH
-        if due and caught_up and not closing:
+        if due and caught_up and not closing and not deferred:
             self._batch(scorer)
         if changed >= CHANGES_BATCH or not (caught_up or deferred):
             return _Round.FULL
