@@ -122,7 +122,8 @@ def read_limit(path: Path, batch: int) -> float:
 
 
 def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
-    """Seconds, events applied, and each batch's write phase (what ingestion waits for)."""
+    """Seconds, events applied, and each batch's write phase (what the scorer and the
+    destinations wait for)."""
     stop = threading.Event()
     timer = threading.Thread(target=checkpoints, args=(path, stop))
     timer.start()

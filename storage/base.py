@@ -141,9 +141,10 @@ class ProfileView(msgspec.Struct):
 
 class Storage(Protocol):
     write_gate: anyio.Semaphore
-    """Held by whoever writes, so in-process writers queue on it in order. Without it
-    they would queue in SQLite's busy handler, which sleeps in steps of up to 100 ms
-    and made group commits wait behind the identity merger."""
+    """Held by whoever writes the main file (the scorer, deploys, destinations, the
+    rebuild's swap), so in-process writers queue on it in order rather than in
+    SQLite's busy handler, which sleeps in steps of up to 100 ms. The event log has a
+    file and a gate of its own (storage/sqlite_log.py)."""
 
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
         """Commit every request in one transaction (group commit).

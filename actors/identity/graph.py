@@ -147,7 +147,8 @@ class BatchResult:
     """Links not followed, by the kind whose rule refused them."""
     changed: dict[str, Change] = field(default_factory=dict)
     write_seconds: float = 0.0
-    """How long the batch held the write lock, which ingestion waits behind."""
+    """How long the batch held the main file's write lock, which the scorer and the
+    destinations wait behind (ingestion writes the log's file, and does not)."""
 
 
 class Graph:
