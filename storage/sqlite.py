@@ -98,7 +98,7 @@ class SqliteStorage:
             return await anyio.to_thread.run_sync(self._log.append, requests)
 
     async def log_head(self) -> int:
-        return await _scalar(self._reader, "SELECT coalesce(max(seq), 0) FROM events")
+        return self._log.head  # the log's one writer keeps it
 
     async def read_events(self, after: int, limit: int) -> list[StoredEvent]:
         cursor = await self._reader.execute(
@@ -191,21 +191,21 @@ def _prepare(path: Path, busy_timeout: float, journal_size_limit: int) -> EventL
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA journal_size_limit = {int(journal_size_limit)}")
             migrate(db, path, MIGRATIONS, {5: lambda: events.move_from(path)})
-            _check_log_covers_checkpoints(db, events.path)
+            _check_log_covers_checkpoints(db, events)
     except BaseException:
         events.close()
         raise
     return events
 
 
-def _check_log_covers_checkpoints(db: sqlite3.Connection, events: Path) -> None:
-    head = int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+def _check_log_covers_checkpoints(db: sqlite3.Connection, events: EventLog) -> None:
+    head = events.head
     row = db.execute(
         "SELECT consumer, seq FROM checkpoints WHERE seq > ? ORDER BY seq DESC LIMIT 1", (head,)
     ).fetchone()
     if row is not None:
         raise LogBehind(
-            f"{events} ends at event {head}, but {row[0]} has applied up to {row[1]}: the "
+            f"{events.path} ends at event {head}, but {row[0]} has applied up to {row[1]}: the "
             "event log and the database beside it come from different moments (was one "
             "restored, or the log deleted?). Restore both from the same backup."
         )

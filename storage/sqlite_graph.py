@@ -65,12 +65,10 @@ def uri(path: Path, *, readonly: bool = False) -> str:
     return path.absolute().as_uri() + ("?mode=ro" if readonly else "")
 
 
-def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqlite3.Connection:
-    """A connection for one worker thread at a time (the actor hops between threads),
-    with the event log attached as `log`, so `events` names its table in every query.
-
-    Attached read-only: BEGIN IMMEDIATE takes the write lock of every attached file
-    that is writable, and the merger's or the scorer's would then stall ingestion."""
+def open_connection(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A stdlib connection for one worker thread at a time (its owner hops between
+    threads), in autocommit: its owner opens BEGIN IMMEDIATE itself, which waits for the
+    write lock, where the module's own deferred transactions fail at the first write."""
     db = sqlite3.connect(
         uri(path),
         uri=True,
@@ -79,6 +77,16 @@ def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqli
         check_same_thread=False,
     )
     db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    return db
+
+
+def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqlite3.Connection:
+    """A connection to the main file, with the event log attached as `log`, so `events`
+    names its table in every query.
+
+    Attached read-only: BEGIN IMMEDIATE takes the write lock of every attached file
+    that is writable, and the merger's or the scorer's would then stall ingestion."""
+    db = open_connection(path, busy_timeout)
     events = log_path(path)
     if events.exists():  # not yet for a database from before it had one (migration 5)
         db.execute("ATTACH DATABASE ? AS log", (uri(events, readonly=True),))

@@ -32,7 +32,7 @@ import structlog
 
 from storage.base import AppendRequest, AppendResult, EventRecord, transaction
 from storage.migrations import LOG_MIGRATIONS, migrate
-from storage.sqlite_graph import Transactions, log_path, uri
+from storage.sqlite_graph import Transactions, log_path, open_connection, uri
 
 log = structlog.get_logger(__name__)
 
@@ -97,15 +97,8 @@ class EventLog(Transactions):
     def open(cls, database: Path, busy_timeout: float, journal_size_limit: int) -> Self:
         """The log beside `database`, created and migrated as needed."""
         path = log_path(database)
-        db = sqlite3.connect(
-            uri(path),
-            uri=True,
-            isolation_level=None,
-            timeout=busy_timeout,
-            check_same_thread=False,
-        )
+        db = open_connection(path, busy_timeout)
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute(f"PRAGMA journal_size_limit = {int(journal_size_limit)}")
             # FULL: an acknowledged event survives power loss, not only a process
@@ -157,9 +150,9 @@ class EventLog(Transactions):
         added: dict[int, None] = {}  # in order; remembered only once committed
         with transaction(self):
             for request in requests:
-                source = request.source
+                source, events = request.source, request.events
                 new: list[EventRecord] = []
-                for event in request.events:
+                for event in events:
                     fingerprint = hash((source, event.message_id))
                     if fingerprint not in added and fingerprint not in recent:
                         added[fingerprint] = None
@@ -167,12 +160,11 @@ class EventLog(Transactions):
                 for start in range(0, len(new), ROWS_A_STATEMENT):
                     head = int(self._insert(source, new[start : start + ROWS_A_STATEMENT]))
                 stored = len(new)
-                events = request.events
                 if request.rejected:
                     db.executemany(
                         _INSERT_REJECT,
                         [
-                            (request.source, request.received_at, r.batch_index, r.reason, r.body)
+                            (source, request.received_at, r.batch_index, r.reason, r.body)
                             for r in request.rejected
                         ],
                     )
