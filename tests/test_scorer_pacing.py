@@ -101,6 +101,19 @@ async def scorer_under_flood(
         await storage.close()
 
 
+def batch_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The scorer's checkpoint as each batch run starts (how far the log was folded)."""
+    runs: list[int] = []
+    original = Scorer.run_batch
+
+    def run_batch(scorer: Scorer, *args: Any, **kwargs: Any) -> Any:
+        runs.append(scorer.store.checkpoint())
+        return original(scorer, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "run_batch", run_batch)
+    return runs
+
+
 async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,14 +152,7 @@ async def test_a_batch_run_folds_what_was_logged_before_it_first(
 ) -> None:
     """Fewer than a fold's worth of events waiting and the fold's timer far off: a run
     asked for now still folds them first (it once started on the older aggregates)."""
-    seen: list[int] = []
-    original = Scorer.run_batch
-
-    def run_batch(scorer: Scorer, *args: Any, **kwargs: Any) -> Any:
-        seen.append(scorer.store.checkpoint())
-        return original(scorer, *args, **kwargs)
-
-    monkeypatch.setattr(Scorer, "run_batch", run_batch)
+    seen = batch_runs(monkeypatch)
     monkeypatch.setattr(scoring_actor, "FOLD_INTERVAL", 3600.0)
     async with scorer_under_flood(tmp_path, Config()) as scene:
         scene.flood.eased.set()
@@ -171,14 +177,7 @@ async def test_a_batch_run_folds_what_was_logged_before_it_first(
 async def test_a_scheduled_run_waits_for_ingestion_to_ease_and_a_requested_one_does_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs: list[int] = []
-    original = Scorer.run_batch
-
-    def run_batch(scorer: Scorer, *args: Any, **kwargs: Any) -> Any:
-        runs.append(scorer.store.checkpoint())
-        return original(scorer, *args, **kwargs)
-
-    monkeypatch.setattr(Scorer, "run_batch", run_batch)
+    runs = batch_runs(monkeypatch)
     monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
     async with scorer_under_flood(tmp_path, Config(), last_batch=0.0) as scene:  # overdue
         await anyio.sleep(1.5)
