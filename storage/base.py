@@ -219,8 +219,9 @@ class Activity(msgspec.Struct, omit_defaults=True):
 class Node(msgspec.Struct):
     """One identifier (kind, value) and the profile it belongs to.
 
-    `first_ts` is the earliest event that carried it, whatever the order of arrival;
-    `activity` holds the events whose home it is (see actors/identity/extract.py).
+    `first_ts` is the earliest event that carried it, whatever the order of arrival.
+    The events whose home it is (see actors/identity/extract.py) are in the log,
+    listed by `GraphStore.add_profile_events`.
     """
 
     id: int
@@ -228,7 +229,6 @@ class Node(msgspec.Struct):
     value: str
     profile: int
     first_ts: str
-    activity: Activity
 
 
 Anchor = tuple[str, str, str]
@@ -369,6 +369,11 @@ class GraphStore(Protocol):
 
     def add_profile_events(self, rows: Sequence[tuple[int, int]]) -> None:
         """(node, seq): the event log rows each identifier is home to."""
+        ...
+
+    def home_events(self, nodes: Sequence[int]) -> list[tuple[int, bytes]]:
+        """(node, event body) for every logged event whose home is one of `nodes`,
+        including those added in the open transaction."""
         ...
 
     def record_merges(self, merges: Sequence[Merge]) -> None: ...

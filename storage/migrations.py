@@ -292,6 +292,12 @@ MIGRATIONS: list[str] = [
     DROP TABLE main.events;
     DROP TABLE main.quarantine;
     """,
+    # 6: an identifier no longer keeps its own activity. It was rewritten with every
+    # event, a random page each, to be read only when a conflict re-decides a profile,
+    # which now folds the identifiers' events again from the log (profile_events).
+    """
+    ALTER TABLE identities DROP COLUMN activity;
+    """,
 ]
 
 LOG_MIGRATIONS: list[str] = [

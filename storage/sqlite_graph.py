@@ -173,7 +173,7 @@ class SqliteGraphStore(LogConsumerStore):
                 nodes += map(
                     _node,
                     self._db.execute(
-                        "SELECT id, kind, value, profile, first_ts, activity FROM identities "
+                        "SELECT id, kind, value, profile, first_ts FROM identities "
                         f"WHERE kind = ? AND value IN ({marks(chunk)})",
                         (kind, *chunk),
                     ),
@@ -182,7 +182,7 @@ class SqliteGraphStore(LogConsumerStore):
 
     def nodes_by_id(self, ids: Sequence[int]) -> list[Node]:
         return self._select(
-            "SELECT id, kind, value, profile, first_ts, activity FROM identities WHERE id IN ",
+            "SELECT id, kind, value, profile, first_ts FROM identities WHERE id IN ",
             ids,
             _node,
         )
@@ -212,9 +212,8 @@ class SqliteGraphStore(LogConsumerStore):
 
     def insert(self, nodes: Sequence[Node], profiles: Sequence[Profile]) -> None:
         self._db.executemany(
-            "INSERT INTO identities (id, kind, value, profile, first_ts, activity) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(n.id, n.kind, n.value, n.profile, n.first_ts, _encode(n.activity)) for n in nodes],
+            "INSERT INTO identities (id, kind, value, profile, first_ts) VALUES (?, ?, ?, ?, ?)",
+            [(n.id, n.kind, n.value, n.profile, n.first_ts) for n in nodes],
         )
         self._db.executemany(
             "INSERT INTO profiles (id, uid, anchor_ts, anchor_kind, anchor_value, user_id, "
@@ -233,12 +232,11 @@ class SqliteGraphStore(LogConsumerStore):
         # Only what can have changed is set: naming an indexed column in SET rewrites
         # its index entry even when the value is the same.
         self._db.executemany(
-            "UPDATE identities SET first_ts = ?, activity = ? WHERE id = ?",
-            [(n.first_ts, _encode(n.activity), n.id) for n in nodes],
+            "UPDATE identities SET first_ts = ? WHERE id = ?", [(n.first_ts, n.id) for n in nodes]
         )
         self._db.executemany(
-            "UPDATE identities SET profile = ?, first_ts = ?, activity = ? WHERE id = ?",
-            [(n.profile, n.first_ts, _encode(n.activity), n.id) for n in moved],
+            "UPDATE identities SET profile = ?, first_ts = ? WHERE id = ?",
+            [(n.profile, n.first_ts, n.id) for n in moved],
         )
         # A renamed profile may take a uid another gave up in the same batch; release
         # the old ones first so the UNIQUE constraint only sees the end state.
@@ -343,6 +341,14 @@ class SqliteGraphStore(LogConsumerStore):
             "INSERT INTO profile_events (node, seq) VALUES (?, ?) ON CONFLICT DO NOTHING", rows
         )
 
+    def home_events(self, nodes: Sequence[int]) -> list[tuple[int, bytes]]:
+        return self._select(
+            "SELECT pe.node, e.body FROM profile_events pe JOIN events e ON e.seq = pe.seq "
+            "WHERE pe.node IN ",
+            nodes,
+            tuple,
+        )
+
     def record_merges(self, merges: Sequence[Merge]) -> None:
         self._db.executemany(
             "INSERT INTO identity_merges (survivor, merged, reason, seq, message_id) "
@@ -377,8 +383,7 @@ def by_kind(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def _node(row: tuple[Any, ...]) -> Node:
-    id_, kind, value, profile, first_ts, activity = row
-    return Node(id_, kind, value, profile, first_ts, _activity(activity))
+    return Node(*row)
 
 
 def _profile_columns(p: Profile) -> tuple[object, ...]:
@@ -409,8 +414,10 @@ def read_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEv
     ]
 
 
-def scratch(path: Path) -> sqlite3.Connection:
-    """An empty database of the same schema to rebuild the graph in, beside the real one.
+def scratch(path: Path, events: Path | None = None) -> sqlite3.Connection:
+    """An empty database of the same schema to rebuild the graph in, beside the real one,
+    with the event log at `events` attached read-only, as `connect` does, for the
+    merger to read identifiers' events back when it re-decides a profile.
 
     Nothing in it matters until it is swapped in, so it skips the fsyncs."""
     path.unlink(missing_ok=True)
@@ -419,6 +426,8 @@ def scratch(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous = OFF")
     for script in MIGRATIONS:
         db.executescript(script)
+    if events is not None:
+        db.execute("ATTACH DATABASE ? AS log", (uri(events, readonly=True),))
     return db
 
 

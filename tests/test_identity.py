@@ -7,7 +7,9 @@ state carried across batches is exercised as well as state within one.
 
 from __future__ import annotations
 
+import itertools
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,7 +29,7 @@ from actors.messages import Event
 from daemon.config import ExternalId, IdentitySection
 from storage.base import AppendRequest, Change, EventRecord
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import SqliteGraphStore, connect, scratch, swap_in
+from storage.sqlite_graph import SqliteGraphStore, connect, log_path, scratch, swap_in
 from tests.identity_journey import DESKTOP, EMAIL, MOBILE, USER, email_opened, journey, profiles
 
 
@@ -195,6 +197,55 @@ async def test_shared_device_stays_two_people_whatever_the_order(
     assert dropped >= 1
 
 
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+async def test_a_device_three_people_share_goes_with_the_earliest_in_any_order(
+    tmp_path: Path, order: Sequence[int]
+) -> None:
+    """A re-decision must leave behind when its links were made: the next, older link
+    that arrives is re-decided in its turn, not refused as if it came last."""
+    steps = [
+        {"type": "identify", "userId": user, "anonymousId": "tablet", "messageId": user,
+         "timestamp": f"2026-04-0{day}T09:00:00Z"}
+        for day, user in ((1, "carol"), (2, "alice"), (3, "bob"))
+    ]  # fmt: skip
+    async with Harness(tmp_path / "g.db") as graph:
+        for i in order:
+            await graph.send(steps[i])
+            await graph.apply()
+        found = graph.profiles()
+    assert sorted(map(sorted, (p["identities"] for p in found.values()))) == [
+        ["anonymous_id:tablet", "user_id:carol"],
+        ["user_id:alice"],
+        ["user_id:bob"],
+    ]
+
+
+async def test_a_graph_from_before_migration_6_keeps_its_profiles_and_merges_on(
+    tmp_path: Path,
+) -> None:
+    """Migration 6 drops the per-identifier activity column of a graph in use."""
+    steps = journey()
+    path = tmp_path / "g.db"
+    async with Harness(path) as graph:
+        await graph.send(*steps[:4])
+        await graph.apply()
+        before = graph.profiles()
+    with sqlite3.connect(path) as db:  # schema 5 had the column, filled by every event
+        db.execute("ALTER TABLE identities ADD COLUMN activity BLOB NOT NULL DEFAULT x'7b7d'")
+        db.execute("PRAGMA user_version = 5")
+    async with Harness(path) as graph:
+        assert graph.profiles() == before
+        await graph.send(*steps[4:])
+        await graph.apply()
+        upgraded = graph.profiles()
+    with sqlite3.connect(path) as db:
+        assert "activity" not in {row[1] for row in db.execute("PRAGMA table_info(identities)")}
+    async with Harness(tmp_path / "straight.db") as straight:
+        await straight.send(*steps)
+        await straight.apply()
+        assert shape(upgraded) == shape(straight.profiles())
+
+
 async def test_replay_after_restart_equals_uninterrupted_build(tmp_path: Path) -> None:
     steps = [*journey(), email_opened(), *shared_device()]
     async with Harness(tmp_path / "straight.db") as straight:
@@ -354,7 +405,7 @@ async def test_a_batch_read_before_a_rebuild_swap_is_not_written_after_it(tmp_pa
         await graph.send(*steps[:4])
         await graph.apply()
         rebuilt = tmp_path / "rebuilt.db"
-        work = scratch(rebuilt)
+        work = scratch(rebuilt, log_path(graph.path))
         Graph(SqliteGraphStore(work), graph.rules, Extractor(graph.rules)).apply(
             await graph.storage.read_events(0, 100), 0
         )

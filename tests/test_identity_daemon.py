@@ -338,7 +338,7 @@ def test_a_batch_the_merger_cannot_apply_does_not_stop_ingestion(daemon: DaemonP
     web.identify("u1", {"plan": "trial"})
     settle(daemon)
     with sqlite3.connect(daemon.database) as db:
-        db.execute("UPDATE identities SET activity = 'not json' WHERE value = 'u1'")
+        db.execute("UPDATE profiles SET activity = 'not json' WHERE user_id = 'u1'")
     web.track("u1", "Upgraded")
     deadline = time.monotonic() + 20
     while metric(daemon, "leadsync_identity_batch_failures_total") < 1:

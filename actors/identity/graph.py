@@ -311,15 +311,12 @@ class _Batch:
         for other in nodes[1:]:
             self._link(home, other, seq, event)
         profile = self.profiles.get(home.profile) or self._profile(home.profile)
-        traits = person_traits(event)
-        record(home.activity, event, traits)
         flags = _ACTIVITY
-        if record(profile.activity, event, traits):
+        if record(profile.activity, event, person_traits(event)):
             flags |= _TRAITS
         if event.type == "group" and event.group_id is not None:
             self._account(event)
             flags |= _ACCOUNT
-        self.dirty_nodes.add(home.id)
         self.dirty_profiles.add(profile.id)
         self.profile_events.append((home.id, seq))
         self._changed(profile.uid, flags)
@@ -332,7 +329,7 @@ class _Batch:
             uid = uid_of(anchor)
             profile_id, node_id = self._new_profile_id(), self.next_node
             self.next_node += 1
-            node = Node(node_id, identifier.kind, identifier.value, profile_id, ts, Activity())
+            node = Node(node_id, identifier.kind, identifier.value, profile_id, ts)
             self.dirty_nodes.add(node_id)
             self.fresh_nodes.add(node_id)
             self.fresh_profiles.add(profile_id)
@@ -382,13 +379,13 @@ class _Batch:
             return
         kind = self.graph.violation(left.kinds, right.kinds)
         if kind is None:
-            self._touch(home, other, left, right, event.timestamp)
+            self._touch(left, right, event.timestamp)
             reason = f"{home.kind} and {other.kind} on one {event.type}"
             self._merge(left, right, reason, seq, event.message_id)
             return
         self.result.dropped[kind] += 1
         latest = max(left.activity.links_until, right.activity.links_until)
-        self._touch(home, other, left, right, event.timestamp)
+        self._touch(left, right, event.timestamp)
         if event.timestamp > latest:
             # Later than every link touching either side: in event-time order it
             # comes last and is refused just the same, so nothing to re-decide.
@@ -403,11 +400,7 @@ class _Batch:
         )
         self._recompute([home, other], seq, event.message_id, kind)
 
-    def _touch(self, a: Node, b: Node, left: Profile, right: Profile, ts: str) -> None:
-        for node in (a, b):
-            if ts > node.activity.links_until:
-                node.activity.links_until = ts
-                self.dirty_nodes.add(node.id)
+    def _touch(self, left: Profile, right: Profile, ts: str) -> None:
         for profile in (left, right):
             if ts > profile.activity.links_until:
                 profile.activity.links_until = ts
@@ -481,6 +474,7 @@ class _Batch:
         nodes = {node.id: node for node in self._nodes_by_id(node_ids)}
         old = [self._profile(profile_id) for profile_id in profile_ids]
         groups = self._decide(nodes, links)
+        activity = self._activity(nodes, links)
 
         before = {node_id: node.profile for node_id, node in nodes.items()}
         by_uid = {profile.uid: profile for profile in old}
@@ -500,7 +494,7 @@ class _Batch:
             profile.activity = Activity()
             self.members[profile.id] = set()
             for node in group:
-                absorb(profile.activity, node.activity)
+                absorb(profile.activity, activity[node.id])
                 if node.profile != profile.id:
                     node.profile = profile.id
                     self.moved.add(node.id)
@@ -529,6 +523,20 @@ class _Batch:
                 mid,
             )
         )
+
+    def _activity(self, nodes: dict[int, Node], links: Iterable[Link]) -> dict[int, Activity]:
+        """What each identifier's own events said, folded again from the log: kept per
+        identifier, it would be one more row rewritten with every event, to be read
+        only here. The batch so far is flushed, so its events are in profile_events."""
+        folded = {node_id: Activity() for node_id in nodes}
+        for node_id, body in self.store.home_events(list(nodes)):
+            event = _decode_event(body)
+            record(folded[node_id], event, person_traits(event))
+        for link in links:
+            for end in (link.a, link.b):
+                if link.ts > folded[end].links_until:
+                    folded[end].links_until = link.ts
+        return folded
 
     def _decide(self, nodes: dict[int, Node], links: Iterable[Link]) -> list[list[Node]]:
         """Union-find over `links` in event-time order, skipping those a rule forbids."""

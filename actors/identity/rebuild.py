@@ -21,7 +21,15 @@ from pathlib import Path
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from daemon.config import IdentitySection
-from storage.sqlite_graph import SqliteGraphStore, connect, count, read_events, scratch, swap_in
+from storage.sqlite_graph import (
+    SqliteGraphStore,
+    connect,
+    count,
+    log_path,
+    read_events,
+    scratch,
+    swap_in,
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def _rebuild(
     started: float,
 ) -> RebuildReport:
     db = connect(database, busy_timeout)
-    work = scratch(scratch_path)
+    work = scratch(scratch_path, log_path(database))
     try:
         before = count(db, "profiles")
         total = int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
