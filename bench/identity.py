@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgspec
 
+from actors.identity import worker
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from actors.messages import Event
@@ -129,7 +130,7 @@ def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
     timer.start()
     # A TRUNCATE checkpoint holds the write lock while it copies the WAL, which can
     # take longer than the daemon's busy timeout (the actor then retries the batch).
-    db = connect(path, 60)
+    db = connect(path, 60, worker.CACHE_KIB)
     graph = Graph(SqliteGraphStore(db), rules, Extractor(rules))
     writes: list[float] = []
     started = time.perf_counter()

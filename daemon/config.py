@@ -155,8 +155,9 @@ class IdentitySection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         default_factory=lambda: ["test@test.com", "test@example.com", "email@example.com"]
     )
     external_ids: list[ExternalId] = []
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 2_000
-    """Events applied per transaction: larger is faster, smaller holds the lock less."""
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 10_000
+    """Events applied per transaction, at most: larger is faster (a page changed by
+    several events is written once), smaller holds the main file's write lock less."""
 
     def limit(self, kind: str) -> int | None:
         if kind in self.limits:

@@ -378,9 +378,9 @@ class GraphStore(Protocol):
 
     def record_merges(self, merges: Sequence[Merge]) -> None: ...
 
-    def mark_changed(self, changes: Sequence[tuple[str, int, int]]) -> None:
-        """(profile uid, `Change` flags, seq) for the scorer to pick up; flags accumulate
-        until it does, so a profile changed five times waits as one row."""
+    def mark_changed(self, changes: Sequence[tuple[str, int]]) -> None:
+        """(profile uid, `Change` flags) for the scorer to pick up, after what is
+        already waiting; one per profile the batch changed."""
         ...
 
 
@@ -485,12 +485,14 @@ class ScoreStore(Protocol):
 
     def deploys(self, limit: int) -> list[Deploy]: ...
 
-    def changes(self, limit: int) -> list[tuple[str, int, int]]:
-        """(profile uid, Change flags, seq): profiles the identity actor changed."""
+    def changes(self, limit: int) -> list[tuple[int, str, int]]:
+        """(row, profile uid, Change flags): the oldest `limit` changes the identity
+        actor recorded; a profile changed in several batches has a row for each."""
         ...
 
-    def clear_changes(self, rows: Sequence[tuple[str, int, int]]) -> None:
-        """Take rows from `changes` off the list, unless they changed again since."""
+    def clear_changes(self, rows: Sequence[int]) -> None:
+        """Take rows from `changes` off the list; changes recorded since are rows of
+        their own, and stay."""
         ...
 
     def members(self, group_ids: Sequence[str]) -> list[str]:

@@ -298,6 +298,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE identities DROP COLUMN activity;
     """,
+    # 7: the scorer's to-do list is a queue. Keyed by profile id (a hash), with flags
+    # OR-ed in place, each batch's changes were random pages in two B-trees; appended
+    # in order they fill pages one after another, and the scorer ORs a profile's rows
+    # together when it takes them. Pending changes keep their order.
+    """
+    CREATE TABLE profile_change_queue (
+        id      INTEGER PRIMARY KEY,
+        uid     TEXT NOT NULL,
+        reasons INTEGER NOT NULL
+    );
+    INSERT INTO profile_change_queue (uid, reasons)
+        SELECT uid, reasons FROM profile_changes ORDER BY seq;
+    DROP TABLE profile_changes;
+    ALTER TABLE profile_change_queue RENAME TO profile_changes;
+    """,
 ]
 
 LOG_MIGRATIONS: list[str] = [

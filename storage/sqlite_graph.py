@@ -356,13 +356,8 @@ class SqliteGraphStore(LogConsumerStore):
             [(m.survivor, m.merged, m.reason, m.seq, m.message_id) for m in merges],
         )
 
-    def mark_changed(self, changes: Sequence[tuple[str, int, int]]) -> None:
-        self._db.executemany(
-            "INSERT INTO profile_changes (uid, reasons, seq) VALUES (?, ?, ?) "
-            "ON CONFLICT (uid) DO UPDATE SET reasons = profile_changes.reasons | "
-            "excluded.reasons, seq = excluded.seq",
-            changes,
-        )
+    def mark_changed(self, changes: Sequence[tuple[str, int]]) -> None:
+        self._db.executemany("INSERT INTO profile_changes (uid, reasons) VALUES (?, ?)", changes)
 
 
 def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -488,15 +483,13 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
             "ON CONFLICT (uid) DO NOTHING"
         )
         db.execute(
-            "INSERT INTO main.profile_changes (uid, reasons, seq) "
-            "SELECT uid, reasons, seq FROM temp.old_changes WHERE true "
-            "ON CONFLICT (uid) DO UPDATE SET reasons = reasons | excluded.reasons"
+            "INSERT INTO main.profile_changes (uid, reasons) "
+            "SELECT uid, reasons FROM temp.old_changes ORDER BY id"
         )
         db.execute(
-            "INSERT INTO main.profile_changes (uid, reasons, seq) "
-            "SELECT uid, ?, ? FROM temp.old_ids WHERE uid NOT IN (SELECT uid FROM main.profiles) "
-            "ON CONFLICT (uid) DO UPDATE SET reasons = reasons | excluded.reasons",
-            (int(Change.MERGED_AWAY), checkpoint),
+            "INSERT INTO main.profile_changes (uid, reasons) "
+            "SELECT uid, ? FROM temp.old_ids WHERE uid NOT IN (SELECT uid FROM main.profiles)",
+            (int(Change.MERGED_AWAY),),
         )
         db.execute(
             f"INSERT INTO main.profile_scores (profile, {SCORE_COLUMNS}) "

@@ -120,18 +120,13 @@ class SqliteScoreStore(LogConsumerStore):
             )
         ]
 
-    def changes(self, limit: int) -> list[tuple[str, int, int]]:
-        return [
-            (uid, reasons, seq)
-            for uid, reasons, seq in self._db.execute(
-                "SELECT uid, reasons, seq FROM profile_changes ORDER BY seq LIMIT ?", (limit,)
-            )
-        ]
+    def changes(self, limit: int) -> list[tuple[int, str, int]]:
+        return self._db.execute(
+            "SELECT id, uid, reasons FROM profile_changes ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
 
-    def clear_changes(self, rows: Sequence[tuple[str, int, int]]) -> None:
-        self._db.executemany(
-            "DELETE FROM profile_changes WHERE uid = ? AND reasons = ? AND seq = ?", rows
-        )
+    def clear_changes(self, rows: Sequence[int]) -> None:
+        self._db.executemany("DELETE FROM profile_changes WHERE id = ?", [(row,) for row in rows])
 
     def members(self, group_ids: Sequence[str]) -> list[str]:
         return self._select(

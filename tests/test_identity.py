@@ -220,26 +220,48 @@ async def test_a_device_three_people_share_goes_with_the_earliest_in_any_order(
     ]
 
 
-async def test_a_graph_from_before_migration_6_keeps_its_profiles_and_merges_on(
+def as_schema_5(path: Path) -> None:
+    """The graph as leadsync wrote it before migrations 6 and 7."""
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            ALTER TABLE identities ADD COLUMN activity BLOB NOT NULL DEFAULT x'7b7d';
+            CREATE TABLE old_changes (uid TEXT PRIMARY KEY, reasons INTEGER NOT NULL,
+                                      seq INTEGER NOT NULL) WITHOUT ROWID;
+            INSERT INTO old_changes SELECT uid, reasons, id FROM profile_changes;
+            DROP TABLE profile_changes;
+            ALTER TABLE old_changes RENAME TO profile_changes;
+            CREATE INDEX profile_changes_by_seq ON profile_changes (seq);
+            PRAGMA user_version = 5;
+            """
+        )
+
+
+async def test_a_graph_from_schema_5_keeps_its_profiles_and_pending_changes(
     tmp_path: Path,
 ) -> None:
-    """Migration 6 drops the per-identifier activity column of a graph in use."""
+    """Migration 6 drops the per-identifier activity column of a graph in use, and 7
+    turns the scorer's to-do list into a queue without losing what waits on it."""
     steps = journey()
     path = tmp_path / "g.db"
     async with Harness(path) as graph:
         await graph.send(*steps[:4])
         await graph.apply()
         before = graph.profiles()
-    with sqlite3.connect(path) as db:  # schema 5 had the column, filled by every event
-        db.execute("ALTER TABLE identities ADD COLUMN activity BLOB NOT NULL DEFAULT x'7b7d'")
-        db.execute("PRAGMA user_version = 5")
+    as_schema_5(path)
+    with sqlite3.connect(path) as db:
+        waiting = db.execute("SELECT uid, reasons FROM profile_changes ORDER BY seq").fetchall()
+    assert waiting
     async with Harness(path) as graph:
         assert graph.profiles() == before
+        with sqlite3.connect(path) as db:
+            assert db.execute(
+                "SELECT uid, reasons FROM profile_changes ORDER BY id"
+            ).fetchall() == (waiting)
+            assert "activity" not in {row[1] for row in db.execute("PRAGMA table_info(identities)")}
         await graph.send(*steps[4:])
         await graph.apply()
         upgraded = graph.profiles()
-    with sqlite3.connect(path) as db:
-        assert "activity" not in {row[1] for row in db.execute("PRAGMA table_info(identities)")}
     async with Harness(tmp_path / "straight.db") as straight:
         await straight.send(*steps)
         await straight.apply()

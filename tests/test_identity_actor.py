@@ -69,7 +69,9 @@ async def test_changed_profiles_are_recorded_durably_and_offered_to_the_scorer(
             "WHERE i.kind = 'user_id' AND i.value = ?",
             (USER,),
         ).fetchone()
-        recorded = dict(db.execute("SELECT uid, reasons FROM profile_changes").fetchall())
+        recorded: dict[str, int] = {}
+        for uid, reasons in db.execute("SELECT uid, reasons FROM profile_changes"):
+            recorded[uid] = recorded.get(uid, 0) | reasons
     # The durable record: the surviving profile, and each profile merged into it.
     assert Change(recorded[survivor]) & Change.MERGE
     assert Change(recorded[survivor]) & Change.TRAITS

@@ -397,12 +397,12 @@ async def test_a_change_landing_while_the_scorer_works_is_kept(tmp_path: Path) -
         await graph.send(identify({"title": "Engineer"}, T0 + 1, "2", userId="ann"))
         await graph.apply()  # the identity actor marks ann again meanwhile
         scoring.store.begin()
-        scoring.store.clear_changes(taken)
+        scoring.store.clear_changes([row for row, _, _ in taken])
         scoring.store.commit()
         with sqlite3.connect(graph.path) as db:
             (ann,) = db.execute("SELECT uid FROM profiles").fetchone()
-        assert ann in {uid for uid, _, _ in taken}
-        assert [uid for uid, _, _ in scoring.store.changes(10)] == [ann]
+        assert ann in {uid for _, uid, _ in taken}
+        assert [uid for _, uid, _ in scoring.store.changes(10)] == [ann]
 
 
 def group(group_id: str, traits: dict[str, Any], when: float, n: str, **ids: str) -> dict[str, Any]:

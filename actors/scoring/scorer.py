@@ -188,7 +188,9 @@ class Scorer:
             changes = self.store.changes(limit)
             if not changes:
                 return 0
-            reasons = {uid: flags for uid, flags, _ in changes}
+            reasons: dict[str, int] = {}
+            for _, uid, flags in changes:
+                reasons[uid] = reasons.get(uid, 0) | flags
             profiles = self.store.profiles_by_uid(
                 [uid for uid, flags in reasons.items() if flags & _FIT_REASONS]
             )
@@ -229,9 +231,9 @@ class Scorer:
             self.store.save_account_scores(account_scores)
             if self.staging:
                 self.staging.stage(prepared, now, batch=False)
-            # A profile the identity actor changed again since the read keeps its row
-            # (see clear_changes) and is rescored next time round.
-            self.store.clear_changes(changes)
+            # A profile the identity actor changed again since the read has a row of
+            # its own for that (see clear_changes), and is rescored next time round.
+            self.store.clear_changes([row for row, _, _ in changes])
         return len(changes)
 
     def _accounts_fit(self, accounts: dict[str, dict[str, Any]], now: float) -> dict[str, Score]:
