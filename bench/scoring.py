@@ -228,19 +228,10 @@ class Builder:
                 ),
             )
             keys = self._identifiers(pid, rng.choice((1, 1, 2, 2, 3)), email)
-            # The highest-priority identifier is home to the identify events (extract.py).
-            home = min(
-                range(len(keys)), key=lambda i: (USER_ID, EMAIL, ANONYMOUS_ID).index(keys[i][0])
-            )
             stamps = sorted(rng.uniform(first_seen, last_seen) for _ in keys)
             stamps[0] = first_seen
-            for index, ((kind, value), at) in enumerate(zip(keys, stamps, strict=True)):
-                own = (
-                    activity
-                    if index == home
-                    else Activity(_iso(at), stamp, rng.randint(1, 50), {"web": 1})
-                )
-                identities.append((self.next_identity, kind, value, pid, _iso(at), _encode(own)))
+            for (kind, value), at in zip(keys, stamps, strict=True):
+                identities.append((self.next_identity, kind, value, pid, _iso(at)))
                 self.next_identity += 1
                 if rng.random() < 0.5:
                     intents.append((kind, value, *self._intent()))
@@ -302,8 +293,7 @@ def build(path: Path, profiles: int, seed: int, now: float) -> None:
             rows,
         )
         db.executemany(
-            "INSERT INTO identities (id, kind, value, profile, first_ts, activity) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO identities (id, kind, value, profile, first_ts) VALUES (?, ?, ?, ?, ?)",
             identities,
         )
         db.executemany(

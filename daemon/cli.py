@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon import __version__, logs
-from daemon.config import ConfigError, LoadedConfig, load
+from daemon.config import ConfigError, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
 ADMIN_TIMEOUT = 10.0
@@ -482,6 +482,8 @@ def _rebuild_here(loaded: LoadedConfig) -> int:
 
     from actors.identity.rebuild import RebuildRunning, rebuild
     from daemon.app import DATABASE_NAME
+    from storage.migrations import SchemaTooNew
+    from storage.sqlite import LogBehind
 
     config = loaded.config
     database = Path(config.daemon.data_dir) / DATABASE_NAME
@@ -489,6 +491,14 @@ def _rebuild_here(loaded: LoadedConfig) -> int:
         print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
         return EXIT_STORAGE
     logs.configure("warning", config.daemon.log_format)
+    # The rebuilt graph is made in this version's schema, and swapped into tables that
+    # must have it too: a database upgraded but not yet opened by the daemon is
+    # migrated first, as the daemon would.
+    try:
+        anyio.run(_migrate, database, config.storage)
+    except (sqlite3.Error, SchemaTooNew, LogBehind) as exc:
+        print(f"leadsync: {database} cannot be opened: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("replaying the event log", total=None)
         try:
@@ -506,6 +516,17 @@ def _rebuild_here(loaded: LoadedConfig) -> int:
             return EXIT_TEMPFAIL
     _print_rebuild(vars(report), f"{database}, no daemon answering")
     return 0
+
+
+async def _migrate(database: Path, settings: StorageSection) -> None:
+    from storage.sqlite import SqliteStorage
+
+    storage = await SqliteStorage.open(
+        database,
+        busy_timeout=settings.busy_timeout,
+        journal_size_limit=settings.journal_size_limit,
+    )
+    await storage.close()
 
 
 def _print_rebuild(report: dict[str, Any], where: str) -> None:

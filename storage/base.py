@@ -270,7 +270,8 @@ class Merge(msgspec.Struct, frozen=True):
 
 
 class Change(enum.IntFlag):
-    """Why a profile needs scoring again; stored as an integer, OR-ed per profile."""
+    """Why a profile needs scoring again; stored as an integer, and OR-ed over a
+    profile's waiting rows when the scorer takes them."""
 
     IDENTITY = 1
     MERGE = 2
@@ -371,9 +372,9 @@ class GraphStore(Protocol):
         """(node, seq): the event log rows each identifier is home to."""
         ...
 
-    def home_events(self, nodes: Sequence[int]) -> list[tuple[int, bytes]]:
+    def home_events(self, nodes: Sequence[int]) -> Iterator[tuple[int, bytes]]:
         """(node, event body) for every logged event whose home is one of `nodes`,
-        including those added in the open transaction."""
+        including those added in the open transaction; read as it is consumed."""
         ...
 
     def record_merges(self, merges: Sequence[Merge]) -> None: ...

@@ -341,13 +341,13 @@ class SqliteGraphStore(LogConsumerStore):
             "INSERT INTO profile_events (node, seq) VALUES (?, ?) ON CONFLICT DO NOTHING", rows
         )
 
-    def home_events(self, nodes: Sequence[int]) -> list[tuple[int, bytes]]:
-        return self._select(
-            "SELECT pe.node, e.body FROM profile_events pe JOIN events e ON e.seq = pe.seq "
-            "WHERE pe.node IN ",
-            nodes,
-            tuple,
-        )
+    def home_events(self, nodes: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+        for chunk in chunks(nodes):
+            yield from self._db.execute(
+                "SELECT pe.node, e.body FROM profile_events pe JOIN events e ON e.seq = pe.seq "
+                f"WHERE pe.node IN ({marks(chunk)})",
+                chunk,
+            )
 
     def record_merges(self, merges: Sequence[Merge]) -> None:
         self._db.executemany(
@@ -416,12 +416,12 @@ def scratch(path: Path, events: Path | None = None) -> sqlite3.Connection:
 
     Nothing in it matters until it is swapped in, so it skips the fsyncs."""
     path.unlink(missing_ok=True)
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(uri(path), uri=True, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode = MEMORY")
     db.execute("PRAGMA synchronous = OFF")
     for script in MIGRATIONS:
         db.executescript(script)
-    if events is not None:
+    if events is not None and events.exists():  # not before migration 5 (see `connect`)
         db.execute("ATTACH DATABASE ? AS log", (uri(events, readonly=True),))
     return db
 

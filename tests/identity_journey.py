@@ -99,3 +99,20 @@ def profiles(database: Path) -> dict[str, dict[str, Any]]:
         ):
             out[uid]["identities"].add(f"{kind}:{value}")
         return out
+
+
+def as_schema_5(path: Path) -> None:
+    """The graph as leadsync wrote it before migrations 6 and 7."""
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            ALTER TABLE identities ADD COLUMN activity BLOB NOT NULL DEFAULT x'7b7d';
+            CREATE TABLE old_changes (uid TEXT PRIMARY KEY, reasons INTEGER NOT NULL,
+                                      seq INTEGER NOT NULL) WITHOUT ROWID;
+            INSERT INTO old_changes SELECT uid, reasons, id FROM profile_changes;
+            DROP TABLE profile_changes;
+            ALTER TABLE old_changes RENAME TO profile_changes;
+            CREATE INDEX profile_changes_by_seq ON profile_changes (seq);
+            PRAGMA user_version = 5;
+            """
+        )

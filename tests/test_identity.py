@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors import tracking_api
+from actors.identity import graph as graph_module
 from actors.identity.extract import Extractor, Identifier
 from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.identity.rebuild import RebuildCancelled, rebuild
@@ -30,7 +31,16 @@ from daemon.config import ExternalId, IdentitySection
 from storage.base import AppendRequest, Change, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import SqliteGraphStore, connect, log_path, scratch, swap_in
-from tests.identity_journey import DESKTOP, EMAIL, MOBILE, USER, email_opened, journey, profiles
+from tests.identity_journey import (
+    DESKTOP,
+    EMAIL,
+    MOBILE,
+    USER,
+    as_schema_5,
+    email_opened,
+    journey,
+    profiles,
+)
 
 
 def records(message: dict[str, Any]) -> tuple[str, list[EventRecord]]:
@@ -220,21 +230,68 @@ async def test_a_device_three_people_share_goes_with_the_earliest_in_any_order(
     ]
 
 
-def as_schema_5(path: Path) -> None:
-    """The graph as leadsync wrote it before migrations 6 and 7."""
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            """
-            ALTER TABLE identities ADD COLUMN activity BLOB NOT NULL DEFAULT x'7b7d';
-            CREATE TABLE old_changes (uid TEXT PRIMARY KEY, reasons INTEGER NOT NULL,
-                                      seq INTEGER NOT NULL) WITHOUT ROWID;
-            INSERT INTO old_changes SELECT uid, reasons, id FROM profile_changes;
-            DROP TABLE profile_changes;
-            ALTER TABLE old_changes RENAME TO profile_changes;
-            CREATE INDEX profile_changes_by_seq ON profile_changes (seq);
-            PRAGMA user_version = 5;
-            """
-        )
+def tablet_of_three() -> list[dict[str, Any]]:
+    """alice, then bob, use one tablet, each with a history of their own; carol's older
+    identify on it arrives last."""
+    day = "2026-04-0{}T09:{:02d}:00Z".format
+    return [
+        *(
+            {"type": "track", "userId": user, "event": "Read", "messageId": f"{user}-{n}",
+             "timestamp": day(d, n)}
+            for d, user in ((2, "alice"), (3, "bob"))
+            for n in range(20)
+        ),
+        {"type": "identify", "userId": "alice", "anonymousId": "tablet", "messageId": "a",
+         "timestamp": day(2, 30)},
+        {"type": "identify", "userId": "bob", "anonymousId": "tablet", "messageId": "b",
+         "timestamp": day(3, 30)},
+        {"type": "page", "anonymousId": "tablet", "messageId": "p", "timestamp": day(4, 0)},
+        {"type": "identify", "userId": "carol", "anonymousId": "tablet", "messageId": "c",
+         "timestamp": day(1, 0)},
+    ]  # fmt: skip
+
+
+async def test_a_re_decision_folds_again_only_the_identifiers_that_change_hands(
+    tmp_path: Path,
+) -> None:
+    """bob's profile is the same before and after carol's late identify takes the tablet
+    from alice: his history is not read back from the log."""
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(*tablet_of_three())
+        read: list[int] = []
+        store = graph.graph.store
+        home_events = store.home_events
+
+        def recording(nodes: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+            for node, body in home_events(nodes):
+                read.append(node)
+                yield node, body
+
+        store.home_events = recording  # type: ignore[method-assign]
+        await graph.apply(batch_size=1)
+        found = graph.profiles()
+        with sqlite3.connect(graph.path) as db:
+            named = dict(db.execute("SELECT id, value FROM identities").fetchall())
+    assert graph.result.recomputes == 1
+    assert {named[node] for node in read} <= {"alice", "tablet", "carol"}
+    assert len(read) == 22  # alice's 20 tracks and her identify, and the tablet's page
+    async with Harness(tmp_path / "in-order.db") as straight:
+        await straight.send(*sorted(tablet_of_three(), key=lambda m: m["timestamp"]))
+        await straight.apply()
+        assert shape(found) == shape(straight.profiles())
+
+
+async def test_a_conflict_with_too_long_a_history_is_not_re_decided(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph_module, "MAX_REFOLD_EVENTS", 10)
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(*tablet_of_three())
+        await graph.apply(batch_size=1)
+        found = graph.profiles()
+    assert graph.result.recomputes == 0
+    (tablet,) = [p for p in found.values() if "anonymous_id:tablet" in p["identities"]]
+    assert "user_id:alice" in tablet["identities"]  # as it came: alice's before carol's
 
 
 async def test_a_graph_from_schema_5_keeps_its_profiles_and_pending_changes(

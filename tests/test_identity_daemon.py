@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from segment.analytics.client import Client
 
 from tests.daemon_process import WRITE_KEYS, DaemonProcess
-from tests.identity_journey import DESKTOP, EMAIL, MOBILE, USER, journey, profiles
+from tests.identity_journey import DESKTOP, EMAIL, MOBILE, USER, as_schema_5, journey, profiles
 
 
 def send(client: Client, message: dict[str, Any]) -> None:
@@ -284,6 +284,7 @@ def test_rebuild_applies_changed_rules_to_the_whole_log_online_and_offline(
 
     assert daemon.terminate() == 0
     daemon.config_path.write_text(loose)
+    as_schema_5(daemon.database)  # upgraded since, and not yet started: migrated first
     offline = rebuild()
     assert offline.returncode == 0, offline.stderr
     assert "no daemon answering" in offline.stdout

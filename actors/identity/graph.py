@@ -48,6 +48,9 @@ log = structlog.get_logger(__name__)
 MAX_RECOMPUTE_NODES = 10_000
 """A conflict re-decides at most this many identifiers; past it (a shared id that
 touches thousands of people) the link is dropped in arrival order and logged."""
+MAX_REFOLD_EVENTS = 100_000
+"""Nor does it fold more events than this again (about 0.3 s under the write lock):
+past it (a kiosk with a long history changing hands) the same."""
 
 _decode_event = msgspec.json.Decoder(Event).decode
 # Plain ints on the hot path: IntFlag arithmetic costs microseconds per call.
@@ -474,35 +477,52 @@ class _Batch:
             frontier = {node.profile for node in self._nodes_by_id(reached)} - profile_ids
         nodes = {node.id: node for node in self._nodes_by_id(node_ids)}
         old = [self._profile(profile_id) for profile_id in profile_ids]
-        groups = self._decide(nodes, links)
-        activity = self._activity(nodes, links)
-
         before = {node_id: node.profile for node_id, node in nodes.items()}
+        held: dict[int, set[int]] = {}
+        for node_id, profile_id in before.items():
+            held.setdefault(profile_id, set()).add(node_id)
         by_uid = {profile.uid: profile for profile in old}
+        # A group a profile already holds, no more and no less, keeps that profile as it
+        # is; the others are folded again from their identifiers' events.
+        plan: list[tuple[list[Node], Anchor, bool]] = []
+        for group in self._decide(nodes, links):
+            anchor = min((n.first_ts, n.kind, n.value) for n in group)
+            holder = by_uid.get(uid_of(anchor))
+            stands = holder is not None and held.get(holder.id) == {n.id for n in group}
+            plan.append((group, anchor, stands))
+        activity = self._activity([n.id for g, _, stands in plan if not stands for n in g], links)
+        if activity is None:
+            log.warning(
+                "conflict touches too many events to re-decide; link dropped as it came",
+                limit=MAX_REFOLD_EVENTS,
+                message_id=mid,
+            )
+            return
+
         owner_of: dict[tuple[str, str], Profile] = {}
         after: list[Profile] = []
-        for group in groups:
-            anchor = min((n.first_ts, n.kind, n.value) for n in group)
+        for group, anchor, stands in plan:
             uid = uid_of(anchor)
             profile = by_uid.pop(uid, None)
             if profile is None:
                 profile = Profile(self._new_profile_id(), uid, anchor, {}, Activity())
                 self.profiles[profile.id] = profile
                 self.fresh_profiles.add(profile.id)
-            profile.anchor = anchor
-            profile.kinds = dict(Counter(n.kind for n in group))
-            profile.user_id = next((n.value for n in group if n.kind == USER_ID), None)
-            profile.activity = Activity()
-            self.members[profile.id] = set()
+            if not stands:
+                profile.anchor = anchor
+                profile.kinds = dict(Counter(n.kind for n in group))
+                profile.user_id = next((n.value for n in group if n.kind == USER_ID), None)
+                profile.activity = Activity()
+                for node in group:
+                    absorb(profile.activity, activity[node.id])
+                self.dirty_profiles.add(profile.id)
+            self.members[profile.id] = {node.id for node in group}
             for node in group:
-                absorb(profile.activity, activity[node.id])
                 if node.profile != profile.id:
                     node.profile = profile.id
                     self.moved.add(node.id)
+                    self.dirty_nodes.add(node.id)
                 owner_of[(node.kind, node.value)] = profile
-                self.members[profile.id].add(node.id)
-                self.dirty_nodes.add(node.id)
-            self.dirty_profiles.add(profile.id)
             after.append(profile)
         for gone in by_uid.values():
             heir = owner_of[(gone.anchor[1], gone.anchor[2])]
@@ -525,17 +545,20 @@ class _Batch:
             )
         )
 
-    def _activity(self, nodes: dict[int, Node], links: Iterable[Link]) -> dict[int, Activity]:
+    def _activity(self, nodes: Sequence[int], links: Iterable[Link]) -> dict[int, Activity] | None:
         """What each identifier's own events said, folded again from the log: kept per
         identifier, it would be one more row rewritten with every event, to be read
-        only here. The batch so far is flushed, so its events are in profile_events."""
+        only here. The batch so far is flushed, so its events are in profile_events.
+        None past MAX_REFOLD_EVENTS."""
         folded = {node_id: Activity() for node_id in nodes}
-        for node_id, body in self.store.home_events(list(nodes)):
+        for count, (node_id, body) in enumerate(self.store.home_events(nodes), 1):
+            if count > MAX_REFOLD_EVENTS:
+                return None
             event = _decode_event(body)
             record(folded[node_id], event, person_traits(event))
         for link in links:
             for end in (link.a, link.b):
-                if link.ts > folded[end].links_until:
+                if end in folded and link.ts > folded[end].links_until:
                     folded[end].links_until = link.ts
         return folded
 
