@@ -2,9 +2,9 @@
 
 Writes a synthetic event log (people with several devices, some of whom sign up or
 leave an email) straight into a fresh database, then applies it with the same Graph
-the identity actor runs, in the same batch size, while a thread checkpoints the WAL
-on the daemon's timer (without it the WAL of a million events grows to gigabytes,
-which no daemon sees). Next to it, the limit measured in the same run: reading and
+the identity actor runs, in the same batch size, while the WAL is checkpointed as in
+the daemon: by the merger worker's own thread every few seconds, and by the log
+writer's timer. Next to it, the limit measured in the same run: reading and
 decoding the same log without merging anything. The log is written in a child
 process, so the peak RSS reported is the merger's own.
 
@@ -126,8 +126,12 @@ def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
     """Seconds, events applied, and each batch's write phase (what the scorer and the
     destinations wait for)."""
     stop = threading.Event()
-    timer = threading.Thread(target=checkpoints, args=(path, stop))
-    timer.start()
+    timers = [
+        threading.Thread(target=worker.checkpoint_every, args=(path, stop)),
+        threading.Thread(target=checkpoints, args=(path, stop)),
+    ]
+    for timer in timers:
+        timer.start()
     # A TRUNCATE checkpoint holds the write lock while it copies the WAL, which can
     # take longer than the daemon's busy timeout (the actor then retries the batch).
     db = connect(path, 60, worker.CACHE_KIB)
@@ -143,7 +147,8 @@ def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
         db.close()
     finally:
         stop.set()
-        timer.join()
+        for timer in timers:
+            timer.join()
     return time.perf_counter() - started, applied, writes
 
 

@@ -97,8 +97,9 @@ def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqli
     # The graph's indexes are read all over for every batch; SQLite's default 2 MB
     # page cache would re-read and re-parse them from the OS each time.
     db.execute(f"PRAGMA cache_size = -{cache_kib}")
-    # Checkpointing is the log writer's timer's job (storage.maintain): done inside
-    # every merger commit it would copy the same hot index pages again and again.
+    # Checkpointing is left to a thread of the merger's worker (worker.py) and to the
+    # log writer's timer (storage.maintain): done inside every merger commit it would
+    # copy the same hot index pages again and again.
     db.execute("PRAGMA wal_autocheckpoint = 0")
     return db
 

@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -118,3 +120,40 @@ def test_a_worker_refused_a_lower_priority_runs_and_says_so(
 
 async def _migrated(path: Path) -> None:
     await (await SqliteStorage.open(path)).close()
+
+
+def test_the_worker_checkpoints_the_main_file_so_its_wal_is_written_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merger writes tens of MB a batch with checkpoints on commit turned off: its
+    worker's thread copies them back, so the next batch starts the WAL over instead
+    of growing it."""
+    monkeypatch.setattr(worker, "CHECKPOINT_SECONDS", 0.05)
+    path = tmp_path / "g.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    db.execute("CREATE TABLE t (x BLOB)")
+
+    def batch() -> int:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO t VALUES (randomblob(1000))", [()] * 2000)
+        db.execute("COMMIT")
+        return path.with_name("g.db-wal").stat().st_size
+
+    first = batch()
+    assert batch() > 1.5 * first  # nobody checkpoints: it grows
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.checkpoint_every, args=(path, stop))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < 4_000_000:  # the rows copied back into the file
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.01)
+        grown = path.with_name("g.db-wal").stat().st_size
+        assert batch() <= grown
+    finally:
+        stop.set()
+        thread.join()
+        db.close()
