@@ -137,7 +137,8 @@ class Metrics:
         )
         self.scoring_fit_profiles = Counter(
             "leadsync_scoring_fit_profiles",
-            "Changed profiles taken off the to-do list and their fit rescored.",
+            "Changes taken off the to-do list (one per profile a merger batch changed) "
+            "and rescored.",
             registry=r,
         )
         self.scoring_fit_seconds = Histogram(

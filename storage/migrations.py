@@ -37,6 +37,11 @@ def migrate(
             before[number]()
         db.execute("BEGIN IMMEDIATE")
         try:
+            if int(db.execute("PRAGMA user_version").fetchone()[0]) >= number:
+                # Another process (a daemon starting, an offline rebuild) applied it
+                # between our read of the version and the lock.
+                db.execute("ROLLBACK")
+                continue
             for statement in script.split(";"):
                 if statement.strip():
                     db.execute(statement)

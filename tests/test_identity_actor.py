@@ -107,7 +107,8 @@ def test_a_worker_refused_a_lower_priority_runs_and_says_so(
     monkeypatch.setattr(logs, "configure", lambda *_: None)  # nor its logging
     monkeypatch.setattr(worker, "_nice_refused", None)
     monkeypatch.setattr(worker, "_state", None)
-    worker.initialize(os.getppid())  # the orphan watch sees its "daemon" alive
+    monkeypatch.setattr(worker, "checkpoint_every", lambda *_: None)  # no thread left over
+    worker.initialize(os.getppid(), tmp_path / "leadsync.db")  # its "daemon" is alive
     asyncio.run(_migrated(tmp_path / "leadsync.db"))
     with structlog.testing.capture_logs() as logged:
         assert worker.start(tmp_path / "leadsync.db", 5, IdentitySection(), "info", "json") == 0

@@ -16,7 +16,7 @@ from actors.runtime import Mailbox
 from daemon.metrics import Metrics
 from storage import sqlite_log
 from storage.base import AppendRequest, AppendResult, EventRecord, Rejected
-from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew
+from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew, migrate
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect, log_path
 
@@ -80,6 +80,19 @@ def old_layout(path: Path) -> None:
         )
         db.execute("INSERT INTO checkpoints VALUES ('identity', 3, 't')")
         db.commit()
+
+
+def test_a_migration_another_process_applied_meanwhile_is_not_applied_again(
+    tmp_path: Path,
+) -> None:
+    """A daemon starting and an offline `leadsync identity rebuild` may both find the
+    same file behind; each migration is decided again under the write lock."""
+    path = tmp_path / "leadsync.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as first:
+        with closing(sqlite3.connect(path, isolation_level=None)) as second:
+            # The other process reads the same version, then applies 2 before us.
+            migrate(first, path, MIGRATIONS, {2: lambda: migrate(second, path, MIGRATIONS[:2])})
+        assert first.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
 
 
 async def test_the_log_of_an_older_database_moves_to_its_own_file(tmp_path: Path) -> None:

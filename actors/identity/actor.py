@@ -73,7 +73,7 @@ class IdentityActor(Actor):
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=worker.initialize,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), self._database),
         )
         try:
             checkpoint = await _call(

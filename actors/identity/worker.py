@@ -40,13 +40,11 @@ CHECKPOINT_SECONDS = 5.0
 the next batch writes the WAL over from its start. A batch writes some 60 MB of pages
 there; left to the log writer's timer (storage.checkpoint_interval, 30 s by default,
 which also truncates it) the WAL grew to 3.4 GB on disk while the merger caught up a
-backlog, and its commits ran slower appending to it. RESTART, not TRUNCATE: writing
-over the file's blocks was faster than allocating them again (bench/identity.py:
-22,900 events/s against 21,500)."""
-CHECKPOINT_WAIT = 0.5
-"""Seconds the checkpoint waits for the merger's or another writer's transaction to
-end; writers wait while it copies, so it gives up rather than queue behind a long
-reader, and tries again next time."""
+backlog, and its commits ran slower appending to it. It copies with a PASSIVE checkpoint, which
+takes no lock, and only when that copied everything restarts the WAL, waiting for
+nobody (a RESTART holds the write lock while it waits). Restarted, not truncated:
+writing over the file's blocks was faster than allocating them again
+(bench/identity.py: 22,900 events/s against 21,500)."""
 
 
 @dataclass
@@ -74,12 +72,11 @@ class _State:
 
 
 _state: _State | None = None
-_checkpointing = False
 _nice_refused: str | None = None
 log = structlog.get_logger(__name__)
 
 
-def initialize(daemon_pid: int) -> None:
+def initialize(daemon_pid: int, database: Path) -> None:
     """Pool initializer. Stopping is the daemon's decision, not a signal's; and when
     the daemon is gone (even SIGKILLed, which closes nothing cleanly), so is this
     process, mid-batch or not: an uncommitted batch is rolled back by SQLite."""
@@ -97,6 +94,12 @@ def initialize(daemon_pid: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+    threading.Thread(
+        target=checkpoint_every,
+        args=(database, threading.Event()),  # never set: it ends with the process
+        name="checkpoints",
+        daemon=True,
+    ).start()
 
 
 def start(
@@ -110,12 +113,6 @@ def start(
             "merger worker runs at the daemon's priority: lowering it was refused",
             error=_nice_refused,
         )
-    global _checkpointing
-    if not _checkpointing:
-        _checkpointing = True
-        threading.Thread(
-            target=checkpoint_every, args=(database, threading.Event()), daemon=True
-        ).start()
     if _state is not None:
         _state.db.close()
     db = connect(database, busy_timeout, CACHE_KIB)
@@ -151,11 +148,13 @@ def checkpoint_every(database: Path, stop: threading.Event) -> None:
     """Checkpoint the main file's WAL every CHECKPOINT_SECONDS until `stop` is set.
     One call into SQLite, which lets go of the interpreter lock: it copies pages on
     the other core while the merger computes its next batch."""
-    db = open_connection(database, CHECKPOINT_WAIT)
+    db = open_connection(database, 0)
     try:
         while not stop.wait(CHECKPOINT_SECONDS):
             try:
-                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy and frames == copied:
+                    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             except sqlite3.Error as exc:  # a full disk, say: the next time may do
                 log.warning("main file's WAL checkpoint failed", error=str(exc))
     finally:

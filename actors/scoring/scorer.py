@@ -176,7 +176,8 @@ class Scorer:
         return len(events)
 
     def score_changes(self, limit: int = CHANGES_BATCH) -> int:
-        """Rescore changed profiles; returns how many profiles were taken off the list.
+        """Rescore changed profiles; returns how many changes (rows of the to-do list,
+        one per profile a merger batch changed) were taken off it.
 
         Fit for every profile whose traits, identities or account changed, and for the
         other members of an account whose traits changed. Likelihood too where the
@@ -234,7 +235,7 @@ class Scorer:
             # A profile the identity actor changed again since the read has a row of
             # its own for that (see clear_changes), and is rescored next time round.
             self.store.clear_changes([row for row, _, _ in changes])
-        return len({uid for _, uid, _ in changes})
+        return len(changes)
 
     def _accounts_fit(self, accounts: dict[str, dict[str, Any]], now: float) -> dict[str, Score]:
         current = self.store.scores(ACCOUNT, list(accounts))
