@@ -40,11 +40,12 @@ CHECKPOINT_SECONDS = 5.0
 the next batch writes the WAL over from its start. A batch writes some 60 MB of pages
 there; left to the log writer's timer (storage.checkpoint_interval, 30 s by default,
 which also truncates it) the WAL grew to 3.4 GB on disk while the merger caught up a
-backlog, and its commits ran slower appending to it. It copies with a PASSIVE checkpoint, which
-takes no lock, and only when that copied everything restarts the WAL, waiting for
-nobody (a RESTART holds the write lock while it waits). Restarted, not truncated:
-writing over the file's blocks was faster than allocating them again
-(bench/identity.py: 22,900 events/s against 21,500)."""
+backlog, and its commits ran slower appending to it.
+
+It copies with a PASSIVE checkpoint, which takes no lock, and only when that copied
+everything restarts the WAL, waiting for nobody (a RESTART holds the write lock while
+it waits). Restarted, not truncated: writing over the file's blocks was faster than
+allocating them again (bench/identity.py: 22,900 events/s against 21,500)."""
 
 
 @dataclass
