@@ -158,10 +158,12 @@ class LogConsumerStore(Transactions):
 
     def _select(self, sql: str, keys: Sequence[Any], make: Any) -> list[Any]:
         """`sql` ending in "IN ", run for `keys` a chunk at a time, each row through `make`."""
-        rows: list[Any] = []
+        return list(map(make, self._rows(sql, keys)))
+
+    def _rows(self, sql: str, keys: Sequence[Any]) -> Iterator[Any]:
+        """The rows of `_select`, read as they are consumed."""
         for chunk in chunks(keys):
-            rows += map(make, self._db.execute(f"{sql}({marks(chunk)})", chunk))
-        return rows
+            yield from self._db.execute(f"{sql}({marks(chunk)})", chunk)
 
 
 class SqliteGraphStore(LogConsumerStore):
@@ -343,12 +345,11 @@ class SqliteGraphStore(LogConsumerStore):
         )
 
     def home_events(self, nodes: Sequence[int]) -> Iterator[tuple[int, bytes]]:
-        for chunk in chunks(nodes):
-            yield from self._db.execute(
-                "SELECT pe.node, e.body FROM profile_events pe JOIN events e ON e.seq = pe.seq "
-                f"WHERE pe.node IN ({marks(chunk)})",
-                chunk,
-            )
+        return self._rows(
+            "SELECT pe.node, e.body FROM profile_events pe JOIN events e ON e.seq = pe.seq "
+            "WHERE pe.node IN ",
+            nodes,
+        )
 
     def record_merges(self, merges: Sequence[Merge]) -> None:
         self._db.executemany(

@@ -484,13 +484,16 @@ class _Batch:
         by_uid = {profile.uid: profile for profile in old}
         # A group a profile already holds, no more and no less, keeps that profile as it
         # is; the others are folded again from their identifiers' events.
-        plan: list[tuple[list[Node], Anchor, bool]] = []
+        plan: list[tuple[list[Node], Anchor, str, bool]] = []
         for group in self._decide(nodes, links):
             anchor = min((n.first_ts, n.kind, n.value) for n in group)
-            holder = by_uid.get(uid_of(anchor))
+            uid = uid_of(anchor)
+            holder = by_uid.get(uid)
             stands = holder is not None and held.get(holder.id) == {n.id for n in group}
-            plan.append((group, anchor, stands))
-        activity = self._activity([n.id for g, _, stands in plan if not stands for n in g], links)
+            plan.append((group, anchor, uid, stands))
+        activity = self._activity(
+            [n.id for group, _, _, stands in plan if not stands for n in group], links
+        )
         if activity is None:
             log.warning(
                 "conflict touches too many events to re-decide; link dropped as it came",
@@ -501,8 +504,7 @@ class _Batch:
 
         owner_of: dict[tuple[str, str], Profile] = {}
         after: list[Profile] = []
-        for group, anchor, stands in plan:
-            uid = uid_of(anchor)
+        for group, anchor, uid, stands in plan:
             profile = by_uid.pop(uid, None)
             if profile is None:
                 profile = Profile(self._new_profile_id(), uid, anchor, {}, Activity())
