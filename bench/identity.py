@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import random
 import sqlite3
@@ -27,13 +28,11 @@ from pathlib import Path
 import msgspec
 
 from actors.identity import worker
-from actors.identity.extract import Extractor
-from actors.identity.graph import Graph
 from actors.messages import Event
 from bench import measure
 from daemon.config import IdentitySection, StorageSection
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import SqliteGraphStore, connect, log_path, read_events
+from storage.sqlite_graph import connect, log_path, read_events
 
 _decode = msgspec.json.Decoder(Event).decode
 
@@ -134,17 +133,16 @@ def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
         timer.start()
     # A TRUNCATE checkpoint holds the write lock while it copies the WAL, which can
     # take longer than the daemon's busy timeout (the actor then retries the batch).
-    db = connect(path, 60, worker.CACHE_KIB)
-    graph = Graph(SqliteGraphStore(db), rules, Extractor(rules))
+    merger = worker.Merger.open(path, 60, rules)
     writes: list[float] = []
     started = time.perf_counter()
-    after = applied = 0
+    applied = 0
     try:
-        while events := read_events(db, after, rules.batch_size):
-            writes.append(graph.apply(events, after).write_seconds)
-            after = events[-1].seq
-            applied += len(events)
-        db.close()
+        # As the worker reads them, without its pause every RUN_SECONDS to report.
+        for result in merger.graph.apply_all(merger.batches(0, math.inf), 0):
+            writes.append(result.write_seconds)
+            applied += result.applied + result.without_identity
+        merger.close()
     finally:
         stop.set()
         for timer in timers:

@@ -65,12 +65,14 @@ def uri(path: Path, *, readonly: bool = False) -> str:
     return path.absolute().as_uri() + ("?mode=ro" if readonly else "")
 
 
-def open_connection(path: Path, busy_timeout: float) -> sqlite3.Connection:
+def open_connection(
+    path: Path, busy_timeout: float, *, readonly: bool = False
+) -> sqlite3.Connection:
     """A stdlib connection for one worker thread at a time (its owner hops between
     threads), in autocommit: its owner opens BEGIN IMMEDIATE itself, which waits for the
     write lock, where the module's own deferred transactions fail at the first write."""
     db = sqlite3.connect(
-        uri(path),
+        uri(path, readonly=readonly),
         uri=True,
         isolation_level=None,
         timeout=busy_timeout,
@@ -102,6 +104,12 @@ def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqli
     # copy the same hot index pages again and again.
     db.execute("PRAGMA wal_autocheckpoint = 0")
     return db
+
+
+def open_log(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """The event log beside the database at `path`, read-only, for the merger to read
+    its next batch while its main connection commits the one before."""
+    return open_connection(log_path(path), busy_timeout, readonly=True)
 
 
 class Transactions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -56,6 +57,15 @@ def records(message: dict[str, Any]) -> tuple[str, list[EventRecord]]:
     return source, parsed.events
 
 
+class SlowCommits(SqliteGraphStore):
+    """Commits that take as long as a large batch's: the batch after is computed in the
+    meantime, every time, from what the one before left in memory."""
+
+    def commit(self) -> None:
+        time.sleep(0.005)
+        super().commit()
+
+
 class Harness:
     def __init__(self, path: Path, rules: IdentitySection | None = None) -> None:
         self.path = path
@@ -74,7 +84,14 @@ class Harness:
         await self.storage.close()
 
     def _graph(self) -> Graph:
-        return Graph(SqliteGraphStore(connect(self.path, 5)), self.rules, Extractor(self.rules))
+        """As the merger's worker has it: a batch reads through a connection of its
+        own, which does not see the batch before until that one has committed."""
+        return Graph(
+            SlowCommits(connect(self.path, 5)),
+            self.rules,
+            Extractor(self.rules),
+            reads=SqliteGraphStore(connect(self.path, 5)),
+        )
 
     def restart(self) -> None:
         """A fresh graph on a fresh connection: only what was committed survives."""
@@ -89,9 +106,15 @@ class Harness:
         await self.storage.append(requests)
 
     async def apply(self, batch_size: int = 1000) -> None:
+        """Everything logged so far, `batch_size` events a batch, as the merger does:
+        each batch computed while the one before commits."""
         assert self.storage is not None
-        while events := await self.storage.read_events(self.graph.store.checkpoint(), batch_size):
-            result = self.graph.apply(events, self.graph.store.checkpoint())
+        after = self.graph.store.checkpoint()
+        batches = []
+        while events := await self.storage.read_events(after, batch_size):
+            batches.append(events)
+            after = events[-1].seq
+        for result in self.graph.apply_all(batches, self.graph.store.checkpoint()):
             self.result.merges += result.merges
             self.result.dropped.update(result.dropped)
             self.result.recomputes += result.recomputes
@@ -586,3 +609,116 @@ async def test_a_first_identify_with_a_user_id_and_an_email_leaves_no_merge_behi
             int(Change.IDENTITY | Change.TRAITS | Change.ACTIVITY)
         ]
         db.close()
+
+
+def at(minute: int) -> str:
+    return f"2026-08-01T10:{minute:02d}:00Z"
+
+
+async def test_a_batch_follows_identifiers_the_batch_still_committing_moved_in_sql(
+    tmp_path: Path,
+) -> None:
+    """The batch before merged a profile away and re-pointed, in SQL, an identifier it
+    had not read; the next batch reads that identifier before the merge is committed."""
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(
+            {"type": "identify", "userId": "u1", "messageId": "p1", "timestamp": at(0)},
+            {"type": "identify", "anonymousId": "a1", "traits": {"email": "x@example.org"},
+             "messageId": "p2", "timestamp": at(1)},
+            {"type": "identify", "anonymousId": "a2", "traits": {"email": "x@example.org"},
+             "messageId": "p3", "timestamp": at(2)},
+        )  # fmt: skip
+        await graph.apply()
+        await graph.send(
+            {"type": "track", "userId": "u1", "anonymousId": "a1", "event": "Login",
+             "messageId": "p4", "timestamp": at(3)},
+            {"type": "identify", "anonymousId": "a2", "traits": {"plan": "pro"},
+             "messageId": "p5", "timestamp": at(4)},
+        )  # fmt: skip
+        await graph.apply(batch_size=1)
+        (person,) = graph.profiles().values()
+    assert person["identities"] == {
+        "user_id:u1", "anonymous_id:a1", "anonymous_id:a2", "email:x@example.org"
+    }  # fmt: skip
+    assert person["traits"]["plan"] == "pro"
+    assert person["events"] == 5
+
+
+async def test_a_refused_link_the_next_batch_repeats_is_counted_once(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(
+            {"type": "identify", "userId": "u1", "anonymousId": "a1", "messageId": "r1",
+             "timestamp": at(0)},
+        )  # fmt: skip
+        await graph.apply()
+        await graph.send(
+            *(
+                {"type": "identify", "userId": "u2", "anonymousId": "a1", "messageId": f"r{n}",
+                 "timestamp": at(n)}
+                for n in (2, 3)
+            )
+        )  # fmt: skip
+        await graph.apply(batch_size=1)
+        assert graph.result.dropped == {"user_id": 1}
+        assert len(graph.profiles()) == 2
+
+
+async def test_an_account_keeps_what_the_batch_still_committing_said_of_it(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(
+            {"type": "group", "userId": "u1", "groupId": "acme", "traits": {"plan": "pro"},
+             "messageId": "g1", "timestamp": at(0)},
+            {"type": "group", "userId": "u1", "groupId": "acme", "traits": {"employees": 50},
+             "messageId": "g2", "timestamp": at(5)},
+        )  # fmt: skip
+        await graph.apply(batch_size=1)
+        with sqlite3.connect(graph.path) as db:
+            ((first_seen, last_seen, traits),) = db.execute(
+                "SELECT first_seen, last_seen, traits FROM accounts"
+            ).fetchall()
+    assert (first_seen, last_seen) == (at(0).replace("Z", ".000Z"), at(5).replace("Z", ".000Z"))
+    assert {name: stamp[0] for name, stamp in json.loads(traits).items()} == {
+        "plan": "pro",
+        "employees": 50,
+    }
+
+
+class FailsSecondCommit(SlowCommits):
+    def __init__(self, db: sqlite3.Connection) -> None:
+        super().__init__(db)
+        self.commits = 0
+
+    def commit(self) -> None:
+        self.commits += 1
+        if self.commits == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        super().commit()
+
+
+async def test_a_failed_commit_takes_the_batch_computed_after_it_and_applies_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    steps = [*journey(), email_opened()]
+    async with Harness(tmp_path / "straight.db") as straight:
+        await straight.send(*steps)
+        await straight.apply()
+        expected = shape(straight.profiles())
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(*steps)
+        assert graph.storage is not None
+        batches = [await graph.storage.read_events(seq, 2) for seq in (0, 2, 4)]
+        merger = Graph(
+            FailsSecondCommit(connect(graph.path, 5)),
+            graph.rules,
+            Extractor(graph.rules),
+            reads=SqliteGraphStore(connect(graph.path, 5)),
+        )
+        results = merger.apply_all(batches, 0)
+        assert next(results).checkpoint == 2
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            next(results)
+        assert merger.store.checkpoint() == 2  # neither the failed batch nor the one after
+        await graph.apply()
+        assert shape(graph.profiles()) == expected

@@ -113,7 +113,7 @@ def test_a_worker_refused_a_lower_priority_runs_and_says_so(
     with structlog.testing.capture_logs() as logged:
         assert worker.start(tmp_path / "leadsync.db", 5, IdentitySection(), "info", "json") == 0
     assert worker._state is not None
-    worker._state.db.close()
+    worker._state.close()
     [line] = [e for e in logged if "priority" in e["event"]]
     assert line["event"] == "merger worker runs at the daemon's priority: lowering it was refused"
     assert "Operation not permitted" in line["error"]
@@ -121,6 +121,53 @@ def test_a_worker_refused_a_lower_priority_runs_and_says_so(
 
 async def _migrated(path: Path) -> None:
     await (await SqliteStorage.open(path)).close()
+
+
+async def _logged(path: Path) -> int:
+    storage = await SqliteStorage.open(path)
+    _, head = await storage.append([AppendRequest(s, "now", e) for s, e in map(records, journey())])
+    await storage.close()
+    return head
+
+
+def test_a_worker_call_reports_the_batches_committed_before_one_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call applies batch after batch; when one fails (a full disk), those committed
+    before it are reported all the same, and the failed one is tried again next time."""
+    path = tmp_path / "leadsync.db"
+    head = asyncio.run(_logged(path))
+    monkeypatch.setattr(logs, "configure", lambda *_: None)
+    monkeypatch.setattr(worker, "_state", None)
+    worker.start(path, 5, IdentitySection(batch_size=2), "info", "json")
+    merger = worker._state
+    assert merger is not None
+    commit, commits = merger.graph.store.commit, []
+
+    def full_from_the_second() -> None:
+        commits.append(1)
+        if len(commits) >= 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        commit()
+
+    monkeypatch.setattr(merger.graph.store, "commit", full_from_the_second)
+    try:
+        first = worker.apply_next(0)
+        assert first is not None
+        assert (first.checkpoint, first.applied, len(first.seconds)) == (2, 2, 1)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            worker.apply_next(2)
+        monkeypatch.setattr(merger.graph.store, "commit", commit)  # space freed
+        rest = worker.apply_next(2)
+        assert rest is not None
+        assert (rest.checkpoint, rest.applied, len(rest.seconds)) == (
+            head,
+            head - 2,
+            (head - 1) // 2,
+        )
+        assert worker.apply_next(head) is None
+    finally:
+        merger.close()
 
 
 def test_the_worker_checkpoints_the_main_file_so_its_wal_is_written_over(

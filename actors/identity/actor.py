@@ -139,7 +139,8 @@ class IdentityActor(Actor):
                 await anyio.to_thread.run_sync(pool.shutdown)
 
     def _report(self, applied: worker.Applied) -> None:
-        self._metrics.identity_batch_seconds.observe(applied.seconds)
+        for seconds in applied.seconds:
+            self._metrics.identity_batch_seconds.observe(seconds)
         self._metrics.identity_events.inc(applied.applied)
         self._metrics.identity_merges.inc(applied.merges)
         self._metrics.identity_recomputes.inc(applied.recomputes)

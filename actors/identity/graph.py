@@ -10,6 +10,12 @@ fires (two user ids, a cap), the decision could depend on arrival, so the connec
 part of the graph is re-decided from its links sorted by event time: the earliest
 link wins, exactly as if the events had arrived in time order. Links are recorded
 with the earliest event that made them, so a late, older event re-decides correctly.
+
+Batches overlap: while one commits, in a thread, the next is computed, reading
+through a connection that does not see the first until it has committed. So the next
+batch takes the rows the one before holds from its memory instead, and follows the
+profiles it merged away (re-pointing, in SQL, identifiers it had not read) to where
+they went.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,6 +157,10 @@ class BatchResult:
     dropped: Counter[str] = field(default_factory=Counter)
     """Links not followed, by the kind whose rule refused them."""
     changed: dict[str, Change] = field(default_factory=dict)
+    checkpoint: int = 0
+    """The last event applied, committed with the batch."""
+    seconds: float = 0.0
+    """From reading the batch's rows to its commit."""
     write_seconds: float = 0.0
     """How long the batch held the main file's write lock, which the scorer and the
     destinations wait behind (ingestion writes the log's file, and does not)."""
@@ -164,10 +175,15 @@ class Graph:
         rules: IdentitySection,
         extractor: Extractor,
         gate: Callable[[], AbstractContextManager[None]] = nullcontext,
+        reads: GraphStore | None = None,
     ) -> None:
         self.store = store
+        self.reads = reads or store
+        """Where a batch reads before it writes: a connection of its own lets it read
+        while the batch before commits on `store`'s."""
         self.gate = gate
-        """Entered (in this thread) before writing, left after the commit."""
+        """Entered before a batch writes, left once it has committed (in the thread that
+        commits: a lock released there must allow it)."""
         self.rules = rules
         self.extractor = extractor
         self._limits: dict[str, int] = {}
@@ -178,10 +194,44 @@ class Graph:
 
     def apply(self, events: Sequence[StoredEvent], after: int) -> BatchResult:
         """Apply `events`, which follow checkpoint `after`, and move the checkpoint."""
-        with _collector_paused(), _Batch(self, after) as batch:
-            batch.run(events)
-            batch.commit(events[-1].seq)
-        return batch.result
+        (result,) = self.apply_all([events], after)
+        return result
+
+    def apply_all(
+        self, batches: Iterable[Sequence[StoredEvent]], after: int
+    ) -> Iterator[BatchResult]:
+        """Apply `batches` in turn, the first following checkpoint `after`, each in a
+        transaction of its own; yields each one's result once it is committed.
+
+        While one batch commits, in a thread (SQLite lets go of the interpreter lock
+        there), the next is computed: most of a batch's write phase is hidden behind
+        the next one's Python. If a batch fails, its successor is dropped uncommitted
+        and the error raised after the results of those committed before it. Read
+        `batches` to the end: stopping early could leave a commit unreported."""
+        with _collector_paused(), ThreadPoolExecutor(1, "graph-commit") as committer:
+            in_flight: tuple[_Batch, Future[None]] | None = None
+            for events in batches:
+                batch = _Batch(self, after, in_flight)
+                failed = None
+                try:
+                    batch.run(events)
+                    batch.write(events[-1].seq)
+                except Exception as exc:
+                    batch.abort()
+                    failed = exc
+                if in_flight is not None:
+                    done = _committed(in_flight)
+                    in_flight = batch.carry = batch.behind = None  # each batch is let go of
+                    yield done
+                if failed is not None:
+                    raise failed
+                after = events[-1].seq
+                in_flight = batch, committer.submit(batch.commit)
+                del batch  # the collector resumes cheaply once the batches are gone
+            if in_flight is not None:
+                done = _committed(in_flight)
+                del in_flight
+                yield done
 
     def violation(self, left: dict[str, int], right: dict[str, int]) -> str | None:
         """The kind whose cap joining these two would exceed, if any."""
@@ -197,10 +247,16 @@ class _Batch:
     commits while the batch computes; a re-decision, which reads through SQL, takes
     it early and keeps it to the end."""
 
-    def __init__(self, graph: Graph, after: int) -> None:
+    def __init__(
+        self, graph: Graph, after: int, behind: tuple[_Batch, Future[None]] | None = None
+    ) -> None:
+        self._started = time.perf_counter()
         self.graph = graph
         self.store = graph.store
         self.after = after
+        self.carry: _Batch | None = None
+        """The batch before, still committing: its rows are newer than the store's."""
+        self.behind: Future[None] | None = None
         self.writing = ExitStack()
         self._open = False
         self._write_started = 0.0
@@ -230,8 +286,15 @@ class _Batch:
         self.profile_events: list[tuple[int, int]] = []
         self.merges: list[Merge] = []
         self.changed: dict[str, int] = {}
-        self.generation = self.store.generation()
-        self.next_node, self.next_profile = self.store.next_ids()
+        self.retired: dict[int, int] = {}
+        """Profiles this batch merged away or split, and the one that took their place."""
+        if behind is None:
+            self.generation = self.store.generation()
+            self.next_node, self.next_profile = self.store.next_ids()
+        else:
+            self.carry, self.behind = behind
+            self.generation = self.carry.generation
+            self.next_node, self.next_profile = self.carry.next_node, self.carry.next_profile
 
     def run(self, stored: Sequence[StoredEvent]) -> None:
         identifiers_of = self.graph.extractor.identifiers
@@ -249,19 +312,35 @@ class _Batch:
         self.result.applied += applied
         self.result.without_identity += len(work) - applied
 
-    def __enter__(self) -> _Batch:
-        return self
+    def commit(self) -> None:
+        """COMMIT what `write` wrote, or roll all of it back. One call into SQLite,
+        which lets go of the interpreter lock: it runs in a thread while the next batch
+        computes."""
+        try:
+            self.store.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self.writing.close()
+        done = time.perf_counter()
+        self.result.write_seconds = done - self._write_started
+        self.result.seconds = done - self._started
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is not None:
+    def abort(self) -> None:
+        """Drop what this batch wrote; a transaction it did not open (the batch
+        before's, still committing) is not its to roll back."""
+        if self._open:
             self.store.rollback()
         self.writing.close()
 
     def _write(self) -> None:
-        """Take the gate and open the transaction, once; the graph must still be the
-        one this batch read (a rebuild may have swapped it)."""
+        """Take the gate and open the transaction, once; the batch before must be
+        committed (its rows are read back here), and the graph must still be the one
+        this batch read (a rebuild may have swapped it)."""
         if self._open:
             return
+        if self.behind is not None:
+            self.behind.result()
         self.writing.enter_context(self.graph.gate())
         self.store.begin()
         self._write_started = time.perf_counter()
@@ -270,7 +349,8 @@ class _Batch:
         if current != self.after or self.store.generation() != self.generation:
             raise StaleCheckpoint(current)
 
-    def commit(self, seq: int) -> None:
+    def write(self, seq: int) -> None:
+        """Write the batch and its checkpoint `seq` in its transaction, not committed."""
         self._write()
         self._flush()
         # A profile that only did something (a track, a page view) has nothing for the
@@ -279,15 +359,17 @@ class _Batch:
         changed = {uid: flags for uid, flags in self.changed.items() if flags != _ACTIVITY}
         self.store.mark_changed(list(changed.items()))
         self.store.set_checkpoint(seq)
-        self.store.commit()
-        self.result.write_seconds = time.perf_counter() - self._write_started
+        self.result.checkpoint = seq
         self.result.changed = {uid: Change(flags) for uid, flags in changed.items()}
 
     def _prefetch(self, work: list[tuple[int, Event, list[Identifier]]]) -> None:
         """Read every row the batch will touch in a few queries, not one per event."""
-        self._cache_nodes(self.store.nodes_by_key(list({i for _, _, ids in work for i in ids})))
-        for profile in self.store.profiles(list(self.members)):
-            self.profiles[profile.id] = profile
+        keys = list({i for _, _, ids in work for i in ids})
+        if (carry := self.carry) is not None:
+            self._cache_nodes([carry.nodes[k] for k in keys if k in carry.nodes])
+            keys = [k for k in keys if k not in carry.nodes]
+        self._cache_nodes(self._stored(self._reads().nodes_by_key(keys)))
+        self._load_profiles(list(self.members))
         nodes = self.nodes
         pairs: set[tuple[int, int]] = set()
         for _, _, identifiers in work:
@@ -296,10 +378,40 @@ class _Batch:
                     if (other := nodes.get(identifier)) is not None:
                         a, b = home.id, other.id
                         pairs.add((a, b) if a < b else (b, a))
-        self.links.update(self.store.links_between(sorted(pairs)))
+        if carry is not None:
+            self.links.update((pair, carry.links[pair]) for pair in pairs if pair in carry.links)
+            pairs.difference_update(carry.links)
+        self.links.update(self._reads().links_between(sorted(pairs)))
         groups = {e.group_id for _, e, _ in work if e.type == "group" and e.group_id is not None}
-        for account in self.store.accounts(list(groups)):
+        if carry is not None:
+            self.accounts.update((g, carry.accounts[g]) for g in groups & carry.accounts.keys())
+            groups -= carry.accounts.keys()
+        for account in self._reads().accounts(list(groups)):
             self.accounts[account.group_id] = account
+
+    def _load_profiles(self, ids: Sequence[int]) -> None:
+        wanted = [i for i in ids if i not in self.profiles]
+        if (carry := self.carry) is not None:
+            for profile_id in wanted:
+                if (profile := carry.profiles.get(profile_id)) is not None:
+                    self.profiles[profile_id] = profile
+            wanted = [i for i in wanted if i not in self.profiles]
+        for profile in self._reads().profiles(wanted):
+            self.profiles[profile.id] = profile
+
+    def _reads(self) -> GraphStore:
+        """Before the batch writes, its own connection for reads, which can read while
+        the batch before commits; after, the one it writes on, which sees its writes."""
+        return self.store if self._open else self.graph.reads
+
+    def _stored(self, nodes: list[Node]) -> list[Node]:
+        """Rows read from the store, pointed past the profiles the batch before
+        merged away (it may re-point them in SQL only, and has not committed)."""
+        if self.carry is not None and (retired := self.carry.retired):
+            for node in nodes:
+                while node.profile in retired:
+                    node.profile = retired[node.profile]
+        return nodes
 
     def _apply(self, seq: int, event: Event, identifiers: list[Identifier]) -> None:
         # The hot path: most events name identifiers this batch already holds, no older
@@ -416,6 +528,7 @@ class _Batch:
         if len(moved) < sum(loser.kinds.values()):
             self.node_moves.append((loser.id, survivor.id))  # some rows are not in memory
         self.redirect_moves.append((loser.id, survivor.id))
+        self.retired[loser.id] = survivor.id
         for node_id in moved:
             self.nodes_by_id[node_id].profile = survivor.id
         self.dirty_nodes.update(moved)
@@ -531,6 +644,7 @@ class _Batch:
             self.members.pop(gone.id, None)
             self._delete(gone, heir.id)
             self.redirect_moves.append((gone.id, heir.id))
+            self.retired[gone.id] = heir.id
             self._changed(gone.uid, _MERGED_AWAY)
         self.result.recomputes += 1
         if before == {node_id: node.profile for node_id, node in nodes.items()}:
@@ -618,8 +732,8 @@ class _Batch:
     def _profile(self, profile_id: int) -> Profile:
         profile = self.profiles.get(profile_id)
         if profile is None:
-            (profile,) = self.store.profiles([profile_id])
-            self.profiles[profile_id] = profile
+            self._load_profiles([profile_id])
+            profile = self.profiles[profile_id]
         return profile
 
     def _nodes_by_id(self, ids: Iterable[int]) -> list[Node]:
@@ -703,6 +817,13 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _committed(in_flight: tuple[_Batch, Future[None]]) -> BatchResult:
+    """Wait for the batch's commit; raises what failed it, the first failure of a run."""
+    batch, commit = in_flight
+    commit.result()
+    return batch.result
 
 
 def _rule(kind: str, limit: int | None) -> str:

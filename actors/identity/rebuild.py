@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from daemon.config import IdentitySection
+from storage.base import StoredEvent
 from storage.sqlite_graph import (
     SqliteGraphStore,
     connect,
@@ -95,13 +97,10 @@ def _rebuild(
         total = int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
         graph = Graph(SqliteGraphStore(work), rules, Extractor(rules))
         done = merges = dropped = 0
-        # Read to the head as it is when each batch is read: events logged while
-        # rebuilding are included, and the swap's checkpoint says where it stopped.
-        while events := read_events(db, done, rules.batch_size):
-            result = graph.apply(events, done)
+        for result in graph.apply_all(_to_the_head(db, rules.batch_size), 0):
             merges += result.merges
             dropped += sum(result.dropped.values())
-            done = events[-1].seq
+            done = result.checkpoint
             progress(done, max(total, done))
         work.close()
         with gate():
@@ -117,3 +116,12 @@ def _rebuild(
     finally:
         work.close()
         db.close()
+
+
+def _to_the_head(db: sqlite3.Connection, size: int) -> Iterator[list[StoredEvent]]:
+    """The log in batches, to its head as it is when each batch is read: events logged
+    while rebuilding are included, and the swap's checkpoint says where it stopped."""
+    after = 0
+    while events := read_events(db, after, size):
+        yield events
+        after = events[-1].seq

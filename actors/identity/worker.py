@@ -19,7 +19,9 @@ import signal
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -28,13 +30,25 @@ from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from daemon import logs
 from daemon.config import IdentitySection
-from storage.sqlite_graph import SqliteGraphStore, connect, open_connection, read_events
+from storage.base import StoredEvent
+from storage.sqlite_graph import (
+    SqliteGraphStore,
+    connect,
+    open_connection,
+    open_log,
+    read_events,
+)
 
 ORPHAN_CHECK_SECONDS = 0.5
 CACHE_KIB = 128 * 1024
 """The merger's page cache. A batch of 10,000 events dirties some 60 MB of pages; in
 the default cache of 64 MB they pushed out the index pages the next batch reads
 (bench/identity.py: 15,000 events/s at 64 MB, 17,600 at 128, no better at 192)."""
+READ_CACHE_KIB = 8 * 1024
+"""The page cache of the connection a batch reads through while the batch before
+commits. SQLite empties it whenever the other connection has committed, so once a
+batch; a larger one only held pages longer (bench/identity.py: no faster at 32 MB,
+and 2 MB a little slower)."""
 CHECKPOINT_SECONDS = 5.0
 """How often a thread of the worker copies the main file's WAL back into it, so that
 the next batch writes the WAL over from its start. A batch writes some 60 MB of pages
@@ -46,11 +60,14 @@ It copies with a PASSIVE checkpoint, which takes no lock, and only when that cop
 everything restarts the WAL, waiting for nobody (a RESTART holds the write lock while
 it waits). Restarted, not truncated: writing over the file's blocks was faster than
 allocating them again (bench/identity.py: 22,900 events/s against 21,500)."""
+RUN_SECONDS = 1.0
+"""How long one call goes on applying batches, each computed while the one before
+commits, before it returns to have them reported (and to hear a stop)."""
 
 
 @dataclass
 class Applied:
-    """One batch's outcome, small enough to pickle back to the daemon."""
+    """What one call committed, small enough to pickle back to the daemon."""
 
     checkpoint: int
     applied: int
@@ -59,20 +76,48 @@ class Applied:
     dropped: dict[str, int]
     changed: dict[str, int]
     blocked: int
-    seconds: float
+    seconds: list[float]
+    """Each batch's, from reading its rows to its commit."""
 
 
 @dataclass
-class _State:
+class Merger:
+    """The graph and its three connections: the main file's, written through; another
+    to it, which a batch reads through while the batch before commits on the first;
+    and the event log's own file, where batches are read meanwhile."""
+
     db: sqlite3.Connection
+    reads: sqlite3.Connection
+    log: sqlite3.Connection
     graph: Graph
     extractor: Extractor
     batch_size: int
     blocked: int = 0
-    reported: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, database: Path, busy_timeout: float, rules: IdentitySection) -> Merger:
+        db = connect(database, busy_timeout, CACHE_KIB)
+        reads = connect(database, busy_timeout, READ_CACHE_KIB)
+        extractor = Extractor(rules)
+        graph = Graph(SqliteGraphStore(db), rules, extractor, reads=SqliteGraphStore(reads))
+        log = open_log(database, busy_timeout)
+        return cls(db, reads, log, graph, extractor, rules.batch_size)
+
+    def batches(self, after: int, until: float) -> Iterator[list[StoredEvent]]:
+        """The log after `after`, a batch at a time, to its end or until the clock
+        (time.perf_counter) passes `until`."""
+        while events := read_events(self.log, after, self.batch_size):
+            yield events
+            after = events[-1].seq
+            if time.perf_counter() >= until:
+                return
+
+    def close(self) -> None:
+        for connection in (self.db, self.reads, self.log):
+            connection.close()
 
 
-_state: _State | None = None
+_state: Merger | None = None
 _nice_refused: str | None = None
 log = structlog.get_logger(__name__)
 
@@ -115,33 +160,43 @@ def start(
             error=_nice_refused,
         )
     if _state is not None:
-        _state.db.close()
-    db = connect(database, busy_timeout, CACHE_KIB)
-    extractor = Extractor(rules)
-    store = SqliteGraphStore(db)
-    _state = _State(db, Graph(store, rules, extractor), extractor, rules.batch_size)
-    return store.checkpoint()
+        _state.close()
+    _state = Merger.open(database, busy_timeout, rules)
+    return _state.graph.store.checkpoint()
 
 
 def apply_next(after: int) -> Applied | None:
-    """Apply the next batch after checkpoint `after`; None when the log has no more."""
+    """Apply the batches after checkpoint `after` for about RUN_SECONDS; None when the
+    log has no more. If a batch fails after others were committed, those are returned,
+    and the next call, starting with the failed batch, meets its error again."""
     assert _state is not None, "start() first"
-    events = read_events(_state.db, after, _state.batch_size)
-    if not events:
+    results = []
+    until = time.perf_counter() + RUN_SECONDS
+    try:
+        for result in _state.graph.apply_all(_state.batches(after, until), after):
+            results.append(result)
+    except Exception:
+        if not results:
+            raise
+    if not results:
         return None
-    started = time.perf_counter()
-    result = _state.graph.apply(events, after)
     blocked = _state.extractor.blocked - _state.blocked
     _state.blocked = _state.extractor.blocked
+    dropped: Counter[str] = Counter()
+    changed: dict[str, int] = {}
+    for result in results:
+        dropped.update(result.dropped)
+        for uid, flags in result.changed.items():
+            changed[uid] = changed.get(uid, 0) | int(flags)
     return Applied(
-        checkpoint=events[-1].seq,
-        applied=result.applied,
-        merges=result.merges,
-        recomputes=result.recomputes,
-        dropped=dict(result.dropped),
-        changed={uid: int(flags) for uid, flags in result.changed.items()},
+        checkpoint=results[-1].checkpoint,
+        applied=sum(result.applied for result in results),
+        merges=sum(result.merges for result in results),
+        recomputes=sum(result.recomputes for result in results),
+        dropped=dict(dropped),
+        changed=changed,
         blocked=blocked,
-        seconds=time.perf_counter() - started,
+        seconds=[result.seconds for result in results],
     )
 
 
