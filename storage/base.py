@@ -377,6 +377,10 @@ class GraphStore(Protocol):
         including those added in the open transaction; read as it is consumed."""
         ...
 
+    def count_home_events(self, nodes: Sequence[int]) -> int:
+        """How many events `home_events` would give, without reading them."""
+        ...
+
     def record_merges(self, merges: Sequence[Merge]) -> None: ...
 
     def mark_changed(self, changes: Sequence[tuple[str, int]]) -> None:

@@ -359,6 +359,12 @@ class SqliteGraphStore(LogConsumerStore):
             nodes,
         )
 
+    def count_home_events(self, nodes: Sequence[int]) -> int:
+        return sum(
+            count
+            for (count,) in self._rows("SELECT count(*) FROM profile_events WHERE node IN ", nodes)
+        )
+
     def record_merges(self, merges: Sequence[Merge]) -> None:
         self._db.executemany(
             "INSERT INTO identity_merges (survivor, merged, reason, seq, message_id) "

@@ -310,9 +310,17 @@ async def test_a_conflict_with_too_long_a_history_is_not_re_decided(
     monkeypatch.setattr(graph_module, "MAX_REFOLD_EVENTS", 10)
     async with Harness(tmp_path / "g.db") as graph:
         await graph.send(*tablet_of_three())
+        read: list[Sequence[int]] = []
+
+        def reading(nodes: Sequence[int]) -> Iterator[tuple[int, bytes]]:
+            read.append(nodes)
+            return iter(())
+
+        monkeypatch.setattr(graph.graph.store, "home_events", reading)
         await graph.apply(batch_size=1)
         found = graph.profiles()
     assert graph.result.recomputes == 0
+    assert read == []  # counted, not read: refusing costs no event bodies
     (tablet,) = [p for p in found.values() if "anonymous_id:tablet" in p["identities"]]
     assert "user_id:alice" in tablet["identities"]  # as it came: alice's before carol's
 

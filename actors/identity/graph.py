@@ -665,11 +665,12 @@ class _Batch:
         """What each identifier's own events said, folded again from the log: kept per
         identifier, it would be one more row rewritten with every event, to be read
         only here. The batch so far is flushed, so its events are in profile_events.
-        None past MAX_REFOLD_EVENTS."""
+        None past MAX_REFOLD_EVENTS, counted first: refusing is then cheap, however
+        often a batch's late links reach into one huge component."""
+        if self.store.count_home_events(nodes) > MAX_REFOLD_EVENTS:
+            return None
         folded = {node_id: Activity() for node_id in nodes}
-        for count, (node_id, body) in enumerate(self.store.home_events(nodes), 1):
-            if count > MAX_REFOLD_EVENTS:
-                return None
+        for node_id, body in self.store.home_events(nodes):
             event = _decode_event(body)
             record(folded[node_id], event, person_traits(event))
         for link in links:
