@@ -135,6 +135,17 @@ def shape(found: dict[str, dict[str, Any]]) -> list[tuple[str, frozenset[str], s
     )
 
 
+async def built(
+    path: Path, steps: Sequence[dict[str, Any]]
+) -> list[tuple[str, frozenset[str], str]]:
+    """The shape of a graph built from `steps` in one batch: what any other way of
+    applying them must come to."""
+    async with Harness(path) as straight:
+        await straight.send(*steps)
+        await straight.apply()
+        return shape(straight.profiles())
+
+
 async def test_journey_in_order_yields_one_profile_with_everything(tmp_path: Path) -> None:
     async with Harness(tmp_path / "g.db") as graph:
         await graph.send(*journey(), email_opened())
@@ -173,10 +184,7 @@ async def test_journey_in_any_order_yields_the_same_profile(
     batch_size: int,
 ) -> None:
     directory = tmp_path_factory.mktemp("order")
-    async with Harness(directory / "reference.db") as reference:
-        await reference.send(*STEPS)
-        await reference.apply()
-        expected = shape(reference.profiles())
+    expected = await built(directory / "reference.db", STEPS)
     async with Harness(directory / "shuffled.db") as graph:
         # A repeat is a client's retry of a delivered message: same messageId.
         await graph.send(*(STEPS[i] for i in [*order, *repeats]))
@@ -298,10 +306,8 @@ async def test_a_re_decision_folds_again_only_the_identifiers_that_change_hands(
     assert graph.result.recomputes == 1
     assert {named[node] for node in read} <= {"alice", "tablet", "carol"}
     assert len(read) == 22  # alice's 20 tracks and her identify, and the tablet's page
-    async with Harness(tmp_path / "in-order.db") as straight:
-        await straight.send(*sorted(tablet_of_three(), key=lambda m: m["timestamp"]))
-        await straight.apply()
-        assert shape(found) == shape(straight.profiles())
+    in_order = sorted(tablet_of_three(), key=lambda m: m["timestamp"])
+    assert shape(found) == await built(tmp_path / "in-order.db", in_order)
 
 
 async def test_a_conflict_with_too_long_a_history_is_not_re_decided(
@@ -350,18 +356,12 @@ async def test_a_graph_from_schema_5_keeps_its_profiles_and_pending_changes(
         await graph.send(*steps[4:])
         await graph.apply()
         upgraded = graph.profiles()
-    async with Harness(tmp_path / "straight.db") as straight:
-        await straight.send(*steps)
-        await straight.apply()
-        assert shape(upgraded) == shape(straight.profiles())
+    assert shape(upgraded) == await built(tmp_path / "straight.db", steps)
 
 
 async def test_replay_after_restart_equals_uninterrupted_build(tmp_path: Path) -> None:
     steps = [*journey(), email_opened(), *shared_device()]
-    async with Harness(tmp_path / "straight.db") as straight:
-        await straight.send(*steps)
-        await straight.apply()
-        expected = shape(straight.profiles())
+    expected = await built(tmp_path / "straight.db", steps)
     async with Harness(tmp_path / "restarted.db") as graph:
         await graph.send(*steps)
         assert graph.storage is not None
@@ -500,10 +500,7 @@ async def test_a_rebuild_under_a_lagging_merger_makes_it_read_on_from_the_rebuil
         assert stale.value.checkpoint == len(steps)
         await graph.apply()  # nothing left to apply: the rebuild included it all
         rebuilt = graph.profiles()
-    async with Harness(tmp_path / "straight.db") as straight:
-        await straight.send(*steps)
-        await straight.apply()
-        assert shape(rebuilt) == shape(straight.profiles())
+    assert shape(rebuilt) == await built(tmp_path / "straight.db", steps)
 
 
 async def test_a_batch_read_before_a_rebuild_swap_is_not_written_after_it(tmp_path: Path) -> None:
@@ -709,10 +706,7 @@ async def test_a_failed_commit_takes_the_batch_computed_after_it_and_applies_not
     tmp_path: Path,
 ) -> None:
     steps = [*journey(), email_opened()]
-    async with Harness(tmp_path / "straight.db") as straight:
-        await straight.send(*steps)
-        await straight.apply()
-        expected = shape(straight.profiles())
+    expected = await built(tmp_path / "straight.db", steps)
     async with Harness(tmp_path / "g.db") as graph:
         await graph.send(*steps)
         assert graph.storage is not None
