@@ -28,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from actors.identity import worker
+from actors.identity.graph import collector_paused
 from actors.messages import Event
 from bench import measure
 from daemon.config import IdentitySection, StorageSection
@@ -138,10 +139,11 @@ def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
     started = time.perf_counter()
     applied = 0
     try:
-        # As the worker reads them, without its pause every RUN_SECONDS to report.
-        for result in merger.graph.apply_all(merger.batches(0, math.inf), 0):
-            writes.append(result.write_seconds)
-            applied += result.applied + result.without_identity
+        # As the worker runs them, without its pause every RUN_SECONDS to report.
+        with collector_paused():
+            for result in merger.graph.apply_all(merger.batches(0, math.inf), 0):
+                writes.append(result.write_seconds)
+                applied += result.applied + result.without_identity
         merger.close()
     finally:
         stop.set()

@@ -12,7 +12,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -520,16 +519,13 @@ async def test_a_batch_read_before_a_rebuild_swap_is_not_written_after_it(tmp_pa
         await graph.send(steps[4])
         late = await graph.storage.read_events(4, 100)
 
-        @contextmanager
-        def swap_first() -> Iterator[None]:
-            swap_in(connect(graph.path, 5), rebuilt, 4)  # a rebuild to the same checkpoint
-            yield
+        class SwappedBeforeWriting(SqliteGraphStore):
+            def begin(self) -> None:
+                swap_in(connect(graph.path, 5), rebuilt, 4)  # a rebuild to the same checkpoint
+                super().begin()
 
         merger = Graph(
-            SqliteGraphStore(connect(graph.path, 5)),
-            graph.rules,
-            Extractor(graph.rules),
-            swap_first,
+            SwappedBeforeWriting(connect(graph.path, 5)), graph.rules, Extractor(graph.rules)
         )
         with pytest.raises(StaleCheckpoint):
             merger.apply(late, 4)

@@ -24,9 +24,9 @@ import gc
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +152,8 @@ class StaleCheckpoint(Exception):
 class BatchResult:
     applied: int = 0
     without_identity: int = 0
+    blocked: int = 0
+    """Identifiers left out as junk (`identity.blocked_values`, `blocked_emails`)."""
     merges: int = 0
     recomputes: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -174,16 +176,12 @@ class Graph:
         store: GraphStore,
         rules: IdentitySection,
         extractor: Extractor,
-        gate: Callable[[], AbstractContextManager[None]] = nullcontext,
         reads: GraphStore | None = None,
     ) -> None:
         self.store = store
         self.reads = reads or store
         """Where a batch reads before it writes: a connection of its own lets it read
         while the batch before commits on `store`'s."""
-        self.gate = gate
-        """Entered before a batch writes, left once it has committed (in the thread that
-        commits: a lock released there must allow it)."""
         self.rules = rules
         self.extractor = extractor
         self._limits: dict[str, int] = {}
@@ -199,39 +197,49 @@ class Graph:
 
     def apply_all(
         self, batches: Iterable[Sequence[StoredEvent]], after: int
-    ) -> Iterator[BatchResult]:
+    ) -> Generator[BatchResult, None, None]:
         """Apply `batches` in turn, the first following checkpoint `after`, each in a
         transaction of its own; yields each one's result once it is committed.
 
         While one batch commits, in a thread (SQLite lets go of the interpreter lock
-        there), the next is computed: most of a batch's write phase is hidden behind
-        the next one's Python. If a batch fails, its successor is dropped uncommitted
-        and the error raised after the results of those committed before it. Read
-        `batches` to the end: stopping early could leave a commit unreported."""
-        with _collector_paused(), ThreadPoolExecutor(1, "graph-commit") as committer:
+        there), the next is computed and written. If a batch fails, or reading the
+        next one does, the error is raised after the results of those committed before
+        it; the batch after a failed one is dropped uncommitted. Read to the end: a
+        commit in flight when the reader stops is waited for, and not reported."""
+        source = iter(batches)
+        with ThreadPoolExecutor(1, "graph-commit") as committer:
             in_flight: tuple[_Batch, Future[None]] | None = None
-            for events in batches:
-                batch = _Batch(self, after, in_flight)
-                failed = None
+            done: BatchResult | None = None
+            while True:
+                batch: _Batch | None = None
+                failed: BaseException | None = None
                 try:
-                    batch.run(events)
-                    batch.write(events[-1].seq)
-                except Exception as exc:
-                    batch.abort()
-                    failed = exc
+                    if (events := next(source, None)) is not None:
+                        batch = _Batch(self, after, in_flight)
+                        with collector_paused():
+                            batch.run(events)
+                            batch.write(events[-1].seq)
+                        after = events[-1].seq
+                except BaseException as exc:
+                    if batch is not None:
+                        batch.abort()
+                    batch, failed = None, exc
                 if in_flight is not None:
+                    # A failed commit is the first failure (the batch after, which
+                    # waits for it before writing, failed for it), and raised here.
                     done = _committed(in_flight)
-                    in_flight = batch.carry = batch.behind = None  # each batch is let go of
+                    in_flight = None
+                if batch is not None:
+                    batch.carry = batch.behind = None  # each batch is let go of in turn
+                    in_flight = batch, committer.submit(batch.commit)
+                    del batch
+                if done is not None:
                     yield done
+                    done = None
                 if failed is not None:
                     raise failed
-                after = events[-1].seq
-                in_flight = batch, committer.submit(batch.commit)
-                del batch  # the collector resumes cheaply once the batches are gone
-            if in_flight is not None:
-                done = _committed(in_flight)
-                del in_flight
-                yield done
+                if in_flight is None:
+                    return
 
     def violation(self, left: dict[str, int], right: dict[str, int]) -> str | None:
         """The kind whose cap joining these two would exceed, if any."""
@@ -257,7 +265,6 @@ class _Batch:
         self.carry: _Batch | None = None
         """The batch before, still committing: its rows are newer than the store's."""
         self.behind: Future[None] | None = None
-        self.writing = ExitStack()
         self._open = False
         self._write_started = 0.0
         self.result = BatchResult()
@@ -297,11 +304,13 @@ class _Batch:
             self.next_node, self.next_profile = self.carry.next_node, self.carry.next_profile
 
     def run(self, stored: Sequence[StoredEvent]) -> None:
-        identifiers_of = self.graph.extractor.identifiers
+        extractor = self.graph.extractor
+        identifiers_of, blocked = extractor.identifiers, extractor.blocked
         work: list[tuple[int, Event, list[Identifier]]] = []
         for row in stored:
             event = _decode_event(row.body)
             work.append((row.seq, event, identifiers_of(event)))
+        self.result.blocked = extractor.blocked - blocked
         self._prefetch(work)
         apply = self._apply
         applied = 0
@@ -321,7 +330,6 @@ class _Batch:
         except BaseException:
             self.abort()
             raise
-        self.writing.close()
         done = time.perf_counter()
         self.result.write_seconds = done - self._write_started
         self.result.seconds = done - self._started
@@ -331,17 +339,15 @@ class _Batch:
         before's, still committing) is not its to roll back."""
         if self._open:
             self.store.rollback()
-        self.writing.close()
 
     def _write(self) -> None:
-        """Take the gate and open the transaction, once; the batch before must be
+        """Open the transaction, once; the batch before must be
         committed (its rows are read back here), and the graph must still be the one
         this batch read (a rebuild may have swapped it)."""
         if self._open:
             return
         if self.behind is not None:
             self.behind.result()
-        self.writing.enter_context(self.graph.gate())
         self.store.begin()
         self._write_started = time.perf_counter()
         self._open = True
@@ -804,12 +810,13 @@ class _Batch:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """A batch allocates hundreds of thousands of objects that live until it ends, and
     the cyclic collector, triggered by the allocations, traversed them again and again
     (a seventh of the merger's time in bench/identity.py) looking for cycles that the
     batch does not make: its objects go by reference counting when it is dropped.
-    Anything cyclic is still collected, after the batch."""
+    Anything cyclic is still collected, after the batch (or, in the merger's worker,
+    which pauses it for a whole call, after the call)."""
     if not gc.isenabled():
         yield
         return

@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +97,13 @@ def _rebuild(
         total = int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
         graph = Graph(SqliteGraphStore(work), rules, Extractor(rules))
         done = merges = dropped = 0
-        for result in graph.apply_all(_to_the_head(db, rules.batch_size), 0):
-            merges += result.merges
-            dropped += sum(result.dropped.values())
-            done = result.checkpoint
-            progress(done, max(total, done))
+        # Closed before `work` is, should `progress` cancel: a commit in flight ends first.
+        with closing(graph.apply_all(_to_the_head(db, rules.batch_size), 0)) as results:
+            for result in results:
+                merges += result.merges
+                dropped += sum(result.dropped.values())
+                done = result.checkpoint
+                progress(done, max(total, done))
         work.close()
         with gate():
             swap_in(db, scratch_path, done)

@@ -21,13 +21,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from actors.identity.extract import Extractor
-from actors.identity.graph import Graph
+from actors.identity.graph import Graph, collector_paused
 from daemon import logs
 from daemon.config import IdentitySection
 from storage.base import StoredEvent
@@ -90,18 +91,17 @@ class Merger:
     reads: sqlite3.Connection
     log: sqlite3.Connection
     graph: Graph
-    extractor: Extractor
     batch_size: int
-    blocked: int = 0
 
     @classmethod
     def open(cls, database: Path, busy_timeout: float, rules: IdentitySection) -> Merger:
-        db = connect(database, busy_timeout, CACHE_KIB)
-        reads = connect(database, busy_timeout, READ_CACHE_KIB)
-        extractor = Extractor(rules)
-        graph = Graph(SqliteGraphStore(db), rules, extractor, reads=SqliteGraphStore(reads))
-        log = open_log(database, busy_timeout)
-        return cls(db, reads, log, graph, extractor, rules.batch_size)
+        with ExitStack() as opened:
+            db = opened.enter_context(closing(connect(database, busy_timeout, CACHE_KIB)))
+            reads = opened.enter_context(closing(connect(database, busy_timeout, READ_CACHE_KIB)))
+            log = open_log(database, busy_timeout)
+            opened.pop_all()
+        graph = Graph(SqliteGraphStore(db), rules, Extractor(rules), reads=SqliteGraphStore(reads))
+        return cls(db, reads, log, graph, rules.batch_size)
 
     def batches(self, after: int, until: float) -> Iterator[list[StoredEvent]]:
         """The log after `after`, a batch at a time, to its end or until the clock
@@ -173,15 +173,21 @@ def apply_next(after: int) -> Applied | None:
     results = []
     until = time.perf_counter() + RUN_SECONDS
     try:
-        for result in _state.graph.apply_all(_state.batches(after, until), after):
-            results.append(result)
-    except Exception:
+        # The process's own collector, paused for the whole call rather than batch by
+        # batch: resumed after each, it would traverse the next batch's live rows.
+        with collector_paused():
+            for result in _state.graph.apply_all(_state.batches(after, until), after):
+                results.append(result)
+    except Exception as exc:
         if not results:
             raise
+        log.warning(
+            "identity batch not applied; the next one starts from it",
+            after=results[-1].checkpoint,
+            error=repr(exc),
+        )
     if not results:
         return None
-    blocked = _state.extractor.blocked - _state.blocked
-    _state.blocked = _state.extractor.blocked
     dropped: Counter[str] = Counter()
     changed: dict[str, int] = {}
     for result in results:
@@ -195,7 +201,7 @@ def apply_next(after: int) -> Applied | None:
         recomputes=sum(result.recomputes for result in results),
         dropped=dict(dropped),
         changed=changed,
-        blocked=blocked,
+        blocked=sum(result.blocked for result in results),
         seconds=[result.seconds for result in results],
     )
 
