@@ -41,15 +41,13 @@ from storage.sqlite_graph import (
 )
 
 ORPHAN_CHECK_SECONDS = 0.5
-CACHE_KIB = 128 * 1024
-"""The merger's page cache. A batch of 10,000 events dirties some 60 MB of pages; in
-the default cache of 64 MB they pushed out the index pages the next batch reads
-(bench/identity.py: 15,000 events/s at 64 MB, 17,600 at 128, no better at 192)."""
 READ_CACHE_KIB = 8 * 1024
 """The page cache of the connection a batch reads through while the batch before
 commits. SQLite empties it whenever the other connection has committed, so once a
 batch; a larger one only held pages longer (bench/identity.py: no faster at 32 MB,
-and 2 MB a little slower)."""
+and 2 MB a little slower). The connection written through keeps connect()'s 64 MB:
+when it also did the batch's reads, 128 MB was 17 % faster; now it is not (23,234
+events/s against 23,510-23,753) and costs 74 MB of RSS."""
 CHECKPOINT_SECONDS = 5.0
 """How often a thread of the worker copies the main file's WAL back into it, so that
 the next batch writes the WAL over from its start. A batch writes some 60 MB of pages
@@ -96,7 +94,7 @@ class Merger:
     @classmethod
     def open(cls, database: Path, busy_timeout: float, rules: IdentitySection) -> Merger:
         with ExitStack() as opened:
-            db = opened.enter_context(closing(connect(database, busy_timeout, CACHE_KIB)))
+            db = opened.enter_context(closing(connect(database, busy_timeout)))
             reads = opened.enter_context(closing(connect(database, busy_timeout, READ_CACHE_KIB)))
             log = open_log(database, busy_timeout)
             opened.pop_all()
