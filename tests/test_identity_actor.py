@@ -152,7 +152,11 @@ def test_a_worker_call_reports_the_batches_committed_before_one_that_failed(
 
     monkeypatch.setattr(merger.graph.store, "commit", full_from_the_second)
     try:
-        first = worker.apply_next(0)
+        with structlog.testing.capture_logs() as logged:
+            first = worker.apply_next(0)
+        assert [e["event"] for e in logged] == [
+            "identity batch not applied; the next call starts from it"
+        ]
         assert first is not None
         assert (first.checkpoint, first.applied, len(first.seconds)) == (2, 2, 1)
         with pytest.raises(sqlite3.OperationalError, match="full"):

@@ -6,15 +6,18 @@ from __future__ import annotations
 import gc
 import random
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from actors.identity.extract import Extractor
+from actors.identity.graph import Graph
 from actors.identity.rebuild import rebuild
 from daemon.config import IdentitySection
 from storage.base import StoredEvent
+from storage.sqlite_graph import SqliteGraphStore, connect
 from tests.identity_journey import journey
 from tests.test_identity import Harness, built, shape
 
@@ -172,3 +175,37 @@ async def test_a_rebuild_in_small_batches_on_one_connection_leaves_the_collector
     assert collecting == [True] * len(steps)
     async with Harness(tmp_path / "g.db") as graph:
         assert shape(graph.profiles()) == await built(tmp_path / "straight.db", steps)
+
+
+class Interrupted(BaseException):
+    """What Ctrl-C raises in the CLI's rebuild: not an Exception."""
+
+
+class InterruptedWhileWriting(SqliteGraphStore):
+    def mark_changed(self, changes: Sequence[tuple[str, int]]) -> None:
+        if self.checkpoint() >= 2:  # the second batch, its transaction open
+            raise Interrupted
+        super().mark_changed(changes)
+
+
+async def test_an_interrupted_batch_is_rolled_back_after_the_one_before_is_reported(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path / "g.db") as graph:
+        await graph.send(*journey())
+        assert graph.storage is not None
+        batches = [await graph.storage.read_events(seq, 2) for seq in (0, 2)]
+        merger = Graph(
+            InterruptedWhileWriting(connect(graph.path, 5)),
+            graph.rules,
+            Extractor(graph.rules),
+            reads=SqliteGraphStore(connect(graph.path, 5)),
+        )
+        results = merger.apply_all(batches, 0)
+        assert next(results).checkpoint == 2
+        with pytest.raises(Interrupted):
+            next(results)
+        with sqlite3.connect(graph.path, timeout=0) as db:
+            db.execute("BEGIN IMMEDIATE")  # the write lock is free
+            db.rollback()
+        assert merger.store.checkpoint() == 2

@@ -224,15 +224,20 @@ class Graph:
                     if batch is not None:
                         batch.abort()
                     batch, failed = None, exc
-                if in_flight is not None:
-                    # A failed commit is the first failure (the batch after, which
-                    # waits for it before writing, failed for it), and raised here.
-                    done = _committed(in_flight)
-                    in_flight = None
-                if batch is not None:
-                    batch.carry = batch.behind = None  # each batch is let go of in turn
-                    in_flight = batch, committer.submit(batch.commit)
-                    del batch
+                try:
+                    if in_flight is not None:
+                        # A failed commit is the first failure (the batch after, which
+                        # waits for it before writing, failed for it), and raised here.
+                        done = _committed(in_flight)
+                        in_flight = None
+                    if batch is not None:
+                        batch.carry = batch.behind = None  # each batch is let go of in turn
+                        in_flight = batch, committer.submit(batch.commit)
+                        batch = None
+                except BaseException:
+                    if batch is not None:  # written, not handed over: never left open
+                        batch.abort()
+                    raise
                 if done is not None:
                     yield done
                     done = None
@@ -348,9 +353,9 @@ class _Batch:
             return
         if self.behind is not None:
             self.behind.result()
+        self._open = True  # before BEGIN: whatever interrupts it, abort() rolls back
         self.store.begin()
         self._write_started = time.perf_counter()
-        self._open = True
         current = self.store.checkpoint()
         if current != self.after or self.store.generation() != self.generation:
             raise StaleCheckpoint(current)

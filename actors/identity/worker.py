@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from actors.identity.extract import Extractor
-from actors.identity.graph import Graph, collector_paused
+from actors.identity.graph import Graph, StaleCheckpoint, collector_paused
 from daemon import logs
 from daemon.config import IdentitySection
 from storage.base import StoredEvent
@@ -179,11 +179,12 @@ def apply_next(after: int) -> Applied | None:
     except Exception as exc:
         if not results:
             raise
-        log.warning(
-            "identity batch not applied; the next one starts from it",
-            after=results[-1].checkpoint,
-            error=repr(exc),
-        )
+        if not isinstance(exc, StaleCheckpoint):  # a rebuild: the next call says so
+            log.warning(
+                "identity batch not applied; the next call starts from it",
+                after=results[-1].checkpoint,
+                error=repr(exc),
+            )
     if not results:
         return None
     dropped: Counter[str] = Counter()
