@@ -75,18 +75,18 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         self.storage = await SqliteStorage.open(self.path)
-        self.graph = self._graph()
+        self.graph = self.merger()
         return self
 
     async def __aexit__(self, *_: object) -> None:
         assert self.storage is not None
         await self.storage.close()
 
-    def _graph(self) -> Graph:
+    def merger(self, store: type[SqliteGraphStore] = SlowCommits) -> Graph:
         """As the merger's worker has it: a batch reads through a connection of its
         own, which does not see the batch before until that one has committed."""
         return Graph(
-            SlowCommits(connect(self.path, 5)),
+            store(connect(self.path, 5)),
             self.rules,
             Extractor(self.rules),
             reads=SqliteGraphStore(connect(self.path, 5)),
@@ -94,7 +94,7 @@ class Harness:
 
     def restart(self) -> None:
         """A fresh graph on a fresh connection: only what was committed survives."""
-        self.graph = self._graph()
+        self.graph = self.merger()
 
     async def send(self, *messages: dict[str, Any]) -> None:
         """Log the messages in this order, one request each, in one commit."""
@@ -707,12 +707,7 @@ async def test_a_failed_commit_takes_the_batch_computed_after_it_and_applies_not
         await graph.send(*steps)
         assert graph.storage is not None
         batches = [await graph.storage.read_events(seq, 2) for seq in (0, 2, 4)]
-        merger = Graph(
-            FailsSecondCommit(connect(graph.path, 5)),
-            graph.rules,
-            Extractor(graph.rules),
-            reads=SqliteGraphStore(connect(graph.path, 5)),
-        )
+        merger = graph.merger(FailsSecondCommit)
         results = merger.apply_all(batches, 0)
         assert next(results).checkpoint == 2
         with pytest.raises(sqlite3.OperationalError, match="disk I/O"):

@@ -12,12 +12,10 @@ from typing import Any
 
 import pytest
 
-from actors.identity.extract import Extractor
-from actors.identity.graph import Graph
 from actors.identity.rebuild import rebuild
 from daemon.config import IdentitySection
 from storage.base import StoredEvent
-from storage.sqlite_graph import SqliteGraphStore, connect
+from storage.sqlite_graph import SqliteGraphStore
 from tests.identity_journey import journey
 from tests.test_identity import Harness, built, shape
 
@@ -195,12 +193,7 @@ async def test_an_interrupted_batch_is_rolled_back_after_the_one_before_is_repor
         await graph.send(*journey())
         assert graph.storage is not None
         batches = [await graph.storage.read_events(seq, 2) for seq in (0, 2)]
-        merger = Graph(
-            InterruptedWhileWriting(connect(graph.path, 5)),
-            graph.rules,
-            Extractor(graph.rules),
-            reads=SqliteGraphStore(connect(graph.path, 5)),
-        )
+        merger = graph.merger(InterruptedWhileWriting)
         results = merger.apply_all(batches, 0)
         assert next(results).checkpoint == 2
         with pytest.raises(Interrupted):
