@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import multiprocessing
 import random
 import sqlite3
@@ -33,7 +32,7 @@ from actors.messages import Event
 from bench import measure
 from daemon.config import IdentitySection, StorageSection
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import connect, log_path, read_events
+from storage.sqlite_graph import connect, log_path, read_batches, read_events
 
 _decode = msgspec.json.Decoder(Event).decode
 
@@ -141,7 +140,7 @@ def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
     try:
         # As the worker runs them, without its pause every RUN_SECONDS to report.
         with collector_paused():
-            for result in merger.graph.apply_all(merger.batches(0, math.inf), 0):
+            for result in merger.graph.apply_all(read_batches(merger.log, 0, rules.batch_size), 0):
                 writes.append(result.write_seconds)
                 applied += result.applied + result.without_identity
         merger.close()

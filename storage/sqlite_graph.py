@@ -8,7 +8,9 @@ up to the busy timeout while the log writer commits).
 
 from __future__ import annotations
 
+import math
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -423,6 +425,18 @@ def read_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEv
             (after, limit),
         )
     ]
+
+
+def read_batches(
+    db: sqlite3.Connection, after: int, size: int, until: float = math.inf
+) -> Iterator[list[StoredEvent]]:
+    """The log after `after`, `size` events a batch, to its head as it is when each
+    batch is read, or until the clock (time.perf_counter) passes `until`."""
+    while events := read_events(db, after, size):
+        yield events
+        after = events[-1].seq
+        if time.perf_counter() >= until:
+            return
 
 
 def scratch(path: Path, events: Path | None = None) -> sqlite3.Connection:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +21,12 @@ from pathlib import Path
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from daemon.config import IdentitySection
-from storage.base import StoredEvent
 from storage.sqlite_graph import (
     SqliteGraphStore,
     connect,
     count,
     log_path,
-    read_events,
+    read_batches,
     scratch,
     swap_in,
 )
@@ -97,8 +95,10 @@ def _rebuild(
         total = int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
         graph = Graph(SqliteGraphStore(work), rules, Extractor(rules))
         done = merges = dropped = 0
+        # To the log's head as it is when each batch is read: events logged while
+        # rebuilding are included, and the swap's checkpoint says where it stopped.
         # Closed before `work` is, should `progress` cancel: a commit in flight ends first.
-        with closing(graph.apply_all(_to_the_head(db, rules.batch_size), 0)) as results:
+        with closing(graph.apply_all(read_batches(db, 0, rules.batch_size), 0)) as results:
             for result in results:
                 merges += result.merges
                 dropped += sum(result.dropped.values())
@@ -118,12 +118,3 @@ def _rebuild(
     finally:
         work.close()
         db.close()
-
-
-def _to_the_head(db: sqlite3.Connection, size: int) -> Iterator[list[StoredEvent]]:
-    """The log in batches, to its head as it is when each batch is read: events logged
-    while rebuilding are included, and the swap's checkpoint says where it stopped."""
-    after = 0
-    while events := read_events(db, after, size):
-        yield events
-        after = events[-1].seq

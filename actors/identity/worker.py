@@ -20,7 +20,6 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +30,12 @@ from actors.identity.extract import Extractor
 from actors.identity.graph import Graph, StaleCheckpoint, collector_paused
 from daemon import logs
 from daemon.config import IdentitySection
-from storage.base import StoredEvent
 from storage.sqlite_graph import (
     SqliteGraphStore,
     connect,
     open_connection,
     open_log,
-    read_events,
+    read_batches,
 )
 
 ORPHAN_CHECK_SECONDS = 0.5
@@ -100,15 +98,6 @@ class Merger:
             opened.pop_all()
         graph = Graph(SqliteGraphStore(db), rules, Extractor(rules), reads=SqliteGraphStore(reads))
         return cls(db, reads, log, graph, rules.batch_size)
-
-    def batches(self, after: int, until: float) -> Iterator[list[StoredEvent]]:
-        """The log after `after`, a batch at a time, to its end or until the clock
-        (time.perf_counter) passes `until`."""
-        while events := read_events(self.log, after, self.batch_size):
-            yield events
-            after = events[-1].seq
-            if time.perf_counter() >= until:
-                return
 
     def close(self) -> None:
         for connection in (self.db, self.reads, self.log):
@@ -174,7 +163,9 @@ def apply_next(after: int) -> Applied | None:
         # The process's own collector, paused for the whole call rather than batch by
         # batch: resumed after each, it would traverse the next batch's live rows.
         with collector_paused():
-            for result in _state.graph.apply_all(_state.batches(after, until), after):
+            for result in _state.graph.apply_all(
+                read_batches(_state.log, after, _state.batch_size, until), after
+            ):
                 results.append(result)
     except Exception as exc:
         if not results:
