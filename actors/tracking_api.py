@@ -10,6 +10,8 @@ the bad ones come back as `Rejected` with their index and reason.
 
 from __future__ import annotations
 
+import re
+import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +31,10 @@ _encode = msgspec.json.Encoder().encode
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 _UNREADABLE = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 """msgspec raises the last two, not DecodeError, for deep nesting and invalid UTF-8."""
+_FLOAT_MAX = int(sys.float_info.max)
+_LONG_NUMBER = re.compile(rb"[0-9]{309}")
+"""Digits enough for an integer beyond a float's range (1.8e308 has 309): a message
+with such a run is checked number by number (the run may be a string, or fractional)."""
 
 
 class RequestError(Exception):
@@ -185,6 +191,8 @@ def _normalize(raw: bytes, endpoint_type: str | None, defaults: _Defaults, sourc
         raise _Invalid(_explain(exc)) from None
     except _UNREADABLE as exc:
         raise _Invalid(f"not valid JSON: {exc}") from None
+    if _LONG_NUMBER.search(raw) is not None:  # rare: only then is the message walked
+        _refuse_huge_numbers(message)
 
     kind = endpoint_type or message.type
     if kind not in _EVENT_TYPES:
@@ -260,6 +268,26 @@ def _normalize(raw: bytes, endpoint_type: str | None, defaults: _Defaults, sourc
         original,
         sent,
     )
+
+
+def _refuse_huge_numbers(message: _Inbound) -> None:
+    """JSON allows integers of any size, and msgspec reads them as Python ints, but
+    no consumer can hold one beyond a float's range (a rule's range, an aggregate):
+    refuse it here, with where it is, rather than store what cannot be scored."""
+    stack: list[tuple[str, Any]] = [
+        (name, getattr(message, name)) for name in ("traits", "properties", "context")
+    ]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{path}.{key}", item) for key, item in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+        elif isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            raise _Invalid(
+                f"{path}: an integer of about {int(value.bit_length() * 0.30103) + 1} digits "
+                "is beyond what leadsync can hold (a 64-bit float holds up to about 1.8e308)"
+            )
 
 
 def _merged(outer: dict[str, Any] | None, inner: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -74,6 +74,7 @@ class AdminServer(Actor):
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/status", self._status)
         app.router.add_get("/quarantine", self._quarantine)
+        app.router.add_get("/held", self._held)
         app.router.add_get("/v1/profiles/{kind}/{value}", self._profile)
         app.router.add_post("/v1/identity/rebuild", self._rebuild)
         app.router.add_post("/v1/scoring/run", self._run_scoring)
@@ -119,6 +120,7 @@ class AdminServer(Actor):
 
     async def _status(self, request: web.Request) -> web.Response:
         quarantined, _ = await self._storage.quarantined(limit=0)
+        held, _ = await self._storage.held(limit=0)
         return _json(
             {
                 "version": __version__,
@@ -128,6 +130,7 @@ class AdminServer(Actor):
                 "pending_events": self._progress.pending,
                 "backlog_events": self._progress.backlog,
                 "quarantined": quarantined,
+                "held": held,
                 "consumers": {
                     name: {"applied": seq, "lag_events": max(self._progress.head - seq, 0)}
                     for name, seq in self._progress.consumers.items()
@@ -159,6 +162,20 @@ class AdminServer(Actor):
             return _json({"error": "limit must be a whole number"}, status=400)
         total, rows = await self._storage.quarantined(limit)
         return _json({"total": total, "messages": [msgspec.to_builtins(r) for r in rows]})
+
+    async def _held(self, request: web.Request) -> web.Response:
+        """What the pipeline set aside (`leadsync held list` reads the file itself)."""
+        try:
+            limit = max(0, min(int(request.query.get("limit", "20")), 1000))
+        except ValueError:
+            return _json({"error": "limit must be a whole number"}, status=400)
+        counts, items = await self._storage.held(limit)
+        shown = []
+        for item in items:
+            row = msgspec.to_builtins(item)
+            row["body"] = None if item.body is None else item.body.decode("utf-8", "replace")
+            shown.append(row)
+        return _json({"total": sum(counts.values()), "by_component": counts, "items": shown})
 
     async def _profile(self, request: web.Request) -> web.Response:
         kind, value = request.match_info["kind"], request.match_info["value"]

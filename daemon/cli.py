@@ -23,7 +23,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from daemon import __version__, logs
+from daemon import __version__, held_cli, logs
 from daemon.config import ConfigError, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
         "--admin", metavar="URL", help="admin API base URL (default: from config)"
     )
     scoring_run.set_defaults(handler=_scoring_run)
+
+    held_cli.add_commands(commands, _with_config)
 
     dlq = commands.add_parser("dlq", help="list and replay records no destination accepted")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND")

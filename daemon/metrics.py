@@ -91,6 +91,13 @@ class Metrics:
         self.storage_errors = Counter(
             "leadsync_storage_errors", "Database operations that failed.", ["operation"], registry=r
         )
+        self.poison = Counter(
+            "leadsync_poison",
+            "Items (events, profiles, accounts, outbox records) set aside after failing "
+            "every attempt, by the component that failed on them; `leadsync held list`.",
+            ["component"],
+            registry=r,
+        )
         self.actor_restarts = Counter(
             "leadsync_actor_restarts", "Actor crashes followed by a restart.", ["actor"], registry=r
         )
@@ -173,7 +180,8 @@ class Metrics:
         self.destination_requests = Counter(
             "leadsync_destination_requests",
             "Calls to the destination by outcome: ok, partial (some records refused), "
-            "throttled (429), unavailable (5xx, timeout, connection), refused (400).",
+            "throttled (429), unavailable (5xx, timeout, connection), refused (400), "
+            "failed (our sender raised on the records: a bug they set off).",
             ["destination", "outcome"],
             registry=r,
         )

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
+from storage.held import Held
+
 
 class EventRecord(msgspec.Struct, frozen=True):
     """One validated message ready for the log; `body` is the normalized event as JSON."""
@@ -163,6 +165,10 @@ class Storage(Protocol):
 
     async def quarantined(self, limit: int) -> tuple[int, list[QuarantinedMessage]]:
         """How many messages are in quarantine, and the newest `limit` of them."""
+        ...
+
+    async def held(self, limit: int) -> tuple[dict[str, int], list[Held]]:
+        """Held items per component (storage/held.py), and the newest `limit` of them."""
         ...
 
     async def profile(self, kind: str, value: str, last_events: int) -> ProfileView | None:
@@ -422,6 +428,8 @@ class ProfileInBatch(msgspec.Struct):
     """As stored: (ltb_score, ltb_segment, ltb_signals as JSON, ltb_model, grade)."""
     intents: list[bytes] = []
     refit: ProfileToScore | None = None
+    uid: str = ""
+    """The profile id: what a held profile is known by."""
 
 
 class Deploy(msgspec.Struct, frozen=True):

@@ -318,6 +318,24 @@ MIGRATIONS: list[str] = [
     DROP TABLE profile_changes;
     ALTER TABLE profile_change_queue RENAME TO profile_changes;
     """,
+    # 8: items a consumer could not process (an event the merger or the scorer fails
+    # on, a profile or account the scorer fails on) are set aside here with the error,
+    # so one bad item never stops the pipeline; `leadsync held` lists, retries, drops.
+    """
+    CREATE TABLE held (
+        id        INTEGER PRIMARY KEY,
+        component TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        key       TEXT NOT NULL,
+        error     TEXT NOT NULL,
+        attempts  INTEGER NOT NULL,
+        body      BLOB,
+        held_at   REAL NOT NULL,
+        retry     INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (component, kind, key)
+    );
+    CREATE INDEX held_to_retry ON held (component, kind) WHERE retry = 1;
+    """,
 ]
 
 LOG_MIGRATIONS: list[str] = [

@@ -38,6 +38,7 @@ from storage.base import (
     Stamped,
     StoredEvent,
 )
+from storage.held import Held
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
 from storage.sqlite_graph import connect, uri
 from storage.sqlite_log import EventLog
@@ -125,6 +126,22 @@ class SqliteStorage:
             for id_, source, at, index, reason, body in await cursor.fetchall()
         ]
         return total, rows
+
+    async def held(self, limit: int) -> tuple[dict[str, int], list[Held]]:
+        cursor = await self._reader.execute(
+            "SELECT component, count(*) FROM held GROUP BY component"
+        )
+        counts = {str(component): int(n) for component, n in await cursor.fetchall()}
+        cursor = await self._reader.execute(
+            "SELECT id, component, kind, key, error, attempts, held_at, retry, body FROM held "
+            "ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        rows = [
+            Held(*row[:7], retry=bool(row[7]), body=row[8])  # type: ignore[misc]
+            for row in await cursor.fetchall()
+        ]
+        return counts, rows
 
     async def profile(self, kind: str, value: str, last_events: int) -> ProfileView | None:
         db = self._lookup

@@ -505,6 +505,12 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
         for table in GRAPH_TABLES:
             db.execute(f"DELETE FROM main.{table}")
             db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
+        # The events the merger holds are those the rebuild held.
+        db.execute("DELETE FROM main.held WHERE component = 'identity'")
+        db.execute(
+            "INSERT INTO main.held (component, kind, key, error, attempts, body, held_at) "
+            "SELECT component, kind, key, error, attempts, body, held_at FROM rebuilt.held"
+        )
         db.execute(
             "INSERT INTO main.profile_redirects (uid, profile) "
             "SELECT o.uid, i.profile FROM temp.old_ids o JOIN main.identities i "

@@ -177,7 +177,7 @@ class SqliteScoreStore(LogConsumerStore):
         ).fetchall()
         if not rows:
             return []
-        profiles = {r[0]: ProfileInBatch(r[0], r[2], r[4], r[5:], []) for r in rows}
+        profiles = {r[0]: ProfileInBatch(r[0], r[2], r[4], r[5:], [], uid=r[1]) for r in rows}
         for profile, state in self._db.execute(
             "SELECT i.profile, n.state FROM identities i "
             "JOIN intent n ON n.kind = i.kind AND n.value = i.value "

@@ -102,7 +102,7 @@ def profiles(database: Path) -> dict[str, dict[str, Any]]:
 
 
 def as_schema_5(path: Path) -> None:
-    """The graph as leadsync wrote it before migrations 6 and 7."""
+    """The graph as leadsync wrote it before migrations 6, 7 and 8."""
     with sqlite3.connect(path) as db:
         db.executescript(
             """
@@ -113,6 +113,7 @@ def as_schema_5(path: Path) -> None:
             DROP TABLE profile_changes;
             ALTER TABLE old_changes RENAME TO profile_changes;
             CREATE INDEX profile_changes_by_seq ON profile_changes (seq);
+            DROP TABLE held;
             PRAGMA user_version = 5;
             """
         )

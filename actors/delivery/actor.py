@@ -29,6 +29,7 @@ import structlog
 
 from actors.delivery.limiter import WindowLimiter
 from actors.delivery.sender import Refused, Sender, Unavailable
+from actors.poison import describe
 from actors.runtime import Actor, held_from_thread
 from daemon.config import Destination
 from daemon.metrics import Metrics
@@ -382,16 +383,20 @@ class DestinationActor(Actor):
             if len(rows) == 1:
                 self._dead(rows[0], exc.reason, settlement)
                 return
-            # Halves until the bad records stand alone; the good ones go through,
-            # unless the destination pauses or the daemon stops meanwhile: then what
-            # is left waits for its turn like any other row.
-            half = len(rows) // 2
-            for part in (rows[:half], rows[half:]):
-                if self._stopping.is_set() or not self._allowed_now():
-                    due = self._clock() + self._limiter.paused_for()
-                    settlement.retry += [(r.id, r.hash, due, exc.reason, False) for r in part]
-                    continue
-                await self._deliver(part, settlement, staged)
+            await self._split(rows, exc.reason, settlement, staged)
+            return
+        except Exception as exc:
+            # Our bug, which something in these records sets off (a payload the sender
+            # cannot encode, say): the records that do not are sent, and the one that
+            # does is retried as the policy says, then dead-lettered, never a crash.
+            self._limiter.release()
+            reason = f"the sender failed: {describe(exc)}"
+            self._metrics.destination_requests.labels(self.destination, "failed").inc()
+            log.error("destination sender failed", destination=self.destination, error=reason)
+            if len(rows) == 1:
+                self._retry(rows[0], reason, settlement, counts=True, poison=True)
+                return
+            await self._split(rows, reason, settlement, staged)
             return
         self._limiter.release()
         self._down_pause = 0.0
@@ -409,6 +414,24 @@ class DestinationActor(Actor):
                 self._dead(row, error.reason, settlement)
         if failed < len(rows):
             self._status.last_success_at = self._clock()
+
+    async def _split(
+        self,
+        rows: Sequence[OutboxRow],
+        reason: str,
+        settlement: Settlement,
+        staged: list[float],
+    ) -> None:
+        """Halves until the bad records stand alone; the good ones go through, unless
+        the destination pauses or the daemon stops meanwhile: then what is left waits
+        for its turn like any other row."""
+        half = len(rows) // 2
+        for part in (rows[:half], rows[half:]):
+            if self._stopping.is_set() or not self._allowed_now():
+                due = self._clock() + self._limiter.paused_for()
+                settlement.retry += [(r.id, r.hash, due, reason, False) for r in part]
+                continue
+            await self._deliver(part, settlement, staged)
 
     def _unavailable(
         self, rows: Sequence[OutboxRow], exc: Unavailable, settlement: Settlement
@@ -441,11 +464,16 @@ class DestinationActor(Actor):
         settlement: Settlement,
         counts: bool,
         at_least: float = 0.0,
+        poison: bool = False,
     ) -> None:
+        """`poison`: our sender failed on this record, which is counted as set aside
+        when it is dead-lettered."""
         attempts = row.attempts + 1
         retry = self._config.retry
         if attempts >= retry.attempts:
             self._dead(row, f"{reason} (after {attempts} attempts)", settlement)
+            if poison:
+                self._metrics.poison.labels(f"destination:{self.destination}").inc()
             return
         delay = min(retry.max_delay, retry.first_delay * 2 ** (attempts - 1))
         delay *= random.uniform(0.75, 1.25)

@@ -17,6 +17,7 @@ import msgspec
 
 from actors.delivery.filter import Filter
 from actors.delivery.payload import Payload, encode
+from actors.poison import HELD, Attempts
 from daemon.config import Destination
 from storage.base import OutboxStore, Score
 
@@ -41,6 +42,8 @@ class Route:
 
     def __init__(self, name: str, config: Destination) -> None:
         self.name = name
+        self.label = f"destination {name}"
+        """How a held profile's error names this route."""
         self.realtime = config.mode in ("realtime", "both")
         self.batch = config.mode in ("batch", "both")
         self.held = config.mode == "batch"
@@ -106,11 +109,25 @@ class Staging:
         return any(r.needs_traits for r in routes)
 
     @staticmethod
-    def prepare(subjects: Iterable[Subject], routes: Sequence[Route]) -> Prepared:
+    def prepare(
+        subjects: Iterable[Subject], routes: Sequence[Route], attempts: Attempts | None = None
+    ) -> Prepared:
+        """Each route's payload for each subject. A payload that cannot be built (a
+        filter or a trait that breaks it) holds that profile through `attempts`, and
+        stages nothing for it there; without `attempts`, the error is raised."""
         prepared: Prepared = {r.name: [] for r in routes}
         for subject in subjects:
             for route in routes:
-                prepared[route.name].append((subject.row, subject.uid, *route.payload(subject)))
+                if attempts is None:
+                    payload = route.payload(subject)
+                else:
+                    built = attempts.run(
+                        "profile", subject.uid, route.payload, subject, where=route.label
+                    )
+                    if built is HELD:
+                        continue
+                    payload = built
+                prepared[route.name].append((subject.row, subject.uid, *payload))
         return prepared
 
     def stage(self, prepared: Prepared, now: float, batch: bool) -> int:

@@ -25,7 +25,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from actors.identity import worker
+from actors.identity import isolate, worker
 from actors.identity.graph import StaleCheckpoint
 from actors.log_writer import LogProgress
 from actors.messages import ProfileChanged, ScorerMessage
@@ -145,6 +145,8 @@ class IdentityActor(Actor):
         self._metrics.identity_merges.inc(applied.merges)
         self._metrics.identity_recomputes.inc(applied.recomputes)
         self._metrics.identity_blocked.inc(applied.blocked)
+        if applied.held:
+            self._metrics.poison.labels(isolate.COMPONENT).inc(applied.held)
         for kind, count in applied.dropped.items():
             self._metrics.identity_links_dropped.labels(kind).inc(count)
         if self._outbox is None:

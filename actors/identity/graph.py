@@ -24,7 +24,7 @@ import gc
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -166,6 +166,8 @@ class BatchResult:
     write_seconds: float = 0.0
     """How long the batch held the main file's write lock, which the scorer and the
     destinations wait behind (ingestion writes the log's file, and does not)."""
+    held: int = 0
+    """Events set aside (actors/identity/isolate.py): the checkpoint moved past them."""
 
 
 class Graph:
@@ -194,6 +196,30 @@ class Graph:
         """Apply `events`, which follow checkpoint `after`, and move the checkpoint."""
         (result,) = self.apply_all([events], after)
         return result
+
+    def apply_aside(
+        self,
+        events: Sequence[StoredEvent],
+        checkpoint: int,
+        within: Callable[[], None] = lambda: None,
+        skip: bool = False,
+    ) -> BatchResult:
+        """One transaction off the log's order, at checkpoint `checkpoint`: apply
+        `events` without moving the checkpoint (held events applied again), or, with
+        `skip`, apply nothing and move the checkpoint past the one event given (one
+        set aside). `within` runs inside the transaction (the held table's part)."""
+        batch = _Batch(self, checkpoint)
+        try:
+            with collector_paused():
+                if not skip:
+                    batch.run(events)
+                batch.write(events[-1].seq if skip else None)
+                within()
+            batch.commit()
+        except BaseException:
+            batch.abort()
+            raise
+        return batch.result
 
     def apply_all(
         self, batches: Iterable[Sequence[StoredEvent]], after: int
@@ -360,8 +386,9 @@ class _Batch:
         if current != self.after or self.store.generation() != self.generation:
             raise StaleCheckpoint(current)
 
-    def write(self, seq: int) -> None:
-        """Write the batch and its checkpoint `seq` in its transaction, not committed."""
+    def write(self, seq: int | None) -> None:
+        """Write the batch and its checkpoint `seq` (None: the checkpoint stays) in its
+        transaction, not committed."""
         self._write()
         self._flush()
         # A profile that only did something (a track, a page view) has nothing for the
@@ -369,8 +396,9 @@ class _Batch:
         # list spares a random-page write per event, here and in the scorer.
         changed = {uid: flags for uid, flags in self.changed.items() if flags != _ACTIVITY}
         self.store.mark_changed(list(changed.items()))
-        self.store.set_checkpoint(seq)
-        self.result.checkpoint = seq
+        if seq is not None:
+            self.store.set_checkpoint(seq)
+        self.result.checkpoint = self.after if seq is None else seq
         self.result.changed = {uid: Change(flags) for uid, flags in changed.items()}
 
     def _prefetch(self, work: list[tuple[int, Event, list[Identifier]]]) -> None:

@@ -10,6 +10,7 @@ there, and lookups see the old graph until the swap, the new one after.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import tempfile
 import time
@@ -18,6 +19,7 @@ from contextlib import AbstractContextManager, closing, contextmanager, nullcont
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.identity import isolate
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from daemon.config import IdentitySection
@@ -26,10 +28,10 @@ from storage.sqlite_graph import (
     connect,
     count,
     log_path,
-    read_batches,
     scratch,
     swap_in,
 )
+from storage.sqlite_held import SqliteHeldStore
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,14 @@ def _rebuild(
         graph = Graph(SqliteGraphStore(work), rules, Extractor(rules))
         done = merges = dropped = 0
         # To the log's head as it is when each batch is read: events logged while
-        # rebuilding are included, and the swap's checkpoint says where it stopped.
+        # rebuilding are included, and the swap's checkpoint says where it stopped. An
+        # event the merger fails on is held in the scratch file, and the swap brings
+        # the merger's held events over with the graph.
         # Closed before `work` is, should `progress` cancel: a commit in flight ends first.
-        with closing(graph.apply_all(read_batches(db, 0, rules.batch_size), 0)) as results:
+        applied = isolate.apply_resilient(
+            graph, SqliteHeldStore(work), isolate.attempts(), db, 0, rules.batch_size, math.inf
+        )
+        with closing(applied) as results:
             for result in results:
                 merges += result.merges
                 dropped += sum(result.dropped.values())

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import structlog
 
+from actors.identity import isolate
 from actors.identity.extract import Extractor
-from actors.identity.graph import Graph, StaleCheckpoint, collector_paused
+from actors.identity.graph import BatchResult, Graph, StaleCheckpoint, collector_paused
+from actors.poison import Attempts
 from daemon import logs
 from daemon.config import IdentitySection
 from storage.sqlite_graph import (
@@ -35,8 +37,8 @@ from storage.sqlite_graph import (
     connect,
     open_connection,
     open_log,
-    read_batches,
 )
+from storage.sqlite_held import SqliteHeldStore
 
 ORPHAN_CHECK_SECONDS = 0.5
 READ_CACHE_KIB = 8 * 1024
@@ -75,6 +77,8 @@ class Applied:
     blocked: int
     seconds: list[float]
     """Each batch's, from reading its rows to its commit."""
+    held: int = 0
+    """Events set aside (actors/identity/isolate.py)."""
 
 
 @dataclass
@@ -88,6 +92,8 @@ class Merger:
     log: sqlite3.Connection
     graph: Graph
     batch_size: int
+    held: SqliteHeldStore
+    attempts: Attempts
 
     @classmethod
     def open(cls, database: Path, busy_timeout: float, rules: IdentitySection) -> Merger:
@@ -97,7 +103,7 @@ class Merger:
             log = open_log(database, busy_timeout)
             opened.pop_all()
         graph = Graph(SqliteGraphStore(db), rules, Extractor(rules), reads=SqliteGraphStore(reads))
-        return cls(db, reads, log, graph, rules.batch_size)
+        return cls(db, reads, log, graph, rules.batch_size, SqliteHeldStore(db), isolate.attempts())
 
     def close(self) -> None:
         for connection in (self.db, self.reads, self.log):
@@ -157,14 +163,16 @@ def apply_next(after: int) -> Applied | None:
     log has no more. If a batch fails after others were committed, those are returned,
     and the next call, starting with the failed batch, meets its error again."""
     assert _state is not None, "start() first"
-    results = []
+    state = _state
+    results: list[BatchResult] = []
     until = time.perf_counter() + RUN_SECONDS
     try:
+        results += isolate.retry_held(state.graph, state.held, state.attempts)
         # The process's own collector, paused for the whole call rather than batch by
         # batch: resumed after each, it would traverse the next batch's live rows.
         with collector_paused():
-            for result in _state.graph.apply_all(
-                read_batches(_state.log, after, _state.batch_size, until), after
+            for result in isolate.apply_resilient(
+                state.graph, state.held, state.attempts, state.log, after, state.batch_size, until
             ):
                 results.append(result)
     except Exception as exc:
@@ -192,7 +200,8 @@ def apply_next(after: int) -> Applied | None:
         dropped=dict(dropped),
         changed=changed,
         blocked=sum(result.blocked for result in results),
-        seconds=[result.seconds for result in results],
+        seconds=[result.seconds for result in results if result.seconds],
+        held=sum(result.held for result in results),
     )
 
 

@@ -36,10 +36,12 @@ from actors.messages import (
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.model import ModelError, parse
-from actors.scoring.scorer import CHANGES_BATCH, FOLD_BATCH, BatchResult, Scorer
+from actors.scoring.scorer import CHANGES_BATCH, COMPONENT, FOLD_BATCH, BatchResult, Scorer
 from daemon.config import Config, Destination
 from daemon.metrics import Metrics
+from storage.held import HeldItem
 from storage.sqlite_graph import connect
+from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import CONSUMER, SqliteScoreStore
 
@@ -133,7 +135,16 @@ class ScorerActor(Actor):
         gate = self._write_gate
         model = deploy.active(store, gate)
         kinds: dict[str, str] = {n: s.kind for n, s in self._config.sources.items()}
-        scorer = Scorer(store, model, Extractor(self._config.identity), kinds, self._clock, gate)
+        scorer = Scorer(
+            store,
+            model,
+            Extractor(self._config.identity),
+            kinds,
+            self._clock,
+            gate,
+            held=SqliteHeldStore(db),
+        )
+        scorer.attempts.on_held = self._count_held
         self._use_destinations(scorer, self._config.destinations)
         scorer.use(model)
         self._checkpoint, self._replaying = store.checkpoint(), scorer.replaying()
@@ -144,6 +155,9 @@ class ScorerActor(Actor):
         self._show_model(model.version)
         log.info("scoring with model", version=model.version)
         return scorer
+
+    def _count_held(self, items: list[HeldItem]) -> None:
+        self._metrics.poison.labels(COMPONENT).inc(len(items))
 
     def _use_destinations(self, scorer: Scorer, destinations: dict[str, Destination]) -> None:
         """Stage for `destinations` from now on. One that is new, or sends somewhere
@@ -263,6 +277,7 @@ class ScorerActor(Actor):
         if changed:
             self._metrics.scoring_fit_seconds.observe(time.perf_counter() - started)
             self._metrics.scoring_fit_profiles.inc(changed)
+        scorer.retry_held()
         while self._syncs and not closing:
             self._sync(scorer, self._syncs.pop(0))
         requested = bool(self._requests)

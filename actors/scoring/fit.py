@@ -163,15 +163,17 @@ def _same(value: Any, option: Any) -> bool:
 
 
 def _number(value: Any) -> float | None:
+    """A trait as a number; None when it is not one a float can hold (an integer of
+    310 digits is a number, but no rule's range can hold it)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
             return float(value.strip().replace(",", ""))
-        except ValueError:
-            return None
+    except (ValueError, OverflowError):
+        return None
     return None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +25,21 @@ import structlog
 from actors.delivery.staging import Prepared, Staging, Subject
 from actors.identity.extract import Extractor
 from actors.messages import Event
+from actors.poison import HELD, Attempts
 from actors.scoring.fit import FitScorer, Traits
 from actors.scoring.likelihood import Intent, LikelihoodScore, LikelihoodScorer, epoch
 from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
-from storage.base import ACCOUNT, Change, ProfileToScore, Score, ScoreStore, transaction
+from storage.base import (
+    ACCOUNT,
+    Change,
+    ProfileInBatch,
+    ProfileToScore,
+    Score,
+    ScoreStore,
+    StoredEvent,
+    transaction,
+)
+from storage.held import HeldStore
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +47,8 @@ FOLD_BATCH = 5_000
 """Log events folded per transaction."""
 CHANGES_BATCH = 2_000
 """Changed profiles rescored per transaction."""
+COMPONENT = "scorer"
+"""What the scorer's held items are filed under."""
 BATCH_CHUNK = 5_000
 """Profiles scored per transaction in a batch run."""
 
@@ -87,8 +100,13 @@ class Scorer:
         clock: Callable[[], float] = time.time,
         gate: Callable[[], AbstractContextManager[None]] = nullcontext,
         staging: Staging | None = None,
+        held: HeldStore | None = None,
     ) -> None:
         self.store = store
+        self.held = held
+        """Where events, profiles and accounts that fail every attempt are set aside;
+        None: they are only logged (model check, benches)."""
+        self.attempts = Attempts(COMPONENT)
         self.staging = staging
         """Where changed scores go on to destinations; None: nowhere (model check)."""
         self.extractor = extractor
@@ -129,8 +147,17 @@ class Scorer:
         """Still reading the log again after `use` reset the aggregates."""
         return self.store.checkpoint() < self.replay_until
 
-    def transaction(self) -> AbstractContextManager[None]:
-        return transaction(self.store, self.gate)
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction, which also sets aside the items that failed every
+        attempt since the last one (with the work that skipped them)."""
+        held = self.attempts.take()
+        with transaction(self.store, self.gate):
+            if held and self.held is not None:
+                self.held.hold(held, self.clock())
+            yield
+        if held:
+            self.attempts.on_held(held)
 
     def fold_events(self, up_to: int, limit: int = FOLD_BATCH) -> int:
         """Fold the next events (at most up to log sequence `up_to`); returns how many
@@ -139,25 +166,58 @@ class Scorer:
         events = self.store.read_events(after, min(limit, up_to - after))
         if not events:
             return 0
-        half_life = self.likelihood.half_life
-        weighed: list[tuple[tuple[str, str], float, str, float]] = []
+        weighed: list[_Weighed] = []
         for stored in events:
-            try:
-                event = _decode_event(stored.body)
-            except msgspec.DecodeError:
-                log.error("unreadable event in the log; not scored", seq=stored.seq)
-                continue
-            weight = self.likelihood.weigh(event)
-            if weight is None:
-                continue
-            identifiers = self.extractor.identifiers(event)
-            at, received = epoch(event.timestamp), epoch(event.received_at)
-            if not identifiers or at is None or received is None:
-                continue
-            home = identifiers[0]
-            # A client clock years ahead (no sentAt to correct it by) must not park an
-            # aggregate in the future, where it would outweigh every real event.
-            weighed.append(((home.kind, home.value), weight[0], weight[1], min(at, received)))
+            key = str(stored.seq)
+            item = self.attempts.run("event", key, self._weigh, stored, body=stored.body)
+            if item is not None and item is not HELD:
+                weighed.append(item)
+        self._fold(weighed, checkpoint=events[-1].seq)
+        return len(events)
+
+    def retry_held(self, limit: int = FOLD_BATCH) -> int:
+        """Fold again the held events whose retry was asked for (`leadsync held retry`),
+        releasing those that fold now; returns how many were tried."""
+        if self.held is None:
+            return 0
+        items = self.held.to_retry(COMPONENT, "event", limit)
+        if not items:
+            return 0
+        weighed: list[_Weighed] = []
+        released: list[int] = []
+        for item in items:
+            stored = StoredEvent(int(item.key), "", item.body or b"")
+            outcome = self.attempts.run("event", item.key, self._weigh, stored, body=item.body)
+            if outcome is HELD:
+                continue  # held again: its retry flag is cleared with the new error
+            released.append(item.id)
+            if outcome is not None:
+                weighed.append(outcome)
+        self._fold(weighed, release=released)
+        log.info("held events folded again", tried=len(items), released=len(released))
+        return len(items)
+
+    def _weigh(self, stored: StoredEvent) -> _Weighed | None:
+        """What one event adds to its home identifier's aggregate, if anything."""
+        event = _decode_event(stored.body)
+        weight = self.likelihood.weigh(event)
+        if weight is None:
+            return None
+        identifiers = self.extractor.identifiers(event)
+        at, received = epoch(event.timestamp), epoch(event.received_at)
+        if not identifiers or at is None or received is None:
+            return None
+        home = identifiers[0]
+        # A client clock years ahead (no sentAt to correct it by) must not park an
+        # aggregate in the future, where it would outweigh every real event.
+        return (home.kind, home.value), weight[0], weight[1], min(at, received)
+
+    def _fold(
+        self, weighed: list[_Weighed], checkpoint: int | None = None, release: Sequence[int] = ()
+    ) -> None:
+        """Add weighed events to their aggregates, and commit them with the checkpoint
+        (or, for held events applied at last, with their release)."""
+        half_life = self.likelihood.half_life
         stored_states = self.store.intents([key for key, *_ in weighed])
         states: dict[tuple[str, str], Intent] = {
             key: _decode_intent(state) for key, state in stored_states.items()
@@ -172,8 +232,10 @@ class Scorer:
             self.store.save_intents(
                 {key: (intent.as_of, _encode(intent)) for key, intent in states.items()}
             )
-            self.store.set_checkpoint(events[-1].seq)
-        return len(events)
+            if checkpoint is not None:
+                self.store.set_checkpoint(checkpoint)
+            if release and self.held is not None:
+                self.held.release(release)
 
     def score_changes(self, limit: int = CHANGES_BATCH) -> int:
         """Rescore changed profiles; returns how many changes (rows of the to-do list,
@@ -210,19 +272,20 @@ class Scorer:
         now = self.clock()
         scores: dict[int, Score] = {}
         for profile in profiles:
-            score = self._with_fit(profile, now)
-            if reasons[profile.uid] & _HOLDINGS or score.ltb_model is None:
-                self._set_likelihood(score, self._points(profile.intents, now), now)
-            scores[profile.row] = score
+            flags = reasons[profile.uid]
+            score = self.attempts.run("profile", profile.uid, self._rescore, profile, flags, now)
+            if score is not HELD:
+                scores[profile.row] = score
         accounts = {p.account: p.account_traits or {} for p in profiles if p.account in groups}
         account_scores = self._accounts_fit(accounts, now)
         prepared = Staging.prepare(
             (
                 Subject(p.row, p.uid, scores[p.row], subjects[p.row][1], p.traits or {})
                 for p in profiles
-                if p.row in subjects
+                if p.row in subjects and p.row in scores
             ),
             routes,
+            self.attempts,
         )
         with self.transaction():
             if self.store.generation() != generation:
@@ -237,14 +300,29 @@ class Scorer:
             self.store.clear_changes([row for row, _, _ in changes])
         return len(changes)
 
+    def _rescore(self, profile: ProfileToScore, flags: int, now: float) -> Score:
+        """A changed profile's new score: fit, and likelihood where the identifiers it
+        holds changed (or it has none yet)."""
+        score = self._with_fit(profile, now)
+        if flags & _HOLDINGS or score.ltb_model is None:
+            self._set_likelihood(score, self._points(profile.intents, now), now)
+        return score
+
     def _accounts_fit(self, accounts: dict[str, dict[str, Any]], now: float) -> dict[str, Score]:
         current = self.store.scores(ACCOUNT, list(accounts))
         updated: dict[str, Score] = {}
         for group_id, traits in accounts.items():
-            score = _copy(current.get(group_id))
-            self._set_fit(score, Traits({}, traits), now)
-            updated[group_id] = score
+            score = self.attempts.run(
+                "account", group_id, self._account_fit, current.get(group_id), traits, now
+            )
+            if score is not HELD:
+                updated[group_id] = score
         return updated
+
+    def _account_fit(self, current: Score | None, traits: dict[str, Any], now: float) -> Score:
+        score = _copy(current)
+        self._set_fit(score, Traits({}, traits), now)
+        return score
 
     def _with_fit(self, profile: ProfileToScore, now: float) -> Score:
         score = _copy(profile.score)
@@ -297,21 +375,19 @@ class Scorer:
             likelihoods: list[tuple[Any, ...]] = []
             new_likelihoods: dict[int, tuple[LikelihoodScore, str]] = {}
             for profile in profiles:
-                points = self._points(profile.intents, now)
+                scored = self.attempts.run("profile", profile.uid, self._in_batch, profile, now)
+                if scored is HELD:
+                    continue
+                points, score, ltb, grade = scored
                 if profile.account:
                     total = members.setdefault(profile.account, {})
                     for name, value in points.items():
                         total[name] = total.get(name, 0.0) + value
-                if profile.refit is not None:
-                    # No score yet, or one an older model made: a whole new one.
-                    score = self._with_fit(profile.refit, now)
-                    self._set_likelihood(score, points, now)
+                if score is not None:
                     refits[profile.row] = score
                     continue
-                ltb = self.likelihood.score(points)
-                signals = _encode(ltb.signals)
-                grade = self._grade(profile.fit_segment, ltb.segment)
-                stored = (ltb.score, ltb.segment, signals, version, grade)
+                assert ltb is not None
+                stored = (ltb.score, ltb.segment, _encode(ltb.signals), version, grade)
                 if stored != profile.likelihood:
                     likelihoods.append((*stored[:4], now, grade, profile.row))
                     new_likelihoods[profile.row] = (ltb, grade)
@@ -357,6 +433,19 @@ class Scorer:
         result.seconds = time.perf_counter() - started
         return result
 
+    def _in_batch(
+        self, profile: ProfileInBatch, now: float
+    ) -> tuple[dict[str, float], Score | None, LikelihoodScore | None, str]:
+        """One profile in a batch run: its signals' points now, and either a whole new
+        score (none yet, or one an older model made) or its likelihood and grade."""
+        points = self._points(profile.intents, now)
+        if profile.refit is not None:
+            score = self._with_fit(profile.refit, now)
+            self._set_likelihood(score, points, now)
+            return points, score, None, score.grade or ""
+        ltb = self.likelihood.score(points)
+        return points, None, ltb, self._grade(profile.fit_segment, ltb.segment)
+
     def release(self, routes: Sequence[str], chunk: int = BATCH_CHUNK) -> int:
         """Make the held rows of `routes` due now, a chunk a transaction (for
         destinations made realtime, which no batch run releases)."""
@@ -389,7 +478,7 @@ class Scorer:
                 subjects = self.staging.store.subjects(list(scores), route.needs_traits)
             if not scores:
                 break
-            prepared = Staging.prepare(_subjects(subjects, scores, scores), [route])
+            prepared = Staging.prepare(_subjects(subjects, scores, scores), [route], self.attempts)
             now = self.clock()
             with self.transaction():
                 if self.store.generation() != generation:
@@ -435,8 +524,8 @@ class Scorer:
                     ltb.signals,
                 )
                 score.ltb_model, score.ltb_at, score.grade = self.model.version, now, grade
-        prepared = Staging.prepare(_subjects(subjects, scores, refits), every)
-        changed = Staging.prepare(_subjects(subjects, scores, likelihoods), batch)
+        prepared = Staging.prepare(_subjects(subjects, scores, refits), every, self.attempts)
+        changed = Staging.prepare(_subjects(subjects, scores, likelihoods), batch, self.attempts)
         for name, staged in changed.items():
             prepared[name] += staged
         return prepared
@@ -468,11 +557,11 @@ class Scorer:
             updated: dict[str, Score] = {}
             for group_id, traits in accounts:
                 old = current.get(group_id)
-                score = _copy(old)
-                if old is None or old.fit_model != self.model.version:
-                    self._set_fit(score, Traits({}, traits), now)
-                self._set_likelihood(score, members.get(group_id, {}), now)
-                if score != old:
+                points = members.get(group_id, {})
+                score = self.attempts.run(
+                    "account", group_id, self._account_in_batch, old, traits, points, now
+                )
+                if score is not HELD and score != old:
                     updated[group_id] = score
             with self.transaction():
                 self.store.save_account_scores(updated)
@@ -480,6 +569,21 @@ class Scorer:
             changed += len(updated)
             after = accounts[-1][0]
         return count, changed
+
+    def _account_in_batch(
+        self, old: Score | None, traits: dict[str, Any], points: dict[str, float], now: float
+    ) -> Score:
+        """An account's fit from its own traits (where an older model made it), its
+        likelihood from its members' points."""
+        score = _copy(old)
+        if old is None or old.fit_model != self.model.version:
+            self._set_fit(score, Traits({}, traits), now)
+        self._set_likelihood(score, points, now)
+        return score
+
+
+_Weighed = tuple[tuple[str, str], float, str, float]
+"""An event's home identifier (kind, value), its points, signal and time."""
 
 
 def _subjects(

@@ -1,0 +1,174 @@
+"""`leadsync held list|retry|drop`: what the pipeline set aside, straight from the
+database, so it works with the daemon stopped too.
+
+A retry of a profile or an account puts it back on the scorer's to-do list; a retry
+of an event flags it for its component (the merger or the scorer), which applies it
+again within a second if the daemon runs, or at its next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from daemon.config import LoadedConfig
+from storage.held import HeldStore
+
+EXIT_STORAGE = 73
+ERROR_SHOWN = 100
+"""Characters of an error in the table; --json shows all of it."""
+
+_T = TypeVar("_T")
+_Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], with_config: _Adder
+) -> None:
+    held = commands.add_parser(
+        "held", help="list, retry or drop what the pipeline set aside (events, profiles)"
+    )
+    sub = held.add_subparsers(dest="held_command", metavar="COMMAND")
+    sub.required = True
+
+    text = "list held items, newest first: what failed, where, and why"
+    listing = with_config(sub.add_parser("list", help=text, description=text))
+    listing.add_argument("--component", metavar="NAME", help="only this one's (identity, scorer)")
+    listing.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    listing.add_argument("--json", action="store_true", help="JSON lines, with event bodies")
+    listing.set_defaults(handler=_list)
+
+    for name, text, handler in (
+        ("retry", "apply held items again (after an upgrade that fixes their cause)", _retry),
+        ("drop", "forget held items for good (their events stay in the log, unapplied)", _drop),
+    ):
+        action = with_config(sub.add_parser(name, help=text, description=text))
+        action.add_argument("ids", metavar="ID", type=int, nargs="*", help="items, by id")
+        action.add_argument("--all", action="store_true", help="every held item")
+        action.add_argument("--component", metavar="NAME", help="only this one's")
+        action.set_defaults(handler=handler)
+
+
+def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    found = _with_held(loaded, lambda h: h.listed(args.component, max(args.limit, 0)))
+    if found is None:
+        return EXIT_STORAGE
+    total, items = found
+    if args.json:
+        for item in items:
+            shown = msgspec.to_builtins(item)
+            shown["body"] = _body(item.body)
+            print(json.dumps(shown, ensure_ascii=False))
+        return 0
+    if not items:
+        which = f" by {args.component}" if args.component else ""
+        print(f"nothing held{which}")
+        return 0
+    rows = [["id", "component", "kind", "key", "tries", "held since", "error"]]
+    for item in items:
+        error = item.error if len(item.error) <= ERROR_SHOWN else item.error[:ERROR_SHOWN] + "…"
+        when = datetime.fromtimestamp(item.held_at, UTC).isoformat(timespec="seconds")
+        retry = " (retry asked)" if item.retry else ""
+        rows.append(
+            [str(item.id), item.component, item.kind, item.key, str(item.attempts), when, error]
+        )
+        rows[-1][-1] += retry
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("   ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]))
+    if total > len(items):
+        print(f"({total:,} held; the newest {len(items):,} shown, --limit for more)")
+    return 0
+
+
+def _retry(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    chosen = _chosen(args)
+    if chosen is None:
+        return 64
+    done = _with_held(loaded, lambda h: h.retry(chosen, args.component), write=True)
+    if done is None:
+        return EXIT_STORAGE
+    requeued, flagged = done
+    if not (requeued or flagged):
+        print("nothing held matches")
+        return 1
+    if requeued:
+        print(f"{_count(requeued, 'profile or account')} back on the scorer's to-do list")
+    if flagged:
+        print(
+            f"{_count(flagged, 'event')} to be applied again by the running daemon within a "
+            "second (or at its next start); `leadsync held list` shows any that fail again"
+        )
+    return 0
+
+
+def _drop(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    chosen = _chosen(args)
+    if chosen is None:
+        return 64
+    dropped = _with_held(loaded, lambda h: h.drop(chosen, args.component), write=True)
+    if dropped is None:
+        return EXIT_STORAGE
+    if not dropped:
+        print("nothing held matches")
+        return 1
+    print(f"{_count(dropped, 'held item')} dropped")
+    return 0
+
+
+def _chosen(args: argparse.Namespace) -> list[int] | None:
+    """The ids named, or None for --all; says what is wrong when it is neither."""
+    if args.all == bool(args.ids):
+        print(
+            f"leadsync: held {args.held_command}: name items by id, or say --all", file=sys.stderr
+        )
+        return None
+    return None if args.all else list(args.ids)
+
+
+def _with_held(
+    loaded: LoadedConfig, work: Callable[[HeldStore], _T], write: bool = False
+) -> _T | None:
+    from daemon.app import DATABASE_NAME
+    from storage.base import transaction
+    from storage.sqlite_graph import connect
+    from storage.sqlite_held import SqliteHeldStore
+
+    database = Path(loaded.config.daemon.data_dir) / DATABASE_NAME
+    if not database.is_file():
+        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+        return None
+    db = connect(database, loaded.config.storage.busy_timeout)
+    try:
+        store = SqliteHeldStore(db)
+        with transaction(store) if write else nullcontext():
+            return work(store)
+    except sqlite3.Error as exc:
+        print(f"leadsync: cannot use {database}: {exc}", file=sys.stderr)
+        return None
+    finally:
+        db.close()
+
+
+def _body(body: bytes | None) -> object:
+    """An event's body as JSON, or as text if it is not (a damaged row)."""
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+
+
+def _count(number: int, thing: str) -> str:
+    plural = "profiles or accounts" if thing == "profile or account" else f"{thing}s"
+    return f"{number:,} {thing if number == 1 else plural}"
