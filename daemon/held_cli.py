@@ -23,6 +23,7 @@ import msgspec
 from daemon.config import LoadedConfig
 from storage.held import HeldStore
 
+EXIT_USAGE = 64
 EXIT_STORAGE = 73
 ERROR_SHOWN = 100
 """Characters of an error in the table; --json shows all of it."""
@@ -91,9 +92,9 @@ def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _retry(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    chosen = _chosen(args)
-    if chosen is None:
-        return 64
+    if not _named(args):
+        return EXIT_USAGE
+    chosen = None if args.all else list(args.ids)
     done = _with_held(loaded, lambda h: h.retry(chosen, args.component), write=True)
     if done is None:
         return EXIT_STORAGE
@@ -112,9 +113,9 @@ def _retry(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _drop(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    chosen = _chosen(args)
-    if chosen is None:
-        return 64
+    if not _named(args):
+        return EXIT_USAGE
+    chosen = None if args.all else list(args.ids)
     dropped = _with_held(loaded, lambda h: h.drop(chosen, args.component), write=True)
     if dropped is None:
         return EXIT_STORAGE
@@ -125,14 +126,12 @@ def _drop(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     return 0
 
 
-def _chosen(args: argparse.Namespace) -> list[int] | None:
-    """The ids named, or None for --all; says what is wrong when it is neither."""
-    if args.all == bool(args.ids):
-        print(
-            f"leadsync: held {args.held_command}: name items by id, or say --all", file=sys.stderr
-        )
-        return None
-    return None if args.all else list(args.ids)
+def _named(args: argparse.Namespace) -> bool:
+    """Items named by id, or --all, not both nor neither; says so if not."""
+    if args.all != bool(args.ids):
+        return True
+    print(f"leadsync: held {args.held_command}: name items by id, or say --all", file=sys.stderr)
+    return False
 
 
 def _with_held(
