@@ -156,18 +156,14 @@ class AdminServer(Actor):
         )
 
     async def _quarantine(self, request: web.Request) -> web.Response:
-        try:
-            limit = max(0, min(int(request.query.get("limit", "20")), 1000))
-        except ValueError:
+        if (limit := _limit(request)) is None:
             return _json({"error": "limit must be a whole number"}, status=400)
         total, rows = await self._storage.quarantined(limit)
         return _json({"total": total, "messages": [msgspec.to_builtins(r) for r in rows]})
 
     async def _held(self, request: web.Request) -> web.Response:
         """What the pipeline set aside (`leadsync held list` reads the file itself)."""
-        try:
-            limit = max(0, min(int(request.query.get("limit", "20")), 1000))
-        except ValueError:
+        if (limit := _limit(request)) is None:
             return _json({"error": "limit must be a whole number"}, status=400)
         counts, items = await self._storage.held(limit)
         shown = []
@@ -243,6 +239,14 @@ class AdminServer(Actor):
         if not sync.result:
             return _json({"error": "the scorer stopped before the sync finished"}, status=503)
         return _json(sync.result)
+
+
+def _limit(request: web.Request) -> int | None:
+    """`?limit=N` of a listing, 20 by default, at most 1,000; None if not a number."""
+    try:
+        return max(0, min(int(request.query.get("limit", "20")), 1000))
+    except ValueError:
+        return None
 
 
 def _destination(status: DestinationStatus) -> dict[str, Any]:

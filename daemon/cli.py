@@ -11,7 +11,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +22,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from daemon import __version__, held_cli, logs
+from daemon import __version__, held_cli, logs, offline
 from daemon.config import ConfigError, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
@@ -561,9 +560,7 @@ def _print_scores(console: Console, view: dict[str, Any] | None, title: str) -> 
 
 
 def _database(loaded: LoadedConfig) -> Path:
-    from daemon.app import DATABASE_NAME
-
-    return Path(loaded.config.daemon.data_dir) / DATABASE_NAME
+    return offline.database(loaded)
 
 
 def _model_check(args: argparse.Namespace, loaded: LoadedConfig) -> int:
@@ -788,24 +785,9 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = False) -> _T | None:
-    from storage.base import transaction
-    from storage.sqlite_graph import connect
     from storage.sqlite_outbox import SqliteOutboxStore
 
-    database = _database(loaded)
-    if not database.is_file():
-        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
-        return None
-    db = connect(database, loaded.config.storage.busy_timeout)
-    try:
-        store = SqliteOutboxStore(db)
-        with transaction(store) if write else nullcontext():
-            return work(store)
-    except sqlite3.Error as exc:
-        print(f"leadsync: cannot use {database}: {exc}", file=sys.stderr)
-        return None
-    finally:
-        db.close()
+    return offline.with_store(loaded, SqliteOutboxStore, work, write)
 
 
 def _sync(args: argparse.Namespace, loaded: LoadedConfig) -> int:

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
+from daemon import offline
 from daemon.config import LoadedConfig
-from storage.held import HeldStore
+from storage.sqlite_held import SqliteHeldStore
 
+EXIT_NOTHING = 1
 EXIT_USAGE = 64
 EXIT_STORAGE = 73
 ERROR_SHOWN = 100
@@ -92,16 +91,10 @@ def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _retry(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    if not _named(args):
-        return EXIT_USAGE
-    chosen = None if args.all else list(args.ids)
-    done = _with_held(loaded, lambda h: h.retry(chosen, args.component), write=True)
-    if done is None:
-        return EXIT_STORAGE
+    done = _act(args, loaded, lambda h, ids: h.retry(ids, args.component))
+    if done is None or isinstance(done, int):
+        return EXIT_STORAGE if done is None else done
     requeued, flagged = done
-    if not (requeued or flagged):
-        print("nothing held matches")
-        return 1
     if requeued:
         print(f"{_count(requeued, 'profile or account')} back on the scorer's to-do list")
     if flagged:
@@ -113,49 +106,37 @@ def _retry(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _drop(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    if not _named(args):
-        return EXIT_USAGE
-    chosen = None if args.all else list(args.ids)
-    dropped = _with_held(loaded, lambda h: h.drop(chosen, args.component), write=True)
-    if dropped is None:
-        return EXIT_STORAGE
-    if not dropped:
-        print("nothing held matches")
-        return 1
-    print(f"{_count(dropped, 'held item')} dropped")
+    done = _act(args, loaded, lambda h, ids: (h.drop(ids, args.component), 0))
+    if done is None or isinstance(done, int):
+        return EXIT_STORAGE if done is None else done
+    print(f"{_count(done[0], 'held item')} dropped")
     return 0
 
 
-def _named(args: argparse.Namespace) -> bool:
-    """Items named by id, or --all, not both nor neither; says so if not."""
-    if args.all != bool(args.ids):
-        return True
-    print(f"leadsync: held {args.held_command}: name items by id, or say --all", file=sys.stderr)
-    return False
+def _act(
+    args: argparse.Namespace,
+    loaded: LoadedConfig,
+    action: Callable[[SqliteHeldStore, list[int] | None], tuple[int, int]],
+) -> tuple[int, int] | int | None:
+    """Run a retry or a drop on the items named: the action's counts, an exit code
+    (bad usage, nothing matched) once said why, or None if the database failed."""
+    if args.all == bool(args.ids):
+        print(
+            f"leadsync: held {args.held_command}: name items by id, or say --all", file=sys.stderr
+        )
+        return EXIT_USAGE
+    ids = None if args.all else list(args.ids)
+    done = _with_held(loaded, lambda h: action(h, ids), write=True)
+    if done is not None and not any(done):
+        print("nothing held matches")
+        return EXIT_NOTHING
+    return done
 
 
 def _with_held(
-    loaded: LoadedConfig, work: Callable[[HeldStore], _T], write: bool = False
+    loaded: LoadedConfig, work: Callable[[SqliteHeldStore], _T], write: bool = False
 ) -> _T | None:
-    from daemon.app import DATABASE_NAME
-    from storage.base import transaction
-    from storage.sqlite_graph import connect
-    from storage.sqlite_held import SqliteHeldStore
-
-    database = Path(loaded.config.daemon.data_dir) / DATABASE_NAME
-    if not database.is_file():
-        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
-        return None
-    db = connect(database, loaded.config.storage.busy_timeout)
-    try:
-        store = SqliteHeldStore(db)
-        with transaction(store) if write else nullcontext():
-            return work(store)
-    except sqlite3.Error as exc:
-        print(f"leadsync: cannot use {database}: {exc}", file=sys.stderr)
-        return None
-    finally:
-        db.close()
+    return offline.with_store(loaded, SqliteHeldStore, work, write)
 
 
 def _body(body: bytes | None) -> object:

@@ -7,10 +7,6 @@ held with its reason.
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.messages import EVENT_TYPES
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
-from tests.test_scoring_daemon import run_batch
+from tests.daemon_process import DaemonProcess, wait_for
+from tests.test_scoring_daemon import post, run_batch
 
 EDGE_INTEGERS = [0, -1, 2**31, 2**53 + 1, 2**63, -(2**63) - 1, 2**64, 10**308, -(10**308)]
 EDGE_FLOATS = [5e-324, -5e-324, 1.7976931348623157e308, -0.0, 1e-300, 2.5]
@@ -117,21 +113,6 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
-def post(daemon: DaemonProcess, batch: list[dict[str, Any]]) -> int:
-    auth = base64.b64encode(f"{WRITE_KEYS['web']}:".encode()).decode()
-    body = json.dumps({"batch": batch}, ensure_ascii=False).encode("utf-8", "surrogatepass")
-    request = urllib.request.Request(
-        daemon.url + "/v1/batch",
-        data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_hostile_messages_leave_every_actor_running_and_every_event_applied_or_held(
     make_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
@@ -153,7 +134,7 @@ filter = 'employees > 10 or title == "CTO" or country in ["US", "DE"]'
     )
     @given(st.lists(messages(), min_size=1, max_size=10))
     def send(batch: list[dict[str, Any]]) -> None:
-        answers.append(post(daemon, batch))
+        answers.append(post(daemon, batch, ascii_only=False))
 
     send()
     assert set(answers) <= {200, 400}, answers

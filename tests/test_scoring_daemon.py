@@ -27,11 +27,12 @@ from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 CTO = {"title": "CTO", "company_size": 200, "industry": "Software", "email": "ann@initech.com"}
 
 
-def post(daemon: DaemonProcess, batch: list[dict[str, Any]]) -> int:
+def post(daemon: DaemonProcess, batch: list[dict[str, Any]], ascii_only: bool = True) -> int:
+    """`ascii_only=False` sends text as raw UTF-8 rather than \\u escapes."""
     auth = base64.b64encode(f"{WRITE_KEYS['web']}:".encode()).decode()
     request = urllib.request.Request(
         daemon.url + "/v1/batch",
-        data=json.dumps({"batch": batch}).encode(),
+        data=json.dumps({"batch": batch}, ensure_ascii=ascii_only).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
     )
     try:
