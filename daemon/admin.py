@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from actors.delivery.actor import DestinationStatus
+from actors.http_server import Listener, Runner
 from actors.identity.extract import normalize_email
 from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
 from actors.log_writer import LogProgress
@@ -78,10 +79,18 @@ class AdminServer(Actor):
         app.router.add_post("/v1/identity/rebuild", self._rebuild)
         app.router.add_post("/v1/scoring/run", self._run_scoring)
         app.router.add_post("/v1/destinations/{name}/sync", self._sync)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        settings = self._config.admin
+        listener = Listener(
+            "admin",
+            settings.keepalive_timeout,
+            settings.header_timeout,
+            self._metrics,
+            lambda status, message: _json({"error": message}, status),
+        )
+        runner = Runner(app, listener, shutdown_timeout=1)
         await runner.setup()
         try:
-            listen = self._config.admin.listen
+            listen = settings.listen
             await web.TCPSite(runner, listen.host, listen.port).start()
             log.info("admin API listening", address=str(listen))
             ready()

@@ -93,7 +93,14 @@ class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     journal_size_limit: Positive = 64 * 1024 * 1024
 
 
-class HttpSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class _Connections(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """How long a listener keeps a connection that is idle, or slow to send headers."""
+
+    keepalive_timeout: Duration = Duration(75)
+    header_timeout: Duration = Duration(10)
+
+
+class HttpSection(_Connections, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The Segment-compatible ingestion listener shared by every `type = "http"` source."""
 
     listen: ListenAddress = ListenAddress("127.0.0.1:8321")
@@ -101,7 +108,7 @@ class HttpSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_backlog: Positive = 1_000_000
 
 
-class AdminSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class AdminSection(_Connections, forbid_unknown_fields=True, frozen=True, kw_only=True):
     listen: ListenAddress = ListenAddress("127.0.0.1:8320")
 
 
@@ -403,6 +410,7 @@ def _check(config: Config, filename: str, text: str) -> None:
         raise ConfigError(
             f"{where(filename, text, key)}scoring.batch_interval: must be more than 0"
         )
+    _check_listeners(config, filename, text)
     if config.http.listen == config.admin.listen and config.http.listen.port != 0:
         key = ("admin", "listen")
         raise ConfigError(
@@ -464,6 +472,17 @@ def _check_destinations(destinations: dict[str, Destination], filename: str, tex
             fail(name, "rate", "per must be more than 0")
         if destination.retry.first_delay <= 0:
             fail(name, "retry", "first_delay must be more than 0")
+
+
+def _check_listeners(config: Config, filename: str, text: str) -> None:
+    """Timeouts above 0: aiohttp reads 0 as never."""
+    for section in ("http", "admin"):
+        for field in ("keepalive_timeout", "header_timeout"):
+            if getattr(getattr(config, section), field) <= 0:
+                key = (section, field)
+                raise ConfigError(
+                    f"{where(filename, text, key)}{section}.{field}: must be more than 0"
+                )
 
 
 _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
