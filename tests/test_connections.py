@@ -213,6 +213,7 @@ AIOHTTP_OWN_ANSWERS = {
         (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n", 200),
         (b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n", 404),
         (b"PUT /status HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n", 405),
+        (b"GET /status HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n", 421),
         (b"GARBAGE\r\n\r\n", 400),
     ],
 }
