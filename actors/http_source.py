@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from actors import tracking_api
+from actors.http_server import Listener, Runner
 from actors.log_writer import LogProgress, StorageUnavailable, Submission
 from actors.runtime import Actor, Mailbox
 from daemon.config import HttpSection, HttpSource
@@ -99,13 +100,19 @@ class HttpSourceActor(Actor):
         app = web.Application(client_max_size=MAX_REQUEST_BYTES + 1, middlewares=[self._observe])
         app.router.add_post("/v1/{endpoint}", self._ingest)
         app.router.add_route("OPTIONS", "/v1/{endpoint}", self._preflight)
+        listener = Listener(
+            "http",
+            self._settings.keepalive_timeout,
+            self._settings.header_timeout,
+            self._metrics,
+            lambda status, message: _Refusal(status, "bad_request", message).response(),
+        )
         # auto_decompress off: we inflate gzip ourselves, with a cap, so a small
         # compressed body cannot expand into gigabytes (a gzip bomb).
-        runner = web.AppRunner(
+        runner = Runner(
             app,
+            listener,
             auto_decompress=False,
-            access_log=None,
-            handle_signals=False,
             # In-flight requests get a share of the grace; the log writer and the
             # merger after them need the rest to drain.
             shutdown_timeout=min(BODY_READ_TIMEOUT, self._shutdown_timeout / 3),

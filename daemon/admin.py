@@ -1,13 +1,20 @@
 """The admin API on its own port: health for systemd and load balancers, metrics for
 Prometheus, status for people. Bound to localhost by default; it carries no secrets but
-says a lot about the business.
+says a lot about the business, and its POSTs start work.
+
+Loopback is not a wall against the browser on the same machine, so every request but
+the health probes is checked (`_guard`): a Host that is not this API's own (DNS
+rebinding) gets 421; a cross-site request (Origin, Sec-Fetch-Site) 403; a missing or
+wrong bearer token, when one is configured, 401; a POST that is not JSON (what a
+form or a no-cors fetch can send) 415.
 """
 
 from __future__ import annotations
 
+import hmac
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -15,9 +22,10 @@ from typing import Any
 import anyio
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from actors.delivery.actor import DestinationStatus
+from actors.http_server import Listener, Runner
 from actors.identity.extract import normalize_email
 from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
 from actors.log_writer import LogProgress
@@ -25,7 +33,7 @@ from actors.messages import RunBatch, ScorerMessage, SyncDestination
 from actors.runtime import Actor, Mailbox
 from actors.scoring.actor import ScoringStatus
 from daemon import __version__
-from daemon.config import BUILTIN_ID_KINDS, Config
+from daemon.config import BUILTIN_ID_KINDS, AdminSection, Config
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.supervisor import Supervisor
 from storage.base import Storage
@@ -33,6 +41,11 @@ from storage.base import Storage
 log = structlog.get_logger(__name__)
 
 READY_PROBE_TIMEOUT = 2.0
+PROBES = frozenset({"/healthz", "/readyz"})
+"""Open to whoever can connect: load balancers and orchestrators probe by IP address,
+with no token. They say ok or not, and which actor is down."""
+SAME_ORIGIN = frozenset({"same-origin", "none"})
+"""Sec-Fetch-Site values of a request the API's own pages or a person made."""
 _encode = msgspec.json.Encoder().encode
 
 
@@ -63,12 +76,13 @@ class AdminServer(Actor):
         self._metrics = metrics
         self._started_at = started_at
         self._stop = anyio.Event()
+        self._hosts: Collection[str] = ()
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self, ready: Callable[[], None]) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
@@ -79,17 +93,77 @@ class AdminServer(Actor):
         app.router.add_post("/v1/identity/rebuild", self._rebuild)
         app.router.add_post("/v1/scoring/run", self._run_scoring)
         app.router.add_post("/v1/destinations/{name}/sync", self._sync)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        settings = self._config.admin
+        listener = Listener(
+            "admin",
+            settings.keepalive_timeout,
+            settings.header_timeout,
+            self._metrics,
+            lambda status, message: _json({"error": message}, status),
+        )
+        runner = Runner(app, listener, shutdown_timeout=1)
         await runner.setup()
         try:
-            listen = self._config.admin.listen
+            listen = settings.listen
             await web.TCPSite(runner, listen.host, listen.port).start()
-            log.info("admin API listening", address=str(listen))
+            self._hosts = own_hosts(settings, listen.port or runner.addresses[0][1])
+            log.info("admin API listening", address=str(listen), token=settings.token is not None)
             ready()
             await self._stop.wait()
         finally:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path not in PROBES:
+            refusal = self._refusal(request)
+            if refusal is not None:
+                status, reason = refusal
+                log.info(
+                    "admin request refused",
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    reason=reason,
+                    peer=request.remote,
+                )
+                response = _json({"error": reason}, status)
+                if status == 401:
+                    response.headers[hdrs.WWW_AUTHENTICATE] = 'Bearer realm="leadsync admin"'
+                return response
+        return await handler(request)
+
+    def _refusal(self, request: web.Request) -> tuple[int, str] | None:
+        """(status, why) for a request the API must not answer, else None."""
+        host = request.headers.get(hdrs.HOST, "").lower()
+        if host not in self._hosts:
+            return 421, (
+                f"Host {host!r} is not an address of this admin API; "
+                "a name it is reached by belongs in admin.hosts"
+            )
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and origin.lower() not in (f"http://{host}", f"https://{host}"):
+            return 403, f"cross-site request refused (Origin {origin!r} is not {host!r})"
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.lower() not in SAME_ORIGIN:
+            return 403, f"cross-site request refused (Sec-Fetch-Site: {site})"
+        token = self._config.admin.token
+        if token is not None:
+            scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+            # compare_digest: how long the comparison takes says nothing about the token.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token.encode()
+            ):
+                return 401, "send Authorization: Bearer <the token in admin.token>"
+        if request.method == "POST" and request.content_type != "application/json":
+            return 415, (
+                f"{request.method} takes Content-Type: application/json "
+                f"(the body may be empty), not {request.content_type}"
+            )
+        return None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         """Liveness: the event loop answers. Nothing else, or a slow disk would get
@@ -247,6 +321,30 @@ def _limit(request: web.Request) -> int | None:
         return max(0, min(int(request.query.get("limit", "20")), 1000))
     except ValueError:
         return None
+
+
+def own_hosts(settings: AdminSection, port: int) -> frozenset[str]:
+    """Host header values that name this API: its listen address, loopback names when
+    loopback is reachable, and admin.hosts. A Host without a port means port 80, as in
+    HTTP; a name in admin.hosts without one is taken with or without the port (a
+    reverse proxy in front usually forwards just the name)."""
+
+    def authority(host: str) -> str:
+        return f"[{host}]" if ":" in host else host
+
+    listen = settings.listen
+    wildcard = listen.host in ("0.0.0.0", "::")
+    names = set() if wildcard else {authority(listen.host).lower()}
+    if wildcard or listen.loopback:
+        names |= {"localhost", "127.0.0.1", "[::1]"}
+    hosts = {f"{name}:{port}" for name in names}
+    if port == 80:
+        hosts |= names
+    for entry in settings.hosts:
+        entry = entry.lower()
+        has_port = entry.rpartition(":")[2].isdigit() and not entry.endswith("]")
+        hosts |= {entry} if has_port else {entry, f"{entry}:{port}"}
+    return frozenset(hosts)
 
 
 def _destination(status: DestinationStatus) -> dict[str, Any]:

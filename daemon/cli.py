@@ -255,7 +255,8 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     print(f"{loaded.path}: OK")
     print(f"  data_dir   {config.daemon.data_dir}")
     print(f"  ingest API {config.http.listen}")
-    print(f"  admin API  {config.admin.listen}")
+    token = " (bearer token required)" if config.admin.token is not None else ""
+    print(f"  admin API  {config.admin.listen}{token}")
     kinds = ["user_id", "email", *(x.kind for x in config.identity.external_ids), "anonymous_id"]
     limits = ", ".join(f"{kind} {config.identity.limit(kind) or 'no cap'}" for kind in kinds)
     print(f"  identity   at most {limits} a profile")
@@ -297,18 +298,39 @@ def _admin_call(
     if base is None:
         listen = loaded.config.admin.listen
         host = "127.0.0.1" if listen.host in ("0.0.0.0", "", "::") else listen.host
+        host = f"[{host}]" if ":" in host else host
         base = f"http://{host}:{listen.port}"
     url = base.rstrip("/") + path
-    request = urllib.request.Request(url, method=method)
+    # The admin API takes actions only as JSON (an empty body), so a browser's form
+    # or no-cors fetch cannot start one.
+    headers = {"Content-Type": "application/json"} if method == "POST" else {}
+    token = loaded.config.admin.token
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        url, method=method, headers=headers, data=b"" if method == "POST" else None
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         text = exc.read().decode("utf-8", "replace")
         try:
-            return exc.code, json.loads(text)
+            answer: tuple[int, Any] = exc.code, json.loads(text)
         except ValueError:
-            return exc.code, {"error": text.strip() or exc.reason}
+            answer = exc.code, {"error": text.strip() or exc.reason}
+        if exc.code in (401, 403, 421):
+            why = answer[1].get("error") if isinstance(answer[1], dict) else answer[1]
+            print(f"leadsync: the admin API at {url} refused: {why}", file=sys.stderr)
+            hint = (
+                f"admin.token in {loaded.path} must be the daemon's (an env:NAME token needs "
+                "NAME set for this command too)"
+                if exc.code == 401
+                else "reach it at its admin.listen address, or add the name to admin.hosts"
+            )
+            print(f"  {hint}", file=sys.stderr)
+            return None
+        return answer
     except (urllib.error.URLError, OSError) as exc:
         if quiet and isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
             raise _NobodyListens from None

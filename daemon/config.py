@@ -7,6 +7,7 @@ line (when it can be found), which dotted key, and what was expected.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -42,6 +43,14 @@ class ListenAddress(str):
     @property
     def port(self) -> int:
         return int(self.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        """Reachable from this machine only (localhost, 127.0.0.0/8, ::1)."""
+        try:
+            return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to any interface
+            return False
 
 
 def dec_hook(kind: type, value: Any) -> Any:
@@ -93,7 +102,14 @@ class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     journal_size_limit: Positive = 64 * 1024 * 1024
 
 
-class HttpSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class _Connections(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """How long a listener keeps a connection that is idle, or slow to send headers."""
+
+    keepalive_timeout: Duration = Duration(75)
+    header_timeout: Duration = Duration(10)
+
+
+class HttpSection(_Connections, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The Segment-compatible ingestion listener shared by every `type = "http"` source."""
 
     listen: ListenAddress = ListenAddress("127.0.0.1:8321")
@@ -101,8 +117,12 @@ class HttpSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_backlog: Positive = 1_000_000
 
 
-class AdminSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class AdminSection(_Connections, forbid_unknown_fields=True, frozen=True, kw_only=True):
     listen: ListenAddress = ListenAddress("127.0.0.1:8320")
+    hosts: list[str] = []
+    """Host header values accepted besides the listen address ("name" or "name:port")."""
+    token: str | None = None
+    """Bearer token for every endpoint but /healthz and /readyz; required beyond loopback."""
 
 
 class HttpSource(
@@ -403,6 +423,7 @@ def _check(config: Config, filename: str, text: str) -> None:
         raise ConfigError(
             f"{where(filename, text, key)}scoring.batch_interval: must be more than 0"
         )
+    _check_listeners(config, filename, text)
     if config.http.listen == config.admin.listen and config.http.listen.port != 0:
         key = ("admin", "listen")
         raise ConfigError(
@@ -464,6 +485,38 @@ def _check_destinations(destinations: dict[str, Destination], filename: str, tex
             fail(name, "rate", "per must be more than 0")
         if destination.retry.first_delay <= 0:
             fail(name, "retry", "first_delay must be more than 0")
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$")
+
+
+def _check_listeners(config: Config, filename: str, text: str) -> None:
+    """Timeouts above 0 (aiohttp reads 0 as never); a token wherever others can connect."""
+    for section in ("http", "admin"):
+        for field in ("keepalive_timeout", "header_timeout"):
+            if getattr(getattr(config, section), field) <= 0:
+                key = (section, field)
+                raise ConfigError(
+                    f"{where(filename, text, key)}{section}.{field}: must be more than 0"
+                )
+    admin = config.admin
+    for index, host in enumerate(admin.hosts):
+        if not _HOST.match(host):
+            key = ("admin", "hosts")
+            raise ConfigError(
+                f"{where(filename, text, key)}admin.hosts[{index}]: expected a host name or "
+                f'address, optionally with ":port" (an IPv6 address in brackets), got {host!r}'
+            )
+    if admin.token is None and not admin.listen.loopback:
+        key = ("admin", "listen")
+        raise ConfigError(
+            f"{where(filename, text, key)}admin.listen: {admin.listen} is reachable from other "
+            'machines, so admin.token is required: add token = "env:NAME" to [admin] and set '
+            "NAME to a long random value (openssl rand -hex 32)"
+        )
+    if admin.token is not None and not admin.token.strip():
+        key = ("admin", "token")
+        raise ConfigError(f"{where(filename, text, key)}admin.token: is empty")
 
 
 _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")

@@ -76,6 +76,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.http_bad_requests = Counter(
+            "leadsync_http_bad_requests",
+            "Connections ended on a request that could not be read, by listener (http, "
+            "admin) and reason: malformed (answered 400), or header_timeout (its line and "
+            "headers did not arrive within header_timeout; closed).",
+            ["listener", "reason"],
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             "leadsync_log_commit_duration_seconds",
             "Time to commit one group of requests to the event log.",

@@ -18,10 +18,12 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """Build daemons in the test's temporary directory; none outlives the test."""
     made: list[DaemonProcess] = []
 
-    def make(extra_config: str = "", name: str = "daemon", http_config: str = "") -> DaemonProcess:
+    def make(
+        extra_config: str = "", name: str = "daemon", http_config: str = "", admin_config: str = ""
+    ) -> DaemonProcess:
         directory = tmp_path / name
         directory.mkdir()
-        daemon = DaemonProcess(directory, extra_config, http_config)
+        daemon = DaemonProcess(directory, extra_config, http_config, admin_config)
         made.append(daemon)
         return daemon
 

@@ -33,9 +33,16 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(self, directory: Path, extra_config: str = "", http_config: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        extra_config: str = "",
+        http_config: str = "",
+        admin_config: str = "",
+    ) -> None:
         """`extra_config` is appended after the sources (new tables only); `http_config`
-        goes inside [http], which TOML does not let a later table reopen."""
+        and `admin_config` go inside [http] and [admin], which TOML does not let a later
+        table reopen."""
         self.directory = directory
         self.http_port = free_port()
         self.admin_port = free_port()
@@ -57,6 +64,7 @@ listen = "127.0.0.1:{self.http_port}"
 
 [admin]
 listen = "127.0.0.1:{self.admin_port}"
+{admin_config}
 
 [sources.web]
 type = "http"
@@ -109,9 +117,26 @@ write_key = "{WRITE_KEYS["backend"]}"
             time.sleep(0.05)
         raise TimeoutError(f"daemon not ready after {timeout}s:\n{self.log()}")
 
-    def admin(self, path: str) -> tuple[int, Any]:
+    def admin(
+        self,
+        path: str,
+        method: str = "GET",
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5,
+    ) -> tuple[int, Any]:
+        """(status, JSON or text) from the admin API; `token` is sent as a bearer token.
+        Without `headers`, a POST is sent as the CLI sends it: JSON, an empty body. With
+        them, exactly those (an empty body if they name a Content-Type, else none)."""
+        if headers is None:
+            headers = {"Content-Type": "application/json"} if method == "POST" else {}
+        sent = dict(headers)
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = b"" if "Content-Type" in sent else None
+        request = urllib.request.Request(self.admin_url + path, data, sent, method=method)
         try:
-            with urllib.request.urlopen(self.admin_url + path, timeout=5) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
                 status = response.status
         except urllib.error.HTTPError as exc:

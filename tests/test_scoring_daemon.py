@@ -43,10 +43,9 @@ def post(daemon: DaemonProcess, batch: list[dict[str, Any]], ascii_only: bool = 
 
 
 def run_batch(daemon: DaemonProcess) -> dict[str, Any]:
-    request = urllib.request.Request(daemon.admin_url + "/v1/scoring/run", method="POST")
-    with urllib.request.urlopen(request, timeout=60) as response:
-        result: dict[str, Any] = json.loads(response.read())
-        return result
+    status, result = daemon.admin("/v1/scoring/run", "POST", timeout=60)
+    assert status == 200, result
+    return dict(result)
 
 
 def scores(daemon: DaemonProcess, user: str) -> dict[str, Any] | None:
