@@ -32,7 +32,9 @@ _EVENT_TYPES = frozenset(EVENT_TYPES)
 _UNREADABLE = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 """msgspec raises the last two, not DecodeError, for deep nesting and invalid UTF-8."""
 _FLOAT_MAX = int(sys.float_info.max)
-_LONG_NUMBER = re.compile(rb"[0-9]{309}")
+_FLOAT_DIGITS = len(str(_FLOAT_MAX))
+_DIGITS = b"0123456789"
+_LONG_NUMBER = re.compile(rb"[0-9]{%d}" % _FLOAT_DIGITS)
 """Digits enough for an integer beyond a float's range (1.8e308 has 309): a message
 with such a run is checked number by number (the run may be a string, or fractional)."""
 
@@ -191,7 +193,9 @@ def _normalize(raw: bytes, endpoint_type: str | None, defaults: _Defaults, sourc
         raise _Invalid(_explain(exc)) from None
     except _UNREADABLE as exc:
         raise _Invalid(f"not valid JSON: {exc}") from None
-    if _LONG_NUMBER.search(raw) is not None:  # rare: only then is the message walked
+    # Counting digits is a C loop (0.4 us for a typical message, the regex 1.6 us);
+    # only a message with 309 of them can hold a run that long, and only then is it walked.
+    if len(raw) - len(raw.translate(None, _DIGITS)) >= _FLOAT_DIGITS and _LONG_NUMBER.search(raw):
         _refuse_huge_numbers(message)
 
     kind = endpoint_type or message.type
@@ -285,9 +289,16 @@ def _refuse_huge_numbers(message: _Inbound) -> None:
             stack += [(f"{path}[{index}]", item) for index, item in enumerate(value)]
         elif isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
             raise _Invalid(
-                f"{path}: an integer of about {int(value.bit_length() * 0.30103) + 1} digits "
+                f"{path}: an integer of {_digits(value)} digits "
                 "is beyond what leadsync can hold (a 64-bit float holds up to about 1.8e308)"
             )
+
+
+def _digits(value: int) -> str:
+    try:
+        return str(len(str(abs(value))))
+    except ValueError:  # past Python's limit for int to str (4,300 digits by default)
+        return "thousands of"
 
 
 def _merged(outer: dict[str, Any] | None, inner: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -65,7 +65,7 @@ def test_the_poison_request_is_refused_with_its_reason_and_the_daemon_serves(
     poison = f'{{"userId":"poison","traits":{{"employees":{HUGE}}}}}'
     status, body = send(daemon, "identify", poison.encode())
     assert status == 400
-    assert "traits.employees: an integer of about 310 digits" in body["message"]
+    assert "traits.employees: an integer of 310 digits" in body["message"]
     batch = f'{{"batch":[{poison[:-1]},"type":"identify"}},'
     batch += '{"type":"identify","userId":"ann","traits":{"employees":250}}]}'
     status, body = send(daemon, "batch", batch.encode())

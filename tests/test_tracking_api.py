@@ -526,3 +526,18 @@ def test_accepted_and_rejected_partition_a_mixed_batch(
     assert accepted == [i for i, (good, _, _) in enumerate(draws) if good]
     assert rejected == [i for i, (good, _, _) in enumerate(draws) if not good]
     assert all(r.reason for r in parsed.rejected)
+
+
+def test_an_integer_beyond_a_floats_range_is_refused_with_its_path_and_nothing_else_is() -> None:
+    huge, edge = "9" * 309, str(10**308)  # 9.9e308 is past a float's 1.8e308; 1e308 is not
+    messages = [
+        f'{{"type":"track","event":"e","userId":"a","properties":{{"n":[1,{{"x":{huge}}}]}}}}',
+        f'{{"type":"track","event":"e","userId":"b","properties":{{"n":{edge}}}}}',
+        f'{{"type":"identify","userId":"c","traits":{{"id":"{huge}","f":1.{"0" * 400}}}}}',
+        f'{{"type":"identify","userId":"d","context":{{"traits":{{"n":-{huge}}}}}}}',
+    ]
+    parsed = parse("batch", f'{{"batch":[{",".join(messages)}]}}'.encode(), "web", NOW)
+    assert [r.batch_index for r in parsed.rejected] == [0, 3]
+    assert parsed.rejected[0].reason.startswith("properties.n[1].x: an integer of 309 digits")
+    assert parsed.rejected[1].reason.startswith("context.traits.n: an integer")
+    assert [json.loads(e.body)["userId"] for e in parsed.events] == ["b", "c"]
