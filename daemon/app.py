@@ -74,6 +74,7 @@ async def serve(config: Config, config_path: str) -> int:
             path,
             busy_timeout=config.storage.busy_timeout,
             journal_size_limit=config.storage.journal_size_limit,
+            dedup_window=config.storage.dedup_window,
         )
     except (OSError, ValueError, sqlite3.Error, SchemaTooNew, LogBehind) as exc:
         raise CannotOpenStorage(f"{path}: {exc}") from exc

@@ -40,7 +40,7 @@ from storage.base import (
 )
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
 from storage.sqlite_graph import connect, uri
-from storage.sqlite_log import EventLog
+from storage.sqlite_log import DEDUP_WINDOW, EventLog
 from storage.sqlite_scores import score_of
 
 log = structlog.get_logger(__name__)
@@ -76,9 +76,16 @@ class SqliteStorage:
 
     @classmethod
     async def open(
-        cls, path: Path, *, busy_timeout: float = 5.0, journal_size_limit: int = 64 << 20
+        cls,
+        path: Path,
+        *,
+        busy_timeout: float = 5.0,
+        journal_size_limit: int = 64 << 20,
+        dedup_window: float = DEDUP_WINDOW,
     ) -> Self:
-        events = await anyio.to_thread.run_sync(_prepare, path, busy_timeout, journal_size_limit)
+        events = await anyio.to_thread.run_sync(
+            _prepare, path, busy_timeout, journal_size_limit, dedup_window
+        )
         opened: list[aiosqlite.Connection] = []
         try:
             opened.append(writer := await _connect(path, busy_timeout))
@@ -181,11 +188,13 @@ class SqliteStorage:
                 await self._writer.close()
 
 
-def _prepare(path: Path, busy_timeout: float, journal_size_limit: int) -> EventLog:
+def _prepare(
+    path: Path, busy_timeout: float, journal_size_limit: int, dedup_window: float
+) -> EventLog:
     """Create or migrate both files; the log first, since the main file's migration 5
     moves an older database's log into it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    events = EventLog.open(path, busy_timeout, journal_size_limit)
+    events = EventLog.open(path, busy_timeout, journal_size_limit, dedup_window)
     try:
         with closing(connect(path, busy_timeout)) as db:
             db.execute("PRAGMA journal_mode = WAL")
