@@ -40,6 +40,9 @@ from storage.sqlite_graph import Transactions, log_path, open_connection, uri
 
 log = structlog.get_logger(__name__)
 
+LookedUp = tuple[list[list[int]], list[bool]]
+"""Each request's fingerprints, and for each of them in order whether it was seen."""
+
 DEDUP_WINDOW = 600.0
 """Seconds for which a batch's messageIds are remembered after its commit, by default
 (`[storage] dedup_window`): Segment's libraries retry for minutes. Sizing: the daemon
@@ -165,11 +168,16 @@ class EventLog(Transactions):
         rows = self._db.execute(
             "SELECT source, message_id FROM events WHERE seq > ? AND seq <= ?", (after, upto)
         )
-        chunks = []
+        # At most one event a sequence number: filled in place, not copied at the end.
+        fingerprints = np.empty(max(0, upto - after), dtype=np.int64)
+        filled = 0
         while chunk := rows.fetchmany(FETCH_ROWS):
             # A row is the tuple (source, message_id): its hash is the fingerprint.
-            chunks.append(np.fromiter(map(hash, chunk), dtype=np.int64, count=len(chunk)))
-        fingerprints = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+            fingerprints[filled : filled + len(chunk)] = np.fromiter(
+                map(hash, chunk), dtype=np.int64, count=len(chunk)
+            )
+            filled += len(chunk)
+        fingerprints = fingerprints[:filled]
         fingerprints.sort()
         return fingerprints
 
@@ -191,14 +199,23 @@ class EventLog(Transactions):
             self.remember()
             log.info("event log moved to its own file", path=str(self.path), events=moved.rowcount)
 
-    def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
+    def look_up(self, requests: Sequence[AppendRequest]) -> LookedUp:
+        """The fingerprints of the requests' events, and which the window holds."""
+        keys = [[hash((r.source, e.message_id)) for e in r.events] for r in requests]
+        return keys, self.recent.seen([key for request in keys for key in request])
+
+    def append(
+        self, requests: Sequence[AppendRequest], looked_up: LookedUp | None = None
+    ) -> tuple[list[AppendResult], int]:
+        """Commit the requests' events but those the window holds (`looked_up`, done
+        before with nothing appended since, or here)."""
         db = self._db
         results: list[AppendResult] = []
         head = self.head
         recent = self.recent
         recent.advance(monotonic())
-        keys = [[hash((r.source, e.message_id)) for e in r.events] for r in requests]
-        seen = iter(recent.seen([key for request in keys for key in request]))
+        keys, found = looked_up or self.look_up(requests)
+        seen = iter(found)
         added: dict[int, None] = {}  # in order; remembered only once committed
         with transaction(self):
             for request, fingerprints in zip(requests, keys, strict=True):
