@@ -10,9 +10,11 @@ and the HTTP stack can do at all on the same machine. So the same run measures
 - stdlib sqlite3 inserting the rows the daemon stored into a fresh database of the
   same schema and PRAGMAs (the storage ceiling: no HTTP, no parsing, no event loop);
 
-and prints the daemon's share of each. Run from the repository root:
+and prints the daemon's share of each; with --dedup, also what the dedup window costs
+when full (bench/dedup.py: memory, a group commit's lookups, the start-up read-back).
+Run from the repository root:
 
-    .venv/bin/python bench/ingest.py [--clients 8] [--seconds 10 | --batches N]
+    .venv/bin/python bench/ingest.py [--clients 8] [--seconds 10 | --batches N] [--dedup]
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import msgspec  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from actors.tracking_api import MAX_REQUEST_BYTES  # noqa: E402
-from bench import measure  # noqa: E402
+from bench import dedup, measure  # noqa: E402
 from storage.migrations import LOG_MIGRATIONS  # noqa: E402
 from storage.sqlite_graph import log_path, uri  # noqa: E402
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port  # noqa: E402
@@ -440,8 +442,14 @@ def run(args: argparse.Namespace) -> Report:
         directory = Path(temp)
         (directory / "daemon").mkdir()
         daemon = DaemonProcess(directory / "daemon", args.daemon_config.replace("\\n", "\n"))
+        if args.prefill:
+            print(f"logging {args.prefill:,} events before the daemon starts ...", flush=True)
+            dedup.prefill(daemon.database, args.prefill, args.body_bytes, args.window)
         try:
-            daemon.start()
+            started = time.perf_counter()
+            daemon.start(wait=False)
+            daemon.wait_ready(timeout=600)
+            print(f"daemon ready in {time.perf_counter() - started:.1f} s", flush=True)
             assert daemon.process is not None
             pid = daemon.process.pid
             print(f"daemon: {args.clients} clients ...", flush=True)
@@ -450,7 +458,7 @@ def run(args: argparse.Namespace) -> Report:
                 drive(url, payloads, args.clients, args.seconds, args.batches, pid)
             )
             # Read while the daemon still runs: every 200 must already be committed.
-            rows = daemon.query("SELECT count(*) FROM events")[0][0]
+            rows = daemon.query("SELECT count(*) FROM events")[0][0] - args.prefill
             backlog = int(daemon.admin("/status")[1]["backlog_events"])
             commits = measure.commit_figures(daemon.admin("/metrics")[1])
             peak_rss = measure.status_bytes(pid, "VmHWM")
@@ -514,6 +522,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TOML",
         help='extra daemon.toml tables, e.g. "[identity]\\nbatch_size = 500"',
     )
+    parser.add_argument(
+        "--dedup", action="store_true", help="then the dedup window's cost when full"
+    )
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        help="events logged before the daemon starts, over the last --window seconds: "
+        "a full dedup window",
+    )
+    dedup.add_arguments(parser)
     parser.add_argument("--null-server-port", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -527,6 +546,10 @@ def main() -> int:
     print()
     for line in report.lines():
         print(line)
+    if args.dedup:
+        print("dedup window ...", flush=True)
+        for line in dedup.run(args).lines():
+            print(line)
     return 0 if report.durable else 1
 
 

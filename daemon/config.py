@@ -100,6 +100,13 @@ class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     busy_timeout: Duration = Duration(5)
     checkpoint_interval: Duration = Duration(30)
     journal_size_limit: Positive = 64 * 1024 * 1024
+    dedup_window: Duration = Duration(600)
+    """How long after its commit a messageId is recognised when a client sends it again
+    (storage/sqlite_log.py: DEDUP_WINDOW); memory grows with it, ~9 bytes an event."""
+
+    def __post_init__(self) -> None:
+        if not self.dedup_window > 0:
+            raise ValueError("dedup_window must be more than 0")
 
 
 class _Connections(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -13,34 +13,55 @@ commit took 25 ms where sqlite3 alone takes 5. Each request's events go in as on
 multi-row INSERT, so the thread gives up and retakes the interpreter lock once a
 request rather than once a row.
 
-Retries are recognised by (source, messageId) among the last DEDUP_WINDOW events,
-held in memory and read back from the log at start, not by a unique index: real
-clients send random UUIDs, and each event then wrote a random page of that index.
-With them sqlite3 alone managed 15,000 events/s where the same rows with ordered ids
-took 100,000, the checkpoints copying those pages back taking most of it.
+Retries are recognised by (source, messageId) among the events logged in the last
+`dedup_window` seconds, held in memory (storage/recent_messages.py) and read back from
+the log at start, not by a unique index: real clients send random UUIDs, and each
+event then wrote a random page of that index. With them sqlite3 alone managed 15,000
+events/s where the same rows with ordered ids took 100,000, the checkpoints copying
+those pages back taking most of it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
 
+import numpy as np
 import structlog
 
 from storage.base import AppendRequest, AppendResult, EventRecord, transaction
 from storage.migrations import LOG_MIGRATIONS, migrate
+from storage.recent_messages import SLICES, Fingerprints, RecentMessages
 from storage.sqlite_graph import Transactions, log_path, open_connection, uri
 
 log = structlog.get_logger(__name__)
 
-DEDUP_WINDOW = 1_000_000
-"""Events among which a repeated messageId is recognised: the newest half of it at
-least, since it is kept as two generations (about 60 MB when full). Clients retry
-within minutes (Segment's libraries for up to about 17); at 1,000 events a second this
-remembers eight minutes at least, at 100 a second more than an hour."""
+LookedUp = tuple[list[list[int]], list[bool]]
+"""Each request's fingerprints, and for each of them in order whether it was seen."""
+
+DEDUP_WINDOW = 600.0
+"""Seconds for which a batch's messageIds are remembered after its commit, by default
+(`[storage] dedup_window`): Segment's libraries retry for minutes. Sizing: the daemon
+takes in, for long, only what its consumers apply, since past `http.max_backlog`
+(1,000,000) unapplied events it answers 429. So a window holds at most about the
+merger's rate (~22,000 events/s) x window + max_backlog: 14.2 million events in 10
+minutes, about 130 MB at 9 bytes each (bursts at ~77,000/s last only until the
+backlog is full). What a window holds is read back from the log at start."""
+RECEIPT_TO_ACK = 70.0
+"""Seconds by which an event's received_at may precede its commit: the HTTP source
+stamps it before reading the body (at most 10 s) and waits at most 60 s for the commit
+(actors/http_source.py). At start each event is taken as committed that long after it
+arrived, so what was acknowledged within the window before a restart is still in it."""
+FETCH_ROWS = 50_000
+"""Rows read at a time when the window is read back: bounds the Python objects held."""
+monotonic = time.monotonic
+wall_clock = time.time
+"""The clocks the window runs on (monotonic) and is read back by (wall, as received_at
+is written); module names so that tests can move time."""
 MAINTENANCE_WAIT = 0.05
 """Seconds the periodic checkpoint waits for readers (the merger's and the scorer's
 snapshots of the log). TRUNCATE holds off writers while it waits, and group commits
@@ -60,41 +81,29 @@ def _insert_events(rows: int) -> str:
     return f"INSERT INTO events (source, message_id, type, received_at, body) VALUES {values}"
 
 
-class RecentMessages:
-    """Fingerprints of (source, messageId) of the newest events, in two generations:
-    a full young one becomes the old one, and the old one is forgotten. Python's hash
-    is salted per process, which is fine: the set is rebuilt from the log at start."""
-
-    def __init__(self, window: int) -> None:
-        self._half = max(1, window // 2)
-        self._young: set[int] = set()
-        self._old: set[int] = set()
-
-    def __contains__(self, fingerprint: int) -> bool:
-        return fingerprint in self._young or fingerprint in self._old
-
-    def update(self, fingerprints: Sequence[int]) -> None:
-        for fingerprint in fingerprints:
-            self._young.add(fingerprint)
-            if len(self._young) >= self._half:
-                self._old, self._young = self._young, set()
-
-
 class EventLog(Transactions):
     """Synchronous: each method runs in a worker thread, one at a time (the caller's
     gate), on a connection that is this object's alone."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, dedup_window: float) -> None:
         super().__init__(db)
         self.path = path
         self._busy_timeout_ms = int(db.execute("PRAGMA busy_timeout").fetchone()[0])
         self.head = 0
         """The last sequence number committed: kept here, since this connection is the
         log's only writer, rather than asked of SQLite in every commit."""
-        self.recent = RecentMessages(DEDUP_WINDOW)
+        self.recent = RecentMessages(dedup_window)
+        """Fingerprints of (source, messageId), Python's hash: salted per process, which
+        is fine, since they are read back from the log at start."""
 
     @classmethod
-    def open(cls, database: Path, busy_timeout: float, journal_size_limit: int) -> Self:
+    def open(
+        cls,
+        database: Path,
+        busy_timeout: float,
+        journal_size_limit: int,
+        dedup_window: float = DEDUP_WINDOW,
+    ) -> Self:
         """The log beside `database`, created and migrated as needed."""
         path = log_path(database)
         db = open_connection(path, busy_timeout)
@@ -105,7 +114,7 @@ class EventLog(Transactions):
             # crash. Group commit is what keeps that affordable.
             db.execute("PRAGMA synchronous = FULL")
             migrate(db, path, LOG_MIGRATIONS)
-            opened = cls(path, db)
+            opened = cls(path, db, dedup_window)
             opened.remember()
         except BaseException:
             db.close()
@@ -113,16 +122,64 @@ class EventLog(Transactions):
         return opened
 
     def remember(self) -> None:
-        """Read the head and the newest DEDUP_WINDOW message ids back from the log."""
+        """Read the head back, and the messageIds of the events the window holds.
+
+        Slice by slice of the window (storage/recent_messages.py): the events of a slice
+        are a range of sequence numbers, found by a binary search on received_at. Seq
+        order is commit order, and an event is committed at most RECEIPT_TO_ACK after
+        its received_at, so an event after one received before `cutoff` was committed
+        before cutoff + RECEIPT_TO_ACK: each search is a few dozen reads by seq."""
         db = self._db
         self.head = int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-        self.recent = RecentMessages(DEDUP_WINDOW)
-        rows = db.execute(
-            "SELECT source, message_id FROM events WHERE seq > ? ORDER BY seq",
-            (self.head - DEDUP_WINDOW,),
+        recent = self.recent = RecentMessages(self.recent.window)
+        now, wall = monotonic(), wall_clock()
+        span = recent.span
+        last = int(now // span)
+        slices = range(last - SLICES, last + 1)  # the oldest one still in the window first
+        # Slice k ends at monotonic time (k + 1) * span, which was `wall - now + ...`.
+        ends = [self._committed_before(wall - now + (k + 1) * span) for k in slices[:-1]]
+        starts = [self._committed_before(wall - now + slices[0] * span), *ends]
+        for k, low, high in zip(slices, starts, [*ends, self.head], strict=True):
+            recent.advance((k + 0.5) * span)
+            recent.add_sorted(self._fingerprints(low, high))
+        recent.advance(now)
+
+    def _committed_before(self, moment: float) -> int:
+        """A sequence number that every event committed before `moment` (a wall time)
+        has at most, and few later ones: the last whose received_at precedes it by
+        RECEIPT_TO_ACK, found by a binary search, so a few dozen reads by seq."""
+        cutoff = datetime.fromtimestamp(moment - RECEIPT_TO_ACK, UTC)
+        text = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        low, high = 0, self.head + 1  # low: before the cutoff (0: no event); high: not
+        while high - low > 1:
+            middle = (low + high) // 2
+            row = self._db.execute(
+                "SELECT seq, received_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1",
+                (middle,),
+            ).fetchone()
+            if row is not None and row[0] < high and row[1] < text:
+                low = int(row[0])
+            else:
+                high = middle
+        return low
+
+    def _fingerprints(self, after: int, upto: int) -> Fingerprints:
+        """The sorted fingerprints of the events after `after` up to `upto`."""
+        rows = self._db.execute(
+            "SELECT source, message_id FROM events WHERE seq > ? AND seq <= ?", (after, upto)
         )
-        while chunk := rows.fetchmany(50_000):
-            self.recent.update([hash(key) for key in chunk])
+        # At most one event a sequence number: filled in place, not copied at the end.
+        fingerprints = np.empty(max(0, upto - after), dtype=np.int64)
+        filled = 0
+        while chunk := rows.fetchmany(FETCH_ROWS):
+            # A row is the tuple (source, message_id): its hash is the fingerprint.
+            fingerprints[filled : filled + len(chunk)] = np.fromiter(
+                map(hash, chunk), dtype=np.int64, count=len(chunk)
+            )
+            filled += len(chunk)
+        fingerprints = fingerprints[:filled]
+        fingerprints.sort()
+        return fingerprints
 
     def move_from(self, database: Path) -> None:
         """Copy the log out of a database from before it had its own file.
@@ -142,19 +199,30 @@ class EventLog(Transactions):
             self.remember()
             log.info("event log moved to its own file", path=str(self.path), events=moved.rowcount)
 
-    def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
+    def look_up(self, requests: Sequence[AppendRequest]) -> LookedUp:
+        """The fingerprints of the requests' events, and which the window holds."""
+        keys = [[hash((r.source, e.message_id)) for e in r.events] for r in requests]
+        return keys, self.recent.seen([key for request in keys for key in request])
+
+    def append(
+        self, requests: Sequence[AppendRequest], looked_up: LookedUp | None = None
+    ) -> tuple[list[AppendResult], int]:
+        """Commit the requests' events but those the window holds (`looked_up`, done
+        before with nothing appended since, or here)."""
         db = self._db
         results: list[AppendResult] = []
         head = self.head
         recent = self.recent
+        recent.advance(monotonic())
+        keys, found = looked_up or self.look_up(requests)
+        seen = iter(found)
         added: dict[int, None] = {}  # in order; remembered only once committed
         with transaction(self):
-            for request in requests:
+            for request, fingerprints in zip(requests, keys, strict=True):
                 source, events = request.source, request.events
                 new: list[EventRecord] = []
-                for event in events:
-                    fingerprint = hash((source, event.message_id))
-                    if fingerprint not in added and fingerprint not in recent:
+                for event, fingerprint in zip(events, fingerprints, strict=True):
+                    if not next(seen) and fingerprint not in added:
                         added[fingerprint] = None
                         new.append(event)
                 for start in range(0, len(new), ROWS_A_STATEMENT):
@@ -170,7 +238,8 @@ class EventLog(Transactions):
                     )
                 results.append(AppendResult(stored, len(events) - stored))
         self.head = head
-        recent.update(list(added))
+        recent.advance(monotonic())  # at the commit: the window counts from there
+        recent.add(added)
         return results, head
 
     def _insert(self, source: str, events: Sequence[EventRecord]) -> int:
