@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 
-from storage.held import HeldItem, HeldKind
+from storage.held import HeldItem, HeldKind, Withdrawn
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +39,10 @@ HELD: Literal[Outcome.HELD] = Outcome.HELD
 
 
 def blames_storage(exc: BaseException) -> bool:
-    """The database failed (locked, full, unreadable, gone): not the item's fault.
-    Anything else the item's data made happen: a bug, which that item triggers."""
-    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError) or (
+    """The database failed (locked, full, unreadable, gone), or the process ran out
+    of memory: not the item's fault, and holding items for it would set aside good
+    ones. Anything else the item's data made happen: a bug, which that item triggers."""
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError | MemoryError) or (
         type(exc) is sqlite3.DatabaseError  # "database disk image is malformed"
     )
 
@@ -98,7 +99,7 @@ class Attempts:
             try:
                 return work(*args)
             except Exception as exc:
-                if blames_storage(exc) or isinstance(exc, self.passed_on):
+                if blames_storage(exc) or isinstance(exc, (Withdrawn, *self.passed_on)):
                     raise
                 failure = exc
         assert failure is not None
@@ -123,6 +124,12 @@ class Attempts:
             attempts=self.attempts,
             error=error,
         )
+
+    def begin(self) -> None:
+        """A unit of work starts: what one before it set aside and never wrote (it
+        failed before its transaction) is dropped; that work holds it again when it
+        runs again, so it is never written with other work."""
+        self.pending.clear()
 
     def take(self) -> list[HeldItem]:
         """The items waiting to be written, handed over once."""

@@ -49,7 +49,7 @@ def add_commands(
 
     for name, text, handler in (
         ("retry", "apply held items again (after an upgrade that fixes their cause)", _retry),
-        ("drop", "forget held items for good (their events stay in the log, unapplied)", _drop),
+        ("drop", "forget held items (their events stay in the log, unapplied)", _drop),
     ):
         action = with_config(sub.add_parser(name, help=text, description=text))
         action.add_argument("ids", metavar="ID", type=int, nargs="*", help="items, by id")
@@ -71,7 +71,7 @@ def _list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return 0
     if not items:
         which = f" by {args.component}" if args.component else ""
-        print(f"nothing held{which}")
+        print(f"{total:,} held{which}" if total else f"nothing held{which}")
         return 0
     rows = [["id", "component", "kind", "key", "tries", "held since", "error"]]
     for item in items:

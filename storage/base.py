@@ -403,6 +403,29 @@ PROFILE, ACCOUNT = "profile", "account"
 """Subjects of a score."""
 
 
+class Damaged(dict[str, Any]):
+    """Traits read from a row that cannot be decoded (damaged on disk, or by hand):
+    empty, with why. The scorer holds the profile or account that carries them."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+class DamagedRow(ValueError):
+    """Raised for an item whose row is Damaged, so that the item is held."""
+
+
+def decoded_traits(
+    decode: Callable[[bytes], dict[str, Any]], raw: bytes, kind: str, key: object
+) -> dict[str, Any]:
+    """`decode(raw)`, or Damaged saying which row (`kind` `key`) could not be read."""
+    try:
+        return decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return Damaged(f"the {kind} row of {key} cannot be read: {exc}")
+
+
 class ProfileToScore(msgspec.Struct):
     """What scoring one profile needs; `traits` and `account_traits` are filled only
     when the fit must be computed."""

@@ -23,6 +23,11 @@ import msgspec
 HeldKind = Literal["event", "profile", "account"]
 
 
+class Withdrawn(Exception):
+    """A held item whose retry was being applied changed or went meanwhile (a rebuild
+    swapped in, someone dropped it): the work is rolled back, nothing applied."""
+
+
 class HeldItem(msgspec.Struct, frozen=True):
     """One item to set aside, as a consumer reports it."""
 
@@ -58,8 +63,16 @@ class HeldStore(Protocol):
     def hold(self, items: Sequence[HeldItem], now: float) -> None:
         """Set aside; an item held before gets the new error and more attempts."""
 
-    def release(self, ids: Sequence[int]) -> None:
-        """Forget items that were applied at last."""
+    def release(self, retried: Sequence[Held]) -> None:
+        """Forget items whose retry was applied, in the transaction that applied them;
+        raises Withdrawn (so that it rolls back) if any is no longer as it was read."""
+
+    def release_keys(self, component: str, kind: HeldKind, keys: Sequence[str]) -> None:
+        """Forget what a component just processed after all (a profile held by a batch
+        run that its next change scored)."""
+
+    def holds(self, component: str, kind: HeldKind) -> bool:
+        """Whether any such item is held (a cheap look before release_keys)."""
 
     def to_retry(self, component: str, kind: HeldKind, limit: int) -> list[Held]:
         """Items of `component` whose retry was asked for."""
@@ -75,5 +88,8 @@ class HeldStore(Protocol):
         component). Profiles and accounts go back on the scorer's to-do list at once;
         events are flagged for their component. Returns (requeued, flagged)."""
 
-    def drop(self, ids: Sequence[int] | None, component: str | None) -> int:
-        """Forget held items for good; their events stay in the log, unapplied."""
+    def drop(
+        self, ids: Sequence[int] | None, component: str | None, kind: HeldKind | None = None
+    ) -> int:
+        """Forget held items; their events stay in the log, unapplied (until a rebuild
+        or a scorer replay reads the whole log again)."""

@@ -323,7 +323,7 @@ MIGRATIONS: list[str] = [
     # so one bad item never stops the pipeline; `leadsync held` lists, retries, drops.
     """
     CREATE TABLE held (
-        id        INTEGER PRIMARY KEY,
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
         component TEXT NOT NULL,
         kind      TEXT NOT NULL,
         key       TEXT NOT NULL,

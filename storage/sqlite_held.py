@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from storage.base import Change
-from storage.held import Held, HeldItem, HeldKind
+from storage.held import Held, HeldItem, HeldKind, Withdrawn
 from storage.sqlite_graph import Transactions, chunks, marks
 
 _COLUMNS = "id, component, kind, key, error, attempts, held_at, retry, body"
@@ -32,8 +32,27 @@ class SqliteHeldStore(Transactions):
             [(i.component, i.kind, i.key, i.error, i.attempts, i.body, now) for i in items],
         )
 
-    def release(self, ids: Sequence[int]) -> None:
-        self._db.executemany("DELETE FROM held WHERE id = ?", [(i,) for i in ids])
+    def release(self, retried: Sequence[Held]) -> None:
+        for held in retried:
+            gone = self._db.execute(
+                "DELETE FROM held WHERE id = ? AND component = ? AND kind = ? AND key = ? "
+                "AND retry = 1",
+                (held.id, held.component, held.kind, held.key),
+            ).rowcount
+            if gone != 1:
+                raise Withdrawn(f"held item {held.id} changed or went while it was retried")
+
+    def release_keys(self, component: str, kind: HeldKind, keys: Sequence[str]) -> None:
+        self._db.executemany(
+            "DELETE FROM held WHERE component = ? AND kind = ? AND key = ?",
+            [(component, kind, key) for key in keys],
+        )
+
+    def holds(self, component: str, kind: HeldKind) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM held WHERE component = ? AND kind = ? LIMIT 1", (component, kind)
+        ).fetchone()
+        return row is not None
 
     def to_retry(self, component: str, kind: HeldKind, limit: int) -> list[Held]:
         rows = self._db.execute(
@@ -65,12 +84,16 @@ class SqliteHeldStore(Transactions):
                     (held.key, _RESCORE),
                 )
             elif held.kind == "account":
-                # Any member: rescoring a member whose account changed rescores the account.
-                self._db.execute(
+                # Any member: rescoring a member whose account changed rescores the
+                # account. One with no member left has nothing to score: it goes.
+                queued = self._db.execute(
                     "INSERT INTO profile_changes (uid, reasons) "
                     "SELECT uid, ? FROM profiles WHERE account_id = ? LIMIT 1",
                     (int(Change.ACCOUNT), held.key),
-                )
+                ).rowcount
+                if not queued:
+                    self._db.execute("DELETE FROM held WHERE id = ?", (held.id,))
+                    continue
             else:
                 self._db.execute("UPDATE held SET retry = 1 WHERE id = ?", (held.id,))
                 flagged += 1
@@ -79,9 +102,11 @@ class SqliteHeldStore(Transactions):
             requeued += 1
         return requeued, flagged
 
-    def drop(self, ids: Sequence[int] | None, component: str | None) -> int:
-        chosen = [held.id for held in self._chosen(ids, component)]
-        self.release(chosen)
+    def drop(
+        self, ids: Sequence[int] | None, component: str | None, kind: HeldKind | None = None
+    ) -> int:
+        chosen = [h.id for h in self._chosen(ids, component) if kind is None or h.kind == kind]
+        self._db.executemany("DELETE FROM held WHERE id = ?", [(i,) for i in chosen])
         return len(chosen)
 
     def _chosen(self, ids: Sequence[int] | None, component: str | None) -> list[Held]:

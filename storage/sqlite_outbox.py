@@ -13,7 +13,14 @@ from typing import Any
 
 import msgspec
 
-from storage.base import DeadLetter, DestinationCounts, OutboxRow, Settlement, Stamped
+from storage.base import (
+    DeadLetter,
+    DestinationCounts,
+    OutboxRow,
+    Settlement,
+    Stamped,
+    decoded_traits,
+)
 from storage.sqlite_graph import Transactions, chunks, marks
 
 FILTERED = 0
@@ -52,6 +59,10 @@ class _Traits(msgspec.Struct):
 _activity = msgspec.json.Decoder(_Traits).decode
 
 
+def _profile_traits(activity: bytes) -> dict[str, Any]:
+    return {k: v.value for k, v in _activity(activity).traits.items()}
+
+
 class SqliteOutboxStore(Transactions):
     def subjects(
         self, rows: Sequence[int], with_traits: bool
@@ -64,7 +75,9 @@ class SqliteOutboxStore(Transactions):
             ):
                 addresses = {"user_id": row[2]} if row[2] is not None else {}
                 traits = (
-                    {k: v.value for k, v in _activity(row[3]).traits.items()} if with_traits else {}
+                    decoded_traits(_profile_traits, row[3], "profile", row[1])
+                    if with_traits
+                    else {}
                 )
                 found[row[0]] = (row[1], addresses, traits)
             # The oldest email and anonymous id: the ones a destination most likely knows.

@@ -22,6 +22,7 @@ from storage.base import (
     Score,
     Stamped,
     StoredEvent,
+    decoded_traits,
 )
 from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import LogConsumerStore, by_kind, chunks, marks, read_events
@@ -151,8 +152,12 @@ class SqliteScoreStore(LogConsumerStore):
                     account,
                     score_of(score),
                     [],
-                    traits=_values(_activity(activity).traits),
-                    account_traits=_values(_traits(account_traits)) if account_traits else {},
+                    traits=decoded_traits(_profile_traits, activity, "profile", uid),
+                    account_traits=(
+                        decoded_traits(_account_traits, account_traits, "account", account)
+                        if account_traits
+                        else {}
+                    ),
                 )
                 for row_id, uid, account, activity, account_traits, *score in rows
             }
@@ -201,8 +206,12 @@ class SqliteScoreStore(LogConsumerStore):
                     target.account,
                     None,
                     target.intents,
-                    traits=_values(_activity(activity).traits),
-                    account_traits=_values(_traits(account_traits)) if account_traits else {},
+                    traits=decoded_traits(_profile_traits, activity, "profile", stale[profile]),
+                    account_traits=(
+                        decoded_traits(_account_traits, account_traits, "account", target.account)
+                        if account_traits
+                        else {}
+                    ),
                 )
         return list(profiles.values())
 
@@ -215,7 +224,7 @@ class SqliteScoreStore(LogConsumerStore):
 
     def accounts_after(self, group_id: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
         return [
-            (group, _values(_traits(traits)))
+            (group, decoded_traits(_account_traits, traits, "account", group))
             for group, traits in self._db.execute(
                 "SELECT group_id, traits FROM accounts WHERE group_id > ? ORDER BY group_id "
                 "LIMIT ?",
@@ -309,6 +318,14 @@ def _columns(s: Score) -> tuple[Any, ...]:
 
 def _values(traits: dict[str, Stamped]) -> dict[str, Any]:
     return {name: stamped.value for name, stamped in traits.items()}
+
+
+def _profile_traits(activity: bytes) -> dict[str, Any]:
+    return _values(_activity(activity).traits)
+
+
+def _account_traits(traits: bytes) -> dict[str, Any]:
+    return _values(_traits(traits))
 
 
 def _prefixed(alias: str) -> str:

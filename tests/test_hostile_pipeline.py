@@ -150,15 +150,6 @@ filter = 'employees > 10 or title == "CTO" or country in ["US", "DE"]'
 
     status = daemon.admin("/status")[1]
     assert status["events_stored"] > 0
-    print(
-        "STATS",
-        status["events_stored"],
-        answers.count(200),
-        answers.count(400),
-        status["held"],
-        daemon.admin("/quarantine")[1]["total"],
-        status["destinations"]["crm"]["sent"],
-    )
     actors = {a["name"]: (a["state"], a["restarts"]) for a in status["actors"]}
     assert all(found == ("running", 0) for found in actors.values()), actors
     assert daemon.admin("/readyz")[0] == 200

@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from segment.analytics.client import Client
 
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 from tests.identity_journey import DESKTOP, EMAIL, MOBILE, USER, as_schema_5, journey, profiles
+from tests.test_cli import leadsync
 
 
 def send(client: Client, message: dict[str, Any]) -> None:
@@ -343,6 +344,7 @@ def test_an_event_the_merger_cannot_apply_is_held_and_the_rest_goes_on(
     web.identify("u1", {"plan": "trial"})
     settle(daemon)
     with sqlite3.connect(daemon.database) as db:
+        (sound,) = db.execute("SELECT activity FROM profiles WHERE user_id = 'u1'").fetchone()
         db.execute("UPDATE profiles SET activity = 'not json' WHERE user_id = 'u1'")
     web.track("u1", "Upgraded")
     web.track("u2", "Signed Up")
@@ -357,4 +359,15 @@ def test_an_event_the_merger_cannot_apply_is_held_and_the_rest_goes_on(
     assert '"event":"Upgraded"' in item["body"]
     assert metric(daemon, 'leadsync_poison_total{component="identity"}') == 1
     assert daemon.admin("/v1/profiles/user_id/u2")[0] == 200
+
+    # The row is repaired (a restore, say); the held event is retried, and applied.
+    with sqlite3.connect(daemon.database) as db:
+        db.execute("UPDATE profiles SET activity = ? WHERE user_id = 'u1'", (sound,))
+    assert daemon.admin("/v1/profiles/user_id/u1")[1]["events"] == 1
+    retried = leadsync("held", "retry", "--all", "--config", str(daemon.config_path))
+    assert "1 event to be applied again" in retried.stdout, retried.stderr
+    wait_for(lambda: daemon.admin("/status")[1]["held"] == {})
+    u1 = daemon.admin("/v1/profiles/user_id/u1")[1]
+    assert u1["events"] == 2
+    assert u1["last_events"][0]["event"] == "Upgraded"
     assert daemon.terminate() == 0

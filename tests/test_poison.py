@@ -18,17 +18,22 @@ import pytest
 from actors.delivery import senders
 from actors.delivery.sender import Sender
 from actors.identity import isolate
+from actors.identity import rebuild as rebuild_module
+from actors.identity.extract import Extractor, Identifier
 from actors.identity.graph import BatchResult
+from actors.messages import Event
+from actors.scoring import deploy
 from actors.scoring.scorer import Scorer
 from daemon.config import Destination
 from storage.base import OutboxRow, transaction
 from storage.held import Held
-from storage.sqlite_graph import open_log
+from storage.sqlite_graph import connect, open_log
 from storage.sqlite_held import SqliteHeldStore
+from storage.sqlite_scores import SqliteScoreStore
 from tests import test_delivery
 from tests.test_delivery import delivering, stage, uids, webhook
 from tests.test_identity import Harness, built, shape
-from tests.test_scorer import CTO, T0, Scoring, identify, track
+from tests.test_scorer import CTO, T0, Scoring, identify, track, variant
 
 POISON = "poison"
 
@@ -149,6 +154,18 @@ def poisoned_fit(scoring: Scoring) -> Fault:
     return fault
 
 
+def restarted_with_held(scoring: Scoring) -> Scorer:
+    """A new scorer on a new connection, as the actor builds it: held store first."""
+    scoring.store = SqliteScoreStore(connect(scoring.graph.path, 5))
+    model = deploy.active(scoring.store)
+    extractor = Extractor(scoring.graph.rules)
+    scorer = Scorer(scoring.store, model, extractor, {"web": "web"}, lambda: scoring.now)
+    scorer.held = SqliteHeldStore(scoring.store._db)
+    scorer.use(model)
+    scoring.scorer = scorer
+    return scorer
+
+
 def with_held(scoring: Scoring) -> Scorer:
     scorer = scoring.scorer
     scorer.held = SqliteHeldStore(scoring.store._db)
@@ -205,9 +222,117 @@ async def test_the_fold_holds_the_event_it_fails_on_and_moves_on(tmp_path: Path)
         fault.on = False
         assert retry_all(path) == (0, 1)
         assert scorer.retry_held() == 1
+        assert scorer.retry_held() == 0  # released: not folded a second time
         scorer.run_batch()
         assert held(path) == []
-        assert (scoring.profile_score("user_id", POISON).ltb_score or 0) > 0
+    # Exactly what a scorer that never failed makes of the same events.
+    async with Harness(tmp_path / "clean.db") as clean_graph:
+        clean = Scoring(clean_graph)
+        await clean.send(*journey())
+        clean.batch()
+        expected = clean.profile_score("user_id", POISON).ltb_score
+    assert expected
+    assert scoring.profile_score("user_id", POISON).ltb_score == expected
+
+
+async def test_a_replay_after_a_deploy_folds_a_held_event_once(tmp_path: Path) -> None:
+    """New event weights read the whole log again: a held event is folded then (or
+    held again), and a retry asked for later must not fold it a second time."""
+    path = tmp_path / "s.db"
+    async with Harness(path) as graph:
+        scoring = Scoring(graph)
+        scorer = with_held(scoring)
+        fault = Fault(lambda stored: b'"messageId":"d1"' in stored.body)
+        scorer._weigh = fault.wrap(scorer._weigh)  # type: ignore[method-assign]
+        await scoring.send(track("Demo Requested", T0, "d1", userId="ann"))
+        scoring.batch()
+        assert len(held(path)) == 1
+        cheaper = variant("cheap-demo", "points = 40", "points = 15")
+        deploy.deploy(scoring.store, cheaper, "test", again=False)
+        scorer = restarted_with_held(scoring)  # the fixed version, with the new model
+        assert held(path) == []  # the replay reads it again
+        scoring.batch()
+        once = scoring.profile_score("user_id", "ann").ltb_score
+        assert once == 15
+        retry_all(path)
+        scorer.retry_held()
+        scorer.run_batch()
+        assert scoring.profile_score("user_id", "ann").ltb_score == once
+
+
+async def test_what_failed_work_set_aside_is_never_written_with_later_work(
+    tmp_path: Path,
+) -> None:
+    """An event that failed three times (memory pressure, say: here a fault) is held
+    only in the transaction of the fold that skipped it; if that fold fails (a
+    locked database), the next one decides again."""
+    path = tmp_path / "s.db"
+    async with Harness(path) as graph:
+        scoring = Scoring(graph)
+        scorer = with_held(scoring)
+        fault = Fault(lambda stored: b'"messageId":"d1"' in stored.body)
+        scorer._weigh = fault.wrap(scorer._weigh)  # type: ignore[method-assign]
+        await scoring.send(track("Demo Requested", T0, "d1", userId="ann"))
+        intents = scorer.store.intents
+
+        def locked(keys: Any) -> Any:
+            scorer.store.intents = intents  # type: ignore[method-assign]
+            raise sqlite3.OperationalError("database is locked")
+
+        scorer.store.intents = locked  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            scorer.fold_events(10**9)
+        fault.on = False  # it passed
+        scoring.batch()
+        assert held(path) == []
+        assert scoring.profile_score("user_id", "ann").ltb_score == 40
+
+
+async def test_a_profile_row_that_cannot_be_read_is_held_and_the_rest_scored(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with Harness(path) as graph:
+        scoring = Scoring(graph)
+        scorer = with_held(scoring)
+        await scoring.send(
+            identify(CTO, T0, "1", userId="ann"), identify(CTO, T0, "2", userId="bob")
+        )
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE profiles SET activity = 'not json' WHERE user_id = 'ann'")
+            db.execute("INSERT INTO profile_changes (uid, reasons) SELECT uid, 4 FROM profiles")
+        assert scorer.score_changes() == 2
+        (item,) = held(path)
+        assert item.kind == "profile"
+        assert "row of" in item.error
+        assert "cannot be read" in item.error
+        assert scorer.store.changes(10) == []
+        scoring.batch()  # a batch run over the same row: the same, no crash
+        assert [h.key for h in held(path)] == [item.key]
+
+
+async def test_a_rebuild_holds_the_event_it_fails_on_and_the_swap_brings_it_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "g.db"
+    steps = journey()
+    async with Harness(path) as graph:
+        await graph.send(*steps)
+        await graph.apply()
+        assert held(path) == []
+
+        class Poisoned(Extractor):
+            def identifiers(self, event: Event) -> list[Identifier]:
+                if event.user_id == POISON:
+                    raise KeyError("set off by one item")
+                return super().identifiers(event)
+
+        monkeypatch.setattr(rebuild_module, "Extractor", Poisoned)
+        rebuild_module.rebuild(path, graph.rules, 5)
+        (item,) = held(path)
+        assert (item.component, item.kind) == ("identity", "event")
+        without = [s for s in steps if s.get("userId") != POISON]
+        assert shape(graph.profiles()) == await built(tmp_path / "without.db", without)
 
 
 class _Exploding(Sender):

@@ -142,13 +142,17 @@ def test_a_profile_a_filter_fails_on_is_held_and_applied_after_the_fix(
             for line in daemon.log_lines()[-50:]
         )
     )
+    scored_at = (scores(daemon, "zero") or {})["fit_at"]
     unnamed = leadsync("held", "retry", "--config", str(daemon.config_path))
     assert unnamed.returncode == 64
     assert "name items by id, or say --all" in unnamed.stderr
     retried = leadsync("held", "retry", "--all", "--config", str(daemon.config_path))
     assert retried.returncode == 0, retried.stderr
     assert "1 profile or account back on the scorer's to-do list" in retried.stdout
-    wait_for(lambda: daemon.admin("/status")[1]["held"] == {})
+    # The daemon rescored it (the CLI only put it back on the to-do list), and staged
+    # it with the fixed filter without holding it again.
+    wait_for(lambda: (scores(daemon, "zero") or {})["fit_at"] != scored_at)
+    assert daemon.admin("/status")[1]["held"] == {}
     assert leadsync("held", "list", "--config", str(daemon.config_path)).stdout == "nothing held\n"
     assert metric(daemon, 'leadsync_poison_total{component="scorer"}') == 1
     no_restarts(daemon)

@@ -29,7 +29,7 @@ import structlog
 
 from actors.delivery.limiter import WindowLimiter
 from actors.delivery.sender import Refused, Sender, Unavailable
-from actors.poison import describe
+from actors.poison import blames_storage, describe
 from actors.runtime import Actor, held_from_thread
 from daemon.config import Destination
 from daemon.metrics import Metrics
@@ -390,6 +390,8 @@ class DestinationActor(Actor):
             # cannot encode, say): the records that do not are sent, and the one that
             # does is retried as the policy says, then dead-lettered, never a crash.
             self._limiter.release()
+            if blames_storage(exc):
+                raise  # out of memory, say: not these records' doing
             reason = f"the sender failed: {describe(exc)}"
             self._metrics.destination_requests.labels(self.destination, "failed").inc()
             log.error("destination sender failed", destination=self.destination, error=reason)

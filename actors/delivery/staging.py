@@ -19,7 +19,7 @@ from actors.delivery.filter import Filter
 from actors.delivery.payload import Payload, encode
 from actors.poison import HELD, Attempts
 from daemon.config import Destination
-from storage.base import OutboxStore, Score
+from storage.base import Damaged, DamagedRow, OutboxStore, Score
 
 ADDRESS_KINDS = ("user_id", "email", "anonymous_id")
 
@@ -56,6 +56,8 @@ class Route:
 
     def payload(self, subject: Subject) -> tuple[bytes | None, int]:
         """The encoded payload and its hash, or (None, 0) if the filter refuses it."""
+        if isinstance(subject.traits, Damaged):
+            raise DamagedRow(subject.traits.reason)
         scores = subject.score.traits()
         if self.filter is not None:
             values = {**subject.traits, **subject.addresses, **scores}

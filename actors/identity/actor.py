@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 RETRY_AFTER_STORAGE_ERROR = 1.0
+IDLE_LOOK = 1.0
+"""Seconds between calls to the worker while the log is quiet, which apply any held
+event whose retry was asked for (`leadsync held retry`)."""
 MAX_RETRY_AFTER_FAILURE = 300.0
 """Seconds before retrying a batch the database refused (locked too long, disk full)."""
 
@@ -128,7 +131,9 @@ class IdentityActor(Actor):
                     if self._stopping:
                         return
                     if self._progress.head <= checkpoint:
-                        await self._progress.moved()
+                        # Also a look a second: a held event's retry may be waiting.
+                        with anyio.move_on_after(IDLE_LOOK):
+                            await self._progress.moved()
                     continue
                 checkpoint = self._progress.consumers[CONSUMER] = applied.checkpoint
                 self._report(applied)

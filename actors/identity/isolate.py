@@ -20,7 +20,7 @@ import structlog
 from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.poison import HELD, Attempts, blames_storage, describe
 from storage.base import StoredEvent, transaction
-from storage.held import HeldStore
+from storage.held import HeldStore, Withdrawn
 from storage.sqlite_graph import read_batches, read_events
 
 log = structlog.get_logger(__name__)
@@ -78,7 +78,7 @@ def _in_parts(
     events: Sequence[StoredEvent],
     after: int,
 ) -> Iterator[BatchResult]:
-    parts = [events]
+    parts = [events] if events else []
     while parts:
         part = parts.pop()
         if len(part) > 1:
@@ -120,15 +120,18 @@ def retry_held(graph: Graph, held: HeldStore, attempts: Attempts) -> list[BatchR
     for item in held.to_retry(COMPONENT, "event", RETRIES_A_CALL):
         event = StoredEvent(int(item.key), "", item.body or b"")
         checkpoint = graph.store.checkpoint()
-        outcome = attempts.run(
-            "event",
-            item.key,
-            graph.apply_aside,
-            [event],
-            checkpoint,
-            lambda item_id=item.id: held.release([item_id]),
-            body=item.body,
-        )
+        try:
+            outcome = attempts.run(
+                "event",
+                item.key,
+                graph.apply_aside,
+                [event],
+                checkpoint,
+                lambda item=item: held.release([item]),
+                body=item.body,
+            )
+        except Withdrawn:
+            continue  # a rebuild swapped in or someone dropped it: nothing was applied
         if outcome is HELD:
             items = attempts.take()
             with transaction(graph.store):

@@ -32,6 +32,8 @@ from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
 from storage.base import (
     ACCOUNT,
     Change,
+    Damaged,
+    DamagedRow,
     ProfileInBatch,
     ProfileToScore,
     Score,
@@ -39,7 +41,7 @@ from storage.base import (
     StoredEvent,
     transaction,
 )
-from storage.held import HeldStore
+from storage.held import Held, HeldStore, Withdrawn
 
 log = structlog.get_logger(__name__)
 
@@ -134,6 +136,9 @@ class Scorer:
             return False
         with self.transaction():
             self.replay_until = self.store.reset_intents()
+            if self.held is not None:
+                # The replay folds them again, or holds again those that still fail.
+                self.held.drop(None, COMPONENT, "event")
             self.store.set_meta(INTENT_DIGEST, digest)
             self.store.set_meta(REPLAY_UNTIL, str(self.replay_until))
         log.info(
@@ -162,6 +167,7 @@ class Scorer:
     def fold_events(self, up_to: int, limit: int = FOLD_BATCH) -> int:
         """Fold the next events (at most up to log sequence `up_to`); returns how many
         were read, 0 when caught up."""
+        self.attempts.begin()
         after = self.store.checkpoint()
         events = self.store.read_events(after, min(limit, up_to - after))
         if not events:
@@ -180,20 +186,27 @@ class Scorer:
         releasing those that fold now; returns how many were tried."""
         if self.held is None:
             return 0
+        self.attempts.begin()
+        if self.replaying():
+            return 0  # the replay reads them from the log; a retry now would fold twice
         items = self.held.to_retry(COMPONENT, "event", limit)
         if not items:
             return 0
         weighed: list[_Weighed] = []
-        released: list[int] = []
+        released: list[Held] = []
         for item in items:
             stored = StoredEvent(int(item.key), "", item.body or b"")
             outcome = self.attempts.run("event", item.key, self._weigh, stored, body=item.body)
             if outcome is HELD:
                 continue  # held again: its retry flag is cleared with the new error
-            released.append(item.id)
+            released.append(item)
             if outcome is not None:
                 weighed.append(outcome)
-        self._fold(weighed, release=released)
+        try:
+            self._fold(weighed, release=released)
+        except Withdrawn as exc:
+            log.info("held events not folded: they changed meanwhile", error=str(exc))
+            return 0
         log.info("held events folded again", tried=len(items), released=len(released))
         return len(items)
 
@@ -213,7 +226,7 @@ class Scorer:
         return (home.kind, home.value), weight[0], weight[1], min(at, received)
 
     def _fold(
-        self, weighed: list[_Weighed], checkpoint: int | None = None, release: Sequence[int] = ()
+        self, weighed: list[_Weighed], checkpoint: int | None = None, release: Sequence[Held] = ()
     ) -> None:
         """Add weighed events to their aggregates, and commit them with the checkpoint
         (or, for held events applied at last, with their release)."""
@@ -246,6 +259,7 @@ class Scorer:
         identifiers a profile holds changed (a merge, a split, a new profile id), so
         its grade does not wait hours for the batch run.
         """
+        self.attempts.begin()
         generation = self.store.generation()
         with self.store.snapshot():
             changes = self.store.changes(limit)
@@ -276,17 +290,19 @@ class Scorer:
             score = self.attempts.run("profile", profile.uid, self._rescore, profile, flags, now)
             if score is not HELD:
                 scores[profile.row] = score
-        accounts = {p.account: p.account_traits or {} for p in profiles if p.account in groups}
+        accounts = {p.account: _given(p.account_traits) for p in profiles if p.account in groups}
         account_scores = self._accounts_fit(accounts, now)
         prepared = Staging.prepare(
             (
-                Subject(p.row, p.uid, scores[p.row], subjects[p.row][1], p.traits or {})
+                Subject(p.row, p.uid, scores[p.row], subjects[p.row][1], _given(p.traits))
                 for p in profiles
                 if p.row in subjects and p.row in scores
             ),
             routes,
             self.attempts,
         )
+        held_now = {item.key for item in self.attempts.pending if item.kind == "profile"}
+        fine = [p.uid for p in profiles if p.row in scores and p.uid not in held_now]
         with self.transaction():
             if self.store.generation() != generation:
                 return 0  # a rebuild swapped in: what was read belongs to the old graph
@@ -298,6 +314,9 @@ class Scorer:
             # A profile the identity actor changed again since the read has a row of
             # its own for that (see clear_changes), and is rescored next time round.
             self.store.clear_changes([row for row, _, _ in changes])
+            if self.held is not None and self.held.holds(COMPONENT, "profile"):
+                # Held by a batch run, say, and scored now: no longer held.
+                self.held.release_keys(COMPONENT, "profile", fine)
         return len(changes)
 
     def _rescore(self, profile: ProfileToScore, flags: int, now: float) -> Score:
@@ -326,10 +345,13 @@ class Scorer:
 
     def _with_fit(self, profile: ProfileToScore, now: float) -> Score:
         score = _copy(profile.score)
-        self._set_fit(score, Traits(profile.traits or {}, profile.account_traits or {}), now)
+        self._set_fit(score, Traits(_given(profile.traits), _given(profile.account_traits)), now)
         return score
 
     def _set_fit(self, score: Score, traits: Traits, now: float) -> None:
+        for read in traits:
+            if isinstance(read, Damaged):
+                raise DamagedRow(read.reason)
         fit = self.fit.score(traits)
         score.fit_score, score.fit_segment, score.fit_signals = fit.score, fit.segment, fit.signals
         score.inputs = fit.inputs
@@ -359,6 +381,7 @@ class Scorer:
         the next run does everything again anyway. `between` hears the log checkpoint
         after each chunk.
         """
+        self.attempts.begin()
         started = time.perf_counter()
         now = self.clock()
         result = BatchResult()
@@ -468,6 +491,7 @@ class Scorer:
         (with `full`, even what the destination already acknowledged: a resend after
         its data was lost). Between chunks, changed profiles are rescored as usual."""
         assert self.staging is not None
+        self.attempts.begin()
         route = self.staging.routes[destination]
         result = SyncResult()
         generation = self.store.generation()
@@ -596,6 +620,12 @@ def _subjects(
     for row, (uid, addresses, traits) in read.items():
         if row in rows and row in scores:
             yield Subject(row, uid, scores[row], addresses, traits)
+
+
+def _given(traits: dict[str, Any] | None) -> dict[str, Any]:
+    """Traits read, or none: not `traits or {}`, which would turn an empty Damaged
+    (a row that cannot be read) into no traits at all, scored as if fine."""
+    return {} if traits is None else traits
 
 
 def _copy(score: Score | None) -> Score:
