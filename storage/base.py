@@ -535,6 +535,12 @@ class ScoreStore(Protocol):
         """Uids of the profiles that belong to these accounts."""
         ...
 
+    def unfolded(self, rows: Sequence[int], after: int, limit: int) -> dict[int, list[StoredEvent]]:
+        """Per profile row, the events after log sequence `after` (the fold's
+        checkpoint) whose home is one of its identifiers, oldest first; at most
+        `limit` in all."""
+        ...
+
     def profiles_by_uid(self, uids: Sequence[str]) -> list[ProfileToScore]:
         """Existing profiles among `uids`, with traits, account traits, aggregates and scores."""
         ...

@@ -134,6 +134,22 @@ class SqliteScoreStore(LogConsumerStore):
             "SELECT uid FROM profiles WHERE account_id IN ", group_ids, lambda row: str(row[0])
         )
 
+    def unfolded(self, rows: Sequence[int], after: int, limit: int) -> dict[int, list[StoredEvent]]:
+        found: dict[int, list[StoredEvent]] = {}
+        for chunk in chunks(rows):
+            for profile, seq, source, body in self._db.execute(
+                "SELECT i.profile, e.seq, e.source, e.body FROM identities i "
+                "JOIN profile_events pe ON pe.node = i.id AND pe.seq > ? "
+                "JOIN events e ON e.seq = pe.seq "
+                f"WHERE i.profile IN ({marks(chunk)}) ORDER BY pe.seq LIMIT ?",
+                (after, *chunk, limit),
+            ):
+                found.setdefault(profile, []).append(StoredEvent(seq, source, body))
+                limit -= 1
+            if limit <= 0:
+                break
+        return found
+
     def profiles_by_uid(self, uids: Sequence[str]) -> list[ProfileToScore]:
         found: list[ProfileToScore] = []
         for chunk in chunks(uids):

@@ -485,3 +485,26 @@ async def test_account_news_carried_by_a_profile_merged_away_in_the_same_batch_i
         )
         assert scoring.profile_score("user_id", "bob").fit_score == 45
         assert scoring.store.scores(ACCOUNT, ["acme"])["acme"].fit_score == 45
+
+
+async def test_a_new_visitors_events_count_in_its_likelihood_before_the_fold(
+    tmp_path: Path,
+) -> None:
+    """A new profile, and one a merge made, get their likelihood at once: the events
+    the merger applied for them count although the fold has not reached them."""
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(track("Demo Requested", T0, "1", anonymousId="visitor"))
+        assert scoring.scorer.store.checkpoint() == 0  # nothing folded
+        assert scoring.profile_score("anonymous_id", "visitor").ltb_score == 40
+        # Identified, and the visitor's profile merged into the user's: both count.
+        await scoring.send(
+            track("Demo Requested", T0 + 60, "2", userId="ann"),
+            identify(CTO, T0 + 120, "3", userId="ann", anonymousId="visitor"),
+        )
+        assert scoring.scorer.store.checkpoint() == 0
+        merged = scoring.profile_score("user_id", "ann")
+        assert merged.ltb_score == 80
+        # Folded later: the same figure, counted once.
+        scoring.batch()
+        assert scoring.profile_score("user_id", "ann").ltb_score == merged.ltb_score

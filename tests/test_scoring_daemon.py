@@ -131,6 +131,24 @@ def test_a_broken_model_with_none_deployed_stops_the_start_with_the_reason(
     assert "fit.rules[2].max: must be more than min" in daemon.log()
 
 
+def test_a_new_visitors_demo_request_counts_in_its_likelihood_at_once(
+    daemon: DaemonProcess,
+) -> None:
+    """No identify, no batch run: a new profile's likelihood counts what it did."""
+    # A fresh daemon runs its first batch at once; the visitor comes after it.
+    ran = wait_for(lambda: daemon.admin("/status")[1]["scoring"]["last_batch_at"])
+    demo = {"type": "track", "anonymousId": "visitor-1", "event": "Demo Requested"}
+    assert post(daemon, [demo]) == 200
+
+    def likelihood() -> Any:
+        status, body = daemon.admin("/v1/profiles/anonymous_id/visitor-1")
+        return status == 200 and body.get("scores") and body["scores"]["traits"]
+
+    found = wait_for(lambda: (t := likelihood()) and t["mk_likelihood_to_buy_score"] == 40 and t)
+    assert found["mk_likelihood_to_buy_signals"] == ["Requested a demo"]
+    assert daemon.admin("/status")[1]["scoring"]["last_batch_at"] == ran  # no batch run since
+
+
 def test_after_kill_9_every_logged_event_is_counted_once_in_the_likelihood(
     make_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ Three jobs, each a short transaction at a time so ingestion never waits long:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -53,6 +54,10 @@ COMPONENT = "scorer"
 """What the scorer's held items are filed under."""
 BATCH_CHUNK = 5_000
 """Profiles scored per transaction in a batch run."""
+UNFOLDED_LIMIT = 20_000
+"""Events not folded yet read for the new and merged profiles of one round of
+changes, at most: their likelihood counts them at once (past it, the rest wait for
+the fold and the next batch run)."""
 
 _FIT_REASONS = int(
     Change.IDENTITY | Change.MERGE | Change.TRAITS | Change.ACCOUNT | Change.RECOMPUTED
@@ -277,6 +282,14 @@ class Scorer:
             for uid in others:
                 reasons[uid] = int(Change.ACCOUNT)
             profiles += self.store.profiles_by_uid(others)
+            # What the merger applied for them that the fold has not reached: their
+            # likelihood counts it now, not at the next batch run (hours away).
+            fresh = [p.row for p in profiles if self._needs_likelihood(p, reasons[p.uid])]
+            tails = (
+                self.store.unfolded(fresh, self.store.checkpoint(), UNFOLDED_LIMIT)
+                if fresh and not self.replaying()
+                else {}
+            )
             routes = self.staging.wanted(batch=False) if self.staging else []
             subjects = (
                 self.staging.store.subjects([p.row for p in profiles], with_traits=False)
@@ -286,8 +299,10 @@ class Scorer:
         now = self.clock()
         scores: dict[int, Score] = {}
         for profile in profiles:
-            flags = reasons[profile.uid]
-            score = self.attempts.run("profile", profile.uid, self._rescore, profile, flags, now)
+            flags, tail = reasons[profile.uid], tails.get(profile.row, [])
+            score = self.attempts.run(
+                "profile", profile.uid, self._rescore, profile, flags, now, tail
+            )
             if score is not HELD:
                 scores[profile.row] = score
         accounts = {p.account: _given(p.account_traits) for p in profiles if p.account in groups}
@@ -319,13 +334,34 @@ class Scorer:
                 self.held.release_keys(COMPONENT, "profile", fine)
         return len(changes)
 
-    def _rescore(self, profile: ProfileToScore, flags: int, now: float) -> Score:
+    def _rescore(
+        self, profile: ProfileToScore, flags: int, now: float, tail: Sequence[StoredEvent]
+    ) -> Score:
         """A changed profile's new score: fit, and likelihood where the identifiers it
-        holds changed (or it has none yet)."""
+        holds changed (or it has none yet), counting `tail`, its events not folded yet."""
         score = self._with_fit(profile, now)
-        if flags & _HOLDINGS or score.ltb_model is None:
-            self._set_likelihood(score, self._points(profile.intents, now), now)
+        if self._needs_likelihood(profile, flags):
+            points = self._points(profile.intents, now, self._unfolded(tail))
+            self._set_likelihood(score, points, now)
         return score
+
+    @staticmethod
+    def _needs_likelihood(profile: ProfileToScore, flags: int) -> bool:
+        return bool(flags & _HOLDINGS) or profile.score is None or profile.score.ltb_model is None
+
+    def _unfolded(self, tail: Sequence[StoredEvent]) -> list[Intent]:
+        """Each weighted event of `tail` as an aggregate of its own: decay is linear,
+        so adding them up is the same as folding them in."""
+        intents = []
+        for stored in tail:
+            try:
+                weighed = self._weigh(stored)
+            except Exception:  # the fold holds it, with its reason, when it gets there
+                continue
+            if weighed is not None:
+                _, points, signal, at = weighed
+                intents.append(Intent(at, {signal: points}))
+        return intents
 
     def _accounts_fit(self, accounts: dict[str, dict[str, Any]], now: float) -> dict[str, Score]:
         current = self.store.scores(ACCOUNT, list(accounts))
@@ -554,9 +590,14 @@ class Scorer:
             prepared[name] += staged
         return prepared
 
-    def _points(self, intents: Iterable[bytes], now: float) -> dict[str, float]:
-        """Each signal's points at `now`, over a profile's identifiers' aggregates."""
-        return self.likelihood.now_points(map(_decode_intent, intents), now)
+    def _points(
+        self, intents: Iterable[bytes], now: float, unfolded: Iterable[Intent] = ()
+    ) -> dict[str, float]:
+        """Each signal's points at `now`, over a profile's identifiers' aggregates (and
+        any events of theirs not folded yet)."""
+        return self.likelihood.now_points(
+            itertools.chain(map(_decode_intent, intents), unfolded), now
+        )
 
     def _set_likelihood(self, score: Score, points: dict[str, float], now: float) -> None:
         ltb = self.likelihood.score(points)
