@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The embedded default config, whatever ./daemon.toml says (leadsync run alone would use it).
 run: $(STAMP)
-	$(BIN)/leadsync run
+	$(BIN)/leadsync run --config "$$($(BIN)/python -c 'from importlib import resources; print(resources.files("daemon") / "default.toml")')"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -90,6 +90,7 @@ class AdminServer(Actor):
         app.router.add_get("/quarantine", self._quarantine)
         app.router.add_get("/held", self._held)
         app.router.add_get("/v1/profiles/{kind}/{value}", self._profile)
+        app.router.add_get("/v1/profiles/{value}", self._profile)  # a profile id (prf_...)
         app.router.add_post("/v1/identity/rebuild", self._rebuild)
         app.router.add_post("/v1/scoring/run", self._run_scoring)
         app.router.add_post("/v1/destinations/{name}/sync", self._sync)
@@ -248,7 +249,8 @@ class AdminServer(Actor):
         return _json({"total": sum(counts.values()), "by_component": counts, "items": shown})
 
     async def _profile(self, request: web.Request) -> web.Response:
-        kind, value = request.match_info["kind"], request.match_info["value"]
+        kind = request.match_info.get("kind", "profile")
+        value = request.match_info["value"]
         kinds = [
             "profile",
             *BUILTIN_ID_KINDS,

@@ -381,7 +381,19 @@ async def _handle_signals(
         every actor has started."""
         async with reloading:
             await supervisor.ready.wait()
-            await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, False)
+            # `[scoring] model` as daemon.toml names it now: a file added or changed
+            # there is deployed too, not only a new version in the file named at start.
+            scoring = config
+            if config_path != EMBEDDED_DEFAULT:
+                with contextlib.suppress(ConfigError):  # destinations.reload says why
+                    scoring = (await anyio.to_thread.run_sync(load, config_path)).config
+            await anyio.to_thread.run_sync(_deploy_configured_model, scoring, path, storage, False)
+            destinations.config = msgspec.structs.replace(
+                destinations.config,
+                scoring=msgspec.structs.replace(
+                    destinations.config.scoring, model=scoring.scoring.model
+                ),
+            )
             if supervisor.stopping:
                 return
             try:

@@ -250,6 +250,11 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             model = load_model(config.scoring.model)
         except ModelError as exc:
             print(f"leadsync: {exc}", file=sys.stderr)
+            print(
+                "leadsync: `leadsync run` would log this, keep the model deployed last and "
+                "score with it; with none ever deployed, it would not start",
+                file=sys.stderr,
+            )
             return EXIT_CONFIG
         scoring = f"model {config.scoring.model} (version {model.version})"
     print(f"{loaded.path}: OK")

@@ -188,6 +188,11 @@ def test_profile_cli_shows_the_profile_and_says_when_there_is_none(
     assert profile["account"]["traits"] == {"name": "Initech", "employees": 200}
     assert [e["type"] for e in profile["last_events"]] == ["track", "group", "identify"]
 
+    # The admin API finds it by its id alone, as the README shows, and by kind "profile".
+    for path in (profile["profile_id"], f"profile/{profile['profile_id']}"):
+        status, by_id = daemon.admin(f"/v1/profiles/{path}")
+        assert (status, by_id["user_id"]) == (200, "carol")
+
     table = cli(profile["profile_id"])
     assert table.returncode == 0, table.stderr
     for text in ("carol@initech.com", "CTO", "initech", "Signed Up"):

@@ -409,6 +409,8 @@ def test_check_config_loads_the_configured_model_and_fails_like_a_config_error(
     assert err == (
         f"leadsync: {path}:{line_of(path, 'max = 1000')}: fit.rules[2].max: "
         "must be more than min (5000)\n"
+        "leadsync: `leadsync run` would log this, keep the model deployed last and score "
+        "with it; with none ever deployed, it would not start\n"
     )
 
 

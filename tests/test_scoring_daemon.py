@@ -149,6 +149,20 @@ def test_a_new_visitors_demo_request_counts_in_its_likelihood_at_once(
     assert daemon.admin("/status")[1]["scoring"]["last_batch_at"] == ran  # no batch run since
 
 
+def test_a_model_named_in_daemon_toml_after_start_is_deployed_on_sighup(
+    daemon: DaemonProcess,
+) -> None:
+    model = daemon.directory / "model.toml"
+    model.write_text(example().text.replace('version = "example-1"', 'version = "added-2"'))
+    with daemon.config_path.open("a") as config:
+        config.write(f'\n[scoring]\nmodel = "{model}"\n')
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.admin("/status")[1]["scoring"]["model"] == "added-2")
+    warned = [line for line in daemon.log_lines() if "takes a restart" in line["event"]]
+    assert warned == []
+
+
 def test_after_kill_9_every_logged_event_is_counted_once_in_the_likelihood(
     make_daemon: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
