@@ -199,8 +199,15 @@ def _parser() -> argparse.ArgumentParser:
     csv_help = "score a CSV of leads offline (Customer Fit only) with a model file"
     score_csv = commands.add_parser("score-csv", help=csv_help, description=csv_help)
     score_csv.add_argument("--model", metavar="FILE", required=True, help="the model file")
-    score_csv.add_argument("input", metavar="IN.csv", help="leads, with a header row")
-    score_csv.add_argument("output", metavar="OUT.csv", help="every input column, then the scores")
+    score_csv.add_argument("input", metavar="IN.csv", help="leads, with a header row (- for stdin)")
+    score_csv.add_argument(
+        "output", metavar="OUT.csv", help="every input column, then the scores (- for stdout)"
+    )
+    score_csv.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="of the input and the output (default utf-8; a byte order mark is dropped)",
+    )
     score_csv.add_argument(
         "--map",
         metavar="COLUMN=TRAIT",
@@ -851,27 +858,45 @@ def _score_csv(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
         return EXIT_DATAERR
-    bar = _Bar(f"scoring {args.input}", "bytes")
+    name = bulk.input_name(Path(args.input))
+    bar = _Bar(f"scoring {name}", "bytes")
     shown = 0
 
     def report(line: int, reason: str) -> None:
         nonlocal shown
         if shown < SKIPS_SHOWN:
             shown += 1
-            bar.say(f"{args.input}:{line}: {reason}")
+            bar.say(f"{name}:{line}: {reason}")
+
+    def unread(columns: list[tuple[str, str]]) -> None:
+        listed = ", ".join(f"{column!r} (as {trait})" for column, trait in columns)
+        reads = ", ".join(sorted(bulk.traits_read(model)))
+        bar.say(f"{name}: the model reads nothing from {listed}; copied, not scored")
+        bar.say(f"{name}: --map COLUMN=TRAIT gives a column a trait it reads: {reads}")
 
     interrupted = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with bar:
             result = bulk.score_csv(
-                model, Path(args.input), Path(args.output), overrides, report, bar.update_bytes
+                model,
+                Path(args.input),
+                Path(args.output),
+                overrides,
+                report,
+                bar.update_bytes,
+                encoding=args.encoding,
+                on_unread=unread,
             )
     except bulk.CannotRead as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
         return EXIT_NOINPUT
-    except bulk.UnknownColumn as exc:
-        print(f"leadsync: --map: {exc}", file=sys.stderr)
+    except (bulk.UnknownColumn, bulk.BadEncoding) as exc:
+        flag = "--map" if isinstance(exc, bulk.UnknownColumn) else "--encoding"
+        print(f"leadsync: {flag}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except bulk.NotAFile as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     except OSError as exc:
         print(f"leadsync: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
         return EXIT_STORAGE
@@ -879,14 +904,21 @@ def _score_csv(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, interrupted)
     if result.skipped > SKIPS_SHOWN:
         print(
-            f"{args.input}: {_count(result.skipped - SKIPS_SHOWN, 'more row')} could not be scored",
+            f"{name}: {_count(result.skipped - SKIPS_SHOWN, 'more row')} could not be scored",
             file=sys.stderr,
         )
-    print(f"scored {_count(result.scored, 'row')} into {args.output} with model {model.version}")
+    # With the scores on standard output, the summary must not land among them.
+    summary = sys.stderr if args.output == bulk.STDIO else sys.stdout
+    into = "<stdout>" if args.output == bulk.STDIO else args.output
+    print(
+        f"scored {_count(result.scored, 'row')} into {into} with model {model.version}",
+        file=summary,
+    )
     if result.skipped:
         print(
             f"{_count(result.skipped, 'row')} could not be scored and "
-            f"{'is' if result.skipped == 1 else 'are'} not in {args.output}"
+            f"{'is' if result.skipped == 1 else 'are'} not in {into}",
+            file=summary,
         )
         return EXIT_ROWS_SKIPPED
     return 0
