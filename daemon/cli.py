@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon import __version__, held_cli, logs, offline
-from daemon.config import ConfigError, LoadedConfig, StorageSection, load
+from daemon.config import ConfigError, FileDestination, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
 ADMIN_TIMEOUT = 10.0
@@ -274,9 +274,16 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     for name, destination in config.destinations.items():
         limit = destination.rate
         daily = f", {limit.daily:,} a day" if limit.daily else ""
+        files = ""
+        if isinstance(destination, FileDestination):
+            files = (
+                f", files in {destination.path}, a new one every "
+                f"{_duration(destination.rotate_interval)} or "
+                f"{destination.rotate_bytes / 2**20:g} MiB"
+            )
         print(
             f"  destination {name} (type {destination.kind}, mode {destination.mode}, "
-            f"at most {limit.requests} calls per {limit.per:g}s{daily})"
+            f"at most {limit.requests} calls per {limit.per:g}s{daily}{files})"
         )
     return 0
 
@@ -390,6 +397,10 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             + (f"   lag {d['lag']:.1f}s" if d["lag"] is not None else ""),
             highlight=False,
         )
+        if d.get("writing"):
+            console.print(
+                f"  writing {d['writing']}", markup=False, highlight=False, soft_wrap=True
+            )
         if d["last_error"]:
             console.print(f"  last error ({d['last_error_at']}): {d['last_error']}", markup=False)
     table = Table("actor", "role", "state", "restarts", "queue", "last error")
