@@ -381,7 +381,7 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         last = scoring["last_batch_at"] or "never"
         figures = scoring["last_batch"]
         if figures:
-            last += f" ({figures['profiles']:,.0f} profiles in {figures['seconds']:.1f}s)"
+            last += f" ({_count(figures['profiles'], 'profile')} in {figures['seconds']:.1f}s)"
         console.print(
             f"scoring model {scoring['model'] or '-'}   last batch run {last}   "
             f"next {scoring['next_batch_at'] or '-'}"
@@ -432,7 +432,9 @@ def _quarantine(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         print(json.dumps(answer, indent=2))
         return 0
     console = Console()
-    console.print(f"{answer['total']:,} quarantined messages (newest {len(answer['messages'])})")
+    console.print(
+        f"{_count(answer['total'], 'quarantined message')} (newest {len(answer['messages'])})"
+    )
     table = Table("id", "source", "received", "index", "reason", "message")
     for row in answer["messages"]:
         index = "" if row["batch_index"] is None else str(row["batch_index"])
@@ -469,7 +471,7 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return 0
     console = Console()
     console.print(
-        f"[bold]{body['profile_id']}[/]  {body['events']:,} events  "
+        f"[bold]{body['profile_id']}[/]  {_count(body['events'], 'event')}  "
         f"first seen {body['first_seen']}  last seen {body['last_seen']}"
     )
     if body["merged_ids"]:
@@ -572,10 +574,10 @@ async def _migrate(database: Path, settings: StorageSection) -> None:
 
 def _print_rebuild(report: dict[str, Any], where: str) -> None:
     print(
-        f"rebuilt the identity graph ({where}) from {report['events']:,} events in "
-        f"{report['seconds']:.1f}s: {report['profiles_before']:,} profiles before, "
-        f"{report['profiles_after']:,} after ({report['merges']:,} merges, "
-        f"{report['links_dropped']:,} links refused by the rules)"
+        f"rebuilt the identity graph ({where}) from {_count(report['events'], 'event')} in "
+        f"{report['seconds']:.1f}s: {_count(report['profiles_before'], 'profile')} before, "
+        f"{report['profiles_after']:,} after ({_count(report['merges'], 'merge')}, "
+        f"{_count(report['links_dropped'], 'link')} refused by the rules)"
     )
 
 
@@ -780,6 +782,8 @@ def _dlq_list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     letters = _with_outbox(loaded, lambda o: o.dead_letters(args.destination, args.limit))
     if letters is None:
         return EXIT_STORAGE
+    if not letters and _unknown_destination(args.destination, loaded):
+        return EXIT_NOT_FOUND
     if args.json:
         for letter in letters:
             shown = msgspec.to_builtins(letter)
@@ -815,6 +819,8 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if replayed is None:
         return EXIT_STORAGE
     sent, stale = replayed
+    if not sent and not stale and _unknown_destination(args.destination, loaded):
+        return EXIT_NOT_FOUND
     print(f"{_count(sent, 'dead letter')} back in the outbox, to be sent again")
     if stale:
         print(
@@ -822,6 +828,16 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             "since (a newer one is queued or sent)"
         )
     return 0
+
+
+def _unknown_destination(name: str | None, loaded: LoadedConfig) -> bool:
+    """A --destination that is not configured, said so (called when it has no dead
+    letters: a removed destination's stay, and are listed under its old name)."""
+    if name is None or name in loaded.config.destinations:
+        return False
+    configured = ", ".join(loaded.config.destinations) or "none"
+    print(f"leadsync: unknown destination {name} (configured: {configured})", file=sys.stderr)
+    return True
 
 
 def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = False) -> _T | None:

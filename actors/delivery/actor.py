@@ -481,7 +481,8 @@ class DestinationActor(Actor):
         attempts = row.attempts + 1
         retry = self._config.retry
         if attempts >= retry.attempts:
-            self._dead(row, f"{reason} (after {attempts} attempts)", settlement)
+            tries = f"{attempts} attempt{'' if attempts == 1 else 's'}"
+            self._dead(row, f"{reason} (after {tries})", settlement)
             if poison:
                 self._metrics.poison.labels(f"destination:{self.destination}").inc()
             return
