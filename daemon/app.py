@@ -219,6 +219,16 @@ async def serve(config: Config, config_path: str) -> int:
     return code
 
 
+def _sections_changed(running: Config, loaded: Config) -> list[str]:
+    """The top-level sections of daemon.toml (as [http], [scoring]) whose settings
+    differ between the running config and the file."""
+    return [
+        field.encode_name
+        for field in msgspec.structs.fields(Config)
+        if getattr(running, field.name) != getattr(loaded, field.name)
+    ]
+
+
 class Destinations:
     """The destination actors as daemon.toml has them now; SIGHUP reloads them."""
 
@@ -268,8 +278,11 @@ class Destinations:
         await self._scorer.send(UseDestinations(new))
         for name in coming:
             await self._supervisor.start(self._spec(name, new[name]))
-        if loaded.config != self.config:
-            log.warning("daemon.toml changed outside [destinations]; that takes a restart")
+        if changed := _sections_changed(self.config, loaded.config):
+            log.warning(
+                "daemon.toml changed outside [destinations]; these sections take a restart",
+                sections=changed,
+            )
         log.info(
             "destinations reloaded",
             started=[n for n in coming if n not in old],

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon import __version__, held_cli, logs, offline
-from daemon.config import ConfigError, LoadedConfig, StorageSection, load
+from daemon.config import ConfigError, FileDestination, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
 ADMIN_TIMEOUT = 10.0
@@ -199,8 +199,15 @@ def _parser() -> argparse.ArgumentParser:
     csv_help = "score a CSV of leads offline (Customer Fit only) with a model file"
     score_csv = commands.add_parser("score-csv", help=csv_help, description=csv_help)
     score_csv.add_argument("--model", metavar="FILE", required=True, help="the model file")
-    score_csv.add_argument("input", metavar="IN.csv", help="leads, with a header row")
-    score_csv.add_argument("output", metavar="OUT.csv", help="every input column, then the scores")
+    score_csv.add_argument("input", metavar="IN.csv", help="leads, with a header row (- for stdin)")
+    score_csv.add_argument(
+        "output", metavar="OUT.csv", help="every input column, then the scores (- for stdout)"
+    )
+    score_csv.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="of the input and the output (default utf-8; a byte order mark is dropped)",
+    )
     score_csv.add_argument(
         "--map",
         metavar="COLUMN=TRAIT",
@@ -272,9 +279,16 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     for name, destination in config.destinations.items():
         limit = destination.rate
         daily = f", {limit.daily:,} a day" if limit.daily else ""
+        files = ""
+        if isinstance(destination, FileDestination):
+            files = (
+                f", files in {destination.path}, a new one every "
+                f"{_duration(destination.rotate_interval)} or "
+                f"{destination.rotate_bytes / 2**20:g} MiB"
+            )
         print(
             f"  destination {name} (type {destination.kind}, mode {destination.mode}, "
-            f"at most {limit.requests} calls per {limit.per:g}s{daily})"
+            f"at most {limit.requests} calls per {limit.per:g}s{daily}{files})"
         )
     return 0
 
@@ -372,7 +386,7 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         last = scoring["last_batch_at"] or "never"
         figures = scoring["last_batch"]
         if figures:
-            last += f" ({figures['profiles']:,.0f} profiles in {figures['seconds']:.1f}s)"
+            last += f" ({_count(figures['profiles'], 'profile')} in {figures['seconds']:.1f}s)"
         console.print(
             f"scoring model {scoring['model'] or '-'}   last batch run {last}   "
             f"next {scoring['next_batch_at'] or '-'}"
@@ -388,6 +402,10 @@ def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             + (f"   lag {d['lag']:.1f}s" if d["lag"] is not None else ""),
             highlight=False,
         )
+        if d.get("writing"):
+            console.print(
+                f"  writing {d['writing']}", markup=False, highlight=False, soft_wrap=True
+            )
         if d["last_error"]:
             console.print(f"  last error ({d['last_error_at']}): {d['last_error']}", markup=False)
     table = Table("actor", "role", "state", "restarts", "queue", "last error")
@@ -419,7 +437,9 @@ def _quarantine(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         print(json.dumps(answer, indent=2))
         return 0
     console = Console()
-    console.print(f"{answer['total']:,} quarantined messages (newest {len(answer['messages'])})")
+    console.print(
+        f"{_count(answer['total'], 'quarantined message')} (newest {len(answer['messages'])})"
+    )
     table = Table("id", "source", "received", "index", "reason", "message")
     for row in answer["messages"]:
         index = "" if row["batch_index"] is None else str(row["batch_index"])
@@ -456,7 +476,7 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return 0
     console = Console()
     console.print(
-        f"[bold]{body['profile_id']}[/]  {body['events']:,} events  "
+        f"[bold]{body['profile_id']}[/]  {_count(body['events'], 'event')}  "
         f"first seen {body['first_seen']}  last seen {body['last_seen']}"
     )
     if body["merged_ids"]:
@@ -559,10 +579,10 @@ async def _migrate(database: Path, settings: StorageSection) -> None:
 
 def _print_rebuild(report: dict[str, Any], where: str) -> None:
     print(
-        f"rebuilt the identity graph ({where}) from {report['events']:,} events in "
-        f"{report['seconds']:.1f}s: {report['profiles_before']:,} profiles before, "
-        f"{report['profiles_after']:,} after ({report['merges']:,} merges, "
-        f"{report['links_dropped']:,} links refused by the rules)"
+        f"rebuilt the identity graph ({where}) from {_count(report['events'], 'event')} in "
+        f"{report['seconds']:.1f}s: {_count(report['profiles_before'], 'profile')} before, "
+        f"{report['profiles_after']:,} after ({_count(report['merges'], 'merge')}, "
+        f"{_count(report['links_dropped'], 'link')} refused by the rules)"
     )
 
 
@@ -767,6 +787,8 @@ def _dlq_list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     letters = _with_outbox(loaded, lambda o: o.dead_letters(args.destination, args.limit))
     if letters is None:
         return EXIT_STORAGE
+    if not letters and _unknown_destination(args.destination, loaded):
+        return EXIT_NOT_FOUND
     if args.json:
         for letter in letters:
             shown = msgspec.to_builtins(letter)
@@ -802,6 +824,8 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if replayed is None:
         return EXIT_STORAGE
     sent, stale = replayed
+    if not sent and not stale and _unknown_destination(args.destination, loaded):
+        return EXIT_NOT_FOUND
     print(f"{_count(sent, 'dead letter')} back in the outbox, to be sent again")
     if stale:
         print(
@@ -809,6 +833,16 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             "since (a newer one is queued or sent)"
         )
     return 0
+
+
+def _unknown_destination(name: str | None, loaded: LoadedConfig) -> bool:
+    """A --destination that is not configured, said so (called when it has no dead
+    letters: a removed destination's stay, and are listed under its old name)."""
+    if name is None or name in loaded.config.destinations:
+        return False
+    configured = ", ".join(loaded.config.destinations) or "none"
+    print(f"leadsync: unknown destination {name} (configured: {configured})", file=sys.stderr)
+    return True
 
 
 def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = False) -> _T | None:
@@ -856,27 +890,45 @@ def _score_csv(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
         return EXIT_DATAERR
-    bar = _Bar(f"scoring {args.input}", "bytes")
+    name = bulk.input_name(Path(args.input))
+    bar = _Bar(f"scoring {name}", "bytes")
     shown = 0
 
     def report(line: int, reason: str) -> None:
         nonlocal shown
         if shown < SKIPS_SHOWN:
             shown += 1
-            bar.say(f"{args.input}:{line}: {reason}")
+            bar.say(f"{name}:{line}: {reason}")
+
+    def unread(columns: list[tuple[str, str]]) -> None:
+        listed = ", ".join(f"{column!r} (as {trait})" for column, trait in columns)
+        reads = ", ".join(sorted(bulk.traits_read(model)))
+        bar.say(f"{name}: the model reads nothing from {listed}; copied, not scored")
+        bar.say(f"{name}: --map COLUMN=TRAIT gives a column a trait it reads: {reads}")
 
     interrupted = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with bar:
             result = bulk.score_csv(
-                model, Path(args.input), Path(args.output), overrides, report, bar.update_bytes
+                model,
+                Path(args.input),
+                Path(args.output),
+                overrides,
+                report,
+                bar.update_bytes,
+                encoding=args.encoding,
+                on_unread=unread,
             )
     except bulk.CannotRead as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
         return EXIT_NOINPUT
-    except bulk.UnknownColumn as exc:
-        print(f"leadsync: --map: {exc}", file=sys.stderr)
+    except (bulk.UnknownColumn, bulk.BadEncoding) as exc:
+        flag = "--map" if isinstance(exc, bulk.UnknownColumn) else "--encoding"
+        print(f"leadsync: {flag}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except bulk.NotAFile as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     except OSError as exc:
         print(f"leadsync: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
         return EXIT_STORAGE
@@ -884,14 +936,21 @@ def _score_csv(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, interrupted)
     if result.skipped > SKIPS_SHOWN:
         print(
-            f"{args.input}: {_count(result.skipped - SKIPS_SHOWN, 'more row')} could not be scored",
+            f"{name}: {_count(result.skipped - SKIPS_SHOWN, 'more row')} could not be scored",
             file=sys.stderr,
         )
-    print(f"scored {_count(result.scored, 'row')} into {args.output} with model {model.version}")
+    # With the scores on standard output, the summary must not land among them.
+    summary = sys.stderr if args.output == bulk.STDIO else sys.stdout
+    into = "<stdout>" if args.output == bulk.STDIO else args.output
+    print(
+        f"scored {_count(result.scored, 'row')} into {into} with model {model.version}",
+        file=summary,
+    )
     if result.skipped:
         print(
             f"{_count(result.skipped, 'row')} could not be scored and "
-            f"{'is' if result.skipped == 1 else 'are'} not in {args.output}"
+            f"{'is' if result.skipped == 1 else 'are'} not in {into}",
+            file=summary,
         )
         return EXIT_ROWS_SKIPPED
     return 0

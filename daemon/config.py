@@ -8,6 +8,7 @@ line (when it can be found), which dotted key, and what was expected.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
@@ -15,7 +16,8 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
@@ -382,7 +384,7 @@ def _convert(raw: Any, kind: type[_T], key: tuple[str, ...], filename: str, text
     try:
         return msgspec.convert(raw, kind, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
-        raise ConfigError(describe(exc, key, filename, text)) from None
+        raise ConfigError(describe(exc, key, filename, text, kind=kind)) from None
 
 
 def _resolve_env(value: Any, key: tuple[str, ...], filename: str, text: str, environ: Any) -> Any:
@@ -535,8 +537,10 @@ def describe(
     filename: str,
     text: str,
     reference: str = "the commented daemon.toml",
+    kind: Any = None,
 ) -> str:
-    """`reference` is where the operator can look up every key of this kind of file."""
+    """`reference` is where the operator can look up every key of this kind of file;
+    `kind`, the type converted to, lets a key with a fixed set of values list them."""
     message = str(exc)
     match = _PATH_IN_MESSAGE.search(message)
     key = prefix
@@ -552,7 +556,38 @@ def describe(
         problem = f"{problem}; a source's type must be one of: http"
     elif key[:1] == ("destinations",) and len(key) == 3 and key[-1] == "type":
         problem = f"{problem}; a destination's type must be one of: {', '.join(DESTINATION_TYPES)}"
+    elif kind is not None and (choices := _choices(kind, key[len(prefix) :])):
+        problem = f"{problem}; expected one of {', '.join(json.dumps(c) for c in choices)}"
     return f"{where(filename, text, key)}{dotted(key)}: {problem}"
+
+
+def _choices(kind: Any, path: tuple[str, ...]) -> list[Any]:
+    """The values allowed at `path` in `kind` when it is a Literal (in every member of
+    a union that has that key, as `mode` in each destination type), in the order
+    declared, else []."""
+    found: list[Any] = []
+
+    def walk(hint: Any, rest: tuple[str, ...]) -> None:
+        origin, args = get_origin(hint), get_args(hint)
+        if origin in (Union, UnionType):
+            for member in args:
+                walk(member, rest)
+        elif origin is Annotated:
+            walk(args[0], rest)
+        elif not rest:
+            if origin is Literal:
+                found.extend(value for value in args if value not in found)
+        elif isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+            for field in msgspec.structs.fields(hint):
+                if field.encode_name == rest[0]:
+                    walk(field.type, rest[1:])
+        elif origin is dict:
+            walk(args[1], rest[1:])
+        elif origin is list and rest[0].isdigit():
+            walk(args[0], rest[1:])
+
+    walk(kind, path)
+    return found
 
 
 def dotted(key: tuple[str, ...]) -> str:

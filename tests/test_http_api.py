@@ -353,7 +353,7 @@ def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_stored_once(
     assert json.loads(cli.stdout) == seen
     table = leadsync("quarantine", "--admin", daemon.admin_url, cwd=daemon)
     assert table.returncode == 0, table.stderr
-    assert "1 quarantined messages (newest 1)" in table.stdout
+    assert "1 quarantined message (newest 1)" in table.stdout
     assert reason in table.stdout
     assert '"messageId": "bad"' in table.stdout
 

@@ -279,7 +279,7 @@ def test_rebuild_applies_changed_rules_to_the_whole_log_online_and_offline(
     online = rebuild()
     assert online.returncode == 0, online.stderr
     assert "(the running daemon)" in online.stdout
-    assert "1 profiles before, 4 after" in online.stdout
+    assert "1 profile before, 4 after" in online.stdout
     # The merger reads on from the rebuilt graph: nothing is applied twice.
     web = client(daemon)
     web.track(anonymous_id="kiosk", event="Tapped")

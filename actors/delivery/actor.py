@@ -79,6 +79,8 @@ class DestinationStatus:
     lag: float | None = None
     """Seconds from score stored to acknowledgement recorded, for the oldest record of
     the last call that delivered any (the histogram in /metrics has them all)."""
+    writing: str | None = None
+    """What the sender writes to now, if it says (the file destination's part file)."""
 
 
 class DestinationActor(Actor):
@@ -121,6 +123,8 @@ class DestinationActor(Actor):
         self._settling = anyio.Event()
         """Set (and replaced) whenever a call ends: what waits for rows in flight."""
         self._down_pause = 0.0
+        self._unrecorded = False
+        """An outcome could not be recorded while stopping: the sender must not finish."""
         self._store: SqliteOutboxStore | None = None
         self._day = int(clock() // DAY)
 
@@ -149,8 +153,11 @@ class DestinationActor(Actor):
                         tg.start_soon(self._work)
                     await self._stopping.wait()
                     # Workers return once their call in flight is settled.
+                if not self._unrecorded:
+                    await self._sender.finish()
             finally:
                 await self._sender.close()
+                self._status.writing = self._sender.writing()
         finally:
             self._status.state = "stopped"
             db.close()
@@ -213,6 +220,7 @@ class DestinationActor(Actor):
                 next_count = time.monotonic() + max(COUNTS_INTERVAL, 20 * took)
             async with self._serial:
                 await self._sender.tick()
+            self._status.writing = self._sender.writing()
 
     async def _count(self) -> float:
         """Returns the seconds the count itself took."""
@@ -473,7 +481,8 @@ class DestinationActor(Actor):
         attempts = row.attempts + 1
         retry = self._config.retry
         if attempts >= retry.attempts:
-            self._dead(row, f"{reason} (after {attempts} attempts)", settlement)
+            tries = f"{attempts} attempt{'' if attempts == 1 else 's'}"
+            self._dead(row, f"{reason} (after {tries})", settlement)
             if poison:
                 self._metrics.poison.labels(f"destination:{self.destination}").inc()
             return
@@ -529,6 +538,7 @@ class DestinationActor(Actor):
                         destination=self.destination,
                         error=str(exc),
                     )
+                    self._unrecorded = True
                     return
                 log.error(
                     "delivery outcome not recorded; trying again",
@@ -538,6 +548,7 @@ class DestinationActor(Actor):
                 self._limiter.pause(2 * POLL)
                 await anyio.sleep(POLL)
         self._status.sent += len(settlement.delivered)
+        self._status.writing = self._sender.writing()
         self._metrics.destination_sent.labels(self.destination).inc(len(settlement.delivered))
         done = self._clock()
         lag = self._metrics.destination_lag.labels(self.destination)

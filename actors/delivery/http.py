@@ -3,6 +3,7 @@ on every call, no redirects, and transport failures as Unavailable."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -57,7 +58,20 @@ class HttpSender(Sender):
         except TimeoutError:
             raise Unavailable(f"no answer within {self._timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            # A response error's str holds the url, whose path may carry a token.
-            said = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
-            raise Unavailable(f"request failed: {type(exc).__name__}: {said}") from None
+            raise Unavailable(f"request failed: {type(exc).__name__}: {_said(exc)}") from None
         return Answer(response.status, response.headers.get("Retry-After"), text)
+
+
+def _said(exc: aiohttp.ClientError) -> str:
+    """What went wrong, without what misleads or leaks: a response error's str holds
+    the url, whose path may carry a token; a connection error's names aiohttp's SSL
+    context ("ssl:default") even for a plain http:// URL."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.message
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+        exc, aiohttp.ClientSSLError | aiohttp.ClientConnectorCertificateError
+    ):
+        error = exc.os_error
+        why = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror
+        return f"cannot connect to {exc.host}:{exc.port}: {why or error}"
+    return str(exc)

@@ -84,6 +84,15 @@ class Sender(ABC):
         say), or None."""
         return None
 
+    async def finish(self) -> None:
+        """A clean stop: every send's outcome is recorded and none follows until the
+        next `open` (a file is published under its final name rather than left a part)."""
+        return
+
+    def writing(self) -> str | None:
+        """What it writes to now, if that is worth showing (a file's path)."""
+        return None
+
     async def close(self) -> None:
         return
 

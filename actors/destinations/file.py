@@ -9,7 +9,8 @@ the file's first record (20261123T154501Z) and `counter` grows by one per file, 
 final names sort in the order the records were written (unless the clock goes back).
 A file rotates once it holds `rotate_bytes` or its first record is `rotate_interval`
 old; that is checked at the start of each send and on each `tick`, so a quiet
-destination still closes its file.
+destination still closes its file. A clean stop (`finish`) rotates it too, so a
+stopped daemon leaves no part file behind.
 A part file is only ever created to hold records, so an empty file never appears.
 
 Lines. Both formats carry the same fields, in this order: profile, user_id, email,
@@ -38,8 +39,8 @@ exactly recorded content (at the start of a send, or on a tick between rounds), 
   written by sends whose outcome was not recorded, and those records are due again;
 - deletes every other part file: none is recorded, so its records are due again too;
 - if the recorded part file is gone, it was rotated since (by a tick after the last
-  settlement, or at the start of a later send), so its final file holds exactly the
-  recorded content.
+  settlement, at the start of a later send, or by `finish`, which the actor calls only
+  once every send is recorded), so its final file holds exactly the recorded content.
 
 Records due again are then written once more: nothing lost, nothing doubled.
 
@@ -159,6 +160,21 @@ class FileSender(Sender):
 
     def state(self) -> str | None:
         return None if self._state is None else f"{self._state[0]}:{self._state[1]}"
+
+    async def finish(self) -> None:
+        """Publish the part file on a clean stop, so that a stopped daemon leaves no
+        file hidden as a part. Every send is recorded by now, so the file holds
+        exactly recorded content, as at a rotation."""
+        async with self._lock:
+            try:
+                await anyio.to_thread.run_sync(self._finish)
+            except Unavailable as exc:
+                # Left a part file: the next start continues it.
+                log.warning("cannot finish file", destination=self._name, error=exc.reason)
+
+    def writing(self) -> str | None:
+        part = self._part
+        return None if part is None else str((self._directory / part.name).absolute())
 
     async def close(self) -> None:
         async with self._lock:
@@ -326,6 +342,10 @@ class FileSender(Sender):
                 os.fsync(part.fd)
         except OSError as exc:
             log.warning("cannot undo a failed write", destination=self._name, error=exc.strerror)
+
+    def _finish(self) -> None:
+        if self._part is not None and self._part.length > 0:
+            self._rotate(self._part)
 
     def _rotate_if_due(self) -> None:
         part = self._part

@@ -76,6 +76,7 @@ class ScoringStatus:
     last_batch_at: float | None = None
     next_batch_at: float | None = None
     last_batch: dict[str, float] = field(default_factory=dict)
+    """The last run's BatchResult: counts as ints, seconds as a float."""
 
 
 class _Round(enum.Enum):
@@ -363,7 +364,7 @@ class ScorerActor(Actor):
         finished = self._clock()
         self._next_batch = finished + self._config.scoring.batch_interval
         self._status.last_batch_at, self._status.next_batch_at = finished, self._next_batch
-        self._status.last_batch = {k: float(v) for k, v in asdict(result).items()}
+        self._status.last_batch = asdict(result)  # as they are: counts are ints
         for request in self._requests:
             request.result = self._status.last_batch
             anyio.from_thread.run_sync(request.done.set)

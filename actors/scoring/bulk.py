@@ -7,16 +7,21 @@ the same offline as it will once it arrives as an identify.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import re
 import secrets
+import stat
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from actors.scoring.fit import FitScorer, Traits
 from actors.scoring.model import FIT_SEGMENTS, Model
@@ -34,6 +39,11 @@ NO_MODEL = ""
 """A fit_model no stored score carries (versions are never empty), so that
 profiles_after loads the traits of every profile."""
 
+STDIO = "-"
+"""As the input, standard input; as the output, standard output."""
+DEFAULT_ENCODING = "utf-8"
+"""Read as utf-8-sig (a byte order mark is dropped), written without one."""
+
 _TRAIT_PATH = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$")
 """As model.TraitPath: a --map target must be a name a model can refer to."""
 
@@ -47,6 +57,15 @@ class CannotRead(Exception):
 
 class UnknownColumn(Exception):
     """A mapping names a column the header does not have."""
+
+
+class BadEncoding(Exception):
+    """`--encoding` names no codec, or one the model's own texts cannot be written in."""
+
+
+class NotAFile(Exception):
+    """The output exists and is not a regular file: renaming over it would replace a
+    device, a FIFO or a link to one (/dev/stdout) with a file."""
 
 
 @dataclass
@@ -70,10 +89,40 @@ def column_traits(header: list[str], model: Model, overrides: Mapping[str, str])
             f"no column {', '.join(map(repr, unknown))} in the header "
             f"(the columns are {', '.join(map(repr, header))})"
         )
+    read = traits_read(model)
+    return [overrides.get(name) or (name if name in read else _normalized(name)) for name in header]
+
+
+def traits_read(model: Model) -> set[str]:
+    """Every trait path the model's rules and inputs look at."""
     spec = model.spec
     read = {path for paths in spec.inputs.values() for path in paths}
     read.update(rule.trait for rule in spec.fit.rules if rule.trait not in spec.inputs)
-    return [overrides.get(name) or (name if name in read else _normalized(name)) for name in header]
+    return read
+
+
+def input_name(source: Path) -> str:
+    """How messages name the input: `-` is <stdin>."""
+    return "<stdin>" if str(source) == STDIO else str(source)
+
+
+def check_encoding(model: Model, encoding: str) -> None:
+    """Raise BadEncoding unless `encoding` is a codec that can write the model's own
+    texts (segments, signals) into the output beside the input's."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise BadEncoding(
+            f"unknown encoding {encoding!r} (for instance utf-8, cp1252, latin-1)"
+        ) from None
+    for text in (*FIT_SEGMENTS, *(rule.signal for rule in model.spec.fit.rules)):
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:
+            raise BadEncoding(
+                f"the model's text {text!r} cannot be written in {encoding}; "
+                "choose another encoding"
+            ) from None
 
 
 def score_csv(
@@ -83,62 +132,149 @@ def score_csv(
     overrides: Mapping[str, str],
     on_skip: Callable[[int, str], None],
     progress: Callable[[int, int], None] | None = None,
+    *,
+    encoding: str = DEFAULT_ENCODING,
+    on_unread: Callable[[list[tuple[str, str]]], None] | None = None,
 ) -> CsvResult:
-    """Score every row of `source` into `target`, streaming. A row that cannot be
-    scored goes to `on_skip` with its line number and is left out. `target` appears
-    whole or not at all: it is written beside itself, then renamed over.
+    """Score every row of `source` into `target` (`-` for stdin, stdout), streaming. A
+    row that cannot be scored goes to `on_skip` with its line number and is left out.
+    A file `target` appears whole or not at all: it is written beside itself, then
+    renamed over; an existing one that is not a regular file raises NotAFile.
 
-    `progress(bytes_read, bytes_total)` is called every few thousand rows."""
+    Both are in `encoding`; lines end as the input's first line does (LF if it has
+    none). `on_unread` gets the (column, trait) pairs the model does not read, before
+    any row is scored. `progress(bytes_read, bytes_total)` is called every few
+    thousand rows when the input is a regular file."""
+    check_encoding(model, encoding)
+    final = None if str(target) == STDIO else _regular(target)
+    name = input_name(source)
+    with _opened(source) as raw:
+        regular = stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
+        total = os.fstat(raw.fileno()).st_size if regular else 0
+        # surrogateescape keeps undecodable bytes as lone surrogates, so a row with
+        # some is found and skipped instead of fatal.
+        text = io.TextIOWrapper(
+            raw, encoding=_reading(encoding), errors="surrogateescape", newline=""
+        )
+        lines = _lines(text, name)
+        first = next(lines, "")
+        reader = csv.reader(itertools.chain([first] if first else [], lines))
+        header = _header(reader, name, encoding)
+        traits = column_traits(header, model, overrides)
+        rows = _RowScorer(model, header, traits, encoding)
+        if on_unread and (unread := rows.unread(traits_read(model))):
+            on_unread(unread)
+        result = CsvResult()
+        with _output(final, encoding) as out:
+            writer = csv.writer(out, lineterminator=_ending(first))
+            writer.writerow(rows.header)
+            line, records = reader.line_num, 0
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    problem: str | None = str(exc)
+                else:
+                    problem = rows.problem(row) if row else None
+                start, line, records = line + 1, reader.line_num, records + 1
+                if problem is not None:
+                    result.skipped += 1
+                    on_skip(start, problem)
+                elif row:
+                    writer.writerow(rows.score(row))
+                    result.scored += 1
+                if progress and regular and records % PROGRESS_EVERY == 0:
+                    progress(raw.tell(), total)
+    if progress and regular:
+        progress(total, total)
+    return result
+
+
+def _reading(encoding: str) -> str:
+    """UTF-8 input may start with a byte order mark (Excel writes one): drop it."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
+def _ending(first: str) -> str:
+    for ending in ("\r\n", "\n", "\r"):
+        if first.endswith(ending):
+            return ending
+    return "\n"
+
+
+def _regular(target: Path) -> Path:
+    """`target`, unless something other than a regular file is there: a rename would
+    replace it, and a link is not followed either (/dev/stdout links on to whatever
+    standard output is, a terminal or a shell's redirection)."""
+    try:
+        mode = target.lstat().st_mode
+    except OSError:
+        return target  # absent (created), or the write says why it cannot be
+    if stat.S_ISLNK(mode):
+        raise NotAFile(
+            f"{target} is a symbolic link (to {os.readlink(target)}), not a regular file; "
+            "score-csv would replace the link: name the file itself, or - for standard output"
+        )
+    if not stat.S_ISREG(mode):
+        raise NotAFile(
+            f"{target} is {_kind(mode)}, not a regular file; score-csv replaces its output "
+            "whole: name a file, or - for standard output"
+        )
+    return target
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+@contextlib.contextmanager
+def _opened(source: Path) -> Iterator[BinaryIO]:
+    if str(source) == STDIO:
+        yield sys.stdin.buffer
+        return
     try:
         raw = source.open("rb")
     except OSError as exc:
         raise CannotRead(f"{source}: cannot read: {exc.strerror}") from None
     with raw:
-        total = os.fstat(raw.fileno()).st_size
-        # utf-8-sig drops a byte order mark; surrogateescape keeps undecodable bytes as
-        # lone surrogates, so a row with some is found and skipped instead of fatal.
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(_lines(text, source))
-        header = _header(reader, source)
-        rows = _RowScorer(model, header, column_traits(header, model, overrides))
-        result = CsvResult()
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        yield raw
+
+
+@contextlib.contextmanager
+def _output(final: Path | None, encoding: str) -> Iterator[io.TextIOWrapper]:
+    """Standard output as it comes (None), or a temporary file beside `final`,
+    synced and renamed over it once complete and removed if not."""
+    if final is None:
+        out = io.TextIOWrapper(sys.stdout.buffer, encoding=encoding, newline="")
         try:
-            with open(descriptor, "w", encoding="utf-8", newline="") as out:
-                writer = csv.writer(out)
-                writer.writerow(rows.header)
-                line, records = reader.line_num, 0
-                while True:
-                    try:
-                        row = next(reader)
-                    except StopIteration:
-                        break
-                    except csv.Error as exc:
-                        problem: str | None = str(exc)
-                    else:
-                        problem = rows.problem(row) if row else None
-                    start, line, records = line + 1, reader.line_num, records + 1
-                    if problem is not None:
-                        result.skipped += 1
-                        on_skip(start, problem)
-                    elif row:
-                        writer.writerow(rows.score(row))
-                        result.scored += 1
-                    if progress and records % PROGRESS_EVERY == 0:
-                        progress(raw.tell(), total)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    if progress:
-        progress(total, total)
-    return result
+            yield out
+            out.flush()
+        finally:
+            out.detach()  # standard output stays open for the summary
+        return
+    temporary = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, "w", encoding=encoding, newline="") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
-def _lines(text: io.TextIOWrapper, source: Path) -> Iterator[str]:
+def _lines(text: io.TextIOWrapper, source: str) -> Iterator[str]:
     """The file's lines; a read that fails is the input's fault, not the output's."""
     try:
         yield from text
@@ -146,25 +282,31 @@ def _lines(text: io.TextIOWrapper, source: Path) -> Iterator[str]:
         raise CannotRead(f"{source}: read failed: {exc.strerror}") from None
 
 
-def _header(reader: Iterator[list[str]], source: Path) -> list[str]:
+def _header(reader: Iterator[list[str]], source: str, encoding: str) -> list[str]:
     try:
         header = next(reader)
     except StopIteration:
         raise CannotRead(f"{source}: empty, no header row") from None
     except csv.Error as exc:
         raise CannotRead(f"{source}:1: header row: {exc}") from None
-    if (bad := _not_utf8(header)) is not None:
+    if (bad := _undecoded(header)) is not None:
         raise CannotRead(
-            f"{source}:1: the header row is not UTF-8 (byte 0x{bad[1]:02x}); "
-            "convert the file to UTF-8 first"
+            f"{source}:1: the header row is not {_named(encoding)} (byte 0x{bad[1]:02x}); "
+            "give the file's --encoding, or convert it"
         )
     return header
 
 
+def _named(encoding: str) -> str:
+    return "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+
+
 class _RowScorer:
-    def __init__(self, model: Model, header: list[str], traits: list[str]) -> None:
+    def __init__(self, model: Model, header: list[str], traits: list[str], encoding: str) -> None:
         self._fit = FitScorer(model)
         self._header = header
+        self._traits = traits
+        self._encoding = _named(encoding)
         self._inputs = [f"mk_{name}" for name in model.spec.inputs]
         added = [*SCORE_COLUMNS, *self._inputs]
         # A file scored before carries the old scores: they are replaced, not repeated.
@@ -172,13 +314,23 @@ class _RowScorer:
         self.header = [*(header[index] for index in self._keep), *added]
         self._fills = _plan(traits)
 
+    def unread(self, read: set[str]) -> list[tuple[str, str]]:
+        """(column, trait) of the input columns whose trait the model does not read,
+        or that another column's nested trait displaces."""
+        filled = {index for index, *_ in self._fills}
+        return [
+            (self._header[index], self._traits[index])
+            for index in self._keep
+            if self._traits[index] not in read or index not in filled
+        ]
+
     def problem(self, row: list[str]) -> str | None:
         """Why the row cannot be scored, if it cannot."""
         if len(row) != len(self._header):
             return f"{len(row)} fields where the header has {len(self._header)}"
-        if (bad := _not_utf8(row)) is not None:
+        if (bad := _undecoded(row)) is not None:
             column, byte = bad
-            return f"not UTF-8 (byte 0x{byte:02x} in column {self._header[column]!r})"
+            return f"not {self._encoding} (byte 0x{byte:02x} in column {self._header[column]!r})"
         return None
 
     def score(self, row: list[str]) -> list[Any]:
@@ -216,8 +368,9 @@ def _plan(traits: list[str]) -> list[_Fill]:
     ]
 
 
-def _not_utf8(row: list[str]) -> tuple[int, int] | None:
-    """(column, byte) of the first byte that was not UTF-8, if any."""
+def _undecoded(row: list[str]) -> tuple[int, int] | None:
+    """(column, byte) of the first byte the encoding could not decode, if any: kept
+    as a lone surrogate, which no text that decoded has."""
     for column, value in enumerate(row):
         if not value.isascii():
             try:
