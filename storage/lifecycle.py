@@ -44,6 +44,7 @@ class Deletion(msgspec.Struct, frozen=True):
     """A deletion request queued for one destination, as an outbox payload."""
 
     destination: str
+    profile: int
     payload: bytes
     hash: int
 
@@ -52,6 +53,8 @@ class Erased(msgspec.Struct):
     """What one forget removed (counts: the values are gone)."""
 
     profiles: int = 0
+    """The person's profile, and profiles without a user id that only their events made
+    (anonymous ids a cap kept out of theirs)."""
     identifiers: int = 0
     events: int = 0
     scores: int = 0
@@ -101,13 +104,13 @@ class LifecycleStore(Protocol):
 
     def erase(
         self,
-        person: Person | None,
+        people: Sequence[Person],
         identifiers: Sequence[tuple[str, str]],
         events: Sequence[int],
         deletions: Sequence[Deletion],
         now: float,
     ) -> Erased:
-        """In the open transaction: delete the person's rows, the events named, their
+        """In the open transaction: delete the profiles' rows, the events named, their
         identifiers' aggregates, held items and quarantined messages; queue each
         deletion for a destination that had received the person; suppress the
         identifiers."""

@@ -155,7 +155,7 @@ class SqliteLifecycleStore:
 
     def erase(
         self,
-        person: Person | None,
+        people: Sequence[Person],
         identifiers: Sequence[tuple[str, str]],
         events: Sequence[int],
         deletions: Sequence[Deletion],
@@ -163,7 +163,7 @@ class SqliteLifecycleStore:
     ) -> Erased:
         db = self._db
         erased = Erased()
-        if person is not None:
+        for person in people:
             self._erase_profile(person, deletions, now, erased)
         erased.intents = db.executemany(
             "DELETE FROM intent WHERE kind = ? AND value = ?", identifiers
@@ -193,8 +193,8 @@ class SqliteLifecycleStore:
         self, person: Person, deletions: Sequence[Deletion], now: float, erased: Erased
     ) -> None:
         db, profile = self._db, person.profile
-        erased.profiles = 1
-        erased.identifiers = db.execute(
+        erased.profiles += 1
+        erased.identifiers += db.execute(
             "DELETE FROM identities WHERE profile = ?", (profile,)
         ).rowcount
         for chunk in chunks(person.nodes):
@@ -214,7 +214,7 @@ class SqliteLifecycleStore:
                 f"DELETE FROM held WHERE kind = 'profile' AND key IN ({where})", uids
             ).rowcount
         db.execute("DELETE FROM profile_redirects WHERE profile = ?", (profile,))
-        erased.scores = db.execute(
+        erased.scores += db.execute(
             "DELETE FROM profile_scores WHERE profile = ?", (profile,)
         ).rowcount
         reached = {
@@ -225,12 +225,12 @@ class SqliteLifecycleStore:
                 (profile,),
             )
         }
-        erased.queued = db.execute("DELETE FROM outbox WHERE profile = ?", (profile,)).rowcount
+        erased.queued += db.execute("DELETE FROM outbox WHERE profile = ?", (profile,)).rowcount
         db.execute("DELETE FROM destination_state WHERE profile = ?", (profile,))
         db.execute("DELETE FROM profiles WHERE id = ?", (profile,))
         # A destination that never heard of the person is told nothing.
         for deletion in deletions:
-            if deletion.destination in reached:
+            if deletion.profile == profile and deletion.destination in reached:
                 row = (deletion.destination, profile, person.uid, deletion.payload)
                 db.execute(
                     "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, "
