@@ -269,6 +269,8 @@ class HttpSourceActor(Actor):
             self._metrics.events_ingested.labels(source, kind).inc(count)
         if result.duplicates:
             self._metrics.events_duplicate.labels(source).inc(result.duplicates)
+        if result.suppressed:
+            self._metrics.events_suppressed.labels(source).inc(result.suppressed)
         if parsed.rejected:
             for kind, count in Counter(parsed.rejected_types).items():
                 self._metrics.events_rejected.labels(source, kind).inc(count)

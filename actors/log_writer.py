@@ -14,9 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
+import msgspec
 import structlog
 
+from actors.lifecycle import Suppressions
 from actors.runtime import Actor, Mailbox
+from daemon.config import IdentitySection
 from daemon.metrics import Metrics
 from storage.base import AppendRequest, AppendResult, Storage
 
@@ -104,8 +107,10 @@ class LogWriter(Actor):
         progress: LogProgress,
         metrics: Metrics,
         maintenance_interval: float,
+        suppressions: Suppressions | None = None,
     ) -> None:
         super().__init__("log_writer")
+        self._suppressions = suppressions or Suppressions(b"", set(), IdentitySection())
         self._storage = storage
         self._inbox = inbox
         self._progress = progress
@@ -133,7 +138,11 @@ class LogWriter(Actor):
     async def _commit(self, group: list[Submission], events: int) -> None:
         started = time.perf_counter()
         try:
-            results, head = await self._storage.append([s.request for s in group])
+            # Screened and committed under one lock: a forget that takes it finds no
+            # event of its person between the filter and the log.
+            async with self._suppressions.lock:
+                requests, dropped = self._suppressions.screen([s.request for s in group])
+                results, head = await self._storage.append(requests)
         except sqlite3.Error as exc:
             # The outside world (a lock held too long, a full or read-only disk): the
             # clients are told to retry and this actor carries on.
@@ -152,7 +161,9 @@ class LogWriter(Actor):
         self._metrics.commit_seconds.observe(elapsed)
         self._metrics.commit_events.observe(events)
         self._progress.advance(head)
-        for submission, result in zip(group, results, strict=True):
+        for submission, result, suppressed in zip(group, results, dropped, strict=True):
+            if suppressed:
+                result = msgspec.structs.replace(result, suppressed=suppressed)
             submission.resolve(result)
 
     async def _maintain(self) -> None:

@@ -28,6 +28,7 @@ from actors.delivery.actor import DestinationStatus
 from actors.http_server import Listener, Runner
 from actors.identity.extract import normalize_email
 from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
+from actors.lifecycle import BadIdentifier, Identifier, parse_identifier
 from actors.log_writer import LogProgress
 from actors.messages import RunBatch, ScorerMessage, SyncDestination
 from actors.runtime import Actor, Mailbox
@@ -37,6 +38,7 @@ from daemon.config import BUILTIN_ID_KINDS, AdminSection, Config
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.supervisor import Supervisor
 from storage.base import Storage
+from storage.lifecycle import Erased
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +64,10 @@ class AdminServer(Actor):
         scorer: Mailbox[ScorerMessage],
         scoring: ScoringStatus,
         destinations: dict[str, DestinationStatus],
+        lifecycle: Lifecycle,
     ) -> None:
         super().__init__("admin")
+        self._lifecycle = lifecycle
         self._destinations = destinations
         self._scorer = scorer
         self._scoring = scoring
@@ -94,6 +98,8 @@ class AdminServer(Actor):
         app.router.add_post("/v1/identity/rebuild", self._rebuild)
         app.router.add_post("/v1/scoring/run", self._run_scoring)
         app.router.add_post("/v1/destinations/{name}/sync", self._sync)
+        app.router.add_post("/v1/forget", self._forget)
+        app.router.add_post("/v1/unforget", self._unforget)
         settings = self._config.admin
         listener = Listener(
             "admin",
@@ -315,6 +321,61 @@ class AdminServer(Actor):
         if not sync.result:
             return _json({"error": "the scorer stopped before the sync finished"}, status=503)
         return _json(sync.result)
+
+    async def _forget(self, request: web.Request) -> web.Response:
+        """Erase a person (actors/lifecycle.py); the identifier comes in the body, so it
+        stays out of access logs."""
+        identifier = await _identifier(request, self._config)
+        if isinstance(identifier, web.Response):
+            return identifier
+        try:
+            erased = await self._lifecycle.forget(identifier)
+        except RebuildRunning:
+            return _json({"error": "an identity rebuild is running; forget after it"}, 409)
+        except sqlite3.Error as exc:
+            log.error("forget failed; nothing was erased", error=str(exc))
+            return _json({"error": f"forget failed, nothing was erased: {exc}"}, 503)
+        log.info("forgot a person", kind=identifier[0], **msgspec.to_builtins(erased))
+        return _json(msgspec.to_builtins(erased))
+
+    async def _unforget(self, request: web.Request) -> web.Response:
+        identifier = await _identifier(request, self._config)
+        if isinstance(identifier, web.Response):
+            return identifier
+        try:
+            lifted = await self._lifecycle.unforget(identifier)
+        except sqlite3.Error as exc:
+            return _json({"error": f"unforget failed: {exc}"}, 503)
+        if not lifted:
+            return _json({"error": "no suppression covers that identifier"}, 404)
+        log.info("suppression lifted", kind=identifier[0], identifiers=lifted)
+        return _json({"identifiers": lifted})
+
+
+class Lifecycle:
+    """What the admin API's forget and unforget call (the daemon's, in app.py)."""
+
+    def __init__(
+        self,
+        forget: Callable[[Identifier], Awaitable[Erased]],
+        unforget: Callable[[Identifier], Awaitable[int]],
+    ) -> None:
+        self.forget = forget
+        self.unforget = unforget
+
+
+async def _identifier(request: web.Request, config: Config) -> Identifier | web.Response:
+    """{"identifier": "KIND:VALUE"} from the body, or the 400 that says what is wrong."""
+    try:
+        body = await request.json()
+        text = body["identifier"]
+        if not isinstance(text, str):
+            raise TypeError
+        return parse_identifier(text, config.identity)
+    except BadIdentifier as exc:
+        return _json({"error": str(exc)}, 400)
+    except (ValueError, KeyError, TypeError):
+        return _json({"error": 'send {"identifier": "KIND:VALUE"} as JSON'}, 400)
 
 
 def _limit(request: web.Request) -> int | None:

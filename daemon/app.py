@@ -27,13 +27,14 @@ from actors.delivery.senders import sender_for
 from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
+from actors.lifecycle import forget_here, load_suppressions, unforget_here
 from actors.log_writer import LogProgress, LogWriter, Submission
 from actors.messages import ScorerMessage, UseDestinations
 from actors.runtime import Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
-from daemon.admin import AdminServer
+from daemon.admin import AdminServer, Lifecycle
 from daemon.config import EMBEDDED_DEFAULT, Config, ConfigError, Destination, load
 from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
@@ -93,6 +94,7 @@ async def serve(config: Config, config_path: str) -> int:
             busy_timeout=config.storage.busy_timeout,
             journal_size_limit=config.storage.journal_size_limit,
             dedup_window=config.storage.dedup_window,
+            retain_events=config.storage.retain_events,
         )
     except (OSError, ValueError, sqlite3.Error, SchemaTooNew, LogBehind) as exc:
         raise CannotOpenStorage(f"{path}: {exc}") from exc
@@ -100,6 +102,7 @@ async def serve(config: Config, config_path: str) -> int:
     try:
         await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, True)
         write_keys = await _write_keys(config, storage)
+        suppressions = await anyio.to_thread.run_sync(load_suppressions, path, config)
         metrics = Metrics()
         progress = LogProgress()
         supervisor = Supervisor(
@@ -137,6 +140,14 @@ async def serve(config: Config, config_path: str) -> int:
                     scorer_inbox,
                     scoring_status,
                     destinations.statuses,
+                    Lifecycle(
+                        lambda identifier: anyio.to_thread.run_sync(
+                            forget_here, path, identifier, config, suppressions, storage.write_gate
+                        ),
+                        lambda identifier: anyio.to_thread.run_sync(
+                            unforget_here, path, identifier, config, suppressions
+                        ),
+                    ),
                 ),
                 role="service",
             )
@@ -145,7 +156,12 @@ async def serve(config: Config, config_path: str) -> int:
             ActorSpec(
                 "log_writer",
                 lambda: LogWriter(
-                    storage, log_inbox, progress, metrics, config.storage.checkpoint_interval
+                    storage,
+                    log_inbox,
+                    progress,
+                    metrics,
+                    config.storage.checkpoint_interval,
+                    suppressions,
                 ),
                 mailbox=log_inbox,
             )

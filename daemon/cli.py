@@ -22,7 +22,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from daemon import __version__, held_cli, logs, offline
+from daemon import __version__, held_cli, lifecycle_cli, logs, offline
 from daemon.config import ConfigError, FileDestination, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     scoring_run.set_defaults(handler=_scoring_run)
 
     held_cli.add_commands(commands, _with_config)
+    lifecycle_cli.add_commands(commands, _with_config)
 
     dlq = commands.add_parser("dlq", help="list and replay records no destination accepted")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND")
@@ -309,6 +310,7 @@ def _admin_call(
     method: str = "GET",
     timeout: float = ADMIN_TIMEOUT,
     quiet: bool = False,
+    body: Any = None,
 ) -> tuple[int, Any] | None:
     """(status, JSON body) from the admin API; None, after saying why, if unreachable.
     With `quiet`, a refused connection raises _NobodyListens instead: no daemon runs
@@ -326,9 +328,8 @@ def _admin_call(
     token = loaded.config.admin.token
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        url, method=method, headers=headers, data=b"" if method == "POST" else None
-    )
+    data = (b"" if body is None else json.dumps(body).encode()) if method == "POST" else None
+    request = urllib.request.Request(url, method=method, headers=headers, data=data)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)

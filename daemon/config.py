@@ -105,10 +105,15 @@ class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     dedup_window: Duration = Duration(600)
     """How long after its commit a messageId is recognised when a client sends it again
     (storage/sqlite_log.py: DEDUP_WINDOW); memory grows with it, ~9 bytes an event."""
+    retain_events: Duration | None = None
+    """Events received longer ago than this, and applied by every consumer, are trimmed
+    from the log (storage/sqlite_lifecycle.py); unset, the log keeps everything."""
 
     def __post_init__(self) -> None:
         if not self.dedup_window > 0:
             raise ValueError("dedup_window must be more than 0")
+        if self.retain_events is not None and self.retain_events < self.dedup_window:
+            raise ValueError("retain_events must be at least dedup_window")
 
 
 class _Connections(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -50,6 +50,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.events_suppressed = Counter(
+            "leadsync_events_suppressed",
+            "Events of forgotten people (leadsync forget), dropped and answered 200.",
+            ["source"],
+            registry=r,
+        )
         self.events_rejected = Counter(
             "leadsync_events_rejected",
             "Messages refused and quarantined (invalid or oversized), by the type they "

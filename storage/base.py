@@ -47,6 +47,8 @@ class AppendRequest(msgspec.Struct, frozen=True):
 class AppendResult(msgspec.Struct, frozen=True):
     stored: int
     duplicates: int
+    suppressed: int = 0
+    """Events of forgotten people, dropped before the commit (actors/lifecycle.py)."""
 
 
 class StoredEvent(msgspec.Struct, frozen=True):

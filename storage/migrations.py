@@ -336,6 +336,30 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX held_to_retry ON held (component, kind) WHERE retry = 1;
     """,
+    # 9: the data lifecycle (storage/lifecycle.py). `leadsync forget` keeps, per
+    # identifier of the person erased, a keyed hash (never the value) so that their
+    # future events are dropped at ingestion; `request` groups one forget's entries,
+    # which `unforget` lifts together. `erasures` records that a forget happened and
+    # how much it removed, nothing about whom. The key is made here, once per database.
+    """
+    CREATE TABLE suppressions (
+        hash    BLOB PRIMARY KEY,
+        request INTEGER NOT NULL,
+        kind    TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX suppressions_by_request ON suppressions (request);
+
+    CREATE TABLE erasures (
+        id          INTEGER PRIMARY KEY,
+        erased_at   REAL NOT NULL,
+        identifiers INTEGER NOT NULL,
+        events      INTEGER NOT NULL,
+        profiles    INTEGER NOT NULL
+    );
+
+    INSERT INTO meta (key, value) VALUES ('suppression_salt', lower(hex(randomblob(16))))
+        ON CONFLICT (key) DO NOTHING;
+    """,
 ]
 
 LOG_MIGRATIONS: list[str] = [

@@ -41,6 +41,7 @@ from storage.base import (
 from storage.held import Held
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
 from storage.sqlite_graph import connect, uri
+from storage.sqlite_lifecycle import CONSUMERS, TRIM_CHUNKS, TRIM_ROWS, retention_cutoff
 from storage.sqlite_log import DEDUP_WINDOW, EventLog
 from storage.sqlite_scores import score_of
 
@@ -61,8 +62,10 @@ class SqliteStorage:
         writer: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         lookup: aiosqlite.Connection,
+        retain_events: float | None = None,
     ) -> None:
         self.path = path
+        self._retain_events = retain_events
         self._log = log
         self._log_gate = anyio.Lock()
         """Group commits and the log's maintenance take turns on its connection."""
@@ -83,6 +86,7 @@ class SqliteStorage:
         busy_timeout: float = 5.0,
         journal_size_limit: int = 64 << 20,
         dedup_window: float = DEDUP_WINDOW,
+        retain_events: float | None = None,
     ) -> Self:
         events = await anyio.to_thread.run_sync(
             _prepare, path, busy_timeout, journal_size_limit, dedup_window
@@ -97,7 +101,7 @@ class SqliteStorage:
                 await db.close()
             events.close()
             raise
-        return cls(path, events, writer, reader, lookup)
+        return cls(path, events, writer, reader, lookup, retain_events)
 
     async def append(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendResult], int]:
         # One hop for the whole transaction; not abandoned when cancelled, so it always
@@ -175,6 +179,8 @@ class SqliteStorage:
             )
 
     async def maintain(self) -> None:
+        if self._retain_events is not None:
+            await self.trim_events(self._retain_events)
         async with self._log_gate:
             _report_checkpoint(self._log.path, *await anyio.to_thread.run_sync(self._log.maintain))
         async with self.write_gate:
@@ -182,6 +188,25 @@ class SqliteStorage:
             # empties it, so the WAL cannot grow without bound under steady reads.
             cursor = await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             _report_checkpoint(self.path, *(await cursor.fetchone() or (0, 0, 0)))
+
+    async def trim_events(self, retain: float) -> int:
+        """Retention: delete events received more than `retain` seconds ago that every
+        consumer has applied, a small transaction at a time, each under the log's gate
+        so that group commits go on between them. Profiles keep their aggregates."""
+        cursor = await self._reader.execute("SELECT consumer, seq FROM checkpoints")
+        applied = {str(name): int(seq) for name, seq in await cursor.fetchall()}
+        upto = min(applied.get(name, 0) for name in CONSUMERS)
+        before = retention_cutoff(retain)
+        trimmed = 0
+        for _ in range(TRIM_CHUNKS):
+            async with self._log_gate:
+                gone = await anyio.to_thread.run_sync(self._log.trim, before, upto, TRIM_ROWS)
+            trimmed += gone
+            if gone < TRIM_ROWS:
+                break
+        if trimmed:
+            log.info("event log trimmed", events=trimmed, received_before=before, upto=upto)
+        return trimmed
 
     async def get_meta(self, key: str) -> str | None:
         cursor = await self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,))

@@ -272,6 +272,12 @@ class EventLog(Transactions):
         finally:
             self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
 
+    def trim(self, before: str, upto: int, limit: int) -> int:
+        """One small transaction of retention (storage/sqlite_lifecycle.py)."""
+        from storage.sqlite_lifecycle import trim_events
+
+        return trim_events(self._db, before, upto, limit)
+
     def checkpoint(self) -> tuple[int, int, int]:
         busy, pages, moved = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return int(busy), int(pages), int(moved)

@@ -102,7 +102,7 @@ def profiles(database: Path) -> dict[str, dict[str, Any]]:
 
 
 def as_schema_5(path: Path) -> None:
-    """The graph as leadsync wrote it before migrations 6, 7 and 8."""
+    """The graph as leadsync wrote it before migrations 6, 7, 8 and 9."""
     with sqlite3.connect(path) as db:
         db.executescript(
             """
@@ -114,6 +114,9 @@ def as_schema_5(path: Path) -> None:
             ALTER TABLE old_changes RENAME TO profile_changes;
             CREATE INDEX profile_changes_by_seq ON profile_changes (seq);
             DROP TABLE held;
+            DROP TABLE suppressions;
+            DROP TABLE erasures;
+            DELETE FROM meta WHERE key = 'suppression_salt';
             PRAGMA user_version = 5;
             """
         )

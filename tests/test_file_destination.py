@@ -40,7 +40,7 @@ class Clock:
         return self.now
 
 
-def row(i: int, score: int | None = None, **ids: str) -> OutboxRow:
+def row(i: int, score: int | None = None, **ids: Any) -> OutboxRow:
     traits = {"fit": i if score is None else score, "segment": "good", "signals": ["a", "b"]}
     payload, digest = encode(Payload(profile=f"p{i}", traits=traits, **ids))
     return OutboxRow(

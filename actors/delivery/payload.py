@@ -23,6 +23,8 @@ class Payload(msgspec.Struct, omit_defaults=True, frozen=True):
     user_id: str | None = None
     email: str | None = None
     anonymous_id: str | None = None
+    deleted: bool = False
+    """A deletion request (`leadsync forget`): the profile is gone; traits are empty."""
 
 
 _encode = msgspec.json.Encoder(order="deterministic").encode

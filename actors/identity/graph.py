@@ -240,8 +240,12 @@ class Graph:
                 batch: _Batch | None = None
                 failed: BaseException | None = None
                 try:
+                    # Read before the events: a forget erases events, then bumps the
+                    # generation, so a batch read after the bump reads without them,
+                    # and one read before it fails its check at the write.
+                    generation = self.store.generation() if in_flight is None else None
                     if (events := next(source, None)) is not None:
-                        batch = _Batch(self, after, in_flight)
+                        batch = _Batch(self, after, in_flight, generation)
                         with collector_paused():
                             batch.run(events)
                             batch.write(events[-1].seq)
@@ -287,7 +291,11 @@ class _Batch:
     it early and keeps it to the end."""
 
     def __init__(
-        self, graph: Graph, after: int, behind: tuple[_Batch, Future[None]] | None = None
+        self,
+        graph: Graph,
+        after: int,
+        behind: tuple[_Batch, Future[None]] | None = None,
+        generation: int | None = None,
     ) -> None:
         self._started = time.perf_counter()
         self.graph = graph
@@ -327,7 +335,7 @@ class _Batch:
         self.retired: dict[int, int] = {}
         """Profiles this batch merged away or split, and the one that took their place."""
         if behind is None:
-            self.generation = self.store.generation()
+            self.generation = self.store.generation() if generation is None else generation
             self.next_node, self.next_profile = self.store.next_ids()
         else:
             self.carry, self.behind = behind

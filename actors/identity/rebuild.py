@@ -53,7 +53,7 @@ def rebuild(
 ) -> RebuildReport:
     """`gate` is held for the swap (the daemon's write gate, when it runs this)."""
     started = time.monotonic()
-    with _exclusive(database):
+    with exclusive(database):
         handle, name = tempfile.mkstemp(prefix=database.name + ".rebuild-", dir=database.parent)
         os.close(handle)
         scratch_path = Path(name)
@@ -72,7 +72,9 @@ class RebuildRunning(Exception):
 
 
 @contextmanager
-def _exclusive(database: Path) -> Iterator[None]:
+def exclusive(database: Path) -> Iterator[None]:
+    """One rebuild of `database` at a time (and no forget during one: it would be
+    undone by the swap of a graph replayed from events read before it)."""
     with open(database.with_name(database.name + ".rebuild-lock"), "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -72,6 +72,10 @@ _decode_intent = msgspec.json.Decoder(Intent).decode
 _encode = msgspec.json.Encoder().encode
 
 
+class _GraphMoved(Exception):
+    """The graph's generation moved while a fold was in hand (see `_fold`)."""
+
+
 @dataclass
 class BatchResult:
     profiles: int = 0
@@ -173,6 +177,7 @@ class Scorer:
         """Fold the next events (at most up to log sequence `up_to`); returns how many
         were read, 0 when caught up."""
         self.attempts.begin()
+        generation = self.store.generation()
         after = self.store.checkpoint()
         events = self.store.read_events(after, min(limit, up_to - after))
         if not events:
@@ -183,7 +188,10 @@ class Scorer:
             item = self.attempts.run("event", key, self._weigh, stored, body=stored.body)
             if item is not None and item is not HELD:
                 weighed.append(item)
-        self._fold(weighed, checkpoint=events[-1].seq)
+        try:
+            self._fold(weighed, checkpoint=events[-1].seq, generation=generation)
+        except _GraphMoved:
+            return 0  # read again next round, without what a forget erased
         return len(events)
 
     def retry_held(self, limit: int = FOLD_BATCH) -> int:
@@ -231,7 +239,11 @@ class Scorer:
         return (home.kind, home.value), weight[0], weight[1], min(at, received)
 
     def _fold(
-        self, weighed: list[_Weighed], checkpoint: int | None = None, release: Sequence[Held] = ()
+        self,
+        weighed: list[_Weighed],
+        checkpoint: int | None = None,
+        release: Sequence[Held] = (),
+        generation: int | None = None,
     ) -> None:
         """Add weighed events to their aggregates, and commit them with the checkpoint
         (or, for held events applied at last, with their release)."""
@@ -247,6 +259,10 @@ class Scorer:
             intent.add(points, signal, at, half_life)
         # Only this scorer writes aggregates, so what was read above is still current.
         with self.transaction():
+            if generation is not None and self.store.generation() != generation:
+                # A forget (or a rebuild) committed since the events were read: what
+                # was read may be erased, so nothing of it is written.
+                raise _GraphMoved
             self.store.save_intents(
                 {key: (intent.as_of, _encode(intent)) for key, intent in states.items()}
             )

@@ -1,0 +1,305 @@
+"""Forgetting a person, and keeping them forgotten.
+
+`forget` erases a person found by one identifier (storage/lifecycle.py does the
+deleting): their profile and everything derived from it, and every event in the log
+that carries one of their identifiers. It works on the files with the daemon stopped,
+or inside the daemon, where it must not race anyone who writes:
+
+1. Outside every lock, the whole log is searched for events that mention the
+   person's identifiers (the long part; ingestion and the pipeline carry on).
+2. Then ingestion is held (`Suppressions.lock`: the log writer holds it from its
+   filter to its commit, so no unfiltered event is in flight), the main file's write
+   gate and both files' write locks are taken, the person is read again (the merger
+   may have given them more identifiers meanwhile), the events logged since step 1
+   are searched, and everything goes in one transaction per file, with the graph's
+   generation bumped so that the merger's and the scorer's work in flight is redone.
+3. Still holding ingestion, the identifiers join the daemon's suppression set: every
+   later event carrying one is dropped at the log writer, counted, and answered 200.
+
+An event is the person's if an identifier extracted from it (as the merger extracts
+them) is one of theirs; a mere mention in another person's properties is not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from actors.delivery import payload as payloads
+from actors.identity.extract import EMAIL, Extractor, normalize_email
+from actors.messages import Event
+from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
+from storage.base import AppendRequest, StoredEvent
+from storage.lifecycle import Deletion, Erased, LifecycleStore, Person, identifier_hash
+
+Identifier = tuple[str, str]
+_decode_event = msgspec.json.Decoder(Event).decode
+
+
+class BadIdentifier(ValueError):
+    """Not KIND:VALUE with a kind this configuration knows."""
+
+
+def parse_identifier(text: str, rules: IdentitySection) -> Identifier:
+    """KIND:VALUE as the merger stores it (emails normalised)."""
+    kinds = [*BUILTIN_ID_KINDS, *(x.kind for x in rules.external_ids)]
+    kind, colon, value = text.partition(":")
+    value = value.strip()
+    if not colon or kind not in kinds or not value:
+        raise BadIdentifier(
+            f"expected KIND:VALUE with KIND one of {', '.join(kinds)}, got {text!r}"
+        )
+    if kind == EMAIL:
+        normalized = normalize_email(value)
+        if normalized is None:
+            raise BadIdentifier(f"{value!r} is not an email address")
+        value = normalized
+    return kind, value
+
+
+class Suppressions:
+    """The daemon's set of suppressed identifier hashes, and the filter at ingestion.
+
+    Shared by the log writer (reads it under `lock`) and forget/unforget (change it
+    under `lock`); empty, the filter costs one test a group commit."""
+
+    def __init__(self, salt: bytes, hashes: set[bytes], rules: IdentitySection) -> None:
+        self.salt = salt
+        self.hashes = hashes
+        self.lock = anyio.Semaphore(1)
+        self._extractor = Extractor(rules)
+
+    def hash(self, identifier: Identifier) -> bytes:
+        return identifier_hash(self.salt, *identifier)
+
+    def screen(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendRequest], list[int]]:
+        """The requests without the events of suppressed people, and how many each lost."""
+        if not self.hashes:
+            return list(requests), [0] * len(requests)
+        kept: list[AppendRequest] = []
+        dropped: list[int] = []
+        for request in requests:
+            events = [e for e in request.events if not self._suppressed(e.body)]
+            dropped.append(len(request.events) - len(events))
+            kept.append(msgspec.structs.replace(request, events=events))
+        return kept, dropped
+
+    def _suppressed(self, body: bytes) -> bool:
+        try:
+            event = _decode_event(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False  # not for this filter to judge; the merger holds it
+        return any(self.hash(i) in self.hashes for i in self._extractor.identifiers(event))
+
+
+def forget(
+    store: LifecycleStore,
+    identifier: Identifier,
+    config: Config,
+    now: float,
+    hold_ingestion: Callable[[], AbstractContextManager[None]] = nullcontext,
+    gate: Callable[[], AbstractContextManager[None]] = nullcontext,
+    suppressed: Callable[[list[bytes]], None] = lambda hashes: None,
+) -> Erased:
+    """Erase the person `identifier` belongs to (or, if none does, events and
+    aggregates that carry it), and suppress their identifiers. `suppressed` hears the
+    new hashes while ingestion is still held, after the commit."""
+    found = _Found(identifier, Extractor(config.identity))
+    found.gather(store, store.log_head())
+    with hold_ingestion(), _both(store, gate):
+        found.gather(store, None)
+        people = list(found.people.values())
+        for person in people:
+            found.events.update(store.home_events(person.nodes))
+        deletions = [d for person in people for d in _deletions(person, config)]
+        erased = store.erase(people, found.identifiers, sorted(found.events), deletions, now)
+        salt = store.salt()
+        suppressed([identifier_hash(salt, *i) for i in found.identifiers])
+    return erased
+
+
+class _Found:
+    """The person's profiles, identifiers and events, as far as searched.
+
+    Besides the profile the identifier belongs to, a profile with no user id whose
+    identifiers came only with the person's events is theirs too: an anonymous id
+    that a cap kept out of their profile (at most 100 by default) is their device."""
+
+    def __init__(self, identifier: Identifier, extractor: Extractor) -> None:
+        self.identifier = identifier
+        self.extractor = extractor
+        self.people: dict[int, Person] = {}
+        self.identifiers: list[Identifier] = [identifier]
+        self.events: set[int] = set()
+        self._searched: set[Identifier] = set()
+        self._upto = 0
+        """The log's head when the searched identifiers were searched."""
+
+    def gather(self, store: LifecycleStore, upto: int | None) -> None:
+        """Search the log up to `upto` (None: to its end, under the locks), following
+        the identifiers found, until nothing new turns up."""
+        self._add(store.person(*self.identifier))
+        old = [i for i in self.identifiers if i in self._searched]
+        candidates: list[StoredEvent] = []
+        if upto is None and old:  # what was logged since the first search
+            candidates += store.events_mentioning(_values(old), self._upto, None)
+        while True:
+            new = [i for i in self.identifiers if i not in self._searched]
+            if new:
+                candidates += store.events_mentioning(_values(new), 0, upto)
+            elif not candidates:
+                break
+            self._searched.update(new)
+            for seq, carried in self._theirs(candidates):
+                self.events.add(seq)
+                for other in carried:
+                    if other not in self.identifiers:
+                        self._follow(store, other)
+            candidates = []
+        if upto is not None:
+            self._upto = upto
+
+    def _follow(self, store: LifecycleStore, identifier: Identifier) -> None:
+        """An identifier that came with the person's events: theirs if no profile has
+        it yet (its events are erased, so none will), or if its profile has no user id."""
+        person = store.person(*identifier)
+        if person is None:
+            self.identifiers.append(identifier)
+        elif person.user_id is None:
+            self._add(person)
+
+    def _add(self, person: Person | None) -> None:
+        if person is None or person.profile in self.people:
+            return
+        self.people[person.profile] = person
+        self.identifiers += [i for i in person.identifiers if i not in self.identifiers]
+
+    def _theirs(self, candidates: Iterable[StoredEvent]) -> Iterator[tuple[int, list[Identifier]]]:
+        """The candidates that carry one of the person's identifiers, with every
+        identifier each carries; a body that cannot be read at all (the merger held
+        it) but mentions one goes too."""
+        wanted = set(self.identifiers)
+        for stored in candidates:
+            try:
+                event = _decode_event(stored.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                yield stored.seq, []
+                continue
+            carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
+            if any(i in wanted for i in carried):
+                yield stored.seq, carried
+
+
+def _values(identifiers: Sequence[Identifier]) -> list[str]:
+    return [value for _, value in identifiers]
+
+
+@contextmanager
+def _both(
+    store: LifecycleStore, gate: Callable[[], AbstractContextManager[None]]
+) -> Iterator[None]:
+    with gate():
+        store.begin()
+        try:
+            yield
+            store.commit()
+        except BaseException:
+            store.rollback()
+            raise
+
+
+def _deletions(person: Person, config: Config) -> list[Deletion]:
+    """A deletion request for each destination that can take one: webhooks (a profile
+    entry with "deleted": true). Segment's tracking API has no delete, and files
+    cannot unwrite; docs/destinations.md says what stays downstream."""
+    first = dict(reversed(person.identifiers))  # the oldest of each kind
+    body, digest = payloads.encode(
+        payloads.Payload(
+            profile=person.uid,
+            traits={},
+            user_id=person.user_id,
+            email=first.get(EMAIL),
+            anonymous_id=first.get("anonymous_id"),
+            deleted=True,
+        )
+    )
+    return [
+        Deletion(name, person.profile, body, digest)
+        for name, destination in config.destinations.items()
+        if isinstance(destination, WebhookDestination)
+    ]
+
+
+def unforget(store: LifecycleStore, identifier: Identifier) -> list[bytes]:
+    """Lift the suppression that covers `identifier` (and the rest of that forget's)."""
+    return store.unsuppress(identifier_hash(store.salt(), *identifier))
+
+
+def forget_here(
+    database: Path,
+    identifier: Identifier,
+    config: Config,
+    suppressions: Suppressions | None = None,
+    write_gate: anyio.Semaphore | None = None,
+) -> Erased:
+    """Forget on the files, in a worker thread: inside the daemon (`suppressions` and
+    `write_gate` given: ingestion held, the main file's writers queued, the suppression
+    set updated), or with it stopped. Raises RebuildRunning during a rebuild."""
+    from actors.identity.rebuild import exclusive
+    from actors.runtime import held_from_thread
+    from storage.sqlite_lifecycle import SqliteLifecycleStore
+
+    with exclusive(database):
+        store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
+        try:
+            if suppressions is None or write_gate is None:
+                return forget(store, identifier, config, time.time())
+            lock, gate = suppressions.lock, write_gate
+            return forget(
+                store,
+                identifier,
+                config,
+                time.time(),
+                hold_ingestion=lambda: held_from_thread(lock),
+                gate=lambda: held_from_thread(gate),
+                suppressed=suppressions.hashes.update,
+            )
+        finally:
+            store.close()
+
+
+def unforget_here(
+    database: Path, identifier: Identifier, config: Config, suppressions: Suppressions | None = None
+) -> int:
+    """Lift a suppression on the files; inside the daemon, from its set too (ingestion
+    held for the moment). Returns how many identifiers it covered (0: none did)."""
+    from actors.runtime import held_from_thread
+    from storage.base import transaction
+    from storage.sqlite_lifecycle import SqliteLifecycleStore
+
+    store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
+    hold = nullcontext() if suppressions is None else held_from_thread(suppressions.lock)
+    try:
+        with hold, transaction(store):
+            lifted = unforget(store, identifier)
+            if suppressions is not None:
+                suppressions.hashes.difference_update(lifted)
+        return len(lifted)
+    finally:
+        store.close()
+
+
+def load_suppressions(database: Path, config: Config) -> Suppressions:
+    """The suppression set as the database has it, for the daemon's start."""
+    from storage.sqlite_lifecycle import SqliteLifecycleStore
+
+    store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
+    try:
+        return Suppressions(store.salt(), store.suppressed(), config.identity)
+    finally:
+        store.close()

@@ -1,0 +1,257 @@
+"""`leadsync forget|unforget|backup|restore`: the data lifecycle from the command line.
+
+forget and unforget ask the running daemon (it holds ingestion and its writers while
+it erases) and work on the files themselves only when nobody answers at the admin
+address and no process has the database open. backup copies both files while the
+daemon runs; restore needs it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon import offline
+from daemon.config import LoadedConfig
+
+EXIT_NOTHING = 1
+EXIT_USAGE = 64
+EXIT_DATAERR = 65
+EXIT_UNAVAILABLE = 69
+EXIT_STORAGE = 73
+EXIT_TEMPFAIL = 75
+FORGET_TIMEOUT = 600.0
+"""Seconds: forget reads the whole log for the person's events."""
+_Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+_ADMIN_HELP = "admin API base URL (default: from config)"
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], with_config: _Adder
+) -> None:
+    text = (
+        "erase a person: their events, profile, identities, scores and queued payloads; "
+        "their future events are dropped until `leadsync unforget`"
+    )
+    forget = with_config(commands.add_parser("forget", help=text, description=text))
+    forget.add_argument("identifier", metavar="KIND:VALUE", help="email:ann@example.com, ...")
+    forget.add_argument("--admin", metavar="URL", help=_ADMIN_HELP)
+    forget.set_defaults(handler=_forget)
+
+    text = "stop dropping the events of a person forgotten before (every identifier of theirs)"
+    unforget = with_config(commands.add_parser("unforget", help=text, description=text))
+    unforget.add_argument("identifier", metavar="KIND:VALUE")
+    unforget.add_argument("--admin", metavar="URL", help=_ADMIN_HELP)
+    unforget.set_defaults(handler=_unforget)
+
+    text = "copy both database files into a directory, consistently, while the daemon runs"
+    backup = with_config(commands.add_parser("backup", help=text, description=text))
+    backup.add_argument("path", metavar="PATH", help="a new or empty directory")
+    backup.set_defaults(handler=_backup)
+
+    text = "replace the data dir's database with a backup (the daemon must be stopped)"
+    restore = with_config(commands.add_parser("restore", help=text, description=text))
+    restore.add_argument("path", metavar="PATH", help="a directory `leadsync backup` made")
+    restore.set_defaults(handler=_restore)
+
+
+def _identifier(args: argparse.Namespace, loaded: LoadedConfig) -> tuple[str, str] | None:
+    from actors.lifecycle import BadIdentifier, parse_identifier
+
+    try:
+        return parse_identifier(args.identifier, loaded.config.identity)
+    except BadIdentifier as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return None
+
+
+def _ask_daemon(
+    args: argparse.Namespace, loaded: LoadedConfig, path: str, body: dict[str, str]
+) -> tuple[int, Any] | int | None:
+    """The daemon's answer; None if nobody listens (work on the files); an exit code if
+    a daemon may be there but did not answer."""
+    from daemon import cli
+
+    try:
+        answer = cli._admin_call(args, loaded, path, "POST", FORGET_TIMEOUT, quiet=True, body=body)
+    except cli._NobodyListens:
+        return None
+    return EXIT_UNAVAILABLE if answer is None else answer
+
+
+def _database_here(loaded: LoadedConfig) -> Path | None:
+    """The database, migrated, if no process has it open; else None, said why."""
+    from daemon.cli import _migrate
+    from storage.sqlite_lifecycle import in_use
+
+    database = offline.database(loaded)
+    if not database.is_file():
+        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+        return None
+    if in_use(database):
+        print(
+            f"leadsync: {database} is open in another process, but no daemon answers at "
+            "the admin address: is it running with another config (--admin URL)?",
+            file=sys.stderr,
+        )
+        return None
+    import anyio
+
+    anyio.run(_migrate, database, loaded.config.storage)
+    return database
+
+
+def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    identifier = _identifier(args, loaded)
+    if identifier is None:
+        return EXIT_USAGE
+    kind, value = identifier
+    answer = _ask_daemon(args, loaded, "/v1/forget", {"identifier": f"{kind}:{value}"})
+    if isinstance(answer, int):
+        return answer
+    if answer is not None:
+        status, body = answer
+        if status != 200:
+            print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
+            return EXIT_TEMPFAIL if status == 409 else EXIT_STORAGE
+        erased, where = body, "the running daemon"
+    else:
+        from actors.identity.rebuild import RebuildRunning
+        from actors.lifecycle import forget_here
+
+        try:
+            database = _database_here(loaded)
+            if database is None:
+                return EXIT_STORAGE
+            erased = _builtins(forget_here(database, identifier, loaded.config))
+        except RebuildRunning as exc:
+            print(f"leadsync: {exc}; forget after it", file=sys.stderr)
+            return EXIT_TEMPFAIL
+        except sqlite3.Error as exc:
+            print(f"leadsync: forget failed, nothing was erased: {exc}", file=sys.stderr)
+            return EXIT_STORAGE
+        where = "the database (no daemon running)"
+    _print_erased(f"{kind}:{value}", erased, where)
+    return 0
+
+
+def _builtins(value: object) -> Any:
+    import msgspec
+
+    return msgspec.to_builtins(value)
+
+
+def _print_erased(identifier: str, erased: dict[str, Any], where: str) -> None:
+    if erased["profiles"]:
+        print(f"forgot {identifier} in {where}:")
+        print(
+            f"  {_count(erased['profiles'], 'profile')} with "
+            f"{_count(erased['identifiers'], 'identifier')}, "
+            f"{_count(erased['events'], 'event')} from the log, "
+            f"{_count(erased['intents'], 'aggregate')}, "
+            f"{_count(erased['queued'], 'queued payload')}"
+        )
+    else:
+        print(f"no profile has {identifier} in {where}:")
+        print(f"  {_count(erased['events'], 'event')} carrying it erased from the log")
+    if erased["held"] or erased["quarantined"] or erased["dead_letters"]:
+        print(
+            f"  also {erased['held']} held, {erased['quarantined']} quarantined, "
+            f"{erased['dead_letters']} dead-lettered"
+        )
+    for name in erased["deletions"]:
+        print(f"  a deletion request is queued for destination {name}")
+    print(
+        f"  {_count(erased['suppressed'], 'identifier')} suppressed: their events are dropped "
+        f"until `leadsync unforget {identifier}`"
+    )
+    print("  copies outside leadsync (destinations, backups) are not touched: see docs")
+
+
+def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    identifier = _identifier(args, loaded)
+    if identifier is None:
+        return EXIT_USAGE
+    kind, value = identifier
+    answer = _ask_daemon(args, loaded, "/v1/unforget", {"identifier": f"{kind}:{value}"})
+    if isinstance(answer, int):
+        return answer
+    if answer is not None:
+        status, body = answer
+        if status == 404:
+            print(f"nothing is suppressed for {kind}:{value}")
+            return EXIT_NOTHING
+        if status != 200:
+            print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
+            return EXIT_STORAGE
+        lifted = int(body["identifiers"])
+    else:
+        from actors.lifecycle import unforget_here
+
+        try:
+            database = _database_here(loaded)
+            if database is None:
+                return EXIT_STORAGE
+            lifted = unforget_here(database, identifier, loaded.config)
+        except sqlite3.Error as exc:
+            print(f"leadsync: unforget failed: {exc}", file=sys.stderr)
+            return EXIT_STORAGE
+        if not lifted:
+            print(f"nothing is suppressed for {kind}:{value}")
+            return EXIT_NOTHING
+    print(f"{_count(lifted, 'identifier')} no longer suppressed: new events are taken in again")
+    return 0
+
+
+def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from storage.sqlite_lifecycle import backup
+
+    database = offline.database(loaded)
+    if not database.is_file():
+        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+        return EXIT_STORAGE
+    started = time.monotonic()
+    try:
+        made = backup(database, Path(args.path), loaded.config.storage.busy_timeout)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"leadsync: backup failed: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    for path in made:
+        print(f"{path} ({path.stat().st_size:,} bytes)")
+    print(f"backed up in {time.monotonic() - started:.1f}s; `leadsync restore {args.path}`")
+    return 0
+
+
+def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from storage.sqlite_lifecycle import NotABackup, in_use, restore
+
+    database = offline.database(loaded)
+    try:
+        if in_use(database):
+            print(
+                f"leadsync: {database} is open (is the daemon running?); stop it, then restore",
+                file=sys.stderr,
+            )
+            return EXIT_TEMPFAIL
+        aside = restore(Path(args.path), database)
+    except NotABackup as exc:
+        print(f"leadsync: not restored: {exc}", file=sys.stderr)
+        return EXIT_DATAERR
+    except (OSError, sqlite3.Error) as exc:
+        print(f"leadsync: restore failed: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    print(f"restored {database} and its event log from {args.path}")
+    if any(aside.iterdir()):
+        print(f"the files it replaced are in {aside} (delete them when satisfied)")
+    else:
+        aside.rmdir()
+    return 0
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number:,} {thing if number == 1 else thing + 's'}"

@@ -1,0 +1,122 @@
+"""The data lifecycle: erasing a person, suppressing their future events, trimming the log.
+
+`leadsync forget` finds a person by one identifier, erases everything leadsync keeps
+about them in both files, and keeps a suppression entry per identifier they had: a
+keyed hash (never the value), so the daemon drops their future events at ingestion
+until `leadsync unforget`. The actor side (actors/lifecycle.py) decides which events
+are theirs (by the identifiers each carries) and what destinations are told; this
+interface finds, deletes and suppresses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
+
+import msgspec
+
+from storage.base import StoredEvent
+
+SALT = "suppression_salt"
+"""meta key: the key of the suppression hashes, made by the migration that made the
+table. A leaked table alone cannot be checked against a list of addresses."""
+
+
+def identifier_hash(salt: bytes, kind: str, value: str) -> bytes:
+    """What a suppression entry keeps of an identifier (values already normalised)."""
+    return hashlib.blake2b(f"{kind}\0{value}".encode(), key=salt, digest_size=16).digest()
+
+
+class Person(msgspec.Struct, frozen=True):
+    """A profile as forget sees it: its row, every id it answered to, what it holds."""
+
+    profile: int
+    uid: str
+    uids: list[str]
+    """Its id and the ids merged into it (redirects)."""
+    identifiers: list[tuple[str, str]]
+    nodes: list[int]
+    user_id: str | None
+
+
+class Deletion(msgspec.Struct, frozen=True):
+    """A deletion request queued for one destination, as an outbox payload."""
+
+    destination: str
+    profile: int
+    payload: bytes
+    hash: int
+
+
+class Erased(msgspec.Struct):
+    """What one forget removed (counts: the values are gone)."""
+
+    profiles: int = 0
+    """The person's profile, and profiles without a user id that only their events made
+    (anonymous ids a cap kept out of theirs)."""
+    identifiers: int = 0
+    events: int = 0
+    scores: int = 0
+    intents: int = 0
+    queued: int = 0
+    dead_letters: int = 0
+    held: int = 0
+    quarantined: int = 0
+    suppressed: int = 0
+    deletions: list[str] = []
+    """Destinations a deletion request was queued for."""
+
+
+class LifecycleStore(Protocol):
+    """Synchronous, over both files. `begin` takes the write locks of both (main file
+    first); `commit` commits the log first, so a failure between the two leaves the
+    profile in place and a second forget finishes the work."""
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def salt(self) -> bytes: ...
+
+    def suppressed(self) -> set[bytes]:
+        """Every suppression hash, for the daemon's filter at ingestion."""
+        ...
+
+    def person(self, kind: str, value: str) -> Person | None:
+        """The profile the identifier belongs to, if any."""
+        ...
+
+    def home_events(self, nodes: Sequence[int]) -> list[int]:
+        """Log sequence numbers of the events the merger recorded under these nodes."""
+        ...
+
+    def log_head(self) -> int: ...
+
+    def events_mentioning(
+        self, needles: Iterable[str], after: int, upto: int | None
+    ) -> Iterator[StoredEvent]:
+        """Events after `after` (up to `upto`) whose body contains any needle, case
+        folded: candidates, which the caller confirms by their identifiers."""
+        ...
+
+    def erase(
+        self,
+        people: Sequence[Person],
+        identifiers: Sequence[tuple[str, str]],
+        events: Sequence[int],
+        deletions: Sequence[Deletion],
+        now: float,
+    ) -> Erased:
+        """In the open transaction: delete the profiles' rows, the events named, their
+        identifiers' aggregates, held items and quarantined messages; queue each
+        deletion for a destination that had received the person; suppress the
+        identifiers."""
+        ...
+
+    def unsuppress(self, hashed: bytes) -> list[bytes]:
+        """Lift the suppression made with this identifier's hash, and those made with it
+        (one forget suppresses every identifier of the person); the hashes lifted."""
+        ...

@@ -1,0 +1,442 @@
+"""The data lifecycle in SQLite: erasure over both files (storage/lifecycle.py), the
+log's retention trim, and backup and restore of the pair.
+
+Erasure deletes from the log, which is append-only for everyone else, so one rule
+keeps the log's numbering intact: the newest event is never deleted, only emptied of
+what it said (a tombstone). SQLite numbers a new row after the largest left, and a
+deleted head would hand its number, already applied by the consumers, to the next
+event, which they would then skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from storage.base import StoredEvent
+from storage.lifecycle import SALT, Deletion, Erased, Person
+from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
+
+TRIM_ROWS = 5_000
+"""Events deleted by one retention transaction: the log's write lock, which group
+commits wait for, is held for milliseconds."""
+TRIM_CHUNKS = 100
+"""Transactions of trimming per maintenance round; a first trim of a long log goes on
+at the next round rather than in one sitting."""
+CONSUMERS = ("identity", "scorer")
+"""The log's consumers: an event is trimmed only once every one has applied it."""
+_encode = msgspec.json.Encoder().encode
+
+
+def _tombstone(seq: int, source: str, received_at: str) -> bytes:
+    """An erased head event: still an event (a consumer that has not read it reads
+    one with no identifier, and skips it), saying nothing about anyone."""
+    return _encode(
+        {
+            "type": "track",
+            "messageId": f"erased-{seq}",
+            "source": source,
+            "receivedAt": received_at,
+            "timestamp": received_at,
+            "event": "(erased)",
+        }
+    )
+
+
+class SqliteLifecycleStore:
+    """`db`: a connection to the main file (storage.sqlite_graph.connect); `log`: a
+    writable one to the event log's file. Both this object's alone."""
+
+    def __init__(self, db: sqlite3.Connection, log: sqlite3.Connection) -> None:
+        self._db = db
+        self._log = log
+
+    @classmethod
+    def open(cls, database: Path, busy_timeout: float) -> SqliteLifecycleStore:
+        from storage.sqlite_graph import connect
+
+        db = connect(database, busy_timeout)
+        try:
+            return cls(db, open_connection(log_path(database), busy_timeout))
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+        self._log.close()
+
+    def begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._log.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def commit(self) -> None:
+        self._log.execute("COMMIT")
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        for db in (self._log, self._db):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+
+    def salt(self) -> bytes:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (SALT,)).fetchone()
+        return bytes.fromhex(row[0])
+
+    def suppressed(self) -> set[bytes]:
+        return {bytes(h) for (h,) in self._db.execute("SELECT hash FROM suppressions")}
+
+    def person(self, kind: str, value: str) -> Person | None:
+        db = self._db
+        row = db.execute(
+            "SELECT p.id, p.uid, p.user_id FROM identities i JOIN profiles p ON p.id = i.profile "
+            "WHERE i.kind = ? AND i.value = ?",
+            (kind, value),
+        ).fetchone()
+        if row is None:
+            return None
+        profile, uid, user_id = row
+        held = db.execute(
+            "SELECT id, kind, value FROM identities WHERE profile = ? ORDER BY first_ts, id",
+            (profile,),
+        ).fetchall()
+        merged = [
+            str(r[0])
+            for r in db.execute("SELECT uid FROM profile_redirects WHERE profile = ?", (profile,))
+        ]
+        return Person(
+            profile=int(profile),
+            uid=str(uid),
+            uids=[str(uid), *merged],
+            identifiers=[(str(k), str(v)) for _, k, v in held],
+            nodes=[int(n) for n, _, _ in held],
+            user_id=user_id,
+        )
+
+    def home_events(self, nodes: Sequence[int]) -> list[int]:
+        found: list[int] = []
+        for chunk in chunks(nodes):
+            found += [
+                int(seq)
+                for (seq,) in self._db.execute(
+                    f"SELECT seq FROM profile_events WHERE node IN ({marks(chunk)})", chunk
+                )
+            ]
+        return found
+
+    def log_head(self) -> int:
+        return int(self._log.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+    def events_mentioning(
+        self, needles: Iterable[str], after: int, upto: int | None
+    ) -> Iterator[StoredEvent]:
+        terms = sorted({_needle(n) for n in needles})
+        if not terms:
+            return
+        found = " OR ".join(["instr(lower(CAST(body AS TEXT)), ?) > 0"] * len(terms))
+        rows = self._log.execute(
+            f"SELECT seq, source, body FROM events WHERE seq > ? AND seq <= ? AND ({found})",
+            (after, upto if upto is not None else 2**62, *terms),
+        )
+        for seq, source, body in rows:
+            yield StoredEvent(int(seq), str(source), bytes(body))
+
+    def erase(
+        self,
+        people: Sequence[Person],
+        identifiers: Sequence[tuple[str, str]],
+        events: Sequence[int],
+        deletions: Sequence[Deletion],
+        now: float,
+    ) -> Erased:
+        db = self._db
+        erased = Erased()
+        for person in people:
+            self._erase_profile(person, deletions, now, erased)
+        erased.intents = db.executemany(
+            "DELETE FROM intent WHERE kind = ? AND value = ?", identifiers
+        ).rowcount
+        keys = [str(seq) for seq in events]
+        for chunk in chunks(keys):
+            erased.held += db.execute(
+                f"DELETE FROM held WHERE kind = 'event' AND key IN ({marks(chunk)})", chunk
+            ).rowcount
+        erased.events = self._erase_events(sorted(set(events)))
+        terms = sorted({_needle(value) for _, value in identifiers})
+        for term in terms:
+            erased.quarantined += self._log.execute(
+                "DELETE FROM quarantine WHERE instr(lower(CAST(body AS TEXT)), ?) > 0", (term,)
+            ).rowcount
+        erased.suppressed = self._suppress(identifiers, erased, now)
+        # The merger's batch in flight and the scorer's round read before this: bumping
+        # the graph's generation makes each throw its work away and read again.
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, '1') "
+            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (GENERATION,),
+        )
+        return erased
+
+    def _erase_profile(
+        self, person: Person, deletions: Sequence[Deletion], now: float, erased: Erased
+    ) -> None:
+        db, profile = self._db, person.profile
+        erased.profiles += 1
+        erased.identifiers += db.execute(
+            "DELETE FROM identities WHERE profile = ?", (profile,)
+        ).rowcount
+        for chunk in chunks(person.nodes):
+            where = marks(chunk)
+            db.execute(f"DELETE FROM identity_links WHERE a IN ({where})", chunk)
+            db.execute(f"DELETE FROM identity_links WHERE b IN ({where})", chunk)
+            db.execute(f"DELETE FROM profile_events WHERE node IN ({where})", chunk)
+        for uids in chunks(person.uids):
+            where = marks(uids)
+            db.execute(f"DELETE FROM identity_merges WHERE survivor IN ({where})", uids)
+            db.execute(f"DELETE FROM identity_merges WHERE merged IN ({where})", uids)
+            db.execute(f"DELETE FROM profile_changes WHERE uid IN ({where})", uids)
+            erased.dead_letters += db.execute(
+                f"DELETE FROM dead_letters WHERE uid IN ({where})", uids
+            ).rowcount
+            erased.held += db.execute(
+                f"DELETE FROM held WHERE kind = 'profile' AND key IN ({where})", uids
+            ).rowcount
+        db.execute("DELETE FROM profile_redirects WHERE profile = ?", (profile,))
+        erased.scores += db.execute(
+            "DELETE FROM profile_scores WHERE profile = ?", (profile,)
+        ).rowcount
+        reached = {
+            str(name)
+            for (name,) in db.execute(
+                "SELECT destination FROM destination_state WHERE profile = ?1 "
+                "UNION SELECT destination FROM outbox WHERE profile = ?1",
+                (profile,),
+            )
+        }
+        erased.queued += db.execute("DELETE FROM outbox WHERE profile = ?", (profile,)).rowcount
+        db.execute("DELETE FROM destination_state WHERE profile = ?", (profile,))
+        db.execute("DELETE FROM profiles WHERE id = ?", (profile,))
+        # A destination that never heard of the person is told nothing.
+        for deletion in deletions:
+            if deletion.profile == profile and deletion.destination in reached:
+                row = (deletion.destination, profile, person.uid, deletion.payload)
+                db.execute(
+                    "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, "
+                    "due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (*row, deletion.hash, now, now),
+                )
+                erased.deletions.append(deletion.destination)
+
+    def _erase_events(self, seqs: Sequence[int]) -> int:
+        log = self._log
+        head = int(log.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        gone = 0
+        for chunk in chunks([s for s in seqs if s != head]):
+            gone += log.execute(f"DELETE FROM events WHERE seq IN ({marks(chunk)})", chunk).rowcount
+        if head in seqs:
+            source, received = log.execute(
+                "SELECT source, received_at FROM events WHERE seq = ?", (head,)
+            ).fetchone()
+            log.execute(
+                "UPDATE events SET message_id = ?, type = 'track', body = ? WHERE seq = ?",
+                (f"erased-{head}", _tombstone(head, source, received), head),
+            )
+            gone += 1
+        return gone
+
+    def _suppress(self, identifiers: Sequence[tuple[str, str]], erased: Erased, now: float) -> int:
+        from storage.lifecycle import identifier_hash
+
+        db = self._db
+        salt = self.salt()
+        request = db.execute(
+            "INSERT INTO erasures (erased_at, identifiers, events, profiles) VALUES (?, ?, ?, ?)",
+            (now, len(identifiers), erased.events, erased.profiles),
+        ).lastrowid
+        return db.executemany(
+            "INSERT INTO suppressions (hash, request, kind) VALUES (?, ?, ?) "
+            "ON CONFLICT (hash) DO UPDATE SET request = excluded.request",
+            [(identifier_hash(salt, k, v), request, k) for k, v in identifiers],
+        ).rowcount
+
+    def unsuppress(self, hashed: bytes) -> list[bytes]:
+        db = self._db
+        row = db.execute("SELECT request FROM suppressions WHERE hash = ?", (hashed,)).fetchone()
+        if row is None:
+            return []
+        lifted = [
+            bytes(h)
+            for (h,) in db.execute("SELECT hash FROM suppressions WHERE request = ?", (row[0],))
+        ]
+        db.execute("DELETE FROM suppressions WHERE request = ?", (row[0],))
+        return lifted
+
+
+def _needle(value: str) -> str:
+    """A value as it appears inside the JSON of a body (escaped), case folded."""
+    return _encode(value).decode()[1:-1].lower()
+
+
+def trim_events(log: sqlite3.Connection, before: str, upto: int, limit: int = TRIM_ROWS) -> int:
+    """One transaction of retention: delete the oldest events received before `before`
+    (ISO time, as received_at is written) and applied by every consumer (seq <= `upto`),
+    at most `limit`, never the newest. Seq order is arrival order give or take the
+    seconds a commit waits, so the oldest are found at the start of the table, and the
+    first one too new ends the trim."""
+    log.execute("BEGIN IMMEDIATE")
+    try:
+        head = int(log.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        last = 0
+        for seq, received_at in log.execute(
+            "SELECT seq, received_at FROM events ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall():
+            if received_at >= before or seq > upto or seq >= head:
+                break
+            last = seq
+        gone = log.execute("DELETE FROM events WHERE seq <= ?", (last,)).rowcount if last else 0
+        log.execute("COMMIT")
+        return int(gone)
+    except BaseException:
+        if log.in_transaction:
+            log.execute("ROLLBACK")
+        raise
+
+
+def retention_cutoff(retain: float, now: float | None = None) -> str:
+    """The received_at before which events are old enough to trim."""
+    moment = datetime.fromtimestamp((time.time() if now is None else now) - retain, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- Backup and restore -------------------------------------------------------------
+
+
+class InUse(Exception):
+    """A process (a running daemon, its merger) has the database open."""
+
+
+class NotABackup(Exception):
+    """The directory does not hold a usable pair of files."""
+
+
+def pair(database: Path) -> tuple[Path, Path]:
+    """The main file and the event log, in the order a backup copies them."""
+    return database, log_path(database)
+
+
+def backup(database: Path, target: Path, busy_timeout: float) -> list[Path]:
+    """Copy both files into the directory `target` with SQLite's backup API, each in
+    one read transaction (a consistent snapshot, writers carrying on meanwhile). The
+    main file first, then the log: the log copied later holds every event the main
+    file's consumers had applied, and every event acknowledged before the start."""
+    target.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    for source in pair(database):
+        final = target / source.name
+        if final.exists():
+            raise FileExistsError(f"{final} exists; back up into an empty directory")
+    for source in pair(database):
+        final = target / source.name
+        part = final.with_name(final.name + ".part")
+        part.unlink(missing_ok=True)
+        with (
+            closing(open_connection(source, busy_timeout)) as src,
+            closing(sqlite3.connect(part)) as dst,
+        ):
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        _fsync(part)
+        part.rename(final)
+        made.append(final)
+    _fsync(target)
+    return made
+
+
+def check_backup(source: Path, database: Path) -> None:
+    """Refuse a directory without both files, or with files SQLite finds damaged, or
+    whose log ends before what its main file's consumers applied."""
+    main, events = (source / p.name for p in pair(database))
+    for path in (main, events):
+        if not path.is_file():
+            raise NotABackup(f"{path} is missing; a backup holds {main.name} and {events.name}")
+    try:
+        with closing(sqlite3.connect(f"{main.absolute().as_uri()}?mode=ro", uri=True)) as db:
+            db.execute("ATTACH DATABASE ? AS log", (f"{events.absolute().as_uri()}?mode=ro",))
+            for schema in ("main", "log"):
+                problem = db.execute(f"PRAGMA {schema}.quick_check").fetchone()[0]
+                if problem != "ok":
+                    raise NotABackup(f"{source}: {schema} file damaged: {problem}")
+            head = db.execute("SELECT coalesce(max(seq), 0) FROM log.events").fetchone()[0]
+            applied = db.execute("SELECT coalesce(max(seq), 0) FROM main.checkpoints").fetchone()
+            if applied[0] > head:
+                raise NotABackup(
+                    f"{source}: the log ends at {head} but consumers applied up to "
+                    f"{applied[0]}: the two files are not from one backup"
+                )
+    except sqlite3.Error as exc:
+        raise NotABackup(f"{source}: {exc}") from None
+
+
+def in_use(database: Path) -> bool:
+    """Whether any process has either file open: in WAL mode every connection holds a
+    lock that an exclusive-mode transaction cannot get past, the daemon's merger
+    process included."""
+    for path in pair(database):
+        if not path.exists():
+            continue
+        with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as db:
+            db.execute("PRAGMA locking_mode = EXCLUSIVE")
+            try:
+                db.execute("BEGIN EXCLUSIVE")
+                db.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                return True
+    return False
+
+
+def restore(source: Path, database: Path) -> Path:
+    """Put the backup in `source` in place of the data dir's pair; the files it replaces
+    (with their WAL and shared-memory files, which must not meet the new ones) move to
+    a directory of their own beside them, returned. The caller made sure no process
+    has them open."""
+    check_backup(source, database)
+    folder = database.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = folder / f"before-restore-{stamp}"
+    aside.mkdir()
+    parts = []
+    for path in pair(database):
+        part = path.with_name(path.name + ".restoring")
+        shutil.copyfile(source / path.name, part)
+        _fsync(part)
+        parts.append((part, path))
+    for path in pair(database):
+        for suffix in ("", "-wal", "-shm"):
+            old = path.with_name(path.name + suffix)
+            if old.exists():
+                old.rename(aside / old.name)
+    for part, path in parts:
+        part.rename(path)
+    _fsync(folder)
+    return aside
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,124 @@
+"""`leadsync backup` under load and `leadsync restore`, and the log's retention trim,
+as an operator sees them: through the command line and a real daemon."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from storage.base import AppendRequest, EventRecord
+from storage.sqlite import SqliteStorage
+from storage.sqlite_graph import connect
+from tests.daemon_process import DaemonProcess, wait_for
+from tests.test_cli import leadsync
+from tests.test_scoring_daemon import post
+
+
+def test_a_backup_taken_under_load_restores_every_event_acknowledged_before_it(
+    make_daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    daemon = make_daemon().start()
+    acknowledged: list[tuple[float, list[str]]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        n = 0
+        while not stop.is_set():
+            ids = [f"m-{n}-{i}" for i in range(50)]
+            batch = [
+                {"type": "track", "userId": f"u{n % 100}", "event": "Page Viewed", "messageId": m}
+                for m in ids
+            ]
+            if post(daemon, batch) == 200:
+                acknowledged.append((time.monotonic(), ids))
+            n += 1
+
+    sender = threading.Thread(target=load, daemon=True)
+    sender.start()
+    try:
+        wait_for(lambda: len(acknowledged) >= 20)
+        started = time.monotonic()
+        before = [m for at, ids in list(acknowledged) if at < started for m in ids]
+        made = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+        ended = time.monotonic()
+        count = len(acknowledged)
+        wait_for(lambda: len(acknowledged) > count + 5)
+    finally:
+        stop.set()
+        sender.join(30)
+    assert made.returncode == 0, made.stderr
+    assert "leadsync.db" in made.stdout
+    assert "leadsync-events.db" in made.stdout
+    after = [m for at, ids in acknowledged if at > ended for m in ids]
+    again = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert again.returncode == 73
+    assert "back up into an empty directory" in again.stderr
+
+    refused = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert refused.returncode == 75
+    assert "is the daemon running?" in refused.stderr
+    assert daemon.terminate() == 0
+
+    restored = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+
+    assert restored.returncode == 0, restored.stderr
+    assert "the files it replaced are in" in restored.stdout
+    daemon.start()
+    stored = {event["messageId"] for event in daemon.events()}
+    assert set(before) <= stored
+    assert not set(after) & stored  # the restore replaced the files
+    assert post(daemon, [{"type": "identify", "userId": "new", "messageId": "after"}]) == 200
+    assert "after" in {event["messageId"] for event in daemon.events()}
+
+
+def test_restore_refuses_a_directory_without_both_files(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    assert daemon.terminate() == 0
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "leadsync.db").write_bytes(b"")
+    result = leadsync("restore", str(tmp_path / "half"), "--config", str(daemon.config_path))
+    assert result.returncode == 65
+    assert "leadsync-events.db is missing" in result.stderr
+    daemon.start()  # untouched
+
+
+def test_retention_trims_old_events_every_consumer_applied_and_profiles_keep_counts(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    daemon = make_daemon(
+        '\n[storage]\nretain_events = "2s"\ndedup_window = "1s"\ncheckpoint_interval = "1s"\n'
+    ).start()
+    events = [{"type": "track", "userId": "ann", "event": f"Step {n}"} for n in range(5)]
+    assert post(daemon, events) == 200
+
+    wait_for(lambda: len(daemon.events()) == 1)
+
+    # The newest event stays: the log's numbering goes on from it.
+    assert daemon.events()[0]["event"] == "Step 4"
+    status, profile = daemon.admin("/v1/profiles/user_id/ann")
+    assert status == 200
+    assert profile["events"] == 5
+    assert any(line["event"] == "event log trimmed" for line in daemon.log_lines())
+
+
+def record(n: int, received_at: str) -> EventRecord:
+    body = f'{{"type":"track","userId":"u","event":"e{n}"}}'.encode()
+    return EventRecord(f"m{n}", "track", received_at, body)
+
+
+async def test_retention_keeps_what_a_consumer_has_not_applied(tmp_path: Path) -> None:
+    database = tmp_path / "leadsync.db"
+    storage = await SqliteStorage.open(database)
+    old, new = "2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z"
+    records = [record(n, old) for n in range(1, 7)] + [record(7, new)]
+    await storage.append([AppendRequest("web", old, records)])
+    db = connect(database, 5)
+    db.execute("INSERT INTO checkpoints VALUES ('identity', 7, ''), ('scorer', 3, '')")
+    db.close()
+
+    assert await storage.trim_events(86400) == 3  # the scorer has applied 1-3 only
+    assert [e.seq for e in await storage.read_events(0, 100)] == [4, 5, 6, 7]
+    await storage.close()
