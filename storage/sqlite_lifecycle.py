@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
@@ -421,6 +422,7 @@ def restore(source: Path, database: Path) -> Path:
     for path in pair(database):
         part = path.with_name(path.name + ".restoring")
         shutil.copyfile(source / path.name, part)
+        _owned_like(part, path if path.exists() else folder)
         _fsync(part)
         parts.append((part, path))
     for path in pair(database):
@@ -432,6 +434,17 @@ def restore(source: Path, database: Path) -> Path:
         part.rename(path)
     _fsync(folder)
     return aside
+
+
+def _owned_like(path: Path, model: Path) -> None:
+    """Give a restored file the owner, group and mode of the one it replaces (or of the
+    data dir): root restoring for a service user must not leave files the daemon
+    cannot write. Not root, the owner cannot change, and stays the caller's."""
+    st = model.stat()
+    if os.geteuid() == 0:
+        os.chown(path, st.st_uid, st.st_gid)
+    if path.is_file() and model.is_file():
+        os.chmod(path, stat.S_IMODE(st.st_mode))
 
 
 def _fsync(path: Path) -> None:

@@ -3,10 +3,13 @@ as an operator sees them: through the command line and a real daemon."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from storage.base import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
@@ -83,6 +86,24 @@ def test_restore_refuses_a_directory_without_both_files(
     assert result.returncode == 65
     assert "leadsync-events.db is missing" in result.stderr
     daemon.start()  # untouched
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+def test_root_restoring_for_a_service_user_leaves_files_that_user_owns(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    backup = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert backup.returncode == 0, backup.stderr
+    assert daemon.terminate() == 0
+    service = 65534  # nobody: the daemon's own user under systemd, say
+    data = daemon.database.parent
+    for path in (data, *data.iterdir()):
+        os.chown(path, service, service)
+    restored = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert restored.returncode == 0, restored.stderr
+    for name in ("leadsync.db", "leadsync-events.db"):
+        owner = (data / name).stat()
+        assert (owner.st_uid, owner.st_gid) == (service, service), name
 
 
 def test_retention_trims_old_events_every_consumer_applied_and_profiles_keep_counts(
