@@ -5,11 +5,15 @@ dir that one already uses."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 import pytest
+
+from tests.daemon_process import DaemonProcess
 
 CRASHING_ACTOR = textwrap.dedent(
     """
@@ -54,3 +58,24 @@ def test_a_crashing_actor_logs_its_traceback_without_local_variables(fmt: str) -
     assert "the actor broke 20" in logged
     assert "_supervise" in logged  # the traceback's frames are there
     assert "sk-live-never-logged" not in logged
+
+
+@pytest.mark.parametrize("taken", ["http", "admin"])
+def test_a_port_in_use_stops_the_daemon_at_once_with_one_line(
+    make_daemon: Callable[..., DaemonProcess], taken: str
+) -> None:
+    daemon = make_daemon()
+    port = daemon.http_port if taken == "http" else daemon.admin_port
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        daemon.start(wait=False)
+        assert daemon.process is not None
+        code = daemon.process.wait(60)
+    assert code == 71, daemon.log()
+    [line] = [line for line in daemon.log_lines() if line["level"] == "critical"]
+    key = "[http] listen" if taken == "http" else "[admin] listen"
+    assert key in line["event"]
+    assert f"127.0.0.1:{port}: Address already in use" in line["event"]
+    assert "Traceback" not in daemon.log()
+    assert not [line for line in daemon.log_lines() if line["event"] == "actor crashed"]
