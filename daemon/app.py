@@ -35,6 +35,7 @@ from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from daemon.admin import AdminServer
 from daemon.config import EMBEDDED_DEFAULT, Config, ConfigError, Destination, load
+from daemon.datadir import DataDirLock
 from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
@@ -82,7 +83,19 @@ def _map_large_allocations() -> None:
 
 
 async def serve(config: Config, config_path: str) -> int:
-    """Run until SIGTERM/SIGINT (exit 0 after draining) or escalation (non-zero)."""
+    """Run until SIGTERM/SIGINT (exit 0 after draining) or escalation (non-zero).
+    DataDirHeld if another daemon runs on the data dir: nothing is opened then."""
+    try:
+        lock = DataDirLock.take(config.daemon.data_dir)
+    except OSError as exc:
+        raise CannotOpenStorage(f"{config.daemon.data_dir}: {exc}") from exc
+    try:
+        return await _serve(config, config_path)
+    finally:
+        lock.release()
+
+
+async def _serve(config: Config, config_path: str) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     _map_large_allocations()
     started_at = time.monotonic()

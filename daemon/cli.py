@@ -227,9 +227,13 @@ def _run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     config = loaded.config
     logs.configure(config.daemon.log_level, config.daemon.log_format)
     from daemon.app import CannotOpenStorage, CannotScore, serve  # only `run` needs these
+    from daemon.datadir import DataDirHeld
 
     try:
         return anyio.run(serve, config, loaded.path)
+    except DataDirHeld as exc:
+        structlog.get_logger("daemon").critical(str(exc))
+        return DataDirHeld.exit_code
     except CannotOpenStorage as exc:
         structlog.get_logger("daemon").critical("cannot open storage", error=str(exc))
         return EXIT_STORAGE

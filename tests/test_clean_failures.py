@@ -4,16 +4,19 @@ dir that one already uses."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Callable
 
 import pytest
 
-from tests.daemon_process import DaemonProcess
+from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 
 CRASHING_ACTOR = textwrap.dedent(
     """
@@ -79,3 +82,39 @@ def test_a_port_in_use_stops_the_daemon_at_once_with_one_line(
     assert f"127.0.0.1:{port}: Address already in use" in line["event"]
     assert "Traceback" not in daemon.log()
     assert not [line for line in daemon.log_lines() if line["event"] == "actor crashed"]
+
+
+def identify(daemon: DaemonProcess, user_id: str) -> int:
+    auth = base64.b64encode(f"{WRITE_KEYS['web']}:".encode()).decode()
+    request = urllib.request.Request(
+        daemon.url + "/v1/identify",
+        data=json.dumps({"userId": user_id, "traits": {"plan": "pro"}}).encode(),
+        headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return int(response.status)
+
+
+def test_a_second_daemon_on_the_same_data_dir_refuses_and_the_first_serves_on(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    first = make_daemon(name="first").start()
+    second = make_daemon(name="second")  # other ports, and first's data dir:
+    data_dir = str(first.directory / "var")
+    second.config_path.write_text(
+        second.config_path.read_text().replace(str(second.directory / "var"), data_dir)
+    )
+    second.start(wait=False)
+    assert second.process is not None and first.process is not None
+    assert second.process.wait(60) == 77, second.log()
+    [refusal] = [line for line in second.log_lines() if line["level"] == "critical"]
+    assert refusal["event"] == f"another leadsync (pid {first.process.pid}) holds {data_dir}"
+    # It refused before touching the database, and the first daemon goes on serving.
+    assert not [line for line in second.log_lines() if line["event"] == "storage open"]
+    assert identify(first, "after-the-refusal") == 200
+    assert wait_for(lambda: first.admin("/v1/profiles/user_id/after-the-refusal")[0] == 200)
+
+    # However the holder ends (kill -9 here), the kernel drops its lock.
+    first.kill()
+    second.start()
+    assert second.admin("/v1/profiles/user_id/after-the-refusal")[0] == 200
