@@ -22,7 +22,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from daemon import __version__, held_cli, logs, offline
+from daemon import __version__, held_cli, logs, offline, sources_cli
 from daemon.config import ConfigError, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     scoring_run.set_defaults(handler=_scoring_run)
 
     held_cli.add_commands(commands, _with_config)
+    sources_cli.add_commands(commands, _with_config)
 
     dlq = commands.add_parser("dlq", help="list and replay records no destination accepted")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND")

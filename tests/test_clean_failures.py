@@ -105,7 +105,8 @@ def test_a_second_daemon_on_the_same_data_dir_refuses_and_the_first_serves_on(
         second.config_path.read_text().replace(str(second.directory / "var"), data_dir)
     )
     second.start(wait=False)
-    assert second.process is not None and first.process is not None
+    assert second.process is not None
+    assert first.process is not None
     assert second.process.wait(60) == 77, second.log()
     [refusal] = [line for line in second.log_lines() if line["level"] == "critical"]
     assert refusal["event"] == f"another leadsync (pid {first.process.pid}) holds {data_dir}"
