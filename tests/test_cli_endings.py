@@ -1,0 +1,76 @@
+"""A command ends cleanly when interrupted or when its pipe closes: a short line (or
+nothing) and the conventional exit code, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from tests.daemon_process import DaemonProcess
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["status"], "leadsync: interrupted\n"),
+        (
+            ["identity", "rebuild"],
+            "leadsync: interrupted; the rebuild goes on in the daemon "
+            "(its log says when it is done)\n",
+        ),
+        (
+            ["scoring", "run"],
+            "leadsync: interrupted; the batch run goes on in the daemon "
+            "(`leadsync status` shows its end)\n",
+        ),
+    ],
+)
+def test_ctrl_c_while_the_daemon_works_ends_with_a_line_and_130(
+    command: list[str], said: str
+) -> None:
+    with socket.socket() as admin:  # a daemon busy with the request: it never answers
+        admin.bind(("127.0.0.1", 0))
+        admin.listen()
+        url = f"http://127.0.0.1:{admin.getsockname()[1]}"
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "daemon", *command, "--admin", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        connection, _ = admin.accept()  # the command has sent its request and waits
+        with connection:
+            connection.recv(4096)
+            cli.send_signal(signal.SIGINT)
+            out, err = cli.communicate(timeout=30)
+    assert (cli.returncode, out, err) == (130, "", said)
+
+
+def test_a_closed_pipe_ends_a_listing_quietly_with_141(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """As in `leadsync status --json | head -1`, with the reader gone before any write."""
+    daemon = make_daemon().start()
+    for shape in (["--json"], []):  # print() and rich
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            cli = subprocess.run(
+                [sys.executable, "-m", "daemon", "status", *shape],
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=30,
+                check=False,
+                env={**os.environ, "COLUMNS": "200"},
+                cwd=daemon.directory,
+            )
+        finally:
+            os.close(write)
+        assert (cli.returncode, cli.stderr) == (141, ""), shape
