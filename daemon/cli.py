@@ -496,9 +496,10 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     answers, rebuild the database here with this config's rules."""
     endings.on_interrupt("the rebuild goes on in the daemon (its log says when it is done)")
     try:
-        answer = _admin_call(
-            args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True
-        )
+        with endings.waiting("rebuilding the identity graph in the daemon"):
+            answer = _admin_call(
+                args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True
+            )
     except _NobodyListens:
         endings.on_interrupt("the old graph stays")
         return _rebuild_here(loaded)
@@ -755,7 +756,8 @@ def _print_columns(rows: list[list[str]], numbers: bool = True) -> None:
 
 def _scoring_run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     endings.on_interrupt("the batch run goes on in the daemon (`leadsync status` shows its end)")
-    answer = _admin_call(args, loaded, "/v1/scoring/run", "POST", SCORING_RUN_TIMEOUT)
+    with endings.waiting("scoring every profile in the daemon (a batch run)"):
+        answer = _admin_call(args, loaded, "/v1/scoring/run", "POST", SCORING_RUN_TIMEOUT)
     if answer is None:
         return EXIT_UNAVAILABLE
     status, body = answer

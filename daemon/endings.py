@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -27,6 +29,20 @@ def on_interrupt(note: str) -> None:
     """What Ctrl-C from now on should add to "interrupted" (where the work goes on)."""
     global _note
     _note = note
+
+
+@contextmanager
+def waiting(description: str) -> Iterator[None]:
+    """While the daemon does work it reports only at the end (a rebuild, a batch run):
+    on a terminal, a spinner with the time so far, on stderr; nothing otherwise (a log
+    file or a pipe would fill with redraws)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    columns = (SpinnerColumn(), "{task.description}", TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        progress.add_task(description, total=None)
+        yield
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
