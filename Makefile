@@ -26,8 +26,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Then leadsync as operators install it: a wheel in a fresh virtualenv (.ci/wheel-smoke).
 test: lint typecheck
 	$(BIN)/pytest -q
+	PYTHON=$(PYTHON) .ci/wheel-smoke
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -7,6 +7,8 @@
 - A malformed request is one log line and a count in
   `leadsync_http_bad_requests_total`, not aiohttp's traceback.
 - `Server: leadsync` on every answer, aiohttp's own included: no versions to look up.
+- An address that cannot be bound (a port in use) stops the daemon with one line and
+  exit 71, rather than a restart loop that cannot help.
 
 aiohttp offers no hook for the last three, so `Runner` builds its connections from a
 subclass of aiohttp's `RequestHandler`; the private attributes it reads are named in
@@ -16,6 +18,8 @@ the methods that read them (checked against aiohttp 3.14).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +30,32 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from actors.runtime import Fatal
 from daemon.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
 SERVER = "leadsync"
 """The Server header: the name, no version."""
+
+
+class CannotListen(Fatal):
+    """The listener's address cannot be bound: in use, not this machine's, not allowed."""
+
+    exit_code = 71
+    """EX_OSERR: the system refused the address."""
+
+
+async def listen(runner: web.AppRunner, what: str, address: str, **kwargs: Any) -> None:
+    """Bind and start serving `address` ("host:port"); CannotListen if the system
+    refuses it. `what` names the listener and its config key for the message."""
+    host, _, port = address.rpartition(":")
+    try:
+        await web.TCPSite(runner, host.strip("[]"), int(port), **kwargs).start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        hint = "; another process has that port" if exc.errno == errno.EADDRINUSE else ""
+        raise CannotListen(f"the {what} cannot listen on {address}: {reason}{hint}") from None
 
 
 @dataclass(frozen=True)

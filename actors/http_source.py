@@ -23,7 +23,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from actors import tracking_api
+from actors import http_server, tracking_api
 from actors.http_server import Listener, Runner
 from actors.log_writer import LogProgress, StorageUnavailable, Submission
 from actors.runtime import Actor, Mailbox
@@ -120,8 +120,7 @@ class HttpSourceActor(Actor):
         await runner.setup()
         try:
             listen = self._settings.listen
-            site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
-            await site.start()
+            await http_server.listen(runner, "ingestion API ([http] listen)", listen, backlog=1024)
             log.info("ingestion API listening", address=str(listen), sources=self._kinds)
             ready()
             await self._stop.wait()

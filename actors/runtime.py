@@ -67,6 +67,13 @@ def held_from_thread(semaphore: anyio.Semaphore) -> Iterator[None]:
         anyio.from_thread.run_sync(semaphore.release)
 
 
+class Fatal(Exception):
+    """A failure no restart can fix (a port another process holds): the supervisor
+    logs the message alone, in one line, and stops the daemon with `exit_code`."""
+
+    exit_code = 70
+
+
 class Actor(ABC):
     """One unit of the supervision tree.
 

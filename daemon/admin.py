@@ -24,6 +24,7 @@ import msgspec
 import structlog
 from aiohttp import hdrs, web
 
+from actors import http_server
 from actors.delivery.actor import DestinationStatus
 from actors.http_server import Listener, Runner
 from actors.identity.extract import normalize_email
@@ -112,7 +113,7 @@ class AdminServer(Actor):
         await runner.setup()
         try:
             listen = settings.listen
-            await web.TCPSite(runner, listen.host, listen.port).start()
+            await http_server.listen(runner, "admin API ([admin] listen)", listen)
             self._hosts = own_hosts(settings, listen.port or runner.addresses[0][1])
             log.info("admin API listening", address=str(listen), token=settings.token is not None)
             ready()

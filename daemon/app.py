@@ -36,6 +36,7 @@ from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from daemon.admin import AdminServer, Lifecycle
 from daemon.config import EMBEDDED_DEFAULT, Config, ConfigError, Destination, load
+from daemon.datadir import DataDirLock
 from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
@@ -83,11 +84,24 @@ def _map_large_allocations() -> None:
 
 
 async def serve(config: Config, config_path: str) -> int:
-    """Run until SIGTERM/SIGINT (exit 0 after draining) or escalation (non-zero)."""
+    """Run until SIGTERM/SIGINT (exit 0 after draining) or escalation (non-zero).
+    DataDirHeld if another daemon runs on the data dir: nothing is opened then."""
+    try:
+        lock = DataDirLock.take(config.daemon.data_dir)
+    except OSError as exc:
+        raise CannotOpenStorage(f"{config.daemon.data_dir}: {exc}") from exc
+    try:
+        return await _serve(config, config_path)
+    finally:
+        lock.release()
+
+
+async def _serve(config: Config, config_path: str) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     _map_large_allocations()
     started_at = time.monotonic()
     path = Path(config.daemon.data_dir) / DATABASE_NAME
+    new = not path.exists()
     try:
         storage = await SqliteStorage.open(
             path,
@@ -98,6 +112,9 @@ async def serve(config: Config, config_path: str) -> int:
         )
     except (OSError, ValueError, sqlite3.Error, SchemaTooNew, LogBehind) as exc:
         raise CannotOpenStorage(f"{path}: {exc}") from exc
+    if new:
+        # Said plainly: a deleted data dir also means new generated write keys.
+        log.warning(f"created a new database at {path.resolve()}")
     log.info("storage open", path=str(path.resolve()), config=config_path)
     try:
         await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, True)
@@ -333,24 +350,35 @@ def _stop_rebuild_if(stopping: bool) -> None:
         raise RebuildCancelled("the daemon is stopping; the old graph stays")
 
 
+GENERATED_KEY = "generated_write_key:{}"
+"""The meta row that keeps a source's generated write key (`leadsync sources` reads it)."""
+
+
 async def _write_keys(config: Config, storage: Storage) -> dict[str, str]:
-    """Each http source's write key; one generated on first start is kept in the database."""
+    """Each http source's write key; one generated on first start is kept in the database.
+    A generated key is logged in full once, when generated; later starts say where it is."""
     keys: dict[str, str] = {}
     for name, source in config.sources.items():
         if source.write_key is not None:
             keys[name] = source.write_key
             continue
-        meta_key = f"generated_write_key:{name}"
+        meta_key = GENERATED_KEY.format(name)
         key = await storage.get_meta(meta_key)
         if key is None:
             key = secrets.token_urlsafe(24)
             await storage.set_meta(meta_key, key)
+            log.warning(
+                "generated a write key, shown this once (`leadsync sources` shows it again); "
+                "set sources.<name>.write_key to choose one",
+                source=name,
+                write_key=key,
+            )
+        else:
+            log.info(
+                "using the write key generated at first start: `leadsync sources` shows it",
+                source=name,
+            )
         keys[name] = key
-        log.warning(
-            "using a generated write key; set sources.<name>.write_key to choose one",
-            source=name,
-            write_key=key,
-        )
     return keys
 
 

@@ -22,7 +22,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from daemon import __version__, held_cli, lifecycle_cli, logs, offline
+from daemon import __version__, endings, held_cli, lifecycle_cli, logs, offline, sources_cli
 from daemon.config import ConfigError, FileDestination, LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
@@ -52,6 +52,11 @@ EXIT_TEMPFAIL = 75
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Ctrl-C and a closed pipe end any command with the conventional code, no traceback."""
+    return endings.run(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -162,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
 
     held_cli.add_commands(commands, _with_config)
     lifecycle_cli.add_commands(commands, _with_config)
+    sources_cli.add_commands(commands, _with_config)
 
     dlq = commands.add_parser("dlq", help="list and replay records no destination accepted")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="COMMAND")
@@ -235,9 +241,13 @@ def _run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     config = loaded.config
     logs.configure(config.daemon.log_level, config.daemon.log_format)
     from daemon.app import CannotOpenStorage, CannotScore, serve  # only `run` needs these
+    from daemon.datadir import DataDirHeld
 
     try:
         return anyio.run(serve, config, loaded.path)
+    except DataDirHeld as exc:
+        structlog.get_logger("daemon").critical(str(exc))
+        return DataDirHeld.exit_code
     except CannotOpenStorage as exc:
         structlog.get_logger("daemon").critical("cannot open storage", error=str(exc))
         return EXIT_STORAGE
@@ -510,11 +520,14 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     """Ask the running daemon to rebuild (as its own user, with its rules); if none
     answers, rebuild the database here with this config's rules."""
+    endings.on_interrupt("the rebuild goes on in the daemon (its log says when it is done)")
     try:
-        answer = _admin_call(
-            args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True
-        )
+        with endings.waiting("rebuilding the identity graph in the daemon"):
+            answer = _admin_call(
+                args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True
+            )
     except _NobodyListens:
+        endings.on_interrupt("the old graph stays")
         return _rebuild_here(loaded)
     if answer is None:
         return EXIT_UNAVAILABLE  # a daemon may be there but did not answer: do not race it
@@ -768,7 +781,9 @@ def _print_columns(rows: list[list[str]], numbers: bool = True) -> None:
 
 
 def _scoring_run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    answer = _admin_call(args, loaded, "/v1/scoring/run", "POST", SCORING_RUN_TIMEOUT)
+    endings.on_interrupt("the batch run goes on in the daemon (`leadsync status` shows its end)")
+    with endings.waiting("scoring every profile in the daemon (a batch run)"):
+        answer = _admin_call(args, loaded, "/v1/scoring/run", "POST", SCORING_RUN_TIMEOUT)
     if answer is None:
         return EXIT_UNAVAILABLE
     status, body = answer
@@ -855,6 +870,7 @@ def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = 
 def _sync(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     name = quote(args.destination, safe="")
     full = "?full=1" if args.full else ""
+    endings.on_interrupt(f"the daemon goes on queueing profiles for {args.destination}")
     answer = _admin_call(
         args, loaded, f"/v1/destinations/{name}/sync{full}", "POST", SCORING_RUN_TIMEOUT
     )

@@ -7,6 +7,7 @@ import sys
 from typing import Literal
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
@@ -19,8 +20,14 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     nothing when debug is off.
     """
     console = sys.stderr.isatty() if fmt == "auto" else fmt == "console"
+    # Tracebacks without local variables, in both formats (structlog and rich show
+    # them by default): they can hold secrets, tokens and whole events.
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
+        if console
+        else structlog.processors.JSONRenderer()
     )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -28,7 +35,9 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if not console:
-        processors.append(structlog.processors.dict_tracebacks)
+        processors.append(
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        )
     processors.append(renderer)
     structlog.configure(
         processors=processors,

@@ -3,7 +3,8 @@
 Restart policy is OTP's: a crashed actor restarts after an exponential backoff; more
 than `max_restarts` crashes within `window` seconds means restarting is not helping,
 so the supervisor escalates: it stops everything and the daemon exits non-zero, and
-systemd restarts the whole process.
+systemd restarts the whole process. An actor that raises `Fatal` (a listener whose
+port is taken) is not restarted at all: the daemon stops with that failure's code.
 
 Shutdown order matters for durability. Sources stop first (no new input is accepted),
 then every other actor in start order has its inbox closed and drains it, so what was
@@ -23,7 +24,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from actors.runtime import Actor, Mailbox
+from actors.runtime import Actor, Fatal, Mailbox
 from daemon.config import RestartPolicy
 
 log = structlog.get_logger(__name__)
@@ -195,6 +196,9 @@ class Supervisor:
                         return
                     # Only a stop request ends an actor; ending on its own is a bug.
                     crash: Exception = RuntimeError("actor returned before it was asked to stop")
+                except Fatal as exc:
+                    self._fatal(spec, exc)
+                    return
                 except Exception as exc:
                     crash = exc
                 if not self._crashed(spec, crash):
@@ -215,6 +219,13 @@ class Supervisor:
         that crashes once restarts at once-ish, and a flapping one slows down."""
         exponent = max(len(spec.crash_times) - 1, 0)
         return float(min(self._policy.backoff_initial * 2**exponent, self._policy.backoff_max))
+
+    def _fatal(self, spec: ActorSpec, exc: Fatal) -> None:
+        """No restart, no traceback: the message says it all."""
+        spec.state = "failed"
+        spec.last_error = str(exc)
+        log.critical(str(exc), actor=spec.name, exit_code=exc.exit_code)
+        self.shutdown(exc.exit_code)
 
     def _crashed(self, spec: ActorSpec, exc: BaseException) -> bool:
         """Count a crash; return False when the actor must not be restarted."""

@@ -139,7 +139,7 @@ def test_run_with_no_config_uses_the_embedded_default_and_keeps_its_write_key(
     daemon = DaemonProcess(tmp_path)
     daemon.config_path.unlink()  # no daemon.toml: the embedded default applies
     daemon.http_port, daemon.admin_port = 8321, 8320
-    keys: list[str] = []
+    keys: list[list[str]] = []
     try:
         for _ in range(2):  # the second start reuses the database and so the key
             with daemon.log_path.open("wb") as log:
@@ -147,13 +147,15 @@ def test_run_with_no_config_uses_the_embedded_default_and_keeps_its_write_key(
                     [sys.executable, "-m", "daemon", "run"], cwd=tmp_path, stderr=log
                 )
             daemon.wait_ready()
-            keys += [line["write_key"] for line in daemon.log_lines() if "write_key" in line]
+            keys.append([line["write_key"] for line in daemon.log_lines() if "write_key" in line])
             assert daemon.terminate() == 0
     finally:
         daemon.stop_quietly()
     assert (tmp_path / "var" / "leadsync.db").exists()
-    assert len(keys) == 2
-    assert keys[0] == keys[1]
+    [generated], again = keys  # logged when generated, not at the next start
+    assert again == []
+    [source] = json.loads(leadsync("sources", "--json", cwd=tmp_path).stdout)
+    assert (source["source"], source["write_key"]) == ("default", generated)
 
 
 def test_operator_commands_do_not_need_the_services_secrets(

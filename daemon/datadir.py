@@ -1,0 +1,54 @@
+"""One daemon per data dir: an exclusive lock on a file in it, held for the daemon's life.
+
+Two daemons on one data dir (another `leadsync run` with other ports) would both
+append to the file destination's parts and queue every profile twice. The lock is an
+flock on `leadsync.lock`, which the kernel releases when the process ends however it
+ends (kill -9 too), so a stale lock file never blocks a start; the holder's pid is
+written in it for the message. The descriptor is not inherited by child processes
+(the identity merger's worker): only the daemon itself holds the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_NAME = "leadsync.lock"
+
+
+class DataDirHeld(Exception):
+    """Another process holds the data dir's lock: this daemon does not start."""
+
+    exit_code = 77
+    """EX_NOPERM: the data dir is another daemon's while it runs."""
+
+
+class DataDirLock:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def take(cls, data_dir: str) -> DataDirLock:
+        """Create the data dir if need be and lock it; DataDirHeld if another process
+        holds it, OSError if the directory or the file cannot be made."""
+        directory = Path(data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise DataDirHeld(f"another leadsync (pid {holder}) holds {data_dir}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(fd)
+
+    def release(self) -> None:
+        """Closing the descriptor drops the lock; the file stays (removing it would let
+        a daemon that opened it meanwhile lock a file no longer in the directory)."""
+        os.close(self._fd)

@@ -1,0 +1,68 @@
+"""How a command ends when the person or the pipe in front of it goes away.
+
+- Ctrl-C (SIGINT): a short line on stderr and exit 130 (128 + SIGINT, what a shell
+  reports for a command it interrupted), no traceback. A command whose work goes on
+  elsewhere (a rebuild inside the daemon) says so first, with `on_interrupt`.
+- A closed pipe (`leadsync status --json | head -1`): nothing on stderr and exit 141
+  (128 + SIGPIPE, what a shell reports for a C tool that SIGPIPE killed), the rest of
+  the output dropped. Python ignores SIGPIPE, so the write raises BrokenPipeError
+  instead; rich's consoles would exit 1 on it, and are made to raise it here too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
+
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+_note = ""
+
+
+def on_interrupt(note: str) -> None:
+    """What Ctrl-C from now on should add to "interrupted" (where the work goes on)."""
+    global _note
+    _note = note
+
+
+@contextmanager
+def waiting(description: str) -> Iterator[None]:
+    """While the daemon does work it reports only at the end (a rebuild, a batch run):
+    on a terminal, a spinner with the time so far, on stderr; nothing otherwise (a log
+    file or a pipe would fill with redraws)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    columns = (SpinnerColumn(), "{task.description}", TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        progress.add_task(description, total=None)
+        yield
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None) -> int:
+    Console.on_broken_pipe = _pipe_closed  # type: ignore[method-assign,assignment]
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not after this function returned
+    except KeyboardInterrupt:
+        start = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
+        print(f"{start}leadsync: interrupted{'; ' + _note if _note else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whatever is still buffered for stdout goes nowhere, so that flushing it at
+        # exit does not fail (and print a traceback) again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _pipe_closed(console: Console) -> None:
+    raise BrokenPipeError

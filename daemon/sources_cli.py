@@ -1,0 +1,80 @@
+"""`leadsync sources`: each source's name, kind and write key.
+
+A key the daemon generated (a source with no `write_key` in daemon.toml) is logged
+only once, when generated; this command reads it back from the database file itself,
+so it shows it to whoever can read the database, with the daemon stopped too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from daemon import offline
+from daemon.config import LoadedConfig
+from storage.sqlite_graph import Transactions
+
+EXIT_STORAGE = 73
+NOT_YET = "(none yet: generated at the daemon's first start)"
+
+_Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], with_config: _Adder
+) -> None:
+    text = (
+        "show each source's name, kind and write key (generated keys are read from the "
+        "database: run it as a user who can read it)"
+    )
+    sources = with_config(commands.add_parser("sources", help=text, description=text))
+    sources.add_argument("--json", action="store_true", help="print a JSON list")
+    sources.set_defaults(handler=_sources)
+
+
+class _GeneratedKeys(Transactions):
+    def read(self, names: list[str]) -> dict[str, str]:
+        from daemon.app import GENERATED_KEY  # the app module is heavy; only this needs it
+
+        keys = {GENERATED_KEY.format(name): name for name in names}
+        rows = self._db.execute(
+            f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})",
+            list(keys),
+        ).fetchall()
+        return {keys[key]: str(value) for key, value in rows}
+
+
+def _sources(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    sources = loaded.config.sources
+    generated = [name for name, source in sources.items() if source.write_key is None]
+    found: dict[str, str] = {}
+    if generated and offline.database(loaded).is_file():
+        read = offline.with_store(loaded, _GeneratedKeys, lambda keys: keys.read(generated))
+        if read is None:
+            return EXIT_STORAGE
+        found = read
+    rows = [
+        {
+            "source": name,
+            "kind": source.kind,
+            "write_key": source.write_key or found.get(name),
+            "origin": "daemon.toml" if source.write_key else "generated at first start",
+        }
+        for name, source in sources.items()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no sources in {loaded.path}")
+        return 0
+    table = [["source", "kind", "write key", "origin"]]
+    table += [
+        [str(r["source"]), str(r["kind"]), r["write_key"] or NOT_YET, str(r["origin"])]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
