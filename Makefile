@@ -26,10 +26,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Then leadsync as operators install it: a wheel in a fresh virtualenv (.ci/wheel-smoke).
+# Also leadsync as operators install it: a wheel in a fresh virtualenv (.ci/wheel-smoke),
+# before the suite, so that pytest's summary is the last line CI reads.
 test: lint typecheck
-	$(BIN)/pytest -q
 	PYTHON=$(PYTHON) .ci/wheel-smoke
+	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
