@@ -358,6 +358,10 @@ async def test_a_longer_lookback_rebuilds_the_aggregates(tmp_path: Path) -> None
 async def test_a_batch_run_stops_when_a_rebuild_swaps_the_graph_in(tmp_path: Path) -> None:
     async with Harness(tmp_path / "s.db") as graph:
         scoring = Scoring(graph)
+        # Known profiles first: a new one's likelihood would count its demo at once.
+        await scoring.send(
+            identify(CTO, T0, "0a", userId="ann"), identify(CTO, T0, "0b", userId="bob")
+        )
         await scoring.send(
             track("Demo Requested", T0, "1", userId="ann"),
             track("Demo Requested", T0, "2", userId="bob"),
