@@ -61,7 +61,7 @@ class AdminServer(Actor):
         progress: LogProgress,
         metrics: Metrics,
         started_at: float,
-        rebuild_identity: Callable[[], Awaitable[RebuildReport]],
+        rebuild_identity: Callable[[Callable[[int, int], None]], Awaitable[RebuildReport]],
         scorer: Mailbox[ScorerMessage],
         scoring: ScoringStatus,
         destinations: dict[str, DestinationStatus],
@@ -73,6 +73,8 @@ class AdminServer(Actor):
         self._scorer = scorer
         self._scoring = scoring
         self._rebuild_identity = rebuild_identity
+        self._rebuild_progress: dict[str, int] | None = None
+        """A rebuild under way: {"events": replayed so far, "of": the log's head}."""
         self._rebuilding = anyio.Lock()
         self._config = config
         self._supervisor = supervisor
@@ -229,7 +231,9 @@ class AdminServer(Actor):
                     "last_batch_at": _iso(self._scoring.last_batch_at),
                     "next_batch_at": _iso(self._scoring.next_batch_at),
                     "last_batch": self._scoring.last_batch,
+                    "running": self._scoring.running,
                 },
+                "identity_rebuild": self._rebuild_progress,
                 "destinations": {
                     name: _destination(status) for name, status in self._destinations.items()
                 },
@@ -282,8 +286,9 @@ class AdminServer(Actor):
             return _json({"error": "a rebuild is already running"}, status=409)
         async with self._rebuilding:
             log.info("identity rebuild started")
+            self._rebuild_progress = {"events": 0, "of": self._progress.head}
             try:
-                report = await self._rebuild_identity()
+                report = await self._rebuild_identity(self._rebuilt)
             except sqlite3.Error as exc:
                 log.error("identity rebuild failed; the old graph stays", error=str(exc))
                 return _json({"error": f"rebuild failed, the old graph stays: {exc}"}, 503)
@@ -291,8 +296,14 @@ class AdminServer(Actor):
                 return _json({"error": str(exc)}, status=409)
             except RebuildCancelled as exc:
                 return _json({"error": str(exc)}, status=503)
+            finally:
+                self._rebuild_progress = None
         log.info("identity rebuild finished", **asdict(report))
         return _json(asdict(report))
+
+    def _rebuilt(self, events: int, total: int) -> None:
+        """The rebuild's progress, from its thread: one assignment, read by /status."""
+        self._rebuild_progress = {"events": events, "of": total}
 
     async def _run_scoring(self, request: web.Request) -> web.Response:
         """A batch run now, answered when it is done (runs asked for meanwhile share it)."""

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -145,12 +146,12 @@ async def _serve(config: Config, config_path: str) -> int:
                     progress,
                     metrics,
                     started_at,
-                    lambda: anyio.to_thread.run_sync(
+                    lambda report: anyio.to_thread.run_sync(
                         lambda: rebuild(
                             path,
                             config.identity,
                             config.storage.busy_timeout,
-                            progress=lambda done, total: _stop_rebuild_if(supervisor.stopping),
+                            progress=_rebuild_progress(report, lambda: supervisor.stopping),
                             gate=lambda: held_from_thread(storage.write_gate),
                         )
                     ),
@@ -342,6 +343,19 @@ class Destinations:
 
 def _actor_name(destination: str) -> str:
     return f"destination:{destination}"
+
+
+def _rebuild_progress(
+    report: Callable[[int, int], None], stopping: Callable[[], bool]
+) -> Callable[[int, int], None]:
+    """The rebuild's progress callback: reported to /status, and cut short when the
+    daemon is stopping."""
+
+    def progress(done: int, total: int) -> None:
+        report(done, total)
+        _stop_rebuild_if(stopping())
+
+    return progress
 
 
 def _stop_rebuild_if(stopping: bool) -> None:

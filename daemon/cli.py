@@ -522,7 +522,8 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     answers, rebuild the database here with this config's rules."""
     endings.on_interrupt("the rebuild goes on in the daemon (its log says when it is done)")
     try:
-        with endings.waiting("rebuilding the identity graph in the daemon"):
+        done = _progress_of(args, loaded, ("identity_rebuild",), "events")
+        with endings.waiting("rebuilding the identity graph in the daemon", done):
             answer = _admin_call(
                 args, loaded, "/v1/identity/rebuild", "POST", REBUILD_TIMEOUT, quiet=True
             )
@@ -782,7 +783,8 @@ def _print_columns(rows: list[list[str]], numbers: bool = True) -> None:
 
 def _scoring_run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     endings.on_interrupt("the batch run goes on in the daemon (`leadsync status` shows its end)")
-    with endings.waiting("scoring every profile in the daemon (a batch run)"):
+    done = _progress_of(args, loaded, ("scoring", "running"), "profiles")
+    with endings.waiting("scoring every profile in the daemon (a batch run)", done):
         answer = _admin_call(args, loaded, "/v1/scoring/run", "POST", SCORING_RUN_TIMEOUT)
     if answer is None:
         return EXIT_UNAVAILABLE
@@ -796,6 +798,29 @@ def _scoring_run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         f"changed, {_count(body['fit_rescored'], 'fit')} made anew by the active model"
     )
     return 0
+
+
+def _progress_of(
+    args: argparse.Namespace, loaded: LoadedConfig, where: tuple[str, ...], unit: str
+) -> Callable[[], str | None]:
+    """How far the daemon is with a piece of work, as /status has it at `where`
+    ({unit: done, "of": total}): "5,000 of 20,000 profiles", or None."""
+
+    def said() -> str | None:
+        try:
+            answer = _admin_call(args, loaded, "/status", timeout=2.0, quiet=True)
+        except _NobodyListens:
+            return None
+        if answer is None or answer[0] != 200:
+            return None
+        found: Any = answer[1]
+        for key in where:
+            found = found.get(key) if isinstance(found, dict) else None
+        if not isinstance(found, dict) or not found.get("of"):
+            return None
+        return f"{found[unit]:,} of {found['of']:,} {unit}"
+
+    return said
 
 
 def _dlq_list(args: argparse.Namespace, loaded: LoadedConfig) -> int:

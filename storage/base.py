@@ -537,6 +537,10 @@ class ScoreStore(Protocol):
         """Uids of the profiles that belong to these accounts."""
         ...
 
+    def profile_count(self) -> int:
+        """How many profiles there are (what a batch run will walk)."""
+        ...
+
     def unfolded(self, rows: Sequence[int], after: int, limit: int) -> dict[int, list[StoredEvent]]:
         """Per profile row, the events after log sequence `after` (the fold's
         checkpoint) whose home is one of its identifiers, oldest first; at most

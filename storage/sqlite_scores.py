@@ -134,6 +134,9 @@ class SqliteScoreStore(LogConsumerStore):
             "SELECT uid FROM profiles WHERE account_id IN ", group_ids, lambda row: str(row[0])
         )
 
+    def profile_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM profiles").fetchone()[0])
+
     def unfolded(self, rows: Sequence[int], after: int, limit: int) -> dict[int, list[StoredEvent]]:
         found: dict[int, list[StoredEvent]] = {}
         for chunk in chunks(rows):

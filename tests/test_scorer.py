@@ -512,3 +512,14 @@ async def test_a_new_visitors_events_count_in_its_likelihood_before_the_fold(
         # Folded later: the same figure, counted once.
         scoring.batch()
         assert scoring.profile_score("user_id", "ann").ltb_score == merged.ltb_score
+
+
+async def test_a_batch_run_reports_the_profiles_scored_after_each_chunk(tmp_path: Path) -> None:
+    async with Harness(tmp_path / "s.db") as graph:
+        scoring = Scoring(graph)
+        await scoring.send(*(identify(CTO, T0, str(n), userId=f"u{n}") for n in range(5)))
+        heard: list[int] = []
+        result = scoring.scorer.run_batch(chunk=2, between=lambda _, done: heard.append(done))
+        assert heard == [2, 4, 5]
+        assert result.profiles == 5
+        assert scoring.store.profile_count() == 5

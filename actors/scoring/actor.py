@@ -77,6 +77,8 @@ class ScoringStatus:
     next_batch_at: float | None = None
     last_batch: dict[str, float] = field(default_factory=dict)
     """The last run's BatchResult: counts as ints, seconds as a float."""
+    running: dict[str, int] | None = None
+    """A batch run under way: {"profiles": scored so far, "of": how many there are}."""
 
 
 class _Round(enum.Enum):
@@ -329,11 +331,21 @@ class ScorerActor(Actor):
             request.result = {"profiles": result.profiles, "queued": result.queued}
         anyio.from_thread.run_sync(request.done.set)
 
-    def _chunk_done(self, checkpoint: int) -> None:
+    def _chunk_done(self, checkpoint: int, profiles: int) -> None:
         """Between the chunks of a batch run, which folds the log as it goes: the
-        backlog that pushes back on clients must see it move."""
+        backlog that pushes back on clients must see it move, and /status the run."""
         self._checkpoint = checkpoint
         anyio.from_thread.run_sync(self._progress.consumers.__setitem__, CONSUMER, checkpoint)
+        anyio.from_thread.run_sync(self._show_running, profiles, None)
+
+    def _show_running(self, profiles: int | None, total: int | None) -> None:
+        """On the event loop thread, which is where /status reads it; None: no run."""
+        if profiles is None:
+            self._status.running = None
+        elif total is not None or self._status.running is None:
+            self._status.running = {"profiles": profiles, "of": total or 0}
+        else:
+            self._status.running = {**self._status.running, "profiles": profiles}
 
     def _follow_deploys(self, scorer: Scorer) -> None:
         """Pick up a model deployed by the CLI or by SIGHUP since the last step."""
@@ -357,7 +369,11 @@ class ScorerActor(Actor):
         self._status.model = version
 
     def _batch(self, scorer: Scorer) -> None:
-        result = scorer.run_batch(stop=lambda: self._inbox.closed, between=self._chunk_done)
+        anyio.from_thread.run_sync(self._show_running, 0, scorer.store.profile_count())
+        try:
+            result = scorer.run_batch(stop=lambda: self._inbox.closed, between=self._chunk_done)
+        finally:
+            anyio.from_thread.run_sync(self._show_running, None, None)
         self._report(result)
         if not result.complete:
             return  # stopping, or a rebuild swapped in: run again (soon, or next start)

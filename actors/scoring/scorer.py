@@ -421,7 +421,7 @@ class Scorer:
         self,
         chunk: int = BATCH_CHUNK,
         stop: Callable[[], bool] = lambda: False,
-        between: Callable[[int], None] = lambda checkpoint: None,
+        between: Callable[[int, int], None] = lambda checkpoint, profiles: None,
     ) -> BatchResult:
         """Score every profile's likelihood and grade (and fit, where an older model
         made it), then every account's.
@@ -431,7 +431,7 @@ class Scorer:
         stays realtime and the backlog does not grow through a long run. `stop` ends
         the run early, as does a rebuild swapping the graph in (profile row ids change);
         the next run does everything again anyway. `between` hears the log checkpoint
-        after each chunk.
+        and the profiles scored so far after each chunk.
         """
         self.attempts.begin()
         started = time.perf_counter()
@@ -483,7 +483,7 @@ class Scorer:
             after = profiles[-1].row
             self.score_changes()
             self.fold_events(self.store.log_head())
-            between(self.store.checkpoint())
+            between(self.store.checkpoint(), result.profiles)
         if result.complete:
             result.accounts, changed = self._batch_accounts(members, now, chunk)
             result.changed += changed
