@@ -220,7 +220,7 @@ class HttpSourceActor(Actor):
             raise _Refusal(
                 429,
                 "too_many_requests",
-                f"{self._progress.pending} events are waiting to be written; retry shortly",
+                f"{_events(self._progress.pending)} waiting to be written; retry shortly",
                 retry_after=RETRY_AFTER_PENDING,
             )
         if self._progress.backlog >= self._settings.max_backlog:
@@ -228,7 +228,7 @@ class HttpSourceActor(Actor):
             raise _Refusal(
                 429,
                 "too_many_requests",
-                f"{self._progress.backlog} logged events are not processed yet; retry later",
+                f"{_events(self._progress.backlog, 'logged ')} not processed yet; retry later",
                 retry_after=RETRY_AFTER_BACKLOG,
             )
 
@@ -333,3 +333,8 @@ async def _read_body(request: web.Request) -> bytes:
         parts.append(part)
         rest = inflater.unused_data
     return b"".join(parts)
+
+
+def _events(count: int, kind: str = "") -> str:
+    """ "1 event is", "2 events are": for messages clients show their developers."""
+    return f"{count:,} {kind}event is" if count == 1 else f"{count:,} {kind}events are"

@@ -321,10 +321,13 @@ def _admin_call(
     timeout: float = ADMIN_TIMEOUT,
     quiet: bool = False,
     body: Any = None,
+    silent: bool = False,
 ) -> tuple[int, Any] | None:
     """(status, JSON body) from the admin API; None, after saying why, if unreachable.
     With `quiet`, a refused connection raises _NobodyListens instead: no daemon runs
-    there, and the caller has a way to do without one."""
+    there, and the caller has a way to do without one. With `silent`, nothing is said
+    (a poll beside a spinner)."""
+    say = _no_say if silent else _say
     base = args.admin
     if base is None:
         listen = loaded.config.admin.listen
@@ -351,23 +354,31 @@ def _admin_call(
             answer = exc.code, {"error": text.strip() or exc.reason}
         if exc.code in (401, 403, 421):
             why = answer[1].get("error") if isinstance(answer[1], dict) else answer[1]
-            print(f"leadsync: the admin API at {url} refused: {why}", file=sys.stderr)
+            say(f"leadsync: the admin API at {url} refused: {why}")
             hint = (
                 f"admin.token in {loaded.path} must be the daemon's (an env:NAME token needs "
                 "NAME set for this command too)"
                 if exc.code == 401
                 else "reach it at its admin.listen address, or add the name to admin.hosts"
             )
-            print(f"  {hint}", file=sys.stderr)
+            say(f"  {hint}")
             return None
         return answer
     except (urllib.error.URLError, OSError) as exc:
         if quiet and isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
             raise _NobodyListens from None
         reason = getattr(exc, "reason", exc)
-        print(f"leadsync: cannot reach the admin API at {url}: {reason}", file=sys.stderr)
-        print("  is the daemon running, and is --config the one it runs with?", file=sys.stderr)
+        say(f"leadsync: cannot reach the admin API at {url}: {reason}")
+        say("  is the daemon running, and is --config the one it runs with?")
         return None
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _no_say(text: str) -> None:
+    return
 
 
 def _status(args: argparse.Namespace, loaded: LoadedConfig) -> int:
@@ -807,9 +818,11 @@ def _progress_of(
     ({unit: done, "of": total}): "5,000 of 20,000 profiles", or None."""
 
     def said() -> str | None:
+        # Silent: it runs beside a spinner every half second, and a slow answer or an
+        # odd one only means no count this time.
         try:
-            answer = _admin_call(args, loaded, "/status", timeout=2.0, quiet=True)
-        except _NobodyListens:
+            answer = _admin_call(args, loaded, "/status", timeout=2.0, silent=True)
+        except Exception:
             return None
         if answer is None or answer[0] != 200:
             return None

@@ -103,3 +103,11 @@ def test_sighup_names_the_sections_that_take_a_restart(
         lambda: [line for line in daemon.log_lines() if "take a restart" in line["event"]]
     )
     assert warning["sections"] == ["daemon", "http"]
+
+
+def test_backpressure_answers_count_events_in_words_that_agree() -> None:
+    from actors.http_source import _events
+
+    assert _events(1) == "1 event is"
+    assert _events(20_000) == "20,000 events are"
+    assert _events(1, "logged ") == "1 logged event is"
