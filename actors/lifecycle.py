@@ -16,14 +16,15 @@ or inside the daemon, where it must not race anyone who writes:
 3. Still holding ingestion, the identifiers join the daemon's suppression set: every
    later event carrying one is dropped at the log writer, counted, and answered 200.
 
-An event is the person's if an identifier extracted from it (as the merger extracts
-them) is one of theirs; a mere mention in another person's properties is not.
+An event is the person's if its home identifier (the first the merger extracts from
+it, under which the merger records it) is one of theirs; see `_Found`. A mere mention
+in another person's properties is not, nor another user's event on a shared device.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import anyio
 import msgspec
 
 from actors.delivery import payload as payloads
-from actors.identity.extract import EMAIL, Extractor, normalize_email
+from actors.identity.extract import ANONYMOUS_ID, EMAIL, Extractor, normalize_email
 from actors.messages import Event
 from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
 from storage.base import AppendRequest, StoredEvent
@@ -126,9 +127,15 @@ def forget(
 class _Found:
     """The person's profiles, identifiers and events, as far as searched.
 
-    Besides the profile the identifier belongs to, a profile with no user id whose
-    identifiers came only with the person's events is theirs too: an anonymous id
-    that a cap kept out of their profile (at most 100 by default) is their device."""
+    An event is the person's if its home (the first identifier the merger extracts
+    from it, where the merger records it) is one of theirs; one the merger has not
+    applied yet whose home is an anonymous id no profile has, and that carries one of
+    theirs, is theirs too (the merger will join it to them). An event whose home is
+    someone else's (a second user of a shared device) is left, even though it carries
+    the person's anonymous id. Besides the profile the identifier belongs to, a
+    profile made only of anonymous ids that the person's events touch is theirs, if no
+    other person's identified event touches it: an anonymous id that a cap kept out of
+    their profile (at most 100 by default) is their device."""
 
     def __init__(self, identifier: Identifier, extractor: Extractor) -> None:
         self.identifier = identifier
@@ -137,6 +144,8 @@ class _Found:
         self.identifiers: list[Identifier] = [identifier]
         self.events: set[int] = set()
         self._searched: set[Identifier] = set()
+        self._refused: set[int] = set()
+        """Profiles looked at for adoption and found to be touched by someone else."""
         self._upto = 0
         """The log's head when the searched identifiers were searched."""
 
@@ -155,44 +164,74 @@ class _Found:
             elif not candidates:
                 break
             self._searched.update(new)
-            for seq, carried in self._theirs(candidates):
-                self.events.add(seq)
-                for other in carried:
+            for stored in candidates:
+                theirs, follow = self._judge(store, stored)
+                if theirs:
+                    self.events.add(stored.seq)
+                for other in follow:
                     if other not in self.identifiers:
-                        self._follow(store, other)
+                        self._follow(store, other, upto)
             candidates = []
         if upto is not None:
             self._upto = upto
 
-    def _follow(self, store: LifecycleStore, identifier: Identifier) -> None:
+    def _judge(self, store: LifecycleStore, stored: StoredEvent) -> tuple[bool, list[Identifier]]:
+        """Whether a candidate is the person's, and the identifiers it brings to follow.
+        A body that cannot be read at all (the merger held it) goes: it mentions one."""
+        try:
+            event = _decode_event(stored.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return True, []
+        carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
+        wanted = set(self.identifiers)
+        if not any(i in wanted for i in carried):
+            return False, []
+        home = carried[0]
+        others = [i for i in carried if i not in wanted]
+        if home in wanted:
+            return True, others
+        if home[0] != ANONYMOUS_ID:
+            return False, []  # someone else's user id or email: their event
+        # Anonymous home, not theirs: the merger has not applied it yet (theirs, as
+        # it will be), or it is in another profile (theirs if that one is adopted).
+        return store.person(*home) is None, others
+
+    def _follow(self, store: LifecycleStore, identifier: Identifier, upto: int | None) -> None:
         """An identifier that came with the person's events: theirs if no profile has
-        it yet (its events are erased, so none will), or if its profile has no user id."""
+        it yet (its events are erased, so none will), or if its profile is adoptable."""
         person = store.person(*identifier)
         if person is None:
             self.identifiers.append(identifier)
-        elif person.user_id is None:
-            self._add(person)
+        elif person.profile not in self.people and person.profile not in self._refused:
+            if self._adoptable(store, person, upto):
+                self._add(person)
+            else:
+                self._refused.add(person.profile)
+
+    def _adoptable(self, store: LifecycleStore, person: Person, upto: int | None) -> bool:
+        """Made only of anonymous ids, none of which comes in an event identified as
+        somebody other than the person (a device someone else signed in on)."""
+        if person.user_id is not None or any(k != ANONYMOUS_ID for k, _ in person.identifiers):
+            return False
+        own = set(person.identifiers)
+        wanted = set(self.identifiers)
+        for stored in store.events_mentioning(_values(person.identifiers), 0, upto):
+            try:
+                event = _decode_event(stored.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
+            if any(i in own for i in carried) and any(
+                k != ANONYMOUS_ID and (k, v) not in wanted for k, v in carried
+            ):
+                return False
+        return True
 
     def _add(self, person: Person | None) -> None:
         if person is None or person.profile in self.people:
             return
         self.people[person.profile] = person
         self.identifiers += [i for i in person.identifiers if i not in self.identifiers]
-
-    def _theirs(self, candidates: Iterable[StoredEvent]) -> Iterator[tuple[int, list[Identifier]]]:
-        """The candidates that carry one of the person's identifiers, with every
-        identifier each carries; a body that cannot be read at all (the merger held
-        it) but mentions one goes too."""
-        wanted = set(self.identifiers)
-        for stored in candidates:
-            try:
-                event = _decode_event(stored.body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                yield stored.seq, []
-                continue
-            carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
-            if any(i in wanted for i in carried):
-                yield stored.seq, carried
 
 
 def _values(identifiers: Sequence[Identifier]) -> list[str]:

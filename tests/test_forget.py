@@ -230,3 +230,72 @@ def test_forget_while_the_persons_events_stream_in_leaves_nothing_of_them(
         assert daemon.query(f"SELECT count(*) FROM {table} WHERE value LIKE '%ann-%'") == [(0,)]
     assert daemon.query("SELECT count(*) FROM identities WHERE value LIKE 'bob-%'")[0][0] >= 40
     assert sample(metrics(daemon), "leadsync_events_suppressed_total", source="web") >= 40
+
+
+def test_forget_on_a_shared_device_leaves_the_other_people_who_used_it(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """Ann used device dev-a first, then Bob signed in on it, then Carol (known by
+    email only; a cap of one email a profile keeps her apart from Ann). The device is
+    Ann's (first user by event time), but Bob's and Carol's events, which carry it,
+    are theirs, and so are their profiles."""
+    daemon = make_daemon("[identity.limits]\nemail = 1\n").start()
+    t = "2026-03-01T10:0{}:00Z".format
+    assert (
+        post(
+            daemon,
+            [
+                {
+                    "type": "identify",
+                    "userId": "ann-1",
+                    "anonymousId": "dev-a",
+                    "traits": CTO,
+                    "timestamp": t(1),
+                },
+                {"type": "track", "anonymousId": "dev-a", "event": "Pricing", "timestamp": t(2)},
+                {"type": "identify", "userId": "bob-1", "anonymousId": "dev-a", "timestamp": t(3)},
+                {
+                    "type": "track",
+                    "userId": "bob-1",
+                    "anonymousId": "dev-a",
+                    "event": "Demo Requested",
+                    "timestamp": t(4),
+                },
+                {
+                    "type": "identify",
+                    "anonymousId": "dev-a",
+                    "traits": {"email": "carol@example.com"},
+                    "timestamp": t(5),
+                },
+            ],
+        )
+        == 200
+    )
+    wait_for(lambda: applied(daemon))
+    config = ["--config", str(daemon.config_path)]
+    before = {
+        who: daemon.query("SELECT profile FROM identities WHERE value = ?", who)[0][0]
+        for who in ("ann-1", "dev-a", "bob-1", "carol@example.com")
+    }
+    assert before["dev-a"] == before["ann-1"]
+    assert len({before["ann-1"], before["bob-1"], before["carol@example.com"]}) == 3
+
+    done = leadsync("forget", "user_id:ann-1", *config)
+
+    assert done.returncode == 0, done.stderr
+    assert "1 profile with 3 identifiers, 2 events from the log" in done.stdout
+    assert bodies_mentioning_ann(daemon) == []
+
+    def logged(text: str) -> int:
+        return int(
+            daemon.query("SELECT count(*) FROM events WHERE CAST(body AS TEXT) LIKE ?", text)[0][0]
+        )
+
+    assert logged("%bob-1%") == 2
+    assert logged("%carol@example.com%") == 1
+    assert daemon.query("SELECT value, profile FROM identities ORDER BY value") == [
+        ("bob-1", before["bob-1"]),
+        ("carol@example.com", before["carol@example.com"]),
+    ]
+    assert leadsync("profile", "user_id:bob-1", *config).returncode == 0
+    assert leadsync("profile", "email:carol@example.com", *config).returncode == 0
