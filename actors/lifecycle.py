@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import msgspec
@@ -116,7 +117,8 @@ def forget(
         found.gather(store, None)
         people = list(found.people.values())
         for person in people:
-            found.events.update(store.home_events(person.nodes))
+            found.events.update(dict.fromkeys(store.home_events(person.nodes)))
+        found.settle(store)
         deletions = [d for person in people for d in _deletions(person, config)]
         erased = store.erase(people, found.identifiers, sorted(found.events), deletions, now)
         salt = store.salt()
@@ -142,7 +144,9 @@ class _Found:
         self.extractor = extractor
         self.people: dict[int, Person] = {}
         self.identifiers: list[Identifier] = [identifier]
-        self.events: set[int] = set()
+        self.events: dict[int, Identifier | None] = {}
+        """The person's events, each with its home identifier (None: a body that
+        cannot be read, or an event the merger recorded under one of their nodes)."""
         self._searched: set[Identifier] = set()
         self._refused: set[int] = set()
         """Profiles looked at for adoption and found to be touched by someone else."""
@@ -151,7 +155,12 @@ class _Found:
 
     def gather(self, store: LifecycleStore, upto: int | None) -> None:
         """Search the log up to `upto` (None: to its end, under the locks), following
-        the identifiers found, until nothing new turns up."""
+        the identifiers found, until nothing new turns up. Under the locks, each
+        profile is read again first: the merger may have given it more identifiers
+        (or merged it into another) since the search outside them, and the whole log
+        is searched for each new one."""
+        if upto is None:
+            self._reread(store)
         self._add(store.person(*self.identifier))
         old = [i for i in self.identifiers if i in self._searched]
         candidates: list[StoredEvent] = []
@@ -165,9 +174,9 @@ class _Found:
                 break
             self._searched.update(new)
             for stored in candidates:
-                theirs, follow = self._judge(store, stored)
-                if theirs:
-                    self.events.add(stored.seq)
+                home, follow = self._judge(store, stored)
+                if home is not False:
+                    self.events[stored.seq] = home
                 for other in follow:
                     if other not in self.identifiers:
                         self._follow(store, other, upto)
@@ -175,13 +184,16 @@ class _Found:
         if upto is not None:
             self._upto = upto
 
-    def _judge(self, store: LifecycleStore, stored: StoredEvent) -> tuple[bool, list[Identifier]]:
-        """Whether a candidate is the person's, and the identifiers it brings to follow.
-        A body that cannot be read at all (the merger held it) goes: it mentions one."""
+    def _judge(
+        self, store: LifecycleStore, stored: StoredEvent
+    ) -> tuple[Identifier | Literal[False] | None, list[Identifier]]:
+        """Whether a candidate is the person's (False if not, else its home), and the
+        identifiers it brings to follow. A body that cannot be read at all (the merger
+        held it) goes: it mentions one."""
         try:
             event = _decode_event(stored.body)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return True, []
+            return None, []
         carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
         wanted = set(self.identifiers)
         if not any(i in wanted for i in carried):
@@ -189,12 +201,12 @@ class _Found:
         home = carried[0]
         others = [i for i in carried if i not in wanted]
         if home in wanted:
-            return True, others
+            return home, others
         if home[0] != ANONYMOUS_ID:
             return False, []  # someone else's user id or email: their event
         # Anonymous home, not theirs: the merger has not applied it yet (theirs, as
         # it will be), or it is in another profile (theirs if that one is adopted).
-        return store.person(*home) is None, others
+        return (home if store.person(*home) is None else False), others
 
     def _follow(self, store: LifecycleStore, identifier: Identifier, upto: int | None) -> None:
         """An identifier that came with the person's events: theirs if no profile has
@@ -228,10 +240,37 @@ class _Found:
         return True
 
     def _add(self, person: Person | None) -> None:
-        if person is None or person.profile in self.people:
+        """A profile of the person's, as read now (again, if known: it may have more)."""
+        if person is None:
             return
         self.people[person.profile] = person
         self.identifiers += [i for i in person.identifiers if i not in self.identifiers]
+
+    def _reread(self, store: LifecycleStore) -> None:
+        """Each profile as it is now; one merged away meanwhile is found again through
+        its identifiers, in the profile that took them."""
+        for profile, before in list(self.people.items()):
+            now = store.profile(profile)
+            if now is None:
+                del self.people[profile]
+                for identifier in before.identifiers:
+                    self._add(store.person(*identifier))
+            else:
+                self._add(now)
+
+    def settle(self, store: LifecycleStore) -> None:
+        """Under the locks, after the last search: drop the events whose home the
+        merger has meanwhile put in someone else's profile (a conflict re-decided by
+        event time can move a device to the user who was on it first)."""
+        mine = {i for person in self.people.values() for i in person.identifiers}
+        owner: dict[Identifier, bool] = {}
+        for seq, home in list(self.events.items()):
+            if home is None or home in mine:
+                continue
+            if home not in owner:
+                owner[home] = store.person(*home) is not None
+            if owner[home]:
+                del self.events[seq]
 
 
 def _values(identifiers: Sequence[Identifier]) -> list[str]:

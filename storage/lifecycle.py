@@ -89,6 +89,10 @@ class LifecycleStore(Protocol):
         """The profile the identifier belongs to, if any."""
         ...
 
+    def profile(self, profile: int) -> Person | None:
+        """The profile with this row id as it is now; None if gone (merged away)."""
+        ...
+
     def home_events(self, nodes: Sequence[int]) -> list[int]:
         """Log sequence numbers of the events the merger recorded under these nodes."""
         ...
@@ -110,7 +114,8 @@ class LifecycleStore(Protocol):
         deletions: Sequence[Deletion],
         now: float,
     ) -> Erased:
-        """In the open transaction: delete the profiles' rows, the events named, their
+        """In the open transaction: delete the profiles' rows (links and recorded
+        events of every node each holds at that moment), the events named, their
         identifiers' aggregates, held items and quarantined messages; queue each
         deletion for a destination that had received the person; suppress the
         identifiers."""

@@ -100,15 +100,17 @@ class SqliteLifecycleStore:
         return {bytes(h) for (h,) in self._db.execute("SELECT hash FROM suppressions")}
 
     def person(self, kind: str, value: str) -> Person | None:
-        db = self._db
-        row = db.execute(
-            "SELECT p.id, p.uid, p.user_id FROM identities i JOIN profiles p ON p.id = i.profile "
-            "WHERE i.kind = ? AND i.value = ?",
-            (kind, value),
+        row = self._db.execute(
+            "SELECT profile FROM identities WHERE kind = ? AND value = ?", (kind, value)
         ).fetchone()
+        return None if row is None else self.profile(int(row[0]))
+
+    def profile(self, profile: int) -> Person | None:
+        db = self._db
+        row = db.execute("SELECT uid, user_id FROM profiles WHERE id = ?", (profile,)).fetchone()
         if row is None:
             return None
-        profile, uid, user_id = row
+        uid, user_id = row
         held = db.execute(
             "SELECT id, kind, value FROM identities WHERE profile = ? ORDER BY first_ts, id",
             (profile,),
@@ -195,10 +197,16 @@ class SqliteLifecycleStore:
     ) -> None:
         db, profile = self._db, person.profile
         erased.profiles += 1
+        # Every node the profile holds now, whatever was read before: a node left with
+        # links or recorded events would hand them to the next identifier given its id.
+        held = {
+            int(n) for (n,) in db.execute("SELECT id FROM identities WHERE profile = ?", (profile,))
+        }
+        nodes = sorted(held | set(person.nodes))
         erased.identifiers += db.execute(
             "DELETE FROM identities WHERE profile = ?", (profile,)
         ).rowcount
-        for chunk in chunks(person.nodes):
+        for chunk in chunks(nodes):
             where = marks(chunk)
             db.execute(f"DELETE FROM identity_links WHERE a IN ({where})", chunk)
             db.execute(f"DELETE FROM identity_links WHERE b IN ({where})", chunk)

@@ -1,0 +1,104 @@
+"""`forget` beside a merger that goes on: run in-process on real SQLite files, with
+the merger's own worker applying events at the moment the race needs (between the
+search outside the locks and the locked step), which a running daemon cannot be made
+to hit on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.identity import worker
+from actors.lifecycle import forget
+from daemon import logs
+from daemon.config import Config
+from storage.base import AppendRequest
+from storage.lifecycle import identifier_hash
+from storage.sqlite import SqliteStorage
+from storage.sqlite_graph import log_path
+from storage.sqlite_lifecycle import SqliteLifecycleStore
+from tests.test_identity import records
+
+ANN = [
+    {"type": "identify", "userId": "ann-1", "anonymousId": "anon-ann"},
+    {"type": "track", "anonymousId": "anon-ann", "event": "Pricing"},
+]
+
+
+def log_events(path: Path, messages: list[dict[str, Any]]) -> None:
+    async def append() -> None:
+        storage = await SqliteStorage.open(path)
+        try:
+            await storage.append([AppendRequest(s, "now", e) for s, e in map(records, messages)])
+        finally:
+            await storage.close()
+
+    asyncio.run(append())
+
+
+@pytest.fixture
+def merger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """The merger's worker on tmp_path/leadsync.db; calling it applies the whole log."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, [])
+    monkeypatch.setattr(logs, "configure", lambda *_: None)
+    monkeypatch.setattr(worker, "_state", None)
+    checkpoint = [worker.start(path, 5, Config().identity, "warning", "json")]
+
+    def apply_all() -> None:
+        while (applied := worker.apply_next(checkpoint[0])) is not None:
+            checkpoint[0] = applied.checkpoint
+
+    try:
+        yield apply_all
+    finally:
+        assert worker._state is not None
+        worker._state.close()
+
+
+def remaining(path: Path, sql: str, *args: object) -> list[Any]:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("ATTACH DATABASE ? AS log", (str(log_path(path)),))
+        return db.execute(sql, args).fetchall()
+
+
+def test_an_identifier_the_merger_adds_during_the_search_is_erased_and_suppressed(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    path = tmp_path / "leadsync.db"
+    log_events(path, [*ANN, {"type": "track", "anonymousId": "late-x", "event": "Pricing"}])
+    merger()
+
+    @contextmanager
+    def the_merger_goes_on() -> Iterator[None]:
+        """Between the search and the locked step: Ann signs in on the device late-x,
+        whose first event was logged before the search (and so is found only by
+        searching the whole log again for late-x)."""
+        log_events(path, [{"type": "identify", "userId": "ann-1", "anonymousId": "late-x"}])
+        merger()
+        yield
+
+    hold: Callable[[], AbstractContextManager[None]] = the_merger_goes_on
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=hold)
+        salt = store.salt()
+    finally:
+        store.close()
+
+    assert (erased.profiles, erased.identifiers, erased.events) == (1, 3, 4)
+    assert remaining(path, "SELECT count(*) FROM log.events") == [(1,)]  # the head, a tombstone
+    assert remaining(
+        path, "SELECT count(*) FROM log.events WHERE CAST(body AS TEXT) LIKE '%late-x%'"
+    ) == [(0,)]
+    for table in ("identities", "identity_links", "profile_events", "profiles"):
+        assert remaining(path, f"SELECT count(*) FROM {table}") == [(0,)], table
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert identifier_hash(salt, "anonymous_id", "late-x") in hashes
