@@ -59,6 +59,9 @@ class SqliteLifecycleStore:
     def __init__(self, db: sqlite3.Connection, log: sqlite3.Connection) -> None:
         self._db = db
         self._log = log
+        # SQLite's lower() folds ASCII only: a needle with other letters is matched
+        # against the body folded as Python folds the needle (slower; rarely needed).
+        log.create_function("py_lower", 1, _py_lower, deterministic=True)
 
     @classmethod
     def open(cls, database: Path, busy_timeout: float) -> SqliteLifecycleStore:
@@ -148,7 +151,7 @@ class SqliteLifecycleStore:
         terms = sorted({_needle(n) for n in needles})
         if not terms:
             return
-        found = " OR ".join(["instr(lower(CAST(body AS TEXT)), ?) > 0"] * len(terms))
+        found = _containing(terms)
         rows = self._log.execute(
             f"SELECT seq, source, body FROM events WHERE seq > ? AND seq <= ? AND ({found})",
             (after, upto if upto is not None else 2**62, *terms),
@@ -180,7 +183,7 @@ class SqliteLifecycleStore:
         terms = sorted({_needle(value) for _, value in identifiers})
         for term in terms:
             erased.quarantined += self._log.execute(
-                "DELETE FROM quarantine WHERE instr(lower(CAST(body AS TEXT)), ?) > 0", (term,)
+                f"DELETE FROM quarantine WHERE {_containing([term])}", (term,)
             ).rowcount
         erased.suppressed = self._suppress(identifiers, erased, now)
         # The merger's batch in flight and the scorer's round read before this: bumping
@@ -296,6 +299,24 @@ class SqliteLifecycleStore:
 def _needle(value: str) -> str:
     """A value as it appears inside the JSON of a body (escaped), case folded."""
     return _encode(value).decode()[1:-1].lower()
+
+
+def _containing(terms: Sequence[str]) -> str:
+    """SQL true for a body that contains any of the terms (one parameter each),
+    folded the way the terms were."""
+    return " OR ".join(
+        "instr(lower(CAST(body AS TEXT)), ?) > 0"
+        if term.isascii()
+        else "instr(py_lower(body), ?) > 0"
+        for term in terms
+    )
+
+
+def _py_lower(body: bytes | str | None) -> str | None:
+    """A body folded as Python folds (bytes that are not UTF-8 replaced, not refused)."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    return None if body is None else body.lower()
 
 
 def trim_events(log: sqlite3.Connection, before: str, upto: int, limit: int = TRIM_ROWS) -> int:

@@ -1,7 +1,7 @@
-"""`forget` beside a merger that goes on: run in-process on real SQLite files, with
-the merger's own worker applying events at the moment the race needs (between the
-search outside the locks and the locked step), which a running daemon cannot be made
-to hit on cue."""
+"""`forget` on real SQLite files, in-process: what a running daemon cannot be made to
+show on cue. The merger's own worker applies events at the moment a race needs
+(between the search outside the locks and the locked step), or not at all (events
+not applied yet are found only by searching the log)."""
 
 from __future__ import annotations
 
@@ -102,3 +102,33 @@ def test_an_identifier_the_merger_adds_during_the_search_is_erased_and_suppresse
         assert remaining(path, f"SELECT count(*) FROM {table}") == [(0,)], table
     hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
     assert identifier_hash(salt, "anonymous_id", "late-x") in hashes
+
+
+def test_identifiers_with_capitals_beyond_ascii_are_found_in_the_log(tmp_path: Path) -> None:
+    """Not applied yet, the events are found only by the search of the log, which
+    folds case: as Python folds the identifier, not as SQLite's ASCII-only lower()."""
+    path = tmp_path / "leadsync.db"
+    log_events(
+        path,
+        [
+            {"type": "identify", "userId": "ÄNN-1"},
+            {"type": "track", "userId": "ÄNN-1", "event": "Pricing"},
+            {
+                "type": "track",
+                "anonymousId": "z",
+                "event": "Pricing",
+                "context": {"traits": {"email": "ÖLA@Ö.se"}},
+            },
+            {"type": "track", "userId": "ann-1", "event": "Pricing"},
+        ],
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        by_user_id = forget(store, ("user_id", "ÄNN-1"), Config(), time.time())
+        by_email = forget(store, ("email", "öla@ö.se"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert (by_user_id.events, by_email.events) == (2, 1)
+    [(body,)] = remaining(path, "SELECT body FROM log.events")
+    assert b'"userId":"ann-1"' in body  # another person's: a user id is case-sensitive
