@@ -110,20 +110,31 @@ def forget(
 ) -> Erased:
     """Erase the person `identifier` belongs to (or, if none does, events and
     aggregates that carry it), and suppress their identifiers. `suppressed` hears the
-    new hashes while ingestion is still held, after the commit."""
+    new hashes while ingestion is still held, after both files committed: if either
+    commit fails, the daemon keeps taking the events the files do not suppress (and
+    PartlyErased says the log's went through)."""
     found = _Found(identifier, Extractor(config.identity))
     found.gather(store, store.log_head())
-    with hold_ingestion(), _both(store, gate):
-        found.gather(store, None)
-        people = list(found.people.values())
-        for person in people:
-            found.events.update(dict.fromkeys(store.home_events(person.nodes)))
-        found.settle(store)
-        deletions = [d for person in people for d in _deletions(person, config)]
-        erased = store.erase(people, found.identifiers, sorted(found.events), deletions, now)
-        salt = store.salt()
-        suppressed([identifier_hash(salt, *i) for i in found.identifiers])
+    with hold_ingestion():
+        with _both(store, gate):
+            erased, hashes = _erase(store, found, config, now)
+        suppressed(hashes)
     return erased
+
+
+def _erase(
+    store: LifecycleStore, found: _Found, config: Config, now: float
+) -> tuple[Erased, list[bytes]]:
+    """The locked step, in the open transaction: the last search, then the deletes."""
+    found.gather(store, None)
+    people = list(found.people.values())
+    for person in people:
+        found.events.update(dict.fromkeys(store.home_events(person.nodes)))
+    found.settle(store)
+    deletions = [d for person in people for d in _deletions(person, config)]
+    erased = store.erase(people, found.identifiers, sorted(found.events), deletions, now)
+    salt = store.salt()
+    return erased, [identifier_hash(salt, *i) for i in found.identifiers]
 
 
 class _Found:
@@ -363,8 +374,11 @@ def unforget_here(
     store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
     hold = nullcontext() if suppressions is None else held_from_thread(suppressions.lock)
     try:
-        with hold, transaction(store):
-            lifted = unforget(store, identifier)
+        with hold:
+            with transaction(store):
+                lifted = unforget(store, identifier)
+            # After the commit: a failed one leaves the daemon dropping what the file
+            # still suppresses.
             if suppressions is not None:
                 suppressions.hashes.difference_update(lifted)
         return len(lifted)

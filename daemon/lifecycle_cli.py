@@ -123,6 +123,7 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     else:
         from actors.identity.rebuild import RebuildRunning
         from actors.lifecycle import forget_here
+        from storage.lifecycle import PartlyErased
 
         try:
             database = _database_here(loaded)
@@ -132,6 +133,11 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         except RebuildRunning as exc:
             print(f"leadsync: {exc}; forget after it", file=sys.stderr)
             return EXIT_TEMPFAIL
+        except PartlyErased as exc:
+            print(
+                f"leadsync: forget failed, partly erased; run forget again: {exc}", file=sys.stderr
+            )
+            return EXIT_STORAGE
         except sqlite3.Error as exc:
             print(f"leadsync: forget failed, nothing was erased: {exc}", file=sys.stderr)
             return EXIT_STORAGE

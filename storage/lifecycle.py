@@ -28,6 +28,12 @@ def identifier_hash(salt: bytes, kind: str, value: str) -> bytes:
     return hashlib.blake2b(f"{kind}\0{value}".encode(), key=salt, digest_size=16).digest()
 
 
+class PartlyErased(Exception):
+    """The log's transaction committed and the main file's did not: the person's events
+    are gone, their profile and the suppression entries are not. Forgetting again
+    finishes the work."""
+
+
 class Person(msgspec.Struct, frozen=True):
     """A profile as forget sees it: its row, every id it answered to, what it holds."""
 
@@ -71,7 +77,7 @@ class Erased(msgspec.Struct):
 class LifecycleStore(Protocol):
     """Synchronous, over both files. `begin` takes the write locks of both (main file
     first); `commit` commits the log first, so a failure between the two leaves the
-    profile in place and a second forget finishes the work."""
+    profile in place (PartlyErased) and a second forget finishes the work."""
 
     def begin(self) -> None: ...
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from storage.base import StoredEvent
-from storage.lifecycle import SALT, Deletion, Erased, Person
+from storage.lifecycle import SALT, Deletion, Erased, PartlyErased, Person
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000
@@ -88,7 +88,10 @@ class SqliteLifecycleStore:
 
     def commit(self) -> None:
         self._log.execute("COMMIT")
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise PartlyErased(f"the event log was erased, the main file was not: {exc}") from exc
 
     def rollback(self) -> None:
         for db in (self._log, self._db):

@@ -20,7 +20,7 @@ from actors.lifecycle import forget
 from daemon import logs
 from daemon.config import Config
 from storage.base import AppendRequest
-from storage.lifecycle import identifier_hash
+from storage.lifecycle import PartlyErased, identifier_hash
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path
 from storage.sqlite_lifecycle import SqliteLifecycleStore
@@ -132,3 +132,48 @@ def test_identifiers_with_capitals_beyond_ascii_are_found_in_the_log(tmp_path: P
     assert (by_user_id.events, by_email.events) == (2, 1)
     [(body,)] = remaining(path, "SELECT body FROM log.events")
     assert b'"userId":"ann-1"' in body  # another person's: a user id is case-sensitive
+
+
+class CommitFails:
+    """The main file's connection, whose COMMIT fails (a disk error) while `failing`."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.failing = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if self.failing and sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_the_daemon_suppresses_only_what_both_files_committed(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """The log commits first: when the main file's commit then fails, the events are
+    gone but nothing is suppressed, in the file or in the daemon's set, which is told
+    only after both commits; the failure says so, and forgetting again finishes."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, [*ANN, {"type": "track", "userId": "bob-1", "event": "Pricing"}])
+    merger()
+    told: list[list[bytes]] = []
+    store = SqliteLifecycleStore.open(path, 5)
+    main = CommitFails(store._db)
+    store._db = main  # type: ignore[assignment]
+    try:
+        with pytest.raises(PartlyErased, match="disk I/O error"):
+            forget(store, ("user_id", "ann-1"), Config(), time.time(), suppressed=told.append)
+        assert told == []
+        assert remaining(path, "SELECT count(*) FROM log.events") == [(1,)]  # Bob's
+        assert remaining(path, "SELECT count(*) FROM suppressions") == [(0,)]
+        assert remaining(path, "SELECT count(*) FROM identities WHERE value = 'ann-1'") == [(1,)]
+
+        main.failing = False
+        again = forget(store, ("user_id", "ann-1"), Config(), time.time(), suppressed=told.append)
+    finally:
+        store.close()
+    assert (again.profiles, again.events, again.suppressed) == (1, 0, 2)
+    assert [len(hashes) for hashes in told] == [2]
