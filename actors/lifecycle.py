@@ -27,20 +27,74 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import anyio
 import msgspec
 
 from actors.delivery import payload as payloads
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, Extractor, normalize_email
-from actors.messages import Event
+from actors.messages import Event, EventType
 from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
 from storage.base import AppendRequest, StoredEvent
 from storage.lifecycle import Deletion, Erased, LifecycleStore, Person, identifier_hash
 
 Identifier = tuple[str, str]
 _decode_event = msgspec.json.Decoder(Event).decode
+
+
+class _Loose(msgspec.Struct, rename="camel"):
+    """A message as a client may have sent it, every field taken as it comes."""
+
+    type: Any = None
+    user_id: Any = None
+    anonymous_id: Any = None
+    previous_id: Any = None
+    traits: Any = None
+    properties: Any = None
+    context: Any = None
+    batch: Any = None
+
+
+_decode_loose = msgspec.json.Decoder(_Loose).decode
+_TYPES = frozenset(get_args(EventType))
+
+
+def loose_identifiers(extractor: Extractor, body: bytes, source: str) -> list[Identifier]:
+    """The identifiers in a body the strict decoder refuses (a message rejected at the
+    door, a held event): read leniently, ids as strings (clients send numbers), a
+    batch's messages each, an email in traits whatever the call. Nothing from a body
+    that is not JSON at all."""
+    try:
+        outer = _decode_loose(body)
+        messages = [outer]
+        if isinstance(outer.batch, list):
+            messages += [msgspec.convert(m, _Loose) for m in outer.batch if isinstance(m, dict)]
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return []
+    found: list[Identifier] = []
+    for loose in messages:
+        event = Event(
+            type=loose.type if loose.type in _TYPES and loose.type != "group" else "identify",
+            message_id="",
+            source=source,
+            received_at="",
+            timestamp="",
+            user_id=_loose_id(loose.user_id),
+            anonymous_id=_loose_id(loose.anonymous_id),
+            previous_id=_loose_id(loose.previous_id),
+            traits=loose.traits if isinstance(loose.traits, dict) else None,
+            properties=loose.properties if isinstance(loose.properties, dict) else None,
+            context=loose.context if isinstance(loose.context, dict) else None,
+        )
+        found += [(i.kind, i.value) for i in extractor.identifiers(event)]
+    return found
+
+
+def _loose_id(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).strip() or None
 
 
 class BadIdentifier(ValueError):
@@ -80,23 +134,32 @@ class Suppressions:
         return identifier_hash(self.salt, *identifier)
 
     def screen(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendRequest], list[int]]:
-        """The requests without the events of suppressed people, and how many each lost."""
+        """The requests without the events of suppressed people, and how many each lost.
+        Their rejected messages go too: the quarantine would keep what they said (the
+        client is answered about them all the same)."""
         if not self.hashes:
             return list(requests), [0] * len(requests)
         kept: list[AppendRequest] = []
         dropped: list[int] = []
         for request in requests:
-            events = [e for e in request.events if not self._suppressed(e.body)]
+            source = request.source
+            events = [e for e in request.events if not self._suppressed(e.body, source)]
+            rejected = [r for r in request.rejected if not self._carried(r.body, source)]
             dropped.append(len(request.events) - len(events))
-            kept.append(msgspec.structs.replace(request, events=events))
+            kept.append(msgspec.structs.replace(request, events=events, rejected=rejected))
         return kept, dropped
 
-    def _suppressed(self, body: bytes) -> bool:
+    def _suppressed(self, body: bytes, source: str) -> bool:
         try:
             event = _decode_event(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return False  # not for this filter to judge; the merger holds it
+            return self._carried(body, source)
         return any(self.hash(i) in self.hashes for i in self._extractor.identifiers(event))
+
+    def _carried(self, body: bytes, source: str) -> bool:
+        """A body the strict decoder refuses, read leniently."""
+        found = loose_identifiers(self._extractor, body, source)
+        return any(self.hash(i) in self.hashes for i in found)
 
 
 def forget(

@@ -17,6 +17,7 @@ from tests.daemon_process import DaemonProcess, wait_for
 from tests.test_cli import leadsync
 from tests.test_destinations_daemon import destination, receiver_thread
 from tests.test_http_api import metrics, sample
+from tests.test_http_api import post as http_post
 from tests.test_scoring_daemon import CTO, post
 
 ANN = ("ann-1", "anon-ann", "initech")
@@ -299,3 +300,32 @@ def test_forget_on_a_shared_device_leaves_the_other_people_who_used_it(
     ]
     assert leadsync("profile", "user_id:bob-1", *config).returncode == 0
     assert leadsync("profile", "email:carol@example.com", *config).returncode == 0
+
+
+def test_after_forget_the_persons_malformed_messages_are_not_quarantined(
+    daemon: DaemonProcess,
+) -> None:
+    assert post(daemon, ann_events()) == 200
+    wait_for(lambda: applied(daemon))
+    assert (
+        admin_post(daemon, "/v1/forget", b'{"identifier": "user_id:ann-1"}', "application/json")[0]
+        == 200
+    )
+    batch = [
+        {"type": "track", "userId": "bob-1", "event": "Demo Requested"},
+        {"type": "track", "userId": "ann-1"},  # no event name: rejected
+        {"type": "identify", "userId": ["x"], "traits": {"email": "Ann@Initech.com"}},
+        {"type": "track", "userId": "bob-1"},  # rejected too, and Bob's: kept
+    ]
+
+    answer = http_post(daemon, "/v1/batch", {"batch": batch})
+
+    # Answered as the batch says: its rejects named, its good message stored.
+    assert answer.status == 200
+    assert [r["index"] for r in answer.body["rejected"]] == [1, 2, 3]
+    assert bodies_mentioning_ann(daemon) == []
+    kept = daemon.query("SELECT batch_index FROM quarantine")
+    assert kept == [(3,)]
+    assert daemon.query("SELECT count(*) FROM events WHERE CAST(body AS TEXT) LIKE '%bob-1%'") == [
+        (1,)
+    ]
