@@ -33,11 +33,18 @@ import anyio
 import msgspec
 
 from actors.delivery import payload as payloads
-from actors.identity.extract import ANONYMOUS_ID, EMAIL, Extractor, normalize_email
+from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor, normalize_email
 from actors.messages import Event, EventType
 from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
 from storage.base import AppendRequest, StoredEvent
-from storage.lifecycle import Deletion, Erased, LifecycleStore, Person, identifier_hash
+from storage.lifecycle import (
+    Deletion,
+    Erased,
+    LifecycleStore,
+    Person,
+    Strays,
+    identifier_hash,
+)
 
 Identifier = tuple[str, str]
 _decode_event = msgspec.json.Decoder(Event).decode
@@ -195,7 +202,9 @@ def _erase(
         found.events.update(dict.fromkeys(store.home_events(person.nodes)))
     found.settle(store)
     deletions = [d for person in people for d in _deletions(person, config)]
-    erased = store.erase(people, found.identifiers, sorted(found.events), deletions, now)
+    erased = store.erase(
+        people, found.identifiers, sorted(found.events), deletions, now, found.strays(store)
+    )
     salt = store.salt()
     return erased, [identifier_hash(salt, *i) for i in found.identifiers]
 
@@ -331,6 +340,54 @@ class _Found:
                     self._add(store.person(*identifier))
             else:
                 self._add(now)
+
+    def strays(self, store: LifecycleStore) -> Strays:
+        """Held events, quarantined messages and payloads of profiles gone that are
+        the person's: found by the identifiers' values, then confirmed by reading them
+        (a value that is only part of another, or sits in someone else's message, is
+        not theirs)."""
+        needles = _values(self.identifiers)
+        held = [i for i, body in store.held_mentioning(needles) if self._claims(body, "")]
+        quarantined = [
+            i
+            for i, source, body in store.quarantined_mentioning(needles)
+            if self._claims(body, source)
+        ]
+        uids = sorted(
+            {uid for uid, payload in store.payloads_mentioning(needles) if self._names(payload)}
+        )
+        return Strays(held, quarantined, uids)
+
+    def _claims(self, body: bytes, source: str) -> bool:
+        """A body that carries one of the person's identifiers and is not filed under
+        someone else's user id, email or external id."""
+        try:
+            event = _decode_event(body)
+            carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            carried = loose_identifiers(self.extractor, body, source)
+        wanted = set(self.identifiers)
+        if not any(i in wanted for i in carried):
+            return False
+        return carried[0] in wanted or carried[0][0] == ANONYMOUS_ID
+
+    def _names(self, body: bytes) -> bool:
+        """A destination payload whose first id (user id, else email, else anonymous
+        id) is the person's."""
+        try:
+            payload = payloads.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        ids = [
+            (kind, value)
+            for kind, value in (
+                (USER_ID, payload.user_id),
+                (EMAIL, payload.email),
+                (ANONYMOUS_ID, payload.anonymous_id),
+            )
+            if value is not None
+        ]
+        return bool(ids) and ids[0] in set(self.identifiers)
 
     def settle(self, store: LifecycleStore) -> None:
         """Under the locks, after the last search: drop the events whose home the

@@ -55,6 +55,17 @@ class Deletion(msgspec.Struct, frozen=True):
     hash: int
 
 
+class Strays(msgspec.Struct, frozen=True):
+    """What of the person's is kept outside their profile and the log, as confirmed by
+    the caller: held events and quarantined messages (by row id) and the outbox rows
+    and dead letters of profile ids that named them (a deletion request left from an
+    earlier forget, whose profile is gone)."""
+
+    held: Sequence[int] = ()
+    quarantined: Sequence[int] = ()
+    uids: Sequence[str] = ()
+
+
 class Erased(msgspec.Struct):
     """What one forget removed (counts: the values are gone)."""
 
@@ -112,6 +123,18 @@ class LifecycleStore(Protocol):
         folded: candidates, which the caller confirms by their identifiers."""
         ...
 
+    def held_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, bytes]]:
+        """Held events (row id, body) whose body contains a needle, case folded."""
+        ...
+
+    def quarantined_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
+        """Quarantined messages (row id, source, body) that contain a needle."""
+        ...
+
+    def payloads_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """Outbox rows and dead letters (profile id, payload) that contain a needle."""
+        ...
+
     def erase(
         self,
         people: Sequence[Person],
@@ -119,11 +142,12 @@ class LifecycleStore(Protocol):
         events: Sequence[int],
         deletions: Sequence[Deletion],
         now: float,
+        strays: Strays,
     ) -> Erased:
         """In the open transaction: delete the profiles' rows (links and recorded
         events of every node each holds at that moment), the events named, their
-        identifiers' aggregates, held items and quarantined messages; queue each
-        deletion for a destination that had received the person; suppress the
+        identifiers' aggregates, held items of those events, and the strays; queue
+        each deletion for a destination that had received the person; suppress the
         identifiers."""
         ...
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from storage.base import StoredEvent
-from storage.lifecycle import SALT, Deletion, Erased, PartlyErased, Person
+from storage.lifecycle import SALT, Deletion, Erased, PartlyErased, Person, Strays
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000
@@ -61,7 +61,8 @@ class SqliteLifecycleStore:
         self._log = log
         # SQLite's lower() folds ASCII only: a needle with other letters is matched
         # against the body folded as Python folds the needle (slower; rarely needed).
-        log.create_function("py_lower", 1, _py_lower, deterministic=True)
+        for connection in (db, log):
+            connection.create_function("py_lower", 1, _py_lower, deterministic=True)
 
     @classmethod
     def open(cls, database: Path, busy_timeout: float) -> SqliteLifecycleStore:
@@ -162,6 +163,37 @@ class SqliteLifecycleStore:
         for seq, source, body in rows:
             yield StoredEvent(int(seq), str(source), bytes(body))
 
+    def held_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, bytes]]:
+        terms = sorted({_needle(n) for n in needles})
+        if not terms:
+            return
+        for row_id, body in self._db.execute(
+            "SELECT id, body FROM held WHERE kind = 'event' AND body IS NOT NULL "
+            f"AND ({_containing(terms)})",
+            terms,
+        ):
+            yield int(row_id), bytes(body)
+
+    def quarantined_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
+        terms = sorted({_needle(n) for n in needles})
+        if not terms:
+            return
+        for row_id, source, body in self._log.execute(
+            f"SELECT id, source, body FROM quarantine WHERE {_containing(terms)}", terms
+        ):
+            yield int(row_id), str(source), bytes(body)
+
+    def payloads_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        terms = sorted({_needle(n) for n in needles})
+        if not terms:
+            return
+        found = _containing(terms, "payload")
+        for table in ("outbox", "dead_letters"):
+            for uid, payload in self._db.execute(
+                f"SELECT uid, payload FROM {table} WHERE {found}", terms
+            ):
+                yield str(uid), bytes(payload)
+
     def erase(
         self,
         people: Sequence[Person],
@@ -169,6 +201,7 @@ class SqliteLifecycleStore:
         events: Sequence[int],
         deletions: Sequence[Deletion],
         now: float,
+        strays: Strays,
     ) -> Erased:
         db = self._db
         erased = Erased()
@@ -178,16 +211,16 @@ class SqliteLifecycleStore:
             "DELETE FROM intent WHERE kind = ? AND value = ?", identifiers
         ).rowcount
         keys = [str(seq) for seq in events]
-        for chunk in chunks(keys):
-            erased.held += db.execute(
-                f"DELETE FROM held WHERE kind = 'event' AND key IN ({marks(chunk)})", chunk
-            ).rowcount
+        erased.held += _delete(db, "DELETE FROM held WHERE kind = 'event' AND key IN", keys)
+        erased.held += _delete(db, "DELETE FROM held WHERE id IN", strays.held)
         erased.events = self._erase_events(sorted(set(events)))
-        terms = sorted({_needle(value) for _, value in identifiers})
-        for term in terms:
-            erased.quarantined += self._log.execute(
-                f"DELETE FROM quarantine WHERE {_containing([term])}", (term,)
-            ).rowcount
+        erased.quarantined += _delete(
+            self._log, "DELETE FROM quarantine WHERE id IN", strays.quarantined
+        )
+        # A deletion request left dead-lettered or queued by an earlier forget: its
+        # profile is gone, and with it every way to the rows but their payload.
+        erased.dead_letters += _delete(db, "DELETE FROM dead_letters WHERE uid IN", strays.uids)
+        erased.queued += _delete(db, "DELETE FROM outbox WHERE uid IN", strays.uids)
         erased.suppressed = self._suppress(identifiers, erased, now)
         # The merger's batch in flight and the scorer's round read before this: bumping
         # the graph's generation makes each throw its work away and read again.
@@ -299,18 +332,25 @@ class SqliteLifecycleStore:
         return lifted
 
 
+def _delete(db: sqlite3.Connection, statement: str, keys: Sequence[object]) -> int:
+    """`statement` ("DELETE ... WHERE column IN") for the keys, a chunk at a time."""
+    return sum(
+        db.execute(f"{statement} ({marks(chunk)})", chunk).rowcount for chunk in chunks(keys)
+    )
+
+
 def _needle(value: str) -> str:
     """A value as it appears inside the JSON of a body (escaped), case folded."""
     return _encode(value).decode()[1:-1].lower()
 
 
-def _containing(terms: Sequence[str]) -> str:
-    """SQL true for a body that contains any of the terms (one parameter each),
+def _containing(terms: Sequence[str], column: str = "body") -> str:
+    """SQL true for a column that contains any of the terms (one parameter each),
     folded the way the terms were."""
     return " OR ".join(
-        "instr(lower(CAST(body AS TEXT)), ?) > 0"
+        f"instr(lower(CAST({column} AS TEXT)), ?) > 0"
         if term.isascii()
-        else "instr(py_lower(body), ?) > 0"
+        else f"instr(py_lower({column}), ?) > 0"
         for term in terms
     )
 

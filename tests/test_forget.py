@@ -329,3 +329,24 @@ def test_after_forget_the_persons_malformed_messages_are_not_quarantined(
     assert daemon.query("SELECT count(*) FROM events WHERE CAST(body AS TEXT) LIKE '%bob-1%'") == [
         (1,)
     ]
+
+
+def test_forget_removes_only_the_persons_quarantined_messages(daemon: DaemonProcess) -> None:
+    """A short value is found in many bodies; only those it is an identifier of go."""
+    batch = [
+        {"type": "identify", "userId": "1", "traits": {"plan": "pro"}},
+        {"type": "track", "userId": "1"},  # no event name: quarantined, theirs
+        {"type": "track", "userId": "u-10"},  # quarantined, someone else's
+        {"type": "track", "anonymousId": "a-2", "properties": {"ref": "1"}},  # a mention
+    ]
+    assert http_post(daemon, "/v1/batch", {"batch": batch}).status == 200
+    wait_for(lambda: applied(daemon))
+    assert daemon.query("SELECT count(*) FROM quarantine") == [(3,)]
+
+    status, answer = admin_post(
+        daemon, "/v1/forget", b'{"identifier": "user_id:1"}', "application/json"
+    )
+
+    assert status == 200, answer
+    assert answer["quarantined"] == 1
+    assert daemon.query("SELECT batch_index FROM quarantine ORDER BY batch_index") == [(2,), (3,)]

@@ -15,14 +15,17 @@ from typing import Any
 
 import pytest
 
+from actors.delivery import payload as payloads
 from actors.identity import worker
 from actors.lifecycle import forget
 from daemon import logs
 from daemon.config import Config
 from storage.base import AppendRequest
+from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path
+from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from tests.test_identity import records
 
@@ -177,3 +180,42 @@ def test_the_daemon_suppresses_only_what_both_files_committed(
         store.close()
     assert (again.profiles, again.events, again.suppressed) == (1, 0, 2)
     assert [len(hashes) for hashes in told] == [2]
+
+
+def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_say(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """A held event whose log row retention trimmed, and a deletion request from an
+    earlier forget that was dead-lettered (its profile is gone): both name Ann, and
+    go; Bob's held event stays."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    ann_body = remaining(path, "SELECT body FROM log.events WHERE type = 'identify'")[0][0]
+    bob_body = ann_body.replace(b"ann-1", b"bob-1").replace(b"anon-ann", b"anon-bob")
+    deletion, digest = payloads.encode(
+        payloads.Payload(profile="prf_gone", traits={}, user_id="ann-1", deleted=True)
+    )
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        SqliteHeldStore(db).hold(
+            [
+                HeldItem("identity", "event", "9001", "KeyError", 3, ann_body),
+                HeldItem("identity", "event", "9002", "KeyError", 3, bob_body),
+            ],
+            time.time(),
+        )
+        db.execute(
+            "INSERT INTO dead_letters (destination, uid, payload, hash, staged_at, attempts, "
+            "error, dead_at) VALUES ('hook', 'prf_gone', ?, ?, 0, 5, 'HTTP 500', 0)",
+            (deletion, digest),
+        )
+
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert (erased.held, erased.dead_letters) == (1, 1)
+    assert remaining(path, "SELECT key FROM held") == [("9002",)]
+    assert remaining(path, "SELECT count(*) FROM dead_letters") == [(0,)]
