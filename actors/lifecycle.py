@@ -24,7 +24,7 @@ in another person's properties is not, nor another user's event on a shared devi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -246,26 +246,27 @@ class _Found:
             self._reread(store)
         self._add(store.person(*self.identifier))
         old = [i for i in self.identifiers if i in self._searched]
-        candidates: list[StoredEvent] = []
         if upto is None and old:  # what was logged since the first search
-            candidates += store.events_mentioning(_values(old), self._upto, None)
-        while True:
-            new = [i for i in self.identifiers if i not in self._searched]
-            if new:
-                candidates += store.events_mentioning(_values(new), 0, upto)
-            elif not candidates:
-                break
+            self._sift(store, store.events_mentioning(_values(old), self._upto, None), upto)
+        while new := [i for i in self.identifiers if i not in self._searched]:
             self._searched.update(new)
-            for stored in candidates:
-                home, follow = self._judge(store, stored)
-                if home is not False:
-                    self.events[stored.seq] = home
-                for other in follow:
-                    if other not in self.identifiers:
-                        self._follow(store, other, upto)
-            candidates = []
+            self._sift(store, store.events_mentioning(_values(new), 0, upto), upto)
         if upto is not None:
             self._upto = upto
+
+    def _sift(
+        self, store: LifecycleStore, candidates: Iterable[StoredEvent], upto: int | None
+    ) -> None:
+        """Keep the person's events among the candidates, one at a time as the scan
+        finds them (a short value can be in most of the log), and follow what they
+        bring; identifiers followed are searched by the caller's next round."""
+        for stored in candidates:
+            home, follow = self._judge(store, stored)
+            if home is not False:
+                self.events[stored.seq] = home
+            for other in follow:
+                if other not in self.identifiers:
+                    self._follow(store, other, upto)
 
     def _judge(
         self, store: LifecycleStore, stored: StoredEvent
