@@ -216,14 +216,16 @@ def test_forget_while_the_persons_events_stream_in_leaves_nothing_of_them(
     sender = threading.Thread(target=stream, daemon=True)
     sender.start()
     try:
-        wait_for(lambda: len(answers) >= 20)
+        # Generous: on a loaded two-core machine the sender shares the cores with the
+        # daemon, and requests wait while the forget holds ingestion.
+        wait_for(lambda: len(answers) >= 20, timeout=30)
         done = leadsync("forget", "user_id:ann-1", "--config", str(daemon.config_path))
+        assert done.returncode == 0, done.stderr
         count = len(answers)
-        wait_for(lambda: len(answers) >= count + 20)
+        wait_for(lambda: len(answers) >= count + 20, timeout=30)
     finally:
         stop.set()
         sender.join(30)
-    assert done.returncode == 0, done.stderr
     assert set(answers) == {200}
     wait_for(lambda: applied(daemon))
     assert bodies_mentioning_ann(daemon) == []
