@@ -332,13 +332,16 @@ class _Found:
 
     def _reread(self, store: LifecycleStore) -> None:
         """Each profile as it is now; one merged away meanwhile is found again through
-        its identifiers, in the profile that took them."""
+        the identifier given and its user ids and emails, in the profile that took
+        them (not through an anonymous id, which a re-decision may have given to
+        another user of the device)."""
         for profile, before in list(self.people.items()):
             now = store.profile(profile)
             if now is None:
                 del self.people[profile]
                 for identifier in before.identifiers:
-                    self._add(store.person(*identifier))
+                    if identifier == self.identifier or identifier[0] != ANONYMOUS_ID:
+                        self._add(store.person(*identifier))
             else:
                 self._add(now)
 
