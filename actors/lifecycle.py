@@ -16,8 +16,9 @@ or inside the daemon, where it must not race anyone who writes:
 3. Still holding ingestion, the identifiers join the daemon's suppression set: every
    later event carrying one is dropped at the log writer, counted, and answered 200.
 
-An event is the person's if an identifier extracted from it (as the merger extracts
-them) is one of theirs; a mere mention in another person's properties is not.
+An event is the person's if its home identifier (the first the merger extracts from
+it, under which the merger records it) is one of theirs; see `_Found`. A mere mention
+in another person's properties is not, nor another user's event on a shared device.
 """
 
 from __future__ import annotations
@@ -26,19 +27,81 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import anyio
 import msgspec
 
 from actors.delivery import payload as payloads
-from actors.identity.extract import EMAIL, Extractor, normalize_email
-from actors.messages import Event
+from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor, normalize_email
+from actors.messages import Event, EventType
 from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
 from storage.base import AppendRequest, StoredEvent
-from storage.lifecycle import Deletion, Erased, LifecycleStore, Person, identifier_hash
+from storage.lifecycle import (
+    Deletion,
+    Erased,
+    LifecycleStore,
+    Person,
+    Strays,
+    identifier_hash,
+)
 
 Identifier = tuple[str, str]
 _decode_event = msgspec.json.Decoder(Event).decode
+
+
+class _Loose(msgspec.Struct, rename="camel"):
+    """A message as a client may have sent it, every field taken as it comes."""
+
+    type: Any = None
+    user_id: Any = None
+    anonymous_id: Any = None
+    previous_id: Any = None
+    traits: Any = None
+    properties: Any = None
+    context: Any = None
+    batch: Any = None
+
+
+_decode_loose = msgspec.json.Decoder(_Loose).decode
+_TYPES = frozenset(get_args(EventType))
+
+
+def loose_identifiers(extractor: Extractor, body: bytes, source: str) -> list[Identifier]:
+    """The identifiers in a body the strict decoder refuses (a message rejected at the
+    door, a held event): read leniently, ids as strings (clients send numbers), a
+    batch's messages each, an email in traits whatever the call. Nothing from a body
+    that is not JSON at all."""
+    try:
+        outer = _decode_loose(body)
+        messages = [outer]
+        if isinstance(outer.batch, list):
+            messages += [msgspec.convert(m, _Loose) for m in outer.batch if isinstance(m, dict)]
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return []
+    found: list[Identifier] = []
+    for loose in messages:
+        event = Event(
+            type=loose.type if loose.type in _TYPES and loose.type != "group" else "identify",
+            message_id="",
+            source=source,
+            received_at="",
+            timestamp="",
+            user_id=_loose_id(loose.user_id),
+            anonymous_id=_loose_id(loose.anonymous_id),
+            previous_id=_loose_id(loose.previous_id),
+            traits=loose.traits if isinstance(loose.traits, dict) else None,
+            properties=loose.properties if isinstance(loose.properties, dict) else None,
+            context=loose.context if isinstance(loose.context, dict) else None,
+        )
+        found += [(i.kind, i.value) for i in extractor.identifiers(event)]
+    return found
+
+
+def _loose_id(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).strip() or None
 
 
 class BadIdentifier(ValueError):
@@ -78,23 +141,32 @@ class Suppressions:
         return identifier_hash(self.salt, *identifier)
 
     def screen(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendRequest], list[int]]:
-        """The requests without the events of suppressed people, and how many each lost."""
+        """The requests without the events of suppressed people, and how many each lost.
+        Their rejected messages go too: the quarantine would keep what they said (the
+        client is answered about them all the same)."""
         if not self.hashes:
             return list(requests), [0] * len(requests)
         kept: list[AppendRequest] = []
         dropped: list[int] = []
         for request in requests:
-            events = [e for e in request.events if not self._suppressed(e.body)]
+            source = request.source
+            events = [e for e in request.events if not self._suppressed(e.body, source)]
+            rejected = [r for r in request.rejected if not self._carried(r.body, source)]
             dropped.append(len(request.events) - len(events))
-            kept.append(msgspec.structs.replace(request, events=events))
+            kept.append(msgspec.structs.replace(request, events=events, rejected=rejected))
         return kept, dropped
 
-    def _suppressed(self, body: bytes) -> bool:
+    def _suppressed(self, body: bytes, source: str) -> bool:
         try:
             event = _decode_event(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return False  # not for this filter to judge; the merger holds it
+            return self._carried(body, source)
         return any(self.hash(i) in self.hashes for i in self._extractor.identifiers(event))
+
+    def _carried(self, body: bytes, source: str) -> bool:
+        """A body the strict decoder refuses, read leniently."""
+        found = loose_identifiers(self._extractor, body, source)
+        return any(self.hash(i) in self.hashes for i in found)
 
 
 def forget(
@@ -108,91 +180,232 @@ def forget(
 ) -> Erased:
     """Erase the person `identifier` belongs to (or, if none does, events and
     aggregates that carry it), and suppress their identifiers. `suppressed` hears the
-    new hashes while ingestion is still held, after the commit."""
+    new hashes while ingestion is still held, after both files committed: if either
+    commit fails, the daemon keeps taking the events the files do not suppress (and
+    PartlyErased says the log's went through)."""
     found = _Found(identifier, Extractor(config.identity))
     found.gather(store, store.log_head())
-    with hold_ingestion(), _both(store, gate):
-        found.gather(store, None)
-        people = list(found.people.values())
-        for person in people:
-            found.events.update(store.home_events(person.nodes))
-        deletions = [d for person in people for d in _deletions(person, config)]
-        erased = store.erase(people, found.identifiers, sorted(found.events), deletions, now)
-        salt = store.salt()
-        suppressed([identifier_hash(salt, *i) for i in found.identifiers])
+    with hold_ingestion():
+        with _both(store, gate):
+            erased, hashes = _erase(store, found, config, now)
+        suppressed(hashes)
     return erased
+
+
+def _erase(
+    store: LifecycleStore, found: _Found, config: Config, now: float
+) -> tuple[Erased, list[bytes]]:
+    """The locked step, in the open transaction: the last search, then the deletes."""
+    found.gather(store, None)
+    people = list(found.people.values())
+    for person in people:
+        found.events.update(dict.fromkeys(store.home_events(person.nodes)))
+    found.settle(store)
+    deletions = [d for person in people for d in _deletions(person, config)]
+    erased = store.erase(
+        people, found.identifiers, sorted(found.events), deletions, now, found.strays(store)
+    )
+    salt = store.salt()
+    return erased, [identifier_hash(salt, *i) for i in found.identifiers]
 
 
 class _Found:
     """The person's profiles, identifiers and events, as far as searched.
 
-    Besides the profile the identifier belongs to, a profile with no user id whose
-    identifiers came only with the person's events is theirs too: an anonymous id
-    that a cap kept out of their profile (at most 100 by default) is their device."""
+    An event is the person's if its home (the first identifier the merger extracts
+    from it, where the merger records it) is one of theirs; one the merger has not
+    applied yet whose home is an anonymous id no profile has, and that carries one of
+    theirs, is theirs too (the merger will join it to them). An event whose home is
+    someone else's (a second user of a shared device) is left, even though it carries
+    the person's anonymous id. Besides the profile the identifier belongs to, a
+    profile made only of anonymous ids that the person's events touch is theirs, if no
+    other person's identified event touches it: an anonymous id that a cap kept out of
+    their profile (at most 100 by default) is their device."""
 
     def __init__(self, identifier: Identifier, extractor: Extractor) -> None:
         self.identifier = identifier
         self.extractor = extractor
         self.people: dict[int, Person] = {}
         self.identifiers: list[Identifier] = [identifier]
-        self.events: set[int] = set()
+        self.events: dict[int, Identifier | None] = {}
+        """The person's events, each with its home identifier (None: a body that
+        cannot be read, or an event the merger recorded under one of their nodes)."""
         self._searched: set[Identifier] = set()
+        self._refused: set[int] = set()
+        """Profiles looked at for adoption and found to be touched by someone else."""
         self._upto = 0
         """The log's head when the searched identifiers were searched."""
 
     def gather(self, store: LifecycleStore, upto: int | None) -> None:
         """Search the log up to `upto` (None: to its end, under the locks), following
-        the identifiers found, until nothing new turns up."""
+        the identifiers found, until nothing new turns up. Under the locks, each
+        profile is read again first: the merger may have given it more identifiers
+        (or merged it into another) since the search outside them, and the whole log
+        is searched for each new one."""
+        if upto is None:
+            self._reread(store)
         self._add(store.person(*self.identifier))
         old = [i for i in self.identifiers if i in self._searched]
-        candidates: list[StoredEvent] = []
         if upto is None and old:  # what was logged since the first search
-            candidates += store.events_mentioning(_values(old), self._upto, None)
-        while True:
-            new = [i for i in self.identifiers if i not in self._searched]
-            if new:
-                candidates += store.events_mentioning(_values(new), 0, upto)
-            elif not candidates:
-                break
+            self._sift(store, store.events_mentioning(_values(old), self._upto, None), upto)
+        while new := [i for i in self.identifiers if i not in self._searched]:
             self._searched.update(new)
-            for seq, carried in self._theirs(candidates):
-                self.events.add(seq)
-                for other in carried:
-                    if other not in self.identifiers:
-                        self._follow(store, other)
-            candidates = []
+            self._sift(store, store.events_mentioning(_values(new), 0, upto), upto)
         if upto is not None:
             self._upto = upto
 
-    def _follow(self, store: LifecycleStore, identifier: Identifier) -> None:
+    def _sift(
+        self, store: LifecycleStore, candidates: Iterable[StoredEvent], upto: int | None
+    ) -> None:
+        """Keep the person's events among the candidates, one at a time as the scan
+        finds them (a short value can be in most of the log), and follow what they
+        bring; identifiers followed are searched by the caller's next round."""
+        for stored in candidates:
+            home, follow = self._judge(store, stored)
+            if home is not False:
+                self.events[stored.seq] = home
+            for other in follow:
+                if other not in self.identifiers:
+                    self._follow(store, other, upto)
+
+    def _judge(
+        self, store: LifecycleStore, stored: StoredEvent
+    ) -> tuple[Identifier | Literal[False] | None, list[Identifier]]:
+        """Whether a candidate is the person's (False if not, else its home), and the
+        identifiers it brings to follow. A body that cannot be read at all (the merger
+        held it) goes: it mentions one."""
+        try:
+            event = _decode_event(stored.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None, []
+        carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
+        wanted = set(self.identifiers)
+        if not any(i in wanted for i in carried):
+            return False, []
+        home = carried[0]
+        others = [i for i in carried if i not in wanted]
+        if home in wanted:
+            return home, others
+        if home[0] != ANONYMOUS_ID:
+            return False, []  # someone else's user id or email: their event
+        # Anonymous home, not theirs: the merger has not applied it yet (theirs, as
+        # it will be), or it is in another profile (theirs if that one is adopted).
+        return (home if store.person(*home) is None else False), others
+
+    def _follow(self, store: LifecycleStore, identifier: Identifier, upto: int | None) -> None:
         """An identifier that came with the person's events: theirs if no profile has
-        it yet (its events are erased, so none will), or if its profile has no user id."""
+        it yet (its events are erased, so none will), or if its profile is adoptable."""
         person = store.person(*identifier)
         if person is None:
             self.identifiers.append(identifier)
-        elif person.user_id is None:
-            self._add(person)
+        elif person.profile not in self.people and person.profile not in self._refused:
+            if self._adoptable(store, person, upto):
+                self._add(person)
+            else:
+                self._refused.add(person.profile)
+
+    def _adoptable(self, store: LifecycleStore, person: Person, upto: int | None) -> bool:
+        """Made only of anonymous ids, none of which comes in an event identified as
+        somebody other than the person (a device someone else signed in on)."""
+        if person.user_id is not None or any(k != ANONYMOUS_ID for k, _ in person.identifiers):
+            return False
+        own = set(person.identifiers)
+        wanted = set(self.identifiers)
+        for stored in store.events_mentioning(_values(person.identifiers), 0, upto):
+            try:
+                event = _decode_event(stored.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
+            if any(i in own for i in carried) and any(
+                k != ANONYMOUS_ID and (k, v) not in wanted for k, v in carried
+            ):
+                return False
+        return True
 
     def _add(self, person: Person | None) -> None:
-        if person is None or person.profile in self.people:
+        """A profile of the person's, as read now (again, if known: it may have more)."""
+        if person is None:
             return
         self.people[person.profile] = person
         self.identifiers += [i for i in person.identifiers if i not in self.identifiers]
 
-    def _theirs(self, candidates: Iterable[StoredEvent]) -> Iterator[tuple[int, list[Identifier]]]:
-        """The candidates that carry one of the person's identifiers, with every
-        identifier each carries; a body that cannot be read at all (the merger held
-        it) but mentions one goes too."""
-        wanted = set(self.identifiers)
-        for stored in candidates:
-            try:
-                event = _decode_event(stored.body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                yield stored.seq, []
-                continue
+    def _reread(self, store: LifecycleStore) -> None:
+        """Each profile as it is now; one merged away meanwhile is found again through
+        the identifier given and its user ids and emails, in the profile that took
+        them (not through an anonymous id, which a re-decision may have given to
+        another user of the device)."""
+        for profile, before in list(self.people.items()):
+            now = store.profile(profile)
+            if now is None:
+                del self.people[profile]
+                for identifier in before.identifiers:
+                    if identifier == self.identifier or identifier[0] != ANONYMOUS_ID:
+                        self._add(store.person(*identifier))
+            else:
+                self._add(now)
+
+    def strays(self, store: LifecycleStore) -> Strays:
+        """Held events, quarantined messages and payloads of profiles gone that are
+        the person's: found by the identifiers' values, then confirmed by reading them
+        (a value that is only part of another, or sits in someone else's message, is
+        not theirs)."""
+        needles = _values(self.identifiers)
+        held = [i for i, body in store.held_mentioning(needles) if self._claims(body, "")]
+        quarantined = [
+            i
+            for i, source, body in store.quarantined_mentioning(needles)
+            if self._claims(body, source)
+        ]
+        uids = sorted(
+            {uid for uid, payload in store.payloads_mentioning(needles) if self._names(payload)}
+        )
+        return Strays(held, quarantined, uids)
+
+    def _claims(self, body: bytes, source: str) -> bool:
+        """A body that carries one of the person's identifiers and is not filed under
+        someone else's user id, email or external id."""
+        try:
+            event = _decode_event(body)
             carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
-            if any(i in wanted for i in carried):
-                yield stored.seq, carried
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            carried = loose_identifiers(self.extractor, body, source)
+        wanted = set(self.identifiers)
+        if not any(i in wanted for i in carried):
+            return False
+        return carried[0] in wanted or carried[0][0] == ANONYMOUS_ID
+
+    def _names(self, body: bytes) -> bool:
+        """A destination payload whose first id (user id, else email, else anonymous
+        id) is the person's."""
+        try:
+            payload = payloads.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        ids = [
+            (kind, value)
+            for kind, value in (
+                (USER_ID, payload.user_id),
+                (EMAIL, payload.email),
+                (ANONYMOUS_ID, payload.anonymous_id),
+            )
+            if value is not None
+        ]
+        return bool(ids) and ids[0] in set(self.identifiers)
+
+    def settle(self, store: LifecycleStore) -> None:
+        """Under the locks, after the last search: drop the events whose home the
+        merger has meanwhile put in someone else's profile (a conflict re-decided by
+        event time can move a device to the user who was on it first)."""
+        mine = {i for person in self.people.values() for i in person.identifiers}
+        owner: dict[Identifier, bool] = {}
+        for seq, home in list(self.events.items()):
+            if home is None or home in mine:
+                continue
+            if home not in owner:
+                owner[home] = store.person(*home) is not None
+            if owner[home]:
+                del self.events[seq]
 
 
 def _values(identifiers: Sequence[Identifier]) -> list[str]:
@@ -285,8 +498,11 @@ def unforget_here(
     store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
     hold = nullcontext() if suppressions is None else held_from_thread(suppressions.lock)
     try:
-        with hold, transaction(store):
-            lifted = unforget(store, identifier)
+        with hold:
+            with transaction(store):
+                lifted = unforget(store, identifier)
+            # After the commit: a failed one leaves the daemon dropping what the file
+            # still suppresses.
             if suppressions is not None:
                 suppressions.hashes.difference_update(lifted)
         return len(lifted)

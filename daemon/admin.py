@@ -39,7 +39,7 @@ from daemon.config import BUILTIN_ID_KINDS, AdminSection, Config
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.supervisor import Supervisor
 from storage.base import Storage
-from storage.lifecycle import Erased
+from storage.lifecycle import Erased, PartlyErased
 
 log = structlog.get_logger(__name__)
 
@@ -344,6 +344,9 @@ class AdminServer(Actor):
             erased = await self._lifecycle.forget(identifier)
         except RebuildRunning:
             return _json({"error": "an identity rebuild is running; forget after it"}, 409)
+        except PartlyErased as exc:
+            log.error("forget failed; partly erased", error=str(exc))
+            return _json({"error": f"forget failed, partly erased; run forget again: {exc}"}, 503)
         except sqlite3.Error as exc:
             log.error("forget failed; nothing was erased", error=str(exc))
             return _json({"error": f"forget failed, nothing was erased: {exc}"}, 503)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import offline
+from daemon import endings, offline
 from daemon.config import LoadedConfig
 
 EXIT_NOTHING = 1
@@ -111,6 +111,7 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if identifier is None:
         return EXIT_USAGE
     kind, value = identifier
+    endings.on_interrupt("the erase goes on in the daemon (its log says when it is done)")
     answer = _ask_daemon(args, loaded, "/v1/forget", {"identifier": f"{kind}:{value}"})
     if isinstance(answer, int):
         return answer
@@ -123,7 +124,9 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     else:
         from actors.identity.rebuild import RebuildRunning
         from actors.lifecycle import forget_here
+        from storage.lifecycle import PartlyErased
 
+        endings.on_interrupt("an erase under way is rolled back; run forget again")
         try:
             database = _database_here(loaded)
             if database is None:
@@ -132,6 +135,11 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         except RebuildRunning as exc:
             print(f"leadsync: {exc}; forget after it", file=sys.stderr)
             return EXIT_TEMPFAIL
+        except PartlyErased as exc:
+            print(
+                f"leadsync: forget failed, partly erased; run forget again: {exc}", file=sys.stderr
+            )
+            return EXIT_STORAGE
         except sqlite3.Error as exc:
             print(f"leadsync: forget failed, nothing was erased: {exc}", file=sys.stderr)
             return EXIT_STORAGE

@@ -28,6 +28,12 @@ def identifier_hash(salt: bytes, kind: str, value: str) -> bytes:
     return hashlib.blake2b(f"{kind}\0{value}".encode(), key=salt, digest_size=16).digest()
 
 
+class PartlyErased(Exception):
+    """The log's transaction committed and the main file's did not: the person's events
+    are gone, their profile and the suppression entries are not. Forgetting again
+    finishes the work."""
+
+
 class Person(msgspec.Struct, frozen=True):
     """A profile as forget sees it: its row, every id it answered to, what it holds."""
 
@@ -47,6 +53,17 @@ class Deletion(msgspec.Struct, frozen=True):
     profile: int
     payload: bytes
     hash: int
+
+
+class Strays(msgspec.Struct, frozen=True):
+    """What of the person's is kept outside their profile and the log, as confirmed by
+    the caller: held events and quarantined messages (by row id) and the outbox rows
+    and dead letters of profile ids that named them (a deletion request left from an
+    earlier forget, whose profile is gone)."""
+
+    held: Sequence[int] = ()
+    quarantined: Sequence[int] = ()
+    uids: Sequence[str] = ()
 
 
 class Erased(msgspec.Struct):
@@ -71,7 +88,7 @@ class Erased(msgspec.Struct):
 class LifecycleStore(Protocol):
     """Synchronous, over both files. `begin` takes the write locks of both (main file
     first); `commit` commits the log first, so a failure between the two leaves the
-    profile in place and a second forget finishes the work."""
+    profile in place (PartlyErased) and a second forget finishes the work."""
 
     def begin(self) -> None: ...
 
@@ -89,6 +106,10 @@ class LifecycleStore(Protocol):
         """The profile the identifier belongs to, if any."""
         ...
 
+    def profile(self, profile: int) -> Person | None:
+        """The profile with this row id as it is now; None if gone (merged away)."""
+        ...
+
     def home_events(self, nodes: Sequence[int]) -> list[int]:
         """Log sequence numbers of the events the merger recorded under these nodes."""
         ...
@@ -102,6 +123,18 @@ class LifecycleStore(Protocol):
         folded: candidates, which the caller confirms by their identifiers."""
         ...
 
+    def held_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, bytes]]:
+        """Held events (row id, body) whose body contains a needle, case folded."""
+        ...
+
+    def quarantined_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
+        """Quarantined messages (row id, source, body) that contain a needle."""
+        ...
+
+    def payloads_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """Outbox rows and dead letters (profile id, payload) that contain a needle."""
+        ...
+
     def erase(
         self,
         people: Sequence[Person],
@@ -109,10 +142,12 @@ class LifecycleStore(Protocol):
         events: Sequence[int],
         deletions: Sequence[Deletion],
         now: float,
+        strays: Strays,
     ) -> Erased:
-        """In the open transaction: delete the profiles' rows, the events named, their
-        identifiers' aggregates, held items and quarantined messages; queue each
-        deletion for a destination that had received the person; suppress the
+        """In the open transaction: delete the profiles' rows (links and recorded
+        events of every node each holds at that moment), the events named, their
+        identifiers' aggregates, held items of those events, and the strays; queue
+        each deletion for a destination that had received the person; suppress the
         identifiers."""
         ...
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from storage.base import StoredEvent
-from storage.lifecycle import SALT, Deletion, Erased, Person
+from storage.lifecycle import SALT, Deletion, Erased, PartlyErased, Person, Strays
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000
@@ -59,6 +59,10 @@ class SqliteLifecycleStore:
     def __init__(self, db: sqlite3.Connection, log: sqlite3.Connection) -> None:
         self._db = db
         self._log = log
+        # SQLite's lower() folds ASCII only: a needle with other letters is matched
+        # against the body folded as Python folds the needle (slower; rarely needed).
+        for connection in (db, log):
+            connection.create_function("py_lower", 1, _py_lower, deterministic=True)
 
     @classmethod
     def open(cls, database: Path, busy_timeout: float) -> SqliteLifecycleStore:
@@ -85,7 +89,10 @@ class SqliteLifecycleStore:
 
     def commit(self) -> None:
         self._log.execute("COMMIT")
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise PartlyErased(f"the event log was erased, the main file was not: {exc}") from exc
 
     def rollback(self) -> None:
         for db in (self._log, self._db):
@@ -100,15 +107,17 @@ class SqliteLifecycleStore:
         return {bytes(h) for (h,) in self._db.execute("SELECT hash FROM suppressions")}
 
     def person(self, kind: str, value: str) -> Person | None:
-        db = self._db
-        row = db.execute(
-            "SELECT p.id, p.uid, p.user_id FROM identities i JOIN profiles p ON p.id = i.profile "
-            "WHERE i.kind = ? AND i.value = ?",
-            (kind, value),
+        row = self._db.execute(
+            "SELECT profile FROM identities WHERE kind = ? AND value = ?", (kind, value)
         ).fetchone()
+        return None if row is None else self.profile(int(row[0]))
+
+    def profile(self, profile: int) -> Person | None:
+        db = self._db
+        row = db.execute("SELECT uid, user_id FROM profiles WHERE id = ?", (profile,)).fetchone()
         if row is None:
             return None
-        profile, uid, user_id = row
+        uid, user_id = row
         held = db.execute(
             "SELECT id, kind, value FROM identities WHERE profile = ? ORDER BY first_ts, id",
             (profile,),
@@ -146,13 +155,44 @@ class SqliteLifecycleStore:
         terms = sorted({_needle(n) for n in needles})
         if not terms:
             return
-        found = " OR ".join(["instr(lower(CAST(body AS TEXT)), ?) > 0"] * len(terms))
+        found = _containing(terms)
         rows = self._log.execute(
             f"SELECT seq, source, body FROM events WHERE seq > ? AND seq <= ? AND ({found})",
             (after, upto if upto is not None else 2**62, *terms),
         )
         for seq, source, body in rows:
             yield StoredEvent(int(seq), str(source), bytes(body))
+
+    def held_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, bytes]]:
+        terms = sorted({_needle(n) for n in needles})
+        if not terms:
+            return
+        for row_id, body in self._db.execute(
+            "SELECT id, body FROM held WHERE kind = 'event' AND body IS NOT NULL "
+            f"AND ({_containing(terms)})",
+            terms,
+        ):
+            yield int(row_id), bytes(body)
+
+    def quarantined_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
+        terms = sorted({_needle(n) for n in needles})
+        if not terms:
+            return
+        for row_id, source, body in self._log.execute(
+            f"SELECT id, source, body FROM quarantine WHERE {_containing(terms)}", terms
+        ):
+            yield int(row_id), str(source), bytes(body)
+
+    def payloads_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        terms = sorted({_needle(n) for n in needles})
+        if not terms:
+            return
+        found = _containing(terms, "payload")
+        for table in ("outbox", "dead_letters"):
+            for uid, payload in self._db.execute(
+                f"SELECT uid, payload FROM {table} WHERE {found}", terms
+            ):
+                yield str(uid), bytes(payload)
 
     def erase(
         self,
@@ -161,6 +201,7 @@ class SqliteLifecycleStore:
         events: Sequence[int],
         deletions: Sequence[Deletion],
         now: float,
+        strays: Strays,
     ) -> Erased:
         db = self._db
         erased = Erased()
@@ -170,16 +211,16 @@ class SqliteLifecycleStore:
             "DELETE FROM intent WHERE kind = ? AND value = ?", identifiers
         ).rowcount
         keys = [str(seq) for seq in events]
-        for chunk in chunks(keys):
-            erased.held += db.execute(
-                f"DELETE FROM held WHERE kind = 'event' AND key IN ({marks(chunk)})", chunk
-            ).rowcount
+        erased.held += _delete(db, "DELETE FROM held WHERE kind = 'event' AND key IN", keys)
+        erased.held += _delete(db, "DELETE FROM held WHERE id IN", strays.held)
         erased.events = self._erase_events(sorted(set(events)))
-        terms = sorted({_needle(value) for _, value in identifiers})
-        for term in terms:
-            erased.quarantined += self._log.execute(
-                "DELETE FROM quarantine WHERE instr(lower(CAST(body AS TEXT)), ?) > 0", (term,)
-            ).rowcount
+        erased.quarantined += _delete(
+            self._log, "DELETE FROM quarantine WHERE id IN", strays.quarantined
+        )
+        # A deletion request left dead-lettered or queued by an earlier forget: its
+        # profile is gone, and with it every way to the rows but their payload.
+        erased.dead_letters += _delete(db, "DELETE FROM dead_letters WHERE uid IN", strays.uids)
+        erased.queued += _delete(db, "DELETE FROM outbox WHERE uid IN", strays.uids)
         erased.suppressed = self._suppress(identifiers, erased, now)
         # The merger's batch in flight and the scorer's round read before this: bumping
         # the graph's generation makes each throw its work away and read again.
@@ -195,10 +236,16 @@ class SqliteLifecycleStore:
     ) -> None:
         db, profile = self._db, person.profile
         erased.profiles += 1
+        # Every node the profile holds now, whatever was read before: a node left with
+        # links or recorded events would hand them to the next identifier given its id.
+        held = {
+            int(n) for (n,) in db.execute("SELECT id FROM identities WHERE profile = ?", (profile,))
+        }
+        nodes = sorted(held | set(person.nodes))
         erased.identifiers += db.execute(
             "DELETE FROM identities WHERE profile = ?", (profile,)
         ).rowcount
-        for chunk in chunks(person.nodes):
+        for chunk in chunks(nodes):
             where = marks(chunk)
             db.execute(f"DELETE FROM identity_links WHERE a IN ({where})", chunk)
             db.execute(f"DELETE FROM identity_links WHERE b IN ({where})", chunk)
@@ -285,9 +332,34 @@ class SqliteLifecycleStore:
         return lifted
 
 
+def _delete(db: sqlite3.Connection, statement: str, keys: Sequence[object]) -> int:
+    """`statement` ("DELETE ... WHERE column IN") for the keys, a chunk at a time."""
+    return sum(
+        db.execute(f"{statement} ({marks(chunk)})", chunk).rowcount for chunk in chunks(keys)
+    )
+
+
 def _needle(value: str) -> str:
     """A value as it appears inside the JSON of a body (escaped), case folded."""
     return _encode(value).decode()[1:-1].lower()
+
+
+def _containing(terms: Sequence[str], column: str = "body") -> str:
+    """SQL true for a column that contains any of the terms (one parameter each),
+    folded the way the terms were."""
+    return " OR ".join(
+        f"instr(lower(CAST({column} AS TEXT)), ?) > 0"
+        if term.isascii()
+        else f"instr(py_lower({column}), ?) > 0"
+        for term in terms
+    )
+
+
+def _py_lower(body: bytes | str | None) -> str | None:
+    """A body folded as Python folds (bytes that are not UTF-8 replaced, not refused)."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    return None if body is None else body.lower()
 
 
 def trim_events(log: sqlite3.Connection, before: str, upto: int, limit: int = TRIM_ROWS) -> int:

@@ -32,6 +32,11 @@ from tests.daemon_process import DaemonProcess
             "leadsync: interrupted; the batch run goes on in the daemon "
             "(`leadsync status` shows its end)\n",
         ),
+        (
+            ["forget", "user_id:ann-1"],
+            "leadsync: interrupted; the erase goes on in the daemon "
+            "(its log says when it is done)\n",
+        ),
     ],
 )
 def test_ctrl_c_while_the_daemon_works_ends_with_a_line_and_130(

@@ -1,0 +1,221 @@
+"""`forget` on real SQLite files, in-process: what a running daemon cannot be made to
+show on cue. The merger's own worker applies events at the moment a race needs
+(between the search outside the locks and the locked step), or not at all (events
+not applied yet are found only by searching the log)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.delivery import payload as payloads
+from actors.identity import worker
+from actors.lifecycle import forget
+from daemon import logs
+from daemon.config import Config
+from storage.base import AppendRequest
+from storage.held import HeldItem
+from storage.lifecycle import PartlyErased, identifier_hash
+from storage.sqlite import SqliteStorage
+from storage.sqlite_graph import log_path
+from storage.sqlite_held import SqliteHeldStore
+from storage.sqlite_lifecycle import SqliteLifecycleStore
+from tests.test_identity import records
+
+ANN = [
+    {"type": "identify", "userId": "ann-1", "anonymousId": "anon-ann"},
+    {"type": "track", "anonymousId": "anon-ann", "event": "Pricing"},
+]
+
+
+def log_events(path: Path, messages: list[dict[str, Any]]) -> None:
+    async def append() -> None:
+        storage = await SqliteStorage.open(path)
+        try:
+            await storage.append([AppendRequest(s, "now", e) for s, e in map(records, messages)])
+        finally:
+            await storage.close()
+
+    asyncio.run(append())
+
+
+@pytest.fixture
+def merger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """The merger's worker on tmp_path/leadsync.db; calling it applies the whole log."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, [])
+    monkeypatch.setattr(logs, "configure", lambda *_: None)
+    monkeypatch.setattr(worker, "_state", None)
+    checkpoint = [worker.start(path, 5, Config().identity, "warning", "json")]
+
+    def apply_all() -> None:
+        while (applied := worker.apply_next(checkpoint[0])) is not None:
+            checkpoint[0] = applied.checkpoint
+
+    try:
+        yield apply_all
+    finally:
+        assert worker._state is not None
+        worker._state.close()
+
+
+def remaining(path: Path, sql: str, *args: object) -> list[Any]:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("ATTACH DATABASE ? AS log", (str(log_path(path)),))
+        return db.execute(sql, args).fetchall()
+
+
+def test_an_identifier_the_merger_adds_during_the_search_is_erased_and_suppressed(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    path = tmp_path / "leadsync.db"
+    log_events(path, [*ANN, {"type": "track", "anonymousId": "late-x", "event": "Pricing"}])
+    merger()
+
+    @contextmanager
+    def the_merger_goes_on() -> Iterator[None]:
+        """Between the search and the locked step: Ann signs in on the device late-x,
+        whose first event was logged before the search (and so is found only by
+        searching the whole log again for late-x)."""
+        log_events(path, [{"type": "identify", "userId": "ann-1", "anonymousId": "late-x"}])
+        merger()
+        yield
+
+    hold: Callable[[], AbstractContextManager[None]] = the_merger_goes_on
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=hold)
+        salt = store.salt()
+    finally:
+        store.close()
+
+    assert (erased.profiles, erased.identifiers, erased.events) == (1, 3, 4)
+    assert remaining(path, "SELECT count(*) FROM log.events") == [(1,)]  # the head, a tombstone
+    assert remaining(
+        path, "SELECT count(*) FROM log.events WHERE CAST(body AS TEXT) LIKE '%late-x%'"
+    ) == [(0,)]
+    for table in ("identities", "identity_links", "profile_events", "profiles"):
+        assert remaining(path, f"SELECT count(*) FROM {table}") == [(0,)], table
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert identifier_hash(salt, "anonymous_id", "late-x") in hashes
+
+
+def test_identifiers_with_capitals_beyond_ascii_are_found_in_the_log(tmp_path: Path) -> None:
+    """Not applied yet, the events are found only by the search of the log, which
+    folds case: as Python folds the identifier, not as SQLite's ASCII-only lower()."""
+    path = tmp_path / "leadsync.db"
+    log_events(
+        path,
+        [
+            {"type": "identify", "userId": "ÄNN-1"},
+            {"type": "track", "userId": "ÄNN-1", "event": "Pricing"},
+            {
+                "type": "track",
+                "anonymousId": "z",
+                "event": "Pricing",
+                "context": {"traits": {"email": "ÖLA@Ö.se"}},
+            },
+            {"type": "track", "userId": "ann-1", "event": "Pricing"},
+        ],
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        by_user_id = forget(store, ("user_id", "ÄNN-1"), Config(), time.time())
+        by_email = forget(store, ("email", "öla@ö.se"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert (by_user_id.events, by_email.events) == (2, 1)
+    [(body,)] = remaining(path, "SELECT body FROM log.events")
+    assert b'"userId":"ann-1"' in body  # another person's: a user id is case-sensitive
+
+
+class CommitFails:
+    """The main file's connection, whose COMMIT fails (a disk error) while `failing`."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.failing = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if self.failing and sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_the_daemon_suppresses_only_what_both_files_committed(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """The log commits first: when the main file's commit then fails, the events are
+    gone but nothing is suppressed, in the file or in the daemon's set, which is told
+    only after both commits; the failure says so, and forgetting again finishes."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, [*ANN, {"type": "track", "userId": "bob-1", "event": "Pricing"}])
+    merger()
+    told: list[list[bytes]] = []
+    store = SqliteLifecycleStore.open(path, 5)
+    main = CommitFails(store._db)
+    store._db = main  # type: ignore[assignment]
+    try:
+        with pytest.raises(PartlyErased, match="disk I/O error"):
+            forget(store, ("user_id", "ann-1"), Config(), time.time(), suppressed=told.append)
+        assert told == []
+        assert remaining(path, "SELECT count(*) FROM log.events") == [(1,)]  # Bob's
+        assert remaining(path, "SELECT count(*) FROM suppressions") == [(0,)]
+        assert remaining(path, "SELECT count(*) FROM identities WHERE value = 'ann-1'") == [(1,)]
+
+        main.failing = False
+        again = forget(store, ("user_id", "ann-1"), Config(), time.time(), suppressed=told.append)
+    finally:
+        store.close()
+    assert (again.profiles, again.events, again.suppressed) == (1, 0, 2)
+    assert [len(hashes) for hashes in told] == [2]
+
+
+def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_say(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """A held event whose log row retention trimmed, and a deletion request from an
+    earlier forget that was dead-lettered (its profile is gone): both name Ann, and
+    go; Bob's held event stays."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    ann_body = remaining(path, "SELECT body FROM log.events WHERE type = 'identify'")[0][0]
+    bob_body = ann_body.replace(b"ann-1", b"bob-1").replace(b"anon-ann", b"anon-bob")
+    deletion, digest = payloads.encode(
+        payloads.Payload(profile="prf_gone", traits={}, user_id="ann-1", deleted=True)
+    )
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        SqliteHeldStore(db).hold(
+            [
+                HeldItem("identity", "event", "9001", "KeyError", 3, ann_body),
+                HeldItem("identity", "event", "9002", "KeyError", 3, bob_body),
+            ],
+            time.time(),
+        )
+        db.execute(
+            "INSERT INTO dead_letters (destination, uid, payload, hash, staged_at, attempts, "
+            "error, dead_at) VALUES ('hook', 'prf_gone', ?, ?, 0, 5, 'HTTP 500', 0)",
+            (deletion, digest),
+        )
+
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert (erased.held, erased.dead_letters) == (1, 1)
+    assert remaining(path, "SELECT key FROM held") == [("9002",)]
+    assert remaining(path, "SELECT count(*) FROM dead_letters") == [(0,)]
