@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon import cli
+from daemon.datadir import DataDirLock
+from storage import sqlite_lifecycle
 from storage.base import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect
@@ -61,7 +64,7 @@ def test_a_backup_taken_under_load_restores_every_event_acknowledged_before_it(
 
     refused = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
     assert refused.returncode == 75
-    assert "is the daemon running?" in refused.stderr
+    assert "stop it first" in refused.stderr
     assert daemon.terminate() == 0
 
     restored = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
@@ -86,6 +89,78 @@ def test_restore_refuses_a_directory_without_both_files(
     assert result.returncode == 65
     assert "leadsync-events.db is missing" in result.stderr
     daemon.start()  # untouched
+
+
+def test_restore_is_refused_while_another_process_holds_the_data_dir(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    made = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert made.returncode == 0, made.stderr
+    assert daemon.terminate() == 0
+    # A daemon systemd is starting: the lock taken, no file open yet.
+    lock = DataDirLock.take(str(daemon.database.parent))
+    try:
+        refused = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    finally:
+        lock.release()
+    assert refused.returncode == 75, refused.stderr
+    assert f"(pid {os.getpid()}); stop it first" in refused.stderr
+    assert not list(daemon.database.parent.glob("before-restore-*"))
+    restored = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert restored.returncode == 0, restored.stderr
+
+
+def test_a_daemon_started_while_a_restore_runs_refuses_to_run(
+    daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert made.returncode == 0, made.stderr
+    assert daemon.terminate() == 0
+    codes: list[int | None] = []
+    real_restore = sqlite_lifecycle.restore
+
+    def restore_while_systemd_restarts_the_daemon(source: Path, database: Path) -> Path:
+        daemon.start(wait=False)
+        process = daemon.process
+        assert process is not None
+        wait_for(lambda: process.poll() is not None or ready(daemon), timeout=60)
+        codes.append(process.poll())
+        daemon.stop_quietly()
+        return real_restore(source, database)
+
+    monkeypatch.setattr(sqlite_lifecycle, "restore", restore_while_systemd_restarts_the_daemon)
+    code = cli.main(["restore", str(tmp_path / "backup"), "--config", str(daemon.config_path)])
+    assert code == 0
+    assert codes == [77], daemon.log()
+    daemon.start()  # the lock is the restore's no longer
+
+
+def ready(daemon: DaemonProcess) -> bool:
+    try:
+        return daemon.admin("/readyz")[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["forget", "email:ann@example.com"],
+        ["unforget", "email:ann@example.com"],
+        ["identity", "rebuild"],
+    ],
+)
+def test_offline_commands_are_refused_while_another_process_holds_the_data_dir(
+    daemon: DaemonProcess, command: list[str]
+) -> None:
+    assert daemon.terminate() == 0  # nobody answers at the admin address
+    lock = DataDirLock.take(str(daemon.database.parent))
+    try:
+        refused = leadsync(*command, "--config", str(daemon.config_path))
+    finally:
+        lock.release()
+    assert refused.returncode == 75, refused.stdout + refused.stderr
+    assert f"(pid {os.getpid()}) but does not answer at the admin address" in refused.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
