@@ -250,7 +250,7 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     database = offline.database(loaded)
     # Held to the end: a daemon (re)started during the copy would take in events that
     # the restore then replaces, after acknowledging them.
-    lock = offline.hold_data_dir(loaded)
+    lock = offline.hold_data_dir(loaded, restoring=True)
     if isinstance(lock, int):
         return lock
     try:

@@ -26,15 +26,19 @@ def database(loaded: LoadedConfig) -> Path:
     return Path(loaded.config.daemon.data_dir) / DATABASE_NAME
 
 
-def hold_data_dir(loaded: LoadedConfig, unanswered: bool = False) -> DataDirLock | int:
+def hold_data_dir(
+    loaded: LoadedConfig, unanswered: bool = False, restoring: bool = False
+) -> DataDirLock | int:
     """The data dir's lock (daemon/datadir.py), for a command that changes the files
     with no daemon: held for its whole run, a daemon started meanwhile refuses to run.
     Else the exit code, said why: 75 if another process holds it (`unanswered`: the
     command asked the daemon first and nobody answered at the admin address), 73 if
-    the lock file cannot be opened."""
+    the lock file cannot be opened or (but for `restoring`) a restore did not finish."""
+    from storage.sqlite_lifecycle import unfinished_restore
+
     data_dir = loaded.config.daemon.data_dir
     try:
-        return DataDirLock.take(data_dir)
+        lock = DataDirLock.take(data_dir)
     except OSError as exc:
         print(f"leadsync: cannot lock the data dir {data_dir}: {exc}", file=sys.stderr)
         return EXIT_STORAGE
@@ -53,6 +57,16 @@ def hold_data_dir(loaded: LoadedConfig, unanswered: bool = False) -> DataDirLock
                 file=sys.stderr,
             )
         return EXIT_TEMPFAIL
+    unfinished = None if restoring else unfinished_restore(database(loaded))
+    if unfinished is not None:
+        lock.release()
+        print(
+            f"leadsync: a restore from {unfinished} did not finish; "
+            f"run `leadsync restore {unfinished}` again first",
+            file=sys.stderr,
+        )
+        return EXIT_STORAGE
+    return lock
 
 
 def with_store(

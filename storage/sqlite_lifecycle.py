@@ -409,15 +409,19 @@ def in_use(database: Path) -> bool:
 
 def restore(source: Path, database: Path) -> Path:
     """Put the backup in `source` in place of the data dir's pair; the files it replaces
-    (with their WAL and shared-memory files, which must not meet the new ones) move to
-    a directory of their own beside them, returned. The caller made sure no process
-    has them open."""
+    (with their WAL and shared-memory files, which must not meet the new ones) go to a
+    directory of their own beside them, returned. The caller made sure no process has
+    them open.
+
+    Crash-safe: the data dir holds the old pair, complete, until the marker
+    (unfinished_restore) is written; from then on the daemon refuses to start until a
+    restore is run again and ends. The new files are copied in as parts first; the old
+    main files are hard-linked aside (the WAL folded into them first), so both stay in
+    the data dir until each part replaces its file in one rename."""
     check_backup(source, database)
     folder = database.parent
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = folder / f"before-restore-{stamp}"
-    aside.mkdir()
+    aside = _new_aside(folder)
     parts = []
     for path in pair(database):
         part = path.with_name(path.name + ".restoring")
@@ -425,15 +429,69 @@ def restore(source: Path, database: Path) -> Path:
         _owned_like(part, path if path.exists() else folder)
         _fsync(part)
         parts.append((part, path))
+    _fsync(folder)
     for path in pair(database):
-        for suffix in ("", "-wal", "-shm"):
+        if path.exists():
+            _checkpoint(path)
+            _link_or_copy(path, aside / path.name)
+        for suffix in ("-wal", "-shm"):
             old = path.with_name(path.name + suffix)
             if old.exists():
                 old.rename(aside / old.name)
+    _fsync(aside)
+    marker = _marker(database)
+    marker.write_text(f"{source.absolute()}\n")
+    _fsync(marker)
+    _fsync(folder)
     for part, path in parts:
-        part.rename(path)
+        os.replace(part, path)
+    _fsync(folder)
+    marker.unlink()
     _fsync(folder)
     return aside
+
+
+def _new_aside(folder: Path) -> Path:
+    """A new before-restore-<time> directory (-2, -3, ... for a restore run again within
+    the same second, after one cut short)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 100):
+        aside = folder / (f"before-restore-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            aside.mkdir()
+            return aside
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: too many before-restore-{stamp}-* directories")
+
+
+def unfinished_restore(database: Path) -> str | None:
+    """The backup a restore that did not end was putting in place, if one did not: the
+    data dir may then hold one file of each pair, and nothing may start on it."""
+    try:
+        return _marker(database).read_text().strip() or "?"
+    except FileNotFoundError:
+        return None
+
+
+def _marker(database: Path) -> Path:
+    return database.with_name(database.name + ".restore-unfinished")
+
+
+def _checkpoint(path: Path) -> None:
+    """Fold a file's WAL into it, so that the file alone holds all it committed."""
+    with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as db:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise sqlite3.OperationalError(f"{path}: cannot checkpoint its WAL (in use?)")
+
+
+def _link_or_copy(path: Path, target: Path) -> None:
+    try:
+        os.link(path, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(path, target)
+        _fsync(target)
 
 
 def _owned_like(path: Path, model: Path) -> None:

@@ -17,6 +17,7 @@ from storage import sqlite_lifecycle
 from storage.base import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect
+from storage.sqlite_lifecycle import check_backup
 from tests.daemon_process import DaemonProcess, wait_for
 from tests.test_cli import leadsync
 from tests.test_scoring_daemon import post
@@ -161,6 +162,58 @@ def test_offline_commands_are_refused_while_another_process_holds_the_data_dir(
         lock.release()
     assert refused.returncode == 75, refused.stdout + refused.stderr
     assert f"(pid {os.getpid()}) but does not answer at the admin address" in refused.stderr
+
+
+class Crash(BaseException):
+    """The machine losing power: nothing after it runs, no handler sees it."""
+
+
+@pytest.mark.parametrize("placed", [0, 1])
+def test_a_restore_cut_short_loses_no_file_and_nothing_starts_until_it_is_run_again(
+    daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, placed: int
+) -> None:
+    assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "before"}]) == 200
+    made = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert made.returncode == 0, made.stderr
+    assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "after"}]) == 200
+    assert daemon.terminate() == 0
+    moved: list[str] = []
+    rename, replace = os.rename, os.replace
+
+    def crash_after(real: Callable[..., None]) -> Callable[..., None]:
+        def move(source: str | Path, target: str | Path) -> None:
+            if str(source).endswith(".restoring"):
+                if len(moved) == placed:
+                    raise Crash
+                moved.append(str(target))
+            real(source, target)
+
+        return move
+
+    monkeypatch.setattr(os, "rename", crash_after(rename))
+    monkeypatch.setattr(os, "replace", crash_after(replace))
+    with pytest.raises(Crash):
+        cli.main(["restore", str(tmp_path / "backup"), "--config", str(daemon.config_path)])
+    monkeypatch.undo()
+
+    data = daemon.database.parent
+    assert (data / "leadsync.db").is_file()
+    assert (data / "leadsync-events.db").is_file()
+    [aside] = data.glob("before-restore-*")
+    check_backup(aside, daemon.database)  # the files replaced, a whole pair
+    assert (aside / "leadsync-events.db").read_bytes().count(b'"after"')
+    daemon.start(wait=False)
+    assert daemon.process is not None
+    assert daemon.process.wait(60) == 73
+    [refusal] = [line for line in daemon.log_lines() if line["level"] == "critical"]
+    assert "did not finish" in refusal["error"]
+
+    again = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    assert again.returncode == 0, again.stderr
+    daemon.start()
+    stored = {event["messageId"] for event in daemon.events()}
+    assert "before" in stored
+    assert "after" not in stored
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
