@@ -226,7 +226,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    from storage.sqlite_lifecycle import backup
+    from storage.sqlite_lifecycle import BackupRaced, backup
 
     database = offline.database(loaded)
     if not database.is_file():
@@ -235,6 +235,9 @@ def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     started = time.monotonic()
     try:
         made = backup(database, Path(args.path), loaded.config.storage.busy_timeout)
+    except BackupRaced as exc:
+        print(f"leadsync: backup failed: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
     except (OSError, sqlite3.Error) as exc:
         print(f"leadsync: backup failed: {exc}", file=sys.stderr)
         return EXIT_STORAGE

@@ -337,32 +337,76 @@ def pair(database: Path) -> tuple[Path, Path]:
     return database, log_path(database)
 
 
+BACKUP_ATTEMPTS = 5
+"""Copies of the pair a backup makes before giving up on a forget committing during
+each (forgets take seconds and are rare: one retry is the most expected)."""
+
+
+class BackupRaced(Exception):
+    """Erasures committed during every copy of the pair; try again later."""
+
+
 def backup(database: Path, target: Path, busy_timeout: float) -> list[Path]:
     """Copy both files into the directory `target` with SQLite's backup API, each in
     one read transaction (a consistent snapshot, writers carrying on meanwhile). The
     main file first, then the log: the log copied later holds every event the main
-    file's consumers had applied, and every event acknowledged before the start."""
+    file's consumers had applied, and every event acknowledged before the start.
+
+    A forget committing between the two copies would leave a pair with the person's
+    profile and no suppression but without their events: restored, they would be back
+    for good. So the erasure marks (_erasure_mark) are read before the main copy and
+    again after the log's, and the pair is copied again if they moved."""
     target.mkdir(parents=True, exist_ok=True)
-    made: list[Path] = []
     for source in pair(database):
         final = target / source.name
         if final.exists():
             raise FileExistsError(f"{final} exists; back up into an empty directory")
-    for source in pair(database):
-        final = target / source.name
-        part = final.with_name(final.name + ".part")
-        part.unlink(missing_ok=True)
-        with (
-            closing(open_connection(source, busy_timeout)) as src,
-            closing(sqlite3.connect(part)) as dst,
-        ):
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+    parts = [(source, target / (source.name + ".part")) for source in pair(database)]
+    for _ in range(BACKUP_ATTEMPTS):
+        before = _erasure_mark(database, busy_timeout)
+        for source, part in parts:
+            _copy(source, part, busy_timeout)
+        if _erasure_mark(database, busy_timeout) == before:
+            break
+    else:
+        for _, part in parts:
+            part.unlink(missing_ok=True)
+        raise BackupRaced(f"a forget committed during each of {BACKUP_ATTEMPTS} copies; try again")
+    made: list[Path] = []
+    for source, part in parts:
         _fsync(part)
+        final = target / source.name
         part.rename(final)
         made.append(final)
     _fsync(target)
     return made
+
+
+def _copy(source: Path, part: Path, busy_timeout: float) -> None:
+    part.unlink(missing_ok=True)
+    with (
+        closing(open_connection(source, busy_timeout)) as src,
+        closing(sqlite3.connect(part)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+
+
+def _erasure_mark(database: Path, busy_timeout: float) -> tuple[int, str | None]:
+    """What every forget moves in the main file: the last erasure's id and the graph's
+    generation (an unmigrated file has no erasures yet). Read under the main file's
+    write lock, which a forget holds from before its log commits until its main file
+    does: a forget whose log commit the log copy saw is seen here too."""
+    with closing(open_connection(database, busy_timeout)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            erasure = 0
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'erasures'").fetchone():
+                erasure = db.execute("SELECT coalesce(max(id), 0) FROM erasures").fetchone()[0]
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
+        finally:
+            db.execute("ROLLBACK")
+    return int(erasure), None if row is None else str(row[0])
 
 
 def check_backup(source: Path, database: Path) -> None:

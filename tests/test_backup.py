@@ -4,19 +4,22 @@ as an operator sees them: through the command line and a real daemon."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from daemon import cli
 from daemon.datadir import DataDirLock
-from storage import sqlite_lifecycle
+from storage import sqlite_graph, sqlite_lifecycle
 from storage.base import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import connect
+from storage.sqlite_graph import connect, log_path
 from storage.sqlite_lifecycle import check_backup
 from tests.daemon_process import DaemonProcess, wait_for
 from tests.test_cli import leadsync
@@ -78,6 +81,39 @@ def test_a_backup_taken_under_load_restores_every_event_acknowledged_before_it(
     assert not set(after) & stored  # the restore replaced the files
     assert post(daemon, [{"type": "identify", "userId": "new", "messageId": "after"}]) == 200
     assert "after" in {event["messageId"] for event in daemon.events()}
+
+
+def test_a_forget_committing_between_the_two_copies_is_in_both_files_of_the_backup(
+    daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ann: list[dict[str, Any]] = [
+        {"type": "identify", "userId": "ann-1", "traits": {"email": "ann@initech.com"}},
+        {"type": "track", "userId": "ann-1", "event": "Demo Requested"},
+    ]
+    assert post(daemon, ann) == 200
+    wait_for(lambda: daemon.admin("/v1/profiles/user_id/ann-1")[0] == 200)
+    config = ["--config", str(daemon.config_path)]
+    forgot: list[Any] = []
+    real_open = sqlite_graph.open_connection
+
+    def forget_before_the_log_is_copied(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path == log_path(daemon.database) and not forgot:
+            forgot.append(leadsync("forget", "user_id:ann-1", *config))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_lifecycle, "open_connection", forget_before_the_log_is_copied)
+    assert cli.main(["backup", str(tmp_path / "backup"), *config]) == 0
+    [forget] = forgot
+    assert "forgot user_id:ann-1 in the running daemon" in forget.stdout, forget.stderr
+
+    backup = tmp_path / "backup"
+    with closing(sqlite3.connect(backup / "leadsync-events.db")) as events:
+        bodies = [bytes(b) for (b,) in events.execute("SELECT body FROM events")]
+    assert not [body for body in bodies if b"ann-1" in body]
+    with closing(sqlite3.connect(backup / "leadsync.db")) as main:
+        profile = main.execute("SELECT count(*) FROM identities WHERE value = 'ann-1'")
+        assert profile.fetchone() == (0,)
+        assert main.execute("SELECT count(*) FROM suppressions").fetchone() == (2,)
 
 
 def test_restore_refuses_a_directory_without_both_files(
