@@ -62,6 +62,11 @@ def _main(argv: list[str] | None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if args.command != "run":
+        # Only the daemon logs at its configured level. A command's output is on stdout;
+        # the lines of what it calls (migrations, say) go to stderr, warnings only, and
+        # structlog's own defaults (stdout, tracebacks with locals) are never used.
+        logs.configure("warning")
     if not args.needs_config:
         standalone: int = args.handler(args)
         return standalone
@@ -548,7 +553,6 @@ def _rebuild_here(loaded: LoadedConfig) -> int:
     if not database.is_file():
         print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
         return EXIT_STORAGE
-    logs.configure("warning", config.daemon.log_format)
     # Held to the end: the daemon rebuilds with its own rules and swaps under its write
     # gate; one started meanwhile would see this rebuild's swap with neither.
     lock = offline.hold_data_dir(loaded, unanswered=True)

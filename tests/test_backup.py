@@ -252,6 +252,34 @@ def test_a_restore_cut_short_loses_no_file_and_nothing_starts_until_it_is_run_ag
     assert "after" not in stored
 
 
+def test_an_offline_command_prints_its_result_alone_on_stdout(tmp_path: Path) -> None:
+    from storage.migrations import MIGRATIONS
+
+    (tmp_path / "var").mkdir()
+    with closing(sqlite3.connect(tmp_path / "var" / "leadsync.db")) as db:
+        for script in MIGRATIONS[:-1]:  # a leadsync upgraded, not yet started: migrations run
+            db.executescript(script)
+        db.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+        db.commit()
+    config = tmp_path / "daemon.toml"
+    config.write_text(f"[daemon]\ndata_dir = '{tmp_path / 'var'}'\nlog_level = 'debug'\n")
+
+    forgot = leadsync("forget", "email:ann@example.com", "--config", str(config))
+
+    assert forgot.returncode == 0, forgot.stderr
+    assert forgot.stdout.splitlines()[0] == (
+        "no profile has email:ann@example.com in the database (no daemon running):"
+    )
+    assert "schema migrated" not in forgot.stdout + forgot.stderr
+    made = leadsync("backup", str(tmp_path / "backup"), "--config", str(config))
+    assert made.returncode == 0, made.stderr
+    assert [line.split(" (")[0] for line in made.stdout.splitlines()[:2]] == [
+        str(tmp_path / "backup" / "leadsync.db"),
+        str(tmp_path / "backup" / "leadsync-events.db"),
+    ]
+    assert made.stdout.splitlines()[2].startswith("backed up in ")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
 def test_root_restoring_for_a_service_user_leaves_files_that_user_owns(
     daemon: DaemonProcess, tmp_path: Path
