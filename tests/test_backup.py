@@ -252,6 +252,38 @@ def test_a_restore_cut_short_loses_no_file_and_nothing_starts_until_it_is_run_ag
     assert "after" not in stored
 
 
+def test_a_rebuild_lock_the_daemon_cannot_open_is_a_clear_error_not_a_traceback(
+    daemon: DaemonProcess,
+) -> None:
+    lock = daemon.database.with_name("leadsync.db.rebuild-lock")
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # as unopenable for the daemon as a file root made for itself
+    config = ["--config", str(daemon.config_path)]
+    for command in (["forget", "email:ann@example.com"], ["identity", "rebuild"]):
+        refused = leadsync(*command, *config)
+        assert refused.returncode == 73, refused.stdout + refused.stderr
+        assert f"cannot open {lock}" in refused.stderr
+    assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+def test_root_forgetting_without_the_daemon_leaves_lock_files_the_service_user_owns(
+    daemon: DaemonProcess,
+) -> None:
+    assert daemon.terminate() == 0
+    service = 65534
+    data = daemon.database.parent
+    for path in (data, *data.iterdir()):
+        os.chown(path, service, service)
+    (data / "leadsync.lock").unlink()  # a data dir from before the lock
+    (data / "leadsync.db.rebuild-lock").unlink(missing_ok=True)
+    forgot = leadsync("forget", "email:ann@example.com", "--config", str(daemon.config_path))
+    assert forgot.returncode == 0, forgot.stderr
+    for name in ("leadsync.lock", "leadsync.db.rebuild-lock"):
+        owner = (data / name).stat()
+        assert (owner.st_uid, owner.st_gid) == (service, service), name
+
+
 def test_an_offline_command_prints_its_result_alone_on_stdout(tmp_path: Path) -> None:
     from storage.migrations import MIGRATIONS
 
