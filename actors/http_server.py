@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,12 @@ async def listen(runner: web.AppRunner, what: str, address: str, **kwargs: Any) 
     try:
         await web.TCPSite(runner, host.strip("[]"), int(port), **kwargs).start()
     except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        # A name that does not resolve is a gaierror, whose (negative) errno is not one
+        # os.strerror knows: "Unknown error -2".
+        if isinstance(exc, socket.gaierror):
+            reason = f"{exc.strerror or exc}; the host name does not resolve"
+        else:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
         hint = "; another process has that port" if exc.errno == errno.EADDRINUSE else ""
         raise CannotListen(f"the {what} cannot listen on {address}: {reason}{hint}") from None
 

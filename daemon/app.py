@@ -45,6 +45,7 @@ from storage.base import Storage
 from storage.migrations import SchemaTooNew
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect
+from storage.sqlite_lifecycle import unfinished_restore
 from storage.sqlite_scores import SqliteScoreStore
 
 log = structlog.get_logger(__name__)
@@ -92,6 +93,12 @@ async def serve(config: Config, config_path: str) -> int:
     except OSError as exc:
         raise CannotOpenStorage(f"{config.daemon.data_dir}: {exc}") from exc
     try:
+        unfinished = unfinished_restore(Path(config.daemon.data_dir) / DATABASE_NAME)
+        if unfinished is not None:
+            raise CannotOpenStorage(
+                f"a restore from {unfinished} did not finish: the data dir may hold one file "
+                f"of each pair; run `leadsync restore {unfinished}` again"
+            )
         return await _serve(config, config_path)
     finally:
         lock.release()

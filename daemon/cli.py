@@ -62,6 +62,11 @@ def _main(argv: list[str] | None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if args.command != "run":
+        # Only the daemon logs at its configured level. A command's output is on stdout;
+        # the lines of what it calls (migrations, say) go to stderr, warnings only, and
+        # structlog's own defaults (stdout, tracebacks with locals) are never used.
+        logs.configure("warning")
     if not args.needs_config:
         standalone: int = args.handler(args)
         return standalone
@@ -552,19 +557,32 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _rebuild_here(loaded: LoadedConfig) -> int:
-    from rich.progress import Progress
-
-    from actors.identity.rebuild import RebuildRunning, rebuild
     from daemon.app import DATABASE_NAME
-    from storage.migrations import SchemaTooNew
-    from storage.sqlite import LogBehind
 
     config = loaded.config
     database = Path(config.daemon.data_dir) / DATABASE_NAME
     if not database.is_file():
         print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
         return EXIT_STORAGE
-    logs.configure("warning", config.daemon.log_format)
+    # Held to the end: the daemon rebuilds with its own rules and swaps under its write
+    # gate; one started meanwhile would see this rebuild's swap with neither.
+    lock = offline.hold_data_dir(loaded, unanswered=True)
+    if isinstance(lock, int):
+        return lock
+    try:
+        return _rebuild_locked(database, loaded)
+    finally:
+        lock.release()
+
+
+def _rebuild_locked(database: Path, loaded: LoadedConfig) -> int:
+    from rich.progress import Progress
+
+    from actors.identity.rebuild import RebuildRunning, rebuild
+    from storage.migrations import SchemaTooNew
+    from storage.sqlite import LogBehind
+
+    config = loaded.config
     # The rebuilt graph is made in this version's schema, and swapped into tables that
     # must have it too: a database upgraded but not yet opened by the daemon is
     # migrated first, as the daemon would.

@@ -6,6 +6,11 @@ flock on `leadsync.lock`, which the kernel releases when the process ends howeve
 ends (kill -9 too), so a stale lock file never blocks a start; the holder's pid is
 written in it for the message. The descriptor is not inherited by child processes
 (the identity merger's worker): only the daemon itself holds the lock.
+
+The commands that work on the files with no daemon running (restore, and forget,
+unforget and identity rebuild when no daemon answers) hold the same lock for their
+whole run, so a daemon systemd starts meanwhile refuses (77) rather than taking in
+events the command then overwrites or misses.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ class DataDirHeld(Exception):
     exit_code = 77
     """EX_NOPERM: the data dir is another daemon's while it runs."""
 
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+        """The holder's pid as its lock file says it ("?" if it says nothing)."""
+
 
 class DataDirLock:
     def __init__(self, fd: int) -> None:
@@ -36,11 +46,12 @@ class DataDirLock:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            owned_like_directory(fd, directory)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)
-            raise DataDirHeld(f"another leadsync (pid {holder}) holds {data_dir}") from None
+            raise DataDirHeld(f"another leadsync (pid {holder}) holds {data_dir}", holder) from None
         except BaseException:
             os.close(fd)
             raise
@@ -52,3 +63,12 @@ class DataDirLock:
         """Closing the descriptor drops the lock; the file stays (removing it would let
         a daemon that opened it meanwhile lock a file no longer in the directory)."""
         os.close(self._fd)
+
+
+def owned_like_directory(fd: int, directory: Path) -> None:
+    """Root (`sudo leadsync restore`) creating a file in a service user's data dir gives
+    it the directory's owner: else the daemon, as that user, could not open it later.
+    Not root, nothing changes (the owner cannot, and is the caller already)."""
+    if os.geteuid() == 0:
+        st = directory.stat()
+        os.fchown(fd, st.st_uid, st.st_gid)

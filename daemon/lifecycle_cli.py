@@ -2,8 +2,9 @@
 
 forget and unforget ask the running daemon (it holds ingestion and its writers while
 it erases) and work on the files themselves only when nobody answers at the admin
-address and no process has the database open. backup copies both files while the
-daemon runs; restore needs it stopped.
+address and no process has the database open, holding the data dir's lock meanwhile
+(daemon/datadir.py). backup copies both files while the daemon runs; restore needs it
+stopped, and holds the lock from its check to its end.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from daemon import endings, offline
 from daemon.config import LoadedConfig
+from daemon.datadir import DataDirLock
 
 EXIT_NOTHING = 1
 EXIT_USAGE = 64
@@ -84,26 +86,35 @@ def _ask_daemon(
     return EXIT_UNAVAILABLE if answer is None else answer
 
 
-def _database_here(loaded: LoadedConfig) -> Path | None:
-    """The database, migrated, if no process has it open; else None, said why."""
+def _database_here(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
+    """The database, migrated, with the data dir's lock held (release it when done), if
+    no process has it open; else the exit code, said why."""
     from daemon.cli import _migrate
     from storage.sqlite_lifecycle import in_use
 
     database = offline.database(loaded)
     if not database.is_file():
         print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
-        return None
-    if in_use(database):
-        print(
-            f"leadsync: {database} is open in another process, but no daemon answers at "
-            "the admin address: is it running with another config (--admin URL)?",
-            file=sys.stderr,
-        )
-        return None
-    import anyio
+        return EXIT_STORAGE
+    lock = offline.hold_data_dir(loaded, unanswered=True)
+    if isinstance(lock, int):
+        return lock
+    try:
+        if in_use(database):
+            print(
+                f"leadsync: {database} is open in another process, but no daemon answers at "
+                "the admin address: is it running with another config (--admin URL)?",
+                file=sys.stderr,
+            )
+            lock.release()
+            return EXIT_STORAGE
+        import anyio
 
-    anyio.run(_migrate, database, loaded.config.storage)
-    return database
+        anyio.run(_migrate, database, loaded.config.storage)
+    except BaseException:
+        lock.release()
+        raise
+    return database, lock
 
 
 def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
@@ -126,11 +137,12 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         from actors.lifecycle import forget_here
         from storage.lifecycle import PartlyErased
 
+        here = _database_here(loaded)
+        if isinstance(here, int):
+            return here
+        database, lock = here
         endings.on_interrupt("an erase under way is rolled back; run forget again")
         try:
-            database = _database_here(loaded)
-            if database is None:
-                return EXIT_STORAGE
             erased = _builtins(forget_here(database, identifier, loaded.config))
         except RebuildRunning as exc:
             print(f"leadsync: {exc}; forget after it", file=sys.stderr)
@@ -143,6 +155,8 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         except sqlite3.Error as exc:
             print(f"leadsync: forget failed, nothing was erased: {exc}", file=sys.stderr)
             return EXIT_STORAGE
+        finally:
+            lock.release()
         where = "the database (no daemon running)"
     _print_erased(f"{kind}:{value}", erased, where)
     return 0
@@ -201,14 +215,17 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     else:
         from actors.lifecycle import unforget_here
 
+        here = _database_here(loaded)
+        if isinstance(here, int):
+            return here
+        database, lock = here
         try:
-            database = _database_here(loaded)
-            if database is None:
-                return EXIT_STORAGE
             lifted = unforget_here(database, identifier, loaded.config)
         except sqlite3.Error as exc:
             print(f"leadsync: unforget failed: {exc}", file=sys.stderr)
             return EXIT_STORAGE
+        finally:
+            lock.release()
         if not lifted:
             print(f"nothing is suppressed for {kind}:{value}")
             return EXIT_NOTHING
@@ -217,7 +234,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    from storage.sqlite_lifecycle import backup
+    from storage.sqlite_lifecycle import BackupRaced, backup
 
     database = offline.database(loaded)
     if not database.is_file():
@@ -226,6 +243,9 @@ def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     started = time.monotonic()
     try:
         made = backup(database, Path(args.path), loaded.config.storage.busy_timeout)
+    except BackupRaced as exc:
+        print(f"leadsync: backup failed: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
     except (OSError, sqlite3.Error) as exc:
         print(f"leadsync: backup failed: {exc}", file=sys.stderr)
         return EXIT_STORAGE
@@ -239,6 +259,11 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from storage.sqlite_lifecycle import NotABackup, in_use, restore
 
     database = offline.database(loaded)
+    # Held to the end: a daemon (re)started during the copy would take in events that
+    # the restore then replaces, after acknowledging them.
+    lock = offline.hold_data_dir(loaded, restoring=True)
+    if isinstance(lock, int):
+        return lock
     try:
         if in_use(database):
             print(
@@ -253,6 +278,8 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     except (OSError, sqlite3.Error) as exc:
         print(f"leadsync: restore failed: {exc}", file=sys.stderr)
         return EXIT_STORAGE
+    finally:
+        lock.release()
     print(f"restored {database} and its event log from {args.path}")
     if any(aside.iterdir()):
         print(f"the files it replaced are in {aside} (delete them when satisfied)")

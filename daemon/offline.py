@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from daemon.config import LoadedConfig
+from daemon.datadir import DataDirHeld, DataDirLock
 from storage.base import Transactional
 
+EXIT_STORAGE = 73
+EXIT_TEMPFAIL = 75
 _S = TypeVar("_S", bound=Transactional)
 _T = TypeVar("_T")
 
@@ -21,6 +24,49 @@ def database(loaded: LoadedConfig) -> Path:
     from daemon.app import DATABASE_NAME  # the app module is heavy; few commands need it
 
     return Path(loaded.config.daemon.data_dir) / DATABASE_NAME
+
+
+def hold_data_dir(
+    loaded: LoadedConfig, unanswered: bool = False, restoring: bool = False
+) -> DataDirLock | int:
+    """The data dir's lock (daemon/datadir.py), for a command that changes the files
+    with no daemon: held for its whole run, a daemon started meanwhile refuses to run.
+    Else the exit code, said why: 75 if another process holds it (`unanswered`: the
+    command asked the daemon first and nobody answered at the admin address), 73 if
+    the lock file cannot be opened or (but for `restoring`) a restore did not finish."""
+    from storage.sqlite_lifecycle import unfinished_restore
+
+    data_dir = loaded.config.daemon.data_dir
+    try:
+        lock = DataDirLock.take(data_dir)
+    except OSError as exc:
+        print(f"leadsync: cannot lock the data dir {data_dir}: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    except DataDirHeld as exc:
+        if unanswered:
+            print(
+                f"leadsync: a daemon holds the data dir {data_dir} (pid {exc.holder}) but does not "
+                "answer at the admin address (still starting? another --admin URL?); "
+                "try again",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"leadsync: a daemon holds the data dir {data_dir} (pid {exc.holder}); "
+                "stop it first",
+                file=sys.stderr,
+            )
+        return EXIT_TEMPFAIL
+    unfinished = None if restoring else unfinished_restore(database(loaded))
+    if unfinished is not None:
+        lock.release()
+        print(
+            f"leadsync: a restore from {unfinished} did not finish; "
+            f"run `leadsync restore {unfinished}` again first",
+            file=sys.stderr,
+        )
+        return EXIT_STORAGE
+    return lock
 
 
 def with_store(

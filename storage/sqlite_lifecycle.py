@@ -409,32 +409,76 @@ def pair(database: Path) -> tuple[Path, Path]:
     return database, log_path(database)
 
 
+BACKUP_ATTEMPTS = 5
+"""Copies of the pair a backup makes before giving up on a forget committing during
+each (forgets take seconds and are rare: one retry is the most expected)."""
+
+
+class BackupRaced(Exception):
+    """Erasures committed during every copy of the pair; try again later."""
+
+
 def backup(database: Path, target: Path, busy_timeout: float) -> list[Path]:
     """Copy both files into the directory `target` with SQLite's backup API, each in
     one read transaction (a consistent snapshot, writers carrying on meanwhile). The
     main file first, then the log: the log copied later holds every event the main
-    file's consumers had applied, and every event acknowledged before the start."""
+    file's consumers had applied, and every event acknowledged before the start.
+
+    A forget committing between the two copies would leave a pair with the person's
+    profile and no suppression but without their events: restored, they would be back
+    for good. So the erasure marks (_erasure_mark) are read before the main copy and
+    again after the log's, and the pair is copied again if they moved."""
     target.mkdir(parents=True, exist_ok=True)
-    made: list[Path] = []
     for source in pair(database):
         final = target / source.name
         if final.exists():
             raise FileExistsError(f"{final} exists; back up into an empty directory")
-    for source in pair(database):
-        final = target / source.name
-        part = final.with_name(final.name + ".part")
-        part.unlink(missing_ok=True)
-        with (
-            closing(open_connection(source, busy_timeout)) as src,
-            closing(sqlite3.connect(part)) as dst,
-        ):
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+    parts = [(source, target / (source.name + ".part")) for source in pair(database)]
+    for _ in range(BACKUP_ATTEMPTS):
+        before = _erasure_mark(database, busy_timeout)
+        for source, part in parts:
+            _copy(source, part, busy_timeout)
+        if _erasure_mark(database, busy_timeout) == before:
+            break
+    else:
+        for _, part in parts:
+            part.unlink(missing_ok=True)
+        raise BackupRaced(f"a forget committed during each of {BACKUP_ATTEMPTS} copies; try again")
+    made: list[Path] = []
+    for source, part in parts:
         _fsync(part)
+        final = target / source.name
         part.rename(final)
         made.append(final)
     _fsync(target)
     return made
+
+
+def _copy(source: Path, part: Path, busy_timeout: float) -> None:
+    part.unlink(missing_ok=True)
+    with (
+        closing(open_connection(source, busy_timeout)) as src,
+        closing(sqlite3.connect(part)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+
+
+def _erasure_mark(database: Path, busy_timeout: float) -> tuple[int, str | None]:
+    """What every forget moves in the main file: the last erasure's id and the graph's
+    generation (an unmigrated file has no erasures yet). Read under the main file's
+    write lock, which a forget holds from before its log commits until its main file
+    does: a forget whose log commit the log copy saw is seen here too."""
+    with closing(open_connection(database, busy_timeout)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            erasure = 0
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'erasures'").fetchone():
+                erasure = db.execute("SELECT coalesce(max(id), 0) FROM erasures").fetchone()[0]
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
+        finally:
+            db.execute("ROLLBACK")
+    return int(erasure), None if row is None else str(row[0])
 
 
 def check_backup(source: Path, database: Path) -> None:
@@ -481,15 +525,19 @@ def in_use(database: Path) -> bool:
 
 def restore(source: Path, database: Path) -> Path:
     """Put the backup in `source` in place of the data dir's pair; the files it replaces
-    (with their WAL and shared-memory files, which must not meet the new ones) move to
-    a directory of their own beside them, returned. The caller made sure no process
-    has them open."""
+    (with their WAL and shared-memory files, which must not meet the new ones) go to a
+    directory of their own beside them, returned. The caller made sure no process has
+    them open.
+
+    Crash-safe: the data dir holds the old pair, complete, until the marker
+    (unfinished_restore) is written; from then on the daemon refuses to start until a
+    restore is run again and ends. The new files are copied in as parts first; the old
+    main files are hard-linked aside (the WAL folded into them first), so both stay in
+    the data dir until each part replaces its file in one rename."""
     check_backup(source, database)
     folder = database.parent
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = folder / f"before-restore-{stamp}"
-    aside.mkdir()
+    aside = _new_aside(folder)
     parts = []
     for path in pair(database):
         part = path.with_name(path.name + ".restoring")
@@ -497,15 +545,69 @@ def restore(source: Path, database: Path) -> Path:
         _owned_like(part, path if path.exists() else folder)
         _fsync(part)
         parts.append((part, path))
+    _fsync(folder)
     for path in pair(database):
-        for suffix in ("", "-wal", "-shm"):
+        if path.exists():
+            _checkpoint(path)
+            _link_or_copy(path, aside / path.name)
+        for suffix in ("-wal", "-shm"):
             old = path.with_name(path.name + suffix)
             if old.exists():
                 old.rename(aside / old.name)
+    _fsync(aside)
+    marker = _marker(database)
+    marker.write_text(f"{source.absolute()}\n")
+    _fsync(marker)
+    _fsync(folder)
     for part, path in parts:
-        part.rename(path)
+        os.replace(part, path)
+    _fsync(folder)
+    marker.unlink()
     _fsync(folder)
     return aside
+
+
+def _new_aside(folder: Path) -> Path:
+    """A new before-restore-<time> directory (-2, -3, ... for a restore run again within
+    the same second, after one cut short)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1, 100):
+        aside = folder / (f"before-restore-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            aside.mkdir()
+            return aside
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: too many before-restore-{stamp}-* directories")
+
+
+def unfinished_restore(database: Path) -> str | None:
+    """The backup a restore that did not end was putting in place, if one did not: the
+    data dir may then hold one file of each pair, and nothing may start on it."""
+    try:
+        return _marker(database).read_text().strip() or "?"
+    except FileNotFoundError:
+        return None
+
+
+def _marker(database: Path) -> Path:
+    return database.with_name(database.name + ".restore-unfinished")
+
+
+def _checkpoint(path: Path) -> None:
+    """Fold a file's WAL into it, so that the file alone holds all it committed."""
+    with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as db:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise sqlite3.OperationalError(f"{path}: cannot checkpoint its WAL (in use?)")
+
+
+def _link_or_copy(path: Path, target: Path) -> None:
+    try:
+        os.link(path, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(path, target)
+        _fsync(target)
 
 
 def _owned_like(path: Path, model: Path) -> None:

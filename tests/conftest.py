@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from daemon import logs
 from tests.daemon_process import DaemonProcess
@@ -11,6 +12,17 @@ from tests.daemon_process import DaemonProcess
 # In-process tests log as the daemon does in production: one JSON line per event,
 # which pytest shows only for a failing test.
 logs.configure("info", "json")
+
+
+@pytest.fixture(autouse=True)
+def _logs_as_configured_here() -> Iterator[None]:
+    """A command run in-process configures logging for itself (warnings only): the
+    next test logs as before it again. The very configuration is put back, not a new
+    one alike: loggers already used keep the processors they were first used with."""
+    before = structlog.get_config()
+    yield
+    if structlog.get_config() != before:
+        structlog.configure(**before)
 
 
 @pytest.fixture

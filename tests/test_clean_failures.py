@@ -84,6 +84,22 @@ def test_a_port_in_use_stops_the_daemon_at_once_with_one_line(
     assert not [line for line in daemon.log_lines() if line["event"] == "actor crashed"]
 
 
+def test_a_listen_host_that_does_not_resolve_stops_the_daemon_with_one_line_naming_it(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    daemon = make_daemon()
+    config = daemon.config_path.read_text()
+    address = f"127.0.0.1:{daemon.http_port}"
+    daemon.config_path.write_text(config.replace(address, "nonexistent.invalid:8321"))
+    daemon.start(wait=False)
+    assert daemon.process is not None
+    assert daemon.process.wait(60) == 71, daemon.log()
+    [line] = [line for line in daemon.log_lines() if line["level"] == "critical"]
+    assert "nonexistent.invalid:8321: " in line["event"]
+    assert "the host name does not resolve" in line["event"]
+    assert "Unknown error" not in line["event"]
+
+
 def identify(daemon: DaemonProcess, user_id: str) -> int:
     auth = base64.b64encode(f"{WRITE_KEYS['web']}:".encode()).decode()
     request = urllib.request.Request(

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_ctrl_c_while_the_daemon_works_ends_with_a_line_and_130(
             stderr=subprocess.PIPE,
             text=True,
         )
-        connection, _ = admin.accept()  # the command has sent its request and waits
+        connection = accepted(admin, cli)  # the command has sent its request and waits
         with connection:
             connection.recv(4096)
             cli.send_signal(signal.SIGINT)
@@ -99,7 +100,7 @@ def test_on_a_terminal_a_batch_run_in_the_daemon_shows_it_is_running() -> None:
             env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
         )
         os.close(terminal)
-        connection, _ = admin.accept()
+        connection = accepted(admin, cli)
         with connection:
             shown = read_until(controller, b"scoring every profile in the daemon (a batch run)")
             cli.send_signal(signal.SIGINT)
@@ -107,6 +108,21 @@ def test_on_a_terminal_a_batch_run_in_the_daemon_shows_it_is_running() -> None:
             assert cli.wait(30) == 130
     os.close(controller)
     assert b"leadsync: interrupted; the batch run goes on in the daemon" in shown
+
+
+def accepted(admin: socket.socket, cli: subprocess.Popen[Any]) -> socket.socket:
+    """The command's connection; a command that ends, or hangs, before it connects
+    fails the test with what it said, instead of leaving it waiting for ever."""
+    admin.settimeout(30)
+    try:
+        connection, _ = admin.accept()
+    except TimeoutError:
+        cli.kill()
+        _, err = cli.communicate(timeout=30)
+        raise AssertionError(
+            f"the command never connected (exit {cli.returncode}): {err}"
+        ) from None
+    return connection
 
 
 def read_until(fd: int, wanted: bytes, seconds: float = 30) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from actors.identity import isolate
 from actors.identity.extract import Extractor
 from actors.identity.graph import Graph
 from daemon.config import IdentitySection
+from daemon.datadir import owned_like_directory
 from storage.sqlite_graph import (
     SqliteGraphStore,
     connect,
@@ -71,16 +73,35 @@ class RebuildRunning(Exception):
     """Another rebuild of this database is under way; one at a time."""
 
 
+class LockUnavailable(sqlite3.OperationalError):
+    """The rebuild lock's file cannot be opened (made by root for a service user, say).
+    A storage error like the database's own: the daemon answers 503 with it, the
+    commands exit 73, as for any failure of the files."""
+
+
 @contextmanager
 def exclusive(database: Path) -> Iterator[None]:
     """One rebuild of `database` at a time (and no forget during one: it would be
-    undone by the swap of a graph replayed from events read before it)."""
-    with open(database.with_name(database.name + ".rebuild-lock"), "w") as lock:
+    undone by the swap of a graph replayed from events read before it). Made by root
+    (`sudo leadsync forget`), the lock file gets the data dir's owner, so the daemon's
+    user can open it afterwards."""
+    path = database.with_name(database.name + ".rebuild-lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LockUnavailable(
+            f"cannot open {path}: {exc.strerror or exc} (give it the daemon's user, "
+            "or remove it while no rebuild or forget runs)"
+        ) from None
+    try:
+        owned_like_directory(fd, database.parent)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RebuildRunning(f"a rebuild of {database} is already running") from None
         yield
+    finally:
+        os.close(fd)
 
 
 def _rebuild(
