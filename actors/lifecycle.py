@@ -64,7 +64,7 @@ class _Loose(msgspec.Struct, rename="camel"):
 
 
 _decode_loose = msgspec.json.Decoder(_Loose).decode
-_TYPES = frozenset(get_args(EventType))
+_AS_TYPE: dict[str, EventType] = {kind: kind for kind in get_args(EventType)}
 
 
 def loose_identifiers(extractor: Extractor, body: bytes, source: str) -> list[Identifier]:
@@ -81,8 +81,12 @@ def loose_identifiers(extractor: Extractor, body: bytes, source: str) -> list[Id
         return []
     found: list[Identifier] = []
     for loose in messages:
+        # Any JSON at all may stand for the type here: a list or an object must not
+        # be looked up in a set. A group call's traits are the account's, not the
+        # person's: read as an identify's, they would name someone else's email.
+        kind = _AS_TYPE.get(loose.type, "identify") if isinstance(loose.type, str) else "identify"
         event = Event(
-            type=loose.type if loose.type in _TYPES and loose.type != "group" else "identify",
+            type="identify" if kind == "group" else kind,
             message_id="",
             source=source,
             received_at="",
@@ -164,8 +168,14 @@ class Suppressions:
         return any(self.hash(i) in self.hashes for i in self._extractor.identifiers(event))
 
     def _carried(self, body: bytes, source: str) -> bool:
-        """A body the strict decoder refuses, read leniently."""
-        found = loose_identifiers(self._extractor, body, source)
+        """A body the strict decoder refuses, read leniently. This runs in the log
+        writer's group commit, on what any client sent: a body it cannot make sense
+        of is kept (quarantined, as without a forget), never an error that fails the
+        commit of everyone else's events."""
+        try:
+            found = loose_identifiers(self._extractor, body, source)
+        except Exception:
+            return False
         return any(self.hash(i) in self.hashes for i in found)
 
 

@@ -333,6 +333,31 @@ def test_after_forget_the_persons_malformed_messages_are_not_quarantined(
     ]
 
 
+def test_after_forget_a_message_of_any_shape_is_judged_and_nobody_elses_commit_fails(
+    daemon: DaemonProcess,
+) -> None:
+    """The suppression filter reads refused messages leniently, in the log writer's
+    group commit: a type that is a list or an object must not fail that commit."""
+    assert post(daemon, ann_events()) == 200
+    wait_for(lambda: applied(daemon))
+    forgot = admin_post(
+        daemon, "/v1/forget", b'{"identifier": "user_id:ann-1"}', "application/json"
+    )
+    assert forgot[0] == 200
+    batch = [
+        {"type": [], "userId": "x-1"},
+        {"type": {"a": 1}, "userId": "ann-1"},
+        {"type": "track", "userId": "bob-1", "event": "Signed Up"},
+    ]
+    answer = http_post(daemon, "/v1/batch", {"batch": batch})
+    assert answer.status == 200
+    assert [r["index"] for r in answer.body["rejected"]] == [0, 1]
+    stored = daemon.query("SELECT count(*) FROM events WHERE CAST(body AS TEXT) LIKE '%bob-1%'")
+    assert stored == [(1,)]
+    assert [line for line in daemon.log_lines() if line.get("event") == "actor crashed"] == []
+    assert daemon.query("SELECT batch_index FROM quarantine") == [(0,)]  # ann's is not kept
+
+
 def test_forget_removes_only_the_persons_quarantined_messages(daemon: DaemonProcess) -> None:
     """A short value is found in many bodies; only those it is an identifier of go."""
     batch = [
