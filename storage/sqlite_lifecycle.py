@@ -217,10 +217,12 @@ class SqliteLifecycleStore:
         erased.quarantined += _delete(
             self._log, "DELETE FROM quarantine WHERE id IN", strays.quarantined
         )
-        # A deletion request left dead-lettered or queued by an earlier forget: its
-        # profile is gone, and with it every way to the rows but their payload.
-        erased.dead_letters += _delete(db, "DELETE FROM dead_letters WHERE uid IN", strays.uids)
-        erased.queued += _delete(db, "DELETE FROM outbox WHERE uid IN", strays.uids)
+        # Payloads naming the person whose profile is gone (found by what they say).
+        # Deletion requests stay, queued or dead-lettered: this forget's own (queued
+        # above under the person's profile id) and an earlier one's are the only way
+        # the destination hears of the erasure, and a dead letter can be replayed.
+        erased.dead_letters += _delete(db, _STRAY_DEAD_LETTERS, strays.uids)
+        erased.queued += _delete(db, _STRAY_OUTBOX, strays.uids)
         erased.suppressed = self._suppress(identifiers, erased, now)
         # The merger's batch in flight and the scorer's round read before this: bumping
         # the graph's generation makes each throw its work away and read again.
@@ -330,6 +332,11 @@ class SqliteLifecycleStore:
         ]
         db.execute("DELETE FROM suppressions WHERE request = ?", (row[0],))
         return lifted
+
+
+_NOT_A_DELETION = "instr(CAST(payload AS TEXT), '\"deleted\":true') = 0"
+_STRAY_DEAD_LETTERS = f"DELETE FROM dead_letters WHERE {_NOT_A_DELETION} AND uid IN"
+_STRAY_OUTBOX = f"DELETE FROM outbox WHERE {_NOT_A_DELETION} AND uid IN"
 
 
 def _delete(db: sqlite3.Connection, statement: str, keys: Sequence[object]) -> int:

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tests.daemon_process import DaemonProcess, wait_for
+from tests.daemon_process import DaemonProcess, free_port, wait_for
 from tests.test_cli import leadsync
 from tests.test_destinations_daemon import destination, receiver_thread
 from tests.test_http_api import metrics, sample
@@ -135,6 +135,27 @@ def test_forget_in_a_running_daemon_erases_the_person_and_drops_their_later_even
         again = leadsync("unforget", "user_id:ann-1", *config)
         assert again.returncode == 1
         assert "nothing is suppressed for user_id:ann-1" in again.stdout
+
+
+def test_a_deletion_request_stays_queued_while_the_destination_is_down(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """Ann's payload is still queued for a webhook that does not answer when she is
+    forgotten: the payload goes, and the deletion request that replaces it stays."""
+    down = f"http://127.0.0.1:{free_port()}/in"
+    daemon = make_daemon(destination("hook", "webhook", mode="realtime", url=down, secret="s"))
+    daemon.start()
+    assert post(daemon, ann_events()) == 200
+    wait_for(lambda: daemon.query("SELECT count(*) FROM outbox")[0][0] == 1)
+
+    done = leadsync("forget", "user_id:ann-1", "--config", str(daemon.config_path))
+
+    assert done.returncode == 0, done.stderr
+    assert "a deletion request is queued for destination hook" in done.stdout
+    queued = [json.loads(bytes(p)) for (p,) in daemon.query("SELECT payload FROM outbox")]
+    assert [(q.get("deleted"), q.get("user_id"), q["traits"]) for q in queued] == [
+        (True, "ann-1", {})
+    ]
 
 
 def test_the_admin_api_forgets_from_a_json_body_and_refuses_anything_else(

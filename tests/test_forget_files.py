@@ -185,9 +185,10 @@ def test_the_daemon_suppresses_only_what_both_files_committed(
 def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_say(
     tmp_path: Path, merger: Callable[[], None]
 ) -> None:
-    """A held event whose log row retention trimmed, and a deletion request from an
-    earlier forget that was dead-lettered (its profile is gone): both name Ann, and
-    go; Bob's held event stays."""
+    """A held event whose log row retention trimmed, and a payload dead-lettered for a
+    profile of hers that is gone: both name Ann, and go; Bob's held event stays, and
+    so does an earlier forget's dead-lettered deletion request (the only way left to
+    erase her downstream: `leadsync dlq replay`)."""
     path = tmp_path / "leadsync.db"
     log_events(path, ANN)
     merger()
@@ -195,6 +196,9 @@ def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_sa
     bob_body = ann_body.replace(b"ann-1", b"bob-1").replace(b"anon-ann", b"anon-bob")
     deletion, digest = payloads.encode(
         payloads.Payload(profile="prf_gone", traits={}, user_id="ann-1", deleted=True)
+    )
+    scores, scores_digest = payloads.encode(
+        payloads.Payload(profile="prf_gone", traits={"mk_lead_grade": "A"}, user_id="ann-1")
     )
     with closing(sqlite3.connect(path, isolation_level=None)) as db:
         SqliteHeldStore(db).hold(
@@ -204,10 +208,10 @@ def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_sa
             ],
             time.time(),
         )
-        db.execute(
+        db.executemany(
             "INSERT INTO dead_letters (destination, uid, payload, hash, staged_at, attempts, "
             "error, dead_at) VALUES ('hook', 'prf_gone', ?, ?, 0, 5, 'HTTP 500', 0)",
-            (deletion, digest),
+            [(deletion, digest), (scores, scores_digest)],
         )
 
     store = SqliteLifecycleStore.open(path, 5)
@@ -218,4 +222,4 @@ def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_sa
 
     assert (erased.held, erased.dead_letters) == (1, 1)
     assert remaining(path, "SELECT key FROM held") == [("9002",)]
-    assert remaining(path, "SELECT count(*) FROM dead_letters") == [(0,)]
+    assert remaining(path, "SELECT payload FROM dead_letters") == [(deletion,)]
