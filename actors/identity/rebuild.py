@@ -94,7 +94,12 @@ def exclusive(database: Path) -> Iterator[None]:
             "or remove it while no rebuild or forget runs)"
         ) from None
     try:
-        owned_like_directory(fd, database.parent)
+        try:
+            # A chown the file system refuses (NFS root_squash, FUSE) is ignored there:
+            # the flock works whoever owns the file. Any other failure is the lock's.
+            owned_like_directory(fd, database.parent)
+        except OSError as exc:
+            raise LockUnavailable(f"cannot give {path} the data dir's owner: {exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
