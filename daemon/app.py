@@ -95,10 +95,7 @@ async def serve(config: Config, config_path: str) -> int:
     try:
         unfinished = unfinished_restore(Path(config.daemon.data_dir) / DATABASE_NAME)
         if unfinished is not None:
-            raise CannotOpenStorage(
-                f"a restore from {unfinished} did not finish: the data dir may hold one file "
-                f"of each pair; run `leadsync restore {unfinished}` again"
-            )
+            raise CannotOpenStorage(unfinished.refusal(config_path))
         return await _serve(config, config_path)
     finally:
         lock.release()

@@ -56,9 +56,28 @@ def add_commands(
     backup.add_argument("path", metavar="PATH", help="a new or empty directory")
     backup.set_defaults(handler=_backup)
 
-    text = "replace the data dir's database with a backup (the daemon must be stopped)"
+    text = (
+        "replace the data dir's database with a backup (the daemon must be stopped); "
+        "with --finish or --abandon, end a restore that did not finish"
+    )
     restore = with_config(commands.add_parser("restore", help=text, description=text))
-    restore.add_argument("path", metavar="PATH", help="a directory `leadsync backup` made")
+    restore.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        help="a directory `leadsync backup` made (none: finish the restore left unfinished)",
+    )
+    ending = restore.add_mutually_exclusive_group()
+    ending.add_argument(
+        "--finish",
+        action="store_true",
+        help="complete an unfinished restore from the files it copied in (no backup needed)",
+    )
+    ending.add_argument(
+        "--abandon",
+        action="store_true",
+        help="undo an unfinished restore: the files it replaced go back in place",
+    )
     restore.set_defaults(handler=_restore)
 
 
@@ -256,9 +275,27 @@ def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    from storage.sqlite_lifecycle import NotABackup, in_use, restore
+    from storage.sqlite_lifecycle import (
+        NotABackup,
+        NoUnfinishedRestore,
+        abandon_restore,
+        finish_restore,
+        in_use,
+        restore,
+        unfinished_restore,
+    )
 
     database = offline.database(loaded)
+    ending = args.finish or args.abandon or args.path is None
+    if args.path is not None and (args.finish or args.abandon):
+        print("leadsync: restore takes PATH, or --finish, or --abandon", file=sys.stderr)
+        return EXIT_USAGE
+    if args.path is None and unfinished_restore(database) is None:
+        print(
+            f"leadsync: no restore of {database} is unfinished; give the backup's PATH",
+            file=sys.stderr,
+        )
+        return EXIT_NOTHING if args.finish or args.abandon else EXIT_USAGE
     # Held to the end: a daemon (re)started during the copy would take in events that
     # the restore then replaces, after acknowledging them.
     lock = offline.hold_data_dir(loaded, restoring=True)
@@ -271,7 +308,21 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                 file=sys.stderr,
             )
             return EXIT_TEMPFAIL
-        aside = restore(Path(args.path), database)
+        if args.abandon:
+            abandoned = abandon_restore(database)
+            print(
+                f"abandoned the restore from {abandoned.source}: {database} and its event log "
+                "are back as they were before it"
+            )
+            return 0
+        if ending:
+            finished = finish_restore(database)
+            source, aside = finished.source, finished.aside
+        else:
+            source, aside = args.path, restore(Path(args.path), database)
+    except NoUnfinishedRestore as exc:
+        print(f"leadsync: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
     except NotABackup as exc:
         print(f"leadsync: not restored: {exc}", file=sys.stderr)
         return EXIT_DATAERR
@@ -280,10 +331,13 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return EXIT_STORAGE
     finally:
         lock.release()
-    print(f"restored {database} and its event log from {args.path}")
-    if any(aside.iterdir()):
-        print(f"the files it replaced are in {aside} (delete them when satisfied)")
-    else:
+    print(f"restored {database} and its event log from {source}")
+    if aside is not None and aside.is_dir() and any(aside.iterdir()):
+        print(
+            f"the files it replaced are in {aside}: `leadsync forget` does not reach them "
+            "(nor backups); delete them once the restore is confirmed"
+        )
+    elif aside is not None and aside.is_dir():
         aside.rmdir()
     return 0
 

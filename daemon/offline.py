@@ -60,11 +60,7 @@ def hold_data_dir(
     unfinished = None if restoring else unfinished_restore(database(loaded))
     if unfinished is not None:
         lock.release()
-        print(
-            f"leadsync: a restore from {unfinished} did not finish; "
-            f"run `leadsync restore {unfinished}` again first",
-            file=sys.stderr,
-        )
+        print(f"leadsync: {unfinished.refusal(str(loaded.path))}", file=sys.stderr)
         return EXIT_STORAGE
     return lock
 

@@ -537,41 +537,134 @@ def restore(source: Path, database: Path) -> Path:
     them open.
 
     Crash-safe: the data dir holds the old pair, complete, until the marker
-    (unfinished_restore) is written; from then on the daemon refuses to start until a
-    restore is run again and ends. The new files are copied in as parts first; the old
-    main files are hard-linked aside (the WAL folded into them first), so both stay in
-    the data dir until each part replaces its file in one rename."""
+    (unfinished_restore) is written; from then on the daemon refuses to start until
+    the restore is finished (finish_restore, from the parts, without `source`) or
+    abandoned (abandon_restore). The new files are copied in as parts, complete and
+    fsynced, first; the old main files are hard-linked aside (the WAL folded into them
+    first), so both stay in the data dir until each part replaces its file in one
+    rename. A failure before the marker removes the parts and the aside directory.
+
+    Run again while a marker is there, the restore copies `source` in anew and keeps
+    the marker's aside directory: it already holds the pair from before the first try."""
     check_backup(source, database)
     folder = database.parent
     folder.mkdir(parents=True, exist_ok=True)
+    earlier = unfinished_restore(database)
+    if earlier is not None and earlier.aside is not None and earlier.aside.is_dir():
+        _copy_parts(source, database)
+        _write_marker(database, source, earlier.aside)
+        _place_parts(database)
+        return earlier.aside
     aside = _new_aside(folder)
-    parts = []
+    moved: list[tuple[Path, Path]] = []
+    try:
+        _copy_parts(source, database)
+        for path in pair(database):
+            if path.exists():
+                _checkpoint(path)
+                _link_or_copy(path, aside / path.name)
+            for suffix in ("-wal", "-shm"):
+                old = path.with_name(path.name + suffix)
+                if old.exists():
+                    old.rename(aside / old.name)
+                    moved.append((aside / old.name, old))
+        _fsync(aside)
+        _write_marker(database, source, aside)
+    except BaseException:
+        # Nothing replaced yet: the data dir goes back to how it was.
+        for part in _parts(database):
+            part.unlink(missing_ok=True)
+        for there, back in moved:
+            there.rename(back)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    _place_parts(database)
+    return aside
+
+
+def finish_restore(database: Path) -> Unfinished:
+    """End the restore the marker records, from the parts it left (each complete and
+    fsynced before the marker was written; one missing has replaced its file already):
+    the backup it came from is not needed."""
+    unfinished = unfinished_restore(database)
+    if unfinished is None:
+        raise NoUnfinishedRestore(f"no restore of {database} is unfinished")
+    _place_parts(database)
+    return unfinished
+
+
+def abandon_restore(database: Path) -> Unfinished:
+    """Undo the restore the marker records: the files set aside before it go back in
+    place (a file with none aside did not exist before, and goes), the parts and the
+    marker are removed, and the aside directory with them. Run again after a crash, it
+    does the same: the aside files stay until the marker is gone."""
+    unfinished = unfinished_restore(database)
+    if unfinished is None:
+        raise NoUnfinishedRestore(f"no restore of {database} is unfinished")
+    aside = unfinished.aside
+    if aside is None or not aside.is_dir():
+        raise FileNotFoundError(
+            f"the files the restore replaced are not in {aside or 'a directory it recorded'}; "
+            "finish it instead (`leadsync restore --finish`)"
+        )
+    folder = database.parent
     for path in pair(database):
-        part = path.with_name(path.name + ".restoring")
+        for suffix in ("-wal", "-shm"):  # the restored file's, should anything have opened it
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        old = aside / path.name
+        if old.exists():
+            back = path.with_name(path.name + ".abandoning")
+            back.unlink(missing_ok=True)
+            _link_or_copy(old, back)
+            os.replace(back, path)
+        else:
+            path.unlink(missing_ok=True)
+    for part in _parts(database):
+        part.unlink(missing_ok=True)
+    _fsync(folder)
+    _marker(database).unlink()
+    _fsync(folder)
+    shutil.rmtree(aside, ignore_errors=True)
+    return unfinished
+
+
+class NoUnfinishedRestore(Exception):
+    """--finish or --abandon with no restore left unfinished."""
+
+
+def _parts(database: Path) -> list[Path]:
+    return [path.with_name(path.name + ".restoring") for path in pair(database)]
+
+
+def _copy_parts(source: Path, database: Path) -> None:
+    folder = database.parent
+    for path, part in zip(pair(database), _parts(database), strict=True):
+        part.unlink(missing_ok=True)  # a crash's leftover
         shutil.copyfile(source / path.name, part)
         _owned_like(part, path if path.exists() else folder)
         _fsync(part)
-        parts.append((part, path))
     _fsync(folder)
-    for path in pair(database):
-        if path.exists():
-            _checkpoint(path)
-            _link_or_copy(path, aside / path.name)
-        for suffix in ("-wal", "-shm"):
-            old = path.with_name(path.name + suffix)
-            if old.exists():
-                old.rename(aside / old.name)
-    _fsync(aside)
+
+
+def _write_marker(database: Path, source: Path, aside: Path) -> None:
     marker = _marker(database)
-    marker.write_text(f"{source.absolute()}\n")
-    _fsync(marker)
+    text = _encode({"source": str(source.absolute()), "aside": aside.name})
+    temporary = marker.with_name(marker.name + ".new")
+    temporary.write_bytes(text + b"\n")
+    _fsync(temporary)
+    os.rename(temporary, marker)
+    _fsync(database.parent)
+
+
+def _place_parts(database: Path) -> None:
+    """Rename each part left over its file, then remove the marker."""
+    folder = database.parent
+    for part, path in zip(_parts(database), pair(database), strict=True):
+        if part.exists():
+            os.replace(part, path)
     _fsync(folder)
-    for part, path in parts:
-        os.replace(part, path)
+    _marker(database).unlink()
     _fsync(folder)
-    marker.unlink()
-    _fsync(folder)
-    return aside
 
 
 def _new_aside(folder: Path) -> Path:
@@ -588,13 +681,37 @@ def _new_aside(folder: Path) -> Path:
     raise FileExistsError(f"{folder}: too many before-restore-{stamp}-* directories")
 
 
-def unfinished_restore(database: Path) -> str | None:
-    """The backup a restore that did not end was putting in place, if one did not: the
-    data dir may then hold one file of each pair, and nothing may start on it."""
+class Unfinished(msgspec.Struct, frozen=True):
+    """A restore that did not end: the backup it came from, and the directory holding
+    the files it replaces (None for a marker from before it was recorded)."""
+
+    source: str
+    aside: Path | None
+
+    def refusal(self, config: str) -> str:
+        """Why nothing may start, and the two ways out."""
+        where = f" (the files it replaces are in {self.aside})" if self.aside else ""
+        return (
+            f"a restore from {self.source} did not finish{where}: the data dir may hold one "
+            f"file of each pair; run `leadsync restore --finish --config {config}` to complete "
+            f"it (the backup is not needed) or `leadsync restore --abandon --config {config}` "
+            "to put the old files back"
+        )
+
+
+def unfinished_restore(database: Path) -> Unfinished | None:
+    """The restore that did not end, if one did not: the data dir may then hold one
+    file of each pair, and nothing may start on it."""
     try:
-        return _marker(database).read_text().strip() or "?"
+        text = _marker(database).read_text().strip()
     except FileNotFoundError:
         return None
+    try:
+        recorded = msgspec.json.decode(text, type=dict[str, str])
+        aside = recorded.get("aside")
+        return Unfinished(recorded.get("source", "?"), database.parent / aside if aside else None)
+    except msgspec.DecodeError:  # a marker holding only the source's path
+        return Unfinished(text or "?", None)
 
 
 def _marker(database: Path) -> Path:
