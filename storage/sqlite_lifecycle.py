@@ -571,7 +571,9 @@ def restore(source: Path, database: Path) -> Path:
         _fsync(aside)
         _write_marker(database, source, aside)
     except BaseException:
-        # Nothing replaced yet: the data dir goes back to how it was.
+        # Nothing replaced yet: the data dir goes back to how it was (the marker too,
+        # should only the fsync after writing it have failed).
+        _marker(database).unlink(missing_ok=True)
         for part in _parts(database):
             part.unlink(missing_ok=True)
         for there, back in moved:
