@@ -19,7 +19,7 @@ from actors.delivery import payload as payloads
 from actors.identity import worker
 from actors.lifecycle import forget
 from daemon import logs
-from daemon.config import Config
+from daemon.config import Config, IdentitySection
 from storage.base import AppendRequest
 from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash
@@ -223,3 +223,52 @@ def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_sa
     assert (erased.held, erased.dead_letters) == (1, 1)
     assert remaining(path, "SELECT key FROM held") == [("9002",)]
     assert remaining(path, "SELECT payload FROM dead_letters") == [(deletion,)]
+
+
+def test_an_unapplied_event_homed_at_a_new_email_of_hers_is_erased(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Not applied yet, an identify with her anonymous id and an email no profile has
+    is filed under that email, which the merger would join to her: it goes, and the
+    email is hers. Past the email cap it would not join her, and stays."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    log_events(
+        path,
+        [
+            {"type": "identify", "anonymousId": "anon-ann", "traits": {"email": "new@x.io"}},
+            {"type": "track", "userId": "bob-1", "event": "Pricing"},
+        ],
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+    finally:
+        store.close()
+    merger()
+
+    assert (erased.events, erased.suppressed) == (3, 3)
+    held = "SELECT count(*) FROM identities WHERE value IN ('anon-ann', 'new@x.io')"
+    assert remaining(path, held) == [(0,)]
+    assert remaining(path, "SELECT count(*) FROM identities WHERE value = 'bob-1'") == [(1,)]
+
+
+def test_an_unapplied_email_the_cap_keeps_out_of_her_profile_is_not_hers(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    path = tmp_path / "leadsync.db"
+    log_events(path, [{**ANN[0], "traits": {"email": "ann@x.io"}}])
+    merger()
+    other = {"type": "identify", "anonymousId": "anon-ann", "traits": {"email": "eve@x.io"}}
+    log_events(path, [other])
+    config = Config(identity=IdentitySection(limits={"email": 1}))
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), config, time.time())
+    finally:
+        store.close()
+
+    assert (erased.events, erased.suppressed) == (1, 3)
+    query = "SELECT count(*) FROM log.events WHERE CAST(body AS TEXT) LIKE '%eve@x.io%'"
+    assert remaining(path, query) == [(1,)]
