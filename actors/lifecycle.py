@@ -230,9 +230,10 @@ class _Found:
     of their profile (a second email where one is allowed). An event whose home is
     someone else's (a second user of a shared device) is left, even though it carries
     the person's anonymous id. Besides the profile the identifier belongs to, a
-    profile made only of anonymous ids that the person's events touch is theirs, if no
+    profile without a user id that the person's events join to them is theirs, if no
     other person's identified event touches it: an anonymous id that a cap kept out of
-    their profile (at most 100 by default) is their device."""
+    their profile (at most 100 by default) is their device, and an email of theirs
+    that had a profile of its own before they signed in with it is theirs."""
 
     def __init__(self, identifier: Identifier, rules: IdentitySection) -> None:
         self.identifier = identifier
@@ -336,9 +337,10 @@ class _Found:
                 self._refused.add(person.profile)
 
     def _adoptable(self, store: LifecycleStore, person: Person, upto: int | None) -> bool:
-        """Made only of anonymous ids, none of which comes in an event identified as
-        somebody other than the person (a device someone else signed in on)."""
-        if person.user_id is not None or any(k != ANONYMOUS_ID for k, _ in person.identifiers):
+        """Without a user id, and none of its ids comes in an event identified as
+        somebody other than the person (a user id, email or external id neither theirs
+        nor the profile's own: a device someone else signed in on)."""
+        if person.user_id is not None or any(k == USER_ID for k, _ in person.identifiers):
             return False
         own = set(person.identifiers)
         wanted = set(self.identifiers)
@@ -349,7 +351,7 @@ class _Found:
                 continue
             carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
             if any(i in own for i in carried) and any(
-                k != ANONYMOUS_ID and (k, v) not in wanted for k, v in carried
+                k != ANONYMOUS_ID and (k, v) not in wanted and (k, v) not in own for k, v in carried
             ):
                 return False
         return True

@@ -272,3 +272,42 @@ def test_an_unapplied_email_the_cap_keeps_out_of_her_profile_is_not_hers(
     assert (erased.events, erased.suppressed) == (1, 3)
     query = "SELECT count(*) FROM log.events WHERE CAST(body AS TEXT) LIKE '%eve@x.io%'"
     assert remaining(path, query) == [(1,)]
+
+
+def test_an_email_only_profile_her_unapplied_event_joins_to_her_is_erased(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """ann@x has a profile of its own, without a user id; her identify not applied yet
+    joins it to her: that profile, its events and the email go, and are suppressed.
+    Bob's profile stays."""
+    path = tmp_path / "leadsync.db"
+    log_events(
+        path,
+        [
+            *ANN,
+            {"type": "identify", "anonymousId": "anon-x", "traits": {"email": "ann@x.io"}},
+            {"type": "track", "anonymousId": "anon-x", "event": "Pricing"},
+        ],
+    )
+    merger()
+    log_events(
+        path,
+        [
+            {"type": "identify", "userId": "ann-1", "traits": {"email": "ann@x.io"}},
+            {"type": "track", "userId": "bob-1", "event": "Pricing"},
+        ],
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+        salt = store.salt()
+    finally:
+        store.close()
+    merger()
+
+    assert (erased.profiles, erased.events) == (2, 5)
+    assert remaining(path, "SELECT count(*) FROM log.events") == [(1,)]  # Bob's
+    assert remaining(path, "SELECT count(*) FROM profiles") == [(1,)]  # Bob's
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert identifier_hash(salt, "email", "ann@x.io") in hashes
+    assert identifier_hash(salt, "anonymous_id", "anon-x") in hashes
