@@ -429,8 +429,17 @@ class _Found:
     def settle(self, store: LifecycleStore) -> None:
         """Under the locks, after the last search: drop the events whose home the
         merger has meanwhile put in someone else's profile (a conflict re-decided by
-        event time can move a device to the user who was on it first)."""
+        event time can move a device to the user who was on it first), and the
+        identifiers too. Those erased and suppressed are the given one, those of the
+        profiles erased, and those followed that still no profile has; not one
+        followed while it had none, or held by a profile merged away meanwhile, that
+        the merger has since put in someone else's profile."""
         mine = {i for person in self.people.values() for i in person.identifiers}
+        self.identifiers = [
+            i
+            for i in self.identifiers
+            if i == self.identifier or i in mine or store.person(*i) is None
+        ]
         owner: dict[Identifier, bool] = {}
         for seq, home in list(self.events.items()):
             if home is None or home in mine:

@@ -311,3 +311,58 @@ def test_an_email_only_profile_her_unapplied_event_joins_to_her_is_erased(
     hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
     assert identifier_hash(salt, "email", "ann@x.io") in hashes
     assert identifier_hash(salt, "anonymous_id", "anon-x") in hashes
+
+
+def test_a_device_a_re_decision_gives_to_someone_else_meanwhile_is_not_suppressed(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Ann's sign-in on the device dev is not applied when the search follows dev (no
+    profile has it). Before the locked step, Bob's older sign-in on it comes, and the
+    merger, re-deciding by event time, gives dev to Bob: Ann's event goes, Bob's and
+    his device stay, and dev is not suppressed."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    log_events(
+        path,
+        [
+            {
+                "type": "identify",
+                "userId": "ann-1",
+                "anonymousId": "dev",
+                "timestamp": "2026-02-01T00:00:00Z",
+            }
+        ],
+    )
+
+    @contextmanager
+    def bob_was_first() -> Iterator[None]:
+        log_events(
+            path,
+            [
+                {
+                    "type": "identify",
+                    "userId": "bob-1",
+                    "anonymousId": "dev",
+                    "timestamp": "2026-01-01T00:00:00Z",
+                }
+            ],
+        )
+        merger()
+        yield
+
+    hold: Callable[[], AbstractContextManager[None]] = bob_was_first
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=hold)
+        salt = store.salt()
+    finally:
+        store.close()
+
+    assert (erased.profiles, erased.events, erased.suppressed) == (1, 3, 2)
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert identifier_hash(salt, "anonymous_id", "dev") not in hashes
+    assert remaining(path, "SELECT value FROM identities ORDER BY value") == [
+        ("bob-1",),
+        ("dev",),
+    ]
