@@ -193,7 +193,7 @@ def forget(
     new hashes while ingestion is still held, after both files committed: if either
     commit fails, the daemon keeps taking the events the files do not suppress (and
     PartlyErased says the log's went through)."""
-    found = _Found(identifier, Extractor(config.identity))
+    found = _Found(identifier, config.identity)
     found.gather(store, store.log_head())
     with hold_ingestion():
         with _both(store, gate):
@@ -224,17 +224,21 @@ class _Found:
 
     An event is the person's if its home (the first identifier the merger extracts
     from it, where the merger records it) is one of theirs; one the merger has not
-    applied yet whose home is an anonymous id no profile has, and that carries one of
-    theirs, is theirs too (the merger will join it to them). An event whose home is
+    applied yet whose home is an identifier no profile has (an anonymous id, email or
+    external id; never a user id), and that carries one of theirs, is theirs too (the
+    merger will join it to them), unless the cap on the home's kind would keep it out
+    of their profile (a second email where one is allowed). An event whose home is
     someone else's (a second user of a shared device) is left, even though it carries
     the person's anonymous id. Besides the profile the identifier belongs to, a
-    profile made only of anonymous ids that the person's events touch is theirs, if no
+    profile without a user id that the person's events join to them is theirs, if no
     other person's identified event touches it: an anonymous id that a cap kept out of
-    their profile (at most 100 by default) is their device."""
+    their profile (at most 100 by default) is their device, and an email of theirs
+    that had a profile of its own before they signed in with it is theirs."""
 
-    def __init__(self, identifier: Identifier, extractor: Extractor) -> None:
+    def __init__(self, identifier: Identifier, rules: IdentitySection) -> None:
         self.identifier = identifier
-        self.extractor = extractor
+        self.rules = rules
+        self.extractor = Extractor(rules)
         self.people: dict[int, Person] = {}
         self.identifiers: list[Identifier] = [identifier]
         self.events: dict[int, Identifier | None] = {}
@@ -296,11 +300,29 @@ class _Found:
         others = [i for i in carried if i not in wanted]
         if home in wanted:
             return home, others
-        if home[0] != ANONYMOUS_ID:
-            return False, []  # someone else's user id or email: their event
-        # Anonymous home, not theirs: the merger has not applied it yet (theirs, as
-        # it will be), or it is in another profile (theirs if that one is adopted).
-        return (home if store.person(*home) is None else False), others
+        if home[0] == USER_ID:
+            return False, []  # someone else's user id: their event
+        # A home no profile has: the merger has not applied the event yet, and will
+        # join it to the person (theirs), unless a cap keeps a second email (say)
+        # out of their profile. An anonymous id the cap keeps out is still their
+        # device (a profile of it would be adopted). A home in another profile:
+        # theirs only if that one is adopted (its events are added then).
+        if store.person(*home) is not None:
+            return False, (others if home[0] == ANONYMOUS_ID else [])
+        if home[0] != ANONYMOUS_ID and self._capped(home[0], carried):
+            return False, []
+        return home, others
+
+    def _capped(self, kind: str, carried: list[Identifier]) -> bool:
+        """Whether the cap on `kind` keeps the event's new identifiers of that kind out
+        of the person's profiles it touches, as the merger would (graph.violation)."""
+        limit = self.rules.limit(kind)
+        if limit is None:
+            return False
+        touched = [p for p in self.people.values() if any(i in carried for i in p.identifiers)]
+        held = {i for p in touched for i in p.identifiers if i[0] == kind}
+        new = {i for i in carried if i[0] == kind and i not in held}
+        return len(held) + len(new) > limit
 
     def _follow(self, store: LifecycleStore, identifier: Identifier, upto: int | None) -> None:
         """An identifier that came with the person's events: theirs if no profile has
@@ -315,9 +337,10 @@ class _Found:
                 self._refused.add(person.profile)
 
     def _adoptable(self, store: LifecycleStore, person: Person, upto: int | None) -> bool:
-        """Made only of anonymous ids, none of which comes in an event identified as
-        somebody other than the person (a device someone else signed in on)."""
-        if person.user_id is not None or any(k != ANONYMOUS_ID for k, _ in person.identifiers):
+        """Without a user id, and none of its ids comes in an event identified as
+        somebody other than the person (a user id, email or external id neither theirs
+        nor the profile's own: a device someone else signed in on)."""
+        if person.user_id is not None or any(k == USER_ID for k, _ in person.identifiers):
             return False
         own = set(person.identifiers)
         wanted = set(self.identifiers)
@@ -328,7 +351,7 @@ class _Found:
                 continue
             carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
             if any(i in own for i in carried) and any(
-                k != ANONYMOUS_ID and (k, v) not in wanted for k, v in carried
+                k != ANONYMOUS_ID and (k, v) not in wanted and (k, v) not in own for k, v in carried
             ):
                 return False
         return True
@@ -406,8 +429,17 @@ class _Found:
     def settle(self, store: LifecycleStore) -> None:
         """Under the locks, after the last search: drop the events whose home the
         merger has meanwhile put in someone else's profile (a conflict re-decided by
-        event time can move a device to the user who was on it first)."""
+        event time can move a device to the user who was on it first), and the
+        identifiers too. Those erased and suppressed are the given one, those of the
+        profiles erased, and those followed that still no profile has; not one
+        followed while it had none, or held by a profile merged away meanwhile, that
+        the merger has since put in someone else's profile."""
         mine = {i for person in self.people.values() for i in person.identifiers}
+        self.identifiers = [
+            i
+            for i in self.identifiers
+            if i == self.identifier or i in mine or store.person(*i) is None
+        ]
         owner: dict[Identifier, bool] = {}
         for seq, home in list(self.events.items()):
             if home is None or home in mine:

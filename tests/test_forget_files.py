@@ -19,7 +19,7 @@ from actors.delivery import payload as payloads
 from actors.identity import worker
 from actors.lifecycle import forget
 from daemon import logs
-from daemon.config import Config
+from daemon.config import Config, IdentitySection
 from storage.base import AppendRequest
 from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash
@@ -223,3 +223,146 @@ def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_sa
     assert (erased.held, erased.dead_letters) == (1, 1)
     assert remaining(path, "SELECT key FROM held") == [("9002",)]
     assert remaining(path, "SELECT payload FROM dead_letters") == [(deletion,)]
+
+
+def test_an_unapplied_event_homed_at_a_new_email_of_hers_is_erased(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Not applied yet, an identify with her anonymous id and an email no profile has
+    is filed under that email, which the merger would join to her: it goes, and the
+    email is hers. Past the email cap it would not join her, and stays."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    log_events(
+        path,
+        [
+            {"type": "identify", "anonymousId": "anon-ann", "traits": {"email": "new@x.io"}},
+            {"type": "track", "userId": "bob-1", "event": "Pricing"},
+        ],
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+    finally:
+        store.close()
+    merger()
+
+    assert (erased.events, erased.suppressed) == (3, 3)
+    held = "SELECT count(*) FROM identities WHERE value IN ('anon-ann', 'new@x.io')"
+    assert remaining(path, held) == [(0,)]
+    assert remaining(path, "SELECT count(*) FROM identities WHERE value = 'bob-1'") == [(1,)]
+
+
+def test_an_unapplied_email_the_cap_keeps_out_of_her_profile_is_not_hers(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    path = tmp_path / "leadsync.db"
+    log_events(path, [{**ANN[0], "traits": {"email": "ann@x.io"}}])
+    merger()
+    other = {"type": "identify", "anonymousId": "anon-ann", "traits": {"email": "eve@x.io"}}
+    log_events(path, [other])
+    config = Config(identity=IdentitySection(limits={"email": 1}))
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), config, time.time())
+    finally:
+        store.close()
+
+    assert (erased.events, erased.suppressed) == (1, 3)
+    query = "SELECT count(*) FROM log.events WHERE CAST(body AS TEXT) LIKE '%eve@x.io%'"
+    assert remaining(path, query) == [(1,)]
+
+
+def test_an_email_only_profile_her_unapplied_event_joins_to_her_is_erased(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """ann@x has a profile of its own, without a user id; her identify not applied yet
+    joins it to her: that profile, its events and the email go, and are suppressed.
+    Bob's profile stays."""
+    path = tmp_path / "leadsync.db"
+    log_events(
+        path,
+        [
+            *ANN,
+            {"type": "identify", "anonymousId": "anon-x", "traits": {"email": "ann@x.io"}},
+            {"type": "track", "anonymousId": "anon-x", "event": "Pricing"},
+        ],
+    )
+    merger()
+    log_events(
+        path,
+        [
+            {"type": "identify", "userId": "ann-1", "traits": {"email": "ann@x.io"}},
+            {"type": "track", "userId": "bob-1", "event": "Pricing"},
+        ],
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+        salt = store.salt()
+    finally:
+        store.close()
+    merger()
+
+    assert (erased.profiles, erased.events) == (2, 5)
+    assert remaining(path, "SELECT count(*) FROM log.events") == [(1,)]  # Bob's
+    assert remaining(path, "SELECT count(*) FROM profiles") == [(1,)]  # Bob's
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert identifier_hash(salt, "email", "ann@x.io") in hashes
+    assert identifier_hash(salt, "anonymous_id", "anon-x") in hashes
+
+
+def test_a_device_a_re_decision_gives_to_someone_else_meanwhile_is_not_suppressed(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Ann's sign-in on the device dev is not applied when the search follows dev (no
+    profile has it). Before the locked step, Bob's older sign-in on it comes, and the
+    merger, re-deciding by event time, gives dev to Bob: Ann's event goes, Bob's and
+    his device stay, and dev is not suppressed."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    log_events(
+        path,
+        [
+            {
+                "type": "identify",
+                "userId": "ann-1",
+                "anonymousId": "dev",
+                "timestamp": "2026-02-01T00:00:00Z",
+            }
+        ],
+    )
+
+    @contextmanager
+    def bob_was_first() -> Iterator[None]:
+        log_events(
+            path,
+            [
+                {
+                    "type": "identify",
+                    "userId": "bob-1",
+                    "anonymousId": "dev",
+                    "timestamp": "2026-01-01T00:00:00Z",
+                }
+            ],
+        )
+        merger()
+        yield
+
+    hold: Callable[[], AbstractContextManager[None]] = bob_was_first
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=hold)
+        salt = store.salt()
+    finally:
+        store.close()
+
+    assert (erased.profiles, erased.events, erased.suppressed) == (1, 3, 2)
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert identifier_hash(salt, "anonymous_id", "dev") not in hashes
+    assert remaining(path, "SELECT value FROM identities ORDER BY value") == [
+        ("bob-1",),
+        ("dev",),
+    ]
