@@ -557,12 +557,8 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _rebuild_here(loaded: LoadedConfig) -> int:
-    from daemon.app import DATABASE_NAME
-
-    config = loaded.config
-    database = Path(config.daemon.data_dir) / DATABASE_NAME
-    if not database.is_file():
-        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+    database = offline.existing_database(loaded)
+    if database is None:
         return EXIT_STORAGE
     # Held to the end: the daemon rebuilds with its own rules and swaps under its write
     # gate; one started meanwhile would see this rebuild's swap with neither.

@@ -111,9 +111,8 @@ def _database_here(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
     from daemon.cli import _migrate
     from storage.sqlite_lifecycle import in_use
 
-    database = offline.database(loaded)
-    if not database.is_file():
-        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+    database = offline.existing_database(loaded)
+    if database is None:
         return EXIT_STORAGE
     lock = offline.hold_data_dir(loaded, unanswered=True)
     if isinstance(lock, int):
@@ -255,9 +254,8 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from storage.sqlite_lifecycle import BackupRaced, backup
 
-    database = offline.database(loaded)
-    if not database.is_file():
-        print(f"leadsync: no database at {database} (data_dir from {loaded.path})", file=sys.stderr)
+    database = offline.existing_database(loaded)
+    if database is None:
         return EXIT_STORAGE
     started = time.monotonic()
     try:

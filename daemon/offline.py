@@ -26,6 +26,16 @@ def database(loaded: LoadedConfig) -> Path:
     return Path(loaded.config.daemon.data_dir) / DATABASE_NAME
 
 
+def existing_database(loaded: LoadedConfig) -> Path | None:
+    """The database, if it exists; None, after saying where it was looked for (a
+    command that works on the files creates nothing)."""
+    path = database(loaded)
+    if path.is_file():
+        return path
+    print(f"leadsync: no database at {path} (data_dir from {loaded.path})", file=sys.stderr)
+    return None
+
+
 def hold_data_dir(
     loaded: LoadedConfig, unanswered: bool = False, restoring: bool = False
 ) -> DataDirLock | int:
@@ -76,9 +86,8 @@ def with_store(
     from storage.base import transaction
     from storage.sqlite_graph import connect
 
-    path = database(loaded)
-    if not path.is_file():
-        print(f"leadsync: no database at {path} (data_dir from {loaded.path})", file=sys.stderr)
+    path = existing_database(loaded)
+    if path is None:
         return None
     db = connect(path, loaded.config.storage.busy_timeout)
     try:
