@@ -24,8 +24,8 @@ in another person's properties is not, nor another user's event on a shared devi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -36,7 +36,7 @@ from actors.delivery import payload as payloads
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor, normalize_email
 from actors.messages import Event, EventType
 from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
-from storage.base import AppendRequest, StoredEvent
+from storage.base import AppendRequest, StoredEvent, transaction
 from storage.lifecycle import (
     Deletion,
     Erased,
@@ -196,7 +196,7 @@ def forget(
     found = _Found(identifier, config.identity)
     found.gather(store, store.log_head())
     with hold_ingestion():
-        with _both(store, gate):
+        with transaction(store, gate):  # both files' write locks (LifecycleStore.begin)
             erased, hashes = _erase(store, found, config, now)
         suppressed(hashes)
     return erased
@@ -452,20 +452,6 @@ class _Found:
 
 def _values(identifiers: Sequence[Identifier]) -> list[str]:
     return [value for _, value in identifiers]
-
-
-@contextmanager
-def _both(
-    store: LifecycleStore, gate: Callable[[], AbstractContextManager[None]]
-) -> Iterator[None]:
-    with gate():
-        store.begin()
-        try:
-            yield
-            store.commit()
-        except BaseException:
-            store.rollback()
-            raise
 
 
 def _deletions(person: Person, config: Config) -> list[Deletion]:
