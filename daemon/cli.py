@@ -557,14 +557,12 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _rebuild_here(loaded: LoadedConfig) -> int:
-    database = offline.existing_database(loaded)
-    if database is None:
-        return EXIT_STORAGE
     # Held to the end: the daemon rebuilds with its own rules and swaps under its write
     # gate; one started meanwhile would see this rebuild's swap with neither.
-    lock = offline.hold_data_dir(loaded, unanswered=True)
-    if isinstance(lock, int):
-        return lock
+    here = offline.locked_database(loaded)
+    if isinstance(here, int):
+        return here
+    database, lock = here
     try:
         return _rebuild_locked(database, loaded)
     finally:

@@ -111,12 +111,10 @@ def _database_here(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
     from daemon.cli import _migrate
     from storage.sqlite_lifecycle import in_use
 
-    database = offline.existing_database(loaded)
-    if database is None:
-        return EXIT_STORAGE
-    lock = offline.hold_data_dir(loaded, unanswered=True)
-    if isinstance(lock, int):
-        return lock
+    here = offline.locked_database(loaded)
+    if isinstance(here, int):
+        return here
+    database, lock = here
     try:
         if in_use(database):
             print(

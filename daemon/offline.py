@@ -36,6 +36,17 @@ def existing_database(loaded: LoadedConfig) -> Path | None:
     return None
 
 
+def locked_database(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
+    """For a command that asked the daemon first and nobody answered: the database,
+    which must exist, with the data dir's lock held (release it when done); else the
+    exit code, said why."""
+    path = existing_database(loaded)
+    if path is None:
+        return EXIT_STORAGE
+    lock = hold_data_dir(loaded, unanswered=True)
+    return lock if isinstance(lock, int) else (path, lock)
+
+
 def hold_data_dir(
     loaded: LoadedConfig, unanswered: bool = False, restoring: bool = False
 ) -> DataDirLock | int:
