@@ -3,18 +3,21 @@
 `forget` erases a person found by one identifier (storage/lifecycle.py does the
 deleting): their profile and everything derived from it, and every event in the log
 that carries one of their identifiers. It works on the files with the daemon stopped,
-or inside the daemon, where it must not race anyone who writes:
+or inside the daemon, where it must not race anyone who writes, nor hold them long:
 
-1. Outside every lock, the whole log is searched for events that mention the
-   person's identifiers (the long part; ingestion and the pipeline carry on).
-2. Then ingestion is held (`Suppressions.lock`: the log writer holds it from its
-   filter to its commit, so no unfiltered event is in flight), the main file's write
-   gate and both files' write locks are taken, the person is read again (the merger
-   may have given them more identifiers meanwhile), the events logged since step 1
-   are searched, and everything goes in one transaction per file, with the graph's
+1. Outside every lock, the log is searched for events that mention the person's
+   identifiers (the long part; ingestion and the pipeline carry on), then again for
+   what was logged meanwhile, until a round finds nothing new; likewise the held
+   events, quarantined messages, outbox and dead letters.
+2. Then the main file's write gate is taken, ingestion held (`Suppressions.lock`: the
+   log writer holds it from its filter to its commit, so no unfiltered event is in
+   flight), and both files' write locks. The person is read again, and only what was
+   added since step 1 is searched. Should they have an identifier never searched
+   (the merger gave them one meanwhile), the locks are let go and step 1 runs for it
+   (`LOCKED_TRIES`). Everything goes in one transaction per file, with the graph's
    generation bumped so that the merger's and the scorer's work in flight is redone.
 3. Still holding ingestion, the identifiers join the daemon's suppression set: every
-   later event carrying one is dropped at the log writer, counted, and answered 200.
+   later event of theirs is dropped at the log writer, counted, and answered 200.
 
 An event is the person's if its home identifier (the first the merger extracts from
 it, under which the merger records it) is one of theirs; see `_Found`. A mere mention
@@ -42,11 +45,19 @@ from storage.lifecycle import (
     Erased,
     LifecycleStore,
     Person,
+    StrayMarks,
     Strays,
     identifier_hash,
 )
 
 Identifier = tuple[str, str]
+
+LOCKED_TRIES = 3
+"""Times forget takes the locks expecting the search outside them to be complete; the
+last try searches whatever it must under them rather than give up."""
+SEARCH_ROUNDS = 5
+"""Rounds of the search outside the locks, each over what was logged during the one
+before, while they find anything new."""
 _decode_event = msgspec.json.Decoder(Event).decode
 
 
@@ -165,7 +176,20 @@ class Suppressions:
             event = _decode_event(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return self._carried(body, source)
-        return any(self.hash(i) in self.hashes for i in self._extractor.identifiers(event))
+        return self.covers(self._extractor.identifiers(event))
+
+    def covers(self, carried: Sequence[Identifier]) -> bool:
+        """Whether an event carrying these identifiers is a forgotten person's: one of
+        its user id, emails or external ids is suppressed, or a suppressed anonymous id
+        comes with nothing naming anybody. Someone signed in on a device a forgotten
+        person used is someone else, and their events are kept."""
+        device = False
+        for identifier in carried:
+            if self.hash(identifier) in self.hashes:
+                if identifier[0] != ANONYMOUS_ID:
+                    return True
+                device = True
+        return device and all(kind == ANONYMOUS_ID for kind, _ in carried)
 
     def _carried(self, body: bytes, source: str) -> bool:
         """A body the strict decoder refuses, read leniently. This runs in the log
@@ -176,7 +200,7 @@ class Suppressions:
             found = loose_identifiers(self._extractor, body, source)
         except Exception:
             return False
-        return any(self.hash(i) in self.hashes for i in found)
+        return self.covers(found)
 
 
 def forget(
@@ -192,21 +216,33 @@ def forget(
     aggregates that carry it), and suppress their identifiers. `suppressed` hears the
     new hashes while ingestion is still held, after both files committed: if either
     commit fails, the daemon keeps taking the events the files do not suppress (and
-    PartlyErased says the log's went through)."""
+    PartlyErased says the log's went through). The gate is taken before ingestion is
+    held, so that ingestion never waits on the main file's writers."""
     found = _Found(identifier, config.identity)
-    found.gather(store, store.log_head())
-    with hold_ingestion():
-        with transaction(store, gate):  # both files' write locks (LifecycleStore.begin)
-            erased, hashes = _erase(store, found, config, now)
-        suppressed(hashes)
-    return erased
+    for attempt in range(LOCKED_TRIES):
+        found.search(store)
+        try:
+            with gate(), hold_ingestion():
+                with transaction(store):  # both files' write locks (LifecycleStore.begin)
+                    erased, hashes = _erase(store, found, config, now, attempt + 1 < LOCKED_TRIES)
+                suppressed(hashes)
+            return erased
+        except _Unsearched:
+            continue
+    raise AssertionError("the last try searches under the locks")
+
+
+class _Unsearched(Exception):
+    """Under the locks, the person has an identifier never searched (or a profile to
+    adopt that needs the log searched): the locks are let go for the search."""
 
 
 def _erase(
-    store: LifecycleStore, found: _Found, config: Config, now: float
+    store: LifecycleStore, found: _Found, config: Config, now: float, bounded: bool
 ) -> tuple[Erased, list[bytes]]:
-    """The locked step, in the open transaction: the last search, then the deletes."""
-    found.gather(store, None)
+    """The locked step, in the open transaction: the last search (`bounded`: of what
+    was added since the search outside the locks, or _Unsearched), then the deletes."""
+    found.gather(store, None, bounded)
     people = list(found.people.values())
     for person in people:
         found.events.update(dict.fromkeys(store.home_events(person.nodes)))
@@ -249,27 +285,49 @@ class _Found:
         """Profiles looked at for adoption and found to be touched by someone else."""
         self._upto = 0
         """The log's head when the searched identifiers were searched."""
+        self._homeless: set[Identifier] = set()
+        """Identifiers followed while no profile had them, and none has yet."""
+        self._strays = _StrayCandidates()
 
-    def gather(self, store: LifecycleStore, upto: int | None) -> None:
+    def search(self, store: LifecycleStore) -> None:
+        """Outside the locks: the log to its head, then what was logged meanwhile, while
+        a round turns up anything new; then the tables strays are found in."""
+        for _ in range(SEARCH_ROUNDS):
+            before = (len(self.identifiers), sorted(self.people))
+            self.gather(store, store.log_head(), bounded=False)
+            if (len(self.identifiers), sorted(self.people)) == before:
+                break
+        self._strays.collect(store, self)
+
+    def gather(self, store: LifecycleStore, upto: int | None, bounded: bool) -> None:
         """Search the log up to `upto` (None: to its end, under the locks), following
-        the identifiers found, until nothing new turns up. Under the locks, each
-        profile is read again first: the merger may have given it more identifiers
-        (or merged it into another) since the search outside them, and the whole log
-        is searched for each new one."""
-        if upto is None:
-            self._reread(store)
+        the identifiers found, until nothing new turns up. Each profile is read again
+        first: the merger may have given it more identifiers (or merged it into
+        another) since the last round. Identifiers searched before are searched only
+        in what was logged since; a new one in the whole log, which `bounded` refuses
+        (_Unsearched)."""
+        self._reread(store)
         self._add(store.person(*self.identifier))
+        self._rehome(store, upto, bounded)
         old = [i for i in self.identifiers if i in self._searched]
-        if upto is None and old:  # what was logged since the first search
-            self._sift(store, store.events_mentioning(_values(old), self._upto, None), upto)
+        if old:
+            self._sift(
+                store, store.events_mentioning(_values(old), self._upto, upto), upto, bounded
+            )
         while new := [i for i in self.identifiers if i not in self._searched]:
+            if bounded:
+                raise _Unsearched(new)
             self._searched.update(new)
-            self._sift(store, store.events_mentioning(_values(new), 0, upto), upto)
+            self._sift(store, store.events_mentioning(_values(new), 0, upto), upto, bounded)
         if upto is not None:
             self._upto = upto
 
     def _sift(
-        self, store: LifecycleStore, candidates: Iterable[StoredEvent], upto: int | None
+        self,
+        store: LifecycleStore,
+        candidates: Iterable[StoredEvent],
+        upto: int | None,
+        bounded: bool,
     ) -> None:
         """Keep the person's events among the candidates, one at a time as the scan
         finds them (a short value can be in most of the log), and follow what they
@@ -280,7 +338,7 @@ class _Found:
                 self.events[stored.seq] = home
             for other in follow:
                 if other not in self.identifiers:
-                    self._follow(store, other, upto)
+                    self._follow(store, other, upto, bounded)
 
     def _judge(
         self, store: LifecycleStore, stored: StoredEvent
@@ -324,17 +382,40 @@ class _Found:
         new = {i for i in carried if i[0] == kind and i not in held}
         return len(held) + len(new) > limit
 
-    def _follow(self, store: LifecycleStore, identifier: Identifier, upto: int | None) -> None:
+    def _follow(
+        self, store: LifecycleStore, identifier: Identifier, upto: int | None, bounded: bool
+    ) -> None:
         """An identifier that came with the person's events: theirs if no profile has
-        it yet (its events are erased, so none will), or if its profile is adoptable."""
+        it yet (its events are erased, so none will), or if its profile is adoptable
+        (which searches the whole log: not under the locks while `bounded`)."""
         person = store.person(*identifier)
         if person is None:
             self.identifiers.append(identifier)
+            self._homeless.add(identifier)
         elif person.profile not in self.people and person.profile not in self._refused:
+            if bounded:
+                raise _Unsearched([identifier])
             if self._adoptable(store, person, upto):
                 self._add(person)
             else:
                 self._refused.add(person.profile)
+
+    def _rehome(self, store: LifecycleStore, upto: int | None, bounded: bool) -> None:
+        """An identifier followed while no profile had it that the merger has since put
+        in one: theirs only if that profile is (a cap can have kept a device of theirs
+        out of their profile, in a profile of its own, which is adopted then)."""
+        for identifier in sorted(self._homeless):
+            person = store.person(*identifier)
+            if person is None:
+                continue
+            if person.profile not in self.people and person.profile not in self._refused:
+                if bounded:
+                    raise _Unsearched([identifier])
+                if self._adoptable(store, person, upto):
+                    self._add(person)
+                else:
+                    self._refused.add(person.profile)
+            self._homeless.discard(identifier)
 
     def _adoptable(self, store: LifecycleStore, person: Person, upto: int | None) -> bool:
         """Without a user id, and none of its ids comes in an event identified as
@@ -379,52 +460,35 @@ class _Found:
                 self._add(now)
 
     def strays(self, store: LifecycleStore) -> Strays:
-        """Held events, quarantined messages and payloads of profiles gone that are
-        the person's: found by the identifiers' values, then confirmed by reading them
-        (a value that is only part of another, or sits in someone else's message, is
-        not theirs)."""
-        needles = _values(self.identifiers)
-        held = [i for i, body in store.held_mentioning(needles) if self._claims(body, "")]
-        quarantined = [
-            i
-            for i, source, body in store.quarantined_mentioning(needles)
-            if self._claims(body, source)
-        ]
-        uids = sorted(
-            {uid for uid, payload in store.payloads_mentioning(needles) if self._names(payload)}
-        )
-        return Strays(held, quarantined, uids)
+        """Under the locks: the held events, quarantined messages and payloads of
+        profiles gone that are the person's, among those found outside the locks and
+        those added since."""
+        self._strays.collect(store, self)
+        return self._strays.confirmed(store, self)
 
-    def _claims(self, body: bytes, source: str) -> bool:
-        """A body that carries one of the person's identifiers and is not filed under
-        someone else's user id, email or external id."""
+    def carries(self, body: bytes, source: str) -> list[Identifier] | None:
+        """The identifiers of a held or quarantined body, if one is the person's."""
         try:
             event = _decode_event(body)
             carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
         except (msgspec.DecodeError, msgspec.ValidationError):
             carried = loose_identifiers(self.extractor, body, source)
         wanted = set(self.identifiers)
+        return carried if any(i in wanted for i in carried) else None
+
+    def claims(self, store: LifecycleStore, carried: list[Identifier]) -> bool:
+        """Whether a message carrying these is the person's, as `_judge` decides for an
+        event in the log: filed under one of their identifiers, or under one no profile
+        has that the merger would join to them; not under someone else's."""
+        wanted = set(self.identifiers)
         if not any(i in wanted for i in carried):
             return False
-        return carried[0] in wanted or carried[0][0] == ANONYMOUS_ID
-
-    def _names(self, body: bytes) -> bool:
-        """A destination payload whose first id (user id, else email, else anonymous
-        id) is the person's."""
-        try:
-            payload = payloads.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        home = carried[0]
+        if home in wanted:
+            return True
+        if home[0] == USER_ID or store.person(*home) is not None:
             return False
-        ids = [
-            (kind, value)
-            for kind, value in (
-                (USER_ID, payload.user_id),
-                (EMAIL, payload.email),
-                (ANONYMOUS_ID, payload.anonymous_id),
-            )
-            if value is not None
-        ]
-        return bool(ids) and ids[0] in set(self.identifiers)
+        return home[0] == ANONYMOUS_ID or not self._capped(home[0], carried)
 
     def settle(self, store: LifecycleStore) -> None:
         """Under the locks, after the last search: drop the events whose home the
@@ -452,6 +516,71 @@ class _Found:
 
 def _values(identifiers: Sequence[Identifier]) -> list[str]:
     return [value for _, value in identifiers]
+
+
+class _StrayCandidates:
+    """What of the person's may lie outside the log and their profile: held events,
+    quarantined messages (by row id, with the identifiers each carries) and payloads
+    of profile ids (with the first id each names). Collected outside the locks, then
+    under them only from the rows added since; judged under them."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, list[Identifier]] = {}
+        self.quarantined: dict[int, list[Identifier]] = {}
+        self.payloads: dict[str, Identifier] = {}
+        self._looked_for: set[Identifier] = set()
+        self._marks = StrayMarks()
+
+    def collect(self, store: LifecycleStore, found: _Found) -> None:
+        """Rows that mention an identifier: from the start for one not looked for yet,
+        after the last marks for the others. The marks are read first, so that a row
+        added during the scans is looked at again next time, never missed."""
+        marks = store.stray_marks()
+        new = [i for i in found.identifiers if i not in self._looked_for]
+        old = [i for i in found.identifiers if i in self._looked_for]
+        for identifiers, after in ((new, StrayMarks()), (old, self._marks)):
+            if not identifiers:
+                continue
+            needles = _values(identifiers)
+            for row, body in store.held_mentioning(needles, after):
+                if (carried := found.carries(body, "")) is not None:
+                    self.held[row] = carried
+            for row, source, body in store.quarantined_mentioning(needles, after):
+                if (carried := found.carries(body, source)) is not None:
+                    self.quarantined[row] = carried
+            for uid, payload in store.payloads_mentioning(needles, after):
+                if (first := _first_id(payload)) is not None:
+                    self.payloads[uid] = first
+        self._looked_for.update(new)
+        self._marks = marks
+
+    def confirmed(self, store: LifecycleStore, found: _Found) -> Strays:
+        """Those that are the person's by the identifiers they hold now (a value that is
+        only part of another, or sits in someone else's message, is not theirs)."""
+        wanted = set(found.identifiers)
+        return Strays(
+            held=sorted(r for r, carried in self.held.items() if found.claims(store, carried)),
+            quarantined=sorted(
+                r for r, carried in self.quarantined.items() if found.claims(store, carried)
+            ),
+            uids=sorted(uid for uid, first in self.payloads.items() if first in wanted),
+        )
+
+
+def _first_id(body: bytes) -> Identifier | None:
+    """A destination payload's first id: its user id, else email, else anonymous id."""
+    try:
+        payload = payloads.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    for kind, value in (
+        (USER_ID, payload.user_id),
+        (EMAIL, payload.email),
+        (ANONYMOUS_ID, payload.anonymous_id),
+    ):
+        if value is not None:
+            return kind, value
+    return None
 
 
 def _deletions(person: Person, config: Config) -> list[Deletion]:

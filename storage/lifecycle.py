@@ -66,6 +66,17 @@ class Strays(msgspec.Struct, frozen=True):
     uids: Sequence[str] = ()
 
 
+class StrayMarks(msgspec.Struct, frozen=True):
+    """The highest row id in each table strays are found in: a search after these
+    finds only the rows added since (a row's id is never reused while forgets are
+    one at a time, and an outbox row rewritten in place is a live profile's)."""
+
+    held: int = 0
+    quarantine: int = 0
+    outbox: int = 0
+    dead_letters: int = 0
+
+
 class Erased(msgspec.Struct):
     """What one forget removed (counts: the values are gone)."""
 
@@ -123,16 +134,29 @@ class LifecycleStore(Protocol):
         folded: candidates, which the caller confirms by their identifiers."""
         ...
 
-    def held_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, bytes]]:
-        """Held events (row id, body) whose body contains a needle, case folded."""
+    def stray_marks(self) -> StrayMarks:
+        """Where the tables searched for strays end now."""
         ...
 
-    def quarantined_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
-        """Quarantined messages (row id, source, body) that contain a needle."""
+    def held_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[int, bytes]]:
+        """Held events (row id, body) after the mark whose body contains a needle, case
+        folded."""
         ...
 
-    def payloads_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        """Outbox rows and dead letters (profile id, payload) that contain a needle."""
+    def quarantined_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[int, str, bytes]]:
+        """Quarantined messages (row id, source, body) after the mark that contain a
+        needle."""
+        ...
+
+    def payloads_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[str, bytes]]:
+        """Outbox rows and dead letters (profile id, payload) after the marks that
+        contain a needle."""
         ...
 
     def erase(
@@ -153,5 +177,6 @@ class LifecycleStore(Protocol):
 
     def unsuppress(self, hashed: bytes) -> list[bytes]:
         """Lift the suppression made with this identifier's hash, and those made with it
-        (one forget suppresses every identifier of the person); the hashes lifted."""
+        (one forget suppresses every identifier of the person, and a forget that
+        suppresses one already suppressed joins the two groups); the hashes lifted."""
         ...

@@ -10,6 +10,7 @@ event, which they would then skip.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -19,11 +20,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 import msgspec
 
 from storage.base import StoredEvent
-from storage.lifecycle import SALT, Deletion, Erased, PartlyErased, Person, Strays
+from storage.lifecycle import (
+    SALT,
+    Deletion,
+    Erased,
+    PartlyErased,
+    Person,
+    StrayMarks,
+    Strays,
+    identifier_hash,
+)
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000
@@ -63,9 +74,12 @@ class SqliteLifecycleStore:
         # against the body folded as Python folds the needle (slower; rarely needed).
         for connection in (db, log):
             connection.create_function("py_lower", 1, _py_lower, deterministic=True)
+            # What is deleted here is overwritten with zeros, not left in free space
+            # for a copy of the file to carry (the build's default may be either).
+            connection.execute("PRAGMA secure_delete = ON")
 
     @classmethod
-    def open(cls, database: Path, busy_timeout: float) -> SqliteLifecycleStore:
+    def open(cls, database: Path, busy_timeout: float) -> Self:
         from storage.sqlite_graph import connect
 
         db = connect(database, busy_timeout)
@@ -152,7 +166,7 @@ class SqliteLifecycleStore:
     def events_mentioning(
         self, needles: Iterable[str], after: int, upto: int | None
     ) -> Iterator[StoredEvent]:
-        terms = sorted({_needle(n) for n in needles})
+        terms = _terms(needles)
         if not terms:
             return
         found = _containing(terms)
@@ -163,34 +177,53 @@ class SqliteLifecycleStore:
         for seq, source, body in rows:
             yield StoredEvent(int(seq), str(source), bytes(body))
 
-    def held_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, bytes]]:
-        terms = sorted({_needle(n) for n in needles})
+    def stray_marks(self) -> StrayMarks:
+        def last(db: sqlite3.Connection, table: str) -> int:
+            return int(db.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0])
+
+        db = self._db
+        return StrayMarks(
+            held=last(db, "held"),
+            quarantine=last(self._log, "quarantine"),
+            outbox=last(db, "outbox"),
+            dead_letters=last(db, "dead_letters"),
+        )
+
+    def held_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[int, bytes]]:
+        terms = _terms(needles)
         if not terms:
             return
         for row_id, body in self._db.execute(
-            "SELECT id, body FROM held WHERE kind = 'event' AND body IS NOT NULL "
+            "SELECT id, body FROM held WHERE id > ? AND kind = 'event' AND body IS NOT NULL "
             f"AND ({_containing(terms)})",
-            terms,
+            (after.held, *terms),
         ):
             yield int(row_id), bytes(body)
 
-    def quarantined_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
-        terms = sorted({_needle(n) for n in needles})
+    def quarantined_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[int, str, bytes]]:
+        terms = _terms(needles)
         if not terms:
             return
         for row_id, source, body in self._log.execute(
-            f"SELECT id, source, body FROM quarantine WHERE {_containing(terms)}", terms
+            f"SELECT id, source, body FROM quarantine WHERE id > ? AND ({_containing(terms)})",
+            (after.quarantine, *terms),
         ):
             yield int(row_id), str(source), bytes(body)
 
-    def payloads_mentioning(self, needles: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        terms = sorted({_needle(n) for n in needles})
+    def payloads_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[str, bytes]]:
+        terms = _terms(needles)
         if not terms:
             return
         found = _containing(terms, "payload")
-        for table in ("outbox", "dead_letters"):
+        for table, mark in (("outbox", after.outbox), ("dead_letters", after.dead_letters)):
             for uid, payload in self._db.execute(
-                f"SELECT uid, payload FROM {table} WHERE {found}", terms
+                f"SELECT uid, payload FROM {table} WHERE id > ? AND ({found})", (mark, *terms)
             ):
                 yield str(uid), bytes(payload)
 
@@ -307,18 +340,32 @@ class SqliteLifecycleStore:
         return gone
 
     def _suppress(self, identifiers: Sequence[tuple[str, str]], erased: Erased, now: float) -> int:
-        from storage.lifecycle import identifier_hash
-
         db = self._db
         salt = self.salt()
         request = db.execute(
             "INSERT INTO erasures (erased_at, identifiers, events, profiles) VALUES (?, ?, ?, ?)",
             (now, len(identifiers), erased.events, erased.profiles),
         ).lastrowid
+        hashes = [identifier_hash(salt, k, v) for k, v in identifiers]
+        # An identifier an earlier forget suppressed brings that forget's group into
+        # this one: an unforget of any of them lifts them all, as one person's.
+        earlier: set[int] = set()
+        for chunk in chunks(hashes):
+            earlier.update(
+                int(r)
+                for (r,) in db.execute(
+                    f"SELECT request FROM suppressions WHERE hash IN ({marks(chunk)})", chunk
+                )
+            )
+        for group in chunks(sorted(earlier)):
+            db.execute(
+                f"UPDATE suppressions SET request = ? WHERE request IN ({marks(group)})",
+                (request, *group),
+            )
         return db.executemany(
             "INSERT INTO suppressions (hash, request, kind) VALUES (?, ?, ?) "
             "ON CONFLICT (hash) DO UPDATE SET request = excluded.request",
-            [(identifier_hash(salt, k, v), request, k) for k, v in identifiers],
+            [(h, request, k) for h, (k, _) in zip(hashes, identifiers, strict=True)],
         ).rowcount
 
     def unsuppress(self, hashed: bytes) -> list[bytes]:
@@ -346,9 +393,21 @@ def _delete(db: sqlite3.Connection, statement: str, keys: Sequence[object]) -> i
     )
 
 
-def _needle(value: str) -> str:
-    """A value as it appears inside the JSON of a body (escaped), case folded."""
-    return _encode(value).decode()[1:-1].lower()
+def _terms(needles: Iterable[str]) -> list[str]:
+    return sorted({term for needle in needles for term in _spellings(needle)})
+
+
+def _spellings(value: str) -> set[str]:
+    """A value as it may appear inside the JSON of a body, case folded: escaped as
+    msgspec writes it (UTF-8 as is), and as clients may have sent it (characters
+    beyond ASCII as \\uXXXX, a slash as \\/); events are logged as they came."""
+    raw = _encode(value).decode()[1:-1]
+    found = {raw.lower()}
+    if not value.isascii():
+        found.add(json.dumps(value)[1:-1].lower())
+    if "/" in value:
+        found |= {term.replace("/", "\\/") for term in found}
+    return found
 
 
 def _containing(terms: Sequence[str], column: str = "body") -> str:

@@ -324,6 +324,16 @@ def test_forget_on_a_shared_device_leaves_the_other_people_who_used_it(
     assert leadsync("profile", "user_id:bob-1", *config).returncode == 0
     assert leadsync("profile", "email:carol@example.com", *config).returncode == 0
 
+    # Bob, signed in on the device, is still Bob; the device alone may be Ann: dropped.
+    later = [
+        {"type": "track", "userId": "bob-1", "anonymousId": "dev-a", "event": "Pricing"},
+        {"type": "track", "anonymousId": "dev-a", "event": "Pricing"},
+    ]
+    assert post(daemon, later) == 200
+    wait_for(lambda: logged("%bob-1%") == 3)
+    assert logged("%dev-a%") == 4  # Bob's three and Carol's one
+    assert sample(metrics(daemon), "leadsync_events_suppressed_total", source="web") == 1
+
 
 def test_after_forget_the_persons_malformed_messages_are_not_quarantined(
     daemon: DaemonProcess,

@@ -1,0 +1,1 @@
+"""Harnesses shared by test modules (a test module never imports another)."""

@@ -1,0 +1,266 @@
+"""`forget` holds ingestion only for what changed since its search, and leaves nothing
+behind: on real files, in process (tests/test_forget_files.py has the races)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from actors.delivery import payload as payloads
+from actors.lifecycle import Suppressions, forget, unforget
+from daemon.config import Config, IdentitySection
+from storage import sqlite_graph
+from storage.base import StoredEvent, transaction
+from storage.held import HeldItem
+from storage.lifecycle import StrayMarks, identifier_hash
+from storage.sqlite_graph import log_path
+from storage.sqlite_held import SqliteHeldStore
+from storage.sqlite_lifecycle import SqliteLifecycleStore
+from tests.support.logfiles import log_events, remaining, start_merger
+
+ANN = [
+    {"type": "identify", "userId": "ann-1", "anonymousId": "anon-ann"},
+    {"type": "track", "anonymousId": "anon-ann", "event": "Pricing"},
+]
+
+
+@pytest.fixture
+def merger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    yield from start_merger(tmp_path / "leadsync.db", monkeypatch)
+
+
+class Watched(SqliteLifecycleStore):
+    """Notes where each search starts that runs while the write locks are held."""
+
+    locked = False
+    searches: list[tuple[str, object]]
+
+    def begin(self) -> None:
+        super().begin()
+        self.locked = True
+
+    def commit(self) -> None:
+        self.locked = False
+        super().commit()
+
+    def rollback(self) -> None:
+        self.locked = False
+        super().rollback()
+
+    def _note(self, what: str, after: object) -> None:
+        if self.locked:
+            self.searches.append((what, after))
+
+    def events_mentioning(
+        self, needles: Iterable[str], after: int, upto: int | None
+    ) -> Iterator[StoredEvent]:
+        self._note("log", after)
+        return super().events_mentioning(needles, after, upto)
+
+    def held_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[int, bytes]]:
+        self._note("held", after)
+        return super().held_mentioning(needles, after)
+
+    def payloads_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[str, bytes]]:
+        self._note("payloads", after)
+        return super().payloads_mentioning(needles, after)
+
+
+def hold(path: Path, body: bytes, key: str) -> None:
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        SqliteHeldStore(db).hold([HeldItem("identity", "event", key, "KeyError", 3, body)], 0)
+
+
+def test_under_the_locks_only_what_came_after_the_search_is_searched(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Ann's events, a held event and a dead letter of hers are found outside the
+    locks. Between that search and the locks, more of her events are logged and
+    another event of hers is held: the locked step searches only the rows added since
+    (not the whole log, held table or dead letters), and erases both."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, [*ANN, {"type": "track", "userId": "bob-1", "event": "Pricing"}])
+    merger()
+    ann_body = remaining(path, "SELECT body FROM log.events WHERE type = 'identify'")[0][0]
+    hold(path, ann_body, "9001")
+    letter, digest = payloads.encode(
+        payloads.Payload(profile="prf_gone", traits={}, user_id="ann-1")
+    )
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute(
+            "INSERT INTO dead_letters (destination, uid, payload, hash, staged_at, attempts, "
+            "error, dead_at) VALUES ('hook', 'prf_gone', ?, ?, 0, 5, 'HTTP 500', 0)",
+            (letter, digest),
+        )
+    head = remaining(path, "SELECT max(seq) FROM log.events")[0][0]
+
+    @contextmanager
+    def meanwhile() -> Iterator[None]:
+        log_events(path, [{"type": "track", "userId": "ann-1", "event": "Demo Requested"}])
+        hold(path, ann_body, "9002")
+        yield
+
+    store = Watched.open(path, 5)
+    store.searches = []
+    try:
+        erased = forget(
+            store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=meanwhile
+        )
+    finally:
+        store.close()
+
+    assert store.searches, "the locked step searched nothing"
+    for what, after in store.searches:
+        if what == "log":
+            assert isinstance(after, int), store.searches
+            assert after >= head, store.searches
+        else:
+            assert after != StrayMarks(), store.searches
+    assert (erased.events, erased.held, erased.dead_letters) == (3, 2, 1)
+    assert remaining(path, "SELECT key FROM held") == []
+    assert remaining(path, "SELECT count(*) FROM dead_letters") == [(0,)]
+    bodies = [bytes(b) for (b,) in remaining(path, "SELECT body FROM log.events")]
+    assert not any(b"ann" in body for body in bodies), bodies
+
+
+def test_a_quarantined_message_is_found_however_the_client_escaped_it(tmp_path: Path) -> None:
+    """The quarantine keeps what the client sent: characters beyond ASCII as \\uXXXX
+    (capitals too), a slash as \\/. Only Müller's messages go; Muller's stays."""
+    path = tmp_path / "leadsync.db"
+    ours = [
+        b'{"type":"identify","userId":"m\\u00fcller/1","timestamp":7}',
+        b'{"type":"identify","userId":"M\\u00DCLLER\\/1","timestamp":7}',
+    ]
+    theirs = b'{"type":"identify","userId":"muller/1","timestamp":7}'
+    log_events(path, [], rejected=[*ours, theirs])
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        first = forget(store, ("user_id", "müller/1"), Config(), time.time())
+        second = forget(store, ("user_id", "MÜLLER/1"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert (first.quarantined, second.quarantined) == (1, 1)
+    assert remaining(path, "SELECT body FROM log.quarantine") == [(theirs,)]
+
+
+def test_what_forget_erases_is_not_left_in_the_files_free_space(
+    tmp_path: Path, merger: Callable[[], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever SQLite build the machine has: this one's default overwrites deleted
+    content, so connections here are opened as a build without that would open them."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, [*ANN, {"type": "track", "userId": "bob-1", "event": "Pricing"}])
+    merger()
+
+    def insecure(opener: Callable[..., sqlite3.Connection]) -> Callable[..., sqlite3.Connection]:
+        def opened(*args: object) -> sqlite3.Connection:
+            db = opener(*args)
+            db.execute("PRAGMA secure_delete = OFF")
+            return db
+
+        return opened
+
+    monkeypatch.setattr(sqlite_graph, "connect", insecure(sqlite_graph.connect))
+    monkeypatch.setattr(
+        "storage.sqlite_lifecycle.open_connection", insecure(sqlite_graph.open_connection)
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        forget(store, ("user_id", "ann-1"), Config(), time.time())
+    finally:
+        store.close()
+    for file in (path, log_path(path)):
+        with closing(sqlite3.connect(file)) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw = file.read_bytes()
+        assert b"anon-ann" not in raw, file.name
+        assert b"ann-1" not in raw, file.name
+        assert b"bob-1" in raw, file.name  # what is kept is still there to be read
+
+
+def test_forgetting_an_identifier_already_suppressed_joins_the_two_forgets(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Forgetting Ann's device again (say, from a request made twice) must not split her
+    suppression: unforgetting her user id lifts every identifier of hers."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        forget(store, ("user_id", "ann-1"), Config(), time.time())
+        forget(store, ("anonymous_id", "anon-ann"), Config(), time.time())
+        with transaction(store):
+            lifted = unforget(store, ("user_id", "ann-1"))
+        salt = store.salt()
+    finally:
+        store.close()
+
+    assert sorted(lifted) == sorted(
+        identifier_hash(salt, *i) for i in [("user_id", "ann-1"), ("anonymous_id", "anon-ann")]
+    )
+    assert remaining(path, "SELECT count(*) FROM suppressions") == [(0,)]
+
+
+def test_a_forgotten_device_drops_only_the_events_that_name_nobody_else() -> None:
+    salt = b"k" * 16
+    rules = Config().identity
+    forgotten = [("user_id", "ann-1"), ("anonymous_id", "dev"), ("email", "ann@x.io")]
+    screen = Suppressions(salt, {identifier_hash(salt, *i) for i in forgotten}, rules)
+
+    assert screen.covers([("anonymous_id", "dev")])
+    assert screen.covers([("anonymous_id", "dev"), ("anonymous_id", "other-tab")])
+    assert screen.covers([("user_id", "ann-1")])
+    assert screen.covers([("user_id", "bob-1"), ("email", "ann@x.io")])
+    assert not screen.covers([("user_id", "bob-1"), ("anonymous_id", "dev")])
+    assert not screen.covers([("anonymous_id", "dev"), ("email", "carol@x.io")])
+    assert not screen.covers([("anonymous_id", "someone-else")])
+
+
+def test_a_profile_someone_else_signed_in_on_is_not_taken_with_her(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pat@x has a profile of its own with the device anon-x; Carol's email came on that
+    device too (kept apart by a cap of one email). Ann's sign-in on anon-x, not applied
+    yet, does not make that profile hers: someone else's identified event touches it.
+    Her event goes; the profile, its events and anon-x stay, unsuppressed."""
+    path = tmp_path / "leadsync.db"
+    rules = IdentitySection(limits={"email": 1})
+    apply = start_merger(path, monkeypatch, rules)
+    merge = next(apply)
+    log_events(
+        path,
+        [
+            {"type": "identify", "anonymousId": "anon-x", "traits": {"email": "pat@x.io"}},
+            {"type": "identify", "anonymousId": "anon-x", "traits": {"email": "carol@x.io"}},
+        ],
+    )
+    merge()
+    log_events(path, [{"type": "identify", "userId": "ann-1", "anonymousId": "anon-x"}])
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(identity=rules), time.time())
+        salt = store.salt()
+    finally:
+        store.close()
+    merge()
+    next(apply, None)
+
+    assert (erased.profiles, erased.events) == (0, 1)
+    bodies = [bytes(b) for (b,) in remaining(path, "SELECT body FROM log.events")]
+    assert [b"x.io" in body for body in bodies] == [True, True, False]  # hers: a tombstone
+    assert not any(b"ann-1" in body for body in bodies)
+    kept = {v for (v,) in remaining(path, "SELECT value FROM identities")}
+    assert {"pat@x.io", "carol@x.io", "anon-x"} <= kept
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert hashes == {identifier_hash(salt, "user_id", "ann-1")}
