@@ -251,7 +251,7 @@ def _normalize(raw: bytes, endpoint_type: str | None, defaults: _Defaults, sourc
         integrations = _merged(defaults.integrations, integrations)
     message_id = None if message.message_id is None else _id(message.message_id)
 
-    # Positional, in Event's field order: a microsecond less than keywords.
+    # Positional, in Event's field order: cheaper than keywords on this hot path.
     return Event(
         kind,  # type: ignore[arg-type]  # checked against EVENT_TYPES above
         message_id or str(uuid.uuid4()),

@@ -55,8 +55,7 @@ SWITCH_INTERVAL = 0.0005
 """Seconds a thread waiting for the interpreter lock waits before it asks for it
 (Python's default is 0.005). Group commits run in a worker thread that gives the lock
 up around each SQLite call and must get it back from the event loop, busy parsing the
-next requests: at the default, a commit's handful of waits cost more than its fsync
-(ingestion measured 22,500 events/s at the default, 26,500 at this)."""
+next requests: at the default, a commit's handful of waits cost more than its fsync."""
 SCORER_INBOX = 10_000
 """Hints beyond it are dropped (the to-do list in SQLite keeps the truth)."""
 
@@ -75,8 +74,8 @@ MMAP_THRESHOLD = 1 << 20
 """Allocations of this size and up get a mapping of their own, returned to the system
 when freed. glibc's own threshold rises after such a free (up to 32 MB), and then the
 dedup window's arrays (storage/recent_messages.py: a few MB each, replaced at every
-merge) came from the heap, which kept what they freed: peak RSS with a full window
-was ~45 MB higher."""
+merge) came from the heap, which kept what they freed instead of returning it to
+the system."""
 
 
 def _map_large_allocations() -> None:

@@ -28,9 +28,9 @@ from daemon.config import ConfigError, FileDestination, LoadedConfig, StorageSec
 _T = TypeVar("_T")
 ADMIN_TIMEOUT = 10.0
 REBUILD_TIMEOUT = 3600.0
-"""Seconds: a rebuild replays the whole log (about a minute per million events)."""
+"""Seconds: a rebuild replays the whole log, which takes minutes for a large one."""
 SCORING_RUN_TIMEOUT = 3600.0
-"""Seconds: a batch run takes about 30 s per million profiles."""
+"""Seconds: a batch run walks every profile, which takes minutes for millions."""
 SKIPS_SHOWN = 20
 """Unscorable CSV rows reported one by one; the rest are counted."""
 EXIT_NOT_FOUND = 1

@@ -170,9 +170,9 @@ MIGRATIONS: list[str] = [
     # scores of profiles and accounts, each part with the model version that made it.
     # Profile scores are keyed by the profile's row: a batch run reads and writes them
     # in row order, beside the profiles (keyed by the profile id, a hash, every row
-    # was a random page, which cost half of a run over a million profiles). A merge
-    # deletes the row with the profile, a rename keeps it, and a rebuild carries each
-    # row over to the profile with the same id.
+    # was a random page, a large share of a run's cost). A merge deletes the row with
+    # the profile, a rename keeps it, and a rebuild carries each row over to the
+    # profile with the same id.
     # The scorer takes its to-do list (profile_changes) oldest first, and after a
     # rebuild it holds a row for every profile: sorting it per round would cost more
     # than the work, hence the index.

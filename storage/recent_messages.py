@@ -2,8 +2,8 @@
 
 The log recognises a client's retry by (source, messageId) among the events it logged
 in the last `window` seconds (storage/sqlite_log.py). At the daemon's sustained
-maximum that is some 14 million events (see DEDUP_WINDOW there), which Python sets
-would hold at ~70 bytes each, about 1 GB. Here each is a 64-bit fingerprint in a
+maximum that is millions of events (see DEDUP_WINDOW there), which Python sets
+would hold at ~70 bytes each. Here each is a 64-bit fingerprint in a
 sorted numpy array, 9 bytes with its slice tag, looked up for a whole group commit at
 once with `searchsorted`.
 

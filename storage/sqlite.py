@@ -108,8 +108,8 @@ class SqliteStorage:
         # ends committed or rolled back before the next one starts. Retries are looked
         # up before, on the event loop: a lookup is some twenty numpy calls that each
         # let go of the interpreter lock, and a worker thread taking it back from the
-        # busy loop waited up to the switch interval each time (11 ms a group commit
-        # with a full window, where the lookup alone takes 0.7 ms).
+        # busy loop waits up to the switch interval each time, far longer in all than
+        # the lookup itself.
         async with self._log_gate:
             looked_up = self._log.look_up(requests)
             return await anyio.to_thread.run_sync(self._log.append, requests, looked_up)

@@ -7,18 +7,17 @@ checkpoint with its state in the other file, reading the log through a read-only
 ATTACH (storage.sqlite_graph.connect).
 
 A group commit is one call in a worker thread through the stdlib driver: BEGIN, the
-inserts, COMMIT. Through aiosqlite each statement was a hop to its thread and back,
-and each hop waited for the event loop, busy parsing the next requests: a 400-event
-commit took 25 ms where sqlite3 alone takes 5. Each request's events go in as one
+inserts, COMMIT. Through aiosqlite each statement is a hop to its thread and back,
+and each hop waits for the event loop, busy parsing the next requests: a commit
+takes several times what sqlite3 alone takes. Each request's events go in as one
 multi-row INSERT, so the thread gives up and retakes the interpreter lock once a
 request rather than once a row.
 
 Retries are recognised by (source, messageId) among the events logged in the last
 `dedup_window` seconds, held in memory (storage/recent_messages.py) and read back from
 the log at start, not by a unique index: real clients send random UUIDs, and each
-event then wrote a random page of that index. With them sqlite3 alone managed 15,000
-events/s where the same rows with ordered ids took 100,000, the checkpoints copying
-those pages back taking most of it.
+event would then write a random page of that index, which the checkpoints copy back
+again; with such ids the index, not the log, would bound what SQLite can insert.
 """
 
 from __future__ import annotations
@@ -47,10 +46,10 @@ DEDUP_WINDOW = 600.0
 """Seconds for which a batch's messageIds are remembered after its commit, by default
 (`[storage] dedup_window`): Segment's libraries retry for minutes. Sizing: the daemon
 takes in, for long, only what its consumers apply, since past `http.max_backlog`
-(1,000,000) unapplied events it answers 429. So a window holds at most about the
-merger's rate (~22,000 events/s) x window + max_backlog: 14.2 million events in 10
-minutes, about 130 MB at 9 bytes each (bursts at ~77,000/s last only until the
-backlog is full). What a window holds is read back from the log at start."""
+(1,000,000 by default) unapplied events it answers 429. So a window holds at most
+about the merger's rate x window + max_backlog, at 9 bytes each (faster bursts last
+only until the backlog is full; docs/benchmarks.md has the figures measured). What a
+window holds is read back from the log at start."""
 RECEIPT_TO_ACK = 70.0
 """Seconds by which an event's received_at may precede its commit: the HTTP source
 stamps it before reading the body (at most 10 s) and waits at most 60 s for the commit

@@ -1,11 +1,11 @@
 """The merger's own process.
 
-Merging is mostly Python work, about fifty microseconds an event, and in the daemon's
-process it would take the interpreter lock from the ingestion API for as long. In a
-process of its own it runs on the other core. It is a single worker (state such as
-the connection lives in this module between calls), it ignores SIGTERM and SIGINT
-(systemd and a terminal signal the whole group; the daemon decides when it stops),
-and it exits when the daemon does, even when the daemon was killed.
+Merging is mostly Python work, and in the daemon's process it would hold the
+interpreter lock against the ingestion API. In a process of its own it runs on the
+other core. It is a single worker (state such as the connection lives in this module
+between calls), it ignores SIGTERM and SIGINT (systemd and a terminal signal the whole
+group; the daemon decides when it stops), and it exits when the daemon does, even
+when the daemon was killed.
 
 It writes through SQLite's own lock (BEGIN IMMEDIATE with the busy timeout): the
 daemon's in-process gate cannot reach here. Its write phase is short, and its
@@ -43,22 +43,21 @@ from storage.sqlite_held import SqliteHeldStore
 ORPHAN_CHECK_SECONDS = 0.5
 READ_CACHE_KIB = 8 * 1024
 """The page cache of the connection a batch reads through while the batch before
-commits. SQLite empties it whenever the other connection has committed, so once a
-batch; a larger one only held pages longer (bench/identity.py: no faster at 32 MB,
-and 2 MB a little slower). The connection written through keeps connect()'s 64 MB:
-when it also did the batch's reads, 128 MB was 17 % faster; now it is not (23,234
-events/s against 23,510-23,753) and costs 74 MB of RSS."""
+commits. SQLite empties it whenever the other connection has committed, about once
+a batch, so a larger one only holds pages longer (and a much smaller one is
+slower). The connection written through keeps connect()'s cache: a larger one helped
+the batch's reads, which no longer go through it, and costs memory."""
 CHECKPOINT_SECONDS = 5.0
 """How often a thread of the worker copies the main file's WAL back into it, so that
-the next batch writes the WAL over from its start. A batch writes some 60 MB of pages
-there; left to the log writer's timer (storage.checkpoint_interval, 30 s by default,
-which also truncates it) the WAL grew to 3.4 GB on disk while the merger caught up a
-backlog, and its commits ran slower appending to it.
+the next batch writes the WAL over from its start. A batch writes many pages there;
+left to the log writer's timer (storage.checkpoint_interval, 30 s by default, which
+also truncates it) the WAL grows large while the merger catches up a backlog, and
+its commits run slower appending to it.
 
 It copies with a PASSIVE checkpoint, which takes no lock, and only when that copied
 everything restarts the WAL, waiting for nobody (a RESTART holds the write lock while
-it waits). Restarted, not truncated: writing over the file's blocks was faster than
-allocating them again (bench/identity.py: 22,900 events/s against 21,500)."""
+it waits). Restarted, not truncated: writing over the file's blocks is faster than
+allocating them again."""
 RUN_SECONDS = 1.0
 """How long one call goes on applying batches, each computed while the one before
 commits, before it returns to have them reported (and to hear a stop)."""

@@ -58,8 +58,8 @@ aggregates are read by batch runs only, so they need not follow every commit."""
 INGESTION_BUSY = 0.5
 """Share of the time the log writer spends committing above which ingestion is taken
 to run near its capacity. The fold then waits, and a scheduled batch run (which folds
-first) with it: the fold costs about as much interpreter time an event as parsing it
-did, only batch runs read what it makes, and ingestion answers clients. They wait until
+first) with it: the fold costs about as much interpreter time an event as parsing it,
+only batch runs read what it makes, and ingestion answers clients. They wait until
 ingestion eases, or half the backlog bound is unfolded (so the wait never makes the
 HTTP source refuse events); a run someone asked for (`leadsync scoring run`) does not."""
 BUSY_WINDOW = 1.0
