@@ -16,7 +16,7 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -24,14 +24,37 @@ import structlog
 from aiohttp import web
 
 from actors import http_server, tracking_api
-from actors.http_server import Listener, Runner
-from actors.log_writer import LogProgress, StorageUnavailable, Submission
+from actors.http_server import Connections, Listener, Runner
+from actors.log_writer import StorageUnavailable, Submission
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
-from daemon.config import HttpSection, HttpSource
-from daemon.metrics import Metrics
+from actors.settings import ListenAddress, Positive
 from storage.base import AppendRequest
 
 log = structlog.get_logger(__name__)
+
+
+class HttpSection(Connections, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The Segment-compatible ingestion listener shared by every `type = "http"` source."""
+
+    listen: ListenAddress = ListenAddress("127.0.0.1:8321")
+    max_pending_events: Positive = 20_000
+    max_backlog: Positive = 1_000_000
+
+
+class HttpSource(
+    msgspec.Struct, tag="http", tag_field="type", forbid_unknown_fields=True, frozen=True
+):
+    """One write key on the Segment-compatible API.
+
+    A missing write_key means "generate one on first start and keep it in data_dir",
+    which is what the embedded default config uses so `leadsync run` works with no file.
+    """
+
+    kind: Literal["web", "ios", "android", "server"] = "server"
+    write_key: str | None = None
+
 
 MAX_REQUEST_BYTES = tracking_api.MAX_REQUEST_BYTES
 COMMIT_WAIT_TIMEOUT = 60.0

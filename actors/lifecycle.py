@@ -27,18 +27,21 @@ in another person's properties is not, nor another user's event on a shared devi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import anyio
 import msgspec
 
 from actors.delivery import payload as payloads
+from actors.delivery.kinds import DestinationSettings
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor, normalize_email
+from actors.identity.rebuild import exclusive
+from actors.identity.settings import BUILTIN_ID_KINDS, IdentitySection
 from actors.messages import Event, EventType
-from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
+from actors.runtime import held_from_thread
 from storage.base import AppendRequest, StoredEvent, transaction
 from storage.lifecycle import (
     Deletion,
@@ -49,16 +52,35 @@ from storage.lifecycle import (
     Strays,
     identifier_hash,
 )
+from storage.sqlite_lifecycle import SqliteLifecycleStore
 
 Identifier = tuple[str, str]
 
 LOCKED_TRIES = 3
 """Times forget takes the locks expecting the search outside them to be complete; the
 last try searches whatever it must under them rather than give up."""
+MANY_NEEDLES = 16
+"""Identifiers past which the log is read through rather than searched for each."""
 SEARCH_ROUNDS = 5
 """Rounds of the search outside the locks, each over what was logged during the one
 before, while they find anything new."""
 _decode_event = msgspec.json.Decoder(Event).decode
+
+
+class _Storage(Protocol):
+    @property
+    def busy_timeout(self) -> float: ...
+
+
+class Config(Protocol):
+    """What forget reads of the daemon's configuration (daemon.config.Config has it)."""
+
+    @property
+    def identity(self) -> IdentitySection: ...
+    @property
+    def destinations(self) -> Mapping[str, DestinationSettings]: ...
+    @property
+    def storage(self) -> _Storage: ...
 
 
 class _Loose(msgspec.Struct, rename="camel"):
@@ -285,6 +307,8 @@ class _Found:
         """Profiles looked at for adoption and found to be touched by someone else."""
         self._upto = 0
         """The log's head when the searched identifiers were searched."""
+        self._wanted: set[Identifier] = set()
+        self._wanted_key = (0, -1)
         self._homeless: set[Identifier] = set()
         """Identifiers followed while no profile had them, and none has yet."""
         self._strays = _StrayCandidates()
@@ -311,29 +335,36 @@ class _Found:
         self._rehome(store, upto, bounded)
         old = [i for i in self.identifiers if i in self._searched]
         if old:
-            self._sift(
-                store, store.events_mentioning(_values(old), self._upto, upto), upto, bounded
-            )
+            self._sift(store, old, self._upto, upto, bounded)
         while new := [i for i in self.identifiers if i not in self._searched]:
             if bounded:
                 raise _Unsearched(new)
             self._searched.update(new)
-            self._sift(store, store.events_mentioning(_values(new), 0, upto), upto, bounded)
+            self._sift(store, new, 0, upto, bounded)
         if upto is not None:
             self._upto = upto
 
     def _sift(
         self,
         store: LifecycleStore,
-        candidates: Iterable[StoredEvent],
+        identifiers: list[Identifier],
+        after: int,
         upto: int | None,
         bounded: bool,
     ) -> None:
-        """Keep the person's events among the candidates, one at a time as the scan
-        finds them (a short value can be in most of the log), and follow what they
-        bring; identifiers followed are searched by the caller's next round."""
+        """Keep the person's events among those after `after` that carry one of the
+        identifiers, one at a time as the scan finds them (a short value can be in
+        most of the log), and follow what they bring; identifiers followed are searched
+        by the caller's next round. A few identifiers are searched for in SQL; past
+        MANY_NEEDLES, whose cost grows with each value, the range is read through and
+        each event's identifiers looked up."""
+        through = len(identifiers) > MANY_NEEDLES
+        if through:
+            candidates = store.events_between(after, upto)
+        else:
+            candidates = store.events_mentioning(_values(identifiers), after, upto)
         for stored in candidates:
-            home, follow = self._judge(store, stored)
+            home, follow = self._judge(store, stored, through)
             if home is not False:
                 self.events[stored.seq] = home
             for other in follow:
@@ -341,17 +372,21 @@ class _Found:
                     self._follow(store, other, upto, bounded)
 
     def _judge(
-        self, store: LifecycleStore, stored: StoredEvent
+        self, store: LifecycleStore, stored: StoredEvent, unsought: bool
     ) -> tuple[Identifier | Literal[False] | None, list[Identifier]]:
-        """Whether a candidate is the person's (False if not, else its home), and the
-        identifiers it brings to follow. A body that cannot be read at all (the merger
-        held it) goes: it mentions one."""
+        """Whether an event is the person's (False if not, else its home), and the
+        identifiers it brings to follow. A body the strict decoder cannot read (the
+        merger held it) goes if it mentions one of theirs: as a candidate of the
+        search, it does; read through (`unsought`), if one of their values is in it."""
+        wanted = self.wanted
         try:
             event = _decode_event(stored.body)
         except (msgspec.DecodeError, msgspec.ValidationError):
+            if unsought:
+                text = stored.body.decode(errors="replace").lower()
+                return (None if any(v.lower() in text for _, v in wanted) else False), []
             return None, []
         carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
-        wanted = set(self.identifiers)
         if not any(i in wanted for i in carried):
             return False, []
         home = carried[0]
@@ -424,7 +459,7 @@ class _Found:
         if person.user_id is not None or any(k == USER_ID for k, _ in person.identifiers):
             return False
         own = set(person.identifiers)
-        wanted = set(self.identifiers)
+        wanted = self.wanted
         for stored in store.events_mentioning(_values(person.identifiers), 0, upto):
             try:
                 event = _decode_event(stored.body)
@@ -436,6 +471,15 @@ class _Found:
             ):
                 return False
         return True
+
+    @property
+    def wanted(self) -> set[Identifier]:
+        """The identifiers as a set, made again only when the list changed (it only
+        grows, but at `settle`, which makes a new list)."""
+        key = (id(self.identifiers), len(self.identifiers))
+        if self._wanted_key != key:
+            self._wanted, self._wanted_key = set(self.identifiers), key
+        return self._wanted
 
     def _add(self, person: Person | None) -> None:
         """A profile of the person's, as read now (again, if known: it may have more)."""
@@ -473,14 +517,14 @@ class _Found:
             carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
         except (msgspec.DecodeError, msgspec.ValidationError):
             carried = loose_identifiers(self.extractor, body, source)
-        wanted = set(self.identifiers)
+        wanted = self.wanted
         return carried if any(i in wanted for i in carried) else None
 
     def claims(self, store: LifecycleStore, carried: list[Identifier]) -> bool:
         """Whether a message carrying these is the person's, as `_judge` decides for an
         event in the log: filed under one of their identifiers, or under one no profile
         has that the merger would join to them; not under someone else's."""
-        wanted = set(self.identifiers)
+        wanted = self.wanted
         if not any(i in wanted for i in carried):
             return False
         home = carried[0]
@@ -584,9 +628,9 @@ def _first_id(body: bytes) -> Identifier | None:
 
 
 def _deletions(person: Person, config: Config) -> list[Deletion]:
-    """A deletion request for each destination that can take one: webhooks (a profile
-    entry with "deleted": true). Segment's tracking API has no delete, and files
-    cannot unwrite; docs/destinations.md says what stays downstream."""
+    """A deletion request (a profile entry with "deleted": true) for each destination
+    whose kind takes one (DELETES: webhooks). Segment's tracking API has no delete,
+    and files cannot unwrite; docs/destinations.md says what stays downstream."""
     first = dict(reversed(person.identifiers))  # the oldest of each kind
     body, digest = payloads.encode(
         payloads.Payload(
@@ -601,7 +645,7 @@ def _deletions(person: Person, config: Config) -> list[Deletion]:
     return [
         Deletion(name, person.profile, body, digest)
         for name, destination in config.destinations.items()
-        if isinstance(destination, WebhookDestination)
+        if destination.DELETES
     ]
 
 
@@ -620,9 +664,6 @@ def forget_here(
     """Forget on the files, in a worker thread: inside the daemon (`suppressions` and
     `write_gate` given: ingestion held, the main file's writers queued, the suppression
     set updated), or with it stopped. Raises RebuildRunning during a rebuild."""
-    from actors.identity.rebuild import exclusive
-    from actors.runtime import held_from_thread
-    from storage.sqlite_lifecycle import SqliteLifecycleStore
 
     with exclusive(database):
         store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
@@ -648,9 +689,6 @@ def unforget_here(
 ) -> int:
     """Lift a suppression on the files; inside the daemon, from its set too (ingestion
     held for the moment). Returns how many identifiers it covered (0: none did)."""
-    from actors.runtime import held_from_thread
-    from storage.base import transaction
-    from storage.sqlite_lifecycle import SqliteLifecycleStore
 
     store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
     hold = nullcontext() if suppressions is None else held_from_thread(suppressions.lock)
@@ -669,7 +707,6 @@ def unforget_here(
 
 def load_suppressions(database: Path, config: Config) -> Suppressions:
     """The suppression set as the database has it, for the daemon's start."""
-    from storage.sqlite_lifecycle import SqliteLifecycleStore
 
     store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
     try:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
-from daemon.config import Destination
+from actors.delivery.kinds import DestinationSettings
 
 EventType = Literal["identify", "track", "page", "screen", "group", "alias"]
 EVENT_TYPES: tuple[str, ...] = ("identify", "track", "page", "screen", "group", "alias")
@@ -78,7 +78,7 @@ class SyncDestination(msgspec.Struct):
 class UseDestinations(msgspec.Struct, frozen=True):
     """The destinations after a reload (SIGHUP): the scorer stages for these from now on."""
 
-    destinations: dict[str, Destination]
+    destinations: dict[str, DestinationSettings]
 
 
 ScorerMessage = ProfileChanged | RunBatch | SyncDestination | UseDestinations

@@ -41,13 +41,15 @@ import anyio.to_thread
 import msgspec
 from aiohttp import web
 
-from actors.delivery.actor import CACHE_KIB, DestinationActor, DestinationStatus
+from actors.delivery.actor import CACHE_KIB, DestinationActor
 from actors.delivery.payload import Payload, encode
-from actors.destinations.webhook import WebhookSender
+from actors.delivery.status import DestinationStatus
+from actors.destinations.webhook import WebhookDestination, WebhookSender
+from actors.metrics import Metrics
 from actors.scoring.model import FIT_SEGMENTS, LIKELIHOOD_SEGMENTS, example
+from actors.settings import dec_hook
 from bench import measure
-from daemon.config import StorageSection, WebhookDestination, dec_hook
-from daemon.metrics import Metrics
+from daemon.config import StorageSection
 from storage.base import Score
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect

@@ -28,9 +28,10 @@ import msgspec
 
 from actors.identity import worker
 from actors.identity.graph import collector_paused
+from actors.identity.settings import IdentitySection
 from actors.messages import Event
 from bench import measure
-from daemon.config import IdentitySection, StorageSection
+from daemon.config import StorageSection
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect, log_path, read_batches, read_events
 

@@ -51,19 +51,16 @@ import aiohttp
 import msgspec
 
 from actors.delivery.staging import Staging
+from actors.destinations.file import FileDestination
+from actors.destinations.webhook import WebhookDestination
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor
 from actors.identity.graph import uid_of
+from actors.identity.settings import IdentitySection
 from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
 from actors.scoring.scorer import BATCH_CHUNK, BatchResult, Scorer
 from bench import measure
-from daemon.config import (
-    Destination,
-    FileDestination,
-    IdentitySection,
-    StorageSection,
-    WebhookDestination,
-)
+from daemon.config import Destination, StorageSection
 from storage.base import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import connect

@@ -1,3 +1,3 @@
 """leadsync: a self-hosted customer-data sync daemon."""
 
-__version__ = "0.1.0"
+from actors import __version__ as __version__

@@ -25,18 +25,19 @@ import structlog
 from aiohttp import hdrs, web
 
 from actors import http_server
-from actors.delivery.actor import DestinationStatus
+from actors.delivery.status import DestinationStatus
 from actors.http_server import Listener, Runner
 from actors.identity.extract import normalize_email
 from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
+from actors.identity.settings import BUILTIN_ID_KINDS
 from actors.lifecycle import BadIdentifier, Identifier, parse_identifier
-from actors.log_writer import LogProgress
 from actors.messages import RunBatch, ScorerMessage, SyncDestination
+from actors.metrics import CONTENT_TYPE, Metrics
+from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
 from actors.scoring.actor import ScoringStatus
 from daemon import __version__
-from daemon.config import BUILTIN_ID_KINDS, AdminSection, Config
-from daemon.metrics import CONTENT_TYPE, Metrics
+from daemon.config import AdminSection, Config
 from daemon.supervisor import Supervisor
 from storage.base import Storage
 from storage.lifecycle import Erased, PartlyErased

@@ -23,22 +23,24 @@ import anyio.to_thread
 import msgspec
 import structlog
 
-from actors.delivery.actor import DestinationActor, DestinationStatus
-from actors.delivery.senders import sender_for
+from actors.delivery.actor import DestinationActor
+from actors.delivery.status import DestinationStatus
 from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.lifecycle import forget_here, load_suppressions, unforget_here
-from actors.log_writer import LogProgress, LogWriter, Submission
+from actors.log_writer import LogWriter, Submission
 from actors.messages import ScorerMessage, UseDestinations
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
+from actors.settings import ConfigError
 from daemon.admin import AdminServer, Lifecycle
-from daemon.config import EMBEDDED_DEFAULT, Config, ConfigError, Destination, load
+from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
-from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
 from storage.base import Storage
@@ -334,7 +336,7 @@ class Destinations:
             lambda: DestinationActor(
                 name,
                 destination,
-                sender_for(name, destination),
+                destination.sender(name),
                 self._database,
                 self.config.storage.busy_timeout,
                 self._storage.write_gate,

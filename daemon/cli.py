@@ -22,8 +22,11 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from daemon import __version__, endings, held_cli, lifecycle_cli, logs, offline, sources_cli
-from daemon.config import ConfigError, FileDestination, LoadedConfig, StorageSection, load
+from actors import logs
+from actors.destinations.file import FileDestination
+from actors.settings import ConfigError
+from daemon import __version__, endings, held_cli, lifecycle_cli, offline, sources_cli
+from daemon.config import LoadedConfig, StorageSection, load
 
 _T = TypeVar("_T")
 ADMIN_TIMEOUT = 10.0

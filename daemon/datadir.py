@@ -15,10 +15,11 @@ events the command then overwrites or misses.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 from pathlib import Path
+
+from storage.ownership import owned_like_directory
 
 LOCK_NAME = "leadsync.lock"
 
@@ -64,25 +65,3 @@ class DataDirLock:
         """Closing the descriptor drops the lock; the file stays (removing it would let
         a daemon that opened it meanwhile lock a file no longer in the directory)."""
         os.close(self._fd)
-
-
-def owned_like_directory(fd: int, directory: Path) -> None:
-    """Root (`sudo leadsync restore`) creating a file in a service user's data dir gives
-    it the directory's owner: else the daemon, as that user, could not open it later.
-    Not root, nothing changes (the owner cannot, and is the caller already).
-
-    A chown refused by the file system is ignored: NFS with root_squash (root is
-    nobody there) and some FUSE mounts answer EPERM or EINVAL, a read-only one EROFS.
-    The lock is an flock on the descriptor already open, which works whoever owns the
-    file; failing here would only stop root from taking its own lock. The file then
-    keeps the owner the file system gave it."""
-    if os.geteuid() == 0:
-        st = directory.stat()
-        try:
-            os.fchown(fd, st.st_uid, st.st_gid)
-        except OSError as exc:
-            if exc.errno not in _CHOWN_REFUSED:
-                raise
-
-
-_CHOWN_REFUSED = frozenset({errno.EPERM, errno.EINVAL, errno.EROFS})

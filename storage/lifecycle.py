@@ -138,6 +138,10 @@ class LifecycleStore(Protocol):
         """Where the tables searched for strays end now."""
         ...
 
+    def events_between(self, after: int, upto: int | None) -> Iterator[StoredEvent]:
+        """Every event after `after` (up to `upto`), in order."""
+        ...
+
     def held_mentioning(
         self, needles: Iterable[str], after: StrayMarks
     ) -> Iterator[tuple[int, bytes]]:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import msgspec
 
@@ -166,13 +166,15 @@ class SqliteLifecycleStore:
     def events_mentioning(
         self, needles: Iterable[str], after: int, upto: int | None
     ) -> Iterator[StoredEvent]:
-        terms = _terms(needles)
-        if not terms:
-            return
-        found = _containing(terms)
+        bounds = (after, upto if upto is not None else 2**62)
+        sql = "SELECT seq, source, body FROM events WHERE seq > ? AND seq <= ? AND ({found})"
+        for seq, source, body in _mentioning(self._log, sql, bounds, needles):
+            yield StoredEvent(int(seq), str(source), bytes(body))
+
+    def events_between(self, after: int, upto: int | None) -> Iterator[StoredEvent]:
         rows = self._log.execute(
-            f"SELECT seq, source, body FROM events WHERE seq > ? AND seq <= ? AND ({found})",
-            (after, upto if upto is not None else 2**62, *terms),
+            "SELECT seq, source, body FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (after, upto if upto is not None else 2**62),
         )
         for seq, source, body in rows:
             yield StoredEvent(int(seq), str(source), bytes(body))
@@ -192,39 +194,26 @@ class SqliteLifecycleStore:
     def held_mentioning(
         self, needles: Iterable[str], after: StrayMarks
     ) -> Iterator[tuple[int, bytes]]:
-        terms = _terms(needles)
-        if not terms:
-            return
-        for row_id, body in self._db.execute(
+        sql = (
             "SELECT id, body FROM held WHERE id > ? AND kind = 'event' AND body IS NOT NULL "
-            f"AND ({_containing(terms)})",
-            (after.held, *terms),
-        ):
+            "AND ({found})"
+        )
+        for row_id, body in _mentioning(self._db, sql, (after.held,), needles):
             yield int(row_id), bytes(body)
 
     def quarantined_mentioning(
         self, needles: Iterable[str], after: StrayMarks
     ) -> Iterator[tuple[int, str, bytes]]:
-        terms = _terms(needles)
-        if not terms:
-            return
-        for row_id, source, body in self._log.execute(
-            f"SELECT id, source, body FROM quarantine WHERE id > ? AND ({_containing(terms)})",
-            (after.quarantine, *terms),
-        ):
+        sql = "SELECT id, source, body FROM quarantine WHERE id > ? AND ({found})"
+        for row_id, source, body in _mentioning(self._log, sql, (after.quarantine,), needles):
             yield int(row_id), str(source), bytes(body)
 
     def payloads_mentioning(
         self, needles: Iterable[str], after: StrayMarks
     ) -> Iterator[tuple[str, bytes]]:
-        terms = _terms(needles)
-        if not terms:
-            return
-        found = _containing(terms, "payload")
         for table, mark in (("outbox", after.outbox), ("dead_letters", after.dead_letters)):
-            for uid, payload in self._db.execute(
-                f"SELECT uid, payload FROM {table} WHERE id > ? AND ({found})", (mark, *terms)
-            ):
+            sql = f"SELECT id, uid, payload FROM {table} WHERE id > ? AND ({{found}})"
+            for _, uid, payload in _mentioning(self._db, sql, (mark,), needles, "payload"):
                 yield str(uid), bytes(payload)
 
     def erase(
@@ -419,6 +408,30 @@ def _containing(terms: Sequence[str], column: str = "body") -> str:
         else f"instr(py_lower({column}), ?) > 0"
         for term in terms
     )
+
+
+TERMS_A_QUERY = 200
+"""Needles matched by one statement: SQLite parses a chain of ORs as a tree whose
+depth it caps at 1,000, and a person can have thousands of identifiers."""
+
+
+def _mentioning(
+    db: sqlite3.Connection,
+    sql: str,
+    params: tuple[object, ...],
+    needles: Iterable[str],
+    column: str = "body",
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of `sql` (its "{found}" the containment test) that contain any needle,
+    each once (keyed by the first column), for as many needles as there are."""
+    terms = _terms(needles)
+    seen: set[object] = set()
+    for start in range(0, len(terms), TERMS_A_QUERY):
+        chunk = terms[start : start + TERMS_A_QUERY]
+        for row in db.execute(sql.format(found=_containing(chunk, column)), (*params, *chunk)):
+            if start == 0 or row[0] not in seen:
+                seen.add(row[0])
+                yield tuple(row)
 
 
 def _py_lower(body: bytes | str | None) -> str | None:

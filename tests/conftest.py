@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon import logs
+from actors import logs
 from tests.daemon_process import DaemonProcess
 
 # In-process tests log as the daemon does in production: one JSON line per event,

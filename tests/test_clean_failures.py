@@ -26,8 +26,9 @@ CRASHING_ACTOR = textwrap.dedent(
     import anyio
 
     from actors.runtime import Actor
-    from daemon import logs
-    from daemon.config import Duration, RestartPolicy
+    from actors import logs
+    from daemon.config import RestartPolicy
+    from actors.settings import Duration
     from daemon.supervisor import ActorSpec, Supervisor
 
     logs.configure("info", sys.argv[1])

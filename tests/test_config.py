@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.settings import ConfigError, Duration
 from daemon import config
-from daemon.config import ConfigError, Duration, load, parse
+from daemon.config import load, parse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,7 +93,7 @@ def test_durations_accept_numbers_and_units(value: str, seconds: float) -> None:
         (
             "[destinations.crm]\ntype = 'hubspot'\n",
             "daemon.toml:2: destinations.crm.type: Invalid value 'hubspot'; a destination's "
-            "type must be one of: segment, webhook, file",
+            "type must be one of: file, segment, webhook",
         ),
         (
             "[destinations.crm]\ntype = 'webhook'\nurl = 'https://x.io'\n",

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from actors.http_source import BODY_READ_TIMEOUT, COMMIT_WAIT_TIMEOUT
+from actors.settings import ConfigError
 from actors.tracking_api import iso
-from daemon.config import ConfigError, parse
+from daemon.config import parse
 from storage import recent_messages, sqlite_log
 from storage.base import AppendRequest, AppendResult, EventRecord
 from storage.recent_messages import SLICES, RecentMessages

@@ -21,11 +21,15 @@ import anyio
 import msgspec
 import pytest
 
-from actors.delivery.actor import DestinationActor, DestinationStatus
+from actors.delivery.actor import DestinationActor
 from actors.delivery.payload import Payload, encode
-from actors.delivery.senders import sender_for
-from daemon.config import Destination, FileDestination, WebhookDestination, dec_hook
-from daemon.metrics import Metrics
+from actors.delivery.sender import Sender
+from actors.delivery.status import DestinationStatus
+from actors.destinations.file import FileDestination
+from actors.destinations.webhook import WebhookDestination
+from actors.metrics import Metrics
+from actors.settings import dec_hook
+from daemon.config import Destination
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
@@ -103,6 +107,11 @@ class Running:
         with anyio.fail_after(limit):
             while not condition():
                 await anyio.sleep(0.02)
+
+
+def sender_for(name: str, config: Destination) -> Sender:
+    """The destination's own sender (a test may put another in its place)."""
+    return config.sender(name)
 
 
 @asynccontextmanager

@@ -26,11 +26,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import http_source
-from actors.http_source import RETRY_AFTER_BACKLOG, RETRY_AFTER_PENDING, HttpSourceActor
-from actors.log_writer import LogProgress, LogWriter, Submission
+from actors.http_source import (
+    RETRY_AFTER_BACKLOG,
+    RETRY_AFTER_PENDING,
+    HttpSection,
+    HttpSource,
+    HttpSourceActor,
+)
+from actors.log_writer import LogWriter, Submission
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Mailbox
-from daemon.config import HttpSection, HttpSource, ListenAddress
-from daemon.metrics import Metrics
+from actors.settings import ListenAddress
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port

@@ -23,8 +23,8 @@ import pytest
 
 from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Unavailable
-from actors.destinations.file import CSV_HEADER, FileSender
-from daemon.config import Duration, FileDestination
+from actors.destinations.file import CSV_HEADER, FileDestination, FileSender
+from actors.settings import Duration
 from storage.base import OutboxRow
 
 START = 1_800_000_000.0

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from actors.delivery import payload as payloads
+from actors.identity.settings import IdentitySection
 from actors.lifecycle import Suppressions, forget, unforget
-from daemon.config import Config, IdentitySection
+from daemon.config import Config
 from storage import sqlite_graph
 from storage.base import StoredEvent, transaction
 from storage.held import HeldItem
@@ -73,6 +74,16 @@ class Watched(SqliteLifecycleStore):
     ) -> Iterator[tuple[str, bytes]]:
         self._note("payloads", after)
         return super().payloads_mentioning(needles, after)
+
+
+def log_raw(path: Path, bodies: list[bytes]) -> None:
+    """Bodies as a poison event's might be in the log: not events at all."""
+    with closing(sqlite3.connect(log_path(path), isolation_level=None)) as log:
+        log.executemany(
+            "INSERT INTO events (message_id, type, source, received_at, body) "
+            "VALUES (?, 'track', 'web', 'now', ?)",
+            [(f"raw-{n}", body) for n, body in enumerate(bodies)],
+        )
 
 
 def hold(path: Path, body: bytes, key: str) -> None:
@@ -264,3 +275,28 @@ def test_a_profile_someone_else_signed_in_on_is_not_taken_with_her(
     assert {"pat@x.io", "carol@x.io", "anon-x"} <= kept
     hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
     assert hashes == {identifier_hash(salt, "user_id", "ann-1")}
+
+
+def test_a_person_with_thousands_of_identifiers_is_searched_for_all_of_them(
+    tmp_path: Path,
+) -> None:
+    """Each of Ann's 1,500 events brings a device id of its own: the search for them
+    all must not make one SQL expression SQLite refuses as too deep."""
+    path = tmp_path / "leadsync.db"
+    devices = [{"type": "track", "userId": "ann-1", "anonymousId": f"d{n}"} for n in range(1500)]
+    for event in devices:
+        event["event"] = "Pricing"
+    log_events(path, [*devices, {"type": "track", "userId": "bob-1", "event": "Pricing"}])
+    rejected = [b'{"type":"identify","anonymousId":"d1499","timestamp":7}']
+    log_events(path, [], rejected=rejected)
+    unreadable = [b'{"type": "track", "userId": "ANN-1"', b'{"type": "track", "userId": "bob-1"']
+    log_raw(path, unreadable)
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert (erased.events, erased.quarantined, erased.suppressed) == (1501, 1, 1501)
+    left = [bytes(b) for (b,) in remaining(path, "SELECT body FROM log.events ORDER BY seq")]
+    assert [b"bob-1" in body for body in left] == [True, True]  # his, and his unreadable one

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from actors.delivery import payload as payloads
+from actors.identity.settings import IdentitySection
 from actors.lifecycle import forget
-from daemon.config import Config, IdentitySection
+from daemon.config import Config
 from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash
 from storage.sqlite_held import SqliteHeldStore

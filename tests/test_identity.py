@@ -26,8 +26,8 @@ from actors.identity import graph as graph_module
 from actors.identity.extract import Extractor, Identifier
 from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.identity.rebuild import RebuildCancelled, rebuild
+from actors.identity.settings import ExternalId, IdentitySection
 from actors.messages import Event
-from daemon.config import ExternalId, IdentitySection
 from storage.base import AppendRequest, Change, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import SqliteGraphStore, connect, log_path, scratch, swap_in

@@ -14,14 +14,14 @@ import anyio
 import pytest
 import structlog.testing
 
+from actors import logs
 from actors.identity import worker
 from actors.identity.actor import IdentityActor
-from actors.log_writer import LogProgress
+from actors.identity.settings import IdentitySection
 from actors.messages import ProfileChanged, ScorerMessage
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Mailbox
-from daemon import logs
-from daemon.config import IdentitySection
-from daemon.metrics import Metrics
 from storage.base import AppendRequest, Change
 from storage.sqlite import SqliteStorage
 from tests.identity_journey import USER, journey

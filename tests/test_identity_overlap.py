@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from actors.identity.rebuild import rebuild
-from daemon.config import IdentitySection
+from actors.identity.settings import IdentitySection
 from storage.base import StoredEvent
 from storage.sqlite_graph import SqliteGraphStore
 from tests.identity_journey import journey

@@ -14,11 +14,13 @@ import msgspec
 
 from actors.delivery.payload import Payload, decode
 from actors.delivery.staging import Staging
+from actors.destinations.file import FileDestination
+from actors.destinations.webhook import WebhookDestination
 from actors.identity.rebuild import rebuild
 from actors.scoring import deploy
 from actors.scoring.model import Model
 from actors.scoring.scorer import Scorer
-from daemon.config import Destination, FileDestination, WebhookDestination
+from daemon.config import Destination
 from storage.base import Settlement
 from storage.sqlite_graph import connect, marks
 from storage.sqlite_outbox import ADDRESSES, SqliteOutboxStore

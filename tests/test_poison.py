@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from actors.delivery import senders
 from actors.delivery.sender import Sender
 from actors.identity import isolate
 from actors.identity import rebuild as rebuild_module
@@ -357,7 +356,7 @@ class _Exploding(Sender):
 @pytest.fixture
 def exploding_sender(monkeypatch: pytest.MonkeyPatch) -> str:
     bad = "prf_0005"
-    original = senders.sender_for
+    original = test_delivery.sender_for
 
     def sender_for(name: str, config: Destination) -> Sender:
         return _Exploding(original(name, config), bad)

@@ -13,14 +13,14 @@ import anyio
 import msgspec
 import pytest
 
-from actors.log_writer import LogProgress
 from actors.messages import RunBatch, ScorerMessage
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.scoring import actor as scoring_actor
 from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
 from actors.scoring.scorer import FOLD_BATCH, Scorer
 from daemon.config import Config
-from daemon.metrics import Metrics
 from storage.base import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_scores import CONSUMER

@@ -11,8 +11,7 @@ import pytest
 
 from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Refused, Unavailable
-from actors.destinations.segment import SegmentSender
-from daemon.config import SegmentDestination
+from actors.destinations.segment import SegmentDestination, SegmentSender
 from storage.base import OutboxRow
 from tests.fake_receiver import (
     FakeReceiver,

@@ -12,10 +12,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actors.log_writer import LogProgress, LogWriter, StorageUnavailable, Submission
+from actors.log_writer import LogWriter, StorageUnavailable, Submission
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.tracking_api import iso
-from daemon.metrics import Metrics
 from storage import sqlite_log
 from storage.base import AppendRequest, AppendResult, EventRecord, Rejected
 from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew, migrate

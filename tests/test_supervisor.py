@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from actors.runtime import Actor, Mailbox
-from daemon.config import Duration, RestartPolicy
+from actors.settings import Duration
+from daemon.config import RestartPolicy
 from daemon.supervisor import EXIT_ESCALATED, EXIT_GRACE_EXCEEDED, ActorSpec, Supervisor
 
 FAST = RestartPolicy(

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.destinations.file import FileDestination
 from daemon.cli import EXIT_CONFIG
-from daemon.config import DaemonSection, FileDestination, parse
+from daemon.config import DaemonSection, parse
 from tests.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,9 +14,9 @@ from multidict import CIMultiDict
 
 from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Refused, Unavailable, delivery_id
-from actors.destinations.webhook import WebhookSender, verify
+from actors.destinations.webhook import WebhookDestination, WebhookSender, verify
+from actors.settings import Duration
 from daemon import __version__
-from daemon.config import Duration, WebhookDestination
 from storage.base import OutboxRow
 from tests.fake_receiver import (
     FakeReceiver,

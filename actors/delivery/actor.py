@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,12 +26,13 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from actors.delivery.kinds import DestinationSettings
 from actors.delivery.limiter import WindowLimiter
 from actors.delivery.sender import Refused, Sender, Unavailable
+from actors.delivery.status import DestinationStatus
+from actors.metrics import Metrics
 from actors.poison import blames_storage, describe
 from actors.runtime import Actor, held_from_thread
-from daemon.config import Destination
-from daemon.metrics import Metrics
 from storage.base import DestinationCounts, OutboxRow, Settlement, transaction
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
@@ -54,40 +54,11 @@ DAY = 86_400
 _T = TypeVar("_T")
 
 
-@dataclass
-class DestinationStatus:
-    """What /status and /metrics show of one destination; written by its actor."""
-
-    type: str
-    mode: str
-    state: str = "starting"
-    queued: int = 0
-    held: int = 0
-    dead_letters: int = 0
-    sent: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    last_success_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-    rate: float = 0.0
-    """Calls per second over the last rate window."""
-    paused_for: float = 0.0
-    """Seconds left of a pause (Retry-After, or the destination down)."""
-    used_today: int = 0
-    """Calls in the current UTC day, for the daily cap."""
-    lag: float | None = None
-    """Seconds from score stored to acknowledgement recorded, for the oldest record of
-    the last call that delivered any (the histogram in /metrics has them all)."""
-    writing: str | None = None
-    """What the sender writes to now, if it says (the file destination's part file)."""
-
-
 class DestinationActor(Actor):
     def __init__(
         self,
         name: str,
-        config: Destination,
+        config: DestinationSettings,
         sender: Sender,
         database: Path,
         busy_timeout: float,

@@ -10,8 +10,8 @@ from typing import NamedTuple
 
 import aiohttp
 
+from actors import __version__
 from actors.delivery.sender import Sender, Unavailable
-from daemon import __version__
 
 
 class Answer(NamedTuple):

@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 
 from actors.delivery.filter import Filter
+from actors.delivery.kinds import DestinationSettings
 from actors.delivery.payload import Payload, encode
 from actors.poison import HELD, Attempts
-from daemon.config import Destination
 from storage.base import Damaged, DamagedRow, OutboxStore, Score
 
 ADDRESS_KINDS = ("user_id", "email", "anonymous_id")
@@ -40,7 +40,7 @@ class Route:
     """One destination's mapping, filter and mode. Not thread-safe (the filter's
     evaluator is reused): one per scorer."""
 
-    def __init__(self, name: str, config: Destination) -> None:
+    def __init__(self, name: str, config: DestinationSettings) -> None:
         self.name = name
         self.label = f"destination {name}"
         """How a held profile's error names this route."""
@@ -78,13 +78,20 @@ class Route:
         )
 
 
-def fingerprint(config: Destination) -> tuple[str, str]:
+def fingerprint(config: DestinationSettings) -> tuple[str, str]:
     """(where it sends, what it sends): a new `where` (another type, URL, host, write
     key or directory) is a destination that has nothing yet; a new `what` (fields or
     filter) changes payloads, and so what differs from what it has."""
-    where = [config.kind, *(getattr(config, k, None) for k in ("url", "host", "write_key", "path"))]
+    # The digests are stored with every destination's state: the first four places
+    # keep the shape they had before kinds said what their address is, so a built-in
+    # destination is not taken for a new one (and sent everything again) on upgrade.
+    where = [config.kind, *(getattr(config, k, None) for k in _FIRST_ADDRESSES)]
+    where += [getattr(config, k) for k in config.ADDRESS if k not in _FIRST_ADDRESSES]
     what = [config.fields, config.filter]
     return _digest(where), _digest(what)
+
+
+_FIRST_ADDRESSES = ("url", "host", "write_key", "path")
 
 
 def _digest(value: object) -> str:
@@ -96,7 +103,7 @@ Prepared = dict[str, list[tuple[int, str, bytes | None, int]]]
 
 
 class Staging:
-    def __init__(self, store: OutboxStore, destinations: Mapping[str, Destination]) -> None:
+    def __init__(self, store: OutboxStore, destinations: Mapping[str, DestinationSettings]) -> None:
         self.store = store
         self.routes = {name: Route(name, config) for name, config in destinations.items()}
         self.held = [r.name for r in self.routes.values() if r.batch]

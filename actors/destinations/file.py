@@ -60,17 +60,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
 import msgspec
 import structlog
 
+from actors.delivery.kinds import DestinationSettings, RateLimit, register
 from actors.delivery.payload import Payload, decode, iso
 from actors.delivery.sender import RecordError, Sender, Unavailable
-from daemon.config import FileDestination
+from actors.settings import Duration, Positive
 from storage.base import OutboxRow
+
+
+@register
+class FileDestination(DestinationSettings, tag="file", tag_field="type", kw_only=True, frozen=True):
+    """CSV or JSONL files; a file appears under its final name only when complete."""
+
+    ADDRESS = ("path",)
+
+    path: str
+    """A directory; created if missing."""
+    format: Literal["jsonl", "csv"] = "jsonl"
+    rotate_bytes: Positive = 64 * 1024 * 1024
+    rotate_interval: Duration = Duration(3600)
+    rate: RateLimit = RateLimit(requests=100, per=Duration(1))
+
+    def sender(self, name: str) -> Sender:
+        return FileSender(name, self)
+
 
 log = structlog.get_logger(__name__)
 

@@ -19,17 +19,38 @@ from typing import Any
 
 import msgspec
 
+from actors import __version__
 from actors.delivery.http import HttpSender
+from actors.delivery.kinds import DestinationSettings, RateLimit, register
 from actors.delivery.payload import decode, iso
 from actors.delivery.sender import (
     REFUSED,
     RecordError,
+    Sender,
     delivery_id,
     raise_for_status,
 )
-from daemon import __version__
-from daemon.config import SegmentDestination
+from actors.settings import Duration
 from storage.base import OutboxRow
+
+
+@register
+class SegmentDestination(
+    DestinationSettings, tag="segment", tag_field="type", kw_only=True, frozen=True
+):
+    """identify calls with the mk_* traits, to Segment or any Segment-compatible API."""
+
+    ADDRESS = ("host", "write_key")
+    URL_FIELDS = ("host",)
+
+    write_key: str
+    host: str = "https://api.segment.io"
+    rate: RateLimit = RateLimit(requests=50, per=Duration(1))
+    """Segment asks for under 50 calls a second."""
+
+    def sender(self, name: str) -> Sender:
+        return SegmentSender(self)
+
 
 MAX_MESSAGE = 32 * 1024
 """Segment's limit per message; a larger one can never be accepted."""

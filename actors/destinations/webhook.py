@@ -35,15 +35,35 @@ import msgspec
 
 from actors.delivery import payload as payloads
 from actors.delivery.http import HttpSender
+from actors.delivery.kinds import DestinationSettings, register
 from actors.delivery.payload import iso
 from actors.delivery.sender import (
     RecordError,
+    Sender,
     Unavailable,
     delivery_id,
     raise_for_status,
 )
-from daemon.config import WebhookDestination
 from storage.base import OutboxRow
+
+
+@register
+class WebhookDestination(
+    DestinationSettings, tag="webhook", tag_field="type", kw_only=True, frozen=True
+):
+    """Signed JSON POSTs; docs/destinations.md says how a receiver verifies them."""
+
+    ADDRESS = ("url",)
+    URL_FIELDS = ("url",)
+    DELETES = True
+
+    url: str
+    secret: str
+    """The HMAC-SHA256 key. Use env:NAME so daemon.toml holds no secret."""
+
+    def sender(self, name: str) -> Sender:
+        return WebhookSender(self)
+
 
 TIMESTAMP_HEADER = "X-Leadsync-Timestamp"
 SIGNATURE_HEADER = "X-Leadsync-Signature"

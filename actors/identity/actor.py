@@ -27,11 +27,11 @@ import structlog
 
 from actors.identity import isolate, worker
 from actors.identity.graph import StaleCheckpoint
-from actors.log_writer import LogProgress
+from actors.identity.settings import IdentitySection
 from actors.messages import ProfileChanged, ScorerMessage
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
-from daemon.config import IdentitySection
-from daemon.metrics import Metrics
 from storage.base import Change
 from storage.sqlite_graph import CONSUMER
 

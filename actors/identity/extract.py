@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from actors.identity.settings import IdentitySection
 from actors.messages import Event
-from daemon.config import IdentitySection
 
 
 class Identifier(NamedTuple):

@@ -34,8 +34,8 @@ import msgspec
 import structlog
 
 from actors.identity.extract import USER_ID, Extractor, Identifier
+from actors.identity.settings import IdentitySection
 from actors.messages import Event
-from daemon.config import IdentitySection
 from storage.base import (
     Account,
     Activity,

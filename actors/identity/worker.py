@@ -26,12 +26,12 @@ from pathlib import Path
 
 import structlog
 
+from actors import logs
 from actors.identity import isolate
 from actors.identity.extract import Extractor
 from actors.identity.graph import BatchResult, Graph, StaleCheckpoint, collector_paused
+from actors.identity.settings import IdentitySection
 from actors.poison import Attempts
-from daemon import logs
-from daemon.config import IdentitySection
 from storage.sqlite_graph import (
     SqliteGraphStore,
     connect,

@@ -14,18 +14,20 @@ import contextlib
 import enum
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.to_thread
 import structlog
 
+from actors.delivery.kinds import DestinationSettings
 from actors.delivery.staging import Staging, fingerprint
 from actors.identity.extract import Extractor
-from actors.log_writer import LogProgress
+from actors.identity.settings import IdentitySection
 from actors.messages import (
     ProfileChanged,
     RunBatch,
@@ -33,12 +35,13 @@ from actors.messages import (
     SyncDestination,
     UseDestinations,
 )
+from actors.metrics import Metrics
+from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.model import ModelError, parse
 from actors.scoring.scorer import CHANGES_BATCH, COMPONENT, FOLD_BATCH, BatchResult, Scorer
-from daemon.config import Config, Destination
-from daemon.metrics import Metrics
+from actors.scoring.settings import ScoringSection
 from storage.held import HeldItem
 from storage.sqlite_graph import connect
 from storage.sqlite_held import SqliteHeldStore
@@ -87,6 +90,38 @@ class _Round(enum.Enum):
     IDLE = "nothing to do"
 
 
+class _Sized(Protocol):
+    @property
+    def max_backlog(self) -> int: ...
+
+
+class _Storage(Protocol):
+    @property
+    def busy_timeout(self) -> float: ...
+
+
+class _Source(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+class Config(Protocol):
+    """What the scorer reads of the daemon's configuration (daemon.config.Config)."""
+
+    @property
+    def http(self) -> _Sized: ...
+    @property
+    def storage(self) -> _Storage: ...
+    @property
+    def sources(self) -> Mapping[str, _Source]: ...
+    @property
+    def identity(self) -> IdentitySection: ...
+    @property
+    def scoring(self) -> ScoringSection: ...
+    @property
+    def destinations(self) -> Mapping[str, DestinationSettings]: ...
+
+
 class ScorerActor(Actor):
     def __init__(
         self,
@@ -110,7 +145,7 @@ class ScorerActor(Actor):
         self._status = status
         self._requests: list[RunBatch] = []
         self._syncs: list[SyncDestination] = []
-        self._reloaded: dict[str, Destination] | None = None
+        self._reloaded: dict[str, DestinationSettings] | None = None
         self._next_batch = 0.0
         self._checkpoint = 0
         self._replaying = False
@@ -162,7 +197,9 @@ class ScorerActor(Actor):
     def _count_held(self, items: list[HeldItem]) -> None:
         self._metrics.poison.labels(COMPONENT).inc(len(items))
 
-    def _use_destinations(self, scorer: Scorer, destinations: dict[str, Destination]) -> None:
+    def _use_destinations(
+        self, scorer: Scorer, destinations: Mapping[str, DestinationSettings]
+    ) -> None:
         """Stage for `destinations` from now on. One that is new, or sends somewhere
         else now, is queued every scored profile; one whose fields or filter changed,
         every profile whose payload changed (once: the fingerprint is kept when done).

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from daemon.config import ConfigError, Duration, dec_hook, describe, dotted, read_text, where
+from actors.settings import ConfigError, Duration, dec_hook, describe, dotted, read_text, where
 
 FIT_SEGMENTS = ("very good", "good", "medium", "low")
 LIKELIHOOD_SEGMENTS = ("very high", "high", "medium", "low")

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from actors import logs
 from actors.identity import worker
-from daemon import logs
-from daemon.config import Config, IdentitySection
+from actors.identity.settings import IdentitySection
+from daemon.config import Config
 from storage.base import AppendRequest, Rejected
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path

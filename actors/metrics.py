@@ -7,8 +7,8 @@ collector instead of being copied into gauges that could go stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,14 +21,25 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon import __version__
-
-if TYPE_CHECKING:
-    from actors.delivery.actor import DestinationStatus
-    from actors.log_writer import LogProgress
-    from daemon.supervisor import ActorStatus
+from actors import __version__
+from actors.delivery.status import DestinationStatus
+from actors.progress import LogProgress
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ActorState(Protocol):
+    """What the metrics read of each supervised actor (the supervisor's ActorStatus)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def queue_depth(self) -> int | None: ...
+    @property
+    def queue_capacity(self) -> int | None: ...
+
 
 # `*_created` series double the scrape for no use on a long-running daemon.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -219,7 +230,7 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, actors: Callable[[], list[ActorStatus]], progress: LogProgress) -> None:
+    def watch(self, actors: Callable[[], Sequence[ActorState]], progress: LogProgress) -> None:
         """Read actor states and log positions at scrape time."""
         self.registry.register(_LiveCollector(actors, progress))
 
@@ -231,7 +242,7 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, actors: Callable[[], list[ActorStatus]], progress: LogProgress) -> None:
+    def __init__(self, actors: Callable[[], Sequence[ActorState]], progress: LogProgress) -> None:
         self._actors = actors
         self._progress = progress
 

@@ -1,0 +1,132 @@
+"""What every destination kind has, and the registry of kinds by their `type`.
+
+A destination kind is one module of actors/destinations/ (or a folder of small ones), or a
+module of another package installed with a `leadsync.destinations` entry point. It
+holds its settings: a subclass of DestinationSettings tagged with its `type` and
+decorated with `register`, which says where the kind sends (ADDRESS: a destination
+pointed elsewhere has nothing yet and is sent everything again) and builds its
+sender. daemon/config.py reads every kind from `kinds()`; nothing lists them by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Annotated, ClassVar, Literal, TypeVar
+
+import msgspec
+
+import actors.destinations as destinations
+from actors.delivery.sender import Sender
+from actors.settings import ConfigError, Duration, Positive
+
+
+class RateLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """At most `requests` calls in any window of `per` seconds (the way HubSpot and
+    Salesforce count), and at most `daily` in a UTC day (kept across restarts)."""
+
+    requests: Positive = 10
+    per: Duration = Duration(1)
+    daily: Positive | None = None
+
+
+class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Failed sends wait first_delay, then twice as long each time (at most
+    max_delay, each ±25% at random); after `attempts` in all, the dead-letter table.
+    The defaults spread nine retries over about two hours."""
+
+    attempts: Positive = 10
+    first_delay: Duration = Duration(15)
+    max_delay: Duration = Duration(3600)
+
+
+Mode = Literal["realtime", "batch", "both"]
+
+
+class DestinationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What every destination has; see the commented daemon.toml for each key. A kind
+    subclasses it with tag="its type", tag_field="type"."""
+
+    ADDRESS: ClassVar[tuple[str, ...]] = ()
+    """The settings that say where it sends (a URL, a host and key, a directory)."""
+    URL_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """Settings that must be http:// or https:// URLs (checked with the file's line)."""
+    DELETES: ClassVar[bool] = False
+    """Takes a deletion request (a payload with "deleted": true) when a person is
+    forgotten; see docs/destinations.md for what each kind keeps."""
+
+    mode: Mode = "batch"
+    filter: str | None = None
+    """A Python-like expression over the profile's traits, identifiers and mk_* scores;
+    only profiles for which it is true are sent."""
+    fields: dict[str, str] = {}
+    """mk_* trait -> the destination's name for it. Empty: every mk_* trait as is."""
+    rate: RateLimit = RateLimit()
+    retry: RetryPolicy = RetryPolicy()
+    timeout: Duration = Duration(30)
+    batch_size: Positive | None = None
+    """Profiles per call; None means the API's maximum."""
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Calls in flight at once (the rate limit still holds)."""
+
+    @property
+    def kind(self) -> str:
+        """The `type` key: segment, webhook, file, or a kind registered elsewhere."""
+        return str(self.__struct_config__.tag)
+
+    def sender(self, name: str) -> Sender:
+        """The Sender that delivers to this destination, named `name` in daemon.toml."""
+        raise NotImplementedError(f"destination type {self.kind!r} builds no sender")
+
+
+_D = TypeVar("_D", bound=type[DestinationSettings])
+_KINDS: dict[str, type[DestinationSettings]] = {}
+
+
+class KindError(ConfigError):
+    """A destination kind that cannot be registered as it is written, or a plugin that
+    cannot be loaded: said as a config problem, since the config asks for the kinds."""
+
+
+def register(kind: _D) -> _D:
+    """Make a kind known by its tag; a class decorator."""
+    tag = kind.__struct_config__.tag
+    if not isinstance(tag, str) or kind.__struct_config__.tag_field != "type":
+        raise KindError(f'{kind.__name__}: needs tag="NAME", tag_field="type"')
+    if _KINDS.get(tag, kind) is not kind:
+        raise KindError(f"destination type {tag!r} is registered twice")
+    if not kind.ADDRESS:
+        raise KindError(f"{kind.__name__}: ADDRESS must name the settings that say where it sends")
+    if kind.sender is DestinationSettings.sender:
+        raise KindError(f"{kind.__name__}: defines no sender()")
+    _KINDS[tag] = kind
+    return kind
+
+
+PLUGINS = "leadsync.destinations"
+"""The entry-point group of destination kinds installed as packages of their own: each
+entry names a module that registers its kind, or the settings class itself."""
+_discovered = False
+
+
+def kinds() -> dict[str, type[DestinationSettings]]:
+    """Every destination kind by its `type`: each module of this package, and each
+    plugin installed, registers its own when imported, so all are imported first
+    (once a process)."""
+    global _discovered
+    if not _discovered:
+        for module in pkgutil.iter_modules(destinations.__path__):
+            importlib.import_module(f"{destinations.__name__}.{module.name}")
+        for entry in entry_points(group=PLUGINS):
+            try:
+                loaded = entry.load()
+            except Exception as exc:
+                raise KindError(
+                    f"the destination plugin {entry.name!r} ({entry.value}) cannot be "
+                    f"loaded: {type(exc).__name__}: {exc}"
+                ) from None
+            if isinstance(loaded, type) and issubclass(loaded, DestinationSettings):
+                register(loaded)
+        _discovered = True
+    return dict(sorted(_KINDS.items()))
