@@ -29,7 +29,7 @@ from actors.log_writer import LogProgress, StorageUnavailable, Submission
 from actors.runtime import Actor, Mailbox
 from daemon.config import HttpSection, HttpSource
 from daemon.metrics import Metrics
-from storage.base import AppendRequest
+from storage.log import AppendRequest
 
 log = structlog.get_logger(__name__)
 

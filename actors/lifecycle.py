@@ -36,7 +36,6 @@ from actors.delivery import payload as payloads
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor, normalize_email
 from actors.messages import Event, EventType
 from daemon.config import BUILTIN_ID_KINDS, Config, IdentitySection, WebhookDestination
-from storage.base import AppendRequest, StoredEvent, transaction
 from storage.lifecycle import (
     Deletion,
     Erased,
@@ -45,6 +44,8 @@ from storage.lifecycle import (
     Strays,
     identifier_hash,
 )
+from storage.log import AppendRequest, StoredEvent
+from storage.transaction import transaction
 
 Identifier = tuple[str, str]
 _decode_event = msgspec.json.Decoder(Event).decode
@@ -520,7 +521,6 @@ def unforget_here(
     """Lift a suppression on the files; inside the daemon, from its set too (ingestion
     held for the moment). Returns how many identifiers it covered (0: none did)."""
     from actors.runtime import held_from_thread
-    from storage.base import transaction
     from storage.sqlite_lifecycle import SqliteLifecycleStore
 
     store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)

@@ -64,7 +64,7 @@ from daemon.config import (
     StorageSection,
     WebhookDestination,
 )
-from storage.base import Activity, Stamped
+from storage.graph import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore

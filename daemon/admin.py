@@ -38,7 +38,7 @@ from daemon import __version__
 from daemon.config import BUILTIN_ID_KINDS, AdminSection, Config
 from daemon.metrics import CONTENT_TYPE, Metrics
 from daemon.supervisor import Supervisor
-from storage.base import Storage
+from storage.backend import Storage
 from storage.lifecycle import Erased, PartlyErased
 
 log = structlog.get_logger(__name__)

@@ -41,7 +41,7 @@ from daemon.datadir import DataDirLock
 from daemon.metrics import Metrics
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
-from storage.base import Storage
+from storage.backend import Storage
 from storage.migrations import SchemaTooNew
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect

@@ -18,17 +18,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from storage.base import (
-    Account,
-    Activity,
-    Change,
-    Link,
-    Merge,
-    Node,
-    Profile,
-    Stamped,
-    StoredEvent,
-)
+from storage.graph import Account, Activity, Change, Link, Merge, Node, Profile, Stamped
+from storage.log import StoredEvent
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS
 
 CONSUMER = "identity"

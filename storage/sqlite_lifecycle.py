@@ -22,8 +22,8 @@ from pathlib import Path
 
 import msgspec
 
-from storage.base import StoredEvent
 from storage.lifecycle import SALT, Deletion, Erased, PartlyErased, Person, Strays
+from storage.log import StoredEvent
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000

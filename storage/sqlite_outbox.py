@@ -13,14 +13,9 @@ from typing import Any
 
 import msgspec
 
-from storage.base import (
-    DeadLetter,
-    DestinationCounts,
-    OutboxRow,
-    Settlement,
-    Stamped,
-    decoded_traits,
-)
+from storage.graph import Stamped
+from storage.outbox import DeadLetter, DestinationCounts, OutboxRow, Settlement
+from storage.scores import decoded_traits
 from storage.sqlite_graph import Transactions, chunks, marks
 
 FILTERED = 0

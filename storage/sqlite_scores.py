@@ -14,17 +14,10 @@ from typing import Any
 
 import msgspec
 
-from storage.base import (
-    PROFILE,
-    Deploy,
-    ProfileInBatch,
-    ProfileToScore,
-    Score,
-    Stamped,
-    StoredEvent,
-    decoded_traits,
-)
+from storage.graph import Stamped
+from storage.log import StoredEvent
 from storage.migrations import SCORE_COLUMNS
+from storage.scores import PROFILE, Deploy, ProfileInBatch, ProfileToScore, Score, decoded_traits
 from storage.sqlite_graph import LogConsumerStore, by_kind, chunks, marks, read_events
 
 CONSUMER = "scorer"

@@ -20,9 +20,9 @@ from actors.identity import worker
 from actors.lifecycle import forget
 from daemon import logs
 from daemon.config import Config, IdentitySection
-from storage.base import AppendRequest
 from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash
+from storage.log import AppendRequest
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path
 from storage.sqlite_held import SqliteHeldStore

@@ -28,7 +28,8 @@ from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.messages import Event
 from daemon.config import ExternalId, IdentitySection
-from storage.base import AppendRequest, Change, EventRecord
+from storage.graph import Change
+from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import SqliteGraphStore, connect, log_path, scratch, swap_in
 from tests.identity_journey import (

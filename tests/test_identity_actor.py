@@ -22,7 +22,8 @@ from actors.runtime import Mailbox
 from daemon import logs
 from daemon.config import IdentitySection
 from daemon.metrics import Metrics
-from storage.base import AppendRequest, Change
+from storage.graph import Change
+from storage.log import AppendRequest
 from storage.sqlite import SqliteStorage
 from tests.identity_journey import USER, journey
 from tests.test_identity import records

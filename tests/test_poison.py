@@ -25,11 +25,12 @@ from actors.messages import Event
 from actors.scoring import deploy
 from actors.scoring.scorer import Scorer
 from daemon.config import Destination
-from storage.base import OutboxRow, transaction
 from storage.held import Held
+from storage.outbox import OutboxRow
 from storage.sqlite_graph import connect, open_log
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_scores import SqliteScoreStore
+from storage.transaction import transaction
 from tests import test_delivery
 from tests.test_delivery import delivering, stage, uids, webhook
 from tests.test_identity import Harness, built, shape

@@ -21,7 +21,7 @@ from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
 from actors.scoring.scorer import FOLD_BATCH, Scorer
 from daemon.config import Config
 from daemon.metrics import Metrics
-from storage.base import AppendRequest, EventRecord
+from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_scores import CONSUMER
 

@@ -13,7 +13,7 @@ from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Refused, Unavailable
 from actors.destinations.segment import SegmentSender
 from daemon.config import SegmentDestination
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 from tests.fake_receiver import (
     FakeReceiver,
     Rejection,

@@ -17,7 +17,7 @@ from actors.runtime import Mailbox
 from actors.tracking_api import iso
 from daemon.metrics import Metrics
 from storage import sqlite_log
-from storage.base import AppendRequest, AppendResult, EventRecord, Rejected
+from storage.log import AppendRequest, AppendResult, EventRecord, Rejected
 from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew, migrate
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect, log_path

@@ -17,7 +17,7 @@ from actors.delivery.sender import RecordError, Refused, Unavailable, delivery_i
 from actors.destinations.webhook import WebhookSender, verify
 from daemon import __version__
 from daemon.config import Duration, WebhookDestination
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 from tests.fake_receiver import (
     FakeReceiver,
     Received,

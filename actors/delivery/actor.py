@@ -33,9 +33,10 @@ from actors.poison import blames_storage, describe
 from actors.runtime import Actor, held_from_thread
 from daemon.config import Destination
 from daemon.metrics import Metrics
-from storage.base import DestinationCounts, OutboxRow, Settlement, transaction
+from storage.outbox import DestinationCounts, OutboxRow, Settlement
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
+from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 

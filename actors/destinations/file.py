@@ -70,7 +70,7 @@ import structlog
 from actors.delivery.payload import Payload, decode, iso
 from actors.delivery.sender import RecordError, Sender, Unavailable
 from daemon.config import FileDestination
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 log = structlog.get_logger(__name__)
 

@@ -29,7 +29,7 @@ from actors.delivery.sender import (
 )
 from daemon import __version__
 from daemon.config import SegmentDestination
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 MAX_MESSAGE = 32 * 1024
 """Segment's limit per message; a larger one can never be accepted."""

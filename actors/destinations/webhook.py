@@ -43,7 +43,7 @@ from actors.delivery.sender import (
     raise_for_status,
 )
 from daemon.config import WebhookDestination
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 TIMESTAMP_HEADER = "X-Leadsync-Timestamp"
 SIGNATURE_HEADER = "X-Leadsync-Signature"

@@ -32,7 +32,7 @@ from actors.messages import ProfileChanged, ScorerMessage
 from actors.runtime import Actor, Mailbox
 from daemon.config import IdentitySection
 from daemon.metrics import Metrics
-from storage.base import Change
+from storage.graph import Change
 from storage.sqlite_graph import CONSUMER
 
 log = structlog.get_logger(__name__)

@@ -36,7 +36,7 @@ import structlog
 from actors.identity.extract import USER_ID, Extractor, Identifier
 from actors.messages import Event
 from daemon.config import IdentitySection
-from storage.base import (
+from storage.graph import (
     Account,
     Activity,
     Anchor,
@@ -47,8 +47,8 @@ from storage.base import (
     Node,
     Profile,
     Stamped,
-    StoredEvent,
 )
+from storage.log import StoredEvent
 
 log = structlog.get_logger(__name__)
 

@@ -19,9 +19,10 @@ import structlog
 
 from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
 from actors.poison import HELD, Attempts, blames_storage, describe
-from storage.base import StoredEvent, transaction
 from storage.held import HeldStore, Withdrawn
+from storage.log import StoredEvent
 from storage.sqlite_graph import read_batches, read_events
+from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 

@@ -30,19 +30,19 @@ from actors.poison import HELD, Attempts
 from actors.scoring.fit import FitScorer, Traits
 from actors.scoring.likelihood import Intent, LikelihoodScore, LikelihoodScorer, epoch
 from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
-from storage.base import (
+from storage.graph import Change
+from storage.held import Held, HeldStore, Withdrawn
+from storage.log import StoredEvent
+from storage.scores import (
     ACCOUNT,
-    Change,
     Damaged,
     DamagedRow,
     ProfileInBatch,
     ProfileToScore,
     Score,
     ScoreStore,
-    StoredEvent,
-    transaction,
 )
-from storage.held import Held, HeldStore, Withdrawn
+from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 
