@@ -316,7 +316,7 @@ class _Found:
 
     def _capped(self, kind: str, carried: list[Identifier]) -> bool:
         """Whether the cap on `kind` keeps the event's new identifiers of that kind out
-        of the person's profiles it touches, as the merger would (graph.violation)."""
+        of the person's profiles it touches, as the merger would (Caps.violation)."""
         limit = self.rules.limit(kind)
         if limit is None:
             return False

@@ -52,7 +52,7 @@ import msgspec
 
 from actors.delivery.staging import Staging
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor
-from actors.identity.graph import uid_of
+from actors.identity.rules import uid_of
 from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
 from actors.scoring.scorer import BATCH_CHUNK, BatchResult, Scorer

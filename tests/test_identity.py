@@ -22,10 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors import tracking_api
-from actors.identity import graph as graph_module
+from actors.identity import batch as batch_module
 from actors.identity.extract import Extractor, Identifier
-from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
+from actors.identity.pipeline import Graph
 from actors.identity.rebuild import RebuildCancelled, rebuild
+from actors.identity.unit import BatchResult, StaleCheckpoint
 from actors.messages import Event
 from daemon.config import ExternalId, IdentitySection
 from storage.graph import Change
@@ -313,7 +314,7 @@ async def test_a_re_decision_folds_again_only_the_identifiers_that_change_hands(
 async def test_a_conflict_with_too_long_a_history_is_not_re_decided(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(graph_module, "MAX_REFOLD_EVENTS", 10)
+    monkeypatch.setattr(batch_module, "MAX_REFOLD_EVENTS", 10)
     async with Harness(tmp_path / "g.db") as graph:
         await graph.send(*tablet_of_three())
         read: list[Sequence[int]] = []

@@ -20,7 +20,7 @@ from actors.delivery.sender import Sender
 from actors.identity import isolate
 from actors.identity import rebuild as rebuild_module
 from actors.identity.extract import Extractor, Identifier
-from actors.identity.graph import BatchResult
+from actors.identity.unit import BatchResult
 from actors.messages import Event
 from actors.scoring import deploy
 from actors.scoring.scorer import Scorer

@@ -26,7 +26,7 @@ import anyio.to_thread
 import structlog
 
 from actors.identity import isolate, worker
-from actors.identity.graph import StaleCheckpoint
+from actors.identity.unit import StaleCheckpoint
 from actors.log_writer import LogProgress
 from actors.messages import ProfileChanged, ScorerMessage
 from actors.runtime import Actor, Mailbox

@@ -17,7 +17,8 @@ from collections.abc import Generator, Iterator, Sequence
 
 import structlog
 
-from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
+from actors.identity.pipeline import Graph
+from actors.identity.unit import BatchResult, StaleCheckpoint
 from actors.poison import HELD, Attempts, blames_storage, describe
 from storage.held import HeldStore, Withdrawn
 from storage.log import StoredEvent

@@ -28,7 +28,8 @@ import structlog
 
 from actors.identity import isolate
 from actors.identity.extract import Extractor
-from actors.identity.graph import BatchResult, Graph, StaleCheckpoint, collector_paused
+from actors.identity.pipeline import Graph, collector_paused
+from actors.identity.unit import BatchResult, StaleCheckpoint
 from actors.poison import Attempts
 from daemon import logs
 from daemon.config import IdentitySection
