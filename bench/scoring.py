@@ -55,7 +55,7 @@ from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor
 from actors.identity.rules import uid_of
 from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
-from actors.scoring.scorer import BATCH_CHUNK, BatchResult, Scorer
+from actors.scoring.scorer import BATCH_CHUNK, BatchRunResult, Scorer
 from bench import measure
 from daemon.config import (
     Destination,
@@ -389,7 +389,7 @@ class BatchReport:
     intents: int
     in_accounts: int
     build_seconds: float
-    runs: list[tuple[str, BatchResult, float]]
+    runs: list[tuple[str, BatchRunResult, float]]
     """(label, result, limit seconds) per run."""
     rss_before: int
     rss: int
@@ -493,7 +493,7 @@ def run_batch(profiles: int, seed: int, destinations: bool) -> BatchReport:
             gate=checkpointer.held,
             staging=Staging(SqliteOutboxStore(scorer_db), DESTINATIONS) if destinations else None,
         )
-        runs: list[tuple[str, BatchResult, float]] = []
+        runs: list[tuple[str, BatchRunResult, float]] = []
         rss_before = measure.peak_rss()
         for label, first in (
             ("run 1: fit + likelihood (no scores)", True),

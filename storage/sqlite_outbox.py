@@ -47,11 +47,14 @@ _STATE = (
 )
 
 
-class _Traits(msgspec.Struct):
+class _TraitsToStage(msgspec.Struct):
+    """The part of a profile's Activity that staging reads (mappings, filters); the
+    decoder skips the rest."""
+
     traits: dict[str, Stamped] = {}
 
 
-_activity = msgspec.json.Decoder(_Traits).decode
+_activity = msgspec.json.Decoder(_TraitsToStage).decode
 
 
 def _profile_traits(activity: bytes) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from actors.identity import batch as batch_module
 from actors.identity.extract import Extractor, Identifier
 from actors.identity.pipeline import Graph
 from actors.identity.rebuild import RebuildCancelled, rebuild
-from actors.identity.unit import BatchResult, StaleCheckpoint
+from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.messages import Event
 from daemon.config import ExternalId, IdentitySection
 from storage.graph import Change
@@ -73,7 +73,7 @@ class Harness:
         self.rules = rules or IdentitySection()
         self.storage: SqliteStorage | None = None
         self.applied = 0
-        self.result = BatchResult()
+        self.result = MergeResult()
 
     async def __aenter__(self) -> Harness:
         self.storage = await SqliteStorage.open(self.path)

@@ -20,7 +20,7 @@ from actors.delivery.sender import Sender
 from actors.identity import isolate
 from actors.identity import rebuild as rebuild_module
 from actors.identity.extract import Extractor, Identifier
-from actors.identity.unit import BatchResult
+from actors.identity.unit import MergeResult
 from actors.messages import Event
 from actors.scoring import deploy
 from actors.scoring.scorer import Scorer
@@ -84,7 +84,7 @@ def poisoned_merger(graph: Harness) -> Fault:
     return fault
 
 
-def merge_all(graph: Harness, path: Path, size: int = 1000) -> list[BatchResult]:
+def merge_all(graph: Harness, path: Path, size: int = 1000) -> list[MergeResult]:
     """The merger's worker loop, as apply_next runs it: retries asked for, then the log."""
     store = SqliteHeldStore(graph.graph.store._db)  # type: ignore[attr-defined]
     attempts = isolate.attempts()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from actors.identity.batch import Batch
 from actors.identity.extract import Extractor
 from actors.identity.rules import Caps
-from actors.identity.unit import BatchResult
+from actors.identity.unit import MergeResult
 from daemon.config import IdentitySection
 from storage.graph import GraphStore
 from storage.log import StoredEvent
@@ -41,7 +41,7 @@ class Graph:
         self.extractor = extractor
         self.caps = Caps(rules, extractor.priority)
 
-    def apply(self, events: Sequence[StoredEvent], after: int) -> BatchResult:
+    def apply(self, events: Sequence[StoredEvent], after: int) -> MergeResult:
         """Apply `events`, which follow checkpoint `after`, and move the checkpoint."""
         (result,) = self.apply_all([events], after)
         return result
@@ -52,7 +52,7 @@ class Graph:
         checkpoint: int,
         within: Callable[[], None] = lambda: None,
         skip: bool = False,
-    ) -> BatchResult:
+    ) -> MergeResult:
         """One transaction off the log's order, at checkpoint `checkpoint`: apply
         `events` without moving the checkpoint (held events applied again), or, with
         `skip`, apply nothing and move the checkpoint past the one event given (one
@@ -72,7 +72,7 @@ class Graph:
 
     def apply_all(
         self, batches: Iterable[Sequence[StoredEvent]], after: int
-    ) -> Generator[BatchResult, None, None]:
+    ) -> Generator[MergeResult, None, None]:
         """Apply `batches` in turn, the first following checkpoint `after`, each in a
         transaction of its own; yields each one's result once it is committed.
 
@@ -84,7 +84,7 @@ class Graph:
         source = iter(batches)
         with ThreadPoolExecutor(1, "graph-commit") as committer:
             in_flight: tuple[Batch, Future[None]] | None = None
-            done: BatchResult | None = None
+            done: MergeResult | None = None
             while True:
                 batch: Batch | None = None
                 failed: BaseException | None = None
@@ -152,7 +152,7 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _committed(in_flight: tuple[Batch, Future[None]]) -> BatchResult:
+def _committed(in_flight: tuple[Batch, Future[None]]) -> MergeResult:
     """Wait for the batch's commit; raises what failed it, the first failure of a run."""
     batch, commit = in_flight
     commit.result()

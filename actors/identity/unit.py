@@ -32,7 +32,9 @@ class StaleCheckpoint(Exception):
 
 
 @dataclass
-class BatchResult:
+class MergeResult:
+    """What applying one batch of events to the graph did, for the metrics and the log."""
+
     applied: int = 0
     without_identity: int = 0
     blocked: int = 0
@@ -77,7 +79,7 @@ class UnitOfWork:
         self.behind: Future[None] | None = None
         self._open = False
         self._write_started = 0.0
-        self.result = BatchResult()
+        self.result = MergeResult()
         self.nodes: dict[tuple[str, str], Node] = {}
         """By (kind, value): an Identifier is such a tuple, and a plain one is cheaper to make."""
         self.nodes_by_id: dict[int, Node] = {}

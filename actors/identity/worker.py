@@ -29,7 +29,7 @@ import structlog
 from actors.identity import isolate
 from actors.identity.extract import Extractor
 from actors.identity.pipeline import Graph, collector_paused
-from actors.identity.unit import BatchResult, StaleCheckpoint
+from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.poison import Attempts
 from daemon import logs
 from daemon.config import IdentitySection
@@ -165,7 +165,7 @@ def apply_next(after: int) -> Applied | None:
     and the next call, starting with the failed batch, meets its error again."""
     assert _state is not None, "start() first"
     state = _state
-    results: list[BatchResult] = []
+    results: list[MergeResult] = []
     until = time.perf_counter() + RUN_SECONDS
     try:
         results += isolate.retry_held(state.graph, state.held, state.attempts)

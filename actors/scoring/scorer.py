@@ -77,7 +77,9 @@ class _GraphMoved(Exception):
 
 
 @dataclass
-class BatchResult:
+class BatchRunResult:
+    """What one batch run (`run_batch`) scored, for the metrics, the log and /status."""
+
     profiles: int = 0
     accounts: int = 0
     changed: int = 0
@@ -422,7 +424,7 @@ class Scorer:
         chunk: int = BATCH_CHUNK,
         stop: Callable[[], bool] = lambda: False,
         between: Callable[[int, int], None] = lambda checkpoint, profiles: None,
-    ) -> BatchResult:
+    ) -> BatchRunResult:
         """Score every profile's likelihood and grade (and fit, where an older model
         made it), then every account's.
 
@@ -436,7 +438,7 @@ class Scorer:
         self.attempts.begin()
         started = time.perf_counter()
         now = self.clock()
-        result = BatchResult()
+        result = BatchRunResult()
         generation = self.store.generation()
         version = self.model.version
         members: dict[str, dict[str, float]] = {}
