@@ -30,7 +30,7 @@ from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
 from actors.settings import ListenAddress, Positive
-from storage.base import AppendRequest
+from storage.log import AppendRequest
 
 log = structlog.get_logger(__name__)
 

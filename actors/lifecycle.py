@@ -42,7 +42,6 @@ from actors.identity.rebuild import exclusive
 from actors.identity.settings import BUILTIN_ID_KINDS, IdentitySection
 from actors.messages import Event, EventType
 from actors.runtime import held_from_thread
-from storage.base import AppendRequest, StoredEvent, transaction
 from storage.lifecycle import (
     Deletion,
     Erased,
@@ -52,7 +51,9 @@ from storage.lifecycle import (
     Strays,
     identifier_hash,
 )
+from storage.log import AppendRequest, StoredEvent
 from storage.sqlite_lifecycle import SqliteLifecycleStore
+from storage.transaction import transaction
 
 Identifier = tuple[str, str]
 
@@ -408,7 +409,7 @@ class _Found:
 
     def _capped(self, kind: str, carried: list[Identifier]) -> bool:
         """Whether the cap on `kind` keeps the event's new identifiers of that kind out
-        of the person's profiles it touches, as the merger would (graph.violation)."""
+        of the person's profiles it touches, as the merger would (Caps.violation)."""
         limit = self.rules.limit(kind)
         if limit is None:
             return False

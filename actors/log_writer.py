@@ -21,7 +21,8 @@ from actors.lifecycle import Suppressions
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
-from storage.base import AppendRequest, AppendResult, Storage
+from storage.backend import Storage
+from storage.log import AppendRequest, AppendResult
 
 log = structlog.get_logger(__name__)
 

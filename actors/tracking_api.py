@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from actors.messages import EVENT_TYPES, Event
-from storage.base import EventRecord, Rejected
+from storage.log import EventRecord, Rejected
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500 * 1024

@@ -50,7 +50,7 @@ from actors.scoring.model import FIT_SEGMENTS, LIKELIHOOD_SEGMENTS, example
 from actors.settings import dec_hook
 from bench import measure
 from daemon.config import StorageSection
-from storage.base import Score
+from storage.scores import Score
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore

@@ -27,7 +27,7 @@ from pathlib import Path
 import msgspec
 
 from actors.identity import worker
-from actors.identity.graph import collector_paused
+from actors.identity.pipeline import collector_paused
 from actors.identity.settings import IdentitySection
 from actors.messages import Event
 from bench import measure

@@ -54,14 +54,14 @@ from actors.delivery.staging import Staging
 from actors.destinations.file import FileDestination
 from actors.destinations.webhook import WebhookDestination
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor
-from actors.identity.graph import uid_of
+from actors.identity.rules import uid_of
 from actors.identity.settings import IdentitySection
 from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
-from actors.scoring.scorer import BATCH_CHUNK, BatchResult, Scorer
+from actors.scoring.scorer import BATCH_CHUNK, BatchRunResult, Scorer
 from bench import measure
 from daemon.config import Destination, StorageSection
-from storage.base import Activity, Stamped
+from storage.graph import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
@@ -386,7 +386,7 @@ class BatchReport:
     intents: int
     in_accounts: int
     build_seconds: float
-    runs: list[tuple[str, BatchResult, float]]
+    runs: list[tuple[str, BatchRunResult, float]]
     """(label, result, limit seconds) per run."""
     rss_before: int
     rss: int
@@ -490,7 +490,7 @@ def run_batch(profiles: int, seed: int, destinations: bool) -> BatchReport:
             gate=checkpointer.held,
             staging=Staging(SqliteOutboxStore(scorer_db), DESTINATIONS) if destinations else None,
         )
-        runs: list[tuple[str, BatchResult, float]] = []
+        runs: list[tuple[str, BatchRunResult, float]] = []
         rss_before = measure.peak_rss()
         for label, first in (
             ("run 1: fit + likelihood (no scores)", True),

@@ -39,7 +39,7 @@ from actors.scoring.actor import ScoringStatus
 from daemon import __version__
 from daemon.config import AdminSection, Config
 from daemon.supervisor import Supervisor
-from storage.base import Storage
+from storage.backend import Storage
 from storage.lifecycle import Erased, PartlyErased
 
 log = structlog.get_logger(__name__)

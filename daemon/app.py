@@ -43,7 +43,7 @@ from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
-from storage.base import Storage
+from storage.backend import Storage
 from storage.migrations import SchemaTooNew
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect

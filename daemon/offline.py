@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from daemon.config import LoadedConfig
 from daemon.datadir import DataDirHeld, DataDirLock
-from storage.base import Transactional
+from storage.transaction import Transactional, transaction
 
 EXIT_STORAGE = 73
 EXIT_TEMPFAIL = 75
@@ -94,7 +94,6 @@ def with_store(
 ) -> _T | None:
     """`work` on a store over the database, in one write transaction if `write`;
     None, after saying why on stderr, if there is no database or it fails."""
-    from storage.base import transaction
     from storage.sqlite_graph import connect
 
     path = existing_database(loaded)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import msgspec
 
-from storage.base import StoredEvent
+from storage.log import StoredEvent
 
 SALT = "suppression_salt"
 """meta key: the key of the suppression hashes, made by the migration that made the

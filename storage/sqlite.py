@@ -24,22 +24,12 @@ import anyio.lowlevel
 import msgspec
 import structlog
 
-from storage.base import (
-    ACCOUNT,
-    PROFILE,
-    AccountView,
-    Activity,
-    AppendRequest,
-    AppendResult,
-    IdentityView,
-    ProfileView,
-    QuarantinedMessage,
-    ScoreView,
-    Stamped,
-    StoredEvent,
-)
+from storage.backend import AccountView, IdentityView, ProfileView, ScoreView
+from storage.graph import Activity, Stamped
 from storage.held import Held
+from storage.log import AppendRequest, AppendResult, QuarantinedMessage, StoredEvent
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
+from storage.scores import ACCOUNT, PROFILE
 from storage.sqlite_graph import connect, uri
 from storage.sqlite_lifecycle import CONSUMERS, TRIM_CHUNKS, TRIM_ROWS, retention_cutoff
 from storage.sqlite_log import DEDUP_WINDOW, EventLog

@@ -18,20 +18,12 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from storage.base import (
-    Account,
-    Activity,
-    Change,
-    Link,
-    Merge,
-    Node,
-    Profile,
-    Stamped,
-    StoredEvent,
-)
+from storage.graph import Account, Activity, Change, Link, Merge, Node, Profile, Stamped
+from storage.log import StoredEvent
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS
 
-CONSUMER = "identity"
+IDENTITY_CONSUMER = "identity"
+"""The identity actor's name in the checkpoints table and in LogProgress."""
 GENERATION = "identity_graph_generation"
 CACHE_KIB = 64 * 1024
 _CHUNK = 500
@@ -177,7 +169,7 @@ class LogConsumerStore(Transactions):
 
 
 class SqliteGraphStore(LogConsumerStore):
-    consumer = CONSUMER
+    consumer = IDENTITY_CONSUMER
 
     def nodes_by_key(self, keys: Sequence[tuple[str, str]]) -> list[Node]:
         nodes: list[Node] = []
@@ -463,7 +455,7 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
     store = SqliteGraphStore(db)
     try:
         row = db.execute(
-            "SELECT seq FROM rebuilt.checkpoints WHERE consumer = ?", (CONSUMER,)
+            "SELECT seq FROM rebuilt.checkpoints WHERE consumer = ?", (IDENTITY_CONSUMER,)
         ).fetchone()
         if (row[0] if row else 0) != checkpoint:
             raise sqlite3.DatabaseError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from storage.base import Change
+from storage.graph import Change
 from storage.held import Held, HeldItem, HeldKind, Withdrawn
 from storage.sqlite_graph import Transactions, chunks, marks
 

@@ -24,7 +24,6 @@ from typing import Any, Self
 
 import msgspec
 
-from storage.base import StoredEvent
 from storage.lifecycle import (
     SALT,
     Deletion,
@@ -35,6 +34,7 @@ from storage.lifecycle import (
     Strays,
     identifier_hash,
 )
+from storage.log import StoredEvent
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000

@@ -32,10 +32,11 @@ from typing import Self
 import numpy as np
 import structlog
 
-from storage.base import AppendRequest, AppendResult, EventRecord, transaction
+from storage.log import AppendRequest, AppendResult, EventRecord
 from storage.migrations import LOG_MIGRATIONS, migrate
 from storage.recent_messages import SLICES, Fingerprints, RecentMessages
 from storage.sqlite_graph import Transactions, log_path, open_connection, uri
+from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 

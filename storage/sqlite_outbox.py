@@ -13,14 +13,9 @@ from typing import Any
 
 import msgspec
 
-from storage.base import (
-    DeadLetter,
-    DestinationCounts,
-    OutboxRow,
-    Settlement,
-    Stamped,
-    decoded_traits,
-)
+from storage.graph import Stamped
+from storage.outbox import DeadLetter, DestinationCounts, OutboxRow, Settlement
+from storage.scores import decoded_traits
 from storage.sqlite_graph import Transactions, chunks, marks
 
 FILTERED = 0
@@ -52,11 +47,14 @@ _STATE = (
 )
 
 
-class _Traits(msgspec.Struct):
+class _TraitsToStage(msgspec.Struct):
+    """The part of a profile's Activity that staging reads (mappings, filters); the
+    decoder skips the rest."""
+
     traits: dict[str, Stamped] = {}
 
 
-_activity = msgspec.json.Decoder(_Traits).decode
+_activity = msgspec.json.Decoder(_TraitsToStage).decode
 
 
 def _profile_traits(activity: bytes) -> dict[str, Any]:

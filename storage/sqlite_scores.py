@@ -14,38 +14,32 @@ from typing import Any
 
 import msgspec
 
-from storage.base import (
-    PROFILE,
-    Deploy,
-    ProfileInBatch,
-    ProfileToScore,
-    Score,
-    Stamped,
-    StoredEvent,
-    decoded_traits,
-)
+from storage.graph import Stamped
+from storage.log import StoredEvent
 from storage.migrations import SCORE_COLUMNS
+from storage.scores import PROFILE, Deploy, ProfileInBatch, ProfileToScore, Score, decoded_traits
 from storage.sqlite_graph import LogConsumerStore, by_kind, chunks, marks, read_events
 
-CONSUMER = "scorer"
+SCORER_CONSUMER = "scorer"
+"""The scorer's name in the checkpoints table and in LogProgress."""
 
 _encode = msgspec.json.Encoder().encode
 _signals = msgspec.json.Decoder(list[str]).decode
 _inputs = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-class _Traits(msgspec.Struct):
+class _TraitsToScore(msgspec.Struct):
     """The part of a profile's Activity that scoring reads; the decoder skips the rest."""
 
     traits: dict[str, Stamped] = {}
 
 
-_activity = msgspec.json.Decoder(_Traits).decode
+_activity = msgspec.json.Decoder(_TraitsToScore).decode
 _traits = msgspec.json.Decoder(dict[str, Stamped]).decode
 
 
 class SqliteScoreStore(LogConsumerStore):
-    consumer = CONSUMER
+    consumer = SCORER_CONSUMER
 
     def read_events(self, after: int, limit: int) -> list[StoredEvent]:
         return read_events(self._db, after, limit)

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from storage.base import Activity
+from storage.graph import Activity
 
 DESKTOP, MOBILE, USER, EMAIL = "aaa-aaa-aaa", "bbb-bbb-bbb", "97980cfea0067", "peter@initech.com"
 

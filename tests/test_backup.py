@@ -17,7 +17,7 @@ import pytest
 from daemon import cli
 from daemon.datadir import DataDirLock
 from storage import sqlite_graph, sqlite_lifecycle
-from storage.base import AppendRequest, EventRecord
+from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect, log_path
 from storage.sqlite_lifecycle import check_backup

@@ -21,7 +21,7 @@ from actors.settings import ConfigError
 from actors.tracking_api import iso
 from daemon.config import parse
 from storage import recent_messages, sqlite_log
-from storage.base import AppendRequest, AppendResult, EventRecord
+from storage.log import AppendRequest, AppendResult, EventRecord
 from storage.recent_messages import SLICES, RecentMessages
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path

@@ -25,7 +25,7 @@ from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Unavailable
 from actors.destinations.file import CSV_HEADER, FileDestination, FileSender
 from actors.settings import Duration
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 START = 1_800_000_000.0
 """2027-01-15T08:00:00Z."""

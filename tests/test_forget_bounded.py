@@ -16,12 +16,13 @@ from actors.identity.settings import IdentitySection
 from actors.lifecycle import Suppressions, forget, unforget
 from daemon.config import Config
 from storage import sqlite_graph
-from storage.base import StoredEvent, transaction
 from storage.held import HeldItem
 from storage.lifecycle import StrayMarks, identifier_hash
+from storage.log import StoredEvent
 from storage.sqlite_graph import log_path
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_lifecycle import SqliteLifecycleStore
+from storage.transaction import transaction
 from tests.support.logfiles import log_events, remaining, start_merger
 
 ANN = [

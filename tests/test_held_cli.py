@@ -8,10 +8,10 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from storage.base import transaction
 from storage.held import HeldItem
 from storage.sqlite import SqliteStorage
 from storage.sqlite_held import SqliteHeldStore
+from storage.transaction import transaction
 from tests.test_cli import leadsync
 
 ITEMS = [

@@ -22,13 +22,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors import tracking_api
-from actors.identity import graph as graph_module
+from actors.identity import batch as batch_module
 from actors.identity.extract import Extractor, Identifier
-from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
+from actors.identity.pipeline import Graph
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.identity.settings import ExternalId, IdentitySection
+from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.messages import Event
-from storage.base import AppendRequest, Change, EventRecord
+from storage.graph import Change
+from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import SqliteGraphStore, connect, log_path, scratch, swap_in
 from tests.identity_journey import (
@@ -71,7 +73,7 @@ class Harness:
         self.rules = rules or IdentitySection()
         self.storage: SqliteStorage | None = None
         self.applied = 0
-        self.result = BatchResult()
+        self.result = MergeResult()
 
     async def __aenter__(self) -> Harness:
         self.storage = await SqliteStorage.open(self.path)
@@ -312,7 +314,7 @@ async def test_a_re_decision_folds_again_only_the_identifiers_that_change_hands(
 async def test_a_conflict_with_too_long_a_history_is_not_re_decided(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(graph_module, "MAX_REFOLD_EVENTS", 10)
+    monkeypatch.setattr(batch_module, "MAX_REFOLD_EVENTS", 10)
     async with Harness(tmp_path / "g.db") as graph:
         await graph.send(*tablet_of_three())
         read: list[Sequence[int]] = []

@@ -22,7 +22,8 @@ from actors.messages import ProfileChanged, ScorerMessage
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
-from storage.base import AppendRequest, Change
+from storage.graph import Change
+from storage.log import AppendRequest
 from storage.sqlite import SqliteStorage
 from tests.identity_journey import USER, journey
 from tests.test_identity import records

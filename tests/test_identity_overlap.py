@@ -14,7 +14,7 @@ import pytest
 
 from actors.identity.rebuild import rebuild
 from actors.identity.settings import IdentitySection
-from storage.base import StoredEvent
+from storage.log import StoredEvent
 from storage.sqlite_graph import SqliteGraphStore
 from tests.identity_journey import journey
 from tests.test_identity import Harness, built, shape

@@ -21,7 +21,7 @@ from actors.scoring import deploy
 from actors.scoring.model import Model
 from actors.scoring.scorer import Scorer
 from daemon.config import Destination
-from storage.base import Settlement
+from storage.outbox import Settlement
 from storage.sqlite_graph import connect, marks
 from storage.sqlite_outbox import ADDRESSES, SqliteOutboxStore
 from tests.test_identity import Harness

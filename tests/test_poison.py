@@ -19,16 +19,17 @@ from actors.delivery.sender import Sender
 from actors.identity import isolate
 from actors.identity import rebuild as rebuild_module
 from actors.identity.extract import Extractor, Identifier
-from actors.identity.graph import BatchResult
+from actors.identity.unit import MergeResult
 from actors.messages import Event
 from actors.scoring import deploy
 from actors.scoring.scorer import Scorer
 from daemon.config import Destination
-from storage.base import OutboxRow, transaction
 from storage.held import Held
+from storage.outbox import OutboxRow
 from storage.sqlite_graph import connect, open_log
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_scores import SqliteScoreStore
+from storage.transaction import transaction
 from tests import test_delivery
 from tests.test_delivery import delivering, stage, uids, webhook
 from tests.test_identity import Harness, built, shape
@@ -82,7 +83,7 @@ def poisoned_merger(graph: Harness) -> Fault:
     return fault
 
 
-def merge_all(graph: Harness, path: Path, size: int = 1000) -> list[BatchResult]:
+def merge_all(graph: Harness, path: Path, size: int = 1000) -> list[MergeResult]:
     """The merger's worker loop, as apply_next runs it: retries asked for, then the log."""
     store = SqliteHeldStore(graph.graph.store._db)  # type: ignore[attr-defined]
     attempts = isolate.attempts()

@@ -21,9 +21,9 @@ from actors.scoring import actor as scoring_actor
 from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
 from actors.scoring.scorer import FOLD_BATCH, Scorer
 from daemon.config import Config
-from storage.base import AppendRequest, EventRecord
+from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
-from storage.sqlite_scores import CONSUMER
+from storage.sqlite_scores import SCORER_CONSUMER
 
 EVENTS = FOLD_BATCH + 1000
 """More than a fold's worth: the scorer would fold at once, were it not for ingestion."""
@@ -121,10 +121,10 @@ async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
     async with scorer_under_flood(tmp_path, Config()) as scene:
         progress, flood, head = scene.progress, scene.flood, scene.head
         await anyio.sleep(1.5)
-        assert progress.consumers[CONSUMER] == 0  # it waited: nothing folded
+        assert progress.consumers[SCORER_CONSUMER] == 0  # it waited: nothing folded
         flood.eased.set()
         with anyio.fail_after(10):
-            while progress.consumers[CONSUMER] < head:
+            while progress.consumers[SCORER_CONSUMER] < head:
                 await anyio.sleep(0.05)
 
 
@@ -141,10 +141,10 @@ async def test_the_fold_does_not_wait_past_half_the_backlog_bound(
     async with scorer_under_flood(tmp_path, config) as scene:
         progress, head = scene.progress, scene.head
         with anyio.fail_after(10):  # flooded all along, and still it folds
-            while head - progress.consumers[CONSUMER] >= limit:
+            while head - progress.consumers[SCORER_CONSUMER] >= limit:
                 await anyio.sleep(0.05)
         await anyio.sleep(1)
-        assert head - progress.consumers[CONSUMER] < limit
+        assert head - progress.consumers[SCORER_CONSUMER] < limit
 
 
 async def test_a_batch_run_folds_what_was_logged_before_it_first(
@@ -157,7 +157,7 @@ async def test_a_batch_run_folds_what_was_logged_before_it_first(
     async with scorer_under_flood(tmp_path, Config()) as scene:
         scene.flood.eased.set()
         with anyio.fail_after(10):  # a fold's worth, then no more for an hour
-            while not scene.progress.consumers[CONSUMER]:
+            while not scene.progress.consumers[SCORER_CONSUMER]:
                 await anyio.sleep(0.05)
         request = tracks(50)
         request = AppendRequest(  # 50 more, ids after the first ones

@@ -12,7 +12,7 @@ import pytest
 from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Refused, Unavailable
 from actors.destinations.segment import SegmentDestination, SegmentSender
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 from tests.fake_receiver import (
     FakeReceiver,
     Rejection,

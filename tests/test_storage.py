@@ -18,7 +18,7 @@ from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.tracking_api import iso
 from storage import sqlite_log
-from storage.base import AppendRequest, AppendResult, EventRecord, Rejected
+from storage.log import AppendRequest, AppendResult, EventRecord, Rejected
 from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew, migrate
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect, log_path

@@ -17,7 +17,7 @@ from actors.delivery.sender import RecordError, Refused, Unavailable, delivery_i
 from actors.destinations.webhook import WebhookDestination, WebhookSender, verify
 from actors.settings import Duration
 from daemon import __version__
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 from tests.fake_receiver import (
     FakeReceiver,
     Received,

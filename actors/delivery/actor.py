@@ -33,9 +33,10 @@ from actors.delivery.status import DestinationStatus
 from actors.metrics import Metrics
 from actors.poison import blames_storage, describe
 from actors.runtime import Actor, held_from_thread
-from storage.base import DestinationCounts, OutboxRow, Settlement, transaction
+from storage.outbox import DestinationCounts, OutboxRow, Settlement
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
+from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 

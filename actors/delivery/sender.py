@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 
 import msgspec
 
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 REASON_CHARS = 200
 """Of an API's answer kept in a reason: enough to say what is wrong, and a reason ends

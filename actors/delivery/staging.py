@@ -19,7 +19,8 @@ from actors.delivery.filter import Filter
 from actors.delivery.kinds import DestinationSettings
 from actors.delivery.payload import Payload, encode
 from actors.poison import HELD, Attempts
-from storage.base import Damaged, DamagedRow, OutboxStore, Score
+from storage.outbox import OutboxStore
+from storage.scores import Damaged, DamagedRow, Score
 
 ADDRESS_KINDS = ("user_id", "email", "anonymous_id")
 

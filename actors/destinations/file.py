@@ -71,7 +71,7 @@ from actors.delivery.kinds import DestinationSettings, RateLimit, register
 from actors.delivery.payload import Payload, decode, iso
 from actors.delivery.sender import RecordError, Sender, Unavailable
 from actors.settings import Duration, Positive
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 
 @register

@@ -31,7 +31,7 @@ from actors.delivery.sender import (
     raise_for_status,
 )
 from actors.settings import Duration
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 
 @register

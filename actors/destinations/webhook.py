@@ -44,7 +44,7 @@ from actors.delivery.sender import (
     delivery_id,
     raise_for_status,
 )
-from storage.base import OutboxRow
+from storage.outbox import OutboxRow
 
 
 @register

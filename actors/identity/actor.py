@@ -26,14 +26,14 @@ import anyio.to_thread
 import structlog
 
 from actors.identity import isolate, worker
-from actors.identity.graph import StaleCheckpoint
 from actors.identity.settings import IdentitySection
+from actors.identity.unit import StaleCheckpoint
 from actors.messages import ProfileChanged, ScorerMessage
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
-from storage.base import Change
-from storage.sqlite_graph import CONSUMER
+from storage.graph import Change
+from storage.sqlite_graph import IDENTITY_CONSUMER
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,7 @@ class IdentityActor(Actor):
                 self._log_level,
                 self._log_format,
             )
-            self._progress.consumers[CONSUMER] = checkpoint
+            self._progress.consumers[IDENTITY_CONSUMER] = checkpoint
             ready()
             failures = 0
             while True:
@@ -96,7 +96,7 @@ class IdentityActor(Actor):
                     applied = await _call(pool, worker.apply_next, checkpoint)
                 except StaleCheckpoint as stale:
                     log.info("identity graph was rebuilt; reading on", checkpoint=stale.checkpoint)
-                    checkpoint = self._progress.consumers[CONSUMER] = stale.checkpoint
+                    checkpoint = self._progress.consumers[IDENTITY_CONSUMER] = stale.checkpoint
                     continue
                 except sqlite3.OperationalError as exc:
                     # The outside world (a long lock, a full disk): nothing of the batch
@@ -135,7 +135,7 @@ class IdentityActor(Actor):
                         with anyio.move_on_after(IDLE_LOOK):
                             await self._progress.moved()
                     continue
-                checkpoint = self._progress.consumers[CONSUMER] = applied.checkpoint
+                checkpoint = self._progress.consumers[IDENTITY_CONSUMER] = applied.checkpoint
                 self._report(applied)
                 if self._stopping:
                     return

@@ -17,11 +17,13 @@ from collections.abc import Generator, Iterator, Sequence
 
 import structlog
 
-from actors.identity.graph import BatchResult, Graph, StaleCheckpoint
+from actors.identity.pipeline import Graph
+from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.poison import HELD, Attempts, blames_storage, describe
-from storage.base import StoredEvent, transaction
 from storage.held import HeldStore, Withdrawn
+from storage.log import StoredEvent
 from storage.sqlite_graph import read_batches, read_events
+from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +45,7 @@ def apply_resilient(
     after: int,
     size: int,
     until: float,
-) -> Generator[BatchResult, None, None]:
+) -> Generator[MergeResult, None, None]:
     """Batches of `size` from the log after checkpoint `after`, as Graph.apply_all
     applies them, until the clock passes `until`; a batch that fails on its data is
     taken apart (see the module's docstring). Storage errors and a rebuild swapped in
@@ -77,7 +79,7 @@ def _in_parts(
     attempts: Attempts,
     events: Sequence[StoredEvent],
     after: int,
-) -> Iterator[BatchResult]:
+) -> Iterator[MergeResult]:
     parts = [events] if events else []
     while parts:
         part = parts.pop()
@@ -100,7 +102,7 @@ def _in_parts(
 
 def _alone(
     graph: Graph, held: HeldStore, attempts: Attempts, event: StoredEvent, after: int
-) -> BatchResult:
+) -> MergeResult:
     """One event, tried a few times; held if it never applies."""
     outcome = attempts.run("event", str(event.seq), graph.apply, [event], after, body=event.body)
     if outcome is not HELD:
@@ -112,7 +114,7 @@ def _alone(
     return result
 
 
-def retry_held(graph: Graph, held: HeldStore, attempts: Attempts) -> list[BatchResult]:
+def retry_held(graph: Graph, held: HeldStore, attempts: Attempts) -> list[MergeResult]:
     """Apply again the held events whose retry was asked for, each releasing itself in
     its own transaction; one that fails again is held again, with its new error (and
     counted in its result's `held`)."""
@@ -137,7 +139,7 @@ def retry_held(graph: Graph, held: HeldStore, attempts: Attempts) -> list[BatchR
             with transaction(graph.store):
                 held.hold(items, time.time())
             attempts.on_held(items)
-            results.append(BatchResult(checkpoint=checkpoint, held=len(items)))
+            results.append(MergeResult(checkpoint=checkpoint, held=len(items)))
             continue
         log.info("held event applied at last", seq=item.key)
         results.append(outcome)

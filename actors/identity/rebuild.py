@@ -22,7 +22,7 @@ from pathlib import Path
 
 from actors.identity import isolate
 from actors.identity.extract import Extractor
-from actors.identity.graph import Graph
+from actors.identity.pipeline import Graph
 from actors.identity.settings import IdentitySection
 from storage.ownership import owned_like_directory
 from storage.sqlite_graph import (

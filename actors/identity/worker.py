@@ -29,8 +29,9 @@ import structlog
 from actors import logs
 from actors.identity import isolate
 from actors.identity.extract import Extractor
-from actors.identity.graph import BatchResult, Graph, StaleCheckpoint, collector_paused
+from actors.identity.pipeline import Graph, collector_paused
 from actors.identity.settings import IdentitySection
+from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.poison import Attempts
 from storage.sqlite_graph import (
     SqliteGraphStore,
@@ -163,7 +164,7 @@ def apply_next(after: int) -> Applied | None:
     and the next call, starting with the failed batch, meets its error again."""
     assert _state is not None, "start() first"
     state = _state
-    results: list[BatchResult] = []
+    results: list[MergeResult] = []
     until = time.perf_counter() + RUN_SECONDS
     try:
         results += isolate.retry_held(state.graph, state.held, state.attempts)

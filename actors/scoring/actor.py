@@ -40,13 +40,19 @@ from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.model import ModelError, parse
-from actors.scoring.scorer import CHANGES_BATCH, COMPONENT, FOLD_BATCH, BatchResult, Scorer
+from actors.scoring.scorer import (
+    CHANGES_BATCH,
+    COMPONENT,
+    FOLD_BATCH,
+    BatchRunResult,
+    Scorer,
+)
 from actors.scoring.settings import ScoringSection
 from storage.held import HeldItem
 from storage.sqlite_graph import connect
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_outbox import SqliteOutboxStore
-from storage.sqlite_scores import CONSUMER, SqliteScoreStore
+from storage.sqlite_scores import SCORER_CONSUMER, SqliteScoreStore
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +85,7 @@ class ScoringStatus:
     last_batch_at: float | None = None
     next_batch_at: float | None = None
     last_batch: dict[str, float] = field(default_factory=dict)
-    """The last run's BatchResult: counts as ints, seconds as a float."""
+    """The last run's BatchRunResult: counts as ints, seconds as a float."""
     running: dict[str, int] | None = None
     """A batch run under way: {"profiles": scored so far, "of": how many there are}."""
 
@@ -273,11 +279,11 @@ class ScorerActor(Actor):
 
     def _show_progress(self) -> None:
         """On the event loop thread, which is where LogProgress is read."""
-        self._progress.consumers[CONSUMER] = self._checkpoint
+        self._progress.consumers[SCORER_CONSUMER] = self._checkpoint
         if self._replaying:
-            self._progress.replaying.add(CONSUMER)
+            self._progress.replaying.add(SCORER_CONSUMER)
         else:
-            self._progress.replaying.discard(CONSUMER)
+            self._progress.replaying.discard(SCORER_CONSUMER)
 
     def _idle_wait(self) -> float:
         due = self._next_batch - self._clock()
@@ -372,7 +378,9 @@ class ScorerActor(Actor):
         """Between the chunks of a batch run, which folds the log as it goes: the
         backlog that pushes back on clients must see it move, and /status the run."""
         self._checkpoint = checkpoint
-        anyio.from_thread.run_sync(self._progress.consumers.__setitem__, CONSUMER, checkpoint)
+        anyio.from_thread.run_sync(
+            self._progress.consumers.__setitem__, SCORER_CONSUMER, checkpoint
+        )
         anyio.from_thread.run_sync(self._show_running, profiles, None)
 
     def _show_running(self, profiles: int | None, total: int | None) -> None:
@@ -427,7 +435,7 @@ class ScorerActor(Actor):
         with scorer.transaction():
             scorer.store.set_meta(LAST_BATCH, repr(finished))
 
-    def _report(self, result: BatchResult) -> None:
+    def _report(self, result: BatchRunResult) -> None:
         self._metrics.scoring_batch_seconds.observe(result.seconds)
         self._metrics.scoring_batch_profiles.inc(result.profiles)
         log.info(

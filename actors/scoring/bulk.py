@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 from actors.scoring.fit import FitScorer, Traits
 from actors.scoring.model import FIT_SEGMENTS, Model
-from storage.base import ScoreStore
+from storage.scores import ScoreStore
 
 SCORE_COLUMNS = ("mk_customer_fit_score", "mk_customer_fit_segment", "mk_customer_fit_signals")
 SIGNAL_SEPARATOR = "; "

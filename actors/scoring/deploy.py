@@ -16,7 +16,8 @@ from contextlib import AbstractContextManager, nullcontext
 import structlog
 
 from actors.scoring.model import Model, ModelError, example, load, parse
-from storage.base import ScoreStore, transaction
+from storage.scores import ScoreStore
+from storage.transaction import transaction
 
 EXAMPLE_ORIGIN = "built-in example"
 DEPLOYS_TRIED = 20

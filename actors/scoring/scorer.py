@@ -30,19 +30,19 @@ from actors.poison import HELD, Attempts
 from actors.scoring.fit import FitScorer, Traits
 from actors.scoring.likelihood import Intent, LikelihoodScore, LikelihoodScorer, epoch
 from actors.scoring.model import LIKELIHOOD_SEGMENTS, Model
-from storage.base import (
+from storage.graph import Change
+from storage.held import Held, HeldStore, Withdrawn
+from storage.log import StoredEvent
+from storage.scores import (
     ACCOUNT,
-    Change,
     Damaged,
     DamagedRow,
     ProfileInBatch,
     ProfileToScore,
     Score,
     ScoreStore,
-    StoredEvent,
-    transaction,
 )
-from storage.held import Held, HeldStore, Withdrawn
+from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,9 @@ class _GraphMoved(Exception):
 
 
 @dataclass
-class BatchResult:
+class BatchRunResult:
+    """What one batch run (`run_batch`) scored, for the metrics, the log and /status."""
+
     profiles: int = 0
     accounts: int = 0
     changed: int = 0
@@ -422,7 +424,7 @@ class Scorer:
         chunk: int = BATCH_CHUNK,
         stop: Callable[[], bool] = lambda: False,
         between: Callable[[int, int], None] = lambda checkpoint, profiles: None,
-    ) -> BatchResult:
+    ) -> BatchRunResult:
         """Score every profile's likelihood and grade (and fit, where an older model
         made it), then every account's.
 
@@ -436,7 +438,7 @@ class Scorer:
         self.attempts.begin()
         started = time.perf_counter()
         now = self.clock()
-        result = BatchResult()
+        result = BatchRunResult()
         generation = self.store.generation()
         version = self.model.version
         members: dict[str, dict[str, float]] = {}

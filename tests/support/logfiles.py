@@ -16,7 +16,7 @@ from actors import logs
 from actors.identity import worker
 from actors.identity.settings import IdentitySection
 from daemon.config import Config
-from storage.base import AppendRequest, Rejected
+from storage.log import AppendRequest, Rejected
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path
 from tests.test_identity import records

@@ -1,0 +1,60 @@
+"""The event log's rows: what ingestion appends, what consumers read back, what
+quarantine keeps of a refused message.
+
+The backend's handle that appends them is `Storage` (storage/backend.py); the log's
+own file is storage/sqlite_log.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+
+class EventRecord(msgspec.Struct, frozen=True):
+    """One validated message ready for the log; `body` is the normalized event as JSON."""
+
+    message_id: str
+    type: str
+    received_at: str
+    body: bytes
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """A message refused at the door, kept so the operator can see what the client sent."""
+
+    batch_index: int | None
+    reason: str
+    body: bytes
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    """What one HTTP request (or one file chunk) adds: its events and its rejects."""
+
+    source: str
+    received_at: str
+    events: Sequence[EventRecord]
+    rejected: Sequence[Rejected] = ()
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    stored: int
+    duplicates: int
+    suppressed: int = 0
+    """Events of forgotten people, dropped before the commit (actors/lifecycle.py)."""
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    seq: int
+    source: str
+    body: bytes
+
+
+class QuarantinedMessage(msgspec.Struct, frozen=True):
+    id: int
+    source: str
+    received_at: str
+    batch_index: int | None
+    reason: str
+    body: str
