@@ -22,6 +22,16 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
+from actors.exit_codes import (
+    EXIT_CONFIG,
+    EXIT_DATAERR,
+    EXIT_FAILURE,
+    EXIT_NOINPUT,
+    EXIT_STORAGE,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from daemon import __version__, endings, held_cli, lifecycle_cli, logs, offline, sources_cli
 from daemon.config import ConfigError, FileDestination, LoadedConfig, StorageSection, load
 
@@ -33,22 +43,6 @@ SCORING_RUN_TIMEOUT = 3600.0
 """Seconds: a batch run takes about 30 s per million profiles."""
 SKIPS_SHOWN = 20
 """Unscorable CSV rows reported one by one; the rest are counted."""
-EXIT_NOT_FOUND = 1
-EXIT_ROWS_SKIPPED = 1
-"""score-csv: some rows could not be scored; the others were written."""
-EXIT_CONFIG = 2
-EXIT_USAGE = 64
-"""EX_USAGE: the command line asked for something malformed."""
-EXIT_DATAERR = 65
-"""EX_DATAERR: a model file that cannot be used."""
-EXIT_NOINPUT = 66
-"""EX_NOINPUT: an input file that cannot be read."""
-EXIT_UNAVAILABLE = 69
-"""EX_UNAVAILABLE: the daemon's admin API could not be reached."""
-EXIT_STORAGE = 73
-"""EX_CANTCREAT: the database, or an output file, could not be opened."""
-EXIT_TEMPFAIL = 75
-"""EX_TEMPFAIL: another rebuild is running; try again when it is done."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,7 +491,7 @@ def _profile(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     status, body = answer
     if status != 200:
         print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
-        return EXIT_NOT_FOUND if status == 404 else EXIT_USAGE
+        return EXIT_FAILURE if status == 404 else EXIT_USAGE
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
@@ -854,7 +848,7 @@ def _dlq_list(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if letters is None:
         return EXIT_STORAGE
     if not letters and _unknown_destination(args.destination, loaded):
-        return EXIT_NOT_FOUND
+        return EXIT_FAILURE
     if args.json:
         for letter in letters:
             shown = msgspec.to_builtins(letter)
@@ -891,7 +885,7 @@ def _dlq_replay(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return EXIT_STORAGE
     sent, stale = replayed
     if not sent and not stale and _unknown_destination(args.destination, loaded):
-        return EXIT_NOT_FOUND
+        return EXIT_FAILURE
     print(f"{_count(sent, 'dead letter')} back in the outbox, to be sent again")
     if stale:
         print(
@@ -929,7 +923,7 @@ def _sync(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     status, body = answer
     if status != 200:
         print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
-        return EXIT_NOT_FOUND if status == 404 else EXIT_UNAVAILABLE
+        return EXIT_FAILURE if status == 404 else EXIT_UNAVAILABLE
     print(
         f"{_count(body['queued'], 'profile')} of {body['profiles']:,} queued for "
         f"{args.destination}; `leadsync status` shows the queue go down"
@@ -1019,7 +1013,7 @@ def _score_csv(args: argparse.Namespace) -> int:
             f"{'is' if result.skipped == 1 else 'are'} not in {into}",
             file=summary,
         )
-        return EXIT_ROWS_SKIPPED
+        return EXIT_FAILURE
     return 0
 
 

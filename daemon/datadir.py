@@ -20,14 +20,15 @@ import fcntl
 import os
 from pathlib import Path
 
+from actors.exit_codes import EXIT_DATA_DIR_HELD
+
 LOCK_NAME = "leadsync.lock"
 
 
 class DataDirHeld(Exception):
     """Another process holds the data dir's lock: this daemon does not start."""
 
-    exit_code = 77
-    """EX_NOPERM: the data dir is another daemon's while it runs."""
+    exit_code = EXIT_DATA_DIR_HELD
 
     def __init__(self, message: str, holder: str) -> None:
         super().__init__(message)

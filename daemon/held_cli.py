@@ -17,13 +17,11 @@ from typing import TypeVar
 
 import msgspec
 
+from actors.exit_codes import EXIT_FAILURE, EXIT_STORAGE, EXIT_USAGE
 from daemon import offline
 from daemon.config import LoadedConfig
 from storage.sqlite_held import SqliteHeldStore
 
-EXIT_NOTHING = 1
-EXIT_USAGE = 64
-EXIT_STORAGE = 73
 ERROR_SHOWN = 100
 """Characters of an error in the table; --json shows all of it."""
 
@@ -129,7 +127,7 @@ def _act(
     done = _with_held(loaded, lambda h: action(h, ids), write=True)
     if done is not None and not any(done):
         print("nothing held matches")
-        return EXIT_NOTHING
+        return EXIT_FAILURE
     return done
 
 

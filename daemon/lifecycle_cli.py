@@ -17,16 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.exit_codes import (
+    EXIT_DATAERR,
+    EXIT_FAILURE,
+    EXIT_STORAGE,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from daemon import endings, offline
 from daemon.config import LoadedConfig
 from daemon.datadir import DataDirLock
 
-EXIT_NOTHING = 1
-EXIT_USAGE = 64
-EXIT_DATAERR = 65
-EXIT_UNAVAILABLE = 69
-EXIT_STORAGE = 73
-EXIT_TEMPFAIL = 75
 FORGET_TIMEOUT = 600.0
 """Seconds: forget reads the whole log for the person's events."""
 _Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
@@ -223,7 +225,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         status, body = answer
         if status == 404:
             print(f"nothing is suppressed for {kind}:{value}")
-            return EXIT_NOTHING
+            return EXIT_FAILURE
         if status != 200:
             print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
             return EXIT_STORAGE
@@ -244,7 +246,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             lock.release()
         if not lifted:
             print(f"nothing is suppressed for {kind}:{value}")
-            return EXIT_NOTHING
+            return EXIT_FAILURE
     print(f"{_count(lifted, 'identifier')} no longer suppressed: new events are taken in again")
     return 0
 
@@ -291,7 +293,7 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             f"leadsync: no restore of {database} is unfinished; give the backup's PATH",
             file=sys.stderr,
         )
-        return EXIT_NOTHING if args.finish or args.abandon else EXIT_USAGE
+        return EXIT_FAILURE if args.finish or args.abandon else EXIT_USAGE
     # Held to the end: a daemon (re)started during the copy would take in events that
     # the restore then replaces, after acknowledging them.
     lock = offline.hold_data_dir(loaded, restoring=True)
@@ -318,7 +320,7 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             source, aside = args.path, restore(Path(args.path), database)
     except NoUnfinishedRestore as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
-        return EXIT_NOTHING
+        return EXIT_FAILURE
     except NotABackup as exc:
         print(f"leadsync: not restored: {exc}", file=sys.stderr)
         return EXIT_DATAERR

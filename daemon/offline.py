@@ -10,12 +10,11 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 
+from actors.exit_codes import EXIT_STORAGE, EXIT_TEMPFAIL
 from daemon.config import LoadedConfig
 from daemon.datadir import DataDirHeld, DataDirLock
 from storage.base import Transactional
 
-EXIT_STORAGE = 73
-EXIT_TEMPFAIL = 75
 _S = TypeVar("_S", bound=Transactional)
 _T = TypeVar("_T")
 

@@ -11,11 +11,11 @@ import argparse
 import json
 from collections.abc import Callable
 
+from actors.exit_codes import EXIT_STORAGE
 from daemon import offline
 from daemon.config import LoadedConfig
 from storage.sqlite_graph import Transactions
 
-EXIT_STORAGE = 73
 NOT_YET = "(none yet: generated at the daemon's first start)"
 
 _Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import EXIT_CONFIG
+from actors.exit_codes import EXIT_CONFIG
 from daemon.config import DaemonSection, FileDestination, parse
 from tests.daemon_process import DaemonProcess
 
