@@ -27,10 +27,10 @@ EXIT_STORAGE = 73
 """EX_CANTCREAT: the database, or an output file, could not be opened or written."""
 EXIT_TEMPFAIL = 75
 """EX_TEMPFAIL: something else holds what a command needs (a rebuild, the data dir); retry."""
-EXIT_GRACE_EXCEEDED = 75
-"""Shutdown did not finish within shutdown_grace; acknowledged input is safe regardless."""
 EXIT_DATA_DIR_HELD = 77
 """EX_NOPERM: another process holds the data dir's lock; the daemon does not start."""
+EXIT_GRACE_EXCEEDED = 124
+"""As timeout(1): the drain outlived shutdown_grace and was cut; acknowledged input is safe."""
 EXIT_INTERRUPTED = 130
 """128 + SIGINT: a command interrupted by Ctrl-C, as a shell reports it."""
 EXIT_BROKEN_PIPE = 141
