@@ -1,5 +1,6 @@
 """Commands that work on the database file itself, so they work with the daemon
-stopped too (`leadsync dlq`, `leadsync held`): one way to open it and say why not."""
+stopped too (`leadsync dlq`, `leadsync held`, a rebuild or a forget no daemon
+answers): one way to open it, lock the data dir, migrate it, and say why not."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
+
 from actors.exit_codes import EXIT_STORAGE, EXIT_TEMPFAIL
-from daemon.config import LoadedConfig
+from daemon.config import LoadedConfig, StorageSection
 from daemon.datadir import DataDirHeld, DataDirLock
-from storage.base import Transactional
+from storage.base import Transactional, transaction
 
 _S = TypeVar("_S", bound=Transactional)
 _T = TypeVar("_T")
@@ -93,7 +96,6 @@ def with_store(
 ) -> _T | None:
     """`work` on a store over the database, in one write transaction if `write`;
     None, after saying why on stderr, if there is no database or it fails."""
-    from storage.base import transaction
     from storage.sqlite_graph import connect
 
     path = existing_database(loaded)
@@ -109,3 +111,21 @@ def with_store(
         return None
     finally:
         db.close()
+
+
+def migrate(database: Path, settings: StorageSection) -> None:
+    """Bring the database to this version's schema, as the daemon does at start, for
+    a command that then writes in it (a rebuild, a forget). Raises what opening it
+    raises: sqlite3.Error, SchemaTooNew, LogBehind."""
+    anyio.run(_open_and_close, database, settings)
+
+
+async def _open_and_close(database: Path, settings: StorageSection) -> None:
+    from storage.sqlite import SqliteStorage
+
+    storage = await SqliteStorage.open(
+        database,
+        busy_timeout=settings.busy_timeout,
+        journal_size_limit=settings.journal_size_limit,
+    )
+    await storage.close()
