@@ -32,6 +32,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from actors.exit_codes import EXIT_CANNOT_LISTEN
 from actors.metrics import Metrics
 from actors.runtime import Fatal
 from actors.settings import Duration
@@ -53,8 +54,7 @@ SERVER = "leadsync"
 class CannotListen(Fatal):
     """The listener's address cannot be bound: in use, not this machine's, not allowed."""
 
-    exit_code = 71
-    """EX_OSERR: the system refused the address."""
+    exit_code = EXIT_CANNOT_LISTEN
 
 
 async def listen(runner: web.AppRunner, what: str, address: str, **kwargs: Any) -> None:

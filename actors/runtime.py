@@ -17,6 +17,8 @@ import anyio
 import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from actors.exit_codes import EXIT_SOFTWARE
+
 T = TypeVar("T")
 
 
@@ -71,7 +73,7 @@ class Fatal(Exception):
     """A failure no restart can fix (a port another process holds): the supervisor
     logs the message alone, in one line, and stops the daemon with `exit_code`."""
 
-    exit_code = 70
+    exit_code = EXIT_SOFTWARE
 
 
 class Actor(ABC):

@@ -19,6 +19,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from actors.exit_codes import EXIT_DATA_DIR_HELD
 from storage.ownership import owned_like_directory
 
 LOCK_NAME = "leadsync.lock"
@@ -27,8 +28,7 @@ LOCK_NAME = "leadsync.lock"
 class DataDirHeld(Exception):
     """Another process holds the data dir's lock: this daemon does not start."""
 
-    exit_code = 77
-    """EX_NOPERM: the data dir is another daemon's while it runs."""
+    exit_code = EXIT_DATA_DIR_HELD
 
     def __init__(self, message: str, holder: str) -> None:
         super().__init__(message)

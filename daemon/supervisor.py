@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from actors.exit_codes import EXIT_GRACE_EXCEEDED, EXIT_SOFTWARE
 from actors.runtime import Actor, Fatal, Mailbox
 from daemon.config import RestartPolicy
 
@@ -31,11 +32,6 @@ log = structlog.get_logger(__name__)
 
 Role = Literal["source", "worker", "service"]
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "failed"]
-
-EXIT_ESCALATED = 70
-"""EX_SOFTWARE: an actor kept crashing; systemd's Restart= takes it from here."""
-EXIT_GRACE_EXCEEDED = 75
-"""EX_TEMPFAIL: shutdown did not finish in time; acknowledged input is safe regardless."""
 
 
 @dataclass
@@ -250,7 +246,7 @@ class Supervisor:
                 max_restarts=self._policy.max_restarts,
                 window=self._policy.window,
             )
-            self.shutdown(EXIT_ESCALATED)
+            self.shutdown(EXIT_SOFTWARE)
             return False
         return True
 

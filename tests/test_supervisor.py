@@ -8,10 +8,11 @@ from collections.abc import Callable
 import anyio
 import pytest
 
+from actors.exit_codes import EXIT_GRACE_EXCEEDED, EXIT_SOFTWARE
 from actors.runtime import Actor, Mailbox
 from actors.settings import Duration
 from daemon.config import RestartPolicy
-from daemon.supervisor import EXIT_ESCALATED, EXIT_GRACE_EXCEEDED, ActorSpec, Supervisor
+from daemon.supervisor import ActorSpec, Supervisor
 
 FAST = RestartPolicy(
     max_restarts=3, window=Duration(10), backoff_initial=Duration(0.01), backoff_max=Duration(0.05)
@@ -145,7 +146,7 @@ async def test_restart_intensity_exceeded_stops_the_daemon_with_a_failure_code()
     supervisor.add(ActorSpec("crasher", lambda: AlwaysCrashes(runs)))
     with anyio.fail_after(5):
         code = await supervisor.run()
-    assert code == EXIT_ESCALATED
+    assert code == EXIT_SOFTWARE
     # max_restarts=3 means three restarts are tolerated and the fourth crash escalates.
     assert len(runs) == FAST.max_restarts + 1
     states = {s.name: s.state for s in supervisor.statuses()}
@@ -245,7 +246,7 @@ async def test_a_crash_while_draining_is_not_reported_as_a_clean_stop() -> None:
         tg.start_soon(crash_during_drain)
         with anyio.fail_after(5):
             code = await supervisor.run()
-    assert code == EXIT_ESCALATED
+    assert code == EXIT_SOFTWARE
 
 
 async def test_an_actor_counts_as_running_only_once_it_says_it_is_ready() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from actors.destinations.file import FileDestination
-from daemon.cli import EXIT_CONFIG
+from actors.exit_codes import EXIT_CONFIG
 from daemon.config import DaemonSection, parse
 from tests.daemon_process import DaemonProcess
 
@@ -234,7 +234,7 @@ def test_unit_is_a_hardened_notify_service(service: dict[str, str]) -> None:
 
 
 def test_unit_waits_longer_than_the_drain_before_sigkill(service: dict[str, str]) -> None:
-    """Past shutdown_grace the daemon gives up by itself and exits 75; systemd's SIGKILL
+    """Past shutdown_grace the daemon gives up by itself and exits 124; systemd's SIGKILL
     must come later, or a long drain is cut off with no exit code and no last log line."""
     assert seconds(service["TimeoutStopSec"]) > DaemonSection().shutdown_grace
 

@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TimeElapsedColumn
 
+from actors.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
+
 POLL_SECONDS = 0.5
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
 
 _note = ""
 

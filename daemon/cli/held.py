@@ -17,23 +17,20 @@ from typing import TypeVar
 
 import msgspec
 
-from daemon import offline
+from actors.exit_codes import EXIT_FAILURE, EXIT_STORAGE, EXIT_USAGE
+from daemon.cli import offline
+from daemon.cli.options import Commands, with_config
+from daemon.cli.render import count
 from daemon.config import LoadedConfig
 from storage.sqlite_held import SqliteHeldStore
 
-EXIT_NOTHING = 1
-EXIT_USAGE = 64
-EXIT_STORAGE = 73
 ERROR_SHOWN = 100
 """Characters of an error in the table; --json shows all of it."""
 
 _T = TypeVar("_T")
-_Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
 
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], with_config: _Adder
-) -> None:
+def add_commands(commands: Commands) -> None:
     held = commands.add_parser(
         "held", help="list, retry or drop what the pipeline set aside (events, profiles)"
     )
@@ -96,10 +93,11 @@ def _retry(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return EXIT_STORAGE if done is None else done
     requeued, flagged = done
     if requeued:
-        print(f"{_count(requeued, 'profile or account')} back on the scorer's to-do list")
+        requeued_text = count(requeued, "profile or account", "profiles or accounts")
+        print(f"{requeued_text} back on the scorer's to-do list")
     if flagged:
         print(
-            f"{_count(flagged, 'event')} to be applied again by the running daemon within a "
+            f"{count(flagged, 'event')} to be applied again by the running daemon within a "
             "second (or at its next start); `leadsync held list` shows any that fail again"
         )
     return 0
@@ -109,7 +107,7 @@ def _drop(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     done = _act(args, loaded, lambda h, ids: (h.drop(ids, args.component), 0))
     if done is None or isinstance(done, int):
         return EXIT_STORAGE if done is None else done
-    print(f"{_count(done[0], 'held item')} dropped")
+    print(f"{count(done[0], 'held item')} dropped")
     return 0
 
 
@@ -129,7 +127,7 @@ def _act(
     done = _with_held(loaded, lambda h: action(h, ids), write=True)
     if done is not None and not any(done):
         print("nothing held matches")
-        return EXIT_NOTHING
+        return EXIT_FAILURE
     return done
 
 
@@ -147,8 +145,3 @@ def _body(body: bytes | None) -> object:
         return json.loads(body)
     except ValueError:
         return body.decode("utf-8", "replace")
-
-
-def _count(number: int, thing: str) -> str:
-    plural = "profiles or accounts" if thing == "profile or account" else f"{thing}s"
-    return f"{number:,} {thing if number == 1 else plural}"

@@ -13,42 +13,44 @@ import argparse
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon import endings, offline
+import msgspec
+
+from actors.exit_codes import (
+    EXIT_DATAERR,
+    EXIT_FAILURE,
+    EXIT_STORAGE,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+from daemon.cli import endings, offline
+from daemon.cli.admin_client import NobodyListens, admin_call
+from daemon.cli.options import Commands, with_admin, with_config
+from daemon.cli.render import count
 from daemon.config import LoadedConfig
 from daemon.datadir import DataDirLock
 
-EXIT_NOTHING = 1
-EXIT_USAGE = 64
-EXIT_DATAERR = 65
-EXIT_UNAVAILABLE = 69
-EXIT_STORAGE = 73
-EXIT_TEMPFAIL = 75
 FORGET_TIMEOUT = 600.0
 """Seconds: forget reads the whole log for the person's events."""
-_Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
-_ADMIN_HELP = "admin API base URL (default: from config)"
 
 
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], with_config: _Adder
-) -> None:
+def add_commands(commands: Commands) -> None:
     text = (
         "erase a person: their events, profile, identities, scores and queued payloads; "
         "their future events are dropped until `leadsync unforget`"
     )
     forget = with_config(commands.add_parser("forget", help=text, description=text))
     forget.add_argument("identifier", metavar="KIND:VALUE", help="email:ann@example.com, ...")
-    forget.add_argument("--admin", metavar="URL", help=_ADMIN_HELP)
+    with_admin(forget)
     forget.set_defaults(handler=_forget)
 
     text = "stop dropping the events of a person forgotten before (every identifier of theirs)"
     unforget = with_config(commands.add_parser("unforget", help=text, description=text))
     unforget.add_argument("identifier", metavar="KIND:VALUE")
-    unforget.add_argument("--admin", metavar="URL", help=_ADMIN_HELP)
+    with_admin(unforget)
     unforget.set_defaults(handler=_unforget)
 
     text = "copy both database files into a directory, consistently, while the daemon runs"
@@ -96,11 +98,9 @@ def _ask_daemon(
 ) -> tuple[int, Any] | int | None:
     """The daemon's answer; None if nobody listens (work on the files); an exit code if
     a daemon may be there but did not answer."""
-    from daemon import cli
-
     try:
-        answer = cli._admin_call(args, loaded, path, "POST", FORGET_TIMEOUT, quiet=True, body=body)
-    except cli._NobodyListens:
+        answer = admin_call(args, loaded, path, "POST", FORGET_TIMEOUT, quiet=True, body=body)
+    except NobodyListens:
         return None
     return EXIT_UNAVAILABLE if answer is None else answer
 
@@ -108,7 +108,6 @@ def _ask_daemon(
 def _database_here(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
     """The database, migrated, with the data dir's lock held (release it when done), if
     no process has it open; else the exit code, said why."""
-    from daemon.cli import _migrate
     from storage.sqlite_lifecycle import in_use
 
     here = offline.locked_database(loaded)
@@ -124,9 +123,7 @@ def _database_here(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
             )
             lock.release()
             return EXIT_STORAGE
-        import anyio
-
-        anyio.run(_migrate, database, loaded.config.storage)
+        offline.migrate(database, loaded.config.storage)
     except BaseException:
         lock.release()
         raise
@@ -159,7 +156,7 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         database, lock = here
         endings.on_interrupt("an erase under way is rolled back; run forget again")
         try:
-            erased = _builtins(forget_here(database, identifier, loaded.config))
+            erased = msgspec.to_builtins(forget_here(database, identifier, loaded.config))
         except RebuildRunning as exc:
             print(f"leadsync: {exc}; forget after it", file=sys.stderr)
             return EXIT_TEMPFAIL
@@ -178,25 +175,19 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     return 0
 
 
-def _builtins(value: object) -> Any:
-    import msgspec
-
-    return msgspec.to_builtins(value)
-
-
 def _print_erased(identifier: str, erased: dict[str, Any], where: str) -> None:
     if erased["profiles"]:
         print(f"forgot {identifier} in {where}:")
         print(
-            f"  {_count(erased['profiles'], 'profile')} with "
-            f"{_count(erased['identifiers'], 'identifier')}, "
-            f"{_count(erased['events'], 'event')} from the log, "
-            f"{_count(erased['intents'], 'aggregate')}, "
-            f"{_count(erased['queued'], 'queued payload')}"
+            f"  {count(erased['profiles'], 'profile')} with "
+            f"{count(erased['identifiers'], 'identifier')}, "
+            f"{count(erased['events'], 'event')} from the log, "
+            f"{count(erased['intents'], 'aggregate')}, "
+            f"{count(erased['queued'], 'queued payload')}"
         )
     else:
         print(f"no profile has {identifier} in {where}:")
-        print(f"  {_count(erased['events'], 'event')} carrying it erased from the log")
+        print(f"  {count(erased['events'], 'event')} carrying it erased from the log")
     if erased["held"] or erased["quarantined"] or erased["dead_letters"]:
         print(
             f"  also {erased['held']} held, {erased['quarantined']} quarantined, "
@@ -205,7 +196,7 @@ def _print_erased(identifier: str, erased: dict[str, Any], where: str) -> None:
     for name in erased["deletions"]:
         print(f"  a deletion request is queued for destination {name}")
     print(
-        f"  {_count(erased['suppressed'], 'identifier')} suppressed: their events are dropped "
+        f"  {count(erased['suppressed'], 'identifier')} suppressed: their events are dropped "
         f"until `leadsync unforget {identifier}`"
     )
     print("  copies outside leadsync (destinations, backups) are not touched: see docs")
@@ -223,7 +214,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         status, body = answer
         if status == 404:
             print(f"nothing is suppressed for {kind}:{value}")
-            return EXIT_NOTHING
+            return EXIT_FAILURE
         if status != 200:
             print(f"leadsync: {body.get('error', body)}", file=sys.stderr)
             return EXIT_STORAGE
@@ -244,8 +235,8 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             lock.release()
         if not lifted:
             print(f"nothing is suppressed for {kind}:{value}")
-            return EXIT_NOTHING
-    print(f"{_count(lifted, 'identifier')} no longer suppressed: new events are taken in again")
+            return EXIT_FAILURE
+    print(f"{count(lifted, 'identifier')} no longer suppressed: new events are taken in again")
     return 0
 
 
@@ -291,7 +282,7 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             f"leadsync: no restore of {database} is unfinished; give the backup's PATH",
             file=sys.stderr,
         )
-        return EXIT_NOTHING if args.finish or args.abandon else EXIT_USAGE
+        return EXIT_FAILURE if args.finish or args.abandon else EXIT_USAGE
     # Held to the end: a daemon (re)started during the copy would take in events that
     # the restore then replaces, after acknowledging them.
     lock = offline.hold_data_dir(loaded, restoring=True)
@@ -318,7 +309,7 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             source, aside = args.path, restore(Path(args.path), database)
     except NoUnfinishedRestore as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
-        return EXIT_NOTHING
+        return EXIT_FAILURE
     except NotABackup as exc:
         print(f"leadsync: not restored: {exc}", file=sys.stderr)
         return EXIT_DATAERR
@@ -336,7 +327,3 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     elif aside is not None and aside.is_dir():
         aside.rmdir()
     return 0
-
-
-def _count(number: int, thing: str) -> str:
-    return f"{number:,} {thing if number == 1 else thing + 's'}"

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 
-from daemon import offline
+from actors.exit_codes import EXIT_STORAGE
+from daemon.cli import offline
+from daemon.cli.options import Commands, with_config
+from daemon.cli.render import print_columns
 from daemon.config import LoadedConfig
 from storage.sqlite_graph import Transactions
 
-EXIT_STORAGE = 73
 NOT_YET = "(none yet: generated at the daemon's first start)"
 
-_Adder = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
-
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], with_config: _Adder
-) -> None:
+def add_commands(commands: Commands) -> None:
     text = (
         "show each source's name, kind and write key (generated keys are read from the "
         "database: run it as a user who can read it)"
@@ -74,7 +71,5 @@ def _sources(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         [str(r["source"]), str(r["kind"]), r["write_key"] or NOT_YET, str(r["origin"])]
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_columns(table, numbers=False)
     return 0

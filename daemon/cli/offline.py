@@ -1,5 +1,6 @@
 """Commands that work on the database file itself, so they work with the daemon
-stopped too (`leadsync dlq`, `leadsync held`): one way to open it and say why not."""
+stopped too (`leadsync dlq`, `leadsync held`, a rebuild or a forget no daemon
+answers): one way to open it, lock the data dir, migrate it, and say why not."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 
-from daemon.config import LoadedConfig
+import anyio
+
+from actors.exit_codes import EXIT_STORAGE, EXIT_TEMPFAIL
+from daemon.config import LoadedConfig, StorageSection
 from daemon.datadir import DataDirHeld, DataDirLock
 from storage.transaction import Transactional, transaction
 
-EXIT_STORAGE = 73
-EXIT_TEMPFAIL = 75
 _S = TypeVar("_S", bound=Transactional)
 _T = TypeVar("_T")
 
@@ -109,3 +111,21 @@ def with_store(
         return None
     finally:
         db.close()
+
+
+def migrate(database: Path, settings: StorageSection) -> None:
+    """Bring the database to this version's schema, as the daemon does at start, for
+    a command that then writes in it (a rebuild, a forget). Raises what opening it
+    raises: sqlite3.Error, SchemaTooNew, LogBehind."""
+    anyio.run(_open_and_close, database, settings)
+
+
+async def _open_and_close(database: Path, settings: StorageSection) -> None:
+    from storage.sqlite import SqliteStorage
+
+    storage = await SqliteStorage.open(
+        database,
+        busy_timeout=settings.busy_timeout,
+        journal_size_limit=settings.journal_size_limit,
+    )
+    await storage.close()
