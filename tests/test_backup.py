@@ -367,3 +367,22 @@ async def test_retention_keeps_what_a_consumer_has_not_applied(tmp_path: Path) -
     assert await storage.trim_events(86400) == 3  # the scorer has applied 1-3 only
     assert [e.seq for e in await storage.read_events(0, 100)] == [4, 5, 6, 7]
     await storage.close()
+
+
+def test_a_command_at_work_on_the_files_is_named_to_whoever_finds_the_lock(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A restore holds the data dir: a forget with no daemon to ask says so, rather
+    than blame a daemon that is not there, and so does a daemon started meanwhile."""
+    assert daemon.terminate() == 0
+    lock = DataDirLock.take(str(daemon.database.parent), "restore")
+    try:
+        forget = leadsync("forget", "user_id:ann-1", "--config", str(daemon.config_path))
+        run = leadsync("run", "--config", str(daemon.config_path))
+    finally:
+        lock.release()
+    assert forget.returncode == 75, forget.stderr
+    assert f"`leadsync restore` (pid {os.getpid()}) is working on the data dir" in forget.stderr
+    assert "a daemon holds" not in forget.stderr
+    assert run.returncode == 77, run.stderr
+    assert f"(pid {os.getpid()}, `leadsync restore`) holds" in run.stderr

@@ -64,7 +64,7 @@ def _identity_rebuild(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 def _rebuild_here(loaded: LoadedConfig) -> int:
     # Held to the end: the daemon rebuilds with its own rules and swaps under its write
     # gate; one started meanwhile would see this rebuild's swap with neither.
-    here = offline.locked_database(loaded)
+    here = offline.locked_database(loaded, "identity rebuild")
     if isinstance(here, int):
         return here
     database, lock = here

@@ -105,12 +105,12 @@ def _ask_daemon(
     return EXIT_UNAVAILABLE if answer is None else answer
 
 
-def _database_here(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
+def _database_here(loaded: LoadedConfig, role: str) -> tuple[Path, DataDirLock] | int:
     """The database, migrated, with the data dir's lock held (release it when done), if
     no process has it open; else the exit code, said why."""
     from storage.sqlite_lifecycle import in_use
 
-    here = offline.locked_database(loaded)
+    here = offline.locked_database(loaded, role)
     if isinstance(here, int):
         return here
     database, lock = here
@@ -150,7 +150,7 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         from actors.lifecycle import forget_here
         from storage.lifecycle import PartlyErased
 
-        here = _database_here(loaded)
+        here = _database_here(loaded, "forget")
         if isinstance(here, int):
             return here
         database, lock = here
@@ -222,7 +222,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     else:
         from actors.lifecycle import unforget_here
 
-        here = _database_here(loaded)
+        here = _database_here(loaded, "unforget")
         if isinstance(here, int):
             return here
         database, lock = here
@@ -285,7 +285,7 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return EXIT_FAILURE if args.finish or args.abandon else EXIT_USAGE
     # Held to the end: a daemon (re)started during the copy would take in events that
     # the restore then replaces, after acknowledging them.
-    lock = offline.hold_data_dir(loaded, restoring=True)
+    lock = offline.hold_data_dir(loaded, "restore", restoring=True)
     if isinstance(lock, int):
         return lock
     try:

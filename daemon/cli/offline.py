@@ -15,7 +15,7 @@ import anyio
 
 from actors.exit_codes import EXIT_STORAGE, EXIT_TEMPFAIL
 from daemon.config import LoadedConfig, StorageSection
-from daemon.datadir import DataDirHeld, DataDirLock
+from daemon.datadir import DAEMON, DataDirHeld, DataDirLock
 from storage.transaction import Transactional, transaction
 
 _S = TypeVar("_S", bound=Transactional)
@@ -38,35 +38,42 @@ def existing_database(loaded: LoadedConfig) -> Path | None:
     return None
 
 
-def locked_database(loaded: LoadedConfig) -> tuple[Path, DataDirLock] | int:
-    """For a command that asked the daemon first and nobody answered: the database,
-    which must exist, with the data dir's lock held (release it when done); else the
-    exit code, said why."""
+def locked_database(loaded: LoadedConfig, role: str) -> tuple[Path, DataDirLock] | int:
+    """For a command (`role`: its name) that asked the daemon first and nobody
+    answered: the database, which must exist, with the data dir's lock held (release it
+    when done); else the exit code, said why."""
     path = existing_database(loaded)
     if path is None:
         return EXIT_STORAGE
-    lock = hold_data_dir(loaded, unanswered=True)
+    lock = hold_data_dir(loaded, role, unanswered=True)
     return lock if isinstance(lock, int) else (path, lock)
 
 
 def hold_data_dir(
-    loaded: LoadedConfig, unanswered: bool = False, restoring: bool = False
+    loaded: LoadedConfig, role: str, unanswered: bool = False, restoring: bool = False
 ) -> DataDirLock | int:
-    """The data dir's lock (daemon/datadir.py), for a command that changes the files
-    with no daemon: held for its whole run, a daemon started meanwhile refuses to run.
-    Else the exit code, said why: 75 if another process holds it (`unanswered`: the
-    command asked the daemon first and nobody answered at the admin address), 73 if
-    the lock file cannot be opened or (but for `restoring`) a restore did not finish."""
+    """The data dir's lock (daemon/datadir.py), for a command (`role`: its name, which
+    the lock file shows whoever finds it held) that changes the files with no daemon:
+    held for its whole run, a daemon started meanwhile refuses to run. Else the exit
+    code, said why: 75 if another process holds it (`unanswered`: the command asked the
+    daemon first and nobody answered at the admin address), 73 if the lock file cannot
+    be opened or (but for `restoring`) a restore did not finish."""
     from storage.sqlite_lifecycle import unfinished_restore
 
     data_dir = loaded.config.daemon.data_dir
     try:
-        lock = DataDirLock.take(data_dir)
+        lock = DataDirLock.take(data_dir, role)
     except OSError as exc:
         print(f"leadsync: cannot lock the data dir {data_dir}: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     except DataDirHeld as exc:
-        if unanswered:
+        if exc.role != DAEMON:
+            print(
+                f"leadsync: `leadsync {exc.role}` (pid {exc.holder}) is working on the data "
+                f"dir {data_dir}; try again when it ends",
+                file=sys.stderr,
+            )
+        elif unanswered:
             print(
                 f"leadsync: a daemon holds the data dir {data_dir} (pid {exc.holder}) but does not "
                 "answer at the admin address (still starting? another --admin URL?); "
