@@ -21,6 +21,7 @@ import msgspec
 from storage.graph import Account, Activity, Change, Link, Merge, Node, Profile, Stamped
 from storage.log import StoredEvent
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS
+from storage.sqlite_deletions import IS_DELETION, deletion_slot
 
 IDENTITY_CONSUMER = "identity"
 """The identity actor's name in the checkpoints table and in LogProgress."""
@@ -489,6 +490,13 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
             "FROM main.destination_state d JOIN main.profiles p ON p.id = d.profile"
         )
         db.execute("DELETE FROM main.destination_state")
+        # Deletion requests belong to no profile (storage/sqlite_deletions.py): one
+        # queued by a version that gave it the erased profile's id gets its own now,
+        # which no profile of the new graph can have.
+        for (row,) in db.execute(
+            f"SELECT id FROM main.outbox WHERE profile > 0 AND {IS_DELETION}"
+        ).fetchall():
+            db.execute("UPDATE main.outbox SET profile = ? WHERE id = ?", (deletion_slot(db), row))
         db.execute("DROP TABLE IF EXISTS temp.old_outbox")
         db.execute(
             "CREATE TEMP TABLE old_outbox AS SELECT o.id, p.uid FROM main.outbox o "
@@ -533,13 +541,19 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
         # which a rename leaves behind); one whose profile id the new graph has not
         # goes: the profile that took its identifiers is rescored and queued afresh.
         db.execute("DELETE FROM temp.old_outbox WHERE uid NOT IN (SELECT uid FROM main.profiles)")
-        db.execute("DELETE FROM main.outbox WHERE id NOT IN (SELECT id FROM temp.old_outbox)")
+        db.execute(
+            "DELETE FROM main.outbox WHERE profile > 0 "
+            "AND id NOT IN (SELECT id FROM temp.old_outbox)"
+        )
         # Through negative rows first: two rows may swap numbers, and (destination,
-        # profile) must stay unique at every step.
-        db.execute("UPDATE main.outbox SET profile = -profile")
+        # profile) must stay unique at every step. Deletion requests (negative) stay.
+        db.execute(
+            "UPDATE main.outbox SET profile = -profile - 4611686018427387904 WHERE profile > 0"
+        )
         db.execute(
             "UPDATE main.outbox SET profile = (SELECT p.id FROM temp.old_outbox o "
-            "JOIN main.profiles p ON p.uid = o.uid WHERE o.id = outbox.id)"
+            "JOIN main.profiles p ON p.uid = o.uid WHERE o.id = outbox.id) "
+            "WHERE id IN (SELECT id FROM temp.old_outbox)"
         )
         db.execute("DROP TABLE temp.old_ids")
         db.execute("DROP TABLE temp.old_changes")

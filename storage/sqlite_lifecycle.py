@@ -35,6 +35,7 @@ from storage.lifecycle import (
     identifier_hash,
 )
 from storage.log import StoredEvent
+from storage.sqlite_deletions import IS_DELETION, deletion_slot
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000
@@ -303,7 +304,7 @@ class SqliteLifecycleStore:
         # A destination that never heard of the person is told nothing.
         for deletion in deletions:
             if deletion.profile == profile and deletion.destination in reached:
-                row = (deletion.destination, profile, person.uid, deletion.payload)
+                row = (deletion.destination, deletion_slot(db), person.uid, deletion.payload)
                 db.execute(
                     "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, "
                     "due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -370,7 +371,7 @@ class SqliteLifecycleStore:
         return lifted
 
 
-_NOT_A_DELETION = "instr(CAST(payload AS TEXT), '\"deleted\":true') = 0"
+_NOT_A_DELETION = f"NOT ({IS_DELETION})"
 _STRAY_DEAD_LETTERS = f"DELETE FROM dead_letters WHERE {_NOT_A_DELETION} AND uid IN"
 _STRAY_OUTBOX = f"DELETE FROM outbox WHERE {_NOT_A_DELETION} AND uid IN"
 

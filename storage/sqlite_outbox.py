@@ -16,6 +16,7 @@ import msgspec
 from storage.graph import Stamped
 from storage.outbox import DeadLetter, DestinationCounts, OutboxRow, Settlement
 from storage.scores import decoded_traits
+from storage.sqlite_deletions import deletion_slot, is_deletion
 from storage.sqlite_graph import Transactions, chunks, marks
 
 FILTERED = 0
@@ -293,12 +294,27 @@ class SqliteOutboxStore(Transactions):
             f"AND s.profile = p.id {where} ORDER BY d.id",
             args,
         ).fetchall()
-        current = [row for row in letters if row[2] is not None and row[7] == row[5]]
+        # A deletion request has no profile and is never stale: it is the only way the
+        # destination hears of the erasure. Any other letter goes back only if it is
+        # still its profile's latest payload for the destination.
+        deletions = [row for row in letters if is_deletion(bytes(row[4]))]
+        current = [
+            row
+            for row in letters
+            if row not in deletions and row[2] is not None and row[7] == row[5]
+        ]
         self._db.executemany(
             "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, due_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (destination, profile) DO NOTHING",
             [(*row[1:7], now) for row in current],
         )
+        for row in deletions:
+            self._db.execute(
+                "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, "
+                "due_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row[1], deletion_slot(self._db), *row[3:7], now),
+            )
+        current += deletions
         self._db.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in letters])
         return len(current), len(letters) - len(current)
 

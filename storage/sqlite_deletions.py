@@ -1,0 +1,26 @@
+"""Deletion requests in the outbox: the payloads `leadsync forget` queues for the
+destinations that take them ("deleted": true), for a profile that no longer exists.
+
+Such a row belongs to no profile, so it holds a negative profile id of its own (below
+every other row's): staging, which upserts by (destination, profile id), never lands
+on it, and a rebuild, which renumbers the profiles and drops the rows of profiles it
+does not have, leaves it be. It goes out, and into the dead letters and back with
+`dlq replay`, like any row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+IS_DELETION = "instr(CAST(payload AS TEXT), '\"deleted\":true') > 0"
+"""SQL true for a payload that is a deletion request (payload.encode writes it so)."""
+
+
+def is_deletion(payload: bytes) -> bool:
+    """IS_DELETION, in Python."""
+    return b'"deleted":true' in payload
+
+
+def deletion_slot(db: sqlite3.Connection) -> int:
+    """A profile id for one more deletion request: below every row's in the outbox."""
+    return int(db.execute("SELECT min(0, coalesce(min(profile), 0)) - 1 FROM outbox").fetchone()[0])
