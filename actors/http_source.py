@@ -13,10 +13,9 @@ import base64
 import binascii
 import time
 import zlib
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import msgspec
@@ -25,12 +24,10 @@ from aiohttp import web
 
 from actors import http_server, tracking_api
 from actors.http_server import Connections, Listener, Runner
-from actors.log_writer import StorageUnavailable, Submission
 from actors.metrics import Metrics
-from actors.progress import LogProgress
-from actors.runtime import Actor, Mailbox
+from actors.runtime import Actor
 from actors.settings import ListenAddress, Positive
-from storage.log import AppendRequest
+from actors.source_context import SourceContext, Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -43,28 +40,9 @@ class HttpSection(Connections, forbid_unknown_fields=True, frozen=True, kw_only=
     max_backlog: Positive = 1_000_000
 
 
-class HttpSource(
-    msgspec.Struct, tag="http", tag_field="type", forbid_unknown_fields=True, frozen=True
-):
-    """One write key on the Segment-compatible API.
-
-    A missing write_key means "generate one on first start and keep it in data_dir",
-    which is what the embedded default config uses so `leadsync run` works with no file.
-    """
-
-    kind: Literal["web", "ios", "android", "server"] = "server"
-    write_key: str | None = None
-
-
 MAX_REQUEST_BYTES = tracking_api.MAX_REQUEST_BYTES
-COMMIT_WAIT_TIMEOUT = 60.0
-"""Seconds a request waits for its commit before it is told to retry."""
 BODY_READ_TIMEOUT = 10.0
 """Seconds to receive a request body."""
-RETRY_AFTER_PENDING = 1
-"""Seconds: the writer is behind by a few commits; it catches up quickly."""
-RETRY_AFTER_BACKLOG = 10
-"""Seconds: a consumer is far behind; hammering will not help it."""
 
 _CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -96,22 +74,23 @@ class _Refusal(Exception):
 
 
 class HttpSourceActor(Actor):
+    """The listener every `type = "http"` source shares: a request's write key says
+    which source it is, and its events go in through that source's context."""
+
     def __init__(
         self,
         settings: HttpSection,
-        sources: dict[str, HttpSource],
+        contexts: dict[str, SourceContext],
         write_keys: dict[str, str],
-        writer: Mailbox[Submission],
-        progress: LogProgress,
+        kinds: dict[str, str],
         metrics: Metrics,
         shutdown_timeout: float,
     ) -> None:
         super().__init__("http")
         self._settings = settings
         self._source_by_key = {key: name for name, key in write_keys.items()}
-        self._kinds = {name: source.kind for name, source in sources.items()}
-        self._writer = writer
-        self._progress = progress
+        self._contexts = contexts
+        self._kinds = kinds
         self._metrics = metrics
         self._shutdown_timeout = shutdown_timeout
         self._stop = anyio.Event()
@@ -238,22 +217,10 @@ class HttpSourceActor(Actor):
         return source
 
     def _check_backlog(self) -> None:
-        if self._progress.pending >= self._settings.max_pending_events:
-            self._metrics.backpressure.labels("pending").inc()
-            raise _Refusal(
-                429,
-                "too_many_requests",
-                f"{_events(self._progress.pending)} waiting to be written; retry shortly",
-                retry_after=RETRY_AFTER_PENDING,
-            )
-        if self._progress.backlog >= self._settings.max_backlog:
-            self._metrics.backpressure.labels("backlog").inc()
-            raise _Refusal(
-                429,
-                "too_many_requests",
-                f"{_events(self._progress.backlog, 'logged ')} not processed yet; retry later",
-                retry_after=RETRY_AFTER_BACKLOG,
-            )
+        # The pipeline's state, the same through every source's context.
+        busy = next(iter(self._contexts.values())).busy()
+        if busy is not None:
+            raise _Refusal(429, "too_many_requests", busy.message, retry_after=busy.retry_after)
 
     async def _commit(
         self,
@@ -262,40 +229,16 @@ class HttpSourceActor(Actor):
         parsed: tracking_api.ParsedRequest,
         received_at: datetime,
     ) -> web.Response:
-        received = tracking_api.iso(received_at)
-        submission = Submission(AppendRequest(source, received, parsed.events, parsed.rejected))
-        weight = len(parsed.events) + len(parsed.rejected)
-        self._progress.pending += weight
         try:
-            await self._writer.send(submission)
-            with anyio.fail_after(COMMIT_WAIT_TIMEOUT):
-                result = await submission.wait()
-        except TimeoutError:
-            # Committed later or not at all: either way the client's retry is safe,
-            # since the log drops a messageId it already has.
-            raise _Refusal(
-                503, "unavailable", "the commit did not complete in time; retry", retry_after=5
-            ) from None
-        except anyio.ClosedResourceError:
-            raise _Refusal(503, "unavailable", "shutting down; retry", retry_after=5) from None
-        except StorageUnavailable as exc:
-            raise _Refusal(
-                503, "unavailable", f"could not store events: {exc}", retry_after=5
-            ) from None
-        finally:
-            self._progress.pending -= weight
-
-        # One increment per type, not per event: a labelled increment costs a few us,
-        # which a 100-event batch would pay a hundred times.
-        for kind, count in Counter(parsed.types).items():
-            self._metrics.events_ingested.labels(source, kind).inc(count)
-        if result.duplicates:
-            self._metrics.events_duplicate.labels(source).inc(result.duplicates)
-        if result.suppressed:
-            self._metrics.events_suppressed.labels(source).inc(result.suppressed)
+            await self._contexts[source].submit(
+                parsed.events,
+                tracking_api.iso(received_at),
+                parsed.rejected,
+                rejected_types=parsed.rejected_types,
+            )
+        except Unavailable as exc:
+            raise _Refusal(503, "unavailable", str(exc), retry_after=5) from None
         if parsed.rejected:
-            for kind, count in Counter(parsed.rejected_types).items():
-                self._metrics.events_rejected.labels(source, kind).inc(count)
             rejected = [{"index": r.batch_index, "message": r.reason} for r in parsed.rejected]
             if not parsed.events:
                 first = parsed.rejected[0]
@@ -356,8 +299,3 @@ async def _read_body(request: web.Request) -> bytes:
         parts.append(part)
         rest = inflater.unused_data
     return b"".join(parts)
-
-
-def _events(count: int, kind: str = "") -> str:
-    """ "1 event is", "2 events are": for messages clients show their developers."""
-    return f"{count:,} {kind}event is" if count == 1 else f"{count:,} {kind}events are"

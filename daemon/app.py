@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import secrets
 import signal
 import sqlite3
 import sys
@@ -25,7 +24,6 @@ import structlog
 
 from actors.delivery.actor import DestinationActor
 from actors.delivery.status import DestinationStatus
-from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.lifecycle import forget_here, load_suppressions, unforget_here
@@ -38,6 +36,9 @@ from actors.scoring import deploy
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from actors.settings import ConfigError
+from actors.source_context import Limits, SourceHost
+from actors.source_kinds import Build
+from actors.source_kinds import kinds as source_kinds
 from daemon.admin import AdminServer, Lifecycle
 from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
@@ -124,7 +125,6 @@ async def _serve(config: Config, config_path: str) -> int:
     log.info("storage open", path=str(path.resolve()), config=config_path)
     try:
         await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, True)
-        write_keys = await _write_keys(config, storage)
         suppressions = await anyio.to_thread.run_sync(load_suppressions, path, config)
         metrics = Metrics()
         progress = LogProgress()
@@ -219,22 +219,17 @@ async def _serve(config: Config, config_path: str) -> int:
             )
         )
         destinations.add_all()
-        if write_keys:
-            supervisor.add(
-                ActorSpec(
-                    "http",
-                    lambda: HttpSourceActor(
-                        config.http,
-                        config.sources,
-                        write_keys,
-                        log_inbox,
-                        progress,
-                        metrics,
-                        config.daemon.shutdown_grace,
-                    ),
-                    role="source",
-                )
-            )
+        host = SourceHost(
+            log_inbox,
+            progress,
+            metrics,
+            Limits(config.http.max_pending_events, config.http.max_backlog),
+            storage,
+            config.daemon.shutdown_grace,
+            config,
+        )
+        for name, make in await _sources(config, host):
+            supervisor.add(ActorSpec(name, make, role="source"))
 
         systemd = Systemd()
         async with anyio.create_task_group() as tg:
@@ -369,36 +364,14 @@ def _stop_rebuild_if(stopping: bool) -> None:
         raise RebuildCancelled("the daemon is stopping; the old graph stays")
 
 
-GENERATED_KEY = "generated_write_key:{}"
-"""The meta row that keeps a source's generated write key (`leadsync sources` reads it)."""
-
-
-async def _write_keys(config: Config, storage: Storage) -> dict[str, str]:
-    """Each http source's write key; one generated on first start is kept in the database.
-    A generated key is logged in full once, when generated; later starts say where it is."""
-    keys: dict[str, str] = {}
-    for name, source in config.sources.items():
-        if source.write_key is not None:
-            keys[name] = source.write_key
-            continue
-        meta_key = GENERATED_KEY.format(name)
-        key = await storage.get_meta(meta_key)
-        if key is None:
-            key = secrets.token_urlsafe(24)
-            await storage.set_meta(meta_key, key)
-            log.warning(
-                "generated a write key, shown this once (`leadsync sources` shows it again); "
-                "set sources.<name>.write_key to choose one",
-                source=name,
-                write_key=key,
-            )
-        else:
-            log.info(
-                "using the write key generated at first start: `leadsync sources` shows it",
-                source=name,
-            )
-        keys[name] = key
-    return keys
+async def _sources(config: Config, host: SourceHost) -> list[Build]:
+    """The actors of every source, kind by kind (each kind starts all of its own)."""
+    builds: list[Build] = []
+    for kind_name, kind in source_kinds().items():
+        named = {n: s for n, s in config.sources.items() if s.type == kind_name}
+        if named:
+            builds += await kind.start(named, host)
+    return builds
 
 
 async def _announce_ready(supervisor: Supervisor, systemd: Systemd) -> None:

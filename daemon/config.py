@@ -18,16 +18,18 @@ from typing import Any, Literal, NoReturn, TypeVar, Union
 import msgspec
 
 from actors.delivery.filter import Filter, FilterError
-from actors.delivery.kinds import DestinationSettings, kinds
+from actors.delivery.kinds import DestinationSettings
+from actors.delivery.kinds import kinds as destination_kinds
 from actors.http_server import Connections
 from actors.http_source import HttpSection as HttpSection
-from actors.http_source import HttpSource
 from actors.identity.settings import BUILTIN_ID_KINDS, IdentitySection
 from actors.scoring.settings import ScoringSection
 from actors.settings import ConfigError as ConfigError
 from actors.settings import Duration as Duration
 from actors.settings import ListenAddress as ListenAddress
 from actors.settings import Positive, dec_hook, describe, read_text, where
+from actors.source_kinds import SourceSettings
+from actors.source_kinds import kinds as source_kinds
 
 _T = TypeVar("_T")
 
@@ -79,8 +81,8 @@ class AdminSection(Connections, forbid_unknown_fields=True, frozen=True, kw_only
     """Bearer token for every endpoint but /healthz and /readyz; required beyond loopback."""
 
 
-Source = HttpSource
-SOURCE_TYPES = ("http",)
+Source = SourceSettings
+"""A source's settings, of whichever kind (each a subclass)."""
 Destination = DestinationSettings
 """A destination's settings, of whichever kind (each a subclass)."""
 
@@ -136,15 +138,22 @@ def parse(text: str, filename: str, environ: dict[str, str] | None = None) -> Co
     raw_sources = raw.pop("sources", {})
     raw_destinations = raw.pop("destinations", {})
     config = _convert(raw, Config, (), filename, text)
-    destination_kinds = kinds()
+    sources, destinations = source_kinds(), destination_kinds()
     config = msgspec.structs.replace(
         config,
-        sources=_named(raw_sources, "sources", Source, SOURCE_TYPES, filename, text),
+        sources=_named(
+            raw_sources,
+            "sources",
+            Union[tuple(sources.values())],  # noqa: UP007 (built at run time)
+            tuple(sources),
+            filename,
+            text,
+        ),
         destinations=_named(
             raw_destinations,
             "destinations",
-            Union[tuple(destination_kinds.values())],  # noqa: UP007 (built at run time)
-            tuple(destination_kinds),
+            Union[tuple(destinations.values())],  # noqa: UP007 (built at run time)
+            tuple(destinations),
             filename,
             text,
         ),
@@ -182,7 +191,7 @@ def _convert(raw: Any, kind: type[_T], key: tuple[str, ...], filename: str, text
 
 def _tagged() -> dict[str, tuple[str, ...]]:
     """The named sections whose `type` picks a kind, and the types each takes."""
-    return {"sources": SOURCE_TYPES, "destinations": tuple(kinds())}
+    return {"sources": tuple(source_kinds()), "destinations": tuple(destination_kinds())}
 
 
 def _resolve_env(value: Any, key: tuple[str, ...], filename: str, text: str, environ: Any) -> Any:
@@ -208,15 +217,16 @@ def _check(config: Config, filename: str, text: str) -> None:
     """Rules that span keys, which msgspec's per-field validation cannot express."""
     keys: dict[str, str] = {}
     for name, source in config.sources.items():
-        if source.write_key is None:
+        write_key = getattr(source, "write_key", None)
+        if write_key is None:
             continue
-        if source.write_key in keys:
+        if write_key in keys:
             key: tuple[str, ...] = ("sources", name, "write_key")
             raise ConfigError(
                 f"{where(filename, text, key)}sources.{name}.write_key: the same write key is "
-                f"already used by sources.{keys[source.write_key]}; each source needs its own"
+                f"already used by sources.{keys[write_key]}; each source needs its own"
             )
-        keys[source.write_key] = name
+        keys[write_key] = name
     if config.storage.checkpoint_interval <= 0:
         key = ("storage", "checkpoint_interval")
         raise ConfigError(

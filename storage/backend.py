@@ -99,6 +99,10 @@ class Storage(Protocol):
         """Raise unless a write can be committed right now (for /readyz)."""
         ...
 
+    async def cursor(self, source: str) -> str | None:
+        """The position `source` committed last with its events (AppendRequest.cursor)."""
+        ...
+
     async def get_meta(self, key: str) -> str | None:
         """Small durable facts the daemon keeps about itself (a generated write key)."""
         ...

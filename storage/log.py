@@ -36,6 +36,9 @@ class AppendRequest(msgspec.Struct, frozen=True):
     received_at: str
     events: Sequence[EventRecord]
     rejected: Sequence[Rejected] = ()
+    cursor: str | None = None
+    """The source's position after these events (a file offset, a query's last id),
+    committed with them: a source that resumes from it reads each event once."""
 
 
 class AppendResult(msgspec.Struct, frozen=True):

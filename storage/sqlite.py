@@ -198,6 +198,10 @@ class SqliteStorage:
             log.info("event log trimmed", events=trimmed, received_before=before, upto=upto)
         return trimmed
 
+    async def cursor(self, source: str) -> str | None:
+        async with self._log_gate:
+            return await anyio.to_thread.run_sync(self._log.cursor, source)
+
     async def get_meta(self, key: str) -> str | None:
         cursor = await self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,))
         row = await cursor.fetchone()

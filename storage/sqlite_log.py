@@ -68,6 +68,12 @@ snapshots of the log). TRUNCATE holds off writers while it waits, and group comm
 with them: at the busy timeout, every checkpoint could hold ingestion for seconds."""
 QUARANTINE_KEEP = 10_000
 """Quarantine keeps the newest rejects only, so a broken client cannot fill the disk."""
+CURSOR = "source_cursor:{}"
+"""The log's meta row that keeps a source's position, written with its events."""
+_SAVE_CURSOR = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 ROWS_A_STATEMENT = 1_000
 """Events per INSERT: 5,000 bound values, well under SQLite's limit of 32,766."""
 
@@ -236,11 +242,20 @@ class EventLog(Transactions):
                             for r in request.rejected
                         ],
                     )
+                if request.cursor is not None:
+                    db.execute(_SAVE_CURSOR, (CURSOR.format(source), request.cursor))
                 results.append(AppendResult(stored, len(events) - stored))
         self.head = head
         recent.advance(monotonic())  # at the commit: the window counts from there
         recent.add(added)
         return results, head
+
+    def cursor(self, source: str) -> str | None:
+        """The position `source` committed last (AppendRequest.cursor), if any."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = ?", (CURSOR.format(source),)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _insert(self, source: str, events: Sequence[EventRecord]) -> int:
         """Insert; returns the last row's sequence number."""

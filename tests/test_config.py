@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from actors.settings import ConfigError, Duration
+from actors.sources.http import HttpSource
 from daemon import config
 from daemon.config import load, parse
 
@@ -34,7 +35,9 @@ def test_embedded_default_works_with_no_file(
     assert loaded.config.daemon.data_dir == "./var"
     assert loaded.config.http.listen == "127.0.0.1:8321"
     assert loaded.config.admin.listen == "127.0.0.1:8320"
-    assert loaded.config.sources["default"].write_key is None  # generated on first start
+    default = loaded.config.sources["default"]
+    assert isinstance(default, HttpSource)
+    assert default.write_key is None  # generated on first start
 
 
 def test_daemon_toml_in_the_working_directory_is_picked_up(
@@ -146,7 +149,9 @@ def test_admin_and_ingest_cannot_share_a_port() -> None:
 def test_secrets_come_from_the_environment() -> None:
     text = "[sources.web]\ntype = 'http'\nwrite_key = 'env:WEB_KEY'\n"
     loaded = parse(text, "daemon.toml", {"WEB_KEY": "s3cret"})
-    assert loaded.sources["web"].write_key == "s3cret"
+    web = loaded.sources["web"]
+    assert isinstance(web, HttpSource)
+    assert web.write_key == "s3cret"
     assert error_of(text) == (
         "daemon.toml:3: sources.web.write_key: environment variable WEB_KEY is not set "
         "(the value says env:WEB_KEY)"

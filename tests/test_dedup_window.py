@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.http_source import BODY_READ_TIMEOUT, COMMIT_WAIT_TIMEOUT
+from actors.http_source import BODY_READ_TIMEOUT
 from actors.settings import ConfigError
+from actors.source_context import COMMIT_WAIT_TIMEOUT
 from actors.tracking_api import iso
 from daemon.config import parse
 from storage import recent_messages, sqlite_log

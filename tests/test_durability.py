@@ -25,19 +25,15 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import http_source
-from actors.http_source import (
-    RETRY_AFTER_BACKLOG,
-    RETRY_AFTER_PENDING,
-    HttpSection,
-    HttpSource,
-    HttpSourceActor,
-)
+from actors import source_context
+from actors.http_source import HttpSection, HttpSourceActor
 from actors.log_writer import LogWriter, Submission
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.settings import ListenAddress
+from actors.source_context import RETRY_AFTER_BACKLOG, RETRY_AFTER_PENDING, Limits, SourceHost
+from storage.backend import Storage
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port
@@ -318,15 +314,21 @@ async def test_a_stalled_disk_is_answered_with_429_memory_stays_bounded_and_noth
 
 
 def http_source_for(
-    settings: HttpSection, inbox: Mailbox[Submission], progress: LogProgress, metrics: Metrics
+    settings: HttpSection,
+    inbox: Mailbox[Submission],
+    progress: LogProgress,
+    metrics: Metrics,
+    storage: Storage | None = None,
 ) -> HttpSourceActor:
-    """The HTTP source in process, serving the one test source."""
+    """The HTTP source in process, serving the one test source (`storage` for the
+    cursors, which the HTTP source never asks for)."""
+    limits = Limits(settings.max_pending_events, settings.max_backlog)
+    host = SourceHost(inbox, progress, metrics, limits, storage, 5, None)  # type: ignore[arg-type]
     return HttpSourceActor(
         settings,
-        {SOURCE: HttpSource(kind="server")},
+        {SOURCE: host.context(SOURCE)},
         {SOURCE: WRITE_KEYS[SOURCE]},
-        inbox,
-        progress,
+        {SOURCE: "server"},
         metrics,
         shutdown_timeout=5,
     )
@@ -345,7 +347,7 @@ async def ingesting(
         listen=ListenAddress(f"127.0.0.1:{free_port()}"), max_backlog=max_backlog
     )
     writer = LogWriter(storage, inbox, progress, metrics, maintenance_interval=3600)
-    http = http_source_for(settings, inbox, progress, metrics)
+    http = http_source_for(settings, inbox, progress, metrics, storage)
     try:
         async with anyio.create_task_group() as tg:
             for actor in (writer, http):
@@ -419,7 +421,7 @@ async def test_a_commit_that_never_comes_is_answered_503_and_the_retry_is_safe(
 ) -> None:
     """Were a submission lost (the writer gone between taking and answering it), its
     request must not wait for ever; a retry is safe because the log dedups messageIds."""
-    monkeypatch.setattr(http_source, "COMMIT_WAIT_TIMEOUT", 0.3)
+    monkeypatch.setattr(source_context, "COMMIT_WAIT_TIMEOUT", 0.3)
     progress = LogProgress()
     inbox = Mailbox[Submission](100)  # no writer reads it
     settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"))

@@ -106,7 +106,7 @@ def test_sighup_names_the_sections_that_take_a_restart(
 
 
 def test_backpressure_answers_count_events_in_words_that_agree() -> None:
-    from actors.http_source import _events
+    from actors.source_context import _events
 
     assert _events(1) == "1 event is"
     assert _events(20_000) == "20,000 events are"

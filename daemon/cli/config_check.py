@@ -8,6 +8,7 @@ import sys
 
 from actors.destinations.file import FileDestination
 from actors.exit_codes import EXIT_CONFIG
+from actors.sources.http import HttpSource
 from daemon.cli.options import Commands, command
 from daemon.cli.render import duration
 from daemon.config import LoadedConfig
@@ -46,8 +47,10 @@ def _check_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     limits = ", ".join(f"{kind} {config.identity.limit(kind) or 'no cap'}" for kind in kinds)
     print(f"  identity   at most {limits} a profile")
     for name, source in config.sources.items():
-        key = "set" if source.write_key else "generated on first start"
-        print(f"  source     {name} (type http, kind {source.kind}, write key {key})")
+        key = ""
+        if isinstance(source, HttpSource):
+            key = ", write key " + ("set" if source.write_key else "generated on first start")
+        print(f"  source     {name} (type {source.type}, kind {source.kind}{key})")
     print(f"  scoring    {scoring}")
     for name, destination in config.destinations.items():
         limit = destination.rate

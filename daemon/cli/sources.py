@@ -1,4 +1,4 @@
-"""`leadsync sources`: each source's name, kind and write key.
+"""`leadsync sources`: each http source's name, kind and write key.
 
 A key the daemon generated (a source with no `write_key` in daemon.toml) is logged
 only once, when generated; this command reads it back from the database file itself,
@@ -11,6 +11,7 @@ import argparse
 import json
 
 from actors.exit_codes import EXIT_STORAGE
+from actors.sources.http import GENERATED_KEY, HttpSource
 from daemon.cli import offline
 from daemon.cli.options import Commands, with_config
 from daemon.cli.render import print_columns
@@ -32,8 +33,6 @@ def add_commands(commands: Commands) -> None:
 
 class _GeneratedKeys(Transactions):
     def read(self, names: list[str]) -> dict[str, str]:
-        from daemon.app import GENERATED_KEY  # the app module is heavy; only this needs it
-
         keys = {GENERATED_KEY.format(name): name for name in names}
         rows = self._db.execute(
             f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})",
@@ -44,7 +43,8 @@ class _GeneratedKeys(Transactions):
 
 def _sources(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     sources = loaded.config.sources
-    generated = [name for name, source in sources.items() if source.write_key is None]
+    keyed = {name: s for name, s in sources.items() if isinstance(s, HttpSource)}
+    generated = [name for name, source in keyed.items() if source.write_key is None]
     found: dict[str, str] = {}
     if generated and offline.database(loaded).is_file():
         read = offline.with_store(loaded, _GeneratedKeys, lambda keys: keys.read(generated))
@@ -58,7 +58,7 @@ def _sources(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             "write_key": source.write_key or found.get(name),
             "origin": "daemon.toml" if source.write_key else "generated at first start",
         }
-        for name, source in sources.items()
+        for name, source in keyed.items()
     ]
     if args.json:
         print(json.dumps(rows, indent=2))
