@@ -53,7 +53,6 @@ from storage.lifecycle import (
 )
 from storage.log import AppendRequest, StoredEvent
 from storage.sqlite_lifecycle import SqliteLifecycleStore
-from storage.transaction import transaction
 
 Identifier = tuple[str, str]
 
@@ -120,7 +119,7 @@ def loose_identifiers(extractor: Extractor, body: bytes, source: str) -> list[Id
         # person's: read as an identify's, they would name someone else's email.
         kind = _AS_TYPE.get(loose.type, "identify") if isinstance(loose.type, str) else "identify"
         event = Event(
-            type="identify" if kind == "group" else kind,
+            type=kind,
             message_id="",
             source=source,
             received_at="",
@@ -178,6 +177,12 @@ class Suppressions:
     def hash(self, identifier: Identifier) -> bytes:
         return identifier_hash(self.salt, *identifier)
 
+    def add(self, hashes: list[bytes]) -> list[bytes]:
+        """Suppress these (under `lock`); the ones not suppressed already."""
+        new = [h for h in dict.fromkeys(hashes) if h not in self.hashes]
+        self.hashes.update(new)
+        return new
+
     def screen(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendRequest], list[int]]:
         """The requests without the events of suppressed people, and how many each lost.
         Their rejected messages go too: the quarantine would keep what they said (the
@@ -234,25 +239,56 @@ def forget(
     hold_ingestion: Callable[[], AbstractContextManager[None]] = nullcontext,
     gate: Callable[[], AbstractContextManager[None]] = nullcontext,
     suppressed: Callable[[list[bytes]], None] = lambda hashes: None,
+    screen: Callable[[list[bytes]], list[bytes]] = lambda hashes: [],
+    unscreen: Callable[[list[bytes]], None] = lambda hashes: None,
 ) -> Erased:
     """Erase the person `identifier` belongs to (or, if none does, events and
     aggregates that carry it), and suppress their identifiers. `suppressed` hears the
     new hashes while ingestion is still held, after both files committed: if either
     commit fails, the daemon keeps taking the events the files do not suppress (and
-    PartlyErased says the log's went through). The gate is taken before ingestion is
-    held, so that ingestion never waits on the main file's writers."""
+    PartlyErased says the log's went through).
+
+    Should the person change under the locks on every try but the last (their events
+    still coming, each with a new identifier), what is known of them is screened at
+    the door (`screen`: added to the daemon's set for now, the hashes it did not have
+    returned) before the last search, so that the last try finds little new; what
+    the forget does not suppress in the end is let through again (`unscreen`)."""
     found = _Found(identifier, config.identity)
-    for attempt in range(LOCKED_TRIES):
-        found.search(store)
-        try:
-            with gate(), hold_ingestion():
-                with transaction(store):  # both files' write locks (LifecycleStore.begin)
-                    erased, hashes = _erase(store, found, config, now, attempt + 1 < LOCKED_TRIES)
-                suppressed(hashes)
-            return erased
-        except _Unsearched:
-            continue
-    raise AssertionError("the last try searches under the locks")
+    screened: list[bytes] = []
+    try:
+        for attempt in range(LOCKED_TRIES):
+            last = attempt + 1 == LOCKED_TRIES
+            if last:
+                salt = store.salt()
+                with hold_ingestion():
+                    screened = screen([identifier_hash(salt, *i) for i in found.identifiers])
+            found.search(store)
+            try:
+                with gate():
+                    # The main file's write lock first: it may wait out the merger's
+                    # commit (its own process, which the gate does not queue), with
+                    # ingestion still open.
+                    store.begin()
+                    try:
+                        with hold_ingestion():
+                            store.begin_log()
+                            erased, hashes = _erase(store, found, config, now, not last)
+                            store.commit()
+                            suppressed(hashes)
+                            kept = set(hashes)
+                            unscreen([h for h in screened if h not in kept])
+                            screened = []
+                    except BaseException:
+                        store.rollback()  # a COMMIT that failed may leave one open
+                        raise
+                return erased
+            except _Unsearched:
+                continue
+        raise AssertionError("the last try searches under the locks")
+    finally:
+        if screened:  # the forget failed: nothing of it is suppressed
+            with hold_ingestion():
+                unscreen(screened)
 
 
 class _Unsearched(Exception):
@@ -272,7 +308,13 @@ def _erase(
     found.settle(store)
     deletions = [d for person in people for d in _deletions(person, config)]
     erased = store.erase(
-        people, found.identifiers, sorted(found.events), deletions, now, found.strays(store)
+        people,
+        found.identifiers,
+        sorted(found.events),
+        deletions,
+        now,
+        found.strays(store),
+        given=found.identifier,
     )
     salt = store.salt()
     return erased, [identifier_hash(salt, *i) for i in found.identifiers]
@@ -310,6 +352,8 @@ class _Found:
         """The log's head when the searched identifiers were searched."""
         self._wanted: set[Identifier] = set()
         self._wanted_key = (0, -1)
+        self._adopted: set[int] = set()
+        """Profiles taken as the person's devices (`_adoptable`), while still theirs."""
         self._homeless: set[Identifier] = set()
         """Identifiers followed while no profile had them, and none has yet."""
         self._strays = _StrayCandidates()
@@ -394,6 +438,7 @@ class _Found:
         others = [i for i in carried if i not in wanted]
         if home in wanted:
             return home, others
+        self._disown(carried)
         if home[0] == USER_ID:
             return False, []  # someone else's user id: their event
         # A home no profile has: the merger has not applied the event yet, and will
@@ -433,8 +478,24 @@ class _Found:
                 raise _Unsearched([identifier])
             if self._adoptable(store, person, upto):
                 self._add(person)
+                self._adopted.add(person.profile)
             else:
                 self._refused.add(person.profile)
+
+    def _disown(self, carried: list[Identifier]) -> None:
+        """An event filed under someone else's identifier: a profile adopted as the
+        person's device that it names together with someone else (a user id, email or
+        external id not theirs) was not theirs to take; it is let go, as `_adoptable`
+        would have refused it had the event been logged before its check."""
+        wanted = self.wanted
+        if not any(kind != ANONYMOUS_ID and (kind, v) not in wanted for kind, v in carried):
+            return
+        for profile in sorted(self._adopted):
+            person = self.people.get(profile)  # None: merged away meanwhile
+            if person is None or any(i in carried for i in person.identifiers):
+                self.people.pop(profile, None)
+                self._adopted.discard(profile)
+                self._refused.add(profile)
 
     def _rehome(self, store: LifecycleStore, upto: int | None, bounded: bool) -> None:
         """An identifier followed while no profile had it that the merger has since put
@@ -449,6 +510,7 @@ class _Found:
                     raise _Unsearched([identifier])
                 if self._adoptable(store, person, upto):
                     self._add(person)
+                    self._adopted.add(person.profile)
                 else:
                     self._refused.add(person.profile)
             self._homeless.discard(identifier)
@@ -680,27 +742,41 @@ def forget_here(
                 hold_ingestion=lambda: held_from_thread(lock),
                 gate=lambda: held_from_thread(gate),
                 suppressed=suppressions.hashes.update,
+                screen=suppressions.add,
+                unscreen=suppressions.hashes.difference_update,
             )
         finally:
             store.close()
 
 
 def unforget_here(
-    database: Path, identifier: Identifier, config: Config, suppressions: Suppressions | None = None
+    database: Path,
+    identifier: Identifier,
+    config: Config,
+    suppressions: Suppressions | None = None,
+    write_gate: anyio.Semaphore | None = None,
 ) -> int:
     """Lift a suppression on the files; inside the daemon, from its set too (ingestion
-    held for the moment). Returns how many identifiers it covered (0: none did)."""
+    held for the moment). Returns how many identifiers it covered (0: none did). The
+    locks are taken in forget's order: the gate, the main file's, ingestion."""
 
     store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
+    gate = nullcontext() if write_gate is None else held_from_thread(write_gate)
     hold = nullcontext() if suppressions is None else held_from_thread(suppressions.lock)
     try:
-        with hold:
-            with transaction(store):
-                lifted = unforget(store, identifier)
-            # After the commit: a failed one leaves the daemon dropping what the file
-            # still suppresses.
-            if suppressions is not None:
-                suppressions.hashes.difference_update(lifted)
+        with gate:
+            store.begin()
+            try:
+                with hold:
+                    lifted = unforget(store, identifier)
+                    store.commit()
+                    # After the commit: a failed one leaves the daemon dropping what the
+                    # file still suppresses.
+                    if suppressions is not None:
+                        suppressions.hashes.difference_update(lifted)
+            except BaseException:
+                store.rollback()
+                raise
         return len(lifted)
     finally:
         store.close()

@@ -168,7 +168,12 @@ async def _serve(config: Config, config_path: str) -> int:
                             forget_here, path, identifier, config, suppressions, storage.write_gate
                         ),
                         lambda identifier: anyio.to_thread.run_sync(
-                            unforget_here, path, identifier, config, suppressions
+                            unforget_here,
+                            path,
+                            identifier,
+                            config,
+                            suppressions,
+                            storage.write_gate,
                         ),
                     ),
                 ),

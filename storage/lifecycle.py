@@ -68,8 +68,10 @@ class Strays(msgspec.Struct, frozen=True):
 
 class StrayMarks(msgspec.Struct, frozen=True):
     """The highest row id in each table strays are found in: a search after these
-    finds only the rows added since (a row's id is never reused while forgets are
-    one at a time, and an outbox row rewritten in place is a live profile's)."""
+    finds only the rows added since. (A row id can come back in the outbox, the dead
+    letters and the quarantine, which lack AUTOINCREMENT, only once the highest row is
+    deleted: payload strays are deleted by profile id, not row id; held has
+    AUTOINCREMENT; the quarantine's trim never deletes its newest row.)"""
 
     held: int = 0
     quarantine: int = 0
@@ -97,11 +99,14 @@ class Erased(msgspec.Struct):
 
 
 class LifecycleStore(Protocol):
-    """Synchronous, over both files. `begin` takes the write locks of both (main file
-    first); `commit` commits the log first, so a failure between the two leaves the
-    profile in place (PartlyErased) and a second forget finishes the work."""
+    """Synchronous, over both files. `begin` takes the main file's write lock,
+    `begin_log` the event log's (after: the caller holds ingestion between the two);
+    `commit` commits the log first, so a failure between the two leaves the profile in
+    place (PartlyErased) and a second forget finishes the work."""
 
     def begin(self) -> None: ...
+
+    def begin_log(self) -> None: ...
 
     def commit(self) -> None: ...
 
@@ -171,16 +176,20 @@ class LifecycleStore(Protocol):
         deletions: Sequence[Deletion],
         now: float,
         strays: Strays,
+        given: tuple[str, str] | None = None,
     ) -> Erased:
         """In the open transaction: delete the profiles' rows (links and recorded
         events of every node each holds at that moment), the events named, their
         identifiers' aggregates, held items of those events, and the strays; queue
         each deletion for a destination that had received the person; suppress the
-        identifiers."""
+        identifiers. The identifier `given` (the one forget was asked for) already
+        suppressed makes this a repeated request: the earlier forget's group joins this
+        one. Any other identifier already suppressed stays in its own forget's group
+        (another person's device, say: unforgetting this person does not lift it)."""
         ...
 
     def unsuppress(self, hashed: bytes) -> list[bytes]:
         """Lift the suppression made with this identifier's hash, and those made with it
-        (one forget suppresses every identifier of the person, and a forget that
-        suppresses one already suppressed joins the two groups); the hashes lifted."""
+        (one forget suppresses every identifier of the person, and a repeated request
+        joins the two groups); the hashes lifted."""
         ...

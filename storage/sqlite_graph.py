@@ -21,7 +21,7 @@ import msgspec
 from storage.graph import Account, Activity, Change, Link, Merge, Node, Profile, Stamped
 from storage.log import StoredEvent
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS
-from storage.sqlite_deletions import IS_DELETION, deletion_slot
+from storage.sqlite_deletions import MAY_BE_DELETION, deletion_slot, is_deletion
 
 IDENTITY_CONSUMER = "identity"
 """The identity actor's name in the checkpoints table and in LogProgress."""
@@ -493,10 +493,12 @@ def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
         # Deletion requests belong to no profile (storage/sqlite_deletions.py): one
         # queued by a version that gave it the erased profile's id gets its own now,
         # which no profile of the new graph can have.
-        for (row,) in db.execute(
-            f"SELECT id FROM main.outbox WHERE profile > 0 AND {IS_DELETION}"
+        for row, payload in db.execute(
+            f"SELECT id, payload FROM main.outbox WHERE profile > 0 AND {MAY_BE_DELETION}"
         ).fetchall():
-            db.execute("UPDATE main.outbox SET profile = ? WHERE id = ?", (deletion_slot(db), row))
+            if is_deletion(bytes(payload)):
+                slot = deletion_slot(db)
+                db.execute("UPDATE main.outbox SET profile = ? WHERE id = ?", (slot, row))
         db.execute("DROP TABLE IF EXISTS temp.old_outbox")
         db.execute(
             "CREATE TEMP TABLE old_outbox AS SELECT o.id, p.uid FROM main.outbox o "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -35,7 +36,7 @@ from storage.lifecycle import (
     identifier_hash,
 )
 from storage.log import StoredEvent
-from storage.sqlite_deletions import IS_DELETION, deletion_slot
+from storage.sqlite_deletions import deletion_slot, is_deletion
 from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
 
 TRIM_ROWS = 5_000
@@ -75,6 +76,7 @@ class SqliteLifecycleStore:
         # against the body folded as Python folds the needle (slower; rarely needed).
         for connection in (db, log):
             connection.create_function("py_lower", 1, _py_lower, deterministic=True)
+            connection.create_function("py_fold", 1, _py_fold, deterministic=True)
             # What is deleted here is overwritten with zeros, not left in free space
             # for a copy of the file to carry (the build's default may be either).
             connection.execute("PRAGMA secure_delete = ON")
@@ -96,14 +98,13 @@ class SqliteLifecycleStore:
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._log.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+
+    def begin_log(self) -> None:
+        self._log.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
-        self._log.execute("COMMIT")
+        if self._log.in_transaction:
+            self._log.execute("COMMIT")
         try:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -199,14 +200,15 @@ class SqliteLifecycleStore:
             "SELECT id, body FROM held WHERE id > ? AND kind = 'event' AND body IS NOT NULL "
             "AND ({found})"
         )
-        for row_id, body in _mentioning(self._db, sql, (after.held,), needles):
+        for row_id, body in _mentioning(self._db, sql, (after.held,), needles, unescape=True):
             yield int(row_id), bytes(body)
 
     def quarantined_mentioning(
         self, needles: Iterable[str], after: StrayMarks
     ) -> Iterator[tuple[int, str, bytes]]:
         sql = "SELECT id, source, body FROM quarantine WHERE id > ? AND ({found})"
-        for row_id, source, body in _mentioning(self._log, sql, (after.quarantine,), needles):
+        quarantined = _mentioning(self._log, sql, (after.quarantine,), needles, unescape=True)
+        for row_id, source, body in quarantined:
             yield int(row_id), str(source), bytes(body)
 
     def payloads_mentioning(
@@ -214,7 +216,8 @@ class SqliteLifecycleStore:
     ) -> Iterator[tuple[str, bytes]]:
         for table, mark in (("outbox", after.outbox), ("dead_letters", after.dead_letters)):
             sql = f"SELECT id, uid, payload FROM {table} WHERE id > ? AND ({{found}})"
-            for _, uid, payload in _mentioning(self._db, sql, (mark,), needles, "payload"):
+            found = _mentioning(self._db, sql, (mark,), needles, "payload", unescape=True)
+            for _, uid, payload in found:
                 yield str(uid), bytes(payload)
 
     def erase(
@@ -225,6 +228,7 @@ class SqliteLifecycleStore:
         deletions: Sequence[Deletion],
         now: float,
         strays: Strays,
+        given: tuple[str, str] | None = None,
     ) -> Erased:
         db = self._db
         erased = Erased()
@@ -244,9 +248,17 @@ class SqliteLifecycleStore:
         # Deletion requests stay, queued or dead-lettered: this forget's own (queued
         # above under the person's profile id) and an earlier one's are the only way
         # the destination hears of the erasure, and a dead letter can be replayed.
-        erased.dead_letters += _delete(db, _STRAY_DEAD_LETTERS, strays.uids)
+        letters = [
+            row
+            for uids in chunks(strays.uids)
+            for row, payload in db.execute(
+                f"SELECT id, payload FROM dead_letters WHERE uid IN ({marks(uids)})", uids
+            )
+            if not is_deletion(bytes(payload))
+        ]
+        erased.dead_letters += _delete(db, "DELETE FROM dead_letters WHERE id IN", letters)
         erased.queued += _delete(db, _STRAY_OUTBOX, strays.uids)
-        erased.suppressed = self._suppress(identifiers, erased, now)
+        erased.suppressed = self._suppress(identifiers, given, erased, now)
         # The merger's batch in flight and the scorer's round read before this: bumping
         # the graph's generation makes each throw its work away and read again.
         db.execute(
@@ -329,33 +341,31 @@ class SqliteLifecycleStore:
             gone += 1
         return gone
 
-    def _suppress(self, identifiers: Sequence[tuple[str, str]], erased: Erased, now: float) -> int:
+    def _suppress(
+        self,
+        identifiers: Sequence[tuple[str, str]],
+        given: tuple[str, str] | None,
+        erased: Erased,
+        now: float,
+    ) -> int:
         db = self._db
         salt = self.salt()
         request = db.execute(
             "INSERT INTO erasures (erased_at, identifiers, events, profiles) VALUES (?, ?, ?, ?)",
             (now, len(identifiers), erased.events, erased.profiles),
         ).lastrowid
-        hashes = [identifier_hash(salt, k, v) for k, v in identifiers]
-        # An identifier an earlier forget suppressed brings that forget's group into
-        # this one: an unforget of any of them lifts them all, as one person's.
-        earlier: set[int] = set()
-        for chunk in chunks(hashes):
-            earlier.update(
-                int(r)
-                for (r,) in db.execute(
-                    f"SELECT request FROM suppressions WHERE hash IN ({marks(chunk)})", chunk
-                )
-            )
-        for group in chunks(sorted(earlier)):
+        if given is not None:
+            # A repeated request: the earlier forget's group joins this one, so that one
+            # unforget lifts them all.
             db.execute(
-                f"UPDATE suppressions SET request = ? WHERE request IN ({marks(group)})",
-                (request, *group),
+                "UPDATE suppressions SET request = ? WHERE request = "
+                "(SELECT request FROM suppressions WHERE hash = ?)",
+                (request, identifier_hash(salt, *given)),
             )
         return db.executemany(
             "INSERT INTO suppressions (hash, request, kind) VALUES (?, ?, ?) "
-            "ON CONFLICT (hash) DO UPDATE SET request = excluded.request",
-            [(h, request, k) for h, (k, _) in zip(hashes, identifiers, strict=True)],
+            "ON CONFLICT (hash) DO NOTHING",
+            [(identifier_hash(salt, k, v), request, k) for k, v in identifiers],
         ).rowcount
 
     def unsuppress(self, hashed: bytes) -> list[bytes]:
@@ -371,9 +381,8 @@ class SqliteLifecycleStore:
         return lifted
 
 
-_NOT_A_DELETION = f"NOT ({IS_DELETION})"
-_STRAY_DEAD_LETTERS = f"DELETE FROM dead_letters WHERE {_NOT_A_DELETION} AND uid IN"
-_STRAY_OUTBOX = f"DELETE FROM outbox WHERE {_NOT_A_DELETION} AND uid IN"
+_STRAY_OUTBOX = "DELETE FROM outbox WHERE profile >= 0 AND uid IN"
+"""A deletion request (a negative profile id, storage/sqlite_deletions.py) stays."""
 
 
 def _delete(db: sqlite3.Connection, statement: str, keys: Sequence[object]) -> int:
@@ -400,12 +409,16 @@ def _spellings(value: str) -> set[str]:
     return found
 
 
-def _containing(terms: Sequence[str], column: str = "body") -> str:
+def _containing(terms: Sequence[str], column: str = "body", fold: str | None = None) -> str:
     """SQL true for a column that contains any of the terms (one parameter each),
-    folded the way the terms were."""
+    folded the way the terms were: by SQLite's lower() where that is enough, which
+    folds ASCII only, else by `fold` (a Python function; py_lower by default). A term
+    with a "k" needs Python's too: the Kelvin sign folds to it."""
     return " OR ".join(
-        f"instr(lower(CAST({column} AS TEXT)), ?) > 0"
-        if term.isascii()
+        f"instr({fold}({column}), ?) > 0"
+        if fold is not None
+        else f"instr(lower(CAST({column} AS TEXT)), ?) > 0"
+        if term.isascii() and "k" not in term
         else f"instr(py_lower({column}), ?) > 0"
         for term in terms
     )
@@ -422,17 +435,39 @@ def _mentioning(
     params: tuple[object, ...],
     needles: Iterable[str],
     column: str = "body",
+    unescape: bool = False,
 ) -> Iterator[tuple[Any, ...]]:
     """The rows of `sql` (its "{found}" the containment test) that contain any needle,
-    each once (keyed by the first column), for as many needles as there are."""
-    terms = _terms(needles)
+    each once (keyed by the first column), for as many needles as there are.
+    `unescape`: the column holds what a client sent, whose JSON may escape anything
+    (\\u00C9, \\u0026, \\/): it is compared unescaped, with the values as they are."""
+    terms = sorted({n.lower() for n in needles}) if unescape else _terms(needles)
     seen: set[object] = set()
     for start in range(0, len(terms), TERMS_A_QUERY):
         chunk = terms[start : start + TERMS_A_QUERY]
-        for row in db.execute(sql.format(found=_containing(chunk, column)), (*params, *chunk)):
+        found = _containing(chunk, column, "py_fold" if unescape else None)
+        for row in db.execute(sql.format(found=found), (*params, *chunk)):
             if start == 0 or row[0] not in seen:
                 seen.add(row[0])
                 yield tuple(row)
+
+
+_ESCAPED = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_SHORT = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    escape = match.group(1)
+    if len(escape) == 5:
+        return chr(int(escape[1:], 16))
+    return _SHORT.get(escape, escape)
+
+
+def _py_fold(body: bytes | str | None) -> str | None:
+    """A client's JSON text with its escapes undone, folded as Python folds."""
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    return None if body is None else _ESCAPED.sub(_unescaped, body).lower()
 
 
 def _py_lower(body: bytes | str | None) -> str | None:

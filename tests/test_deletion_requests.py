@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.delivery import payload as payloads
 from actors.identity.rebuild import rebuild
 from actors.lifecycle import forget
 from daemon.config import Config, parse
@@ -96,3 +97,44 @@ def test_dlq_replay_sends_a_dead_lettered_deletion_request_again(
     [(profile, again)] = queued_deletions(path)
     assert (profile < 0, again) == (True, uid)
     assert remaining(path, "SELECT count(*) FROM dead_letters") == [(0,)]
+
+
+def test_only_a_payload_that_is_a_deletion_request_is_kept_as_one(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """A client can put `{"deleted": true}` in a trait, and so in Ann's payload: that
+    row is Ann's, renumbered by a rebuild and erased by forget. A real request queued
+    by the previous version under the erased profile's id is kept by the rebuild."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, [{"type": "identify", "userId": "ann-1"}])
+    merger()
+    trait, trait_hash = payloads.encode(
+        payloads.Payload(profile="prf_a", traits={"mk_company": {"deleted": True}}, user_id="ann-1")
+    )
+    old, old_hash = payloads.encode(payloads.Payload(profile="prf_x", traits={}, deleted=True))
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute(
+            "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, due_at) "
+            "SELECT 'hook', profile, 'prf_a', ?, ?, 0, 0 FROM identities WHERE value = 'ann-1'",
+            (trait, trait_hash),
+        )
+        db.execute(
+            "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, due_at) "
+            "VALUES ('hook', 9999, 'prf_x', ?, ?, 0, 0)",
+            (old, old_hash),
+        )
+    config = parse(HOOK, "daemon.toml")
+
+    rebuild(path, config.identity, busy_timeout=5)
+    kept = dict(remaining(path, "SELECT uid, profile FROM outbox"))
+    assert kept["prf_x"] < 0 < kept["prf_a"]
+
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        forget(store, ("user_id", "ann-1"), config, time.time())
+    finally:
+        store.close()
+    left = [bytes(p) for (p,) in remaining(path, "SELECT payload FROM outbox ORDER BY id")]
+    assert trait not in left  # hers, and gone
+    assert left[0] == old
+    assert [payloads.decode(p).deleted for p in left] == [True, True]  # and hers, queued

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from actors import lifecycle
 from actors.delivery import payload as payloads
+from actors.identity.extract import Extractor
 from actors.identity.settings import IdentitySection
-from actors.lifecycle import Suppressions, forget, unforget
+from actors.lifecycle import Suppressions, forget, loose_identifiers, unforget
 from daemon.config import Config
 from storage import sqlite_graph
 from storage.held import HeldItem
@@ -64,11 +66,21 @@ class Watched(SqliteLifecycleStore):
         self._note("log", after)
         return super().events_mentioning(needles, after, upto)
 
+    def events_between(self, after: int, upto: int | None) -> Iterator[StoredEvent]:
+        self._note("log", after)
+        return super().events_between(after, upto)
+
     def held_mentioning(
         self, needles: Iterable[str], after: StrayMarks
     ) -> Iterator[tuple[int, bytes]]:
         self._note("held", after)
         return super().held_mentioning(needles, after)
+
+    def quarantined_mentioning(
+        self, needles: Iterable[str], after: StrayMarks
+    ) -> Iterator[tuple[int, str, bytes]]:
+        self._note("quarantine", after)
+        return super().quarantined_mentioning(needles, after)
 
     def payloads_mentioning(
         self, needles: Iterable[str], after: StrayMarks
@@ -124,9 +136,7 @@ def test_under_the_locks_only_what_came_after_the_search_is_searched(
     store = Watched.open(path, 5)
     store.searches = []
     try:
-        erased = forget(
-            store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=meanwhile
-        )
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), gate=meanwhile)
     finally:
         store.close()
 
@@ -163,6 +173,30 @@ def test_a_quarantined_message_is_found_however_the_client_escaped_it(tmp_path: 
 
     assert (first.quarantined, second.quarantined) == (1, 1)
     assert remaining(path, "SELECT body FROM log.quarantine") == [(theirs,)]
+
+
+def test_any_escape_a_client_uses_and_any_case_is_seen_through(tmp_path: Path) -> None:
+    """Go escapes "&" as \\u0026; Python escapes É as \\u00C9; a Kelvin sign folds
+    to "k" in Python (not in SQLite). Each of these is found, quarantined or logged."""
+    path = tmp_path / "leadsync.db"
+    log_events(
+        path,
+        [{"type": "identify", "anonymousId": "z", "traits": {"email": "\u212aim@x.io"}}],
+        rejected=[
+            b'{"type":"identify","userId":"tom\\u0026jerry","timestamp":7}',
+            b'{"type":"identify","traits":{"email":"\\u00C9mile@x.io"},"timestamp":7}',
+        ],
+    )
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        tom = forget(store, ("user_id", "tom&jerry"), Config(), time.time())
+        emile = forget(store, ("email", "émile@x.io"), Config(), time.time())
+        kim = forget(store, ("email", "kim@x.io"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert (tom.quarantined, emile.quarantined, kim.events) == (1, 1, 1)
+    assert remaining(path, "SELECT count(*) FROM log.quarantine") == [(0,)]
 
 
 def test_what_forget_erases_is_not_left_in_the_files_free_space(
@@ -301,3 +335,227 @@ def test_a_person_with_thousands_of_identifiers_is_searched_for_all_of_them(
     assert (erased.events, erased.quarantined, erased.suppressed) == (1501, 1, 1501)
     left = [bytes(b) for (b,) in remaining(path, "SELECT body FROM log.events ORDER BY seq")]
     assert [b"bob-1" in body for body in left] == [True, True]  # his, and his unreadable one
+
+
+def test_forgetting_someone_on_a_forgotten_device_leaves_the_first_forget_alone(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Ann is forgotten with her device; Bob signs in on it (kept: someone else), and is
+    forgotten in turn. Unforgetting Bob lifts Bob alone: the device stays Ann's, and
+    suppressed, until she is unforgotten."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        forget(store, ("user_id", "ann-1"), Config(), time.time())
+        log_events(path, [{"type": "identify", "userId": "bob-1", "anonymousId": "anon-ann"}])
+        merger()
+        forget(store, ("user_id", "bob-1"), Config(), time.time())
+        with transaction(store):
+            bob = unforget(store, ("user_id", "bob-1"))
+        with transaction(store):
+            ann = unforget(store, ("user_id", "ann-1"))
+        salt = store.salt()
+    finally:
+        store.close()
+
+    assert bob == [identifier_hash(salt, "user_id", "bob-1")]
+    assert sorted(ann) == sorted(
+        identifier_hash(salt, *i) for i in [("user_id", "ann-1"), ("anonymous_id", "anon-ann")]
+    )
+
+
+def test_a_device_someone_else_signs_in_on_before_the_locks_is_not_taken_with_her(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ann's second device dev2 has a profile of its own (a cap of one anonymous id a
+    profile), which her search adopts as hers. Bob signs in on dev2 before the locks:
+    dev2 is his too, so it stays, with its profile, unsuppressed."""
+    path = tmp_path / "leadsync.db"
+    rules = IdentitySection(limits={"anonymous_id": 1})
+    apply = start_merger(path, monkeypatch, rules)
+    merge = next(apply)
+    log_events(
+        path,
+        [
+            {"type": "identify", "userId": "ann-1", "anonymousId": "dev1"},
+            {"type": "track", "userId": "ann-1", "anonymousId": "dev2", "event": "Pricing"},
+        ],
+    )
+    merge()
+    assert len(remaining(path, "SELECT id FROM profiles")) == 2
+
+    @contextmanager
+    def bob_signs_in() -> Iterator[None]:
+        if not remaining(path, "SELECT 1 FROM log.events WHERE body LIKE '%bob-1%'"):
+            log_events(path, [{"type": "identify", "userId": "bob-1", "anonymousId": "dev2"}])
+        yield
+
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(
+            store,
+            ("user_id", "ann-1"),
+            Config(identity=rules),
+            time.time(),
+            gate=bob_signs_in,
+        )
+        salt = store.salt()
+    finally:
+        store.close()
+    next(apply, None)
+
+    assert erased.profiles == 1
+    assert remaining(path, "SELECT value FROM identities") == [("dev2",)]
+    hashes = {bytes(h) for (h,) in remaining(path, "SELECT hash FROM suppressions")}
+    assert identifier_hash(salt, "anonymous_id", "dev2") not in hashes
+
+
+def test_a_rejected_group_calls_traits_are_the_accounts_not_a_persons() -> None:
+    """Read leniently (a message refused at the door), a group call's email is its
+    account's: a forgotten person's address there does not make it theirs."""
+    extractor = Extractor(Config().identity)
+    group = b'{"type":"group","groupId":"acme","traits":{"email":"ann@x.io"},"timestamp":7}'
+    identify = b'{"type":"identify","traits":{"email":"ann@x.io"},"timestamp":7}'
+    assert loose_identifiers(extractor, group, "web") == []
+    assert loose_identifiers(extractor, identify, "web") == [("email", "ann@x.io")]
+
+
+def test_a_person_changing_under_every_try_is_screened_at_the_door_for_the_last(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Each time the locks are about to be taken, Ann signs in on yet another device:
+    the first two tries let go. Before the last, what is known of her is screened at
+    the door (the daemon's set), and all of it ends up suppressed, nothing let through
+    again; had the forget failed, the screen would have been lifted."""
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    devices = iter(range(100))
+
+    @contextmanager
+    def another_device() -> Iterator[None]:
+        log_events(
+            path, [{"type": "identify", "userId": "ann-1", "anonymousId": f"d{next(devices)}"}]
+        )
+        merger()
+        yield
+
+    door: set[bytes] = set()
+    screened: list[list[bytes]] = []
+    lifted: list[list[bytes]] = []
+
+    def screen(hashes: list[bytes]) -> list[bytes]:
+        new = [h for h in hashes if h not in door]
+        door.update(new)
+        screened.append(new)
+        return new
+
+    def unscreen(hashes: list[bytes]) -> None:
+        door.difference_update(hashes)
+        lifted.append(hashes)
+
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(
+            store,
+            ("user_id", "ann-1"),
+            Config(),
+            time.time(),
+            gate=another_device,
+            suppressed=door.update,
+            screen=screen,
+            unscreen=unscreen,
+        )
+        salt = store.salt()
+    finally:
+        store.close()
+
+    assert next(devices) == 3  # three tries
+    [first] = screened
+    assert identifier_hash(salt, "user_id", "ann-1") in first
+    assert lifted == [[]]
+    assert erased.profiles == 1
+    assert set(first) <= door
+    assert identifier_hash(salt, "anonymous_id", "d2") in door
+
+
+def test_the_screen_is_lifted_when_the_last_try_fails(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    path = tmp_path / "leadsync.db"
+    log_events(path, ANN)
+    merger()
+    devices = iter(range(100))
+
+    @contextmanager
+    def another_device() -> Iterator[None]:
+        log_events(
+            path, [{"type": "identify", "userId": "ann-1", "anonymousId": f"d{next(devices)}"}]
+        )
+        merger()
+        yield
+
+    door: set[bytes] = set()
+
+    def screen(hashes: list[bytes]) -> list[bytes]:
+        new = [h for h in hashes if h not in door]
+        door.update(new)
+        return new
+
+    store = SqliteLifecycleStore.open(path, 5)
+    real_commit = store.commit
+
+    def commit() -> None:
+        if next(devices) >= 3:  # the last try's
+            raise sqlite3.OperationalError("disk I/O error")
+        real_commit()
+
+    store.commit = commit  # type: ignore[method-assign]
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            forget(
+                store,
+                ("user_id", "ann-1"),
+                Config(),
+                time.time(),
+                gate=another_device,
+                suppressed=door.update,
+                screen=screen,
+                unscreen=door.difference_update,
+            )
+    finally:
+        store.close()
+    assert door == set()
+
+
+def test_reading_the_log_through_finds_what_searching_it_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MANY_NEEDLES identifiers the log is read through rather than searched: the
+    same data forgotten both ways leaves the same files behind."""
+    events: list[dict[str, object]] = [
+        {"type": "identify", "userId": "ann-1", "anonymousId": "a0"},
+        {"type": "track", "anonymousId": "a1", "userId": "ann-1", "event": "Pricing"},
+        {"type": "identify", "anonymousId": "a2", "traits": {"email": "ANN@x.io"}},
+        {"type": "identify", "userId": "ann-1", "traits": {"email": "ann@x.io"}},
+        {"type": "track", "userId": "bob-1", "anonymousId": "a0", "event": "Pricing"},
+        {"type": "track", "userId": "bob-1", "properties": {"friend": "ann-1"}, "event": "x"},
+    ]
+    results = []
+    for many in (0, 10**9):
+        path = tmp_path / str(many) / "leadsync.db"
+        path.parent.mkdir()
+        log_events(path, events)
+        log_raw(path, [b'{"userId": "ann-1"', b'{"userId": "bob-1"'])
+        monkeypatch.setattr(lifecycle, "MANY_NEEDLES", many)
+        store = SqliteLifecycleStore.open(path, 5)
+        try:
+            erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+        finally:
+            store.close()
+        left = remaining(path, "SELECT seq FROM log.events ORDER BY seq")
+        results.append((erased, left))
+    assert results[0] == results[1]
+    assert results[0][0].events == 5

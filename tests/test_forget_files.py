@@ -59,7 +59,7 @@ def test_an_identifier_the_merger_adds_during_the_search_is_erased_and_suppresse
     hold: Callable[[], AbstractContextManager[None]] = the_merger_goes_on
     store = SqliteLifecycleStore.open(path, 5)
     try:
-        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=hold)
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), gate=hold)
         salt = store.salt()
     finally:
         store.close()
@@ -323,7 +323,7 @@ def test_a_device_a_re_decision_gives_to_someone_else_meanwhile_is_not_suppresse
     hold: Callable[[], AbstractContextManager[None]] = bob_was_first
     store = SqliteLifecycleStore.open(path, 5)
     try:
-        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), hold_ingestion=hold)
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time(), gate=hold)
         salt = store.salt()
     finally:
         store.close()
