@@ -26,8 +26,8 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from actors.delivery.allowance import Allowance
 from actors.delivery.kinds import DestinationSettings
-from actors.delivery.limiter import WindowLimiter
 from actors.delivery.sender import Refused, Sender, Unavailable
 from actors.delivery.status import DestinationStatus
 from actors.metrics import Metrics
@@ -51,7 +51,6 @@ doubling while it keeps failing up to this (or the retry policy's max_delay), so
 outage costs a probe now and then, not a storm of calls."""
 CACHE_KIB = 4 * 1024
 """The outbox is read oldest-first through one index: a small page cache does."""
-DAY = 86_400
 _T = TypeVar("_T")
 
 
@@ -78,7 +77,8 @@ class DestinationActor(Actor):
         self._metrics = metrics
         self._status = status
         self._clock = clock
-        self._limiter = WindowLimiter(config.rate.requests, config.rate.per)
+        self._allowance = Allowance(config.rate, status, clock)
+        self._limiter = self._allowance.limiter
         batch = config.batch_size or sender.max_batch
         self._batch = min(batch, sender.max_batch)
         self._workers = 1 if sender.serial else config.concurrency
@@ -98,7 +98,6 @@ class DestinationActor(Actor):
         self._unrecorded = False
         """An outcome could not be recorded while stopping: the sender must not finish."""
         self._store: SqliteOutboxStore | None = None
-        self._day = int(clock() // DAY)
 
     def stop(self) -> None:
         """Calls in flight finish and are settled; nothing new starts."""
@@ -240,50 +239,21 @@ class DestinationActor(Actor):
             try:
                 while True:
                     await self._until_due()
-                    waited = await self._allowed()
+                    waited = await self._allowance.wait()
                     try:
                         if waited > POLL:
                             async with self._fetching:  # read again what may be stale
                                 self._buffer.clear()
                                 await self._refill()
                     except BaseException:
-                        self._give_back()
+                        self._allowance.give_back()
                         raise
                     if rows := self._take():
                         return rows
-                    self._give_back()  # another task took them
+                    self._allowance.give_back()  # another task took them
             finally:
                 self._waits.discard(scope)
         return None
-
-    async def _allowed(self) -> float:
-        """Wait for the daily cap and the rate limit to allow one more call, and count
-        it; returns the seconds waited."""
-        started = time.monotonic()
-        while True:
-            while self._capped():
-                self._status.state = "daily cap reached"
-                now = self._clock()
-                await anyio.sleep(min(POLL * 10, (now // DAY + 1) * DAY - now))
-            await self._limiter.acquire()
-            if not self._capped():
-                break
-            self._limiter.cancel()  # another task made the day's last call meanwhile
-        self._status.used_today = self._used_today() + 1
-        return time.monotonic() - started
-
-    def _allowed_now(self) -> bool:
-        """One more call now if the cap and the rate limit allow it, without waiting
-        (a batch being split must not hold up a stop); counted if so."""
-        if self._capped() or not self._limiter.try_acquire():
-            return False
-        self._status.used_today = self._used_today() + 1
-        return True
-
-    def _give_back(self) -> None:
-        """A call allowed by `_allowed` and not made."""
-        self._limiter.cancel()
-        self._status.used_today = max(0, self._used_today() - 1)
 
     async def _until_due(self) -> None:
         """Until the buffer holds rows to send (none taken)."""
@@ -331,17 +301,6 @@ class DestinationActor(Actor):
     def _wake_waiting(self) -> None:
         self._settling.set()
         self._settling = anyio.Event()
-
-    def _capped(self) -> bool:
-        """The day's calls are used up."""
-        cap = self._config.rate.daily
-        return cap is not None and self._used_today() >= cap
-
-    def _used_today(self) -> int:
-        day = int(self._clock() // DAY)
-        if day != self._day:
-            self._day, self._status.used_today = day, 0
-        return self._status.used_today
 
     async def _deliver(
         self, rows: Sequence[OutboxRow], settlement: Settlement, staged: list[float]
@@ -409,7 +368,7 @@ class DestinationActor(Actor):
         for its turn like any other row."""
         half = len(rows) // 2
         for part in (rows[:half], rows[half:]):
-            if self._stopping.is_set() or not self._allowed_now():
+            if self._stopping.is_set() or not self._allowance.now():
                 due = self._clock() + self._limiter.paused_for()
                 settlement.retry += [(r.id, r.hash, due, reason, False) for r in part]
                 continue
