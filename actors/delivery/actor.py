@@ -45,10 +45,6 @@ POLL = 0.5
 scorer staged starts on its way."""
 COUNTS_INTERVAL = 1.0
 """Seconds between counts of the queue for /status and /metrics, at least."""
-DOWN_PAUSE_MAX = 300.0
-"""A destination that failed a whole call is left alone for the first retry delay,
-doubling while it keeps failing up to this (or the retry policy's max_delay), so an
-outage costs a probe now and then, not a storm of calls."""
 CACHE_KIB = 4 * 1024
 """The outbox is read oldest-first through one index: a small page cache does."""
 _T = TypeVar("_T")
@@ -77,7 +73,7 @@ class DestinationActor(Actor):
         self._metrics = metrics
         self._status = status
         self._clock = clock
-        self._allowance = Allowance(config.rate, status, clock)
+        self._allowance = Allowance(config.rate, config.retry, status, clock)
         self._limiter = self._allowance.limiter
         batch = config.batch_size or sender.max_batch
         self._batch = min(batch, sender.max_batch)
@@ -94,7 +90,6 @@ class DestinationActor(Actor):
         self._waits: set[anyio.CancelScope] = set()
         self._settling = anyio.Event()
         """Set (and replaced) whenever a call ends: what waits for rows in flight."""
-        self._down_pause = 0.0
         self._unrecorded = False
         """An outcome could not be recorded while stopping: the sender must not finish."""
         self._store: SqliteOutboxStore | None = None
@@ -141,7 +136,7 @@ class DestinationActor(Actor):
             try:
                 await self._sender.open(state)
             except Unavailable as exc:
-                pause = self._back_off()
+                pause = self._allowance.down()
                 self._status.state = "cannot start"
                 self._note_error(exc.reason)
                 log.error(
@@ -156,16 +151,8 @@ class DestinationActor(Actor):
                 if self._stopping.is_set():
                     return False
                 continue
-            self._down_pause = 0.0
+            self._allowance.up()
             return True
-
-    def _back_off(self) -> float:
-        """The next pause of a destination that is down: the first retry delay,
-        doubling while it stays down, at most DOWN_PAUSE_MAX (or max_delay)."""
-        retry = self._config.retry
-        longest = min(DOWN_PAUSE_MAX, retry.max_delay)
-        self._down_pause = min(longest, max(retry.first_delay, self._down_pause * 2))
-        return self._down_pause
 
     async def _db(self, call: Callable[..., _T], *args: object) -> _T:
         """One call at a time on the actor's connection: its tasks would otherwise use
@@ -340,7 +327,7 @@ class DestinationActor(Actor):
             await self._split(rows, reason, settlement, staged)
             return
         self._limiter.release()
-        self._down_pause = 0.0
+        self._allowance.up()
         failed = sum(1 for error in outcome if error is not None)
         self._metrics.destination_requests.labels(
             self.destination, "partial" if failed else "ok"
@@ -379,7 +366,7 @@ class DestinationActor(Actor):
     ) -> None:
         outcome = "throttled" if exc.throttled else "unavailable"
         self._metrics.destination_requests.labels(self.destination, outcome).inc()
-        pause = exc.retry_after if exc.retry_after is not None else self._back_off()
+        pause = exc.retry_after if exc.retry_after is not None else self._allowance.down()
         self._limiter.pause(pause)
         self._note_error(exc.reason)
         log.warning(

@@ -1,5 +1,5 @@
-"""Whether a destination may make one more call: its rolling-window rate limit and its
-daily cap, counted as calls are allowed.
+"""Whether a destination may make one more call: its rolling-window rate limit, its
+daily cap, counted as calls are allowed, and the pause of a destination that is down.
 
 Kept apart from the destination actor (actors/delivery/actor.py), which asks it
 before it takes rows to send, so rows never wait in memory through a pause. The
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import anyio
 
-from actors.delivery.kinds import RateLimit
+from actors.delivery.kinds import RateLimit, RetryPolicy
 from actors.delivery.limiter import WindowLimiter
 from actors.delivery.status import DestinationStatus
 
@@ -22,11 +22,19 @@ DAY = 86_400
 CAPPED_LOOK = 5.0
 """Seconds between looks at the clock while the daily cap is reached (the day may end,
 or a test's clock move)."""
+DOWN_PAUSE_MAX = 300.0
+"""A destination that failed a whole call is left alone for the first retry delay,
+doubling while it keeps failing up to this (or the retry policy's max_delay), so an
+outage costs a probe now and then, not a storm of calls."""
 
 
 class Allowance:
     def __init__(
-        self, rate: RateLimit, status: DestinationStatus, clock: Callable[[], float]
+        self,
+        rate: RateLimit,
+        retry: RetryPolicy,
+        status: DestinationStatus,
+        clock: Callable[[], float],
     ) -> None:
         self.limiter = WindowLimiter(rate.requests, rate.per)
         """Released by the caller when its call ends; paused on a Retry-After."""
@@ -34,6 +42,8 @@ class Allowance:
         self._status = status
         self._clock = clock
         self._day = int(clock() // DAY)
+        self._retry = retry
+        self._down_pause = 0.0
 
     async def wait(self) -> float:
         """Wait for the daily cap and the rate limit to allow one more call, and count
@@ -73,3 +83,15 @@ class Allowance:
         if day != self._day:
             self._day, self._status.used_today = day, 0
         return self._status.used_today
+
+    def down(self) -> float:
+        """The next pause of a destination that is down (a whole call failed, or the
+        sender cannot open): the first retry delay, doubling while it stays down, at
+        most DOWN_PAUSE_MAX (or max_delay). The caller pauses for it."""
+        longest = min(DOWN_PAUSE_MAX, self._retry.max_delay)
+        self._down_pause = min(longest, max(self._retry.first_delay, self._down_pause * 2))
+        return self._down_pause
+
+    def up(self) -> None:
+        """A call went through (or the sender opened): the next outage starts afresh."""
+        self._down_pause = 0.0
