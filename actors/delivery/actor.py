@@ -27,6 +27,7 @@ import anyio.to_thread
 import structlog
 
 from actors.delivery.allowance import Allowance
+from actors.delivery.doorbell import Bell
 from actors.delivery.kinds import DestinationSettings
 from actors.delivery.sender import Refused, Sender, Unavailable
 from actors.delivery.status import DestinationStatus
@@ -40,9 +41,17 @@ from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 
-POLL = 0.5
-"""Seconds between looks at the outbox when nothing is due: how soon a score the
-scorer staged starts on its way."""
+FALLBACK_POLL = 2.0
+"""Seconds between looks at the outbox when nothing is due and the bell does not ring:
+a safety net. Rows the scorer stages ring the destination's bell after their commit
+(actors/delivery/doorbell.py), and rows due later (retries) are waited for until
+their due time; this finds what no bell announces, such as dead letters put back by
+`leadsync dlq replay` from another process."""
+PAUSE = 0.5
+"""Seconds of the actor's short waits: a task that finds every due row in flight
+looks again after it (or when a call ends), a failed record of outcomes is tried
+again after it, and rows read before a longer wait for the rate limit are read
+again."""
 COUNTS_INTERVAL = 1.0
 """Seconds between counts of the queue for /status and /metrics, at least."""
 CACHE_KIB = 4 * 1024
@@ -62,7 +71,12 @@ class DestinationActor(Actor):
         metrics: Metrics,
         status: DestinationStatus,
         clock: Callable[[], float] = time.time,
+        bell: Bell | None = None,
+        fallback: float | None = None,
     ) -> None:
+        """`bell`: rung when rows for this destination are committed (the daemon's
+        Doorbell has one per destination); without one, rows others commit are found
+        by the `fallback` poll alone (FALLBACK_POLL seconds unless given)."""
         super().__init__(f"destination:{name}")
         self.destination = name
         self._config = config
@@ -88,8 +102,10 @@ class DestinationActor(Actor):
         """Held by a serial sender's send-and-settle, and by every tick."""
         self._stopping = anyio.Event()
         self._waits: set[anyio.CancelScope] = set()
-        self._settling = anyio.Event()
-        """Set (and replaced) whenever a call ends: what waits for rows in flight."""
+        self._bell = Bell() if bell is None else bell
+        """Rung by whoever commits rows for this destination, and by each call that
+        ends (its rows are no longer in flight; a retry may be due sooner)."""
+        self._fallback = FALLBACK_POLL if fallback is None else fallback
         self._unrecorded = False
         """An outcome could not be recorded while stopping: the sender must not finish."""
         self._store: SqliteOutboxStore | None = None
@@ -228,7 +244,7 @@ class DestinationActor(Actor):
                     await self._until_due()
                     waited = await self._allowance.wait()
                     try:
-                        if waited > POLL:
+                        if waited > PAUSE:
                             async with self._fetching:  # read again what may be stale
                                 self._buffer.clear()
                                 await self._refill()
@@ -276,18 +292,21 @@ class DestinationActor(Actor):
         self._buffer.extend(row for row in rows if row.id not in skip)
 
     async def _sleep_until_due(self) -> None:
+        """Until the bell rings (rows committed, or a call ended), the earliest row
+        comes due, or the fallback poll. A ring is taken only by this wait, after the
+        read that found nothing: a commit made since that read has rung, or will ring,
+        a bell not yet heard, so the wait ends at once and the next read finds it."""
         assert self._store is not None
         due = await self._db(self._store.next_due, self.destination)
-        if due is None or due > self._clock():
-            await anyio.sleep(POLL if due is None else min(POLL, due - self._clock()))
+        now = self._clock()
+        if due is None or due > now:
+            await self._bell.wait(self._fallback if due is None else min(self._fallback, due - now))
             return
         # Due rows, every one in flight: wait for a call to end, not round again at once.
-        with anyio.move_on_after(POLL):
-            await self._settling.wait()
+        await self._bell.wait(PAUSE)
 
     def _wake_waiting(self) -> None:
-        self._settling.set()
-        self._settling = anyio.Event()
+        self._bell.ring()
 
     async def _deliver(
         self, rows: Sequence[OutboxRow], settlement: Settlement, staged: list[float]
@@ -463,8 +482,8 @@ class DestinationActor(Actor):
                     destination=self.destination,
                     error=str(exc),
                 )
-                self._limiter.pause(2 * POLL)
-                await anyio.sleep(POLL)
+                self._limiter.pause(2 * PAUSE)
+                await anyio.sleep(PAUSE)
         self._status.sent += len(settlement.delivered)
         self._status.writing = self._sender.writing()
         self._metrics.destination_sent.labels(self.destination).inc(len(settlement.delivered))
