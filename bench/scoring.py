@@ -15,22 +15,21 @@ each run, the limit measured in the same run: plain sqlite3 reading the rows tha
 run reads, in the same chunks, with nothing decoded or computed. The database is
 written in a child process, so the peak RSS is the scorer's own.
 
-Realtime: a daemon (`python -m daemon run`, a subprocess on free ports) receives
-identify calls, each a new userId with the traits the example model reads, at a
-steady rate, open loop over a pool of keep-alive connections. Fit latency is, per
-user, the score's `fit_at` (epoch seconds, taken when the scorer starts the chunk
-that stores it, so the chunk's own write is not in it) minus the wall-clock time
-the client had the 200; the HTTP round trip (send to 200) is printed beside it.
+Realtime (bench/realtime.py): a daemon receives identify calls, each a new userId,
+at a steady rate, and sends each fit to a realtime webhook destination whose far end
+is an aiohttp receiver in a process of its own. Per user, the latency from the
+identify's 200 to its record at the destination, and to its fit stored; beside them
+the identifies' HTTP round trip, the round trip to an aiohttp handler that does
+nothing (the limit), and with `--before REV` the same figures of the daemon at git
+revision REV, in the same run.
 
     .venv/bin/python -m bench.scoring [--profiles 1000000] [--batch | --realtime]
-        [--rate 1000] [--seconds 20] [--connections 128]
+        [--rate 1000] [--seconds 20] [--connections 128] [--before REV]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import multiprocessing
 import os
 import platform
@@ -45,9 +44,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import msgspec
 
 from actors.delivery.staging import Staging
@@ -66,14 +64,13 @@ from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import SqliteScoreStore
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+
+if TYPE_CHECKING:
+    from bench.realtime import RealtimeReport
 
 TARGET_BATCH_SECONDS = 30.0
 TARGET_BATCH_PROFILES = 1_000_000
 """The issue's target: a batch run over a million profiles in under 30 s on 2 cores."""
-TARGET_P99_SECONDS = 1.0
-NO_SCORE_AFTER = 10.0
-"""An identify whose fit is not stored this long after its 200 counts as unscored."""
 DAY = 86_400.0
 INSERT_CHUNK = 20_000
 """Profiles written per executemany round while building the database."""
@@ -518,190 +515,6 @@ def run_batch(profiles: int, seed: int, destinations: bool) -> BatchReport:
         )
 
 
-# ---------------------------------------------------------------------------- realtime
-
-
-@dataclass
-class Sent:
-    acked: dict[str, float] = field(default_factory=dict)
-    """userId -> wall-clock time the 200 arrived."""
-    round_trips: list[float] = field(default_factory=list)
-    failures: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-    client_cpu_seconds: float = 0.0
-
-
-async def send_identifies(url: str, rate: float, seconds: float, connections: int) -> Sent:
-    """Open loop, as independent clients behave: identify n is sent at start + n / rate
-    whatever became of the ones before, on one of at most `connections` keep-alive
-    connections (it waits for a free one, so the achieved rate shows when the daemon
-    cannot keep up). A closed loop of a few connections, each waiting for its 200,
-    would measure its own round trip rather than the daemon at the target rate."""
-    sent = Sent()
-    total = int(rate * seconds)
-    auth = base64.b64encode(f"{WRITE_KEYS['backend']}:".encode()).decode()
-    headers = {"Authorization": f"Basic {auth}", "Content-Type": "application/json"}
-    rng = random.Random(total)
-    titles, industries = _weighted(_TITLES), _weighted(_INDUSTRIES)
-    bodies = [
-        _encode(
-            {
-                "userId": f"rt-{n}",
-                "traits": {
-                    "title": rng.choices(*titles)[0],
-                    "company_size": int(rng.lognormvariate(4.5, 1.6)) + 1,
-                    "industry": rng.choices(*industries)[0],
-                    "email": f"rt{n}@"
-                    + (rng.choice(_PERSONAL_DOMAINS) if rng.random() < 0.35 else f"firm{n}.com"),
-                },
-            }
-        )
-        for n in range(total)
-    ]
-
-    async def identify(session: aiohttp.ClientSession, n: int) -> None:
-        began = time.perf_counter()
-        try:
-            async with session.post(url, data=bodies[n], headers=headers) as response:
-                await response.read()
-                status = response.status
-        except aiohttp.ClientError as exc:
-            sent.failures[type(exc).__name__] += 1
-            return
-        if status == 200:
-            sent.acked[f"rt-{n}"] = time.time()
-            sent.round_trips.append(time.perf_counter() - began)
-        else:
-            sent.failures[str(status)] += 1
-
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        cpu = time.process_time()
-        start = time.perf_counter()
-        calls = []
-        for n in range(total):
-            delay = start + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            calls.append(asyncio.create_task(identify(session, n)))
-        await asyncio.gather(*calls)
-        sent.seconds = time.perf_counter() - start
-        sent.client_cpu_seconds = time.process_time() - cpu
-    return sent
-
-
-_FITS_OF_USERS = (
-    "SELECT i.value, s.fit_at FROM identities i JOIN profiles p ON p.id = i.profile "
-    "JOIN profile_scores s ON s.profile = p.id "
-    "WHERE i.kind = 'user_id' AND s.fit_at IS NOT NULL"
-)
-
-
-def wait_for_fits(daemon: DaemonProcess, sent: Sent) -> dict[str, float]:
-    """userId -> fit_at, once every acknowledged user has one or NO_SCORE_AFTER has
-    passed since the last acknowledgment."""
-    deadline = max(sent.acked.values(), default=time.time()) + NO_SCORE_AFTER
-    while True:
-        fits = {user: float(at) for user, at in daemon.query(_FITS_OF_USERS)}
-        if len(fits) >= len(sent.acked) or time.time() > deadline:
-            return fits
-        time.sleep(0.2)
-
-
-@dataclass
-class RealtimeReport:
-    rate: float
-    seconds: float
-    connections: int
-    sent: Sent
-    latencies: list[float]
-    unscored: int
-    daemon_cpu_seconds: float
-    daemon_peak_rss: int
-    commits: dict[str, float]
-    """The log writer's own account of its group commits, from the daemon's /metrics."""
-
-    def lines(self) -> Iterator[str]:
-        sent = self.sent
-        achieved = len(sent.acked) / sent.seconds if sent.seconds else 0.0
-        yield (
-            f"leadsync realtime fit: /v1/identify, one new userId a call, target "
-            f"{self.rate:,.0f}/s for {self.seconds:.0f} s, open loop over at most "
-            f"{self.connections} connections; {os.cpu_count()} CPUs"
-        )
-        yield ""
-        yield f"{'':40}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        for label, values in (
-            ("fit latency (200 -> fit stored)", self.latencies),
-            ("HTTP round trip (send -> 200)", sent.round_trips),
-        ):
-            yield f"{label:40}" + "".join(
-                f"{_percentile(values, q) * 1000:>9.0f}" for q in (0.5, 0.99, 1.0)
-            )
-        yield ""
-        yield (
-            f"identifies acknowledged: {len(sent.acked):,} in {sent.seconds:.1f} s "
-            f"({achieved:,.0f}/s); non-200 answers: {dict(sent.failures) or 'none'}"
-        )
-        yield f"no fit stored within {NO_SCORE_AFTER:.0f} s of the 200: {self.unscored:,}"
-        groups = self.commits[measure.COMMITS]
-        if groups:
-            busy, events = self.commits[measure.COMMIT_SECONDS], self.commits[measure.COMMIT_EVENTS]
-            yield (
-                f"log writer: {groups:,.0f} group commits, {events / groups:.0f} events and "
-                f"{busy / groups * 1000:.1f} ms each (waits for the write gate, shared with the "
-                f"identity merger and the scorer, included); committing "
-                f"{busy / sent.seconds:.0%} of the time"
-            )
-        yield (
-            f"daemon CPU {self.daemon_cpu_seconds / sent.seconds:.0%}, this client CPU "
-            f"{sent.client_cpu_seconds / sent.seconds:.0%} (100% = one core); daemon peak RSS "
-            f"{self.daemon_peak_rss / 2**20:.0f} MB"
-        )
-        p99 = _percentile(self.latencies, 0.99)
-        verdict = "met" if p99 < TARGET_P99_SECONDS and not self.unscored else "NOT met"
-        yield f"target p99 < {TARGET_P99_SECONDS:.0f} s, every identify scored: {verdict}"
-
-
-def run_realtime(rate: float, seconds: float, connections: int) -> RealtimeReport:
-    with tempfile.TemporaryDirectory(prefix="leadsync-bench-") as directory:
-        daemon = DaemonProcess(Path(directory))
-        try:
-            daemon.start()
-            assert daemon.process is not None
-            pid = daemon.process.pid
-            print(f"daemon: {rate:,.0f} identifies/s for {seconds:.0f} s ...", flush=True)
-            cpu = measure.cpu_seconds(pid)
-            sent = asyncio.run(
-                send_identifies(f"{daemon.url}/v1/identify", rate, seconds, connections)
-            )
-            daemon_cpu = measure.cpu_seconds(pid) - cpu
-            commits = measure.commit_figures(daemon.admin("/metrics")[1])
-            fits = wait_for_fits(daemon, sent)
-            peak_rss = measure.status_bytes(pid, "VmHWM")
-            code = daemon.terminate()
-            if code != 0:
-                raise RuntimeError(f"daemon exited with {code}:\n{daemon.log()}")
-        finally:
-            daemon.stop_quietly()
-    latencies = [fits[user] - acked for user, acked in sent.acked.items() if user in fits]
-    unscored = sum(
-        1
-        for user, acked in sent.acked.items()
-        if user not in fits or fits[user] - acked > NO_SCORE_AFTER
-    )
-    return RealtimeReport(
-        rate, seconds, connections, sent, latencies, unscored, daemon_cpu, peak_rss, commits
-    )
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -721,13 +534,21 @@ def main() -> None:
     parser.add_argument(
         "--connections", type=int, default=128, help="keep-alive connections at most"
     )
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="realtime: also measure the daemon of this git revision (git archive), first",
+    )
     args = parser.parse_args()
     both = not (args.batch or args.realtime)
     reports: list[BatchReport | RealtimeReport] = []
     if args.batch or both:
         reports.append(run_batch(args.profiles, args.seed, args.destinations))
     if args.realtime or both:
-        reports.append(run_realtime(args.rate, args.seconds, args.connections))
+        # Here, not at the top: bench.realtime reads this module's tables of traits.
+        from bench.realtime import run_realtime
+
+        reports.append(run_realtime(args.rate, args.seconds, args.connections, args.before))
     for report in reports:
         print()
         for line in report.lines():

@@ -23,10 +23,11 @@ import msgspec
 import structlog
 
 from actors.delivery.actor import DestinationActor
+from actors.delivery.doorbell import Doorbell
 from actors.delivery.status import DestinationStatus
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
-from actors.lifecycle import forget_here, load_suppressions, unforget_here
+from actors.lifecycle import Identifier, forget_here, load_suppressions, unforget_here
 from actors.log_writer import LogWriter, Submission
 from actors.messages import ScorerMessage, UseDestinations
 from actors.metrics import Metrics
@@ -45,6 +46,7 @@ from daemon.datadir import DataDirLock
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
 from storage.backend import Storage
+from storage.lifecycle import Erased
 from storage.migrations import SchemaTooNew
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_graph import connect
@@ -139,7 +141,19 @@ async def _serve(config: Config, config_path: str) -> int:
         log_inbox = Mailbox[Submission](config.http.max_pending_events)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
         scoring_status = ScoringStatus()
-        destinations = Destinations(config, path, storage, metrics, supervisor, scorer_inbox)
+        # Rung by the scorer after each commit that stages rows due now, and by a
+        # forget that queues deletions: the destination starts on them at once.
+        doorbell = Doorbell()
+        destinations = Destinations(
+            config, path, storage, metrics, supervisor, scorer_inbox, doorbell
+        )
+
+        async def forget(identifier: Identifier) -> Erased:
+            erased = await anyio.to_thread.run_sync(
+                forget_here, path, identifier, config, suppressions, storage.write_gate
+            )
+            doorbell.ring(erased.deletions)
+            return erased
 
         supervisor.add(
             ActorSpec(
@@ -164,9 +178,7 @@ async def _serve(config: Config, config_path: str) -> int:
                     scoring_status,
                     destinations.statuses,
                     Lifecycle(
-                        lambda identifier: anyio.to_thread.run_sync(
-                            forget_here, path, identifier, config, suppressions, storage.write_gate
-                        ),
+                        forget,
                         lambda identifier: anyio.to_thread.run_sync(
                             unforget_here,
                             path,
@@ -219,6 +231,7 @@ async def _serve(config: Config, config_path: str) -> int:
                     progress,
                     metrics,
                     scoring_status,
+                    doorbell=doorbell,
                 ),
                 mailbox=scorer_inbox,
             )
@@ -279,6 +292,7 @@ class Destinations:
         metrics: Metrics,
         supervisor: Supervisor,
         scorer: Mailbox[ScorerMessage],
+        doorbell: Doorbell,
     ) -> None:
         self.config = config
         self.statuses: dict[str, DestinationStatus] = {}
@@ -288,6 +302,7 @@ class Destinations:
         self._metrics = metrics
         self._supervisor = supervisor
         self._scorer = scorer
+        self._doorbell = doorbell
         metrics.watch_destinations(self.statuses)
 
     def add_all(self) -> None:
@@ -342,6 +357,7 @@ class Destinations:
                 self._storage.write_gate,
                 self._metrics,
                 status,
+                bell=self._doorbell.bell(name),
             ),
         )
 

@@ -26,8 +26,9 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from actors.delivery.allowance import Allowance
+from actors.delivery.doorbell import Bell
 from actors.delivery.kinds import DestinationSettings
-from actors.delivery.limiter import WindowLimiter
 from actors.delivery.sender import Refused, Sender, Unavailable
 from actors.delivery.status import DestinationStatus
 from actors.metrics import Metrics
@@ -40,18 +41,21 @@ from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
 
-POLL = 0.5
-"""Seconds between looks at the outbox when nothing is due: how soon a score the
-scorer staged starts on its way."""
+FALLBACK_POLL = 2.0
+"""Seconds between looks at the outbox when nothing is due and the bell does not ring:
+a safety net. Rows the scorer stages ring the destination's bell after their commit
+(actors/delivery/doorbell.py), and rows due later (retries) are waited for until
+their due time; this finds what no bell announces, such as dead letters put back by
+`leadsync dlq replay` from another process."""
+PAUSE = 0.5
+"""Seconds of the actor's short waits: a task that finds every due row in flight
+looks again after it (or when a call ends), a failed record of outcomes is tried
+again after it, and rows read before a longer wait for the rate limit are read
+again."""
 COUNTS_INTERVAL = 1.0
 """Seconds between counts of the queue for /status and /metrics, at least."""
-DOWN_PAUSE_MAX = 300.0
-"""A destination that failed a whole call is left alone for the first retry delay,
-doubling while it keeps failing up to this (or the retry policy's max_delay), so an
-outage costs a probe now and then, not a storm of calls."""
 CACHE_KIB = 4 * 1024
 """The outbox is read oldest-first through one index: a small page cache does."""
-DAY = 86_400
 _T = TypeVar("_T")
 
 
@@ -67,7 +71,12 @@ class DestinationActor(Actor):
         metrics: Metrics,
         status: DestinationStatus,
         clock: Callable[[], float] = time.time,
+        bell: Bell | None = None,
+        fallback: float | None = None,
     ) -> None:
+        """`bell`: rung when rows for this destination are committed (the daemon's
+        Doorbell has one per destination); without one, rows others commit are found
+        by the `fallback` poll alone (FALLBACK_POLL seconds unless given)."""
         super().__init__(f"destination:{name}")
         self.destination = name
         self._config = config
@@ -78,7 +87,8 @@ class DestinationActor(Actor):
         self._metrics = metrics
         self._status = status
         self._clock = clock
-        self._limiter = WindowLimiter(config.rate.requests, config.rate.per)
+        self._allowance = Allowance(config.rate, config.retry, status, clock)
+        self._limiter = self._allowance.limiter
         batch = config.batch_size or sender.max_batch
         self._batch = min(batch, sender.max_batch)
         self._workers = 1 if sender.serial else config.concurrency
@@ -92,13 +102,13 @@ class DestinationActor(Actor):
         """Held by a serial sender's send-and-settle, and by every tick."""
         self._stopping = anyio.Event()
         self._waits: set[anyio.CancelScope] = set()
-        self._settling = anyio.Event()
-        """Set (and replaced) whenever a call ends: what waits for rows in flight."""
-        self._down_pause = 0.0
+        self._bell = Bell() if bell is None else bell
+        """Rung by whoever commits rows for this destination, and by each call that
+        ends (its rows are no longer in flight; a retry may be due sooner)."""
+        self._fallback = FALLBACK_POLL if fallback is None else fallback
         self._unrecorded = False
         """An outcome could not be recorded while stopping: the sender must not finish."""
         self._store: SqliteOutboxStore | None = None
-        self._day = int(clock() // DAY)
 
     def stop(self) -> None:
         """Calls in flight finish and are settled; nothing new starts."""
@@ -142,7 +152,7 @@ class DestinationActor(Actor):
             try:
                 await self._sender.open(state)
             except Unavailable as exc:
-                pause = self._back_off()
+                pause = self._allowance.down()
                 self._status.state = "cannot start"
                 self._note_error(exc.reason)
                 log.error(
@@ -157,16 +167,8 @@ class DestinationActor(Actor):
                 if self._stopping.is_set():
                     return False
                 continue
-            self._down_pause = 0.0
+            self._allowance.up()
             return True
-
-    def _back_off(self) -> float:
-        """The next pause of a destination that is down: the first retry delay,
-        doubling while it stays down, at most DOWN_PAUSE_MAX (or max_delay)."""
-        retry = self._config.retry
-        longest = min(DOWN_PAUSE_MAX, retry.max_delay)
-        self._down_pause = min(longest, max(retry.first_delay, self._down_pause * 2))
-        return self._down_pause
 
     async def _db(self, call: Callable[..., _T], *args: object) -> _T:
         """One call at a time on the actor's connection: its tasks would otherwise use
@@ -240,50 +242,21 @@ class DestinationActor(Actor):
             try:
                 while True:
                     await self._until_due()
-                    waited = await self._allowed()
+                    waited = await self._allowance.wait()
                     try:
-                        if waited > POLL:
+                        if waited > PAUSE:
                             async with self._fetching:  # read again what may be stale
                                 self._buffer.clear()
                                 await self._refill()
                     except BaseException:
-                        self._give_back()
+                        self._allowance.give_back()
                         raise
                     if rows := self._take():
                         return rows
-                    self._give_back()  # another task took them
+                    self._allowance.give_back()  # another task took them
             finally:
                 self._waits.discard(scope)
         return None
-
-    async def _allowed(self) -> float:
-        """Wait for the daily cap and the rate limit to allow one more call, and count
-        it; returns the seconds waited."""
-        started = time.monotonic()
-        while True:
-            while self._capped():
-                self._status.state = "daily cap reached"
-                now = self._clock()
-                await anyio.sleep(min(POLL * 10, (now // DAY + 1) * DAY - now))
-            await self._limiter.acquire()
-            if not self._capped():
-                break
-            self._limiter.cancel()  # another task made the day's last call meanwhile
-        self._status.used_today = self._used_today() + 1
-        return time.monotonic() - started
-
-    def _allowed_now(self) -> bool:
-        """One more call now if the cap and the rate limit allow it, without waiting
-        (a batch being split must not hold up a stop); counted if so."""
-        if self._capped() or not self._limiter.try_acquire():
-            return False
-        self._status.used_today = self._used_today() + 1
-        return True
-
-    def _give_back(self) -> None:
-        """A call allowed by `_allowed` and not made."""
-        self._limiter.cancel()
-        self._status.used_today = max(0, self._used_today() - 1)
 
     async def _until_due(self) -> None:
         """Until the buffer holds rows to send (none taken)."""
@@ -319,29 +292,21 @@ class DestinationActor(Actor):
         self._buffer.extend(row for row in rows if row.id not in skip)
 
     async def _sleep_until_due(self) -> None:
+        """Until the bell rings (rows committed, or a call ended), the earliest row
+        comes due, or the fallback poll. A ring is taken only by this wait, after the
+        read that found nothing: a commit made since that read has rung, or will ring,
+        a bell not yet heard, so the wait ends at once and the next read finds it."""
         assert self._store is not None
         due = await self._db(self._store.next_due, self.destination)
-        if due is None or due > self._clock():
-            await anyio.sleep(POLL if due is None else min(POLL, due - self._clock()))
+        now = self._clock()
+        if due is None or due > now:
+            await self._bell.wait(self._fallback if due is None else min(self._fallback, due - now))
             return
         # Due rows, every one in flight: wait for a call to end, not round again at once.
-        with anyio.move_on_after(POLL):
-            await self._settling.wait()
+        await self._bell.wait(PAUSE)
 
     def _wake_waiting(self) -> None:
-        self._settling.set()
-        self._settling = anyio.Event()
-
-    def _capped(self) -> bool:
-        """The day's calls are used up."""
-        cap = self._config.rate.daily
-        return cap is not None and self._used_today() >= cap
-
-    def _used_today(self) -> int:
-        day = int(self._clock() // DAY)
-        if day != self._day:
-            self._day, self._status.used_today = day, 0
-        return self._status.used_today
+        self._bell.ring()
 
     async def _deliver(
         self, rows: Sequence[OutboxRow], settlement: Settlement, staged: list[float]
@@ -381,7 +346,7 @@ class DestinationActor(Actor):
             await self._split(rows, reason, settlement, staged)
             return
         self._limiter.release()
-        self._down_pause = 0.0
+        self._allowance.up()
         failed = sum(1 for error in outcome if error is not None)
         self._metrics.destination_requests.labels(
             self.destination, "partial" if failed else "ok"
@@ -409,7 +374,7 @@ class DestinationActor(Actor):
         for its turn like any other row."""
         half = len(rows) // 2
         for part in (rows[:half], rows[half:]):
-            if self._stopping.is_set() or not self._allowed_now():
+            if self._stopping.is_set() or not self._allowance.now():
                 due = self._clock() + self._limiter.paused_for()
                 settlement.retry += [(r.id, r.hash, due, reason, False) for r in part]
                 continue
@@ -420,7 +385,7 @@ class DestinationActor(Actor):
     ) -> None:
         outcome = "throttled" if exc.throttled else "unavailable"
         self._metrics.destination_requests.labels(self.destination, outcome).inc()
-        pause = exc.retry_after if exc.retry_after is not None else self._back_off()
+        pause = exc.retry_after if exc.retry_after is not None else self._allowance.down()
         self._limiter.pause(pause)
         self._note_error(exc.reason)
         log.warning(
@@ -517,8 +482,8 @@ class DestinationActor(Actor):
                     destination=self.destination,
                     error=str(exc),
                 )
-                self._limiter.pause(2 * POLL)
-                await anyio.sleep(POLL)
+                self._limiter.pause(2 * PAUSE)
+                await anyio.sleep(PAUSE)
         self._status.sent += len(settlement.delivered)
         self._status.writing = self._sender.writing()
         self._metrics.destination_sent.labels(self.destination).inc(len(settlement.delivered))

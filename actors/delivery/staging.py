@@ -3,7 +3,10 @@ stores the scores (so a crash can never keep one without the other).
 
 Each destination's payload is built before that transaction (mapping and filter cost
 microseconds a profile, and the write lock is shared with ingestion); only the
-comparison with what was staged and acknowledged before runs inside it.
+comparison with what was staged and acknowledged before runs inside it. Staging notes
+which destinations it gave rows due now (`due`), so that the scorer, once the
+transaction has committed, rings their bells (actors/delivery/doorbell.py) and they
+start at once.
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ class Staging:
         self.routes = {name: Route(name, config) for name, config in destinations.items()}
         self.held = [r.name for r in self.routes.values() if r.batch]
         """Destinations whose rows a batch run releases at its end."""
+        self.due: set[str] = set()
+        """Destinations given rows due now since the caller last took them (`take_due`):
+        rows held for a batch run are not due until it ends."""
 
     def wanted(self, batch: bool) -> list[Route]:
         """Routes that take likelihood changes from a batch run (batch and both); every
@@ -148,9 +154,42 @@ class Staging:
         for name, rows in prepared.items():
             route = self.routes[name]
             held = route.held or (batch and route.batch)
-            queued += self.store.stage(name, rows, now, None if held else now)
+            staged = self.store.stage(name, rows, now, None if held else now)
+            if staged and not held:
+                self.due.add(name)
+            queued += staged
         return queued
+
+    def sync(
+        self,
+        destination: str,
+        rows: Sequence[tuple[int, str, bytes | None, int]],
+        now: float,
+        force: bool,
+    ) -> int:
+        """One destination's payloads, due now (`sync`: every scored profile, a chunk at
+        a time; `force`, even what it acknowledged); inside the caller's transaction."""
+        staged = self.store.stage(destination, rows, now, now, force=force)
+        if staged:
+            self.due.add(destination)
+        return staged
 
     def end_run(self, now: float) -> int:
         """What the batch run held becomes due (inside the caller's transaction)."""
-        return self.store.end_run(self.held, now)
+        released = self.store.end_run(self.held, now)
+        if released:
+            self.due.update(self.held)
+        return released
+
+    def release(self, destinations: Sequence[str], now: float, limit: int) -> int:
+        """Up to `limit` held rows of each of `destinations` (made realtime, which no
+        batch run releases) become due now; inside the caller's transaction."""
+        released = self.store.release(destinations, now, limit)
+        if released:
+            self.due.update(destinations)
+        return released
+
+    def take_due(self) -> set[str]:
+        """The destinations given rows due now since the last call, forgotten here."""
+        due, self.due = self.due, set()
+        return due

@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from actors.delivery.doorbell import Doorbell
 from actors.delivery.kinds import DestinationSettings
 from actors.delivery.staging import Staging, fingerprint
 from actors.identity.extract import Extractor
@@ -139,7 +140,10 @@ class ScorerActor(Actor):
         metrics: Metrics,
         status: ScoringStatus,
         clock: Callable[[], float] = time.time,
+        doorbell: Doorbell | None = None,
     ) -> None:
+        """`doorbell`: the destinations' bells, rung after each commit that gives them
+        rows due now; without one they find those rows at their next look."""
         super().__init__("scorer")
         self._database = database
         self._config = config
@@ -149,6 +153,7 @@ class ScorerActor(Actor):
         self._metrics = metrics
         self._clock = clock
         self._status = status
+        self._doorbell = doorbell
         self._requests: list[RunBatch] = []
         self._syncs: list[SyncDestination] = []
         self._reloaded: dict[str, DestinationSettings] | None = None
@@ -189,6 +194,7 @@ class ScorerActor(Actor):
             held=SqliteHeldStore(db),
         )
         scorer.attempts.on_held = self._count_held
+        scorer.on_staged = self._ring
         self._use_destinations(scorer, self._config.destinations)
         scorer.use(model)
         self._checkpoint, self._replaying = store.checkpoint(), scorer.replaying()
@@ -199,6 +205,11 @@ class ScorerActor(Actor):
         self._show_model(model.version)
         log.info("scoring with model", version=model.version)
         return scorer
+
+    def _ring(self, destinations: set[str]) -> None:
+        """In the worker thread, after the commit that gave `destinations` rows due."""
+        if self._doorbell is not None:
+            anyio.from_thread.run_sync(self._doorbell.ring, destinations)
 
     def _count_held(self, items: list[HeldItem]) -> None:
         self._metrics.poison.labels(COMPONENT).inc(len(items))

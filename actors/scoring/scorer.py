@@ -131,6 +131,9 @@ class Scorer:
         self.likelihood = LikelihoodScorer(model, source_kinds)
         self.replay_until = 0
         """The log head when the aggregates were last reset (kept in meta for restarts)."""
+        self.on_staged: Callable[[set[str]], None] = lambda destinations: None
+        """Told, after each commit that gave destinations rows due now, which ones: the
+        scorer actor rings their bells, so they need not wait for their next look."""
 
     def use(self, model: Model) -> bool:
         """Score with `model` from now on. If the aggregates were built with other event
@@ -168,12 +171,19 @@ class Scorer:
         """A write transaction, which also sets aside the items that failed every
         attempt since the last one (with the work that skipped them)."""
         held = self.attempts.take()
+        due: set[str] = set()
         with transaction(self.store, self.gate):
+            if self.staging is not None:
+                self.staging.take_due()  # noted by a transaction rolled back: not due
             if held and self.held is not None:
                 self.held.hold(held, self.clock())
             yield
+            if self.staging is not None:
+                due = self.staging.take_due()
         if held:
             self.attempts.on_held(held)
+        if due:
+            self.on_staged(due)
 
     def fold_events(self, up_to: int, limit: int = FOLD_BATCH) -> int:
         """Fold the next events (at most up to log sequence `up_to`); returns how many
@@ -530,7 +540,7 @@ class Scorer:
         released, total = chunk, 0
         while released >= chunk:
             with self.transaction():
-                released = self.staging.store.release(routes, self.clock(), chunk)
+                released = self.staging.release(routes, self.clock(), chunk)
             total += released
         return total
 
@@ -562,9 +572,7 @@ class Scorer:
                 if self.store.generation() != generation:
                     result.complete = False  # a rebuild renumbered the rows: run it again
                     break
-                result.queued += self.staging.store.stage(
-                    destination, prepared[destination], now, now, force=full
-                )
+                result.queued += self.staging.sync(destination, prepared[destination], now, full)
             result.profiles += len(scores)
             after = max(scores)
             if stop():
