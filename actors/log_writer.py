@@ -17,7 +17,7 @@ import msgspec
 import structlog
 
 from actors.identity.settings import IdentitySection
-from actors.lifecycle import Suppressions
+from actors.lifecycle.suppressions import Suppressions
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox

@@ -30,7 +30,7 @@ from actors.http_server import Listener, Runner
 from actors.identity.extract import normalize_email
 from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
 from actors.identity.settings import BUILTIN_ID_KINDS
-from actors.lifecycle import BadIdentifier, Identifier, parse_identifier
+from actors.lifecycle.identifiers import BadIdentifier, Identifier, parse_identifier
 from actors.messages import RunBatch, ScorerMessage, SyncDestination
 from actors.metrics import CONTENT_TYPE, Metrics
 from actors.progress import LogProgress

@@ -27,7 +27,9 @@ from actors.delivery.doorbell import Doorbell
 from actors.delivery.status import DestinationStatus
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
-from actors.lifecycle import Identifier, forget_here, load_suppressions, unforget_here
+from actors.lifecycle.forget import forget_here, unforget_here
+from actors.lifecycle.identifiers import Identifier
+from actors.lifecycle.suppressions import load_suppressions
 from actors.log_writer import LogWriter, Submission
 from actors.messages import ScorerMessage, UseDestinations
 from actors.metrics import Metrics
@@ -49,8 +51,8 @@ from storage.backend import Storage
 from storage.lifecycle import Erased
 from storage.migrations import SchemaTooNew
 from storage.sqlite import LogBehind, SqliteStorage
+from storage.sqlite_backup import unfinished_restore
 from storage.sqlite_graph import connect
-from storage.sqlite_lifecycle import unfinished_restore
 from storage.sqlite_scores import SqliteScoreStore
 
 log = structlog.get_logger(__name__)
@@ -127,7 +129,9 @@ async def _serve(config: Config, config_path: str) -> int:
     log.info("storage open", path=str(path.resolve()), config=config_path)
     try:
         await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, True)
-        suppressions = await anyio.to_thread.run_sync(load_suppressions, path, config)
+        suppressions = await anyio.to_thread.run_sync(
+            load_suppressions, path, config.storage.busy_timeout, config.identity
+        )
         metrics = Metrics()
         progress = LogProgress()
         supervisor = Supervisor(

@@ -64,7 +64,7 @@ class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     (storage/sqlite_log.py: DEDUP_WINDOW); memory grows with it, ~9 bytes an event."""
     retain_events: Duration | None = None
     """Events received longer ago than this, and applied by every consumer, are trimmed
-    from the log (storage/sqlite_lifecycle.py); unset, the log keeps everything."""
+    from the log (storage/sqlite_retention.py); unset, the log keeps everything."""
 
     def __post_init__(self) -> None:
         if not self.dedup_window > 0:

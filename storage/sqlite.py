@@ -31,8 +31,8 @@ from storage.log import AppendRequest, AppendResult, QuarantinedMessage, StoredE
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
 from storage.scores import ACCOUNT, PROFILE
 from storage.sqlite_graph import connect, uri
-from storage.sqlite_lifecycle import CONSUMERS, TRIM_CHUNKS, TRIM_ROWS, retention_cutoff
 from storage.sqlite_log import DEDUP_WINDOW, EventLog
+from storage.sqlite_retention import CONSUMERS, TRIM_CHUNKS, TRIM_ROWS, retention_cutoff
 from storage.sqlite_scores import score_of
 
 log = structlog.get_logger(__name__)

@@ -36,6 +36,7 @@ from storage.log import AppendRequest, AppendResult, EventRecord
 from storage.migrations import LOG_MIGRATIONS, migrate
 from storage.recent_messages import SLICES, Fingerprints, RecentMessages
 from storage.sqlite_graph import Transactions, log_path, open_connection, uri
+from storage.sqlite_retention import trim_events
 from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
@@ -288,8 +289,7 @@ class EventLog(Transactions):
             self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
 
     def trim(self, before: str, upto: int, limit: int) -> int:
-        """One small transaction of retention (storage/sqlite_lifecycle.py)."""
-        from storage.sqlite_lifecycle import trim_events
+        """One small transaction of retention (storage/sqlite_retention.py)."""
 
         return trim_events(self._db, before, upto, limit)
 

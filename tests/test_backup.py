@@ -16,11 +16,11 @@ import pytest
 
 from daemon import cli
 from daemon.datadir import DataDirLock
-from storage import sqlite_graph, sqlite_lifecycle
+from storage import sqlite_backup, sqlite_graph
 from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
+from storage.sqlite_backup import check_backup
 from storage.sqlite_graph import connect, log_path
-from storage.sqlite_lifecycle import check_backup
 from tests.daemon_process import DaemonProcess, wait_for
 from tests.test_cli import leadsync
 from tests.test_scoring_daemon import post
@@ -101,7 +101,7 @@ def test_a_forget_committing_between_the_two_copies_is_in_both_files_of_the_back
             forgot.append(leadsync("forget", "user_id:ann-1", *config))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(sqlite_lifecycle, "open_connection", forget_before_the_log_is_copied)
+    monkeypatch.setattr(sqlite_backup, "open_connection", forget_before_the_log_is_copied)
     assert cli.main(["backup", str(tmp_path / "backup"), *config]) == 0
     [forget] = forgot
     assert "forgot user_id:ann-1 in the running daemon" in forget.stdout, forget.stderr
@@ -154,7 +154,7 @@ def test_a_daemon_started_while_a_restore_runs_refuses_to_run(
     assert made.returncode == 0, made.stderr
     assert daemon.terminate() == 0
     codes: list[int | None] = []
-    real_restore = sqlite_lifecycle.restore
+    real_restore = sqlite_backup.restore
 
     def restore_while_systemd_restarts_the_daemon(source: Path, database: Path) -> Path:
         daemon.start(wait=False)
@@ -165,7 +165,7 @@ def test_a_daemon_started_while_a_restore_runs_refuses_to_run(
         daemon.stop_quietly()
         return real_restore(source, database)
 
-    monkeypatch.setattr(sqlite_lifecycle, "restore", restore_while_systemd_restarts_the_daemon)
+    monkeypatch.setattr(sqlite_backup, "restore", restore_while_systemd_restarts_the_daemon)
     code = cli.main(["restore", str(tmp_path / "backup"), "--config", str(daemon.config_path)])
     assert code == 0
     assert codes == [77], daemon.log()

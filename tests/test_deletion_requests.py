@@ -14,7 +14,7 @@ import pytest
 
 from actors.delivery import payload as payloads
 from actors.identity.rebuild import rebuild
-from actors.lifecycle import forget
+from actors.lifecycle.forget import forget
 from daemon.config import Config, parse
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from storage.sqlite_outbox import SqliteOutboxStore

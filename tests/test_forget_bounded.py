@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from actors import lifecycle
 from actors.delivery import payload as payloads
 from actors.identity.extract import Extractor
 from actors.identity.settings import IdentitySection
-from actors.lifecycle import Suppressions, forget, loose_identifiers, unforget
+from actors.lifecycle import search
+from actors.lifecycle.forget import forget, unforget
+from actors.lifecycle.identifiers import loose_identifiers
+from actors.lifecycle.suppressions import Suppressions
 from daemon.config import Config
 from storage import sqlite_graph
 from storage.held import HeldItem
@@ -549,7 +551,7 @@ def test_reading_the_log_through_finds_what_searching_it_finds(
         path.parent.mkdir()
         log_events(path, events)
         log_raw(path, [b'{"userId": "ann-1"', b'{"userId": "bob-1"'])
-        monkeypatch.setattr(lifecycle, "MANY_NEEDLES", many)
+        monkeypatch.setattr(search, "MANY_NEEDLES", many)
         store = SqliteLifecycleStore.open(path, 5)
         try:
             erased = forget(store, ("user_id", "ann-1"), Config(), time.time())

@@ -16,7 +16,7 @@ import pytest
 
 from actors.delivery import payload as payloads
 from actors.identity.settings import IdentitySection
-from actors.lifecycle import forget
+from actors.lifecycle.forget import forget
 from daemon.config import Config
 from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash

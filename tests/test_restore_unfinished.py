@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from daemon import cli
-from storage import sqlite_lifecycle
+from storage import sqlite_backup
 from tests.daemon_process import DaemonProcess
 from tests.test_cli import leadsync
 from tests.test_scoring_daemon import post
@@ -120,7 +120,7 @@ def test_a_restore_failing_before_it_replaces_anything_leaves_nothing_behind(
     assert made.returncode == 0, made.stderr
     assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "after"}]) == 200
     assert daemon.terminate() == 0
-    checkpoint = sqlite_lifecycle._checkpoint
+    checkpoint = sqlite_backup._checkpoint
     calls: list[Path] = []
 
     def fail_on_the_log(path: Path) -> None:
@@ -129,7 +129,7 @@ def test_a_restore_failing_before_it_replaces_anything_leaves_nothing_behind(
             raise sqlite3.OperationalError("disk I/O error")
         checkpoint(path)
 
-    monkeypatch.setattr(sqlite_lifecycle, "_checkpoint", fail_on_the_log)
+    monkeypatch.setattr(sqlite_backup, "_checkpoint", fail_on_the_log)
     assert cli.main(["restore", str(tmp_path / "backup"), "--config", config]) == 73
     monkeypatch.undo()
 

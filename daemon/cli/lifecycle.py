@@ -84,7 +84,7 @@ def add_commands(commands: Commands) -> None:
 
 
 def _identifier(args: argparse.Namespace, loaded: LoadedConfig) -> tuple[str, str] | None:
-    from actors.lifecycle import BadIdentifier, parse_identifier
+    from actors.lifecycle.identifiers import BadIdentifier, parse_identifier
 
     try:
         return parse_identifier(args.identifier, loaded.config.identity)
@@ -108,7 +108,7 @@ def _ask_daemon(
 def _database_here(loaded: LoadedConfig, role: str) -> tuple[Path, DataDirLock] | int:
     """The database, migrated, with the data dir's lock held (release it when done), if
     no process has it open; else the exit code, said why."""
-    from storage.sqlite_lifecycle import in_use
+    from storage.sqlite_backup import in_use
 
     here = offline.locked_database(loaded, role)
     if isinstance(here, int):
@@ -147,7 +147,7 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         erased, where = body, "the running daemon"
     else:
         from actors.identity.rebuild import RebuildRunning
-        from actors.lifecycle import forget_here
+        from actors.lifecycle.forget import forget_here
         from storage.lifecycle import PartlyErased
 
         here = _database_here(loaded, "forget")
@@ -220,7 +220,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             return EXIT_STORAGE
         lifted = int(body["identifiers"])
     else:
-        from actors.lifecycle import unforget_here
+        from actors.lifecycle.forget import unforget_here
 
         here = _database_here(loaded, "unforget")
         if isinstance(here, int):
@@ -241,7 +241,7 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    from storage.sqlite_lifecycle import BackupRaced, backup
+    from storage.sqlite_backup import BackupRaced, backup
 
     database = offline.existing_database(loaded)
     if database is None:
@@ -262,7 +262,7 @@ def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 
 def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    from storage.sqlite_lifecycle import (
+    from storage.sqlite_backup import (
         NotABackup,
         NoUnfinishedRestore,
         abandon_restore,

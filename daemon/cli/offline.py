@@ -58,7 +58,7 @@ def hold_data_dir(
     code, said why: 75 if another process holds it (`unanswered`: the command asked the
     daemon first and nobody answered at the admin address), 73 if the lock file cannot
     be opened or (but for `restoring`) a restore did not finish."""
-    from storage.sqlite_lifecycle import unfinished_restore
+    from storage.sqlite_backup import unfinished_restore
 
     data_dir = loaded.config.daemon.data_dir
     try:

@@ -1,64 +1,22 @@
-"""Forgetting a person, and keeping them forgotten.
-
-`forget` erases a person found by one identifier (storage/lifecycle.py does the
-deleting): their profile and everything derived from it, and every event in the log
-that carries one of their identifiers. It works on the files with the daemon stopped,
-or inside the daemon, where it must not race anyone who writes, nor hold them long:
-
-1. Outside every lock, the log is searched for events that mention the person's
-   identifiers (the long part; ingestion and the pipeline carry on), then again for
-   what was logged meanwhile, until a round finds nothing new; likewise the held
-   events, quarantined messages, outbox and dead letters.
-2. Then the main file's write gate is taken, ingestion held (`Suppressions.lock`: the
-   log writer holds it from its filter to its commit, so no unfiltered event is in
-   flight), and both files' write locks. The person is read again, and only what was
-   added since step 1 is searched. Should they have an identifier never searched
-   (the merger gave them one meanwhile), the locks are let go and step 1 runs for it
-   (`LOCKED_TRIES`). Everything goes in one transaction per file, with the graph's
-   generation bumped so that the merger's and the scorer's work in flight is redone.
-3. Still holding ingestion, the identifiers join the daemon's suppression set: every
-   later event of theirs is dropped at the log writer, counted, and answered 200.
-
-An event is the person's if its home identifier (the first the merger extracts from
-it, under which the merger records it) is one of theirs; see `_Found`. A mere mention
-in another person's properties is not, nor another user's event on a shared device.
-"""
+"""Whose are they: the search for a person's profiles, identifiers and events, in the
+log and in the tables where strays lie (held events, the quarantine, the outbox and
+dead letters), outside the locks and, for what came since, under them."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from collections.abc import Sequence
+from typing import Literal
 
-import anyio
 import msgspec
 
 from actors.delivery import payload as payloads
-from actors.delivery.kinds import DestinationSettings
-from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor, normalize_email
-from actors.identity.rebuild import exclusive
-from actors.identity.settings import BUILTIN_ID_KINDS, IdentitySection
-from actors.messages import Event, EventType
-from actors.runtime import held_from_thread
-from storage.lifecycle import (
-    Deletion,
-    Erased,
-    LifecycleStore,
-    Person,
-    StrayMarks,
-    Strays,
-    identifier_hash,
-)
-from storage.log import AppendRequest, StoredEvent
-from storage.sqlite_lifecycle import SqliteLifecycleStore
+from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor
+from actors.identity.settings import IdentitySection
+from actors.lifecycle.identifiers import Identifier, loose_identifiers
+from actors.messages import Event
+from storage.lifecycle import LifecycleStore, Person, StrayMarks, Strays
+from storage.log import StoredEvent
 
-Identifier = tuple[str, str]
-
-LOCKED_TRIES = 3
-"""Times forget takes the locks expecting the search outside them to be complete; the
-last try searches whatever it must under them rather than give up."""
 MANY_NEEDLES = 16
 """Identifiers past which the log is read through rather than searched for each."""
 SEARCH_ROUNDS = 5
@@ -67,260 +25,12 @@ before, while they find anything new."""
 _decode_event = msgspec.json.Decoder(Event).decode
 
 
-class _Storage(Protocol):
-    @property
-    def busy_timeout(self) -> float: ...
-
-
-class Config(Protocol):
-    """What forget reads of the daemon's configuration (daemon.config.Config has it)."""
-
-    @property
-    def identity(self) -> IdentitySection: ...
-    @property
-    def destinations(self) -> Mapping[str, DestinationSettings]: ...
-    @property
-    def storage(self) -> _Storage: ...
-
-
-class _Loose(msgspec.Struct, rename="camel"):
-    """A message as a client may have sent it, every field taken as it comes."""
-
-    type: Any = None
-    user_id: Any = None
-    anonymous_id: Any = None
-    previous_id: Any = None
-    traits: Any = None
-    properties: Any = None
-    context: Any = None
-    batch: Any = None
-
-
-_decode_loose = msgspec.json.Decoder(_Loose).decode
-_AS_TYPE: dict[str, EventType] = {kind: kind for kind in get_args(EventType)}
-
-
-def loose_identifiers(extractor: Extractor, body: bytes, source: str) -> list[Identifier]:
-    """The identifiers in a body the strict decoder refuses (a message rejected at the
-    door, a held event): read leniently, ids as strings (clients send numbers), a
-    batch's messages each, an email in traits whatever the call. Nothing from a body
-    that is not JSON at all."""
-    try:
-        outer = _decode_loose(body)
-        messages = [outer]
-        if isinstance(outer.batch, list):
-            messages += [msgspec.convert(m, _Loose) for m in outer.batch if isinstance(m, dict)]
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return []
-    found: list[Identifier] = []
-    for loose in messages:
-        # Any JSON at all may stand for the type here: a list or an object must not
-        # be looked up in a set. A group call's traits are the account's, not the
-        # person's: read as an identify's, they would name someone else's email.
-        kind = _AS_TYPE.get(loose.type, "identify") if isinstance(loose.type, str) else "identify"
-        event = Event(
-            type=kind,
-            message_id="",
-            source=source,
-            received_at="",
-            timestamp="",
-            user_id=_loose_id(loose.user_id),
-            anonymous_id=_loose_id(loose.anonymous_id),
-            previous_id=_loose_id(loose.previous_id),
-            traits=loose.traits if isinstance(loose.traits, dict) else None,
-            properties=loose.properties if isinstance(loose.properties, dict) else None,
-            context=loose.context if isinstance(loose.context, dict) else None,
-        )
-        found += [(i.kind, i.value) for i in extractor.identifiers(event)]
-    return found
-
-
-def _loose_id(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    return str(value).strip() or None
-
-
-class BadIdentifier(ValueError):
-    """Not KIND:VALUE with a kind this configuration knows."""
-
-
-def parse_identifier(text: str, rules: IdentitySection) -> Identifier:
-    """KIND:VALUE as the merger stores it (emails normalised)."""
-    kinds = [*BUILTIN_ID_KINDS, *(x.kind for x in rules.external_ids)]
-    kind, colon, value = text.partition(":")
-    value = value.strip()
-    if not colon or kind not in kinds or not value:
-        raise BadIdentifier(
-            f"expected KIND:VALUE with KIND one of {', '.join(kinds)}, got {text!r}"
-        )
-    if kind == EMAIL:
-        normalized = normalize_email(value)
-        if normalized is None:
-            raise BadIdentifier(f"{value!r} is not an email address")
-        value = normalized
-    return kind, value
-
-
-class Suppressions:
-    """The daemon's set of suppressed identifier hashes, and the filter at ingestion.
-
-    Shared by the log writer (reads it under `lock`) and forget/unforget (change it
-    under `lock`); empty, the filter costs one test a group commit."""
-
-    def __init__(self, salt: bytes, hashes: set[bytes], rules: IdentitySection) -> None:
-        self.salt = salt
-        self.hashes = hashes
-        self.lock = anyio.Semaphore(1)
-        self._extractor = Extractor(rules)
-
-    def hash(self, identifier: Identifier) -> bytes:
-        return identifier_hash(self.salt, *identifier)
-
-    def add(self, hashes: list[bytes]) -> list[bytes]:
-        """Suppress these (under `lock`); the ones not suppressed already."""
-        new = [h for h in dict.fromkeys(hashes) if h not in self.hashes]
-        self.hashes.update(new)
-        return new
-
-    def screen(self, requests: Sequence[AppendRequest]) -> tuple[list[AppendRequest], list[int]]:
-        """The requests without the events of suppressed people, and how many each lost.
-        Their rejected messages go too: the quarantine would keep what they said (the
-        client is answered about them all the same)."""
-        if not self.hashes:
-            return list(requests), [0] * len(requests)
-        kept: list[AppendRequest] = []
-        dropped: list[int] = []
-        for request in requests:
-            source = request.source
-            events = [e for e in request.events if not self._suppressed(e.body, source)]
-            rejected = [r for r in request.rejected if not self._carried(r.body, source)]
-            dropped.append(len(request.events) - len(events))
-            kept.append(msgspec.structs.replace(request, events=events, rejected=rejected))
-        return kept, dropped
-
-    def _suppressed(self, body: bytes, source: str) -> bool:
-        try:
-            event = _decode_event(body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return self._carried(body, source)
-        return self.covers(self._extractor.identifiers(event))
-
-    def covers(self, carried: Sequence[Identifier]) -> bool:
-        """Whether an event carrying these identifiers is a forgotten person's: one of
-        its user id, emails or external ids is suppressed, or a suppressed anonymous id
-        comes with nothing naming anybody. Someone signed in on a device a forgotten
-        person used is someone else, and their events are kept."""
-        device = False
-        for identifier in carried:
-            if self.hash(identifier) in self.hashes:
-                if identifier[0] != ANONYMOUS_ID:
-                    return True
-                device = True
-        return device and all(kind == ANONYMOUS_ID for kind, _ in carried)
-
-    def _carried(self, body: bytes, source: str) -> bool:
-        """A body the strict decoder refuses, read leniently. This runs in the log
-        writer's group commit, on what any client sent: a body it cannot make sense
-        of is kept (quarantined, as without a forget), never an error that fails the
-        commit of everyone else's events."""
-        try:
-            found = loose_identifiers(self._extractor, body, source)
-        except Exception:
-            return False
-        return self.covers(found)
-
-
-def forget(
-    store: LifecycleStore,
-    identifier: Identifier,
-    config: Config,
-    now: float,
-    hold_ingestion: Callable[[], AbstractContextManager[None]] = nullcontext,
-    gate: Callable[[], AbstractContextManager[None]] = nullcontext,
-    suppressed: Callable[[list[bytes]], None] = lambda hashes: None,
-    screen: Callable[[list[bytes]], list[bytes]] = lambda hashes: [],
-    unscreen: Callable[[list[bytes]], None] = lambda hashes: None,
-) -> Erased:
-    """Erase the person `identifier` belongs to (or, if none does, events and
-    aggregates that carry it), and suppress their identifiers. `suppressed` hears the
-    new hashes while ingestion is still held, after both files committed: if either
-    commit fails, the daemon keeps taking the events the files do not suppress (and
-    PartlyErased says the log's went through).
-
-    Should the person change under the locks on every try but the last (their events
-    still coming, each with a new identifier), what is known of them is screened at
-    the door (`screen`: added to the daemon's set for now, the hashes it did not have
-    returned) before the last search, so that the last try finds little new; what
-    the forget does not suppress in the end is let through again (`unscreen`)."""
-    found = _Found(identifier, config.identity)
-    screened: list[bytes] = []
-    try:
-        for attempt in range(LOCKED_TRIES):
-            last = attempt + 1 == LOCKED_TRIES
-            if last:
-                salt = store.salt()
-                with hold_ingestion():
-                    screened = screen([identifier_hash(salt, *i) for i in found.identifiers])
-            found.search(store)
-            try:
-                with gate():
-                    # The main file's write lock first: it may wait out the merger's
-                    # commit (its own process, which the gate does not queue), with
-                    # ingestion still open.
-                    store.begin()
-                    try:
-                        with hold_ingestion():
-                            store.begin_log()
-                            erased, hashes = _erase(store, found, config, now, not last)
-                            store.commit()
-                            suppressed(hashes)
-                            kept = set(hashes)
-                            unscreen([h for h in screened if h not in kept])
-                            screened = []
-                    except BaseException:
-                        store.rollback()  # a COMMIT that failed may leave one open
-                        raise
-                return erased
-            except _Unsearched:
-                continue
-        raise AssertionError("the last try searches under the locks")
-    finally:
-        if screened:  # the forget failed: nothing of it is suppressed
-            with hold_ingestion():
-                unscreen(screened)
-
-
-class _Unsearched(Exception):
+class Unsearched(Exception):
     """Under the locks, the person has an identifier never searched (or a profile to
     adopt that needs the log searched): the locks are let go for the search."""
 
 
-def _erase(
-    store: LifecycleStore, found: _Found, config: Config, now: float, bounded: bool
-) -> tuple[Erased, list[bytes]]:
-    """The locked step, in the open transaction: the last search (`bounded`: of what
-    was added since the search outside the locks, or _Unsearched), then the deletes."""
-    found.gather(store, None, bounded)
-    people = list(found.people.values())
-    for person in people:
-        found.events.update(dict.fromkeys(store.home_events(person.nodes)))
-    found.settle(store)
-    deletions = [d for person in people for d in _deletions(person, config)]
-    erased = store.erase(
-        people,
-        found.identifiers,
-        sorted(found.events),
-        deletions,
-        now,
-        found.strays(store),
-        given=found.identifier,
-    )
-    salt = store.salt()
-    return erased, [identifier_hash(salt, *i) for i in found.identifiers]
-
-
-class _Found:
+class Found:
     """The person's profiles, identifiers and events, as far as searched.
 
     An event is the person's if its home (the first identifier the merger extracts
@@ -356,7 +66,7 @@ class _Found:
         """Profiles taken as the person's devices (`_adoptable`), while still theirs."""
         self._homeless: set[Identifier] = set()
         """Identifiers followed while no profile had them, and none has yet."""
-        self._strays = _StrayCandidates()
+        self._strays = StrayCandidates()
 
     def search(self, store: LifecycleStore) -> None:
         """Outside the locks: the log to its head, then what was logged meanwhile, while
@@ -374,7 +84,7 @@ class _Found:
         first: the merger may have given it more identifiers (or merged it into
         another) since the last round. Identifiers searched before are searched only
         in what was logged since; a new one in the whole log, which `bounded` refuses
-        (_Unsearched)."""
+        (Unsearched)."""
         self._reread(store)
         self._add(store.person(*self.identifier))
         self._rehome(store, upto, bounded)
@@ -383,7 +93,7 @@ class _Found:
             self._sift(store, old, self._upto, upto, bounded)
         while new := [i for i in self.identifiers if i not in self._searched]:
             if bounded:
-                raise _Unsearched(new)
+                raise Unsearched(new)
             self._searched.update(new)
             self._sift(store, new, 0, upto, bounded)
         if upto is not None:
@@ -475,7 +185,7 @@ class _Found:
             self._homeless.add(identifier)
         elif person.profile not in self.people and person.profile not in self._refused:
             if bounded:
-                raise _Unsearched([identifier])
+                raise Unsearched([identifier])
             if self._adoptable(store, person, upto):
                 self._add(person)
                 self._adopted.add(person.profile)
@@ -507,7 +217,7 @@ class _Found:
                 continue
             if person.profile not in self.people and person.profile not in self._refused:
                 if bounded:
-                    raise _Unsearched([identifier])
+                    raise Unsearched([identifier])
                 if self._adoptable(store, person, upto):
                     self._add(person)
                     self._adopted.add(person.profile)
@@ -625,7 +335,7 @@ def _values(identifiers: Sequence[Identifier]) -> list[str]:
     return [value for _, value in identifiers]
 
 
-class _StrayCandidates:
+class StrayCandidates:
     """What of the person's may lie outside the log and their profile: held events,
     quarantined messages (by row id, with the identifiers each carries) and payloads
     of profile ids (with the first id each names). Collected outside the locks, then
@@ -638,7 +348,7 @@ class _StrayCandidates:
         self._looked_for: set[Identifier] = set()
         self._marks = StrayMarks()
 
-    def collect(self, store: LifecycleStore, found: _Found) -> None:
+    def collect(self, store: LifecycleStore, found: Found) -> None:
         """Rows that mention an identifier: from the start for one not looked for yet,
         after the last marks for the others. The marks are read first, so that a row
         added during the scans is looked at again next time, never missed."""
@@ -661,7 +371,7 @@ class _StrayCandidates:
         self._looked_for.update(new)
         self._marks = marks
 
-    def confirmed(self, store: LifecycleStore, found: _Found) -> Strays:
+    def confirmed(self, store: LifecycleStore, found: Found) -> Strays:
         """Those that are the person's by the identifiers they hold now (a value that is
         only part of another, or sits in someone else's message, is not theirs)."""
         wanted = set(found.identifiers)
@@ -688,105 +398,3 @@ def _first_id(body: bytes) -> Identifier | None:
         if value is not None:
             return kind, value
     return None
-
-
-def _deletions(person: Person, config: Config) -> list[Deletion]:
-    """A deletion request (a profile entry with "deleted": true) for each destination
-    whose kind takes one (DELETES: webhooks). Segment's tracking API has no delete,
-    and files cannot unwrite; docs/destinations.md says what stays downstream."""
-    first = dict(reversed(person.identifiers))  # the oldest of each kind
-    body, digest = payloads.encode(
-        payloads.Payload(
-            profile=person.uid,
-            traits={},
-            user_id=person.user_id,
-            email=first.get(EMAIL),
-            anonymous_id=first.get("anonymous_id"),
-            deleted=True,
-        )
-    )
-    return [
-        Deletion(name, person.profile, body, digest)
-        for name, destination in config.destinations.items()
-        if destination.DELETES
-    ]
-
-
-def unforget(store: LifecycleStore, identifier: Identifier) -> list[bytes]:
-    """Lift the suppression that covers `identifier` (and the rest of that forget's)."""
-    return store.unsuppress(identifier_hash(store.salt(), *identifier))
-
-
-def forget_here(
-    database: Path,
-    identifier: Identifier,
-    config: Config,
-    suppressions: Suppressions | None = None,
-    write_gate: anyio.Semaphore | None = None,
-) -> Erased:
-    """Forget on the files, in a worker thread: inside the daemon (`suppressions` and
-    `write_gate` given: ingestion held, the main file's writers queued, the suppression
-    set updated), or with it stopped. Raises RebuildRunning during a rebuild."""
-
-    with exclusive(database):
-        store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
-        try:
-            if suppressions is None or write_gate is None:
-                return forget(store, identifier, config, time.time())
-            lock, gate = suppressions.lock, write_gate
-            return forget(
-                store,
-                identifier,
-                config,
-                time.time(),
-                hold_ingestion=lambda: held_from_thread(lock),
-                gate=lambda: held_from_thread(gate),
-                suppressed=suppressions.hashes.update,
-                screen=suppressions.add,
-                unscreen=suppressions.hashes.difference_update,
-            )
-        finally:
-            store.close()
-
-
-def unforget_here(
-    database: Path,
-    identifier: Identifier,
-    config: Config,
-    suppressions: Suppressions | None = None,
-    write_gate: anyio.Semaphore | None = None,
-) -> int:
-    """Lift a suppression on the files; inside the daemon, from its set too (ingestion
-    held for the moment). Returns how many identifiers it covered (0: none did). The
-    locks are taken in forget's order: the gate, the main file's, ingestion."""
-
-    store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
-    gate = nullcontext() if write_gate is None else held_from_thread(write_gate)
-    hold = nullcontext() if suppressions is None else held_from_thread(suppressions.lock)
-    try:
-        with gate:
-            store.begin()
-            try:
-                with hold:
-                    lifted = unforget(store, identifier)
-                    store.commit()
-                    # After the commit: a failed one leaves the daemon dropping what the
-                    # file still suppresses.
-                    if suppressions is not None:
-                        suppressions.hashes.difference_update(lifted)
-            except BaseException:
-                store.rollback()
-                raise
-        return len(lifted)
-    finally:
-        store.close()
-
-
-def load_suppressions(database: Path, config: Config) -> Suppressions:
-    """The suppression set as the database has it, for the daemon's start."""
-
-    store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
-    try:
-        return Suppressions(store.salt(), store.suppressed(), config.identity)
-    finally:
-        store.close()
