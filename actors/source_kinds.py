@@ -10,17 +10,15 @@ read every kind from `kinds()`; nothing lists them by hand.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
-from typing import Literal, Self, TypeVar
+from typing import Literal, Self
 
 import msgspec
 
 import actors.sources as sources
+from actors.registry import KindError as KindError
+from actors.registry import Registry
 from actors.runtime import Actor
-from actors.settings import ConfigError
 from actors.source_context import SourceHost
 
 ClientKind = Literal["web", "ios", "android", "server"]
@@ -47,48 +45,14 @@ class SourceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
         raise NotImplementedError(f"source type {cls.__struct_config__.tag!r} starts nothing")
 
 
-_S = TypeVar("_S", bound=type[SourceSettings])
-_KINDS: dict[str, type[SourceSettings]] = {}
+def _problem(kind: type[SourceSettings]) -> str | None:
+    if kind.start.__func__ is SourceSettings.start.__func__:  # type: ignore[attr-defined]
+        return "defines no start()"
+    return None
+
 
 PLUGINS = "leadsync.sources"
 """The entry-point group of source kinds installed as packages of their own."""
-_discovered = False
-
-
-class KindError(ConfigError):
-    """A source kind that cannot be registered as it is written, or a plugin that cannot
-    be loaded: said as a config problem, since the config asks for the kinds."""
-
-
-def register(kind: _S) -> _S:
-    """Make a kind known by its tag; a class decorator."""
-    tag = kind.__struct_config__.tag
-    if not isinstance(tag, str) or kind.__struct_config__.tag_field != "type":
-        raise KindError(f'{kind.__name__}: needs tag="NAME", tag_field="type"')
-    if _KINDS.get(tag, kind) is not kind:
-        raise KindError(f"source type {tag!r} is registered twice")
-    if kind.start.__func__ is SourceSettings.start.__func__:  # type: ignore[attr-defined]
-        raise KindError(f"{kind.__name__}: defines no start()")
-    _KINDS[tag] = kind
-    return kind
-
-
-def kinds() -> dict[str, type[SourceSettings]]:
-    """Every source kind by its `type`: the modules of actors/sources/ and the plugins
-    installed each register their own when imported, so all are imported first (once)."""
-    global _discovered
-    if not _discovered:
-        for module in pkgutil.iter_modules(sources.__path__):
-            importlib.import_module(f"{sources.__name__}.{module.name}")
-        for entry in entry_points(group=PLUGINS):
-            try:
-                loaded = entry.load()
-            except Exception as exc:
-                raise KindError(
-                    f"the source plugin {entry.name!r} ({entry.value}) cannot be loaded: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from None
-            if isinstance(loaded, type) and issubclass(loaded, SourceSettings):
-                register(loaded)
-        _discovered = True
-    return dict(sorted(_KINDS.items()))
+_REGISTRY = Registry("source", SourceSettings, sources, PLUGINS, _problem)
+register = _REGISTRY.register
+kinds = _REGISTRY.kinds

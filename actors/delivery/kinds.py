@@ -10,16 +10,15 @@ sender. daemon/config.py reads every kind from `kinds()`; nothing lists them by 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from importlib.metadata import entry_points
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
 import actors.destinations as destinations
 from actors.delivery.sender import Sender
-from actors.settings import ConfigError, Duration, Positive
+from actors.registry import KindError as KindError
+from actors.registry import Registry
+from actors.settings import Duration, Positive
 
 
 class RateLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -80,53 +79,16 @@ class DestinationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
         raise NotImplementedError(f"destination type {self.kind!r} builds no sender")
 
 
-_D = TypeVar("_D", bound=type[DestinationSettings])
-_KINDS: dict[str, type[DestinationSettings]] = {}
-
-
-class KindError(ConfigError):
-    """A destination kind that cannot be registered as it is written, or a plugin that
-    cannot be loaded: said as a config problem, since the config asks for the kinds."""
-
-
-def register(kind: _D) -> _D:
-    """Make a kind known by its tag; a class decorator."""
-    tag = kind.__struct_config__.tag
-    if not isinstance(tag, str) or kind.__struct_config__.tag_field != "type":
-        raise KindError(f'{kind.__name__}: needs tag="NAME", tag_field="type"')
-    if _KINDS.get(tag, kind) is not kind:
-        raise KindError(f"destination type {tag!r} is registered twice")
+def _problem(kind: type[DestinationSettings]) -> str | None:
     if not kind.ADDRESS:
-        raise KindError(f"{kind.__name__}: ADDRESS must name the settings that say where it sends")
+        return "ADDRESS must name the settings that say where it sends"
     if kind.sender is DestinationSettings.sender:
-        raise KindError(f"{kind.__name__}: defines no sender()")
-    _KINDS[tag] = kind
-    return kind
+        return "defines no sender()"
+    return None
 
 
 PLUGINS = "leadsync.destinations"
-"""The entry-point group of destination kinds installed as packages of their own: each
-entry names a module that registers its kind, or the settings class itself."""
-_discovered = False
-
-
-def kinds() -> dict[str, type[DestinationSettings]]:
-    """Every destination kind by its `type`: each module of this package, and each
-    plugin installed, registers its own when imported, so all are imported first
-    (once a process)."""
-    global _discovered
-    if not _discovered:
-        for module in pkgutil.iter_modules(destinations.__path__):
-            importlib.import_module(f"{destinations.__name__}.{module.name}")
-        for entry in entry_points(group=PLUGINS):
-            try:
-                loaded = entry.load()
-            except Exception as exc:
-                raise KindError(
-                    f"the destination plugin {entry.name!r} ({entry.value}) cannot be "
-                    f"loaded: {type(exc).__name__}: {exc}"
-                ) from None
-            if isinstance(loaded, type) and issubclass(loaded, DestinationSettings):
-                register(loaded)
-        _discovered = True
-    return dict(sorted(_KINDS.items()))
+"""The entry-point group of destination kinds installed as packages of their own."""
+_REGISTRY = Registry("destination", DestinationSettings, destinations, PLUGINS, _problem)
+register = _REGISTRY.register
+kinds = _REGISTRY.kinds

@@ -183,14 +183,29 @@ class Found:
         if person is None:
             self.identifiers.append(identifier)
             self._homeless.add(identifier)
-        elif person.profile not in self.people and person.profile not in self._refused:
-            if bounded:
-                raise Unsearched([identifier])
-            if self._adoptable(store, person, upto):
-                self._add(person)
-                self._adopted.add(person.profile)
-            else:
-                self._refused.add(person.profile)
+        else:
+            self._consider(store, identifier, person, upto, bounded)
+
+    def _consider(
+        self,
+        store: LifecycleStore,
+        identifier: Identifier,
+        person: Person,
+        upto: int | None,
+        bounded: bool,
+    ) -> None:
+        """A profile the person's events lead to (through `identifier`): taken as theirs
+        if adoptable, else refused, once (not under the locks while `bounded`: the
+        check reads the whole log)."""
+        if person.profile in self.people or person.profile in self._refused:
+            return
+        if bounded:
+            raise Unsearched([identifier])
+        if self._adoptable(store, person, upto):
+            self._add(person)
+            self._adopted.add(person.profile)
+        else:
+            self._refused.add(person.profile)
 
     def _disown(self, carried: list[Identifier]) -> None:
         """An event filed under someone else's identifier: a profile adopted as the
@@ -215,14 +230,7 @@ class Found:
             person = store.person(*identifier)
             if person is None:
                 continue
-            if person.profile not in self.people and person.profile not in self._refused:
-                if bounded:
-                    raise Unsearched([identifier])
-                if self._adoptable(store, person, upto):
-                    self._add(person)
-                    self._adopted.add(person.profile)
-                else:
-                    self._refused.add(person.profile)
+            self._consider(store, identifier, person, upto, bounded)
             self._homeless.discard(identifier)
 
     def _adoptable(self, store: LifecycleStore, person: Person, upto: int | None) -> bool:
