@@ -62,7 +62,7 @@ from bench import measure
 from daemon.config import Destination, StorageSection
 from storage.graph import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import SqliteScoreStore
 

@@ -49,7 +49,7 @@ from storage.backend import Storage
 from storage.lifecycle import Erased
 from storage.migrations import SchemaTooNew
 from storage.sqlite import LogBehind, SqliteStorage
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_lifecycle import unfinished_restore
 from storage.sqlite_scores import SqliteScoreStore
 

@@ -36,8 +36,9 @@ from storage.lifecycle import (
     identifier_hash,
 )
 from storage.log import StoredEvent
+from storage.sqlite_connect import chunks, log_path, marks, open_connection
 from storage.sqlite_deletions import deletion_slot, is_deletion
-from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
+from storage.sqlite_graph import GENERATION
 
 TRIM_ROWS = 5_000
 """Events deleted by one retention transaction: the log's write lock, which group
@@ -83,7 +84,7 @@ class SqliteLifecycleStore:
 
     @classmethod
     def open(cls, database: Path, busy_timeout: float) -> Self:
-        from storage.sqlite_graph import connect
+        from storage.sqlite_connect import connect
 
         db = connect(database, busy_timeout)
         try:

@@ -48,7 +48,7 @@ from actors.scoring.scorer import Scorer
 from actors.scoring.settings import ScoringSection
 from actors.scoring.work import COMPONENT
 from storage.held import HeldItem
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import SCORER_CONSUMER, SqliteScoreStore
