@@ -29,7 +29,7 @@ from actors.tracking_api import iso
 from bench import measure
 from storage.recent_messages import RecentMessages
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import log_path
+from storage.sqlite_connect import log_path
 
 BURST_RATE = 77_000
 """Events/s the daemon takes in while the backlog fills (its peak on /v1/batch)."""

@@ -52,7 +52,7 @@ from bench import measure
 from daemon.config import StorageSection
 from storage.scores import Score
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 
 TARGET_SHARE = 0.95

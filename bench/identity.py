@@ -33,7 +33,8 @@ from actors.messages import Event
 from bench import measure
 from daemon.config import StorageSection
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import connect, log_path, read_batches, read_events
+from storage.sqlite_connect import connect, log_path
+from storage.sqlite_graph import read_batches, read_events
 
 _decode = msgspec.json.Decoder(Event).decode
 

@@ -54,14 +54,15 @@ from actors.destinations.webhook import WebhookDestination
 from actors.identity.extract import ANONYMOUS_ID, EMAIL, USER_ID, Extractor
 from actors.identity.rules import uid_of
 from actors.identity.settings import IdentitySection
+from actors.scoring.batch import BATCH_CHUNK, BatchRunResult
 from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
-from actors.scoring.scorer import BATCH_CHUNK, BatchRunResult, Scorer
+from actors.scoring.scorer import Scorer
 from bench import measure
 from daemon.config import Destination, StorageSection
 from storage.graph import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import SqliteScoreStore
 

@@ -52,7 +52,7 @@ from storage.lifecycle import Erased
 from storage.migrations import SchemaTooNew
 from storage.sqlite import LogBehind, SqliteStorage
 from storage.sqlite_backup import unfinished_restore
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_scores import SqliteScoreStore
 
 log = structlog.get_logger(__name__)

@@ -30,7 +30,7 @@ from storage.held import Held
 from storage.log import AppendRequest, AppendResult, QuarantinedMessage, StoredEvent
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
 from storage.scores import ACCOUNT, PROFILE
-from storage.sqlite_graph import connect, uri
+from storage.sqlite_connect import connect, uri
 from storage.sqlite_log import DEDUP_WINDOW, EventLog
 from storage.sqlite_retention import CONSUMERS, TRIM_CHUNKS, TRIM_ROWS, retention_cutoff
 from storage.sqlite_scores import score_of

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from storage.sqlite_graph import GENERATION, log_path, open_connection
+from storage.sqlite_connect import log_path, open_connection
+from storage.sqlite_graph import GENERATION
 
 _encode = msgspec.json.Encoder().encode
 

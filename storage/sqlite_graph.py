@@ -13,116 +13,22 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
-from storage.graph import Account, Activity, Change, Link, Merge, Node, Profile, Stamped
+from storage.graph import Account, Activity, Link, Merge, Node, Profile, Stamped
 from storage.log import StoredEvent
-from storage.migrations import MIGRATIONS, SCORE_COLUMNS
-from storage.sqlite_deletions import MAY_BE_DELETION, deletion_slot, is_deletion
+from storage.sqlite_connect import Transactions, chunks, marks
 
 IDENTITY_CONSUMER = "identity"
 """The identity actor's name in the checkpoints table and in LogProgress."""
 GENERATION = "identity_graph_generation"
-CACHE_KIB = 64 * 1024
-_CHUNK = 500
-"""Values per `IN (...)`: well under SQLite's limit on bound parameters."""
 
 _encode = msgspec.json.Encoder().encode
 _activity = msgspec.json.Decoder(Activity).decode
 _kinds = msgspec.json.Decoder(dict[str, int]).decode
 _traits = msgspec.json.Decoder(dict[str, Stamped]).decode
-_T = TypeVar("_T")
-
-GRAPH_TABLES = (
-    "profiles",
-    "identities",
-    "identity_links",
-    "profile_redirects",
-    "identity_merges",
-    "profile_events",
-    "accounts",
-    "profile_changes",
-)
-
-
-def log_path(path: Path) -> Path:
-    """The event log's file beside the database at `path`: leadsync.db's is
-    leadsync-events.db. Its own file, so appending to it takes a write lock of its own
-    (SQLite has one writer per file), and ingestion never waits for the merger."""
-    return path.with_name(f"{path.stem}-events{path.suffix}")
-
-
-def uri(path: Path, *, readonly: bool = False) -> str:
-    """`path` as an SQLite URI (ATTACH takes a mode only in one)."""
-    return path.absolute().as_uri() + ("?mode=ro" if readonly else "")
-
-
-def open_connection(
-    path: Path, busy_timeout: float, *, readonly: bool = False
-) -> sqlite3.Connection:
-    """A stdlib connection for one worker thread at a time (its owner hops between
-    threads), in autocommit: its owner opens BEGIN IMMEDIATE itself, which waits for the
-    write lock, where the module's own deferred transactions fail at the first write."""
-    db = sqlite3.connect(
-        uri(path, readonly=readonly),
-        uri=True,
-        isolation_level=None,
-        timeout=busy_timeout,
-        check_same_thread=False,
-    )
-    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    return db
-
-
-def connect(path: Path, busy_timeout: float, cache_kib: int = CACHE_KIB) -> sqlite3.Connection:
-    """A connection to the main file, with the event log attached as `log`, so `events`
-    names its table in every query.
-
-    Attached read-only: BEGIN IMMEDIATE takes the write lock of every attached file
-    that is writable, and the merger's or the scorer's would then stall ingestion."""
-    db = open_connection(path, busy_timeout)
-    events = log_path(path)
-    if events.exists():  # not yet for a database from before it had one (migration 5)
-        db.execute("ATTACH DATABASE ? AS log", (uri(events, readonly=True),))
-    # NORMAL: in WAL mode a commit is safe from a crash of the process, and power
-    # loss can only drop the newest batches, checkpoint included, which are then
-    # replayed from the log. The graph is derived; the log keeps synchronous=FULL.
-    db.execute("PRAGMA synchronous = NORMAL")
-    # The graph's indexes are read all over for every batch; SQLite's default 2 MB
-    # page cache would re-read and re-parse them from the OS each time.
-    db.execute(f"PRAGMA cache_size = -{cache_kib}")
-    # Checkpointing is left to a thread of the merger's worker (worker.py) and to the
-    # log writer's timer (storage.maintain): done inside every merger commit it would
-    # copy the same hot index pages again and again.
-    db.execute("PRAGMA wal_autocheckpoint = 0")
-    return db
-
-
-def open_log(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """The event log beside the database at `path`, read-only, for the merger to read
-    its next batch while its main connection commits the one before."""
-    return open_connection(log_path(path), busy_timeout, readonly=True)
-
-
-class Transactions:
-    """Write transactions on a synchronous connection of one's own: BEGIN IMMEDIATE,
-    so a busy database is waited for rather than failed at the first write."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def begin(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
-        self._db.execute("COMMIT")
-
-    def rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
 
 
 class LogConsumerStore(Transactions):
@@ -371,15 +277,6 @@ class SqliteGraphStore(LogConsumerStore):
         self._db.executemany("INSERT INTO profile_changes (uid, reasons) VALUES (?, ?)", changes)
 
 
-def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
-def marks(chunk: Sequence[object]) -> str:
-    return ",".join("?" * len(chunk))
-
-
 def by_kind(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """(kind, value) keys as values per kind: one `kind = ? AND value IN (...)` each."""
     grouped: dict[str, list[str]] = {}
@@ -430,149 +327,3 @@ def read_batches(
         after = events[-1].seq
         if time.perf_counter() >= until:
             return
-
-
-def scratch(path: Path, events: Path | None = None) -> sqlite3.Connection:
-    """An empty database of the same schema to rebuild the graph in, beside the real one,
-    with the event log at `events` attached read-only, as `connect` does, for the
-    merger to read identifiers' events back when it re-decides a profile.
-
-    Nothing in it matters until it is swapped in, so it skips the fsyncs."""
-    path.unlink(missing_ok=True)
-    db = sqlite3.connect(uri(path), uri=True, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode = MEMORY")
-    db.execute("PRAGMA synchronous = OFF")
-    for script in MIGRATIONS:
-        db.executescript(script)
-    if events is not None and events.exists():  # not before migration 5 (see `connect`)
-        db.execute("ATTACH DATABASE ? AS log", (uri(events, readonly=True),))
-    return db
-
-
-def swap_in(db: sqlite3.Connection, rebuilt: Path, checkpoint: int) -> None:
-    """Replace the graph with the rebuilt one and set the checkpoint, in one transaction:
-    readers see the old graph or the new one, never a mix. The caller holds the gate."""
-    db.execute("ATTACH DATABASE ? AS rebuilt", (str(rebuilt),))
-    store = SqliteGraphStore(db)
-    try:
-        row = db.execute(
-            "SELECT seq FROM rebuilt.checkpoints WHERE consumer = ?", (IDENTITY_CONSUMER,)
-        ).fetchone()
-        if (row[0] if row else 0) != checkpoint:
-            raise sqlite3.DatabaseError(
-                f"{rebuilt} is not the rebuild that replayed to {checkpoint}; nothing swapped"
-            )
-        store.begin()
-        # Every profile id that ever resolved keeps resolving: an id the new rules no
-        # longer produce redirects to wherever its oldest identifier now lives, and the
-        # scorer hears it is gone. Changes the scorer has not taken yet are kept.
-        db.execute("DROP TABLE IF EXISTS temp.old_ids")
-        db.execute(
-            "CREATE TEMP TABLE old_ids AS "
-            "SELECT uid, anchor_kind, anchor_value FROM main.profiles UNION ALL "
-            "SELECT r.uid, p.anchor_kind, p.anchor_value FROM main.profile_redirects r "
-            "JOIN main.profiles p ON p.id = r.profile"
-        )
-        db.execute("DROP TABLE IF EXISTS temp.old_changes")
-        db.execute("CREATE TEMP TABLE old_changes AS SELECT * FROM main.profile_changes")
-        # Scores are keyed by profile row, and the rebuild numbered rows anew: each
-        # score follows its profile id (the same person, as far as the new rules go).
-        db.execute("DROP TABLE IF EXISTS temp.old_scores")
-        db.execute(
-            f"CREATE TEMP TABLE old_scores AS SELECT p.uid, {SCORE_COLUMNS} "
-            "FROM main.profile_scores s JOIN main.profiles p ON p.id = s.profile"
-        )
-        db.execute("DELETE FROM main.profile_scores")
-        # So are delivery states and outbox rows: they follow their profile id too.
-        db.execute("DROP TABLE IF EXISTS temp.old_delivery")
-        db.execute(
-            "CREATE TEMP TABLE old_delivery AS SELECT p.uid, d.destination, d.acked, d.staged "
-            "FROM main.destination_state d JOIN main.profiles p ON p.id = d.profile"
-        )
-        db.execute("DELETE FROM main.destination_state")
-        # Deletion requests belong to no profile (storage/sqlite_deletions.py): one
-        # queued by a version that gave it the erased profile's id gets its own now,
-        # which no profile of the new graph can have.
-        for row, payload in db.execute(
-            f"SELECT id, payload FROM main.outbox WHERE profile > 0 AND {MAY_BE_DELETION}"
-        ).fetchall():
-            if is_deletion(bytes(payload)):
-                slot = deletion_slot(db)
-                db.execute("UPDATE main.outbox SET profile = ? WHERE id = ?", (slot, row))
-        db.execute("DROP TABLE IF EXISTS temp.old_outbox")
-        db.execute(
-            "CREATE TEMP TABLE old_outbox AS SELECT o.id, p.uid FROM main.outbox o "
-            "JOIN main.profiles p ON p.id = o.profile"
-        )
-        for table in GRAPH_TABLES:
-            db.execute(f"DELETE FROM main.{table}")
-            db.execute(f"INSERT INTO main.{table} SELECT * FROM rebuilt.{table}")
-        # The events the merger holds are those the rebuild held.
-        db.execute("DELETE FROM main.held WHERE component = 'identity'")
-        db.execute(
-            "INSERT INTO main.held (component, kind, key, error, attempts, body, held_at) "
-            "SELECT component, kind, key, error, attempts, body, held_at FROM rebuilt.held"
-        )
-        db.execute(
-            "INSERT INTO main.profile_redirects (uid, profile) "
-            "SELECT o.uid, i.profile FROM temp.old_ids o JOIN main.identities i "
-            "ON i.kind = o.anchor_kind AND i.value = o.anchor_value "
-            "WHERE o.uid NOT IN (SELECT uid FROM main.profiles) "
-            "ON CONFLICT (uid) DO NOTHING"
-        )
-        db.execute(
-            "INSERT INTO main.profile_changes (uid, reasons) "
-            "SELECT uid, reasons FROM temp.old_changes ORDER BY id"
-        )
-        db.execute(
-            "INSERT INTO main.profile_changes (uid, reasons) "
-            "SELECT uid, ? FROM temp.old_ids WHERE uid NOT IN (SELECT uid FROM main.profiles)",
-            (int(Change.MERGED_AWAY),),
-        )
-        db.execute(
-            f"INSERT INTO main.profile_scores (profile, {SCORE_COLUMNS}) "
-            f"SELECT p.id, {SCORE_COLUMNS} FROM temp.old_scores o "
-            "JOIN main.profiles p ON p.uid = o.uid"
-        )
-        db.execute(
-            "INSERT INTO main.destination_state (destination, profile, acked, staged) "
-            "SELECT o.destination, p.id, o.acked, o.staged FROM temp.old_delivery o "
-            "JOIN main.profiles p ON p.uid = o.uid"
-        )
-        # Queued rows follow their live profile's id (not the id written on the row,
-        # which a rename leaves behind); one whose profile id the new graph has not
-        # goes: the profile that took its identifiers is rescored and queued afresh.
-        db.execute("DELETE FROM temp.old_outbox WHERE uid NOT IN (SELECT uid FROM main.profiles)")
-        db.execute(
-            "DELETE FROM main.outbox WHERE profile > 0 "
-            "AND id NOT IN (SELECT id FROM temp.old_outbox)"
-        )
-        # Through negative rows first: two rows may swap numbers, and (destination,
-        # profile) must stay unique at every step. Deletion requests (negative) stay.
-        db.execute(
-            "UPDATE main.outbox SET profile = -profile - 4611686018427387904 WHERE profile > 0"
-        )
-        db.execute(
-            "UPDATE main.outbox SET profile = (SELECT p.id FROM temp.old_outbox o "
-            "JOIN main.profiles p ON p.uid = o.uid WHERE o.id = outbox.id) "
-            "WHERE id IN (SELECT id FROM temp.old_outbox)"
-        )
-        db.execute("DROP TABLE temp.old_ids")
-        db.execute("DROP TABLE temp.old_changes")
-        db.execute("DROP TABLE temp.old_scores")
-        db.execute("DROP TABLE temp.old_delivery")
-        db.execute("DROP TABLE temp.old_outbox")
-        store.set_checkpoint(checkpoint)
-        db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, '1') "
-            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-            (GENERATION,),
-        )
-        store.commit()
-    finally:
-        store.rollback()
-        db.execute("DETACH DATABASE rebuilt")
-
-
-def count(db: sqlite3.Connection, table: str) -> int:
-    return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])

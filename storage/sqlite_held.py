@@ -7,7 +7,7 @@ from typing import Any
 
 from storage.graph import Change
 from storage.held import Held, HeldItem, HeldKind, Withdrawn
-from storage.sqlite_graph import Transactions, chunks, marks
+from storage.sqlite_connect import Transactions, chunks, marks
 
 _COLUMNS = "id, component, kind, key, error, attempts, held_at, retry, body"
 _RESCORE = int(Change.IDENTITY | Change.TRAITS | Change.RECOMPUTED)

@@ -31,8 +31,9 @@ from storage.lifecycle import (
     identifier_hash,
 )
 from storage.log import StoredEvent
+from storage.sqlite_connect import chunks, connect, log_path, marks, open_connection
 from storage.sqlite_deletions import deletion_slot, is_deletion
-from storage.sqlite_graph import GENERATION, chunks, log_path, marks, open_connection
+from storage.sqlite_graph import GENERATION
 
 _encode = msgspec.json.Encoder().encode
 
@@ -53,7 +54,7 @@ def _tombstone(seq: int, source: str, received_at: str) -> bytes:
 
 
 class SqliteLifecycleStore:
-    """`db`: a connection to the main file (storage.sqlite_graph.connect); `log`: a
+    """`db`: a connection to the main file (storage.sqlite_connect.connect); `log`: a
     writable one to the event log's file. Both this object's alone."""
 
     def __init__(self, db: sqlite3.Connection, log: sqlite3.Connection) -> None:
@@ -70,8 +71,6 @@ class SqliteLifecycleStore:
 
     @classmethod
     def open(cls, database: Path, busy_timeout: float) -> Self:
-        from storage.sqlite_graph import connect
-
         db = connect(database, busy_timeout)
         try:
             return cls(db, open_connection(log_path(database), busy_timeout))

@@ -4,7 +4,7 @@ A file of its own because SQLite lets one connection write a file at a time: in 
 file the merger and the scorer write, ingestion's commits waited behind theirs. No
 commit needs both files: sources write only the log, and each consumer keeps its
 checkpoint with its state in the other file, reading the log through a read-only
-ATTACH (storage.sqlite_graph.connect).
+ATTACH (storage.sqlite_connect.connect).
 
 A group commit is one call in a worker thread through the stdlib driver: BEGIN, the
 inserts, COMMIT. Through aiosqlite each statement is a hop to its thread and back,
@@ -35,7 +35,7 @@ import structlog
 from storage.log import AppendRequest, AppendResult, EventRecord
 from storage.migrations import LOG_MIGRATIONS, migrate
 from storage.recent_messages import SLICES, Fingerprints, RecentMessages
-from storage.sqlite_graph import Transactions, log_path, open_connection, uri
+from storage.sqlite_connect import Transactions, log_path, open_connection, uri
 from storage.sqlite_retention import trim_events
 from storage.transaction import transaction
 

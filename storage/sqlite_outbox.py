@@ -16,8 +16,8 @@ import msgspec
 from storage.graph import Stamped
 from storage.outbox import DeadLetter, DestinationCounts, OutboxRow, Settlement
 from storage.scores import decoded_traits
+from storage.sqlite_connect import Transactions, chunks, marks
 from storage.sqlite_deletions import deletion_slot, is_deletion
-from storage.sqlite_graph import Transactions, chunks, marks
 
 FILTERED = 0
 """The staged hash of a profile the destination's filter refused."""

@@ -18,7 +18,8 @@ from storage.graph import Stamped
 from storage.log import StoredEvent
 from storage.migrations import SCORE_COLUMNS
 from storage.scores import PROFILE, Deploy, ProfileInBatch, ProfileToScore, Score, decoded_traits
-from storage.sqlite_graph import LogConsumerStore, by_kind, chunks, marks, read_events
+from storage.sqlite_connect import chunks, marks
+from storage.sqlite_graph import LogConsumerStore, by_kind, read_events
 
 SCORER_CONSUMER = "scorer"
 """The scorer's name in the checkpoints table and in LogProgress."""

@@ -9,7 +9,7 @@ from typing import Protocol
 
 class Transactional(Protocol):
     """A synchronous store with write transactions of its own (see Transactions in
-    storage/sqlite_graph.py)."""
+    storage/sqlite_connect.py)."""
 
     def begin(self) -> None: ...
 

@@ -21,7 +21,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from storage.sqlite_graph import log_path, uri
+from storage.sqlite_connect import log_path, uri
 
 WRITE_KEYS = {"web": "web-write-key", "backend": "backend-write-key"}
 

@@ -16,11 +16,11 @@ import pytest
 
 from daemon import cli
 from daemon.datadir import DataDirLock
-from storage import sqlite_backup, sqlite_graph
+from storage import sqlite_backup, sqlite_connect
 from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_backup import check_backup
-from storage.sqlite_graph import connect, log_path
+from storage.sqlite_connect import connect, log_path
 from tests.daemon_process import DaemonProcess, wait_for
 from tests.test_cli import leadsync
 from tests.test_scoring_daemon import post
@@ -94,7 +94,7 @@ def test_a_forget_committing_between_the_two_copies_is_in_both_files_of_the_back
     wait_for(lambda: daemon.admin("/v1/profiles/user_id/ann-1")[0] == 200)
     config = ["--config", str(daemon.config_path)]
     forgot: list[Any] = []
-    real_open = sqlite_graph.open_connection
+    real_open = sqlite_connect.open_connection
 
     def forget_before_the_log_is_copied(path: Path, *args: Any, **kwargs: Any) -> Any:
         if path == log_path(daemon.database) and not forgot:

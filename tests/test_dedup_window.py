@@ -25,7 +25,7 @@ from storage import recent_messages, sqlite_log
 from storage.log import AppendRequest, AppendResult, EventRecord
 from storage.recent_messages import SLICES, RecentMessages
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import log_path
+from storage.sqlite_connect import log_path
 from tests.daemon_process import WRITE_KEYS, DaemonProcess
 
 WINDOW = 600.0

@@ -31,7 +31,7 @@ from actors.metrics import Metrics
 from actors.settings import dec_hook
 from daemon.config import Destination
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 from tests.fake_receiver import (
     FakeReceiver,

@@ -35,7 +35,7 @@ from actors.settings import ListenAddress
 from actors.source_context import RETRY_AFTER_BACKLOG, RETRY_AFTER_PENDING, Limits, SourceHost
 from storage.backend import Storage
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import log_path
+from storage.sqlite_connect import log_path
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port
 
 SOURCE = "backend"

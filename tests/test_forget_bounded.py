@@ -19,11 +19,11 @@ from actors.lifecycle.forget import forget, unforget
 from actors.lifecycle.identifiers import loose_identifiers
 from actors.lifecycle.suppressions import Suppressions
 from daemon.config import Config
-from storage import sqlite_graph
+from storage import sqlite_connect
 from storage.held import HeldItem
 from storage.lifecycle import StrayMarks, identifier_hash
 from storage.log import StoredEvent
-from storage.sqlite_graph import log_path
+from storage.sqlite_connect import log_path
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from storage.transaction import transaction
@@ -218,9 +218,9 @@ def test_what_forget_erases_is_not_left_in_the_files_free_space(
 
         return opened
 
-    monkeypatch.setattr(sqlite_graph, "connect", insecure(sqlite_graph.connect))
+    monkeypatch.setattr("storage.sqlite_lifecycle.connect", insecure(sqlite_connect.connect))
     monkeypatch.setattr(
-        "storage.sqlite_lifecycle.open_connection", insecure(sqlite_graph.open_connection)
+        "storage.sqlite_lifecycle.open_connection", insecure(sqlite_connect.open_connection)
     )
     store = SqliteLifecycleStore.open(path, 5)
     try:

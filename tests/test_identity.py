@@ -32,7 +32,9 @@ from actors.messages import Event
 from storage.graph import Change
 from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import SqliteGraphStore, connect, log_path, scratch, swap_in
+from storage.sqlite_connect import connect, log_path
+from storage.sqlite_graph import SqliteGraphStore
+from storage.sqlite_rebuild import scratch, swap_in
 from tests.identity_journey import (
     DESKTOP,
     EMAIL,

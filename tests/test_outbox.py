@@ -22,7 +22,7 @@ from actors.scoring.model import Model
 from actors.scoring.scorer import Scorer
 from daemon.config import Destination
 from storage.outbox import Settlement
-from storage.sqlite_graph import connect, marks
+from storage.sqlite_connect import connect, marks
 from storage.sqlite_outbox import ADDRESSES, SqliteOutboxStore
 from tests.test_identity import Harness
 from tests.test_scorer import CTO, DAY, T0, Scoring, identify, track, variant

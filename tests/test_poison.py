@@ -26,7 +26,7 @@ from actors.scoring.scorer import Scorer
 from daemon.config import Destination
 from storage.held import Held
 from storage.outbox import OutboxRow
-from storage.sqlite_graph import connect, open_log
+from storage.sqlite_connect import connect, open_log
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_scores import SqliteScoreStore
 from storage.transaction import transaction

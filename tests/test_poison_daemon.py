@@ -17,7 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from storage.sqlite_graph import log_path
+from storage.sqlite_connect import log_path
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 from tests.test_cli import leadsync
 from tests.test_destinations_daemon import destination

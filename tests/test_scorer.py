@@ -18,7 +18,7 @@ from actors.scoring import deploy
 from actors.scoring.model import Model, example, parse
 from actors.scoring.scorer import Scorer
 from storage.scores import ACCOUNT, PROFILE, Score
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_scores import SqliteScoreStore
 from tests.test_identity import Harness
 

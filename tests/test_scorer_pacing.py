@@ -19,7 +19,8 @@ from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.scoring import actor as scoring_actor
 from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
-from actors.scoring.scorer import FOLD_BATCH, Scorer
+from actors.scoring.fold import FOLD_BATCH
+from actors.scoring.scorer import Scorer
 from daemon.config import Config
 from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage

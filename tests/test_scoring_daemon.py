@@ -20,7 +20,7 @@ from actors.identity.extract import Extractor
 from actors.identity.settings import IdentitySection
 from actors.scoring.model import example
 from actors.scoring.scorer import Scorer
-from storage.sqlite_graph import connect, log_path
+from storage.sqlite_connect import connect, log_path
 from storage.sqlite_scores import SqliteScoreStore
 from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 

@@ -279,7 +279,7 @@ def test_a_deployed_model_this_version_cannot_read_falls_back_to_the_one_before(
     tmp_path: Path,
 ) -> None:
     from actors.scoring import deploy
-    from storage.sqlite_graph import scratch
+    from storage.sqlite_rebuild import scratch
     from storage.sqlite_scores import SqliteScoreStore
 
     store = SqliteScoreStore(scratch(tmp_path / "m.db"))

@@ -21,7 +21,7 @@ from storage import sqlite_log
 from storage.log import AppendRequest, AppendResult, EventRecord, Rejected
 from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew, migrate
 from storage.sqlite import LogBehind, SqliteStorage
-from storage.sqlite_graph import connect, log_path
+from storage.sqlite_connect import connect, log_path
 
 NOW = iso(datetime.now(UTC))
 """received_at of the test's events: retries are recognised for a time after it, also

@@ -35,7 +35,7 @@ from actors.metrics import Metrics
 from actors.poison import blames_storage, describe
 from actors.runtime import Actor, held_from_thread
 from storage.outbox import DestinationCounts, OutboxRow, Settlement
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.transaction import transaction
 

@@ -25,15 +25,10 @@ from actors.identity.extract import Extractor
 from actors.identity.pipeline import Graph
 from actors.identity.settings import IdentitySection
 from storage.ownership import owned_like_directory
-from storage.sqlite_graph import (
-    SqliteGraphStore,
-    connect,
-    count,
-    log_path,
-    scratch,
-    swap_in,
-)
+from storage.sqlite_connect import connect, log_path
+from storage.sqlite_graph import SqliteGraphStore
 from storage.sqlite_held import SqliteHeldStore
+from storage.sqlite_rebuild import count, scratch, swap_in
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,8 @@ from actors.identity.pipeline import Graph, collector_paused
 from actors.identity.settings import IdentitySection
 from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.poison import Attempts
-from storage.sqlite_graph import (
-    SqliteGraphStore,
-    connect,
-    open_connection,
-    open_log,
-)
+from storage.sqlite_connect import connect, open_connection, open_log
+from storage.sqlite_graph import SqliteGraphStore
 from storage.sqlite_held import SqliteHeldStore
 
 ORPHAN_CHECK_SECONDS = 0.5

@@ -40,17 +40,15 @@ from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox, held_from_thread
 from actors.scoring import deploy
+from actors.scoring.batch import BatchRunResult
+from actors.scoring.changes import CHANGES_BATCH
+from actors.scoring.fold import FOLD_BATCH
 from actors.scoring.model import ModelError, parse
-from actors.scoring.scorer import (
-    CHANGES_BATCH,
-    COMPONENT,
-    FOLD_BATCH,
-    BatchRunResult,
-    Scorer,
-)
+from actors.scoring.scorer import Scorer
 from actors.scoring.settings import ScoringSection
+from actors.scoring.work import COMPONENT
 from storage.held import HeldItem
-from storage.sqlite_graph import connect
+from storage.sqlite_connect import connect
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import SCORER_CONSUMER, SqliteScoreStore

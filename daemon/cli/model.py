@@ -49,7 +49,7 @@ def _model_check(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from actors.scoring import bulk
     from actors.scoring.deploy import deployed
     from actors.scoring.model import ModelError, example, load
-    from storage.sqlite_graph import connect
+    from storage.sqlite_connect import connect
     from storage.sqlite_scores import SqliteScoreStore
 
     try:
@@ -112,7 +112,7 @@ def _model_deploy(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     every second, so no daemon needs to be asked (or even running)."""
     from actors.scoring.deploy import Outcome, deploy
     from actors.scoring.model import ModelError, load
-    from storage.sqlite_graph import connect
+    from storage.sqlite_connect import connect
     from storage.sqlite_scores import SqliteScoreStore
 
     try:
@@ -159,7 +159,7 @@ def _model_deploy(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 def _model_history(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from actors.scoring.model import example
-    from storage.sqlite_graph import connect
+    from storage.sqlite_connect import connect
     from storage.sqlite_scores import SqliteScoreStore
 
     database = offline.database(loaded)

@@ -103,7 +103,7 @@ def with_store(
 ) -> _T | None:
     """`work` on a store over the database, in one write transaction if `write`;
     None, after saying why on stderr, if there is no database or it fails."""
-    from storage.sqlite_graph import connect
+    from storage.sqlite_connect import connect
 
     path = existing_database(loaded)
     if path is None:

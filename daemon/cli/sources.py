@@ -16,7 +16,7 @@ from daemon.cli import offline
 from daemon.cli.options import Commands, with_config
 from daemon.cli.render import print_columns
 from daemon.config import LoadedConfig
-from storage.sqlite_graph import Transactions
+from storage.sqlite_connect import Transactions
 
 NOT_YET = "(none yet: generated at the daemon's first start)"
 

@@ -18,7 +18,7 @@ from actors.identity.settings import IdentitySection
 from daemon.config import Config
 from storage.log import AppendRequest, Rejected
 from storage.sqlite import SqliteStorage
-from storage.sqlite_graph import log_path
+from storage.sqlite_connect import log_path
 from tests.test_identity import records
 
 
