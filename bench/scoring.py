@@ -66,7 +66,7 @@ from storage.migrations import SCORE_COLUMNS
 from storage.sqlite_graph import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 from storage.sqlite_scores import SqliteScoreStore
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 TARGET_BATCH_SECONDS = 30.0
 TARGET_BATCH_PROFILES = 1_000_000

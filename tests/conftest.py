@@ -7,7 +7,7 @@ import pytest
 import structlog
 
 from actors import logs
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
 
 # In-process tests log as the daemon does in production: one JSON line per event,
 # which pytest shows only for a failing test.

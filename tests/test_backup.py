@@ -21,9 +21,9 @@ from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import connect, log_path
 from storage.sqlite_lifecycle import check_backup
-from tests.daemon_process import DaemonProcess, wait_for
-from tests.test_cli import leadsync
-from tests.test_scoring_daemon import post
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.posting import post
 
 
 def test_a_backup_taken_under_load_restores_every_event_acknowledged_before_it(

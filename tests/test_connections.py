@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 GIVE_UP = 30.0
 """Seconds a test waits for the daemon to close a connection before it says it did not;

@@ -40,7 +40,7 @@ from actors.runtime import Mailbox
 from actors.settings import ListenAddress
 from storage.sqlite import SqliteStorage
 from storage.sqlite_graph import log_path
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, free_port
 
 SOURCE = "backend"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEYS[SOURCE]}:".encode()).decode()}

@@ -13,12 +13,12 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tests.daemon_process import DaemonProcess, free_port, wait_for
-from tests.test_cli import leadsync
-from tests.test_destinations_daemon import destination, receiver_thread
-from tests.test_http_api import metrics, sample
-from tests.test_http_api import post as http_post
-from tests.test_scoring_daemon import CTO, post
+from tests.support.admin_api import metrics, sample
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess, destination, free_port, wait_for
+from tests.support.fake_receiver import receiver_thread
+from tests.support.posting import post, send
+from tests.support.scoring import CTO
 
 ANN = ("ann-1", "anon-ann", "initech")
 """What of Ann's may appear in a body: her user id, anonymous id, email's domain."""
@@ -351,7 +351,7 @@ def test_after_forget_the_persons_malformed_messages_are_not_quarantined(
         {"type": "track", "userId": "bob-1"},  # rejected too, and Bob's: kept
     ]
 
-    answer = http_post(daemon, "/v1/batch", {"batch": batch})
+    answer = send(daemon, "/v1/batch", {"batch": batch})
 
     # Answered as the batch says: its rejects named, its good message stored.
     assert answer.status == 200
@@ -380,7 +380,7 @@ def test_after_forget_a_message_of_any_shape_is_judged_and_nobody_elses_commit_f
         {"type": {"a": 1}, "userId": "ann-1"},
         {"type": "track", "userId": "bob-1", "event": "Signed Up"},
     ]
-    answer = http_post(daemon, "/v1/batch", {"batch": batch})
+    answer = send(daemon, "/v1/batch", {"batch": batch})
     assert answer.status == 200
     assert [r["index"] for r in answer.body["rejected"]] == [0, 1]
     stored = daemon.query("SELECT count(*) FROM events WHERE CAST(body AS TEXT) LIKE '%bob-1%'")
@@ -397,7 +397,7 @@ def test_forget_removes_only_the_persons_quarantined_messages(daemon: DaemonProc
         {"type": "track", "userId": "u-10"},  # quarantined, someone else's
         {"type": "track", "anonymousId": "a-2", "properties": {"ref": "1"}},  # a mention
     ]
-    assert http_post(daemon, "/v1/batch", {"batch": batch}).status == 200
+    assert send(daemon, "/v1/batch", {"batch": batch}).status == 200
     wait_for(lambda: applied(daemon))
     assert daemon.query("SELECT count(*) FROM quarantine") == [(3,)]
 

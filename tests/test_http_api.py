@@ -9,104 +9,24 @@ from __future__ import annotations
 
 import base64
 import gzip
-import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from daemon import __version__
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.admin_api import metrics, quarantine, sample
+from tests.support.cli import leadsync
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.posting import WEB_KEY, call, refused
+from tests.support.posting import send as post
 
-WEB_KEY = WRITE_KEYS["web"]
 KB = 1024
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: Any
-    """The JSON answer, or the text when it is not JSON."""
-
-
-def call(
-    daemon: DaemonProcess,
-    path: str,
-    body: bytes | Iterator[bytes] | None = None,
-    *,
-    key: str | None = WEB_KEY,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-) -> Answer:
-    """One request on its own connection, with the write key as Basic auth user name.
-
-    An iterator body is sent with chunked transfer encoding, as a streaming client
-    would, so the size limit cannot rely on Content-Length.
-    """
-    sent = {"Content-Type": "application/json"}
-    if key is not None:
-        sent["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-    sent.update(headers or {})
-    connection = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
-    try:
-        streamed = body is not None and not isinstance(body, bytes)
-        connection.request(method, path, body=body, headers=sent, encode_chunked=streamed)
-        response = connection.getresponse()
-        raw = response.read()
-        answer_headers = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        connection.close()
-    text = raw.decode(errors="replace")
-    is_json = answer_headers.get("content-type", "").startswith("application/json")
-    return Answer(response.status, answer_headers, json.loads(text) if is_json else text)
-
-
-def post(daemon: DaemonProcess, path: str, message: Any, **kwargs: Any) -> Answer:
-    return call(daemon, path, json.dumps(message).encode(), **kwargs)
-
-
-def quarantine(daemon: DaemonProcess) -> dict[str, Any]:
-    status, answer = daemon.admin("/quarantine?limit=100")
-    assert status == 200
-    assert isinstance(answer, dict)
-    return answer
-
-
-def metrics(daemon: DaemonProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample Prometheus would scrape, by name and labels."""
-    status, text = daemon.admin("/metrics")
-    assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def sample(
-    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return scraped.get((name, frozenset(labels.items())), 0.0)
 
 
 def track(user: str = "u-1", **fields: Any) -> dict[str, Any]:
     return {"type": "track", "userId": user, "event": "Signed Up", **fields}
-
-
-def refused(answer: Answer, status: int, message: str) -> None:
-    """A refusal as Segment's clients read it: `{success: false, code, message}`."""
-    assert answer.status == status, answer.body
-    assert answer.body["success"] is False
-    assert answer.body["message"] == message
 
 
 # --- refusals of the whole request ---------------------------------------------------
@@ -348,27 +268,17 @@ def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_stored_once(
     assert (row["source"], row["batch_index"], row["reason"]) == ("web", 1, reason)
     assert json.loads(row["body"]) == bad
 
-    cli = leadsync("quarantine", "--admin", daemon.admin_url, "--json", cwd=daemon)
+    cli = leadsync("quarantine", "--admin", daemon.admin_url, "--json", cwd=daemon.directory)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == seen
-    table = leadsync("quarantine", "--admin", daemon.admin_url, cwd=daemon)
+    # A wide terminal, so rich does not wrap the table.
+    table = leadsync(
+        "quarantine", "--admin", daemon.admin_url, cwd=daemon.directory, env={"COLUMNS": "300"}
+    )
     assert table.returncode == 0, table.stderr
     assert "1 quarantined message (newest 1)" in table.stdout
     assert reason in table.stdout
     assert '"messageId": "bad"' in table.stdout
-
-
-def leadsync(*args: str, cwd: DaemonProcess) -> subprocess.CompletedProcess[str]:
-    """The CLI as an operator runs it; a wide terminal so rich does not wrap the table."""
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd.directory,
-        env={**os.environ, "COLUMNS": "300"},
-        check=False,
-    )
 
 
 def test_import_is_judged_like_batch(daemon: DaemonProcess) -> None:

@@ -24,9 +24,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from segment.analytics.client import Client
 
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
-from tests.identity_journey import DESKTOP, EMAIL, MOBILE, USER, as_schema_5, journey, profiles
-from tests.test_cli import leadsync
+from tests.support.cli import leadsync
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
+from tests.support.identity_journey import (
+    DESKTOP,
+    EMAIL,
+    MOBILE,
+    USER,
+    as_schema_5,
+    journey,
+    profiles,
+)
 
 
 def send(client: Client, message: dict[str, Any]) -> None:

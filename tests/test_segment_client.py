@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from segment.analytics.client import Client
 
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 
 def test_every_call_type_from_segments_client_is_stored(daemon: DaemonProcess) -> None:

@@ -193,6 +193,20 @@ write_key = "{WRITE_KEYS["backend"]}"
         return [json.loads(body) for (body,) in self.query("SELECT body FROM events ORDER BY seq")]
 
 
+def destination(name: str, kind: str, **settings: Any) -> str:
+    """A `[destinations.NAME]` table for a daemon's `extra_config`: plain settings as
+    keys, dict ones as sub-tables (`retry={"attempts": 3}`)."""
+    lines = [f"\n[destinations.{name}]", f'type = "{kind}"']
+    tables = {k: v for k, v in settings.items() if isinstance(v, dict)}
+    for key, value in settings.items():
+        if key not in tables:
+            lines.append(f"{key} = {value!r}".replace("'", '"'))
+    for key, table in tables.items():
+        lines.append(f"[destinations.{name}.{key}]")
+        lines += [f"{k} = {v!r}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Poll `check` until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout
