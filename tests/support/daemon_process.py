@@ -6,6 +6,7 @@ exactly as `leadsync run` starts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,10 +27,35 @@ from storage.sqlite_graph import log_path, uri
 WRITE_KEYS = {"web": "web-write-key", "backend": "backend-write-key"}
 
 
+_handed_out: set[int] = set()
+"""Every port this process has handed out: none is handed out twice."""
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that nothing listens on now.
+
+    All of them are bound at once before any is released, so the kernel cannot give
+    one port twice (binding one socket at a time could, and a daemon's HTTP and admin
+    ports once came out the same). A port this process handed out before is not handed
+    out again, so two daemons of one test never share one either. Another process can
+    still take a port between this and the daemon's bind; the daemon then stops at once
+    with exit 71 and "another process has that port", and the test fails saying so.
+    """
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                ports.append(port)
+    _handed_out.update(ports)
+    return ports
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """One loopback port, as `free_ports` hands them out."""
+    return free_ports(1)[0]
 
 
 class DaemonProcess:
@@ -44,8 +70,7 @@ class DaemonProcess:
         and `admin_config` go inside [http] and [admin], which TOML does not let a later
         table reopen."""
         self.directory = directory
-        self.http_port = free_port()
-        self.admin_port = free_port()
+        self.http_port, self.admin_port = free_ports(2)
         self.config_path = directory / "daemon.toml"
         self.log_path = directory / "daemon.log"
         self.database = directory / "var" / "leadsync.db"
