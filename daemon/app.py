@@ -25,11 +25,9 @@ import structlog
 
 from actors.delivery.actor import DestinationActor
 from actors.delivery.status import DestinationStatus
-from actors.http_source import HttpSourceActor
 from actors.identity.actor import IdentityActor
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.lifecycle import forget_here, load_suppressions, unforget_here
-from actors.log_writer import LogWriter, Submission
 from actors.messages import ScorerMessage, UseDestinations
 from actors.metrics import Metrics
 from actors.progress import LogProgress
@@ -41,6 +39,7 @@ from actors.settings import ConfigError
 from daemon.admin import AdminServer, Lifecycle
 from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
+from daemon.ingestion import Ingestion
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
 from storage.backend import Storage
@@ -134,9 +133,7 @@ async def _serve(config: Config, config_path: str) -> int:
             on_restart=lambda name: metrics.actor_restarts.labels(name).inc(),
         )
         metrics.watch(supervisor.statuses, progress)
-        # Sized in requests; the pending-events bound in the HTTP source is what
-        # actually limits memory, this only has to be large enough never to bind first.
-        log_inbox = Mailbox[Submission](config.http.max_pending_events)
+        ingestion = Ingestion(config, storage, write_keys, progress, metrics, suppressions)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
         scoring_status = ScoringStatus()
         destinations = Destinations(config, path, storage, metrics, supervisor, scorer_inbox)
@@ -175,20 +172,7 @@ async def _serve(config: Config, config_path: str) -> int:
                 role="service",
             )
         )
-        supervisor.add(
-            ActorSpec(
-                "log_writer",
-                lambda: LogWriter(
-                    storage,
-                    log_inbox,
-                    progress,
-                    metrics,
-                    config.storage.checkpoint_interval,
-                    suppressions,
-                ),
-                mailbox=log_inbox,
-            )
-        )
+        supervisor.add(ActorSpec("log_writer", ingestion.log_writer, mailbox=ingestion.inbox))
         supervisor.add(
             ActorSpec(
                 "identity",
@@ -220,21 +204,7 @@ async def _serve(config: Config, config_path: str) -> int:
         )
         destinations.add_all()
         if write_keys:
-            supervisor.add(
-                ActorSpec(
-                    "http",
-                    lambda: HttpSourceActor(
-                        config.http,
-                        config.sources,
-                        write_keys,
-                        log_inbox,
-                        progress,
-                        metrics,
-                        config.daemon.shutdown_grace,
-                    ),
-                    role="source",
-                )
-            )
+            supervisor.add(ActorSpec("http", ingestion.http_source, role="source"))
 
         systemd = Systemd()
         async with anyio.create_task_group() as tg:

@@ -25,6 +25,18 @@ from typing import Any
 from storage.sqlite_graph import log_path, uri
 
 WRITE_KEYS = {"web": "web-write-key", "backend": "backend-write-key"}
+SOURCES = f"""
+[sources.web]
+type = "http"
+kind = "web"
+write_key = "{WRITE_KEYS["web"]}"
+
+[sources.backend]
+type = "http"
+kind = "server"
+write_key = "{WRITE_KEYS["backend"]}"
+"""
+"""The two sources every test daemon has: web (kind web) and backend (kind server)."""
 
 
 _handed_out: set[int] = set()
@@ -91,15 +103,7 @@ listen = "127.0.0.1:{self.http_port}"
 listen = "127.0.0.1:{self.admin_port}"
 {admin_config}
 
-[sources.web]
-type = "http"
-kind = "web"
-write_key = "{WRITE_KEYS["web"]}"
-
-[sources.backend]
-type = "http"
-kind = "server"
-write_key = "{WRITE_KEYS["backend"]}"
+{SOURCES}
 {extra_config}
 """
         )
