@@ -215,6 +215,9 @@ async def test_a_destination_waiting_on_calls_in_flight_does_not_spin(
             # the call to end (or half a second), it does not read the outbox in a loop.
             assert reads - before <= 4
             assert running.status.sent == 0
+            # The hung call answered now, the actor stops at once rather than at the
+            # call's timeout.
+            await receiver.stop()
 
 
 async def test_a_file_destination_that_cannot_open_waits_and_the_daemon_goes_on(

@@ -7,7 +7,6 @@ import shutil
 import signal
 import sqlite3
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -157,13 +156,17 @@ def test_after_kill_9_every_logged_event_is_counted_once_in_the_likelihood(
             except OSError:
                 pass  # the daemon is down for a moment; the client retries
 
+    def logged() -> int:
+        return int(daemon.query("SELECT count(*) FROM events")[0][0])
+
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        wait_for(lambda: daemon.query("SELECT count(*) FROM events")[0][0] > 2000, 30)
+        wait_for(lambda: logged() > 2000, 30)
         daemon.kill()
+        at_kill = logged()
         daemon.start()
-        time.sleep(0.5)
+        wait_for(lambda: logged() > at_kill + 200, 30)  # the client goes on after the restart
     finally:
         stop.set()
         sender.join()
