@@ -334,7 +334,9 @@ def test_retention_trims_old_events_every_consumer_applied_and_profiles_keep_cou
     make_daemon: Callable[..., DaemonProcess],
 ) -> None:
     daemon = make_daemon(
-        '\n[storage]\nretain_events = "2s"\ndedup_window = "1s"\ncheckpoint_interval = "1s"\n'
+        # Short enough that the test waits little for events to age and be trimmed.
+        '\n[storage]\nretain_events = "500ms"\ndedup_window = "500ms"\n'
+        'checkpoint_interval = "250ms"\n'
     ).start()
     events = [{"type": "track", "userId": "ann", "event": f"Step {n}"} for n in range(5)]
     assert post(daemon, events) == 200

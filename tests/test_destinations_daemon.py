@@ -164,7 +164,7 @@ def test_sighup_reloads_destinations_and_new_or_changed_ones_catch_up(
         # that changed (all of them), the files with every profile.
         out = a.directory / "out"
         renamed = hook + "[destinations.hook.fields]\nmk_lead_grade = 'grade'\n"
-        files = destination("files", "file", path=str(out), mode="batch", rotate_interval=1)
+        files = destination("files", "file", path=str(out), mode="batch", rotate_interval=0.2)
         a.config_path.write_text(config.replace(hook, renamed) + files)
         a.process.send_signal(signal.SIGHUP)
         wait_for(lambda: len(receiver.records()) == 4)
