@@ -28,10 +28,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Also leadsync as operators install it: a wheel in a fresh virtualenv (.ci/wheel-smoke),
-# before the suite, so that pytest's summary is the last line CI reads.
+# before the suite, so that pytest's summary is the last line CI reads. The suite runs
+# on TEST_WORKERS pytest-xdist workers (0: in this process, one test at a time); a
+# worker that finishes its share takes tests queued for the other (worksteal).
+TEST_WORKERS ?= 2
 test: lint typecheck
 	PYTHON=$(PYTHON) .ci/wheel-smoke
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -99,26 +99,7 @@ class HttpSourceActor(Actor):
         self._stop.set()
 
     async def run(self, ready: Callable[[], None]) -> None:
-        app = web.Application(client_max_size=MAX_REQUEST_BYTES + 1, middlewares=[self._observe])
-        app.router.add_post("/v1/{endpoint}", self._ingest)
-        app.router.add_route("OPTIONS", "/v1/{endpoint}", self._preflight)
-        listener = Listener(
-            "http",
-            self._settings.keepalive_timeout,
-            self._settings.header_timeout,
-            self._metrics,
-            lambda status, message: _Refusal(status, "bad_request", message).response(),
-        )
-        # auto_decompress off: we inflate gzip ourselves, with a cap, so a small
-        # compressed body cannot expand into gigabytes (a gzip bomb).
-        runner = Runner(
-            app,
-            listener,
-            auto_decompress=False,
-            # In-flight requests get a share of the grace; the log writer and the
-            # merger after them need the rest to drain.
-            shutdown_timeout=min(BODY_READ_TIMEOUT, self._shutdown_timeout / 3),
-        )
+        runner = self.runner()
         await runner.setup()
         try:
             listen = self._settings.listen
@@ -131,6 +112,31 @@ class HttpSourceActor(Actor):
             # still coming: the log writer stops after the sources).
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
+
+    def runner(self) -> Runner:
+        """The API's routes on a runner with the listener's rules, not set up yet: what
+        `run` serves on `[http] listen`, and what tests serve in process on a port of
+        their own (tests/support/ingestion.py)."""
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES + 1, middlewares=[self._observe])
+        app.router.add_post("/v1/{endpoint}", self._ingest)
+        app.router.add_route("OPTIONS", "/v1/{endpoint}", self._preflight)
+        listener = Listener(
+            "http",
+            self._settings.keepalive_timeout,
+            self._settings.header_timeout,
+            self._metrics,
+            lambda status, message: _Refusal(status, "bad_request", message).response(),
+        )
+        # auto_decompress off: we inflate gzip ourselves, with a cap, so a small
+        # compressed body cannot expand into gigabytes (a gzip bomb).
+        return Runner(
+            app,
+            listener,
+            auto_decompress=False,
+            # In-flight requests get a share of the grace; the log writer and the
+            # merger after them need the rest to drain.
+            shutdown_timeout=min(BODY_READ_TIMEOUT, self._shutdown_timeout / 3),
+        )
 
     @web.middleware
     async def _observe(

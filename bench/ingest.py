@@ -53,7 +53,7 @@ from actors.tracking_api import MAX_REQUEST_BYTES  # noqa: E402
 from bench import dedup, measure  # noqa: E402
 from storage.migrations import LOG_MIGRATIONS  # noqa: E402
 from storage.sqlite_connect import log_path, uri  # noqa: E402
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port  # noqa: E402
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, free_port  # noqa: E402
 
 TARGET_EVENTS_PER_SECOND = 30_000
 TARGET_RSS_BYTES = 200 * 1024 * 1024

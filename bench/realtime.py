@@ -47,7 +47,7 @@ from aiohttp import web
 
 from bench import measure
 from bench.scoring import _INDUSTRIES, _PERSONAL_DOMAINS, _TITLES, _weighted
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 TARGET_P99_SECONDS = 1.0
 """The issue's target: p99 under 1 s from the 200 to the destination, at 1,000/s."""

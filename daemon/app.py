@@ -30,7 +30,6 @@ from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.lifecycle.forget import forget_here, unforget_here
 from actors.lifecycle.identifiers import Identifier
 from actors.lifecycle.suppressions import load_suppressions
-from actors.log_writer import LogWriter, Submission
 from actors.messages import ScorerMessage, UseDestinations
 from actors.metrics import Metrics
 from actors.progress import LogProgress
@@ -39,12 +38,10 @@ from actors.scoring import deploy
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from actors.settings import ConfigError
-from actors.source_context import Limits, SourceHost
-from actors.source_kinds import Build
-from actors.source_kinds import kinds as source_kinds
 from daemon.admin import AdminServer, Lifecycle
 from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
+from daemon.ingestion import Ingestion
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
 from storage.backend import Storage
@@ -140,9 +137,7 @@ async def _serve(config: Config, config_path: str) -> int:
             on_restart=lambda name: metrics.actor_restarts.labels(name).inc(),
         )
         metrics.watch(supervisor.statuses, progress)
-        # Sized in requests; the pending-events bound in the HTTP source is what
-        # actually limits memory, this only has to be large enough never to bind first.
-        log_inbox = Mailbox[Submission](config.http.max_pending_events)
+        ingestion = Ingestion(config, storage, progress, metrics, suppressions)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
         scoring_status = ScoringStatus()
         # Rung by the scorer after each commit that stages rows due now, and by a
@@ -196,20 +191,7 @@ async def _serve(config: Config, config_path: str) -> int:
                 role="service",
             )
         )
-        supervisor.add(
-            ActorSpec(
-                "log_writer",
-                lambda: LogWriter(
-                    storage,
-                    log_inbox,
-                    progress,
-                    metrics,
-                    config.storage.checkpoint_interval,
-                    suppressions,
-                ),
-                mailbox=log_inbox,
-            )
-        )
+        supervisor.add(ActorSpec("log_writer", ingestion.log_writer, mailbox=ingestion.inbox))
         supervisor.add(
             ActorSpec(
                 "identity",
@@ -241,16 +223,7 @@ async def _serve(config: Config, config_path: str) -> int:
             )
         )
         destinations.add_all()
-        host = SourceHost(
-            log_inbox,
-            progress,
-            metrics,
-            Limits(config.http.max_pending_events, config.http.max_backlog),
-            storage,
-            config.daemon.shutdown_grace,
-            config,
-        )
-        for name, make in await _sources(config, host):
+        for name, make in await ingestion.sources():
             supervisor.add(ActorSpec(name, make, role="source"))
 
         systemd = Systemd()
@@ -387,16 +360,6 @@ def _stop_rebuild_if(stopping: bool) -> None:
     """A rebuild can take minutes; a daemon asked to stop must not wait for it."""
     if stopping:
         raise RebuildCancelled("the daemon is stopping; the old graph stays")
-
-
-async def _sources(config: Config, host: SourceHost) -> list[Build]:
-    """The actors of every source, kind by kind (each kind starts all of its own)."""
-    builds: list[Build] = []
-    for kind_name, kind in source_kinds().items():
-        named = {n: s for n, s in config.sources.items() if s.type == kind_name}
-        if named:
-            builds += await kind.start(named, host)
-    return builds
 
 
 async def _announce_ready(supervisor: Supervisor, systemd: Systemd) -> None:

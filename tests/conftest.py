@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
 from actors import logs
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
+from tests.support.ingestion import IngestionApi, serving
 
 # In-process tests log as the daemon does in production: one JSON line per event,
 # which pytest shows only for a failing test.
@@ -48,3 +49,11 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 def daemon(make_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
     """A started daemon with two sources: web (kind web) and backend (kind server)."""
     return make_daemon().start()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[IngestionApi]:
+    """The ingestion API served in process, its log in the test's temporary directory:
+    for tests of how a request is answered, which need no daemon process."""
+    async with serving(tmp_path) as served:
+        yield served

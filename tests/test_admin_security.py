@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import DaemonProcess, free_port
+from tests.support.daemon_process import DaemonProcess, free_port
 
 TOKEN = "a-test-token-0123456789abcdef"
 TOKEN_VAR = "LEADSYNC_TEST_ADMIN_TOKEN"

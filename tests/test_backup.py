@@ -21,9 +21,9 @@ from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_backup import check_backup
 from storage.sqlite_connect import connect, log_path
-from tests.daemon_process import DaemonProcess, wait_for
-from tests.test_cli import leadsync
-from tests.test_scoring_daemon import post
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.posting import post
 
 
 def test_a_backup_taken_under_load_restores_every_event_acknowledged_before_it(
@@ -334,7 +334,9 @@ def test_retention_trims_old_events_every_consumer_applied_and_profiles_keep_cou
     make_daemon: Callable[..., DaemonProcess],
 ) -> None:
     daemon = make_daemon(
-        '\n[storage]\nretain_events = "2s"\ndedup_window = "1s"\ncheckpoint_interval = "1s"\n'
+        # Short enough that the test waits little for events to age and be trimmed.
+        '\n[storage]\nretain_events = "500ms"\ndedup_window = "500ms"\n'
+        'checkpoint_interval = "250ms"\n'
     ).start()
     events = [{"type": "track", "userId": "ann", "event": f"Step {n}"} for n in range(5)]
     assert post(daemon, events) == 200

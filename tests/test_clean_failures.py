@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 
 CRASHING_ACTOR = textwrap.dedent(
     """

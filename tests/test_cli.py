@@ -14,18 +14,8 @@ from pathlib import Path
 import pytest
 
 from storage.migrations import MIGRATIONS
-from tests.daemon_process import DaemonProcess, free_port
-
-
-def leadsync(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd,
-        check=False,
-    )
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess, free_port
 
 
 def test_check_config_accepts_a_good_file_and_says_what_it_sets_up(tmp_path: Path) -> None:

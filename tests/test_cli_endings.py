@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from storage.log import AppendRequest, AppendResult, EventRecord
 from storage.recent_messages import SLICES, RecentMessages
 from storage.sqlite import SqliteStorage
 from storage.sqlite_connect import log_path
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 WINDOW = 600.0
 INSERT = "INSERT INTO events (source, message_id, type, received_at, body) VALUES (?, ?, ?, ?, ?)"

@@ -10,10 +10,6 @@ in the daemon.
 
 from __future__ import annotations
 
-import sqlite3
-import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +17,19 @@ import anyio
 import msgspec
 import pytest
 
-from actors.delivery.actor import DestinationActor
-from actors.delivery.payload import Payload, encode
-from actors.delivery.sender import Sender
-from actors.delivery.status import DestinationStatus
 from actors.destinations.file import FileDestination
-from actors.destinations.webhook import WebhookDestination
-from actors.metrics import Metrics
 from actors.settings import dec_hook
-from daemon.config import Destination
-from storage.sqlite import SqliteStorage
-from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
-from tests.fake_receiver import (
+from tests.support.delivery import (
+    FAST_RETRIES,
+    dead,
+    delivering,
+    outbox,
+    stage,
+    uids,
+    webhook,
+)
+from tests.support.fake_receiver import (
     FakeReceiver,
     Rejection,
     drop,
@@ -43,96 +39,6 @@ from tests.fake_receiver import (
     throttle,
     webhook_rejected,
 )
-
-FAST_RETRIES = {"attempts": 10, "first_delay": 0.02, "max_delay": 0.1}
-
-
-def webhook(url: str, **options: Any) -> WebhookDestination:
-    settings: dict[str, Any] = {
-        "url": url,
-        "secret": "s3cret",
-        "timeout": 0.5,
-        "retry": FAST_RETRIES,
-        "rate": {"requests": 1000, "per": 1},
-        **options,
-    }
-    return msgspec.convert(settings, WebhookDestination, dec_hook=dec_hook)
-
-
-def stage(path: Path, destination: str, uids: Sequence[str]) -> None:
-    """Queue one payload per profile id, due now."""
-    db = connect(path, 5)
-    try:
-        store = SqliteOutboxStore(db)
-        rows = [
-            (
-                zlib.crc32(uid.encode()),  # a profile row of its own for each id
-                uid,
-                *encode(Payload(uid, {"mk_customer_fit_score": n}, email=f"{uid}@x.io")),
-            )
-            for n, uid in enumerate(uids)
-        ]
-        store.begin()
-        store.stage(destination, rows, 0.0, 0.0)
-        store.commit()
-    finally:
-        db.close()
-
-
-def outbox(path: Path, destination: str) -> list[tuple[str, int, str | None]]:
-    with sqlite3.connect(path) as db:
-        return db.execute(
-            "SELECT uid, attempts, last_error FROM outbox WHERE destination = ? ORDER BY uid",
-            (destination,),
-        ).fetchall()
-
-
-def dead(path: Path, destination: str) -> dict[str, tuple[int, str]]:
-    with sqlite3.connect(path) as db:
-        return {
-            uid: (attempts, error)
-            for uid, attempts, error in db.execute(
-                "SELECT uid, attempts, error FROM dead_letters WHERE destination = ?",
-                (destination,),
-            )
-        }
-
-
-class Running:
-    def __init__(self, actor: DestinationActor, status: DestinationStatus) -> None:
-        self.actor = actor
-        self.status = status
-
-    async def until(self, condition: Callable[[], bool], limit: float = 20.0) -> None:
-        with anyio.fail_after(limit):
-            while not condition():
-                await anyio.sleep(0.02)
-
-
-def sender_for(name: str, config: Destination) -> Sender:
-    """The destination's own sender (a test may put another in its place)."""
-    return config.sender(name)
-
-
-@asynccontextmanager
-async def delivering(path: Path, name: str, config: Destination) -> AsyncIterator[Running]:
-    storage = await SqliteStorage.open(path)
-    status = DestinationStatus(config.kind, config.mode)
-    sender = sender_for(name, config)
-    actor = DestinationActor(name, config, sender, path, 5.0, storage.write_gate, Metrics(), status)
-    try:
-        async with anyio.create_task_group() as tg:
-            started = anyio.Event()
-            tg.start_soon(actor.run, started.set)
-            await started.wait()
-            yield Running(actor, status)
-            actor.stop()
-    finally:
-        await storage.close()
-
-
-def uids(count: int) -> list[str]:
-    return [f"prf_{n:04d}" for n in range(count)]
 
 
 async def test_everything_queued_is_delivered_once_in_batches(tmp_path: Path) -> None:
@@ -309,6 +215,9 @@ async def test_a_destination_waiting_on_calls_in_flight_does_not_spin(
             # the call to end (or half a second), it does not read the outbox in a loop.
             assert reads - before <= 4
             assert running.status.sent == 0
+            # The hung call answered now, the actor stops at once rather than at the
+            # call's timeout.
+            await receiver.stop()
 
 
 async def test_a_file_destination_that_cannot_open_waits_and_the_daemon_goes_on(

@@ -5,60 +5,19 @@ nothing lost; the dlq and sync commands work on a running daemon.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from segment.analytics.client import Client
 
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
-from tests.fake_receiver import FakeReceiver
-from tests.test_cli import leadsync
-from tests.test_scoring_daemon import CTO, post, run_batch
-
-
-@contextmanager
-def receiver_thread() -> Iterator[FakeReceiver]:
-    """A FakeReceiver on its own event loop in a thread, for tests that block on
-    subprocesses and polls."""
-    receiver = FakeReceiver()
-    ready = threading.Event()
-    stop: asyncio.Event | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve() -> None:
-        nonlocal stop, loop
-        stop, loop = asyncio.Event(), asyncio.get_running_loop()
-        async with receiver:
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield receiver
-    finally:
-        assert loop is not None
-        assert stop is not None
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-
-
-def destination(name: str, kind: str, **settings: Any) -> str:
-    lines = [f"\n[destinations.{name}]", f'type = "{kind}"']
-    tables = {k: v for k, v in settings.items() if isinstance(v, dict)}
-    for key, value in settings.items():
-        if key not in tables:
-            lines.append(f"{key} = {value!r}".replace("'", '"'))
-    for key, table in tables.items():
-        lines.append(f"[destinations.{name}.{key}]")
-        lines += [f"{k} = {v!r}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
+from tests.support.admin_api import run_batch
+from tests.support.cli import leadsync
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, destination, wait_for
+from tests.support.fake_receiver import receiver_thread
+from tests.support.posting import post
+from tests.support.scoring import CTO
 
 
 def status_of(daemon: DaemonProcess, name: str) -> dict[str, Any]:
@@ -205,7 +164,7 @@ def test_sighup_reloads_destinations_and_new_or_changed_ones_catch_up(
         # that changed (all of them), the files with every profile.
         out = a.directory / "out"
         renamed = hook + "[destinations.hook.fields]\nmk_lead_grade = 'grade'\n"
-        files = destination("files", "file", path=str(out), mode="batch", rotate_interval=1)
+        files = destination("files", "file", path=str(out), mode="batch", rotate_interval=0.2)
         a.config_path.write_text(config.replace(hook, renamed) + files)
         a.process.send_signal(signal.SIGHUP)
         wait_for(lambda: len(receiver.records()) == 4)

@@ -15,8 +15,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +25,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import source_context
-from actors.http_source import HttpSection, HttpSourceActor
-from actors.log_writer import LogWriter, Submission
-from actors.metrics import Metrics
 from actors.progress import LogProgress
-from actors.runtime import Mailbox
-from actors.settings import ListenAddress
-from actors.source_context import RETRY_AFTER_BACKLOG, RETRY_AFTER_PENDING, Limits, SourceHost
-from storage.backend import Storage
-from storage.sqlite import SqliteStorage
+from actors.source_context import RETRY_AFTER_BACKLOG, RETRY_AFTER_PENDING
 from storage.sqlite_connect import log_path
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, free_port
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.ingestion import serving
 
 SOURCE = "backend"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEYS[SOURCE]}:".encode()).decode()}
@@ -313,56 +306,6 @@ async def test_a_stalled_disk_is_answered_with_429_memory_stays_bounded_and_noth
     assert metric(daemon, "leadsync_log_pending_events") == 0
 
 
-def http_source_for(
-    settings: HttpSection,
-    inbox: Mailbox[Submission],
-    progress: LogProgress,
-    metrics: Metrics,
-    storage: Storage | None = None,
-) -> HttpSourceActor:
-    """The HTTP source in process, serving the one test source (`storage` for the
-    cursors, which the HTTP source never asks for)."""
-    limits = Limits(settings.max_pending_events, settings.max_backlog)
-    host = SourceHost(inbox, progress, metrics, limits, storage, 5, None)  # type: ignore[arg-type]
-    return HttpSourceActor(
-        settings,
-        {SOURCE: host.context(SOURCE)},
-        {SOURCE: WRITE_KEYS[SOURCE]},
-        {SOURCE: "server"},
-        metrics,
-        shutdown_timeout=5,
-    )
-
-
-@asynccontextmanager
-async def ingesting(
-    tmp_path: Path, progress: LogProgress, max_backlog: int
-) -> AsyncIterator[tuple[str, SqliteStorage, Metrics]]:
-    """The log writer and the HTTP source in process, on a real file and a free port:
-    (base URL, storage, metrics). A test holds consumers still through `progress`."""
-    storage = await SqliteStorage.open(tmp_path / "leadsync.db")
-    metrics = Metrics()
-    inbox = Mailbox[Submission](100)
-    settings = HttpSection(
-        listen=ListenAddress(f"127.0.0.1:{free_port()}"), max_backlog=max_backlog
-    )
-    writer = LogWriter(storage, inbox, progress, metrics, maintenance_interval=3600)
-    http = http_source_for(settings, inbox, progress, metrics, storage)
-    try:
-        async with anyio.create_task_group() as tg:
-            for actor in (writer, http):
-                started = anyio.Event()
-                tg.start_soon(actor.run, started.set)
-                await started.wait()
-            try:
-                yield f"http://127.0.0.1:{settings.listen.port}", storage, metrics
-            finally:
-                http.stop()
-                inbox.close()
-    finally:
-        await storage.close()
-
-
 async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
     tmp_path: Path,
 ) -> None:
@@ -373,9 +316,10 @@ async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
     work = batches("backlog", count=5, size=20)
     statuses: list[int | None] = []
     async with (
-        ingesting(tmp_path, progress, max_backlog=50) as (url, storage, metrics),
+        serving(tmp_path, "max_backlog = 50", progress) as api,
         aiohttp.ClientSession() as session,
     ):
+        url = api.url
         for ids in work[:4]:
             statuses.append(await post_batch(session, url, ids, tally))
             progress.consumers["fast"] = progress.head  # one consumer keeps up
@@ -383,15 +327,12 @@ async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
         progress.consumers["stalled"] = progress.head  # the slow one catches up
         statuses.append(await post_batch(session, url, work[3], tally))
         statuses.append(await post_batch(session, url, work[4], tally))
-        stored = await storage.read_events(0, 1000)
+        stored = await api.storage.read_events(0, 1000)
 
     # 0, 20, 40 behind: taken (under 50); 60 behind: refused until the slowest catches up.
     assert statuses == [200, 200, 200, 429, 429, 200, 200]
     assert tally.retry_after == Counter({str(RETRY_AFTER_BACKLOG): 2})
-    backpressure = metrics.registry.get_sample_value(
-        "leadsync_http_backpressure_total", {"reason": "backlog"}
-    )
-    assert backpressure == 2
+    assert api.sample("leadsync_http_backpressure_total", reason="backlog") == 2
     assert [json.loads(event.body)["messageId"] for event in stored] == [
         message_id for ids in work for message_id in ids
     ]
@@ -405,9 +346,10 @@ async def test_a_consumer_replaying_the_log_on_purpose_does_not_push_back(
     progress = LogProgress(consumers={"identity": 0, "scorer": 0}, replaying={"scorer"})
     statuses: list[int | None] = []
     async with (
-        ingesting(tmp_path, progress, max_backlog=50) as (url, _, _),
+        serving(tmp_path, "max_backlog = 50", progress) as api,
         aiohttp.ClientSession() as session,
     ):
+        url = api.url
         for ids in batches("replay", count=5, size=20):
             statuses.append(await post_batch(session, url, ids, Tally()))
             progress.consumers["identity"] = progress.head
@@ -417,24 +359,18 @@ async def test_a_consumer_replaying_the_log_on_purpose_does_not_push_back(
 
 
 async def test_a_commit_that_never_comes_is_answered_503_and_the_retry_is_safe(
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Were a submission lost (the writer gone between taking and answering it), its
     request must not wait for ever; a retry is safe because the log dedups messageIds."""
     monkeypatch.setattr(source_context, "COMMIT_WAIT_TIMEOUT", 0.3)
     progress = LogProgress()
-    inbox = Mailbox[Submission](100)  # no writer reads it
-    settings = HttpSection(listen=ListenAddress(f"127.0.0.1:{free_port()}"))
-    http = http_source_for(settings, inbox, progress, Metrics())
     tally = Tally()
-    async with anyio.create_task_group() as tg:
-        started = anyio.Event()
-        tg.start_soon(http.run, started.set)
-        await started.wait()
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{settings.listen.port}"
-            with anyio.fail_after(10):
-                status = await post_batch(session, url, batches("lost", 1, 5)[0], tally)
-        http.stop()
+    async with (
+        serving(tmp_path, progress=progress, log_writer=False) as api,  # no writer reads it
+        aiohttp.ClientSession() as session,
+    ):
+        with anyio.fail_after(10):
+            status = await post_batch(session, api.url, batches("lost", 1, 5)[0], tally)
     assert status == 503
     assert progress.pending == 0

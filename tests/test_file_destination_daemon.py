@@ -9,9 +9,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.daemon_process import DaemonProcess, wait_for
-from tests.test_cli import leadsync
-from tests.test_scoring_daemon import CTO, post
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.posting import post
+from tests.support.scoring import CTO
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

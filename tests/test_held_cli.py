@@ -12,7 +12,7 @@ from storage.held import HeldItem
 from storage.sqlite import SqliteStorage
 from storage.sqlite_held import SqliteHeldStore
 from storage.transaction import transaction
-from tests.test_cli import leadsync
+from tests.support.cli import leadsync
 
 ITEMS = [
     HeldItem(

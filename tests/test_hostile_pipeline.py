@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.messages import EVENT_TYPES
-from tests.daemon_process import DaemonProcess, wait_for
-from tests.test_scoring_daemon import post, run_batch
+from tests.support.admin_api import run_batch
+from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.posting import post
 
 EDGE_INTEGERS = [0, -1, 2**31, 2**53 + 1, 2**63, -(2**63) - 1, 2**64, 10**308, -(10**308)]
 EDGE_FLOATS = [5e-324, -5e-324, 1.7976931348623157e308, -0.0, 1e-300, 2.5]

@@ -1,172 +1,105 @@
-"""Segment's HTTP tracking API as a client meets it: the real daemon, over a socket.
+"""Segment's HTTP tracking API as a client meets it, over a socket.
 
 Each test checks what a user of the API would see: the status code and the JSON error
 body, what ended up in the event log, what the operator sees in the quarantine, and
-what Prometheus scrapes.
+what Prometheus scrapes. How a request is answered is asked of the API served in
+process (tests/support/ingestion.py: the daemon's own wiring of the HTTP source and the
+log writer, on a real file); what the quarantine command, /metrics and /status show of
+that traffic is asked of a real daemon.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import gzip
-import http.client
 import json
-import os
-import socket
-import subprocess
-import sys
+import tracemalloc
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+import anyio
+import pytest
 
+from actors import http_source
 from daemon import __version__
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.admin_api import metrics, quarantine, sample
+from tests.support.cli import leadsync
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
+from tests.support.ingestion import IngestionApi
+from tests.support.posting import WEB_KEY, basic_auth, refused, send
 
-WEB_KEY = WRITE_KEYS["web"]
 KB = 1024
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: Any
-    """The JSON answer, or the text when it is not JSON."""
-
-
-def call(
-    daemon: DaemonProcess,
-    path: str,
-    body: bytes | Iterator[bytes] | None = None,
-    *,
-    key: str | None = WEB_KEY,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-) -> Answer:
-    """One request on its own connection, with the write key as Basic auth user name.
-
-    An iterator body is sent with chunked transfer encoding, as a streaming client
-    would, so the size limit cannot rely on Content-Length.
-    """
-    sent = {"Content-Type": "application/json"}
-    if key is not None:
-        sent["Authorization"] = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-    sent.update(headers or {})
-    connection = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=30)
-    try:
-        streamed = body is not None and not isinstance(body, bytes)
-        connection.request(method, path, body=body, headers=sent, encode_chunked=streamed)
-        response = connection.getresponse()
-        raw = response.read()
-        answer_headers = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        connection.close()
-    text = raw.decode(errors="replace")
-    is_json = answer_headers.get("content-type", "").startswith("application/json")
-    return Answer(response.status, answer_headers, json.loads(text) if is_json else text)
-
-
-def post(daemon: DaemonProcess, path: str, message: Any, **kwargs: Any) -> Answer:
-    return call(daemon, path, json.dumps(message).encode(), **kwargs)
-
-
-def quarantine(daemon: DaemonProcess) -> dict[str, Any]:
-    status, answer = daemon.admin("/quarantine?limit=100")
-    assert status == 200
-    assert isinstance(answer, dict)
-    return answer
-
-
-def metrics(daemon: DaemonProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample Prometheus would scrape, by name and labels."""
-    status, text = daemon.admin("/metrics")
-    assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def sample(
-    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return scraped.get((name, frozenset(labels.items())), 0.0)
 
 
 def track(user: str = "u-1", **fields: Any) -> dict[str, Any]:
     return {"type": "track", "userId": user, "event": "Signed Up", **fields}
 
 
-def refused(answer: Answer, status: int, message: str) -> None:
-    """A refusal as Segment's clients read it: `{success: false, code, message}`."""
-    assert answer.status == status, answer.body
-    assert answer.body["success"] is False
-    assert answer.body["message"] == message
+async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
+    """`body` as a streaming client sends it: in chunks, with no Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
 
 
 # --- refusals of the whole request ---------------------------------------------------
 
 
-def test_malformed_json_is_a_400_that_says_so_and_stores_nothing(daemon: DaemonProcess) -> None:
+async def test_malformed_json_is_a_400_that_says_so_and_stores_nothing(api: IngestionApi) -> None:
     for path in ("/v1/track", "/v1/batch"):
-        answer = call(daemon, path, b'{"userId": "u-1", "event": ')
+        answer = await api.call(path, b'{"userId": "u-1", "event": ')
         assert answer.status == 400
         assert answer.body["code"] == "invalid_request"
         assert answer.body["message"].startswith("body is not valid JSON: ")
-    assert daemon.events() == []
-    assert quarantine(daemon)["total"] == 0
+    assert api.events() == []
+    assert await api.quarantined() == 0
 
 
-def test_wrong_types_are_a_400_naming_the_message_and_the_field(daemon: DaemonProcess) -> None:
+async def test_wrong_types_are_a_400_naming_the_message_and_the_field(api: IngestionApi) -> None:
     refused(
-        post(daemon, "/v1/identify", {"userId": {"id": 1}}),
+        await api.send("/v1/identify", {"userId": {"id": 1}}),
         400,
         "userId: expected `int | str | null`, got `object`",
     )
     refused(
-        post(daemon, "/v1/batch", {"batch": {"type": "track"}}),
+        await api.send("/v1/batch", {"batch": {"type": "track"}}),
         400,
         "body is not a batch: batch: expected `array`, got `object`",
     )
     refused(
-        post(daemon, "/v1/track", track(properties="pro")),
+        await api.send("/v1/track", track(properties="pro")),
         400,
         "properties: expected `object | null`, got `str`",
     )
-    answer = post(
-        daemon, "/v1/batch", {"batch": [track(timestamp="last tuesday"), track(userId=[1])]}
+    answer = await api.send(
+        "/v1/batch", {"batch": [track(timestamp="last tuesday"), track(userId=[1])]}
     )
     refused(answer, 400, "batch[0]: timestamp: invalid RFC3339 encoded datetime")
     assert answer.body["rejected"] == [
         {"index": 0, "message": "timestamp: invalid RFC3339 encoded datetime"},
         {"index": 1, "message": "userId: expected `int | str | null`, got `array`"},
     ]
-    assert daemon.events() == []
+    assert api.events() == []
 
 
-def test_bodies_the_decoder_cannot_read_are_a_400_not_a_500(daemon: DaemonProcess) -> None:
+async def test_bodies_the_decoder_cannot_read_are_a_400_not_a_500(api: IngestionApi) -> None:
     """Regression: these were answered 500 (an exception escaped the parser), which
     Segment's clients retry forever."""
     deep = b'{"userId": "u-1", "traits": ' + b'{"a": ' * 3000 + b"1" + b"}" * 3001
     for body in (b'{"userId": "caf\xe9"}', deep):
-        answer = call(daemon, "/v1/identify", body)
+        answer = await api.call("/v1/identify", body)
         assert answer.status == 400
         assert answer.body["message"].startswith("body is not valid JSON")
-    early = post(
-        daemon,
+    early = await api.send(
         "/v1/identify",
         {"userId": "u-1", "timestamp": "0001-01-01T00:00:00Z", "sentAt": "9999-01-01T00:00:00Z"},
     )
     refused(early, 400, "timestamp: out of range once in UTC and corrected with sentAt")
-    assert daemon.events() == []
+    assert api.events() == []
 
 
-def test_missing_required_fields_are_a_400_for_every_call_type(daemon: DaemonProcess) -> None:
+async def test_missing_required_fields_are_a_400_for_every_call_type(api: IngestionApi) -> None:
     cases: dict[str, tuple[dict[str, Any], str]] = {
         "identify": ({"traits": {"plan": "pro"}}, "userId or anonymousId is required"),
         "track": ({"userId": "u-1"}, "event: a track call needs the event name"),
@@ -176,30 +109,29 @@ def test_missing_required_fields_are_a_400_for_every_call_type(daemon: DaemonPro
         "alias": ({"userId": "u-1"}, "previousId: an alias call needs the previous id"),
     }
     for kind, (message, reason) in cases.items():
-        answer = post(daemon, f"/v1/{kind}", message)
+        answer = await api.send(f"/v1/{kind}", message)
         refused(answer, 400, reason)
         assert answer.body["rejected"] == [{"index": None, "message": reason}]
 
     batch = [{"type": kind, **message} for kind, (message, _) in cases.items()]
     batch.append({"type": "alias", "previousId": "anon-1", "anonymousId": "anon-2"})
-    answer = post(daemon, "/v1/batch", {"batch": batch})
+    answer = await api.send("/v1/batch", {"batch": batch})
     refused(answer, 400, "batch[0]: userId or anonymousId is required")
     assert answer.body["rejected"] == [
         *({"index": i, "message": reason} for i, (_, reason) in enumerate(cases.values())),
         {"index": 6, "message": "userId: an alias call needs the new user id"},
     ]
-    assert daemon.events() == []
+    assert api.events() == []
     # Refused messages are kept for the operator, single calls included.
-    assert quarantine(daemon)["total"] == len(cases) + len(batch)
+    assert await api.quarantined() == len(cases) + len(batch)
 
 
-def test_an_oversized_message_is_rejected_by_index_and_its_neighbours_kept(
-    daemon: DaemonProcess,
+async def test_an_oversized_message_is_rejected_by_index_and_its_neighbours_kept(
+    api: IngestionApi,
 ) -> None:
     big = track(messageId="big", properties={"blob": "x" * 33 * KB})
     size = len(json.dumps(big, separators=(",", ":")))
-    answer = call(
-        daemon,
+    answer = await api.call(
         "/v1/batch",
         json.dumps(
             {"batch": [track(messageId="a"), big, track(messageId="b")]}, separators=(",", ":")
@@ -213,114 +145,107 @@ def test_an_oversized_message_is_rejected_by_index_and_its_neighbours_kept(
             {"index": 1, "message": f"message is {size} bytes; the limit is 32768 (32 KB)"}
         ],
     }
-    assert [e["messageId"] for e in daemon.events()] == ["a", "b"]
+    assert [e["messageId"] for e in api.events()] == ["a", "b"]
 
 
-def test_an_oversized_request_is_a_400_with_or_without_content_length(
-    daemon: DaemonProcess,
+async def test_an_oversized_request_is_a_400_with_or_without_content_length(
+    api: IngestionApi,
 ) -> None:
     body = json.dumps({"batch": [track(properties={"n": "x" * 20 * KB})] * 26}).encode()
     assert len(body) > 500 * KB
-    whole = call(daemon, "/v1/batch", body)
+    whole = await api.call("/v1/batch", body)
     refused(whole, 400, "request body over 512000 bytes (500 KB)")
-    chunked = call(
-        daemon, "/v1/batch", iter([body[i : i + 64 * KB] for i in range(0, len(body), 64 * KB)])
-    )
+    chunked = await api.call("/v1/batch", pieces(body, 64 * KB))
     refused(chunked, 400, "request body over 512000 bytes (500 KB)")
-    assert daemon.events() == []
-    assert quarantine(daemon)["total"] == 0
+    assert api.events() == []
+    assert await api.quarantined() == 0
 
 
 # --- content encoding ----------------------------------------------------------------
 
 
-def test_a_gzip_body_is_accepted(daemon: DaemonProcess) -> None:
+async def test_a_gzip_body_is_accepted(api: IngestionApi) -> None:
     body = gzip.compress(json.dumps({"batch": [track(messageId="zipped")]}).encode())
-    answer = call(daemon, "/v1/batch", body, headers={"Content-Encoding": "gzip"})
+    answer = await api.call("/v1/batch", body, headers={"Content-Encoding": "gzip"})
     assert (answer.status, answer.body) == (200, {"success": True})
-    assert [e["messageId"] for e in daemon.events()] == ["zipped"]
+    assert [e["messageId"] for e in api.events()] == ["zipped"]
 
 
-def test_a_gzip_body_of_several_members_is_read_whole(daemon: DaemonProcess) -> None:
+async def test_a_gzip_body_of_several_members_is_read_whole(api: IngestionApi) -> None:
     """Concatenated gzip files are one valid gzip stream; reading only the first
     member would cut the JSON short."""
     text = json.dumps({"batch": [track(messageId="one"), track(messageId="two")]}).encode()
     body = gzip.compress(text[:40]) + gzip.compress(text[40:])
-    answer = call(daemon, "/v1/batch", body, headers={"Content-Encoding": "gzip"})
+    answer = await api.call("/v1/batch", body, headers={"Content-Encoding": "gzip"})
     assert (answer.status, answer.body) == (200, {"success": True})
-    assert [e["messageId"] for e in daemon.events()] == ["one", "two"]
+    assert [e["messageId"] for e in api.events()] == ["one", "two"]
 
 
-def test_a_gzip_bomb_is_refused_without_inflating_it(daemon: DaemonProcess) -> None:
+async def test_a_gzip_bomb_is_refused_without_inflating_it(api: IngestionApi) -> None:
     inflated = 128 << 20
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS, 9, zlib.Z_RLE)
     zeros = bytes(1 << 20)
     bomb = b"".join(packer.compress(zeros) for _ in range(inflated >> 20)) + packer.flush()
     assert len(bomb) < 500 * KB
-    peak_before = peak_memory(daemon)
-    answer = call(daemon, "/v1/batch", bomb, headers={"Content-Encoding": "gzip"})
+    # Every allocation the request makes is traced, from the socket read to the answer.
+    tracemalloc.start()
+    try:
+        answer = await api.call("/v1/batch", bomb, headers={"Content-Encoding": "gzip"})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     refused(answer, 400, "request body over 512000 bytes (500 KB) once decompressed")
-    # The 128 MB never existed in the daemon: its peak memory hardly moved.
-    assert peak_memory(daemon) - peak_before < 32 << 20
+    # The 128 MB never existed: at its peak the request held a few MB at most.
+    assert peak < 32 << 20
 
 
-def peak_memory(daemon: DaemonProcess) -> int:
-    """The daemon's peak resident set (VmHWM), in bytes, as the kernel counts it."""
-    assert daemon.process is not None
-    with open(f"/proc/{daemon.process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
-
-
-def test_bad_gzip_and_unknown_encodings_are_a_400(daemon: DaemonProcess) -> None:
+async def test_bad_gzip_and_unknown_encodings_are_a_400(api: IngestionApi) -> None:
     zipped = gzip.compress(json.dumps(track()).encode())
-    garbage = call(daemon, "/v1/track", b"not gzip", headers={"Content-Encoding": "gzip"})
+    garbage = await api.call("/v1/track", b"not gzip", headers={"Content-Encoding": "gzip"})
     assert garbage.status == 400
     assert garbage.body["message"].startswith("body is not valid gzip: ")
-    cut = call(daemon, "/v1/track", zipped[:-12], headers={"Content-Encoding": "gzip"})
+    cut = await api.call("/v1/track", zipped[:-12], headers={"Content-Encoding": "gzip"})
     refused(cut, 400, "body is not valid gzip: truncated")
-    junk = call(daemon, "/v1/track", zipped + b"junk", headers={"Content-Encoding": "gzip"})
+    junk = await api.call("/v1/track", zipped + b"junk", headers={"Content-Encoding": "gzip"})
     assert junk.status == 400
     assert junk.body["message"].startswith("body is not valid gzip: ")
-    brotli = call(daemon, "/v1/track", zipped, headers={"Content-Encoding": "br"})
+    brotli = await api.call("/v1/track", zipped, headers={"Content-Encoding": "br"})
     refused(brotli, 400, "Content-Encoding 'br': only gzip is accepted")
-    assert daemon.events() == []
+    assert api.events() == []
 
 
 # --- authentication ------------------------------------------------------------------
 
 
-def test_requests_without_a_known_write_key_are_a_401(daemon: DaemonProcess) -> None:
-    refused(post(daemon, "/v1/track", track(), key="guess"), 401, "unknown write key")
+async def test_requests_without_a_known_write_key_are_a_401(api: IngestionApi) -> None:
+    refused(await api.send("/v1/track", track(), key="guess"), 401, "unknown write key")
     refused(
-        post(daemon, "/v1/track", track(), key=None),
+        await api.send("/v1/track", track(), key=None),
         401,
         "no write key: send it as the Basic auth user name or as writeKey in the body",
     )
     refused(
-        post(
-            daemon, "/v1/track", track(), key=None, headers={"Authorization": f"Bearer {WEB_KEY}"}
+        await api.send(
+            "/v1/track", track(), key=None, headers={"Authorization": f"Bearer {WEB_KEY}"}
         ),
         401,
         "use HTTP Basic auth with the write key as user name",
     )
     refused(
-        post(daemon, "/v1/track", {**track(), "writeKey": "guess"}, key=None),
+        await api.send("/v1/track", {**track(), "writeKey": "guess"}, key=None),
         401,
         "unknown write key",
     )
-    assert daemon.events() == []
+    assert api.events() == []
 
 
-def test_write_key_in_the_body_works_and_names_the_source(daemon: DaemonProcess) -> None:
-    single = post(daemon, "/v1/track", {**track(), "writeKey": WRITE_KEYS["backend"]}, key=None)
-    batch = post(
-        daemon, "/v1/batch", {"batch": [track()], "writeKey": WRITE_KEYS["backend"]}, key=None
+async def test_write_key_in_the_body_works_and_names_the_source(api: IngestionApi) -> None:
+    single = await api.send("/v1/track", {**track(), "writeKey": WRITE_KEYS["backend"]}, key=None)
+    batch = await api.send(
+        "/v1/batch", {"batch": [track()], "writeKey": WRITE_KEYS["backend"]}, key=None
     )
     assert (single.status, batch.status) == (200, 200)
-    assert [e["source"] for e in daemon.events()] == ["backend", "backend"]
+    assert [e["source"] for e in api.events()] == ["backend", "backend"]
 
 
 # --- a batch is judged message by message --------------------------------------------
@@ -331,7 +256,7 @@ def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_stored_once(
 ) -> None:
     bad = {"type": "identify", "userId": "u-2", "traits": "pro", "messageId": "bad"}
     batch = [track(messageId="m-0"), bad, {"type": "identify", "userId": "u-3", "messageId": "m-2"}]
-    answer = post(daemon, "/v1/batch", {"batch": batch})
+    answer = send(daemon, "/v1/batch", {"batch": batch})
     reason = "traits: expected `object | null`, got `str`"
     assert answer.status == 200
     assert answer.body == {
@@ -348,57 +273,47 @@ def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_stored_once(
     assert (row["source"], row["batch_index"], row["reason"]) == ("web", 1, reason)
     assert json.loads(row["body"]) == bad
 
-    cli = leadsync("quarantine", "--admin", daemon.admin_url, "--json", cwd=daemon)
+    cli = leadsync("quarantine", "--admin", daemon.admin_url, "--json", cwd=daemon.directory)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == seen
-    table = leadsync("quarantine", "--admin", daemon.admin_url, cwd=daemon)
+    # A wide terminal, so rich does not wrap the table.
+    table = leadsync(
+        "quarantine", "--admin", daemon.admin_url, cwd=daemon.directory, env={"COLUMNS": "300"}
+    )
     assert table.returncode == 0, table.stderr
     assert "1 quarantined message (newest 1)" in table.stdout
     assert reason in table.stdout
     assert '"messageId": "bad"' in table.stdout
 
 
-def leadsync(*args: str, cwd: DaemonProcess) -> subprocess.CompletedProcess[str]:
-    """The CLI as an operator runs it; a wide terminal so rich does not wrap the table."""
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd.directory,
-        env={**os.environ, "COLUMNS": "300"},
-        check=False,
-    )
-
-
-def test_import_is_judged_like_batch(daemon: DaemonProcess) -> None:
-    answer = post(
-        daemon, "/v1/import", {"batch": [track(messageId="i-0"), {"type": "track", "userId": "u"}]}
+async def test_import_is_judged_like_batch(api: IngestionApi) -> None:
+    answer = await api.send(
+        "/v1/import", {"batch": [track(messageId="i-0"), {"type": "track", "userId": "u"}]}
     )
     assert answer.status == 200
     assert answer.body["accepted"] == 1
     assert answer.body["rejected"] == [
         {"index": 1, "message": "event: a track call needs the event name"}
     ]
-    assert [e["messageId"] for e in daemon.events()] == ["i-0"]
+    assert [e["messageId"] for e in api.events()] == ["i-0"]
 
 
-def test_a_retried_batch_is_acknowledged_and_stored_once(daemon: DaemonProcess) -> None:
+async def test_a_retried_batch_is_acknowledged_and_stored_once(api: IngestionApi) -> None:
     batch = {"batch": [track(messageId="r-0"), track(messageId="r-1")]}
-    first = post(daemon, "/v1/batch", batch)
-    again = post(daemon, "/v1/batch", batch)
+    first = await api.send("/v1/batch", batch)
+    again = await api.send("/v1/batch", batch)
     assert (first.status, first.body) == (again.status, again.body) == (200, {"success": True})
-    assert [e["messageId"] for e in daemon.events()] == ["r-0", "r-1"]
-    assert sample(metrics(daemon), "leadsync_events_duplicate_total", source="web") == 2
+    assert [e["messageId"] for e in api.events()] == ["r-0", "r-1"]
+    assert api.sample("leadsync_events_duplicate_total", source="web") == 2
     # Deduplication is per source: the same messageId from another source is its own event.
-    post(daemon, "/v1/batch", batch, key=WRITE_KEYS["backend"])
-    assert [e["source"] for e in daemon.events()] == ["web", "web", "backend", "backend"]
+    await api.send("/v1/batch", batch, key=WRITE_KEYS["backend"])
+    assert [e["source"] for e in api.events()] == ["web", "web", "backend", "backend"]
 
 
-def test_message_ids_are_generated_when_absent(daemon: DaemonProcess) -> None:
+async def test_message_ids_are_generated_when_absent(api: IngestionApi) -> None:
     message = {"type": "identify", "userId": "u-1"}
-    assert post(daemon, "/v1/batch", {"batch": [message, message]}).status == 200
-    ids = [e["messageId"] for e in daemon.events()]
+    assert (await api.send("/v1/batch", {"batch": [message, message]})).status == 200
+    ids = [e["messageId"] for e in api.events()]
     assert len(ids) == 2
     assert ids[0] != ids[1]
     assert all(len(i) == 36 for i in ids)
@@ -407,22 +322,21 @@ def test_message_ids_are_generated_when_absent(daemon: DaemonProcess) -> None:
 # --- time ----------------------------------------------------------------------------
 
 
-def test_received_at_is_the_servers_and_timestamp_is_corrected_for_clock_skew(
-    daemon: DaemonProcess,
+async def test_received_at_is_the_servers_and_timestamp_is_corrected_for_clock_skew(
+    api: IngestionApi,
 ) -> None:
     """A device whose clock is an hour slow sends both times an hour in the past: the
     event happened five seconds before the request, by the server's clock."""
     device_now = datetime.now(UTC) - timedelta(hours=1)
     happened = device_now - timedelta(seconds=5)
     before = datetime.now(UTC).replace(microsecond=0)
-    answer = post(
-        daemon,
+    answer = await api.send(
         "/v1/track",
         track(timestamp=happened.isoformat(), sentAt=device_now.isoformat()),
     )
     after = datetime.now(UTC)
     assert answer.status == 200
-    [event] = daemon.events()
+    [event] = api.events()
     received = datetime.fromisoformat(event["receivedAt"])
     assert before <= received <= after
     assert datetime.fromisoformat(event["timestamp"]) == received - timedelta(seconds=5)
@@ -434,9 +348,8 @@ def test_received_at_is_the_servers_and_timestamp_is_corrected_for_clock_skew(
 # --- browsers and strays -------------------------------------------------------------
 
 
-def test_cors_preflight_and_answers_carry_the_cors_headers(daemon: DaemonProcess) -> None:
-    preflight = call(
-        daemon,
+async def test_cors_preflight_and_answers_carry_the_cors_headers(api: IngestionApi) -> None:
+    preflight = await api.call(
         "/v1/batch",
         key=None,
         method="OPTIONS",
@@ -448,19 +361,19 @@ def test_cors_preflight_and_answers_carry_the_cors_headers(daemon: DaemonProcess
     allowed = {h.strip() for h in preflight.headers["access-control-allow-headers"].split(",")}
     assert {"Authorization", "Content-Type", "Content-Encoding"} <= allowed
     # A browser can read the answers too, refusals included.
-    for answer in (post(daemon, "/v1/track", track()), post(daemon, "/v1/track", {})):
+    for answer in (await api.send("/v1/track", track()), await api.send("/v1/track", {})):
         assert answer.headers["access-control-allow-origin"] == "*"
 
 
-def test_unknown_paths_are_a_404(daemon: DaemonProcess) -> None:
-    refused(post(daemon, "/v1/purchase", track()), 404, "unknown endpoint /v1/purchase")
-    assert post(daemon, "/v1/purchase", track()).body["code"] == "not_found"
+async def test_unknown_paths_are_a_404(api: IngestionApi) -> None:
+    refused(await api.send("/v1/purchase", track()), 404, "unknown endpoint /v1/purchase")
+    assert (await api.send("/v1/purchase", track())).body["code"] == "not_found"
     # aiohttp's own refusals come in the same JSON shape clients parse.
-    refused(post(daemon, "/track", track()), 404, "POST /track: Not Found")
+    refused(await api.send("/track", track()), 404, "POST /track: Not Found")
     refused(
-        post(daemon, "/v1/track", track(), method="GET"), 405, "GET /v1/track: Method Not Allowed"
+        await api.send("/v1/track", track(), method="GET"), 405, "GET /v1/track: Method Not Allowed"
     )
-    assert daemon.events() == []
+    assert api.events() == []
 
 
 # --- what the operator sees ----------------------------------------------------------
@@ -471,11 +384,11 @@ def test_metrics_move_with_the_traffic(daemon: DaemonProcess) -> None:
     assert sample(at_rest, "leadsync_events_ingested_total", source="web", type="track") == 0
     assert sample(at_rest, "leadsync_log_head_sequence") == 0
 
-    post(daemon, "/v1/batch", {"batch": [track(), track(), {"type": "identify", "userId": "u"}]})
-    post(daemon, "/v1/batch", {"batch": [track(), {"type": "track", "userId": "u"}]})
-    post(daemon, "/v1/page", {"userId": "u", "name": "Home"}, key=WRITE_KEYS["backend"])
-    post(daemon, "/v1/track", {"userId": "u"})
-    post(daemon, "/v1/batch", {"batch": [track(), {"userId": "no type"}]})
+    send(daemon, "/v1/batch", {"batch": [track(), track(), {"type": "identify", "userId": "u"}]})
+    send(daemon, "/v1/batch", {"batch": [track(), {"type": "track", "userId": "u"}]})
+    send(daemon, "/v1/page", {"userId": "u", "name": "Home"}, key=WRITE_KEYS["backend"])
+    send(daemon, "/v1/track", {"userId": "u"})
+    send(daemon, "/v1/batch", {"batch": [track(), {"userId": "no type"}]})
 
     now = metrics(daemon)
     ingested = "leadsync_events_ingested_total"
@@ -505,7 +418,7 @@ def test_metrics_move_with_the_traffic(daemon: DaemonProcess) -> None:
 
 
 def test_status_reports_version_uptime_counts_and_actors(daemon: DaemonProcess) -> None:
-    post(daemon, "/v1/batch", {"batch": [track(), track(), {"type": "track", "userId": "u"}]})
+    send(daemon, "/v1/batch", {"batch": [track(), track(), {"type": "track", "userId": "u"}]})
     status, body = daemon.admin("/status")
     assert status == 200
     assert body["version"] == __version__
@@ -521,19 +434,28 @@ def test_status_reports_version_uptime_counts_and_actors(daemon: DaemonProcess) 
     assert actors["log_writer"]["queue_capacity"] > 0
 
 
-def test_a_non_ascii_authorization_header_is_a_401(daemon: DaemonProcess) -> None:
-    answer = call(daemon, "/v1/track", b"{}", key=None, headers={"Authorization": "Basic é"})
+async def test_a_non_ascii_authorization_header_is_a_401(api: IngestionApi) -> None:
+    answer = await api.call("/v1/track", b"{}", key=None, headers={"Authorization": "Basic é"})
     refused(answer, 401, "Authorization header is not valid Basic auth")
 
 
-def test_a_body_that_trickles_in_is_cut_off(daemon: DaemonProcess) -> None:
-    """Otherwise one slow client holds a request, and at shutdown the drain, for ever."""
-    auth = base64.b64encode(f"{WEB_KEY}:".encode()).decode()
-    with socket.create_connection(("127.0.0.1", daemon.http_port), timeout=30) as sock:
-        sock.sendall(
+async def test_a_body_that_trickles_in_is_cut_off(
+    api: IngestionApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Otherwise one slow client holds a request, and at shutdown the drain, for ever.
+    The bound is cut from 10 s to a fraction so the test does not wait it out."""
+    monkeypatch.setattr(http_source, "BODY_READ_TIMEOUT", 0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    try:
+        writer.write(
             b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Authorization: Basic {auth}\r\nContent-Length: 50\r\n\r\n{{".encode()
+            + f"Authorization: {basic_auth(WEB_KEY)}\r\nContent-Length: 50\r\n\r\n{{".encode()
         )
-        answer = sock.recv(4096).decode()
+        await writer.drain()
+        with anyio.fail_after(30):  # far beyond the bound: a hang, not a slow machine
+            answer = (await reader.read(4096)).decode()
+    finally:
+        writer.close()
     assert answer.startswith("HTTP/1.1 408"), answer
     assert '"code":"request_timeout"' in answer
+    assert '"message":"body not received within 0.5s"' in answer

@@ -25,8 +25,8 @@ from actors.runtime import Mailbox
 from storage.graph import Change
 from storage.log import AppendRequest
 from storage.sqlite import SqliteStorage
-from tests.identity_journey import USER, journey
-from tests.test_identity import records
+from tests.support.graph import records
+from tests.support.identity_journey import USER, journey
 
 
 async def merge_journey(path: Path, outbox: Mailbox[ScorerMessage]) -> None:

@@ -16,8 +16,8 @@ from actors.identity.rebuild import rebuild
 from actors.identity.settings import IdentitySection
 from storage.log import StoredEvent
 from storage.sqlite_graph import SqliteGraphStore
-from tests.identity_journey import journey
-from tests.test_identity import Harness, built, shape
+from tests.support.graph import Harness, built, shape
+from tests.support.identity_journey import journey
 
 RULES = [IdentitySection(), IdentitySection(limits={"email": 1, "anonymous_id": 2})]
 

@@ -9,9 +9,11 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.daemon_process import DaemonProcess, free_port, wait_for
-from tests.test_cli import leadsync
-from tests.test_scoring_daemon import CTO, post, run_batch
+from tests.support.admin_api import run_batch
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess, free_port, wait_for
+from tests.support.posting import post
+from tests.support.scoring import CTO
 
 FILES = '\n[destinations.out]\ntype = "file"\npath = "out"\nmode = "realtime"\n'
 

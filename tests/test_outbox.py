@@ -24,8 +24,8 @@ from daemon.config import Destination
 from storage.outbox import Settlement
 from storage.sqlite_connect import connect, marks
 from storage.sqlite_outbox import ADDRESSES, SqliteOutboxStore
-from tests.test_identity import Harness
-from tests.test_scorer import CTO, DAY, T0, Scoring, identify, track, variant
+from tests.support.graph import Harness
+from tests.support.scoring import CTO, DAY, T0, Scoring, identify, track, variant
 
 
 def hook(**options: object) -> WebhookDestination:

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.daemon_process import DaemonProcess, wait_for
-from tests.test_scoring_daemon import CTO, post
+from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.posting import post
+from tests.support.scoring import CTO
 
 ECHO_KIND = '''
 """A destination that appends each payload to a file: a test's plugin."""

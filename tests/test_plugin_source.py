@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.daemon_process import DaemonProcess, wait_for
+from tests.support.daemon_process import DaemonProcess, wait_for
 
 LINES_KIND = '''
 """A source that reads a file of Segment messages, one a line, as it grows."""

@@ -30,10 +30,11 @@ from storage.sqlite_connect import connect, open_log
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_scores import SqliteScoreStore
 from storage.transaction import transaction
-from tests import test_delivery
-from tests.test_delivery import delivering, stage, uids, webhook
-from tests.test_identity import Harness, built, shape
-from tests.test_scorer import CTO, T0, Scoring, identify, track, variant
+from tests.support import delivery
+from tests.support.delivery import delivering, stage, uids, webhook
+from tests.support.fake_receiver import FakeReceiver
+from tests.support.graph import Harness, built, shape
+from tests.support.scoring import CTO, T0, Scoring, identify, track, variant
 
 POISON = "poison"
 
@@ -357,20 +358,18 @@ class _Exploding(Sender):
 @pytest.fixture
 def exploding_sender(monkeypatch: pytest.MonkeyPatch) -> str:
     bad = "prf_0005"
-    original = test_delivery.sender_for
+    original = delivery.sender_for
 
     def sender_for(name: str, config: Destination) -> Sender:
         return _Exploding(original(name, config), bad)
 
-    monkeypatch.setattr(test_delivery, "sender_for", sender_for)
+    monkeypatch.setattr(delivery, "sender_for", sender_for)
     return bad
 
 
 async def test_a_record_the_sender_fails_on_is_retried_then_dead_lettered_alone(
     tmp_path: Path, exploding_sender: str
 ) -> None:
-    from tests.fake_receiver import FakeReceiver
-
     path = tmp_path / "d.db"
     async with FakeReceiver() as receiver:
         config = webhook(receiver.url, batch_size=16, retry={"attempts": 3, "first_delay": 0.02})
@@ -381,6 +380,6 @@ async def test_a_record_the_sender_fails_on_is_retried_then_dead_lettered_alone(
         assert sorted(r["profile"] for r in receiver.records()) == [
             u for u in uids(16) if u != exploding_sender
         ]
-        ((uid, (attempts, error)),) = test_delivery.dead(path, "hook").items()
+        ((uid, (attempts, error)),) = delivery.dead(path, "hook").items()
         assert (uid, attempts) == (exploding_sender, 3)
         assert "the sender failed: ValueError: cannot encode this record" in error

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from storage.sqlite_connect import log_path
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
-from tests.test_cli import leadsync
-from tests.test_destinations_daemon import destination
-from tests.test_scoring_daemon import CTO, post, scores
+from tests.support.admin_api import scores
+from tests.support.cli import leadsync
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, destination, wait_for
+from tests.support.posting import post
+from tests.support.scoring import CTO
 
 HUGE = "1" * 310
 """An integer beyond a float's range: valid JSON, and a float() of it raises."""

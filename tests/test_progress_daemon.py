@@ -9,8 +9,8 @@ import threading
 import urllib.request
 from typing import Any
 
-from tests.daemon_process import DaemonProcess, wait_for
-from tests.test_scoring_daemon import post
+from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.posting import post
 
 PEOPLE = 20_000
 

@@ -15,9 +15,9 @@ import pytest
 
 from daemon import cli
 from storage import sqlite_backup
-from tests.daemon_process import DaemonProcess
-from tests.test_cli import leadsync
-from tests.test_scoring_daemon import post
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess
+from tests.support.posting import post
 
 
 class Crash(BaseException):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from actors.scoring.model import example
-from tests.test_cli import leadsync
+from tests.support.cli import leadsync
 
 LEADS = "Job Title,Company Size,Industry,Email\nCTO,200,Software,ann@initech.com\n"
 """Only columns the model reads, so that no warning is printed."""

@@ -102,6 +102,28 @@ async def scorer_under_flood(
         await storage.close()
 
 
+def busy_verdicts(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each time the scorer asks whether ingestion is busy, the answer it got: a test
+    waits for the scorer to have decided, rather than for time to pass."""
+    verdicts: list[bool] = []
+    original = ScorerActor._ingestion_busy
+
+    def ingestion_busy(actor: ScorerActor) -> bool:
+        verdicts.append(original(actor))
+        return verdicts[-1]
+
+    monkeypatch.setattr(ScorerActor, "_ingestion_busy", ingestion_busy)
+    return verdicts
+
+
+async def deferred(verdicts: list[bool], times: int) -> None:
+    """Until the scorer has found ingestion busy, and so held its work back, `times`
+    times."""
+    with anyio.fail_after(20):
+        while verdicts.count(True) < times:
+            await anyio.sleep(0.02)
+
+
 def batch_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The scorer's checkpoint as each batch run starts (how far the log was folded)."""
     runs: list[int] = []
@@ -119,9 +141,13 @@ async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
+    # Rounds and folds at the pace of the busy window, not once a second.
+    monkeypatch.setattr(scoring_actor, "IDLE_WAKE", 0.2)
+    monkeypatch.setattr(scoring_actor, "FOLD_INTERVAL", 0.2)
+    verdicts = busy_verdicts(monkeypatch)
     async with scorer_under_flood(tmp_path, Config()) as scene:
         progress, flood, head = scene.progress, scene.flood, scene.head
-        await anyio.sleep(1.5)
+        await deferred(verdicts, 2)
         assert progress.consumers[SCORER_CONSUMER] == 0  # it waited: nothing folded
         flood.eased.set()
         with anyio.fail_after(10):
@@ -144,8 +170,6 @@ async def test_the_fold_does_not_wait_past_half_the_backlog_bound(
         with anyio.fail_after(10):  # flooded all along, and still it folds
             while head - progress.consumers[SCORER_CONSUMER] >= limit:
                 await anyio.sleep(0.05)
-        await anyio.sleep(1)
-        assert head - progress.consumers[SCORER_CONSUMER] < limit
 
 
 async def test_a_batch_run_folds_what_was_logged_before_it_first(
@@ -180,8 +204,9 @@ async def test_a_scheduled_run_waits_for_ingestion_to_ease_and_a_requested_one_d
 ) -> None:
     runs = batch_runs(monkeypatch)
     monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
+    verdicts = busy_verdicts(monkeypatch)
     async with scorer_under_flood(tmp_path, Config(), last_batch=0.0) as scene:  # overdue
-        await anyio.sleep(1.5)
+        await deferred(verdicts, 2)
         assert runs == []  # not while ingestion is flooded
         run = RunBatch()
         await scene.inbox.send(run)

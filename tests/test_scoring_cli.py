@@ -18,10 +18,10 @@ from actors.scoring import bulk
 from actors.scoring.model import example
 from daemon.cli import main
 from storage.sqlite import SqliteStorage
-from tests.daemon_process import DaemonProcess, free_port, wait_for
-from tests.test_cli import leadsync
-from tests.test_http_api import post
-from tests.test_identity import Harness
+from tests.support.cli import leadsync
+from tests.support.daemon_process import DaemonProcess, free_port, wait_for
+from tests.support.graph import Harness
+from tests.support.posting import send
 
 EXAMPLE = example().text
 CTO = {"title": "CTO", "company_size": 200, "industry": "Software", "email": "ann@initech.com"}
@@ -423,9 +423,9 @@ def test_scoring_run_profile_and_deploy_against_the_running_daemon(
 ) -> None:
     daemon = make_daemon().start()
     config = str(daemon.config_path)
-    assert post(daemon, "/v1/identify", {"userId": "ann", "traits": CTO}).status == 200
+    assert send(daemon, "/v1/identify", {"userId": "ann", "traits": CTO}).status == 200
     group = {"userId": "ann", "groupId": "initech", "traits": {"industry": "Software"}}
-    assert post(daemon, "/v1/group", group).status == 200
+    assert send(daemon, "/v1/group", group).status == 200
     wait_for(
         lambda: (daemon.admin("/v1/profiles/user_id/ann")[1].get("account") or {}).get("scores")
     )

@@ -3,13 +3,10 @@ models deployed by file and SIGHUP, and a kill -9 that loses nothing."""
 
 from __future__ import annotations
 
-import base64
-import json
 import shutil
 import signal
 import sqlite3
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,38 +19,10 @@ from actors.scoring.model import example
 from actors.scoring.scorer import Scorer
 from storage.sqlite_connect import connect, log_path
 from storage.sqlite_scores import SqliteScoreStore
-from tests.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
-
-CTO = {"title": "CTO", "company_size": 200, "industry": "Software", "email": "ann@initech.com"}
-
-
-def post(daemon: DaemonProcess, batch: list[dict[str, Any]], ascii_only: bool = True) -> int:
-    """`ascii_only=False` sends text as raw UTF-8 rather than \\u escapes."""
-    auth = base64.b64encode(f"{WRITE_KEYS['web']}:".encode()).decode()
-    request = urllib.request.Request(
-        daemon.url + "/v1/batch",
-        data=json.dumps({"batch": batch}, ensure_ascii=ascii_only).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def run_batch(daemon: DaemonProcess) -> dict[str, Any]:
-    status, result = daemon.admin("/v1/scoring/run", "POST", timeout=60)
-    assert status == 200, result
-    return dict(result)
-
-
-def scores(daemon: DaemonProcess, user: str) -> dict[str, Any] | None:
-    status, body = daemon.admin(f"/v1/profiles/user_id/{user}")
-    if status != 200 or body.get("scores") is None:
-        return None
-    found: dict[str, Any] = body["scores"]
-    return found
+from tests.support.admin_api import run_batch, scores
+from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.posting import post
+from tests.support.scoring import CTO
 
 
 def model_in_use(daemon: DaemonProcess) -> str:
@@ -187,13 +156,17 @@ def test_after_kill_9_every_logged_event_is_counted_once_in_the_likelihood(
             except OSError:
                 pass  # the daemon is down for a moment; the client retries
 
+    def logged() -> int:
+        return int(daemon.query("SELECT count(*) FROM events")[0][0])
+
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        wait_for(lambda: daemon.query("SELECT count(*) FROM events")[0][0] > 2000, 30)
+        wait_for(lambda: logged() > 2000, 30)
         daemon.kill()
+        at_kill = logged()
         daemon.start()
-        time.sleep(0.5)
+        wait_for(lambda: logged() > at_kill + 200, 30)  # the client goes on after the restart
     finally:
         stop.set()
         sender.join()

@@ -13,7 +13,7 @@ from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Refused, Unavailable
 from actors.destinations.segment import SegmentDestination, SegmentSender
 from storage.outbox import OutboxRow
-from tests.fake_receiver import (
+from tests.support.fake_receiver import (
     FakeReceiver,
     Rejection,
     leadsync_invalid,

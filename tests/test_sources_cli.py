@@ -9,8 +9,8 @@ import re
 import urllib.request
 from collections.abc import Callable
 
-from tests.daemon_process import WRITE_KEYS, DaemonProcess
-from tests.test_cli import leadsync
+from tests.support.cli import leadsync
+from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 MOBILE = '\n[sources.mobile]\ntype = "http"\nkind = "ios"\n'
 

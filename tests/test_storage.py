@@ -340,7 +340,9 @@ async def test_concurrent_requests_share_one_commit(tmp_path: Path) -> None:
                     await anyio.sleep(0.001)
             for i in range(1, 50):
                 tg.start_soon(one, i)
-            await anyio.sleep(0.05)  # the other 49 queue behind it
+            with anyio.fail_after(5):
+                while mailbox.depth() < 49:  # the other 49 queue behind it
+                    await anyio.sleep(0.001)
             store.gate.set()
 
     try:

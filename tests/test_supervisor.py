@@ -40,18 +40,35 @@ class Recorder(Actor):
 
 
 class Listener(Actor):
-    """Stands in for a source or the admin server: runs until stop()."""
+    """Stands in for a source or the admin server: runs until stop().
 
-    def __init__(self, name: str, journal: list[str], delay_ready: float = 0.0) -> None:
+    A `gate` holds it in start-up (binding, say) until the test opens it; `entered` is
+    set once it is there, so a test acts during a start-up on cue rather than by time.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        journal: list[str],
+        delay_ready: float = 0.0,
+        gate: anyio.Event | None = None,
+        entered: anyio.Event | None = None,
+    ) -> None:
         super().__init__(name)
         self._journal = journal
         self._delay_ready = delay_ready
+        self._gate = gate
+        self._entered = entered
         self._stop = anyio.Event()
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self, ready: Callable[[], None]) -> None:
+        if self._entered is not None:
+            self._entered.set()
+        if self._gate is not None:
+            await self._gate.wait()
         await anyio.sleep(self._delay_ready)
         self._journal.append(f"{self.name} started")
         ready()
@@ -214,20 +231,25 @@ async def test_a_listener_stopped_during_backoff_is_not_restarted(role: str) -> 
 
 async def test_a_stop_while_starting_does_not_wait_for_actors_that_never_started() -> None:
     journal: list[str] = []
-    supervisor = Supervisor(FAST, grace=5)
-    supervisor.add(ActorSpec("slow", lambda: Listener("slow", journal, delay_ready=0.5)))
+    starting, gate = anyio.Event(), anyio.Event()
+    supervisor = Supervisor(FAST, grace=60)
+    supervisor.add(
+        ActorSpec("slow", lambda: Listener("slow", journal, gate=gate, entered=starting))
+    )
     supervisor.add(ActorSpec("source", lambda: Listener("source", journal), role="source"))
 
-    async def stop_soon() -> None:
-        await anyio.sleep(0.1)
+    async def stop_while_slow_starts() -> None:
+        await starting.wait()
         supervisor.shutdown()
+        gate.set()  # slow gets ready only after the stop was asked for
 
     started = anyio.current_time()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_soon)
-        with anyio.fail_after(4):
+        tg.start_soon(stop_while_slow_starts)
+        # Waiting for the source that never started would take the 60 s grace.
+        with anyio.fail_after(30):
             assert await supervisor.run() == 0
-    assert anyio.current_time() - started < 2  # not the 5 s grace
+    assert anyio.current_time() - started < 30
     assert journal == ["slow started", "slow stopped"]
 
 
@@ -252,12 +274,14 @@ async def test_a_crash_while_draining_is_not_reported_as_a_clean_stop() -> None:
 async def test_an_actor_counts_as_running_only_once_it_says_it_is_ready() -> None:
     """/readyz reads these states: a listener still binding is not ready."""
     supervisor = Supervisor(FAST, grace=5)
-    supervisor.add(ActorSpec("slow", lambda: Listener("slow", [], delay_ready=0.3)))
+    starting, gate = anyio.Event(), anyio.Event()
+    supervisor.add(ActorSpec("slow", lambda: Listener("slow", [], gate=gate, entered=starting)))
     seen: list[str] = []
 
     async def watch() -> None:
-        await anyio.sleep(0.1)
+        await starting.wait()
         seen.append(supervisor.statuses()[0].state)
+        gate.set()
         await supervisor.ready.wait()
         seen.append(supervisor.statuses()[0].state)
         supervisor.shutdown()
@@ -274,15 +298,20 @@ async def test_actors_added_and_retired_while_running_and_a_retired_one_never_st
     supervisor = Supervisor(RestartPolicy(), grace=5)
     supervisor.add(ActorSpec("admin", lambda: Listener("admin", journal), role="service"))
     # Retired before the tree got to start it (a reload during start-up).
-    slow = ActorSpec("slow", lambda: Listener("slow", journal, delay_ready=0.2))
+    starting, gate = anyio.Event(), anyio.Event()
+    slow = ActorSpec("slow", lambda: Listener("slow", journal, gate=gate, entered=starting))
     late = ActorSpec("late", lambda: Listener("late", journal))
     supervisor.add(slow)
     supervisor.add(late)
     async with anyio.create_task_group() as tg:
         tg.start_soon(supervisor.run)
-        await anyio.sleep(0.05)
         with anyio.fail_after(5):
-            await supervisor.retire("late")
+            await starting.wait()
+            async with anyio.create_task_group() as retiring:
+                # Retiring waits for the tree to pass "late", which is after "slow".
+                retiring.start_soon(supervisor.retire, "late")
+                await late.stop_requested.wait()
+                gate.set()
             await supervisor.ready.wait()
             await supervisor.start(ActorSpec("added", lambda: Listener("added", journal)))
             assert "added started" in journal

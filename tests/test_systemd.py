@@ -22,7 +22,7 @@ import pytest
 from actors.destinations.file import FileDestination
 from actors.exit_codes import EXIT_CONFIG
 from daemon.config import DaemonSection, parse
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "leadsync.service"

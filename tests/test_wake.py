@@ -27,10 +27,10 @@ from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from daemon.config import Config
-from tests.fake_receiver import FakeReceiver
-from tests.test_delivery import webhook
-from tests.test_identity import Harness
-from tests.test_scorer import CTO
+from tests.support.delivery import webhook
+from tests.support.fake_receiver import FakeReceiver
+from tests.support.graph import Harness
+from tests.support.scoring import CTO
 
 FALLBACK = 30.0
 """The destination's own look at the outbox: far longer than any wait below."""

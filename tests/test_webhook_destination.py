@@ -18,7 +18,7 @@ from actors.destinations.webhook import WebhookDestination, WebhookSender, verif
 from actors.settings import Duration
 from daemon import __version__
 from storage.outbox import OutboxRow
-from tests.fake_receiver import (
+from tests.support.fake_receiver import (
     FakeReceiver,
     Received,
     Rejection,

@@ -19,7 +19,7 @@ from daemon.config import Config
 from storage.log import AppendRequest, Rejected
 from storage.sqlite import SqliteStorage
 from storage.sqlite_connect import log_path
-from tests.test_identity import records
+from tests.support.graph import records
 
 
 def log_events(

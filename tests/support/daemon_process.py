@@ -6,6 +6,7 @@ exactly as `leadsync run` starts it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,12 +25,49 @@ from typing import Any
 from storage.sqlite_connect import log_path, uri
 
 WRITE_KEYS = {"web": "web-write-key", "backend": "backend-write-key"}
+SOURCES = f"""
+[sources.web]
+type = "http"
+kind = "web"
+write_key = "{WRITE_KEYS["web"]}"
+
+[sources.backend]
+type = "http"
+kind = "server"
+write_key = "{WRITE_KEYS["backend"]}"
+"""
+"""The two sources every test daemon has: web (kind web) and backend (kind server)."""
+
+
+_handed_out: set[int] = set()
+"""Every port this process has handed out: none is handed out twice."""
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that nothing listens on now.
+
+    All of them are bound at once before any is released, so the kernel cannot give
+    one port twice (binding one socket at a time could, and a daemon's HTTP and admin
+    ports once came out the same). A port this process handed out before is not handed
+    out again, so two daemons of one test never share one either. Another process can
+    still take a port between this and the daemon's bind; the daemon then stops at once
+    with exit 71 and "another process has that port", and the test fails saying so.
+    """
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                ports.append(port)
+    _handed_out.update(ports)
+    return ports
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """One loopback port, as `free_ports` hands them out."""
+    return free_ports(1)[0]
 
 
 class DaemonProcess:
@@ -44,8 +82,7 @@ class DaemonProcess:
         and `admin_config` go inside [http] and [admin], which TOML does not let a later
         table reopen."""
         self.directory = directory
-        self.http_port = free_port()
-        self.admin_port = free_port()
+        self.http_port, self.admin_port = free_ports(2)
         self.config_path = directory / "daemon.toml"
         self.log_path = directory / "daemon.log"
         self.database = directory / "var" / "leadsync.db"
@@ -66,15 +103,7 @@ listen = "127.0.0.1:{self.http_port}"
 listen = "127.0.0.1:{self.admin_port}"
 {admin_config}
 
-[sources.web]
-type = "http"
-kind = "web"
-write_key = "{WRITE_KEYS["web"]}"
-
-[sources.backend]
-type = "http"
-kind = "server"
-write_key = "{WRITE_KEYS["backend"]}"
+{SOURCES}
 {extra_config}
 """
         )
@@ -191,6 +220,20 @@ write_key = "{WRITE_KEYS["backend"]}"
 
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(body) for (body,) in self.query("SELECT body FROM events ORDER BY seq")]
+
+
+def destination(name: str, kind: str, **settings: Any) -> str:
+    """A `[destinations.NAME]` table for a daemon's `extra_config`: plain settings as
+    keys, dict ones as sub-tables (`retry={"attempts": 3}`)."""
+    lines = [f"\n[destinations.{name}]", f'type = "{kind}"']
+    tables = {k: v for k, v in settings.items() if isinstance(v, dict)}
+    for key, value in settings.items():
+        if key not in tables:
+            lines.append(f"{key} = {value!r}".replace("'", '"'))
+    for key, table in tables.items():
+        lines.append(f"[destinations.{name}.{key}]")
+        lines += [f"{k} = {v!r}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -38,6 +38,9 @@ scripted behaviours are still unused; `await wait_until(condition)` to wait for 
 under test; `max_in_window(interval)`, the most requests that arrived within any
 `interval` seconds, to prove a rate limiter holds. Arrival times carry loopback jitter
 of a millisecond or so: compare against a window a little shorter than the limiter's.
+
+A test that blocks (on a subprocess, on polls) runs one in a thread of its own with
+`receiver_thread()`.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -368,3 +373,31 @@ class FakeReceiver:
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+
+@contextmanager
+def receiver_thread() -> Iterator[FakeReceiver]:
+    """A FakeReceiver on its own event loop in a thread, for tests that block on
+    subprocesses and polls."""
+    receiver = FakeReceiver()
+    ready = threading.Event()
+    stop: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve() -> None:
+        nonlocal stop, loop
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+        async with receiver:
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield receiver
+    finally:
+        assert loop is not None
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
