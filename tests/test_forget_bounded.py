@@ -561,3 +561,29 @@ def test_reading_the_log_through_finds_what_searching_it_finds(
         results.append((erased, left))
     assert results[0] == results[1]
     assert results[0][0].events == 5
+
+
+def test_every_device_past_the_cap_is_taken_with_her(
+    tmp_path: Path, merger: Callable[[], None]
+) -> None:
+    """Past the cap of 100 anonymous ids a profile, each further device of Ann's is a
+    profile of its own: all of them are hers (decided in one pass over the log, not one
+    a profile), and one Bob signed in on stays his."""
+    path = tmp_path / "leadsync.db"
+    signs_in = [{"type": "identify", "userId": "ann-1", "anonymousId": f"d{n}"} for n in range(140)]
+    others = [{"type": "track", "userId": f"bob-{n}", "event": "Pricing"} for n in range(300)]
+    log_events(path, [*signs_in, *others])
+    log_events(path, [{"type": "track", "userId": "carol-1", "anonymousId": "d139", "event": "x"}])
+    merger()
+    assert len(remaining(path, "SELECT id FROM profiles")) == 1 + 40 + 300 + 1 - 1
+
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
+    finally:
+        store.close()
+
+    assert erased.profiles == 1 + 39  # d139 is Carol's too
+    left = {v for (v,) in remaining(path, "SELECT value FROM identities WHERE value LIKE 'd%'")}
+    assert left == {"d139"}
+    assert len(remaining(path, "SELECT id FROM profiles")) == 300 + 1

@@ -62,8 +62,10 @@ class Found:
         """The log's head when the searched identifiers were searched."""
         self._wanted: set[Identifier] = set()
         self._wanted_key = (0, -1)
+        self._candidates: dict[int, Person] = {}
+        """Profiles the person's events led to in this round, not decided yet."""
         self._adopted: set[int] = set()
-        """Profiles taken as the person's devices (`_adoptable`), while still theirs."""
+        """Profiles taken as the person's devices (`_adopt`), while still theirs."""
         self._homeless: set[Identifier] = set()
         """Identifiers followed while no profile had them, and none has yet."""
         self._strays = StrayCandidates()
@@ -91,7 +93,11 @@ class Found:
         old = [i for i in self.identifiers if i in self._searched]
         if old:
             self._sift(store, old, self._upto, upto, bounded)
-        while new := [i for i in self.identifiers if i not in self._searched]:
+        while True:
+            self._adopt(store, upto)
+            new = [i for i in self.identifiers if i not in self._searched]
+            if not new:
+                break
             if bounded:
                 raise Unsearched(new)
             self._searched.update(new)
@@ -194,23 +200,75 @@ class Found:
         upto: int | None,
         bounded: bool,
     ) -> None:
-        """A profile the person's events lead to (through `identifier`): taken as theirs
-        if adoptable, else refused, once (not under the locks while `bounded`: the
-        check reads the whole log)."""
-        if person.profile in self.people or person.profile in self._refused:
+        """A profile the person's events lead to (through `identifier`): a candidate,
+        decided with the others found in the same round (`_adopt`: it reads the log, so
+        not under the locks while `bounded`)."""
+        profile = person.profile
+        if profile in self.people or profile in self._refused or profile in self._candidates:
             return
         if bounded:
             raise Unsearched([identifier])
-        if self._adoptable(store, person, upto):
-            self._add(person)
-            self._adopted.add(person.profile)
+        self._candidates[profile] = person
+
+    def _adopt(self, store: LifecycleStore, upto: int | None) -> None:
+        """The candidates taken as the person's devices, or refused: a profile with a
+        user id is someone's; one whose ids come in an event identified as somebody
+        other than the person (a user id, email or external id neither theirs nor the
+        profile's own: a device someone else signed in on) is not theirs. One pass over
+        the log for all of them (a person past the cap on anonymous ids has a profile
+        for each further device: hundreds, for whom a pass each took minutes)."""
+        candidates, self._candidates = self._candidates, {}
+        owner: dict[Identifier, int] = {}
+        for profile, person in candidates.items():
+            if person.user_id is not None or any(k == USER_ID for k, _ in person.identifiers):
+                self._refused.add(profile)
+            else:
+                owner.update(dict.fromkeys(person.identifiers, profile))
+        touched = self._touched_by_others(store, owner, candidates, upto)
+        for profile, person in candidates.items():
+            if profile in self._refused or profile in touched:
+                self._refused.add(profile)
+            else:
+                self._add(person)
+                self._adopted.add(profile)
+
+    def _touched_by_others(
+        self,
+        store: LifecycleStore,
+        owner: dict[Identifier, int],
+        candidates: dict[int, Person],
+        upto: int | None,
+    ) -> set[int]:
+        """The candidates (by their identifiers, `owner`) that an event names together
+        with somebody other than the person."""
+        if not owner:
+            return set()
+        ids = list(owner)
+        if len(ids) > MANY_NEEDLES:
+            events = store.events_between(0, upto)
         else:
-            self._refused.add(person.profile)
+            events = store.events_mentioning(_values(ids), 0, upto)
+        wanted = self.wanted
+        touched: set[int] = set()
+        for stored in events:
+            try:
+                event = _decode_event(stored.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
+            for profile in {owner[i] for i in carried if i in owner} - touched:
+                own = candidates[profile].identifiers
+                if any(
+                    k != ANONYMOUS_ID and (k, v) not in wanted and (k, v) not in own
+                    for k, v in carried
+                ):
+                    touched.add(profile)
+        return touched
 
     def _disown(self, carried: list[Identifier]) -> None:
         """An event filed under someone else's identifier: a profile adopted as the
         person's device that it names together with someone else (a user id, email or
-        external id not theirs) was not theirs to take; it is let go, as `_adoptable`
+        external id not theirs) was not theirs to take; it is let go, as `_adopt`
         would have refused it had the event been logged before its check."""
         wanted = self.wanted
         if not any(kind != ANONYMOUS_ID and (kind, v) not in wanted for kind, v in carried):
@@ -232,26 +290,6 @@ class Found:
                 continue
             self._consider(store, identifier, person, upto, bounded)
             self._homeless.discard(identifier)
-
-    def _adoptable(self, store: LifecycleStore, person: Person, upto: int | None) -> bool:
-        """Without a user id, and none of its ids comes in an event identified as
-        somebody other than the person (a user id, email or external id neither theirs
-        nor the profile's own: a device someone else signed in on)."""
-        if person.user_id is not None or any(k == USER_ID for k, _ in person.identifiers):
-            return False
-        own = set(person.identifiers)
-        wanted = self.wanted
-        for stored in store.events_mentioning(_values(person.identifiers), 0, upto):
-            try:
-                event = _decode_event(stored.body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            carried = [(i.kind, i.value) for i in self.extractor.identifiers(event)]
-            if any(i in own for i in carried) and any(
-                k != ANONYMOUS_ID and (k, v) not in wanted and (k, v) not in own for k, v in carried
-            ):
-                return False
-        return True
 
     @property
     def wanted(self) -> set[Identifier]:
