@@ -9,6 +9,7 @@ import structlog
 from actors import logs
 from tests.support.daemon_process import DaemonProcess
 from tests.support.ingestion import IngestionApi, serving
+from tests.support.logfiles import start_merger
 
 # In-process tests log as the daemon does in production: one JSON line per event,
 # which pytest shows only for a failing test.
@@ -57,3 +58,9 @@ async def api(tmp_path: Path) -> AsyncIterator[IngestionApi]:
     for tests of how a request is answered, which need no daemon process."""
     async with serving(tmp_path) as served:
         yield served
+
+
+@pytest.fixture
+def merger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """The merger's worker on tmp_path/leadsync.db; calling it applies the whole log."""
+    yield from start_merger(tmp_path / "leadsync.db", monkeypatch)

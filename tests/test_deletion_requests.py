@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-
-import pytest
 
 from actors.delivery import payload as payloads
 from actors.identity.rebuild import rebuild
@@ -18,14 +16,9 @@ from actors.lifecycle.forget import forget
 from daemon.config import Config, parse
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from storage.sqlite_outbox import SqliteOutboxStore
-from tests.support.logfiles import log_events, remaining, start_merger
+from tests.support.logfiles import log_events, remaining
 
 HOOK = '[destinations.hook]\ntype = "webhook"\nurl = "https://hooks.example.com/x"\nsecret = "s"\n'
-
-
-@pytest.fixture
-def merger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    yield from start_merger(tmp_path / "leadsync.db", monkeypatch)
 
 
 def forgotten_with_a_deletion_queued(path: Path, merger: Callable[[], None]) -> Config:

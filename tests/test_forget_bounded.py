@@ -21,7 +21,7 @@ from actors.lifecycle.suppressions import Suppressions
 from daemon.config import Config
 from storage import sqlite_connect
 from storage.held import HeldItem
-from storage.lifecycle import StrayMarks, identifier_hash
+from storage.lifecycle import Erased, StrayMarks, identifier_hash
 from storage.log import StoredEvent
 from storage.sqlite_connect import log_path
 from storage.sqlite_held import SqliteHeldStore
@@ -33,11 +33,6 @@ ANN = [
     {"type": "identify", "userId": "ann-1", "anonymousId": "anon-ann"},
     {"type": "track", "anonymousId": "anon-ann", "event": "Pricing"},
 ]
-
-
-@pytest.fixture
-def merger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    yield from start_merger(tmp_path / "leadsync.db", monkeypatch)
 
 
 class Watched(SqliteLifecycleStore):
@@ -424,63 +419,72 @@ def test_a_rejected_group_calls_traits_are_the_accounts_not_a_persons() -> None:
     assert loose_identifiers(extractor, identify, "web") == [("email", "ann@x.io")]
 
 
+class Door:
+    """The daemon's suppression set as forget screens it, and a person who signs in on
+    yet another device each time the locks are about to be taken."""
+
+    def __init__(self, path: Path, merger: Callable[[], None]) -> None:
+        self.path, self.merger = path, merger
+        self.hashes: set[bytes] = set()
+        self.screened: list[list[bytes]] = []
+        self.lifted: list[list[bytes]] = []
+        self.devices = iter(range(100))
+
+    @contextmanager
+    def another_device(self) -> Iterator[None]:
+        device = f"d{next(self.devices)}"
+        log_events(self.path, [{"type": "identify", "userId": "ann-1", "anonymousId": device}])
+        self.merger()
+        yield
+
+    def screen(self, hashes: list[bytes]) -> list[bytes]:
+        new = [h for h in hashes if h not in self.hashes]
+        self.hashes.update(new)
+        self.screened.append(new)
+        return new
+
+    def unscreen(self, hashes: list[bytes]) -> None:
+        self.hashes.difference_update(hashes)
+        self.lifted.append(hashes)
+
+    def forget(self, store: SqliteLifecycleStore) -> Erased:
+        return forget(
+            store,
+            ("user_id", "ann-1"),
+            Config(),
+            time.time(),
+            gate=self.another_device,
+            suppressed=self.hashes.update,
+            screen=self.screen,
+            unscreen=self.unscreen,
+        )
+
+
 def test_a_person_changing_under_every_try_is_screened_at_the_door_for_the_last(
     tmp_path: Path, merger: Callable[[], None]
 ) -> None:
     """Each time the locks are about to be taken, Ann signs in on yet another device:
     the first two tries let go. Before the last, what is known of her is screened at
     the door (the daemon's set), and all of it ends up suppressed, nothing let through
-    again; had the forget failed, the screen would have been lifted."""
+    again."""
     path = tmp_path / "leadsync.db"
     log_events(path, ANN)
     merger()
-    devices = iter(range(100))
-
-    @contextmanager
-    def another_device() -> Iterator[None]:
-        log_events(
-            path, [{"type": "identify", "userId": "ann-1", "anonymousId": f"d{next(devices)}"}]
-        )
-        merger()
-        yield
-
-    door: set[bytes] = set()
-    screened: list[list[bytes]] = []
-    lifted: list[list[bytes]] = []
-
-    def screen(hashes: list[bytes]) -> list[bytes]:
-        new = [h for h in hashes if h not in door]
-        door.update(new)
-        screened.append(new)
-        return new
-
-    def unscreen(hashes: list[bytes]) -> None:
-        door.difference_update(hashes)
-        lifted.append(hashes)
-
+    door = Door(path, merger)
     store = SqliteLifecycleStore.open(path, 5)
     try:
-        erased = forget(
-            store,
-            ("user_id", "ann-1"),
-            Config(),
-            time.time(),
-            gate=another_device,
-            suppressed=door.update,
-            screen=screen,
-            unscreen=unscreen,
-        )
+        erased = door.forget(store)
         salt = store.salt()
     finally:
         store.close()
 
-    assert next(devices) == 3  # three tries
-    [first] = screened
+    assert next(door.devices) == 3  # three tries
+    [first] = door.screened
     assert identifier_hash(salt, "user_id", "ann-1") in first
-    assert lifted == [[]]
+    assert door.lifted == [[]]
     assert erased.profiles == 1
-    assert set(first) <= door
-    assert identifier_hash(salt, "anonymous_id", "d2") in door
+    assert set(first) <= door.hashes
+    assert identifier_hash(salt, "anonymous_id", "d2") in door.hashes
 
 
 def test_the_screen_is_lifted_when_the_last_try_fails(
@@ -489,47 +493,24 @@ def test_the_screen_is_lifted_when_the_last_try_fails(
     path = tmp_path / "leadsync.db"
     log_events(path, ANN)
     merger()
-    devices = iter(range(100))
-
-    @contextmanager
-    def another_device() -> Iterator[None]:
-        log_events(
-            path, [{"type": "identify", "userId": "ann-1", "anonymousId": f"d{next(devices)}"}]
-        )
-        merger()
-        yield
-
-    door: set[bytes] = set()
-
-    def screen(hashes: list[bytes]) -> list[bytes]:
-        new = [h for h in hashes if h not in door]
-        door.update(new)
-        return new
-
+    door = Door(path, merger)
     store = SqliteLifecycleStore.open(path, 5)
     real_commit = store.commit
 
     def commit() -> None:
-        if next(devices) >= 3:  # the last try's
+        if next(door.devices) >= 3:  # the last try's
             raise sqlite3.OperationalError("disk I/O error")
         real_commit()
 
     store.commit = commit  # type: ignore[method-assign]
     try:
         with pytest.raises(sqlite3.OperationalError):
-            forget(
-                store,
-                ("user_id", "ann-1"),
-                Config(),
-                time.time(),
-                gate=another_device,
-                suppressed=door.update,
-                screen=screen,
-                unscreen=door.difference_update,
-            )
+            door.forget(store)
     finally:
         store.close()
-    assert door == set()
+    assert door.hashes == set()
+    assert door.screened
+    assert door.lifted == door.screened
 
 
 def test_reading_the_log_through_finds_what_searching_it_finds(

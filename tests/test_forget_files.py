@@ -22,18 +22,12 @@ from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_lifecycle import SqliteLifecycleStore
-from tests.support.logfiles import log_events, remaining, start_merger
+from tests.support.logfiles import log_events, remaining
 
 ANN = [
     {"type": "identify", "userId": "ann-1", "anonymousId": "anon-ann"},
     {"type": "track", "anonymousId": "anon-ann", "event": "Pricing"},
 ]
-
-
-@pytest.fixture
-def merger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
-    """The merger's worker on tmp_path/leadsync.db; calling it applies the whole log."""
-    yield from start_merger(tmp_path / "leadsync.db", monkeypatch)
 
 
 def test_an_identifier_the_merger_adds_during_the_search_is_erased_and_suppressed(

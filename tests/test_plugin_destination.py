@@ -6,13 +6,11 @@ with nothing in leadsync edited for it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.plugins import check_config, install_plugin
 from tests.support.posting import post
 from tests.support.scoring import CTO
 
@@ -46,33 +44,10 @@ class EchoSender(Sender):
 '''
 
 
-def install_plugin(site: Path) -> dict[str, str]:
-    """The module and its distribution's metadata on a path of its own; the
-    environment a process needs to find it."""
-    site.mkdir()
-    (site / "echo_kind.py").write_text(ECHO_KIND)
-    info = site / "leadsync_echo-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: leadsync-echo\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[leadsync.destinations]\necho = echo_kind\n")
-    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-
-
-def check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env},
-        check=False,
-    )
-
-
 def test_a_plugin_kind_is_configured_checked_and_sent_to(
     tmp_path: Path, make_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    env = install_plugin(tmp_path / "site")
+    env = install_plugin(tmp_path / "site", "echo_kind", ECHO_KIND, "leadsync.destinations", "echo")
     out = tmp_path / "echoed.jsonl"
     table = f'[destinations.echo]\ntype = "echo"\nmode = "realtime"\ninto = "{out}"\n'
 

@@ -7,14 +7,12 @@ events, so that after kill -9 it reads on from there: nothing twice, nothing los
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.support.daemon_process import DaemonProcess, wait_for
+from tests.support.plugins import check_config, install_plugin
 
 LINES_KIND = '''
 """A source that reads a file of Segment messages, one a line, as it grows."""
@@ -71,27 +69,6 @@ class Lines(Actor):
 '''
 
 
-def install_plugin(site: Path) -> dict[str, str]:
-    site.mkdir()
-    (site / "lines_kind.py").write_text(LINES_KIND)
-    info = site / "leadsync_lines-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: leadsync-lines\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[leadsync.sources]\nlines = lines_kind\n")
-    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-
-
-def check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **env},
-        check=False,
-    )
-
-
 def append(path: Path, *messages: dict[str, Any]) -> None:
     """No messageId: a line read twice would be logged twice, so only the committed
     cursor keeps the count right."""
@@ -103,7 +80,7 @@ def append(path: Path, *messages: dict[str, Any]) -> None:
 def test_a_plugin_source_is_configured_checked_and_resumes_from_its_cursor(
     tmp_path: Path, make_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    env = install_plugin(tmp_path / "site")
+    env = install_plugin(tmp_path / "site", "lines_kind", LINES_KIND, "leadsync.sources", "lines")
     feed = tmp_path / "feed.jsonl"
     table = f'[sources.crm]\ntype = "lines"\npath = "{feed}"\n'
 
