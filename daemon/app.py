@@ -202,7 +202,7 @@ async def _serve(config: Config, config_path: str) -> int:
                     progress,
                     metrics,
                     (config.daemon.log_level, config.daemon.log_format),
-                    outbox=scorer_inbox,
+                    scorer=scorer_inbox,
                 ),
             )
         )

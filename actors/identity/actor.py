@@ -55,8 +55,10 @@ class IdentityActor(Actor):
         progress: LogProgress,
         metrics: Metrics,
         log_settings: tuple[str, str],
-        outbox: Mailbox[ScorerMessage] | None = None,
+        scorer: Mailbox[ScorerMessage] | None = None,
     ) -> None:
+        """`scorer`: the scorer's inbox, told of each profile a batch changed (a hint:
+        the scorer reads what changed from the database either way)."""
         super().__init__("identity")
         self._database = database
         self._busy_timeout = busy_timeout
@@ -64,7 +66,7 @@ class IdentityActor(Actor):
         self._log_level, self._log_format = log_settings
         self._progress = progress
         self._metrics = metrics
-        self._outbox = outbox
+        self._scorer = scorer
         self._stopping = False
 
     def stop(self) -> None:
@@ -154,11 +156,11 @@ class IdentityActor(Actor):
             self._metrics.poison.labels(isolate.COMPONENT).inc(applied.held)
         for kind, count in applied.dropped.items():
             self._metrics.identity_links_dropped.labels(kind).inc(count)
-        if self._outbox is None:
+        if self._scorer is None:
             return
         for uid, flags in applied.changed.items():
             reasons = [c.name.lower() for c in Change if c & flags and c.name is not None]
-            self._outbox.offer(ProfileChanged(uid, reasons, applied.checkpoint))
+            self._scorer.offer(ProfileChanged(uid, reasons, applied.checkpoint))
 
 
 async def _call(pool: ProcessPoolExecutor, function: Callable[..., T], *args: Any) -> T:
