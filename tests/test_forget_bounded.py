@@ -551,10 +551,20 @@ def test_every_device_past_the_cap_is_taken_with_her(
     profile of its own: all of them are hers (decided in one pass over the log, not one
     a profile), and one Bob signed in on stays his."""
     path = tmp_path / "leadsync.db"
-    signs_in = [{"type": "identify", "userId": "ann-1", "anonymousId": f"d{n}"} for n in range(140)]
+    at = "2026-03-01T10:{:02}:{:02}Z".format  # in order: which devices the cap keeps out
+    signs_in = [
+        {
+            "type": "identify",
+            "userId": "ann-1",
+            "anonymousId": f"d{n}",
+            "timestamp": at(*divmod(n, 60)),
+        }
+        for n in range(140)
+    ]
     others = [{"type": "track", "userId": f"bob-{n}", "event": "Pricing"} for n in range(300)]
     log_events(path, [*signs_in, *others])
-    log_events(path, [{"type": "track", "userId": "carol-1", "anonymousId": "d139", "event": "x"}])
+    carol = {"type": "track", "userId": "carol-1", "anonymousId": "d139", "event": "x"}
+    log_events(path, [{**carol, "timestamp": at(59, 0)}])
     merger()
     assert len(remaining(path, "SELECT id FROM profiles")) == 1 + 40 + 300 + 1 - 1
 
