@@ -45,13 +45,16 @@ class Registry(Generic[_K]):
 
     def register(self, kind: _T) -> _T:
         """Make a kind known by its tag; a class decorator (a subclass of the base)."""
+        name = getattr(kind, "__name__", repr(kind))
+        if not isinstance(kind, type) or not issubclass(kind, self._base):
+            raise KindError(
+                f"{name}: not a kind of {self._what} (a subclass of {self._base.__name__})"
+            )
         config = kind.__struct_config__
         if not isinstance(config.tag, str) or config.tag_field != "type":
-            raise KindError(f'{kind.__name__}: needs tag="NAME", tag_field="type"')
+            raise KindError(f'{name}: needs tag="NAME", tag_field="type"')
         if self._kinds.get(config.tag, kind) is not kind:
             raise KindError(f"{self._what} type {config.tag!r} is registered twice")
-        if not issubclass(kind, self._base):
-            raise KindError(f"{kind.__name__}: not a kind of {self._what}")
         known = cast(_K, kind)
         if (problem := self._check(known)) is not None:
             raise KindError(f"{kind.__name__}: {problem}")
@@ -68,12 +71,14 @@ class Registry(Generic[_K]):
             for entry in entry_points(group=self._plugins):
                 try:
                     loaded = entry.load()
+                    if isinstance(loaded, type):  # else a module, which registered its kind
+                        self.register(loaded)
+                except KindError as exc:
+                    raise KindError(f"the {self._what} plugin {entry.name!r}: {exc}") from None
                 except Exception as exc:
                     raise KindError(
                         f"the {self._what} plugin {entry.name!r} ({entry.value}) cannot be "
                         f"loaded: {type(exc).__name__}: {exc}"
                     ) from None
-                if isinstance(loaded, type) and issubclass(loaded, self._base):
-                    self.register(loaded)
             self._discovered = True
         return dict(sorted(self._kinds.items()))

@@ -91,25 +91,29 @@ class SourceContext:
         self.name = name
         self._host = host
 
-    def busy(self) -> Busy | None:
+    def busy(self, counted: bool = True) -> Busy | None:
         """Whether to hold off, and why; counted in leadsync_backpressure_total."""
         host = self._host
         progress, limits = host.progress, host.limits
+        busy = None
         if progress.pending >= limits.max_pending:
-            host.metrics.backpressure.labels("pending").inc()
             message = f"{_events(progress.pending)} waiting to be written; retry shortly"
-            return Busy("pending", message, RETRY_AFTER_PENDING)
-        if progress.backlog >= limits.max_backlog:
-            host.metrics.backpressure.labels("backlog").inc()
+            busy = Busy("pending", message, RETRY_AFTER_PENDING)
+        elif progress.backlog >= limits.max_backlog:
             message = f"{_events(progress.backlog, 'logged ')} not processed yet; retry later"
-            return Busy("backlog", message, RETRY_AFTER_BACKLOG)
-        return None
+            busy = Busy("backlog", message, RETRY_AFTER_BACKLOG)
+        if busy is not None and counted:
+            host.metrics.backpressure.labels(busy.reason).inc()
+        return busy
 
     async def room(self) -> None:
-        """Return once the pipeline takes more (for a source that pulls its events)."""
+        """Return once the pipeline takes more (for a source that pulls its events);
+        counted once a wait in leadsync_backpressure_total."""
+        busy = self.busy()
         # Paced as a client told to retry would be: the pipeline catches up on its own.
-        while (busy := self.busy()) is not None:  # noqa: ASYNC110
+        while busy is not None:
             await anyio.sleep(busy.retry_after)
+            busy = self.busy(counted=False)
 
     async def cursor(self) -> str | None:
         """The position this source committed last with its events."""

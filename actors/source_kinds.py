@@ -10,6 +10,7 @@ read every kind from `kinds()`; nothing lists them by hand.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Literal, Self
 
@@ -46,8 +47,11 @@ class SourceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 
 
 def _problem(kind: type[SourceSettings]) -> str | None:
-    if kind.start.__func__ is SourceSettings.start.__func__:  # type: ignore[attr-defined]
+    start = inspect.getattr_static(kind, "start")
+    if start is inspect.getattr_static(SourceSettings, "start"):
         return "defines no start()"
+    if not isinstance(start, classmethod):
+        return "start must be an async classmethod"
     return None
 
 

@@ -30,6 +30,7 @@ from actors.settings import ListenAddress as ListenAddress
 from actors.settings import Positive, dec_hook, describe, read_text, where
 from actors.source_kinds import SourceSettings
 from actors.source_kinds import kinds as source_kinds
+from actors.sources.http import HttpSource
 
 _T = TypeVar("_T")
 
@@ -217,7 +218,7 @@ def _check(config: Config, filename: str, text: str) -> None:
     """Rules that span keys, which msgspec's per-field validation cannot express."""
     keys: dict[str, str] = {}
     for name, source in config.sources.items():
-        write_key = getattr(source, "write_key", None)
+        write_key = source.write_key if isinstance(source, HttpSource) else None
         if write_key is None:
             continue
         if write_key in keys:

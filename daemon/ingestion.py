@@ -8,6 +8,8 @@ in process (tests/support/ingestion.py), so what they answer is wired as in the 
 
 from __future__ import annotations
 
+import anyio
+
 from actors.lifecycle.suppressions import Suppressions
 from actors.log_writer import LogWriter, Submission
 from actors.metrics import Metrics
@@ -59,10 +61,27 @@ class Ingestion:
         )
 
     async def sources(self) -> list[Build]:
-        """The actors of every source, kind by kind (each kind starts all of its own)."""
+        """The actors of every source, kind by kind (each kind starts all of its own).
+        A kind that fails to (a plugin's bug, say) is CannotStartSources, naming it."""
         builds: list[Build] = []
         for kind_name, kind in kinds().items():
             named = {n: s for n, s in self._config.sources.items() if s.type == kind_name}
-            if named:
-                builds += await kind.start(named, self.host)
+            if not named:
+                continue
+            try:
+                with anyio.fail_after(START_TIMEOUT):
+                    builds += await kind.start(named, self.host)
+            except Exception as exc:
+                what = ", ".join(f"sources.{name}" for name in named)
+                raise CannotStartSources(
+                    f"{what} (type {kind_name}) did not start: {type(exc).__name__}: {exc}"
+                ) from exc
         return builds
+
+
+START_TIMEOUT = 60.0
+"""Seconds a source kind has to say which actors it runs (it may read the database)."""
+
+
+class CannotStartSources(Exception):
+    """A source kind's start failed: the daemon does not start without its sources."""

@@ -66,3 +66,32 @@ filter = "mk_fit > 10"
         "w": ("a7ea6c2c94a401b7", "946b4e279367b5e0"),
         "f": ("ef0d93263b49cd74", "c3a9f2d26b2ef4ac"),
     }
+
+
+def test_an_address_that_names_no_setting_is_refused() -> None:
+    class Typo(DestinationSettings, tag="typo", tag_field="type", frozen=True):
+        ADDRESS = ("endpoint",)
+        URL_FIELDS = ("endpiont",)
+        endpoint: str = ""
+
+        def sender(self, name: str) -> Sender:
+            raise NotImplementedError
+
+    with pytest.raises(KindError, match="URL_FIELDS names 'endpiont'"):
+        register(Typo)
+
+
+def test_a_plugin_kinds_fingerprint_is_its_address_alone() -> None:
+    """Where it sends is what ADDRESS names: a setting called `path` that is not its
+    address does not make it look new when it changes."""
+
+    class Api(DestinationSettings, tag="api-fp", tag_field="type", frozen=True):
+        ADDRESS = ("base",)
+        base: str = ""
+        path: str = "/v1"
+
+        def sender(self, name: str) -> Sender:
+            raise NotImplementedError
+
+    v1, v2, moved = Api(base="https://a"), Api(base="https://a", path="/v2"), Api(base="https://b")
+    assert fingerprint(v1)[0] == fingerprint(v2)[0] != fingerprint(moved)[0]

@@ -82,6 +82,10 @@ class DestinationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
 def _problem(kind: type[DestinationSettings]) -> str | None:
     if not kind.ADDRESS:
         return "ADDRESS must name the settings that say where it sends"
+    fields = set(kind.__struct_fields__)
+    for what in ("ADDRESS", "URL_FIELDS"):
+        if unknown := [f for f in getattr(kind, what) if f not in fields]:
+            return f"{what} names {', '.join(map(repr, unknown))}, not settings of this kind"
     if kind.sender is DestinationSettings.sender:
         return "defines no sender()"
     return None

@@ -89,13 +89,17 @@ def fingerprint(config: DestinationSettings) -> tuple[str, str]:
     # The digests are stored with every destination's state: the first four places
     # keep the shape they had before kinds said what their address is, so a built-in
     # destination is not taken for a new one (and sent everything again) on upgrade.
-    where = [config.kind, *(getattr(config, k, None) for k in _FIRST_ADDRESSES)]
-    where += [getattr(config, k) for k in config.ADDRESS if k not in _FIRST_ADDRESSES]
+    if config.kind in _FIRST_KINDS:
+        where = [config.kind, *(getattr(config, k, None) for k in _FIRST_ADDRESSES)]
+    else:  # a kind's own address, whatever else it has
+        where = [config.kind, *(getattr(config, k) for k in config.ADDRESS)]
     what = [config.fields, config.filter]
     return _digest(where), _digest(what)
 
 
 _FIRST_ADDRESSES = ("url", "host", "write_key", "path")
+_FIRST_KINDS = ("segment", "webhook", "file")
+"""The kinds whose digests were made before kinds said what their address is."""
 
 
 def _digest(value: object) -> str:

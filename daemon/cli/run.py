@@ -24,6 +24,7 @@ def _run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     config = loaded.config
     logs.configure(config.daemon.log_level, config.daemon.log_format)
     from daemon.app import CannotOpenStorage, CannotScore, serve  # only `run` needs these
+    from daemon.ingestion import CannotStartSources
 
     try:
         return anyio.run(serve, config, loaded.path)
@@ -35,4 +36,7 @@ def _run(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         return EXIT_STORAGE
     except CannotScore as exc:
         structlog.get_logger("daemon").critical("no usable scoring model", error=str(exc))
+        return EXIT_CONFIG
+    except CannotStartSources as exc:
+        structlog.get_logger("daemon").critical("a source cannot start", error=str(exc))
         return EXIT_CONFIG
