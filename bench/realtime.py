@@ -46,7 +46,7 @@ import msgspec
 from aiohttp import web
 
 from bench import measure
-from bench.scoring import _INDUSTRIES, _PERSONAL_DOMAINS, _TITLES, _weighted
+from bench.leads import INDUSTRIES, PERSONAL_DOMAINS, TITLES, weighted
 from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 TARGET_P99_SECONDS = 1.0
@@ -152,7 +152,7 @@ class Sent:
 def identify_bodies(total: int) -> list[bytes]:
     """One identify a user (rt-0, rt-1, ...), with the traits the example model reads."""
     rng = random.Random(total)
-    titles, industries = _weighted(_TITLES), _weighted(_INDUSTRIES)
+    titles, industries = weighted(TITLES), weighted(INDUSTRIES)
     return [
         _encode(
             {
@@ -162,7 +162,7 @@ def identify_bodies(total: int) -> list[bytes]:
                     "company_size": int(rng.lognormvariate(4.5, 1.6)) + 1,
                     "industry": rng.choices(*industries)[0],
                     "email": f"rt{n}@"
-                    + (rng.choice(_PERSONAL_DOMAINS) if rng.random() < 0.35 else f"firm{n}.com"),
+                    + (rng.choice(PERSONAL_DOMAINS) if rng.random() < 0.35 else f"firm{n}.com"),
                 },
             }
         )

@@ -59,6 +59,15 @@ from actors.scoring.likelihood import Intent
 from actors.scoring.model import Model, example
 from actors.scoring.scorer import Scorer
 from bench import measure
+from bench.leads import (
+    COUNTRIES,
+    FIRST_NAMES,
+    INDUSTRIES,
+    PERSONAL_DOMAINS,
+    PLANS,
+    TITLES,
+    weighted,
+)
 from daemon.config import Destination, StorageSection
 from storage.graph import Activity, Stamped
 from storage.migrations import SCORE_COLUMNS
@@ -80,57 +89,6 @@ _encode = msgspec.json.Encoder().encode
 
 # ---------------------------------------------------------------------------- data
 
-_TITLES = (
-    ("CTO", 3),
-    ("Chief Executive Officer", 2),
-    ("Co-Founder", 2),
-    ("VP Engineering", 3),
-    ("Head of Growth", 3),
-    ("Engineering Manager", 6),
-    ("Director of Marketing", 5),
-    ("Sales Lead", 4),
-    ("Software Engineer", 20),
-    ("Senior Data Analyst", 8),
-    ("Marketing Specialist", 8),
-    ("Account Executive", 6),
-    ("Consultant", 5),
-    ("Student", 5),
-    ("Designer", 5),
-)
-_INDUSTRIES = (
-    ("Software", 20),
-    ("SaaS", 10),
-    ("Internet", 6),
-    ("Information Technology", 8),
-    ("Financial Services", 10),
-    ("Retail", 8),
-    ("Healthcare", 8),
-    ("Education", 6),
-    ("Manufacturing", 8),
-    ("Consulting", 8),
-    ("Media", 4),
-)
-_COUNTRIES = (
-    ("US", 30),
-    ("United States", 5),
-    ("DE", 10),
-    ("GB", 10),
-    ("CA", 5),
-    ("FR", 8),
-    ("NL", 5),
-    ("IN", 10),
-    ("BR", 7),
-    ("ES", 5),
-    ("AU", 5),
-)
-_PERSONAL_DOMAINS = ("gmail.com", "yahoo.com", "outlook.com", "icloud.com", "web.de")
-_FIRST_NAMES = ("anna", "ben", "chloe", "david", "emma", "felix", "grace", "hugo", "ines", "jon")
-_PLANS = ("free", "starter", "pro", "enterprise")
-
-
-def _weighted(table: tuple[tuple[str, int], ...]) -> tuple[list[str], list[int]]:
-    return [value for value, _ in table], [weight for _, weight in table]
-
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
@@ -143,9 +101,9 @@ class Builder:
         self.rng = random.Random(seed)
         self.now = now
         self.accounts = max(1, profiles // 250)
-        self.titles = _weighted(_TITLES)
-        self.industries = _weighted(_INDUSTRIES)
-        self.countries = _weighted(_COUNTRIES)
+        self.titles = weighted(TITLES)
+        self.industries = weighted(INDUSTRIES)
+        self.countries = weighted(COUNTRIES)
         self.signals = [
             (w.signal or w.event or w.name or w.type or "", w.points)
             for w in model.spec.likelihood.events
@@ -171,7 +129,7 @@ class Builder:
                 "industry": self._pick(self.industries),
                 "employees": self._size(),
                 "country": self._pick(self.countries),
-                "plan": self.rng.choice(_PLANS),
+                "plan": self.rng.choice(PLANS),
             }
             traits = {k: Stamped(v, stamp, f"group-{n}", "backend") for k, v in values.items()}
             rows.append((f"acct_{n:06d}", stamp, _iso(self.now), _encode(traits)))
@@ -205,10 +163,10 @@ class Builder:
                 if account is not None:
                     domain = f"company{account}.com"
                 elif rng.random() < 0.35:
-                    domain = rng.choice(_PERSONAL_DOMAINS)
+                    domain = rng.choice(PERSONAL_DOMAINS)
                 else:
                     domain = f"firm{rng.randrange(300_000)}.com"
-                email = f"{rng.choice(_FIRST_NAMES)}.{pid}@{domain}"
+                email = f"{rng.choice(FIRST_NAMES)}.{pid}@{domain}"
                 values["email"] = email
             activity = Activity(
                 first_seen=_iso(first_seen),
