@@ -24,10 +24,9 @@ from aiohttp import web
 
 from actors import http_server, tracking_api
 from actors.http_server import Connections, Listener, Runner
-from actors.metrics import Metrics
 from actors.runtime import Actor
 from actors.settings import ListenAddress, Positive
-from actors.source_context import SourceContext, Unavailable
+from actors.source_context import SourceHost, Unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -80,19 +79,18 @@ class HttpSourceActor(Actor):
     def __init__(
         self,
         settings: HttpSection,
-        contexts: dict[str, SourceContext],
+        host: SourceHost,
         write_keys: dict[str, str],
         kinds: dict[str, str],
-        metrics: Metrics,
-        shutdown_timeout: float,
     ) -> None:
         super().__init__("http")
         self._settings = settings
+        self._host = host
         self._source_by_key = {key: name for name, key in write_keys.items()}
-        self._contexts = contexts
+        self._contexts = {name: host.context(name) for name in write_keys}
         self._kinds = kinds
-        self._metrics = metrics
-        self._shutdown_timeout = shutdown_timeout
+        self._metrics = host.metrics
+        self._shutdown_timeout = host.shutdown_timeout
         self._stop = anyio.Event()
 
     def stop(self) -> None:
@@ -223,8 +221,7 @@ class HttpSourceActor(Actor):
         return source
 
     def _check_backlog(self) -> None:
-        # The pipeline's state, the same through every source's context.
-        busy = next(iter(self._contexts.values())).busy()
+        busy = self._host.busy()
         if busy is not None:
             raise _Refusal(429, "too_many_requests", busy.message, retry_after=busy.retry_after)
 

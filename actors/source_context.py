@@ -83,18 +83,10 @@ class SourceHost:
     def context(self, name: str) -> SourceContext:
         return SourceContext(name, self)
 
-
-class SourceContext:
-    """One source's way into the log."""
-
-    def __init__(self, name: str, host: SourceHost) -> None:
-        self.name = name
-        self._host = host
-
     def busy(self, counted: bool = True) -> Busy | None:
-        """Whether to hold off, and why; counted in leadsync_backpressure_total."""
-        host = self._host
-        progress, limits = host.progress, host.limits
+        """Whether the pipeline is too far behind to take more, and why (the same for
+        every source); counted in leadsync_backpressure_total."""
+        progress, limits = self.progress, self.limits
         busy = None
         if progress.pending >= limits.max_pending:
             message = f"{_events(progress.pending)} waiting to be written; retry shortly"
@@ -103,17 +95,29 @@ class SourceContext:
             message = f"{_events(progress.backlog, 'logged ')} not processed yet; retry later"
             busy = Busy("backlog", message, RETRY_AFTER_BACKLOG)
         if busy is not None and counted:
-            host.metrics.backpressure.labels(busy.reason).inc()
+            self.metrics.backpressure.labels(busy.reason).inc()
         return busy
+
+
+class SourceContext:
+    """One source's way into the log."""
+
+    def __init__(self, name: str, host: SourceHost) -> None:
+        self.name = name
+        self._host = host
+
+    def busy(self) -> Busy | None:
+        """Whether to hold off, and why (SourceHost.busy)."""
+        return self._host.busy()
 
     async def room(self) -> None:
         """Return once the pipeline takes more (for a source that pulls its events);
         counted once a wait in leadsync_backpressure_total."""
-        busy = self.busy()
+        busy = self._host.busy()
         # Paced as a client told to retry would be: the pipeline catches up on its own.
         while busy is not None:
             await anyio.sleep(busy.retry_after)
-            busy = self.busy(counted=False)
+            busy = self._host.busy(counted=False)
 
     async def cursor(self) -> str | None:
         """The position this source committed last with its events."""

@@ -108,8 +108,6 @@ class _Defaults:
 class ParsedRequest:
     events: list[EventRecord] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
-    """The type of each accepted event, in order, for per-type counts."""
     rejected_types: list[str] = field(default_factory=list)
     """The type of each rejected message ("unknown" if it had none)."""
 
@@ -164,7 +162,6 @@ def _judge(
         return
     kind = event.type
     parsed.events.append(EventRecord(event.message_id, kind, defaults.received, _encode(event)))
-    parsed.types.append(kind)
 
 
 def _type_of(raw: bytes, endpoint_type: str | None) -> str:

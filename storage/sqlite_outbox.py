@@ -297,12 +297,14 @@ class SqliteOutboxStore(Transactions):
         # A deletion request has no profile and is never stale: it is the only way the
         # destination hears of the erasure. Any other letter goes back only if it is
         # still its profile's latest payload for the destination.
-        deletions = [row for row in letters if is_deletion(bytes(row[4]))]
-        current = [
-            row
-            for row in letters
-            if row not in deletions and row[2] is not None and row[7] == row[5]
-        ]
+        # A deletion request's profile is gone: only such a letter is decoded to see.
+        deletions, current = [], []
+        for row in letters:
+            if row[2] is None:
+                if is_deletion(bytes(row[4])):
+                    deletions.append(row)
+            elif row[7] == row[5]:
+                current.append(row)
         self._db.executemany(
             "INSERT INTO outbox (destination, profile, uid, payload, hash, staged_at, due_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (destination, profile) DO NOTHING",

@@ -56,7 +56,7 @@ def test_a_track_call_becomes_one_normalized_event() -> None:
         NOW,
     )
     assert parsed.rejected == []
-    assert parsed.types == ["track"]
+    assert [e.type for e in parsed.events] == ["track"]
     [record] = parsed.events
     assert (record.message_id, record.type, record.received_at) == ("m-1", "track", NOW_ISO)
     assert stored(parsed) == [
@@ -76,7 +76,7 @@ def test_a_track_call_becomes_one_normalized_event() -> None:
 
 def test_the_endpoint_decides_the_type_of_a_single_call() -> None:
     parsed = parse("identify", body({"type": "track", "userId": "u"}), "web", NOW)
-    assert parsed.types == ["identify"]
+    assert [e.type for e in parsed.events] == ["identify"]
 
 
 def test_numeric_ids_are_kept_as_strings_and_blank_ids_count_as_missing() -> None:
@@ -453,7 +453,7 @@ def test_every_valid_message_is_accepted_with_its_message_id(
     parsed = parse(endpoint, body({"batch": batch}), "web", NOW)
     assert parsed.rejected == []
     assert [e.message_id for e in parsed.events] == [str(m["messageId"]) for m in batch]
-    assert parsed.types == [m["type"] for m in batch]
+    assert [e.type for e in parsed.events] == [m["type"] for m in batch]
     for message, event in zip(batch, stored(parsed), strict=True):
         assert event["messageId"] == str(message["messageId"])
         assert event["type"] == message["type"]
@@ -488,7 +488,6 @@ def test_any_json_body_is_parsed_or_refused_never_a_crash(endpoint: str, value: 
         parsed = parse(endpoint, raw, "web", NOW)
     except RequestError:
         return
-    assert len(parsed.events) == len(parsed.types)
     for record in parsed.events:
         msgspec.json.decode(record.body)  # what the log stores is JSON
 

@@ -51,6 +51,9 @@ class DestinationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     """The settings that say where it sends (a URL, a host and key, a directory)."""
     URL_FIELDS: ClassVar[tuple[str, ...]] = ()
     """Settings that must be http:// or https:// URLs (checked with the file's line)."""
+    LEGACY_ADDRESS: ClassVar[bool] = False
+    """The built-in kinds: their fingerprints keep the shape they had before kinds said
+    what their address is (actors/delivery/staging.py), so an upgrade resends nothing."""
     DELETES: ClassVar[bool] = False
     """Takes a deletion request (a payload with "deleted": true) when a person is
     forgotten; see docs/destinations.md for what each kind keeps."""

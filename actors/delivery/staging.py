@@ -89,7 +89,7 @@ def fingerprint(config: DestinationSettings) -> tuple[str, str]:
     # The digests are stored with every destination's state: the first four places
     # keep the shape they had before kinds said what their address is, so a built-in
     # destination is not taken for a new one (and sent everything again) on upgrade.
-    if config.kind in _FIRST_KINDS:
+    if config.LEGACY_ADDRESS:
         where = [config.kind, *(getattr(config, k, None) for k in _FIRST_ADDRESSES)]
     else:  # a kind's own address, whatever else it has
         where = [config.kind, *(getattr(config, k) for k in config.ADDRESS)]
@@ -98,8 +98,6 @@ def fingerprint(config: DestinationSettings) -> tuple[str, str]:
 
 
 _FIRST_ADDRESSES = ("url", "host", "write_key", "path")
-_FIRST_KINDS = ("segment", "webhook", "file")
-"""The kinds whose digests were made before kinds said what their address is."""
 
 
 def _digest(value: object) -> str:

@@ -79,6 +79,7 @@ class FileDestination(DestinationSettings, tag="file", tag_field="type", kw_only
     """CSV or JSONL files; a file appears under its final name only when complete."""
 
     ADDRESS = ("path",)
+    LEGACY_ADDRESS = True
 
     path: str
     """A directory; created if missing."""

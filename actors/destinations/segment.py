@@ -41,6 +41,7 @@ class SegmentDestination(
     """identify calls with the mk_* traits, to Segment or any Segment-compatible API."""
 
     ADDRESS = ("host", "write_key")
+    LEGACY_ADDRESS = True
     URL_FIELDS = ("host",)
 
     write_key: str

@@ -54,6 +54,7 @@ class WebhookDestination(
     """Signed JSON POSTs; docs/destinations.md says how a receiver verifies them."""
 
     ADDRESS = ("url",)
+    LEGACY_ADDRESS = True
     URL_FIELDS = ("url",)
     DELETES = True
 

@@ -132,6 +132,9 @@ def _deletions(person: Person, config: Config) -> list[Deletion]:
     """A deletion request (a profile entry with "deleted": true) for each destination
     whose kind takes one (DELETES: webhooks). Segment's tracking API has no delete,
     and files cannot unwrite; docs/destinations.md says what stays downstream."""
+    deleting = [name for name, destination in config.destinations.items() if destination.DELETES]
+    if not deleting:
+        return []
     first = dict(reversed(person.identifiers))  # the oldest of each kind
     body, digest = payloads.encode(
         payloads.Payload(
@@ -143,11 +146,7 @@ def _deletions(person: Person, config: Config) -> list[Deletion]:
             deleted=True,
         )
     )
-    return [
-        Deletion(name, person.profile, body, digest)
-        for name, destination in config.destinations.items()
-        if destination.DELETES
-    ]
+    return [Deletion(name, person.profile, body, digest) for name in deleting]
 
 
 def unforget(store: LifecycleStore, identifier: Identifier) -> list[bytes]:

@@ -32,19 +32,10 @@ class HttpSource(SourceSettings, tag="http", tag_field="type", frozen=True, kw_o
 
     @classmethod
     async def start(cls, named: Mapping[str, Self], host: SourceHost) -> list[Build]:
-        if not named:
-            return []
         settings: HttpSection = host.config.http
         keys = await write_keys(named, host.storage)
-        contexts = {name: host.context(name) for name in named}
         kinds: dict[str, str] = {name: source.kind for name, source in named.items()}
-
-        def listener() -> HttpSourceActor:
-            return HttpSourceActor(
-                settings, contexts, keys, kinds, host.metrics, host.shutdown_timeout
-            )
-
-        return [("http", listener)]
+        return [("http", lambda: HttpSourceActor(settings, host, keys, kinds))]
 
 
 async def write_keys(named: Mapping[str, HttpSource], storage: Storage) -> dict[str, str]:
