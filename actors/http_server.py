@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -35,16 +34,8 @@ from aiohttp.web_request import BaseRequest
 from actors.exit_codes import EXIT_CANNOT_LISTEN
 from actors.metrics import Metrics
 from actors.runtime import Fatal
-from actors.settings import Duration
 
 log = structlog.get_logger(__name__)
-
-
-class Connections(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """How long a listener keeps a connection that is idle, or slow to send headers."""
-
-    keepalive_timeout: Duration = Duration(75)
-    header_timeout: Duration = Duration(10)
 
 
 SERVER = "leadsync"

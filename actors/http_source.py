@@ -23,20 +23,12 @@ import structlog
 from aiohttp import web
 
 from actors import http_server, tracking_api
-from actors.http_server import Connections, Listener, Runner
+from actors.http_server import Listener, Runner
+from actors.http_settings import HttpSection
 from actors.runtime import Actor
-from actors.settings import ListenAddress, Positive
 from actors.source_context import SourceHost, Unavailable
 
 log = structlog.get_logger(__name__)
-
-
-class HttpSection(Connections, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The Segment-compatible ingestion listener shared by every `type = "http"` source."""
-
-    listen: ListenAddress = ListenAddress("127.0.0.1:8321")
-    max_pending_events: Positive = 20_000
-    max_backlog: Positive = 1_000_000
 
 
 MAX_REQUEST_BYTES = tracking_api.MAX_REQUEST_BYTES

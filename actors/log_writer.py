@@ -21,38 +21,13 @@ from actors.lifecycle.suppressions import Suppressions
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
+from actors.submission import StorageUnavailable, Submission
 from storage.backend import Storage
-from storage.log import AppendRequest, AppendResult
 
 log = structlog.get_logger(__name__)
 
 MAX_GROUP_EVENTS = 5_000
 """Bounds one transaction, so the write lock is never held long and a reply is prompt."""
-
-
-class StorageUnavailable(Exception):
-    """The database refused the write (locked, disk full, read-only): retry later."""
-
-
-class Submission:
-    """One request's work and the slot its reply lands in."""
-
-    def __init__(self, request: AppendRequest) -> None:
-        self.request = request
-        self.result: AppendResult | None = None
-        self.error: Exception | None = None
-        self._done = anyio.Event()
-
-    def resolve(self, result: AppendResult | None, error: Exception | None = None) -> None:
-        self.result, self.error = result, error
-        self._done.set()
-
-    async def wait(self) -> AppendResult:
-        await self._done.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
 
 
 class LogWriter(Actor):

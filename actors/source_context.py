@@ -18,10 +18,10 @@ from typing import Any
 
 import anyio
 
-from actors.log_writer import StorageUnavailable, Submission
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
+from actors.submission import StorageUnavailable, Submission
 from storage.backend import Storage
 from storage.log import AppendRequest, AppendResult, EventRecord, Rejected
 

@@ -44,7 +44,8 @@ from aiohttp import web
 from actors.delivery.actor import CACHE_KIB, DestinationActor
 from actors.delivery.payload import Payload, encode
 from actors.delivery.status import DestinationStatus
-from actors.destinations.webhook import WebhookDestination, WebhookSender
+from actors.destinations.webhook import WebhookDestination
+from actors.destinations.webhook.sender import WebhookSender
 from actors.metrics import Metrics
 from actors.scoring.model import FIT_SEGMENTS, LIKELIHOOD_SEGMENTS, example
 from actors.settings import dec_hook

@@ -20,8 +20,8 @@ import msgspec
 from actors.delivery.filter import Filter, FilterError
 from actors.delivery.kinds import DestinationSettings
 from actors.delivery.kinds import kinds as destination_kinds
-from actors.http_server import Connections
-from actors.http_source import HttpSection as HttpSection
+from actors.http_settings import Connections
+from actors.http_settings import HttpSection as HttpSection
 from actors.identity.settings import BUILTIN_ID_KINDS, IdentitySection
 from actors.scoring.settings import ScoringSection
 from actors.settings import ConfigError as ConfigError

@@ -11,12 +11,13 @@ from __future__ import annotations
 import anyio
 
 from actors.lifecycle.suppressions import Suppressions
-from actors.log_writer import LogWriter, Submission
+from actors.log_writer import LogWriter
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.source_context import Limits, SourceHost
 from actors.source_kinds import Build, kinds
+from actors.submission import Submission
 from daemon.config import Config
 from storage.backend import Storage
 

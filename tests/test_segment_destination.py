@@ -11,7 +11,8 @@ import pytest
 
 from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Refused, Unavailable
-from actors.destinations.segment import SegmentDestination, SegmentSender
+from actors.destinations.segment import SegmentDestination
+from actors.destinations.segment.sender import SegmentSender
 from storage.outbox import OutboxRow
 from tests.support.fake_receiver import (
     FakeReceiver,

@@ -12,10 +12,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actors.log_writer import LogWriter, StorageUnavailable, Submission
+from actors.log_writer import LogWriter
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
+from actors.submission import StorageUnavailable, Submission
 from actors.tracking_api import iso
 from storage import sqlite_log
 from storage.log import AppendRequest, AppendResult, EventRecord, Rejected

@@ -14,7 +14,8 @@ from multidict import CIMultiDict
 
 from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import RecordError, Refused, Unavailable, delivery_id
-from actors.destinations.webhook import WebhookDestination, WebhookSender, verify
+from actors.destinations.webhook import WebhookDestination
+from actors.destinations.webhook.sender import WebhookSender, verify
 from actors.settings import Duration
 from daemon import __version__
 from storage.outbox import OutboxRow

@@ -9,7 +9,7 @@ from typing import Self
 
 import structlog
 
-from actors.http_source import HttpSection, HttpSourceActor
+from actors.http_settings import HttpSection
 from actors.source_context import SourceHost
 from actors.source_kinds import Build, SourceSettings, register
 from storage.backend import Storage
@@ -35,6 +35,10 @@ class HttpSource(SourceSettings, tag="http", tag_field="type", frozen=True, kw_o
         settings: HttpSection = host.config.http
         keys = await write_keys(named, host.storage)
         kinds: dict[str, str] = {name: source.kind for name, source in named.items()}
+        # Here, not at the top: reading the config registers this kind, and need not
+        # load the HTTP server (every CLI command reads the config).
+        from actors.http_source import HttpSourceActor
+
         return [("http", lambda: HttpSourceActor(settings, host, keys, kinds))]
 
 

@@ -1,14 +1,4 @@
-"""The `segment` destination: identify calls carrying the mk_* traits, through
-Segment's HTTP tracking API (`POST /v1/batch`), or any API that speaks it (another
-leadsync included).
-
-Each identify's messageId is derived from the profile and the payload's hash, so a
-send repeated after a lost acknowledgement is dropped by the receiver's
-deduplication (Segment's, or leadsync's own) instead of being counted twice.
-Segment answers 200 for everything it can parse; leadsync answers 200 with the
-indexes of the messages it refused, or 400 with them when it refused them all: both
-are read per record.
-"""
+"""The segment destination's sender (its settings: actors/destinations/segment/__init__.py)."""
 
 from __future__ import annotations
 
@@ -21,37 +11,15 @@ import msgspec
 
 from actors import __version__
 from actors.delivery.http import HttpSender
-from actors.delivery.kinds import DestinationSettings, RateLimit, register
 from actors.delivery.payload import decode, iso
 from actors.delivery.sender import (
     REFUSED,
     RecordError,
-    Sender,
     delivery_id,
     raise_for_status,
 )
-from actors.settings import Duration
+from actors.destinations.segment import SegmentDestination
 from storage.outbox import OutboxRow
-
-
-@register
-class SegmentDestination(
-    DestinationSettings, tag="segment", tag_field="type", kw_only=True, frozen=True
-):
-    """identify calls with the mk_* traits, to Segment or any Segment-compatible API."""
-
-    ADDRESS = ("host", "write_key")
-    LEGACY_ADDRESS = True
-    URL_FIELDS = ("host",)
-
-    write_key: str
-    host: str = "https://api.segment.io"
-    rate: RateLimit = RateLimit(requests=50, per=Duration(1))
-    """Segment asks for under 50 calls a second."""
-
-    def sender(self, name: str) -> Sender:
-        return SegmentSender(self)
-
 
 MAX_MESSAGE = 32 * 1024
 """Segment's limit per message; a larger one can never be accepted."""
