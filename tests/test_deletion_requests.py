@@ -16,7 +16,7 @@ from actors.lifecycle.forget import forget
 from daemon.config import Config, parse
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from storage.sqlite_outbox import SqliteOutboxStore
-from tests.support.logfiles import log_events, remaining
+from tests.support.logfiles import forgotten, log_events, remaining
 
 HOOK = '[destinations.hook]\ntype = "webhook"\nurl = "https://hooks.example.com/x"\nsecret = "s"\n'
 
@@ -37,11 +37,7 @@ def forgotten_with_a_deletion_queued(path: Path, merger: Callable[[], None]) -> 
             "INSERT INTO destination_state (destination, profile, acked, staged) "
             "SELECT 'hook', profile, 1, 1 FROM identities WHERE value = 'ann-1'"
         )
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), config, time.time())
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"), config)
     assert erased.deletions == ["hook"]
     return config
 

@@ -27,7 +27,7 @@ from storage.sqlite_connect import log_path
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from storage.transaction import transaction
-from tests.support.logfiles import log_events, remaining, start_merger
+from tests.support.logfiles import forgotten, log_events, remaining, salt_of, start_merger
 
 ANN = [
     {"type": "identify", "userId": "ann-1", "anonymousId": "anon-ann"},
@@ -290,12 +290,8 @@ def test_a_profile_someone_else_signed_in_on_is_not_taken_with_her(
     )
     merge()
     log_events(path, [{"type": "identify", "userId": "ann-1", "anonymousId": "anon-x"}])
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), Config(identity=rules), time.time())
-        salt = store.salt()
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"), Config(identity=rules))
+    salt = salt_of(path)
     merge()
     next(apply, None)
 
@@ -323,11 +319,7 @@ def test_a_person_with_thousands_of_identifiers_is_searched_for_all_of_them(
     log_events(path, [], rejected=rejected)
     unreadable = [b'{"type": "track", "userId": "ANN-1"', b'{"type": "track", "userId": "bob-1"']
     log_raw(path, unreadable)
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"))
 
     assert (erased.events, erased.quarantined, erased.suppressed) == (1501, 1, 1501)
     left = [bytes(b) for (b,) in remaining(path, "SELECT body FROM log.events ORDER BY seq")]
@@ -568,11 +560,7 @@ def test_every_device_past_the_cap_is_taken_with_her(
     merger()
     assert len(remaining(path, "SELECT id FROM profiles")) == 1 + 40 + 300 + 1 - 1
 
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"))
 
     assert erased.profiles == 1 + 39  # d139 is Carol's too
     left = {v for (v,) in remaining(path, "SELECT value FROM identities WHERE value LIKE 'd%'")}

@@ -22,7 +22,7 @@ from storage.held import HeldItem
 from storage.lifecycle import PartlyErased, identifier_hash
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_lifecycle import SqliteLifecycleStore
-from tests.support.logfiles import log_events, remaining
+from tests.support.logfiles import forgotten, log_events, remaining, salt_of
 
 ANN = [
     {"type": "identify", "userId": "ann-1", "anonymousId": "anon-ann"},
@@ -177,11 +177,7 @@ def test_held_events_and_deletion_requests_left_behind_are_found_by_what_they_sa
             [(deletion, digest), (scores, scores_digest)],
         )
 
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"))
 
     assert (erased.held, erased.dead_letters) == (1, 1)
     assert remaining(path, "SELECT key FROM held") == [("9002",)]
@@ -204,11 +200,7 @@ def test_an_unapplied_event_homed_at_a_new_email_of_hers_is_erased(
             {"type": "track", "userId": "bob-1", "event": "Pricing"},
         ],
     )
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"))
     merger()
 
     assert (erased.events, erased.suppressed) == (3, 3)
@@ -226,11 +218,7 @@ def test_an_unapplied_email_the_cap_keeps_out_of_her_profile_is_not_hers(
     other = {"type": "identify", "anonymousId": "anon-ann", "traits": {"email": "eve@x.io"}}
     log_events(path, [other])
     config = Config(identity=IdentitySection(limits={"email": 1}))
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), config, time.time())
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"), config)
 
     assert (erased.events, erased.suppressed) == (1, 3)
     query = "SELECT count(*) FROM log.events WHERE CAST(body AS TEXT) LIKE '%eve@x.io%'"
@@ -260,12 +248,8 @@ def test_an_email_only_profile_her_unapplied_event_joins_to_her_is_erased(
             {"type": "track", "userId": "bob-1", "event": "Pricing"},
         ],
     )
-    store = SqliteLifecycleStore.open(path, 5)
-    try:
-        erased = forget(store, ("user_id", "ann-1"), Config(), time.time())
-        salt = store.salt()
-    finally:
-        store.close()
+    erased = forgotten(path, ("user_id", "ann-1"))
+    salt = salt_of(path)
     merger()
 
     assert (erased.profiles, erased.events) == (2, 5)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
@@ -14,7 +11,7 @@ import pytest
 
 from actors.source_context import SourceHost
 from actors.source_kinds import Build, KindError, SourceSettings, kinds, register
-from tests.support.plugins import install_plugin
+from tests.support.plugins import install_plugin, leadsync_with
 
 
 def test_the_http_kind_is_found_without_a_list() -> None:
@@ -71,14 +68,7 @@ def test_a_source_that_cannot_start_stops_the_daemon_with_one_line(tmp_path: Pat
         f'[http]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n'
         '[sources.crm]\ntype = "boom"\n'
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "daemon", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-        check=False,
-    )
+    run = leadsync_with(env, "run", "--config", str(config))
     assert run.returncode == 2, run.stderr
     assert "sources.crm (type boom) did not start: RuntimeError: the plugin's own bug" in run.stderr
     assert "Traceback" not in run.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -15,10 +16,13 @@ import pytest
 from actors import logs
 from actors.identity import worker
 from actors.identity.settings import IdentitySection
+from actors.lifecycle.forget import forget
 from daemon.config import Config
+from storage.lifecycle import Erased
 from storage.log import AppendRequest, Rejected
 from storage.sqlite import SqliteStorage
 from storage.sqlite_connect import log_path
+from storage.sqlite_lifecycle import SqliteLifecycleStore
 from tests.support.graph import records
 
 
@@ -66,3 +70,18 @@ def remaining(path: Path, sql: str, *args: object) -> list[Any]:
     with closing(sqlite3.connect(path)) as db:
         db.execute("ATTACH DATABASE ? AS log", (str(log_path(path)),))
         return db.execute(sql, args).fetchall()
+
+
+def forgotten(path: Path, identifier: tuple[str, str], config: Config | None = None) -> Erased:
+    """`forget` run on the files at `path`, as with the daemon stopped."""
+    store = SqliteLifecycleStore.open(path, 5)
+    try:
+        return forget(store, identifier, config or Config(), time.time())
+    finally:
+        store.close()
+
+
+def salt_of(path: Path) -> bytes:
+    """The key of the suppression hashes in the database at `path`."""
+    [(value,)] = remaining(path, "SELECT value FROM meta WHERE key = 'suppression_salt'")
+    return bytes.fromhex(value)

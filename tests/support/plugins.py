@@ -21,13 +21,19 @@ def install_plugin(site: Path, module: str, source: str, group: str, kind: str) 
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
-def check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """`leadsync check-config` on `path`, with `env` added to the environment."""
+def leadsync_with(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`leadsync ARGS`, with `env` added to the environment (a daemon run that fails
+    to start ends within the timeout)."""
     return subprocess.run(
-        [sys.executable, "-m", "daemon", "check-config", "--config", str(path)],
+        [sys.executable, "-m", "daemon", *args],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         env={**os.environ, **env},
         check=False,
     )
+
+
+def check_config(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`leadsync check-config` on `path`, with `env` added to the environment."""
+    return leadsync_with(env, "check-config", "--config", str(path))
