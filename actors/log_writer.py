@@ -8,7 +8,6 @@ share one fsync, and at idle a lone request is committed immediately.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 
@@ -21,8 +20,9 @@ from actors.lifecycle.suppressions import Suppressions
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
-from actors.submission import StorageUnavailable, Submission
+from actors.submission import NotLogged, Submission
 from storage.backend import Storage
+from storage.errors import StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -74,18 +74,18 @@ class LogWriter(Actor):
             async with self._suppressions.lock:
                 requests, dropped = self._suppressions.screen([s.request for s in group])
                 results, head = await self._storage.append(requests)
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             # The outside world (a lock held too long, a full or read-only disk): the
             # clients are told to retry and this actor carries on.
             self._metrics.storage_errors.labels("append").inc()
             log.error("group commit failed", error=str(exc), requests=len(group), events=events)
-            failure = StorageUnavailable(str(exc))
+            failure = NotLogged(str(exc))
             for submission in group:
                 submission.resolve(None, failure)
             return
         except BaseException as exc:
             for submission in group:
-                submission.resolve(None, StorageUnavailable(f"log writer failed: {exc!r}"))
+                submission.resolve(None, NotLogged(f"log writer failed: {exc!r}"))
             raise
         elapsed = time.perf_counter() - started
         self._progress.commit_seconds += elapsed
@@ -102,6 +102,6 @@ class LogWriter(Actor):
             await anyio.sleep(self._maintenance_interval)
             try:
                 await self._storage.maintain()
-            except sqlite3.Error as exc:
+            except StorageError as exc:
                 self._metrics.storage_errors.labels("maintain").inc()
                 log.warning("storage maintenance failed", error=str(exc))

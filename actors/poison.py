@@ -11,7 +11,6 @@ the component itself is broken.
 from __future__ import annotations
 
 import enum
-import sqlite3
 import traceback
 from collections.abc import Callable
 from pathlib import PurePath
@@ -19,6 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 
+from storage.errors import StorageUnavailable
 from storage.held import HeldItem, HeldKind, Withdrawn
 
 log = structlog.get_logger(__name__)
@@ -42,9 +42,7 @@ def blames_storage(exc: BaseException) -> bool:
     """The database failed (locked, full, unreadable, gone), or the process ran out
     of memory: not the item's fault, and holding items for it would set aside good
     ones. Anything else the item's data made happen: a bug, which that item triggers."""
-    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError | MemoryError) or (
-        type(exc) is sqlite3.DatabaseError  # "database disk image is malformed"
-    )
+    return isinstance(exc, StorageUnavailable | MemoryError)
 
 
 def describe(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ import anyio
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
-from actors.submission import StorageUnavailable, Submission
+from actors.submission import NotLogged, Submission
 from storage.backend import Storage
 from storage.log import AppendRequest, AppendResult, EventRecord, Rejected
 
@@ -147,7 +147,7 @@ class SourceContext:
             raise Unavailable("the commit did not complete in time; retry") from None
         except anyio.ClosedResourceError:
             raise Unavailable("shutting down; retry") from None
-        except StorageUnavailable as exc:
+        except NotLogged as exc:
             raise Unavailable(f"could not store events: {exc}") from None
         finally:
             host.progress.pending -= weight

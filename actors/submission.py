@@ -8,7 +8,7 @@ import anyio
 from storage.log import AppendRequest, AppendResult
 
 
-class StorageUnavailable(Exception):
+class NotLogged(Exception):
     """The database refused the write (locked, disk full, read-only): retry later."""
 
 

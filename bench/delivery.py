@@ -53,6 +53,7 @@ from bench import measure
 from daemon.config import StorageSection
 from storage.scores import Score
 from storage.sqlite import SqliteStorage
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 
@@ -310,8 +311,7 @@ async def deliver(path: Path, name: str, config: WebhookDestination, staged: int
         name,
         config,
         WebhookSender(config),
-        path,
-        busy_timeout,
+        SqliteBackend(path, busy_timeout=busy_timeout),
         storage.write_gate,
         Metrics(),
         status,

@@ -33,8 +33,9 @@ from actors.messages import Event
 from bench import measure
 from daemon.config import StorageSection
 from storage.sqlite import SqliteStorage
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_connect import connect, log_path
-from storage.sqlite_graph import read_batches, read_events
+from storage.sqlite_graph import read_events
 
 _decode = msgspec.json.Decoder(Event).decode
 
@@ -128,21 +129,21 @@ def merge(path: Path, rules: IdentitySection) -> tuple[float, int, list[float]]:
     destinations wait for)."""
     stop = threading.Event()
     timers = [
-        threading.Thread(target=worker.checkpoint_every, args=(path, stop)),
+        threading.Thread(target=worker.checkpoint_every, args=(SqliteBackend(path), stop)),
         threading.Thread(target=checkpoints, args=(path, stop)),
     ]
     for timer in timers:
         timer.start()
     # A TRUNCATE checkpoint holds the write lock while it copies the WAL, which can
     # take longer than the daemon's busy timeout (the actor then retries the batch).
-    merger = worker.Merger.open(path, 60, rules)
+    merger = worker.Merger.open(SqliteBackend(path, busy_timeout=60), rules)
     writes: list[float] = []
     started = time.perf_counter()
     applied = 0
     try:
         # As the worker runs them, without its pause every RUN_SECONDS to report.
         with collector_paused():
-            for result in merger.graph.apply_all(read_batches(merger.log, 0, rules.batch_size), 0):
+            for result in merger.graph.apply_all(merger.log.batches(0, rules.batch_size), 0):
                 writes.append(result.write_seconds)
                 applied += result.applied + result.without_identity
         merger.close()

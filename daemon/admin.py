@@ -12,7 +12,6 @@ form or a no-cors fetch can send) 415.
 from __future__ import annotations
 
 import hmac
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict
@@ -28,7 +27,7 @@ from actors import http_server
 from actors.delivery.status import DestinationStatus
 from actors.http_server import Listener, Runner
 from actors.identity.extract import normalize_email
-from actors.identity.rebuild import RebuildCancelled, RebuildReport, RebuildRunning
+from actors.identity.rebuild import RebuildCancelled, RebuildReport
 from actors.identity.settings import BUILTIN_ID_KINDS
 from actors.lifecycle.identifiers import BadIdentifier, Identifier, parse_identifier
 from actors.messages import RunBatch, ScorerMessage, SyncDestination
@@ -40,6 +39,7 @@ from daemon import __version__
 from daemon.config import AdminSection, Config
 from daemon.supervisor import Supervisor
 from storage.backend import Storage
+from storage.errors import RebuildRunning, StorageError
 from storage.lifecycle import Erased, PartlyErased
 
 log = structlog.get_logger(__name__)
@@ -194,7 +194,7 @@ class AdminServer(Actor):
                 await self._storage.probe_writable()
         except TimeoutError:
             problems.append(f"database write took over {READY_PROBE_TIMEOUT:g}s")
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             problems.append(f"database not writable: {exc}")
         if problems:
             return _json({"status": "not ready", "problems": problems}, status=503)
@@ -290,7 +290,7 @@ class AdminServer(Actor):
             self._rebuild_progress = {"events": 0, "of": self._progress.head}
             try:
                 report = await self._rebuild_identity(self._rebuilt)
-            except sqlite3.Error as exc:
+            except StorageError as exc:
                 log.error("identity rebuild failed; the old graph stays", error=str(exc))
                 return _json({"error": f"rebuild failed, the old graph stays: {exc}"}, 503)
             except RebuildRunning as exc:
@@ -348,7 +348,7 @@ class AdminServer(Actor):
         except PartlyErased as exc:
             log.error("forget failed; partly erased", error=str(exc))
             return _json({"error": f"forget failed, partly erased; run forget again: {exc}"}, 503)
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             log.error("forget failed; nothing was erased", error=str(exc))
             return _json({"error": f"forget failed, nothing was erased: {exc}"}, 503)
         log.info("forgot a person", kind=identifier[0], **msgspec.to_builtins(erased))
@@ -360,7 +360,7 @@ class AdminServer(Actor):
             return identifier
         try:
             lifted = await self._lifecycle.unforget(identifier)
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             return _json({"error": f"unforget failed: {exc}"}, 503)
         if not lifted:
             return _json({"error": "no suppression covers that identifier"}, 404)

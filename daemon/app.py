@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -39,22 +37,20 @@ from actors.scoring.actor import ScorerActor, ScoringStatus
 from actors.scoring.model import ModelError
 from actors.settings import ConfigError
 from daemon.admin import AdminServer, Lifecycle
+from daemon.backend import backend_for, database_path
 from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
 from daemon.ingestion import Ingestion
 from daemon.supervisor import ActorSpec, Supervisor
 from daemon.systemd import Systemd
-from storage.backend import Storage
+from storage.backend import Backend, Storage
+from storage.errors import StorageError
 from storage.lifecycle import Erased
-from storage.migrations import SchemaTooNew
-from storage.sqlite import LogBehind, SqliteStorage
+from storage.scores import ScoreStore
 from storage.sqlite_backup import unfinished_restore
-from storage.sqlite_connect import connect
-from storage.sqlite_scores import SqliteScoreStore
 
 log = structlog.get_logger(__name__)
 
-DATABASE_NAME = "leadsync.db"
 SWITCH_INTERVAL = 0.0005
 """Seconds a thread waiting for the interpreter lock waits before it asks for it
 (Python's default is 0.005). Group commits run in a worker thread that gives the lock
@@ -96,7 +92,7 @@ async def serve(config: Config, config_path: str) -> int:
     except OSError as exc:
         raise CannotOpenStorage(f"{config.daemon.data_dir}: {exc}") from exc
     try:
-        unfinished = unfinished_restore(Path(config.daemon.data_dir) / DATABASE_NAME)
+        unfinished = unfinished_restore(database_path(config))
         if unfinished is not None:
             raise CannotOpenStorage(unfinished.refusal(config_path))
         return await _serve(config, config_path)
@@ -108,27 +104,20 @@ async def _serve(config: Config, config_path: str) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     _map_large_allocations()
     started_at = time.monotonic()
-    path = Path(config.daemon.data_dir) / DATABASE_NAME
-    new = not path.exists()
+    backend = backend_for(config)
+    new = not backend.exists()
     try:
-        storage = await SqliteStorage.open(
-            path,
-            busy_timeout=config.storage.busy_timeout,
-            journal_size_limit=config.storage.journal_size_limit,
-            dedup_window=config.storage.dedup_window,
-            retain_events=config.storage.retain_events,
-        )
-    except (OSError, ValueError, sqlite3.Error, SchemaTooNew, LogBehind) as exc:
-        raise CannotOpenStorage(f"{path}: {exc}") from exc
+        storage = await backend.open()
+    except (OSError, ValueError, StorageError) as exc:
+        raise CannotOpenStorage(f"{backend.describe()}: {exc}") from exc
+    where = str(backend.path.resolve())
     if new:
         # Said plainly: a deleted data dir also means new generated write keys.
-        log.warning(f"created a new database at {path.resolve()}")
-    log.info("storage open", path=str(path.resolve()), config=config_path)
+        log.warning(f"created a new database at {where}")
+    log.info("storage open", path=where, config=config_path)
     try:
-        await anyio.to_thread.run_sync(_deploy_configured_model, config, path, storage, True)
-        suppressions = await anyio.to_thread.run_sync(
-            load_suppressions, path, config.storage.busy_timeout, config.identity
-        )
+        await anyio.to_thread.run_sync(_deploy_configured_model, config, backend, storage, True)
+        suppressions = await anyio.to_thread.run_sync(load_suppressions, backend, config.identity)
         metrics = Metrics()
         progress = LogProgress()
         supervisor = Supervisor(
@@ -144,12 +133,12 @@ async def _serve(config: Config, config_path: str) -> int:
         # forget that queues deletions: the destination starts on them at once.
         doorbell = Doorbell()
         destinations = Destinations(
-            config, path, storage, metrics, supervisor, scorer_inbox, doorbell
+            config, backend, storage, metrics, supervisor, scorer_inbox, doorbell
         )
 
         async def forget(identifier: Identifier) -> Erased:
             erased = await anyio.to_thread.run_sync(
-                forget_here, path, identifier, config, suppressions, storage.write_gate
+                forget_here, backend, identifier, config, suppressions, storage.write_gate
             )
             doorbell.ring(erased.deletions)
             return erased
@@ -166,9 +155,8 @@ async def _serve(config: Config, config_path: str) -> int:
                     started_at,
                     lambda report: anyio.to_thread.run_sync(
                         lambda: rebuild(
-                            path,
+                            backend,
                             config.identity,
-                            config.storage.busy_timeout,
                             progress=_rebuild_progress(report, lambda: supervisor.stopping),
                             gate=lambda: held_from_thread(storage.write_gate),
                         )
@@ -180,7 +168,7 @@ async def _serve(config: Config, config_path: str) -> int:
                         forget,
                         lambda identifier: anyio.to_thread.run_sync(
                             unforget_here,
-                            path,
+                            backend,
                             identifier,
                             config,
                             suppressions,
@@ -196,8 +184,7 @@ async def _serve(config: Config, config_path: str) -> int:
             ActorSpec(
                 "identity",
                 lambda: IdentityActor(
-                    path,
-                    config.storage.busy_timeout,
+                    backend,
                     config.identity,
                     progress,
                     metrics,
@@ -210,7 +197,7 @@ async def _serve(config: Config, config_path: str) -> int:
             ActorSpec(
                 "scorer",
                 lambda: ScorerActor(
-                    path,
+                    backend,
                     config,
                     storage.write_gate,
                     scorer_inbox,
@@ -234,7 +221,7 @@ async def _serve(config: Config, config_path: str) -> int:
                 systemd,
                 config,
                 config_path,
-                path,
+                backend,
                 storage,
                 destinations,
             )
@@ -264,7 +251,7 @@ class Destinations:
     def __init__(
         self,
         config: Config,
-        database: Path,
+        backend: Backend,
         storage: Storage,
         metrics: Metrics,
         supervisor: Supervisor,
@@ -274,7 +261,7 @@ class Destinations:
         self.config = config
         self.statuses: dict[str, DestinationStatus] = {}
         """Shared with /status and /metrics, which read it as it is."""
-        self._database = database
+        self._backend = backend
         self._storage = storage
         self._metrics = metrics
         self._supervisor = supervisor
@@ -329,8 +316,7 @@ class Destinations:
                 name,
                 destination,
                 destination.sender(name),
-                self._database,
-                self.config.storage.busy_timeout,
+                self._backend,
                 self._storage.write_gate,
                 self._metrics,
                 status,
@@ -367,25 +353,25 @@ async def _announce_ready(supervisor: Supervisor, systemd: Systemd) -> None:
     systemd.notify("READY=1\nSTATUS=serving")
 
 
-def _deploy_configured_model(config: Config, path: Path, storage: Storage, starting: bool) -> None:
+def _deploy_configured_model(
+    config: Config, backend: Backend, storage: Storage, starting: bool
+) -> None:
     """Deploy `[scoring] model` if its version is new. A broken file is refused and
     the running model stays; at start with no model ever deployed, it stops the start."""
     if config.scoring.model is None:
         return
     try:
-        with contextlib.closing(connect(path, config.storage.busy_timeout)) as db:
-            _deploy_file(config.scoring.model, db, storage, starting)
-    except sqlite3.Error as exc:
+        # Durable: a deploy the log reported must survive power loss.
+        with contextlib.closing(backend.session(durable=True)) as session:
+            _deploy_file(config.scoring.model, session.scores, storage, starting)
+    except StorageError as exc:
         if starting:
-            raise CannotOpenStorage(f"{path}: {exc}") from exc
+            raise CannotOpenStorage(f"{backend.describe()}: {exc}") from exc
         log.error("model file not deployed; the running model stays", error=str(exc))
 
 
-def _deploy_file(model_path: str, db: sqlite3.Connection, storage: Storage, starting: bool) -> None:
-    # synchronous=FULL: a deploy the log reported must survive power loss.
-    db.execute("PRAGMA synchronous = FULL")
+def _deploy_file(model_path: str, store: ScoreStore, storage: Storage, starting: bool) -> None:
     try:
-        store = SqliteScoreStore(db)
         model, outcome = deploy.deploy_configured(
             store, model_path, lambda: held_from_thread(storage.write_gate)
         )
@@ -396,7 +382,7 @@ def _deploy_file(model_path: str, db: sqlite3.Connection, storage: Storage, star
             outcome=outcome.value,
         )
     except ModelError as exc:
-        if starting and SqliteScoreStore(db).active_model() is None:
+        if starting and store.active_model() is None:
             raise CannotScore(str(exc)) from None
         log.error("model file refused; the running model stays", error=str(exc))
 
@@ -406,7 +392,7 @@ async def _handle_signals(
     systemd: Systemd,
     config: Config,
     config_path: str,
-    path: Path,
+    backend: Backend,
     storage: Storage,
     destinations: Destinations,
 ) -> None:
@@ -424,7 +410,9 @@ async def _handle_signals(
             if config_path != EMBEDDED_DEFAULT:
                 with contextlib.suppress(ConfigError):  # destinations.reload says why
                     scoring = (await anyio.to_thread.run_sync(load, config_path)).config
-            await anyio.to_thread.run_sync(_deploy_configured_model, scoring, path, storage, False)
+            await anyio.to_thread.run_sync(
+                _deploy_configured_model, scoring, backend, storage, False
+            )
             destinations.config = msgspec.structs.replace(
                 destinations.config,
                 scoring=msgspec.structs.replace(

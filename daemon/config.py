@@ -62,7 +62,7 @@ class StorageSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     journal_size_limit: Positive = 64 * 1024 * 1024
     dedup_window: Duration = Duration(600)
     """How long after its commit a messageId is recognised when a client sends it again
-    (storage/sqlite_log.py: DEDUP_WINDOW); memory grows with it, ~9 bytes an event."""
+    (storage/log.py: DEDUP_WINDOW); memory grows with it, ~9 bytes an event."""
     retain_events: Duration | None = None
     """Events received longer ago than this, and applied by every consumer, are trimmed
     from the log (storage/sqlite_retention.py); unset, the log keeps everything."""

@@ -11,13 +11,16 @@ held.py, lifecycle.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import anyio
 import msgspec
 
 from storage.held import Held
+from storage.lifecycle import LifecycleStore
 from storage.log import AppendRequest, AppendResult, QuarantinedMessage, StoredEvent
+from storage.session import LogReader, Session
 
 
 class IdentityView(msgspec.Struct):
@@ -114,3 +117,68 @@ class Storage(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Where leadsync keeps its data, and the one way in: daemon/app.py builds one and
+    hands each component what it opens from it; the offline commands build their own.
+    Picklable: the merger's worker process opens its sessions from the one it is given.
+    Everything opened here raises storage/errors.py's errors."""
+
+    def describe(self) -> str:
+        """Where the data is, for messages (a path, a DSN without its password)."""
+        ...
+
+    def exists(self) -> bool:
+        """Whether there is a database yet (`open` creates one)."""
+        ...
+
+    async def open(self) -> Storage:
+        """Create or migrate the database, and open the daemon's handle on it."""
+        ...
+
+    def session(self, *, cache_kib: int | None = None, durable: bool = False) -> Session:
+        """Stores on a connection of the caller's own (`cache_kib`: its page cache,
+        for a reader that wants more or less than the default; `durable`: each commit
+        survives power loss, not only a crash of the process)."""
+        ...
+
+    def log_reader(self) -> ClosingLogReader:
+        """The event log on a read-only connection of its own, which reads while the
+        caller's session commits."""
+        ...
+
+    def lifecycle(self) -> ClosingLifecycleStore:
+        """What forget, unforget and the suppression set work through."""
+        ...
+
+    def checkpointer(self) -> Checkpointer:
+        """For a thread that now and then moves what was committed into the main file
+        (SQLite's WAL checkpoint), on a connection of its own."""
+        ...
+
+    def scratch(self) -> AbstractContextManager[Session]:
+        """An empty database of the same schema, its `log` reading this one's, for a
+        rebuild to replay into (then `Session.swap_graph`); gone on exit."""
+        ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """One rebuild or forget of this database at a time: raises RebuildRunning
+        while another holds it."""
+        ...
+
+
+class Checkpointer(Protocol):
+    def checkpoint(self) -> None:
+        """Do it now, waiting for nobody; raises StorageError if it failed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ClosingLogReader(LogReader, Protocol):
+    def close(self) -> None: ...
+
+
+class ClosingLifecycleStore(LifecycleStore, Protocol):
+    def close(self) -> None: ...

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 import msgspec
 
+IDENTITY_CONSUMER = "identity"
+"""The merger's name in the checkpoints table and in LogProgress."""
+
 
 class Stamped(msgspec.Struct, array_like=True):
     """A value and the event that set it; the newest (timestamp, messageId, source)

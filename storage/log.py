@@ -11,6 +11,15 @@ from collections.abc import Sequence
 
 import msgspec
 
+DEDUP_WINDOW = 600.0
+"""Seconds for which a batch's messageIds are remembered after its commit, by default
+(`[storage] dedup_window`): Segment's libraries retry for minutes. Sizing: the daemon
+takes in, for long, only what its consumers apply, since past `http.max_backlog`
+(1,000,000 by default) unapplied events it answers 429. So a window holds at most
+about the merger's rate x window + max_backlog, at 9 bytes each (faster bursts last
+only until the backlog is full; docs/benchmarks.md has the figures measured). What a
+window holds is read back from the log at start."""
+
 
 class EventRecord(msgspec.Struct, frozen=True):
     """One validated message ready for the log; `body` is the normalized event as JSON."""

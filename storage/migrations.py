@@ -11,11 +11,9 @@ from pathlib import Path
 
 import structlog
 
+from storage.errors import SchemaTooNew
+
 log = structlog.get_logger(__name__)
-
-
-class SchemaTooNew(Exception):
-    """The file was written by a newer leadsync; running older code on it could corrupt it."""
 
 
 def migrate(

@@ -2,7 +2,7 @@
 
 The log recognises a client's retry by (source, messageId) among the events it logged
 in the last `window` seconds (storage/sqlite_log.py). At the daemon's sustained
-maximum that is millions of events (see DEDUP_WINDOW there), which Python sets
+maximum that is millions of events (see DEDUP_WINDOW in storage/log.py), which Python sets
 would hold at ~70 bytes each. Here each is a 64-bit fingerprint in a
 sorted numpy array, 9 bytes with its slice tag, looked up for a whole group commit at
 once with `searchsorted`.

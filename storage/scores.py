@@ -19,6 +19,10 @@ PROFILE, ACCOUNT = "profile", "account"
 """Subjects of a score."""
 
 
+SCORER_CONSUMER = "scorer"
+"""The scorer's name in the checkpoints table and in LogProgress."""
+
+
 class Score(msgspec.Struct, omit_defaults=True):
     """A profile's or an account's current scores. Fit is rescored as traits change,
     likelihood in batch runs, so each half records the model version and the time

@@ -25,25 +25,22 @@ import msgspec
 import structlog
 
 from storage.backend import AccountView, IdentityView, ProfileView, ScoreView
+from storage.errors import LogBehind, StorageError
 from storage.graph import Activity, Stamped
 from storage.held import Held
-from storage.log import AppendRequest, AppendResult, QuarantinedMessage, StoredEvent
+from storage.log import DEDUP_WINDOW, AppendRequest, AppendResult, QuarantinedMessage, StoredEvent
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS, migrate
 from storage.scores import ACCOUNT, PROFILE
 from storage.sqlite_connect import connect, uri
-from storage.sqlite_log import DEDUP_WINDOW, EventLog
+from storage.sqlite_errors import translated
+from storage.sqlite_log import EventLog
 from storage.sqlite_retention import CONSUMERS, TRIM_CHUNKS, TRIM_ROWS, retention_cutoff
 from storage.sqlite_scores import score_of
 
 log = structlog.get_logger(__name__)
 
 
-class LogBehind(Exception):
-    """The event log ends before what consumers have applied: the two files come from
-    different moments (a restore of one, a deleted log). Consumers would skip new events
-    that reuse the old sequence numbers, so nothing starts."""
-
-
+@translated
 class SqliteStorage:
     def __init__(
         self,
@@ -223,7 +220,7 @@ class SqliteStorage:
                 try:
                     await anyio.to_thread.run_sync(self._log.checkpoint)
                     await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, StorageError) as exc:
                     log.warning("final wal checkpoint failed", error=str(exc))
                 self._log.close()
                 await self._writer.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from storage.sqlite_connect import log_path, open_connection
+from storage.sqlite_errors import translating
 from storage.sqlite_graph import GENERATION
 
 _encode = msgspec.json.Encoder().encode
@@ -41,6 +42,7 @@ class BackupRaced(Exception):
     """Erasures committed during every copy of the pair; try again later."""
 
 
+@translating
 def backup(database: Path, target: Path, busy_timeout: float) -> list[Path]:
     """Copy both files into the directory `target` with SQLite's backup API, each in
     one read transaction (a consistent snapshot, writers carrying on meanwhile). The
@@ -104,6 +106,7 @@ def _erasure_mark(database: Path, busy_timeout: float) -> tuple[int, str | None]
     return int(erasure), None if row is None else str(row[0])
 
 
+@translating
 def check_backup(source: Path, database: Path) -> None:
     """Refuse a directory without both files, or with files SQLite finds damaged, or
     whose log ends before what its main file's consumers applied."""
@@ -129,6 +132,7 @@ def check_backup(source: Path, database: Path) -> None:
         raise NotABackup(f"{source}: {exc}") from None
 
 
+@translating
 def in_use(database: Path) -> bool:
     """Whether any process has either file open: in WAL mode every connection holds a
     lock that an exclusive-mode transaction cannot get past, the daemon's merger
@@ -146,6 +150,7 @@ def in_use(database: Path) -> bool:
     return False
 
 
+@translating
 def restore(source: Path, database: Path) -> Path:
     """Put the backup in `source` in place of the data dir's pair; the files it replaces
     (with their WAL and shared-memory files, which must not meet the new ones) go to a
@@ -200,6 +205,7 @@ def restore(source: Path, database: Path) -> Path:
     return aside
 
 
+@translating
 def finish_restore(database: Path) -> Unfinished:
     """End the restore the marker records, from the parts it left (each complete and
     fsynced before the marker was written; one missing has replaced its file already):
@@ -211,6 +217,7 @@ def finish_restore(database: Path) -> Unfinished:
     return unfinished
 
 
+@translating
 def abandon_restore(database: Path) -> Unfinished:
     """Undo the restore the marker records: the files set aside before it go back in
     place (a file with none aside did not exist before, and goes), the parts and the
@@ -317,6 +324,7 @@ class Unfinished(msgspec.Struct, frozen=True):
         )
 
 
+@translating
 def unfinished_restore(database: Path) -> Unfinished | None:
     """The restore that did not end, if one did not: the data dir may then hold one
     file of each pair, and nothing may start on it."""

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from storage.sqlite_errors import translated
+
 CACHE_KIB = 64 * 1024
 _CHUNK = 500
 """Values per `IN (...)`: well under SQLite's limit on bound parameters."""
@@ -80,6 +82,7 @@ def open_log(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return open_connection(log_path(path), busy_timeout, readonly=True)
 
 
+@translated
 class Transactions:
     """Write transactions on a synchronous connection of one's own: BEGIN IMMEDIATE,
     so a busy database is waited for rather than failed at the first write."""

@@ -17,12 +17,11 @@ from typing import Any
 
 import msgspec
 
-from storage.graph import Account, Activity, Link, Merge, Node, Profile, Stamped
+from storage.graph import IDENTITY_CONSUMER, Account, Activity, Link, Merge, Node, Profile, Stamped
 from storage.log import StoredEvent
 from storage.sqlite_connect import Transactions, chunks, marks
+from storage.sqlite_errors import translated, translating
 
-IDENTITY_CONSUMER = "identity"
-"""The identity actor's name in the checkpoints table and in LogProgress."""
 GENERATION = "identity_graph_generation"
 
 _encode = msgspec.json.Encoder().encode
@@ -31,6 +30,7 @@ _kinds = msgspec.json.Decoder(dict[str, int]).decode
 _traits = msgspec.json.Decoder(dict[str, Stamped]).decode
 
 
+@translated
 class LogConsumerStore(Transactions):
     """What every synchronous consumer of the log shares: its own write transactions,
     and its checkpoint, committed in them with the state the batch produced."""
@@ -75,6 +75,7 @@ class LogConsumerStore(Transactions):
             yield from self._db.execute(f"{sql}({marks(chunk)})", chunk)
 
 
+@translated
 class SqliteGraphStore(LogConsumerStore):
     consumer = IDENTITY_CONSUMER
 
@@ -307,6 +308,7 @@ def _profile(row: tuple[Any, ...]) -> Profile:
     )
 
 
+@translating
 def read_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEvent]:
     return [
         StoredEvent(seq, source, body)
@@ -317,6 +319,7 @@ def read_events(db: sqlite3.Connection, after: int, limit: int) -> list[StoredEv
     ]
 
 
+@translating
 def read_batches(
     db: sqlite3.Connection, after: int, size: int, until: float = math.inf
 ) -> Iterator[list[StoredEvent]]:

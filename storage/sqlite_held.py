@@ -8,6 +8,7 @@ from typing import Any
 from storage.graph import Change
 from storage.held import Held, HeldItem, HeldKind, Withdrawn
 from storage.sqlite_connect import Transactions, chunks, marks
+from storage.sqlite_errors import translated
 
 _COLUMNS = "id, component, kind, key, error, attempts, held_at, retry, body"
 _RESCORE = int(Change.IDENTITY | Change.TRAITS | Change.RECOMPUTED)
@@ -20,6 +21,7 @@ def _row(row: Any) -> Held:
     return Held(id_, component, kind, key, error, attempts, held_at, bool(retry), body)
 
 
+@translated
 class SqliteHeldStore(Transactions):
     """Its own transactions serve `leadsync held`; consumers hold in theirs."""
 

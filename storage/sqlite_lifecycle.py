@@ -33,6 +33,7 @@ from storage.lifecycle import (
 from storage.log import StoredEvent
 from storage.sqlite_connect import chunks, connect, log_path, marks, open_connection
 from storage.sqlite_deletions import deletion_slot, is_deletion
+from storage.sqlite_errors import translated
 from storage.sqlite_graph import GENERATION
 
 _encode = msgspec.json.Encoder().encode
@@ -53,6 +54,7 @@ def _tombstone(seq: int, source: str, received_at: str) -> bytes:
     )
 
 
+@translated
 class SqliteLifecycleStore:
     """`db`: a connection to the main file (storage.sqlite_connect.connect); `log`: a
     writable one to the event log's file. Both this object's alone."""

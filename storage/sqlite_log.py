@@ -32,10 +32,11 @@ from typing import Self
 import numpy as np
 import structlog
 
-from storage.log import AppendRequest, AppendResult, EventRecord
+from storage.log import DEDUP_WINDOW, AppendRequest, AppendResult, EventRecord
 from storage.migrations import LOG_MIGRATIONS, migrate
 from storage.recent_messages import SLICES, Fingerprints, RecentMessages
 from storage.sqlite_connect import Transactions, log_path, open_connection, uri
+from storage.sqlite_errors import translated
 from storage.sqlite_retention import trim_events
 from storage.transaction import transaction
 
@@ -44,14 +45,6 @@ log = structlog.get_logger(__name__)
 LookedUp = tuple[list[list[int]], list[bool]]
 """Each request's fingerprints, and for each of them in order whether it was seen."""
 
-DEDUP_WINDOW = 600.0
-"""Seconds for which a batch's messageIds are remembered after its commit, by default
-(`[storage] dedup_window`): Segment's libraries retry for minutes. Sizing: the daemon
-takes in, for long, only what its consumers apply, since past `http.max_backlog`
-(1,000,000 by default) unapplied events it answers 429. So a window holds at most
-about the merger's rate x window + max_backlog, at 9 bytes each (faster bursts last
-only until the backlog is full; docs/benchmarks.md has the figures measured). What a
-window holds is read back from the log at start."""
 RECEIPT_TO_ACK = 70.0
 """Seconds by which an event's received_at may precede its commit: the HTTP source
 stamps it before reading the body (at most 10 s) and waits at most 60 s for the commit
@@ -88,6 +81,7 @@ def _insert_events(rows: int) -> str:
     return f"INSERT INTO events (source, message_id, type, received_at, body) VALUES {values}"
 
 
+@translated
 class EventLog(Transactions):
     """Synchronous: each method runs in a worker thread, one at a time (the caller's
     gate), on a connection that is this object's alone."""

@@ -18,6 +18,7 @@ from storage.outbox import DeadLetter, DestinationCounts, OutboxRow, Settlement
 from storage.scores import decoded_traits
 from storage.sqlite_connect import Transactions, chunks, marks
 from storage.sqlite_deletions import deletion_slot, is_deletion
+from storage.sqlite_errors import translated
 
 FILTERED = 0
 """The staged hash of a profile the destination's filter refused."""
@@ -62,6 +63,7 @@ def _profile_traits(activity: bytes) -> dict[str, Any]:
     return {k: v.value for k, v in _activity(activity).traits.items()}
 
 
+@translated
 class SqliteOutboxStore(Transactions):
     def subjects(
         self, rows: Sequence[int], with_traits: bool

@@ -8,11 +8,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from storage.graph import Change
+from storage.graph import IDENTITY_CONSUMER, Change
 from storage.migrations import MIGRATIONS, SCORE_COLUMNS
 from storage.sqlite_connect import uri
 from storage.sqlite_deletions import MAY_BE_DELETION, deletion_slot, is_deletion
-from storage.sqlite_graph import GENERATION, IDENTITY_CONSUMER, SqliteGraphStore
+from storage.sqlite_graph import GENERATION, SqliteGraphStore
 
 GRAPH_TABLES = (
     "profiles",

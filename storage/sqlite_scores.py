@@ -17,11 +17,19 @@ import msgspec
 from storage.graph import Stamped
 from storage.log import StoredEvent
 from storage.migrations import SCORE_COLUMNS
-from storage.scores import PROFILE, Deploy, ProfileInBatch, ProfileToScore, Score, decoded_traits
+from storage.scores import (
+    PROFILE,
+    SCORER_CONSUMER,
+    Deploy,
+    ProfileInBatch,
+    ProfileToScore,
+    Score,
+    decoded_traits,
+)
 from storage.sqlite_connect import chunks, marks
+from storage.sqlite_errors import translated
 from storage.sqlite_graph import LogConsumerStore, by_kind, read_events
 
-SCORER_CONSUMER = "scorer"
 """The scorer's name in the checkpoints table and in LogProgress."""
 
 _encode = msgspec.json.Encoder().encode
@@ -39,6 +47,7 @@ _activity = msgspec.json.Decoder(_TraitsToScore).decode
 _traits = msgspec.json.Decoder(dict[str, Stamped]).decode
 
 
+@translated
 class SqliteScoreStore(LogConsumerStore):
     consumer = SCORER_CONSUMER
 

@@ -14,6 +14,7 @@ from actors.delivery import payload as payloads
 from actors.identity.rebuild import rebuild
 from actors.lifecycle.forget import forget
 from daemon.config import Config, parse
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from storage.sqlite_outbox import SqliteOutboxStore
 from tests.support.logfiles import forgotten, log_events, remaining
@@ -60,7 +61,7 @@ def test_a_rebuild_keeps_a_queued_deletion_request(
     [(before, uid)] = queued_deletions(path)
     assert before < 0
 
-    rebuild(path, config.identity, busy_timeout=5)
+    rebuild(SqliteBackend(path), config.identity)
 
     assert queued_deletions(path) == [(before, uid)]
     assert all(p > 0 for (p,) in remaining(path, "SELECT id FROM profiles"))
@@ -114,7 +115,7 @@ def test_only_a_payload_that_is_a_deletion_request_is_kept_as_one(
         )
     config = parse(HOOK, "daemon.toml")
 
-    rebuild(path, config.identity, busy_timeout=5)
+    rebuild(SqliteBackend(path), config.identity)
     kept = dict(remaining(path, "SELECT uid, profile FROM outbox"))
     assert kept["prf_x"] < 0 < kept["prf_a"]
 

@@ -20,6 +20,7 @@ from actors.lifecycle.identifiers import loose_identifiers
 from actors.lifecycle.suppressions import Suppressions
 from daemon.config import Config
 from storage import sqlite_connect
+from storage.errors import StorageUnavailable
 from storage.held import HeldItem
 from storage.lifecycle import Erased, StrayMarks, identifier_hash
 from storage.log import StoredEvent
@@ -491,12 +492,12 @@ def test_the_screen_is_lifted_when_the_last_try_fails(
 
     def commit() -> None:
         if next(door.devices) >= 3:  # the last try's
-            raise sqlite3.OperationalError("disk I/O error")
+            raise StorageUnavailable("disk I/O error")
         real_commit()
 
     store.commit = commit  # type: ignore[method-assign]
     try:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(StorageUnavailable):
             door.forget(store)
     finally:
         store.close()

@@ -26,7 +26,9 @@ from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.identity.settings import ExternalId, IdentitySection
 from actors.identity.unit import StaleCheckpoint
 from actors.messages import Event
+from storage.errors import StorageUnavailable
 from storage.graph import Change
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_connect import connect, log_path
 from storage.sqlite_graph import SqliteGraphStore
 from storage.sqlite_rebuild import scratch, swap_in
@@ -386,7 +388,7 @@ async def test_a_rebuild_under_a_lagging_merger_makes_it_read_on_from_the_rebuil
         graph.graph.apply(first, 0)
         expected_before_rebuild = graph.profiles()
 
-        report = rebuild(graph.path, graph.rules, busy_timeout=5)
+        report = rebuild(SqliteBackend(graph.path), graph.rules)
 
         assert report.events == len(steps)
         assert report.profiles_before == len(expected_before_rebuild)
@@ -476,7 +478,7 @@ async def test_a_cancelled_rebuild_leaves_the_graph_and_no_scratch_file(tmp_path
             raise RebuildCancelled("stopping")
 
         with pytest.raises(RebuildCancelled):
-            rebuild(graph.path, IdentitySection(limits={"email": 1}), 5, progress=stop)
+            rebuild(SqliteBackend(graph.path), IdentitySection(limits={"email": 1}), progress=stop)
         assert shape(graph.profiles()) == before
     # The lock file stays (flock needs a file); the scratch database does not.
     leftovers = [p.name for p in tmp_path.iterdir() if ".rebuild-" in p.name]
@@ -591,7 +593,7 @@ class FailsSecondCommit(SlowCommits):
     def commit(self) -> None:
         self.commits += 1
         if self.commits == 2:
-            raise sqlite3.OperationalError("disk I/O error")
+            raise StorageUnavailable("disk I/O error")
         super().commit()
 
 
@@ -607,7 +609,7 @@ async def test_a_failed_commit_takes_the_batch_computed_after_it_and_applies_not
         merger = graph.merger(FailsSecondCommit)
         results = merger.apply_all(batches, 0)
         assert next(results).checkpoint == 2
-        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        with pytest.raises(StorageUnavailable, match="disk I/O"):
             next(results)
         assert merger.store.checkpoint() == 2  # neither the failed batch nor the one after
         await graph.apply()

@@ -22,9 +22,11 @@ from actors.messages import ProfileChanged, ScorerMessage
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
+from storage.errors import StorageFull
 from storage.graph import Change
 from storage.log import AppendRequest
 from storage.sqlite import SqliteStorage
+from storage.sqlite_backend import SqliteBackend, SqliteCheckpointer
 from tests.support.graph import records
 from tests.support.identity_journey import USER, journey
 
@@ -39,7 +41,12 @@ async def merge_journey(path: Path, outbox: Mailbox[ScorerMessage]) -> None:
     # One event a batch: a profile born and absorbed within one batch is never seen
     # (see graph._merge), and here the merges should be ones the scorer hears about.
     actor = IdentityActor(
-        path, 5, IdentitySection(batch_size=1), progress, Metrics(), ("warning", "json"), outbox
+        SqliteBackend(path),
+        IdentitySection(batch_size=1),
+        progress,
+        Metrics(),
+        ("warning", "json"),
+        outbox,
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(actor.run, lambda: None)
@@ -109,10 +116,15 @@ def test_a_worker_refused_a_lower_priority_runs_and_says_so(
     monkeypatch.setattr(worker, "_nice_refused", None)
     monkeypatch.setattr(worker, "_state", None)
     monkeypatch.setattr(worker, "checkpoint_every", lambda *_: None)  # no thread left over
-    worker.initialize(os.getppid(), tmp_path / "leadsync.db")  # its "daemon" is alive
+    worker.initialize(
+        os.getppid(), SqliteBackend(tmp_path / "leadsync.db")
+    )  # its "daemon" is alive
     asyncio.run(_migrated(tmp_path / "leadsync.db"))
     with structlog.testing.capture_logs() as logged:
-        assert worker.start(tmp_path / "leadsync.db", 5, IdentitySection(), "info", "json") == 0
+        assert (
+            worker.start(SqliteBackend(tmp_path / "leadsync.db"), IdentitySection(), "info", "json")
+            == 0
+        )
     assert worker._state is not None
     worker._state.close()
     [line] = [e for e in logged if "priority" in e["event"]]
@@ -140,7 +152,7 @@ def test_a_worker_call_reports_the_batches_committed_before_one_that_failed(
     head = asyncio.run(_logged(path))
     monkeypatch.setattr(logs, "configure", lambda *_: None)
     monkeypatch.setattr(worker, "_state", None)
-    worker.start(path, 5, IdentitySection(batch_size=2), "info", "json")
+    worker.start(SqliteBackend(path), IdentitySection(batch_size=2), "info", "json")
     merger = worker._state
     assert merger is not None
     commit, commits = merger.graph.store.commit, []
@@ -148,7 +160,7 @@ def test_a_worker_call_reports_the_batches_committed_before_one_that_failed(
     def full_from_the_second() -> None:
         commits.append(1)
         if len(commits) >= 2:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise StorageFull("database or disk is full")
         commit()
 
     monkeypatch.setattr(merger.graph.store, "commit", full_from_the_second)
@@ -160,7 +172,7 @@ def test_a_worker_call_reports_the_batches_committed_before_one_that_failed(
         ]
         assert first is not None
         assert (first.checkpoint, first.applied, len(first.seconds)) == (2, 2, 1)
-        with pytest.raises(sqlite3.OperationalError, match="full"):
+        with pytest.raises(StorageFull, match="full"):
             worker.apply_next(2)
         monkeypatch.setattr(merger.graph.store, "commit", commit)  # space freed
         rest = worker.apply_next(2)
@@ -173,6 +185,26 @@ def test_a_worker_call_reports_the_batches_committed_before_one_that_failed(
         assert worker.apply_next(head) is None
     finally:
         merger.close()
+
+
+class CountedCheckpoints(SqliteBackend):
+    """Counts the checkpoints its checkpointer finished."""
+
+    done = 0
+
+    def checkpointer(self) -> SqliteCheckpointer:
+        real = super().checkpointer()
+        backend = self
+
+        class Counted(SqliteCheckpointer):
+            def checkpoint(self) -> None:
+                real.checkpoint()
+                object.__setattr__(backend, "done", backend.done + 1)
+
+            def close(self) -> None:
+                real.close()
+
+        return Counted(real._db)
 
 
 def test_the_worker_checkpoints_the_main_file_so_its_wal_is_written_over(
@@ -197,11 +229,18 @@ def test_the_worker_checkpoints_the_main_file_so_its_wal_is_written_over(
     first = batch()
     assert batch() > 1.5 * first  # nobody checkpoints: it grows
     stop = threading.Event()
-    thread = threading.Thread(target=worker.checkpoint_every, args=(path, stop))
+    backend = CountedCheckpoints(path)
+    thread = threading.Thread(target=worker.checkpoint_every, args=(backend, stop))
     thread.start()
     try:
         deadline = time.monotonic() + 10
         while path.stat().st_size < 4_000_000:  # the rows copied back into the file
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.01)
+        # One whole checkpoint after that (the copy seen may be one whose restart of
+        # the WAL has not happened yet).
+        after = backend.done
+        while backend.done < after + 2:
             assert time.monotonic() < deadline, "no checkpoint"
             time.sleep(0.01)
         grown = path.with_name("g.db-wal").stat().st_size

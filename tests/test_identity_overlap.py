@@ -15,6 +15,7 @@ import pytest
 from actors.identity.rebuild import rebuild
 from actors.identity.settings import IdentitySection
 from storage.log import StoredEvent
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_graph import SqliteGraphStore
 from tests.support.graph import Harness, built, shape
 from tests.support.identity_journey import journey
@@ -165,9 +166,8 @@ async def test_a_rebuild_in_small_batches_on_one_connection_leaves_the_collector
         await graph.send(*steps)
     collecting: list[bool] = []
     rebuild(
-        tmp_path / "g.db",
+        SqliteBackend(tmp_path / "g.db"),
         IdentitySection(batch_size=1),
-        5,
         progress=lambda done, total: collecting.append(gc.isenabled()),
     )
     assert collecting == [True] * len(steps)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.identity.rebuild import exclusive
 from daemon.datadir import DataDirHeld, DataDirLock
+from storage.errors import StorageUnavailable
+from storage.sqlite_backend import SqliteBackend
 
 
 def _refusing(code: int) -> object:
@@ -34,7 +35,7 @@ def test_root_takes_its_locks_where_the_file_system_refuses_chown(
             DataDirLock.take(str(tmp_path / "var"))
     finally:
         lock.release()
-    with exclusive(tmp_path / "var" / "leadsync.db"):
+    with SqliteBackend(tmp_path / "var" / "leadsync.db").exclusive():
         pass
 
 
@@ -48,9 +49,8 @@ def test_other_chown_failures_still_fail(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_rebuild_lock_chown_failing_otherwise_is_the_lock_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from actors.identity.rebuild import LockUnavailable
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(os, "fchown", _refusing(errno.EIO))
-    with pytest.raises(LockUnavailable), exclusive(tmp_path / "leadsync.db"):
+    with pytest.raises(StorageUnavailable), SqliteBackend(tmp_path / "leadsync.db").exclusive():
         pass

@@ -22,6 +22,7 @@ from actors.scoring.model import Model
 from actors.scoring.scorer import Scorer
 from daemon.config import Destination
 from storage.outbox import Settlement
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_connect import connect, marks
 from storage.sqlite_outbox import ADDRESSES, SqliteOutboxStore
 from tests.support.graph import Harness
@@ -302,7 +303,7 @@ async def test_queued_rows_and_delivery_state_follow_their_profiles_through_a_re
                 for old, new in swap.items():
                     db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (-new, old))
                 db.execute(f"UPDATE {table} SET {column} = -{column} WHERE {column} < 0")
-        rebuild(graph.path, graph.rules, 5)
+        rebuild(SqliteBackend(graph.path), graph.rules)
         with sqlite3.connect(graph.path) as db:
             rows = dict(db.execute("SELECT uid, profile FROM outbox").fetchall())
             ids = dict(db.execute("SELECT uid, id FROM profiles").fetchall())
@@ -332,7 +333,7 @@ async def test_a_profile_merged_away_takes_its_queued_rows_and_a_rebuild_still_s
         with sqlite3.connect(graph.path) as db:
             queued = db.execute("SELECT uid FROM outbox").fetchall()
         assert len(queued) == len(set(queued))  # one row a profile id
-        rebuild(graph.path, graph.rules, 5)
+        rebuild(SqliteBackend(graph.path), graph.rules)
         with sqlite3.connect(graph.path) as db:
             rows = db.execute(
                 "SELECT o.uid, p.uid FROM outbox o JOIN profiles p ON p.id = o.profile"

@@ -24,8 +24,10 @@ from actors.messages import Event
 from actors.scoring import deploy
 from actors.scoring.scorer import Scorer
 from daemon.config import Destination
+from storage.errors import StorageBusy, StorageUnavailable
 from storage.held import Held
 from storage.outbox import OutboxRow
+from storage.sqlite_backend import SqliteBackend, SqliteLogReader
 from storage.sqlite_connect import connect, open_log
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_scores import SqliteScoreStore
@@ -91,7 +93,10 @@ def merge_all(graph: Harness, path: Path, size: int = 1000) -> list[MergeResult]
     results = isolate.retry_held(graph.graph, store, attempts)
     with closing(open_log(path, 5)) as log:
         after = graph.graph.store.checkpoint()
-        results += isolate.apply_resilient(graph.graph, store, attempts, log, after, size, math.inf)
+        reader = SqliteLogReader(log)
+        results += isolate.apply_resilient(
+            graph.graph, store, attempts, reader, after, size, math.inf
+        )
     return results
 
 
@@ -140,11 +145,11 @@ async def test_a_held_event_that_fails_again_stays_held_with_more_attempts(
 async def test_the_database_failing_is_not_an_events_fault(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     async with Harness(path) as graph:
-        fault = Fault(lambda event: event.user_id == POISON, sqlite3.OperationalError)
+        fault = Fault(lambda event: event.user_id == POISON, StorageUnavailable)
         extractor = graph.graph.extractor
         extractor.identifiers = fault.wrap(extractor.identifiers)  # type: ignore[method-assign]
         await graph.send(*journey())
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(StorageUnavailable):
             merge_all(graph, path)
         assert held(path) == []
 
@@ -278,10 +283,10 @@ async def test_what_failed_work_set_aside_is_never_written_with_later_work(
 
         def locked(keys: Any) -> Any:
             scorer.store.intents = intents  # type: ignore[method-assign]
-            raise sqlite3.OperationalError("database is locked")
+            raise StorageBusy("database is locked")
 
         scorer.store.intents = locked  # type: ignore[method-assign]
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(StorageBusy):
             scorer.fold_events(10**9)
         fault.on = False  # it passed
         scoring.batch()
@@ -329,7 +334,7 @@ async def test_a_rebuild_holds_the_event_it_fails_on_and_the_swap_brings_it_over
                 return super().identifiers(event)
 
         monkeypatch.setattr(rebuild_module, "Extractor", Poisoned)
-        rebuild_module.rebuild(path, graph.rules, 5)
+        rebuild_module.rebuild(SqliteBackend(path), graph.rules)
         (item,) = held(path)
         assert (item.component, item.kind) == ("identity", "event")
         without = [s for s in steps if s.get("userId") != POISON]

@@ -15,6 +15,7 @@ from typing import Any
 from actors.identity.rebuild import rebuild
 from actors.scoring import deploy
 from storage.scores import ACCOUNT, PROFILE
+from storage.sqlite_backend import SqliteBackend
 from tests.support.graph import Harness
 from tests.support.scoring import CTO, DAY, T0, Scoring, at, identify, track, variant
 
@@ -351,7 +352,7 @@ async def test_scores_follow_their_profiles_through_an_identity_rebuild(tmp_path
                 ("profile_scores", "profile"),
             ):
                 db.execute(f"UPDATE {table} SET {column} = {column} + 100")
-        rebuild(graph.path, graph.rules, 5)
+        rebuild(SqliteBackend(graph.path), graph.rules)
         with sqlite3.connect(graph.path) as db:
             assert db.execute("SELECT max(id) FROM profiles").fetchone()[0] < 100
         after = {u: scoring.profile_score("user_id", u) for u in ("ann", "bob")}

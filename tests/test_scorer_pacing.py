@@ -23,8 +23,9 @@ from actors.scoring.fold import FOLD_BATCH
 from actors.scoring.scorer import Scorer
 from daemon.config import Config
 from storage.log import AppendRequest, EventRecord
+from storage.scores import SCORER_CONSUMER
 from storage.sqlite import SqliteStorage
-from storage.sqlite_scores import SCORER_CONSUMER
+from storage.sqlite_backend import SqliteBackend
 
 EVENTS = FOLD_BATCH + 1000
 """More than a fold's worth: the scorer would fold at once, were it not for ingestion."""
@@ -85,7 +86,13 @@ async def scorer_under_flood(
         inbox = Mailbox[ScorerMessage](10)
         flood = Flood(progress)
         actor = ScorerActor(
-            storage.path, config, storage.write_gate, inbox, progress, Metrics(), ScoringStatus()
+            SqliteBackend(storage.path),
+            config,
+            storage.write_gate,
+            inbox,
+            progress,
+            Metrics(),
+            ScoringStatus(),
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(flood.run)

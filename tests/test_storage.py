@@ -16,12 +16,13 @@ from actors.log_writer import LogWriter
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
-from actors.submission import StorageUnavailable, Submission
+from actors.submission import NotLogged, Submission
 from actors.tracking_api import iso
 from storage import sqlite_log
+from storage.errors import LogBehind, SchemaTooNew, StorageBusy, StorageRefused
 from storage.log import AppendRequest, AppendResult, EventRecord, Rejected
-from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, SchemaTooNew, migrate
-from storage.sqlite import LogBehind, SqliteStorage
+from storage.migrations import LOG_MIGRATIONS, MIGRATIONS, migrate
+from storage.sqlite import SqliteStorage
 from storage.sqlite_connect import connect, log_path
 
 NOW = iso(datetime.now(UTC))
@@ -233,7 +234,7 @@ async def test_a_failed_group_stores_nothing(storage: SqliteStorage) -> None:
     """All or nothing: the second request breaks the transaction, so the first is not kept
     either — every waiting client is told to retry, and the retry stores it once."""
     broken = AppendRequest("web", "t", [EventRecord("m2", "track", "t", None)])  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(StorageRefused):
         await storage.append([request("web", "m1"), broken])
     assert await storage.log_head() == 0
     results, _ = await storage.append([request("web", "m1")])
@@ -289,7 +290,7 @@ async def test_probe_writable_fails_while_another_process_holds_the_write_lock(
         file = log_path(store.path) if events_file else store.path
         holder = sqlite3.connect(file, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with pytest.raises(StorageBusy, match="locked"):
             await store.probe_writable()
         holder.execute("ROLLBACK")
         holder.close()
@@ -365,7 +366,7 @@ async def test_a_failed_commit_tells_every_waiting_client_and_the_writer_carries
         holder.execute("BEGIN IMMEDIATE")
         first = Submission(request("web", "m1"))
         await mailbox.send(first)
-        with pytest.raises(StorageUnavailable, match="locked"):
+        with pytest.raises(NotLogged, match="locked"):
             await first.wait()
         holder.execute("ROLLBACK")
         second = Submission(request("web", "m1"))

@@ -27,6 +27,7 @@ from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.scoring.actor import ScorerActor, ScoringStatus
 from daemon.config import Config
+from storage.sqlite_backend import SqliteBackend
 from tests.support.delivery import webhook
 from tests.support.fake_receiver import FakeReceiver
 from tests.support.graph import Harness
@@ -71,15 +72,21 @@ async def pipeline(tmp_path: Path, mode: str) -> AsyncIterator[Pipeline]:
         doorbell = Doorbell()
         inbox = Mailbox[ScorerMessage](10)
         scorer = ScorerActor(
-            path, config, gate, inbox, LogProgress(), Metrics(), ScoringStatus(), doorbell=doorbell
+            SqliteBackend(path),
+            config,
+            gate,
+            inbox,
+            LogProgress(),
+            Metrics(),
+            ScoringStatus(),
+            doorbell=doorbell,
         )
         status = DestinationStatus(hook.kind, hook.mode)
         destination = DestinationActor(
             "hook",
             hook,
             hook.sender("hook"),
-            path,
-            5.0,
+            SqliteBackend(path),
             gate,
             Metrics(),
             status,

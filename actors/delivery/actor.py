@@ -14,12 +14,10 @@ connection, and waits only on its own limiter.
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -34,9 +32,9 @@ from actors.delivery.status import DestinationStatus
 from actors.metrics import Metrics
 from actors.poison import blames_storage, describe
 from actors.runtime import Actor, held_from_thread
-from storage.outbox import DestinationCounts, OutboxRow, Settlement
-from storage.sqlite_connect import connect
-from storage.sqlite_outbox import SqliteOutboxStore
+from storage.backend import Backend
+from storage.errors import StorageUnavailable
+from storage.outbox import DestinationCounts, OutboxRow, OutboxStore, Settlement
 from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
@@ -65,8 +63,7 @@ class DestinationActor(Actor):
         name: str,
         config: DestinationSettings,
         sender: Sender,
-        database: Path,
-        busy_timeout: float,
+        backend: Backend,
         gate: anyio.Semaphore,
         metrics: Metrics,
         status: DestinationStatus,
@@ -81,8 +78,7 @@ class DestinationActor(Actor):
         self.destination = name
         self._config = config
         self._sender = sender
-        self._database = database
-        self._busy_timeout = busy_timeout
+        self._backend = backend
         self._gate = gate
         self._metrics = metrics
         self._status = status
@@ -108,7 +104,7 @@ class DestinationActor(Actor):
         self._fallback = FALLBACK_POLL if fallback is None else fallback
         self._unrecorded = False
         """An outcome could not be recorded while stopping: the sender must not finish."""
-        self._store: SqliteOutboxStore | None = None
+        self._store: OutboxStore | None = None
 
     def stop(self) -> None:
         """Calls in flight finish and are settled; nothing new starts."""
@@ -117,8 +113,8 @@ class DestinationActor(Actor):
             scope.cancel()
 
     async def run(self, ready: Callable[[], None]) -> None:
-        db = connect(self._database, self._busy_timeout, CACHE_KIB)
-        self._store = SqliteOutboxStore(db)
+        session = self._backend.session(cache_kib=CACHE_KIB)
+        self._store = session.outbox
         try:
             state = await self._db(self._store.sender_state, self.destination)
             self._status.used_today = await self._db(
@@ -142,7 +138,7 @@ class DestinationActor(Actor):
                 self._status.writing = self._sender.writing()
         finally:
             self._status.state = "stopped"
-            db.close()
+            session.close()
 
     async def _open(self, state: str | None, ready: Callable[[], None]) -> bool:
         """Open the sender; one that cannot open yet (a directory not writable) is a
@@ -465,7 +461,7 @@ class DestinationActor(Actor):
             try:
                 await self._db(write)
                 break
-            except sqlite3.OperationalError as exc:
+            except StorageUnavailable as exc:
                 self._metrics.storage_errors.labels(self.name).inc()
                 self._note_error(f"cannot record deliveries: {exc}")
                 if self._stopping.is_set():

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -32,8 +30,9 @@ from actors.messages import ProfileChanged, ScorerMessage
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Actor, Mailbox
-from storage.graph import Change
-from storage.sqlite_graph import IDENTITY_CONSUMER
+from storage.backend import Backend
+from storage.errors import StorageUnavailable
+from storage.graph import IDENTITY_CONSUMER, Change
 
 log = structlog.get_logger(__name__)
 
@@ -49,8 +48,7 @@ MAX_RETRY_AFTER_FAILURE = 300.0
 class IdentityActor(Actor):
     def __init__(
         self,
-        database: Path,
-        busy_timeout: float,
+        backend: Backend,
         rules: IdentitySection,
         progress: LogProgress,
         metrics: Metrics,
@@ -60,8 +58,7 @@ class IdentityActor(Actor):
         """`scorer`: the scorer's inbox, told of each profile a batch changed (a hint:
         the scorer reads what changed from the database either way)."""
         super().__init__("identity")
-        self._database = database
-        self._busy_timeout = busy_timeout
+        self._backend = backend
         self._rules = rules
         self._log_level, self._log_format = log_settings
         self._progress = progress
@@ -78,14 +75,13 @@ class IdentityActor(Actor):
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=worker.initialize,
-            initargs=(os.getpid(), self._database),
+            initargs=(os.getpid(), self._backend),
         )
         try:
             checkpoint = await _call(
                 pool,
                 worker.start,
-                self._database,
-                self._busy_timeout,
+                self._backend,
                 self._rules,
                 self._log_level,
                 self._log_format,
@@ -100,7 +96,7 @@ class IdentityActor(Actor):
                     log.info("identity graph was rebuilt; reading on", checkpoint=stale.checkpoint)
                     checkpoint = self._progress.consumers[IDENTITY_CONSUMER] = stale.checkpoint
                     continue
-                except sqlite3.OperationalError as exc:
+                except StorageUnavailable as exc:
                     # The outside world (a long lock, a full disk): nothing of the batch
                     # was committed, so trying the same batch again is exact.
                     self._metrics.storage_errors.labels("identity").inc()

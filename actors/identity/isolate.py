@@ -11,7 +11,6 @@ depend on it), and releases it in the same transaction.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Generator, Iterator, Sequence
 
@@ -22,7 +21,7 @@ from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.poison import HELD, Attempts, blames_storage, describe
 from storage.held import HeldStore, Withdrawn
 from storage.log import StoredEvent
-from storage.sqlite_graph import read_batches, read_events
+from storage.session import LogReader
 from storage.transaction import transaction
 
 log = structlog.get_logger(__name__)
@@ -41,7 +40,7 @@ def apply_resilient(
     graph: Graph,
     held: HeldStore,
     attempts: Attempts,
-    log_db: sqlite3.Connection,
+    events: LogReader,
     after: int,
     size: int,
     until: float,
@@ -52,7 +51,7 @@ def apply_resilient(
     are raised, after the results of what was committed before them."""
     while True:
         try:
-            for result in graph.apply_all(read_batches(log_db, after, size, until), after):
+            for result in graph.apply_all(events.batches(after, size, until), after):
                 after = result.checkpoint
                 yield result
             return
@@ -66,7 +65,7 @@ def apply_resilient(
                 after=after,
                 error=describe(exc),
             )
-        for result in _in_parts(graph, held, attempts, read_events(log_db, after, size), after):
+        for result in _in_parts(graph, held, attempts, events.read(after, size), after):
             after = result.checkpoint
             yield result
         if time.perf_counter() >= until:

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections import Counter
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import structlog
 
@@ -33,28 +31,23 @@ from actors.identity.pipeline import Graph, collector_paused
 from actors.identity.settings import IdentitySection
 from actors.identity.unit import MergeResult, StaleCheckpoint
 from actors.poison import Attempts
-from storage.sqlite_connect import connect, open_connection, open_log
-from storage.sqlite_graph import SqliteGraphStore
-from storage.sqlite_held import SqliteHeldStore
+from storage.backend import Backend, ClosingLogReader
+from storage.errors import StorageError
+from storage.session import Session
 
 ORPHAN_CHECK_SECONDS = 0.5
 READ_CACHE_KIB = 8 * 1024
 """The page cache of the connection a batch reads through while the batch before
 commits. SQLite empties it whenever the other connection has committed, about once
 a batch, so a larger one only holds pages longer (and a much smaller one is
-slower). The connection written through keeps connect()'s cache: a larger one helped
+slower). The session written through keeps the default cache: a larger one helped
 the batch's reads, which no longer go through it, and costs memory."""
 CHECKPOINT_SECONDS = 5.0
 """How often a thread of the worker copies the main file's WAL back into it, so that
 the next batch writes the WAL over from its start. A batch writes many pages there;
 left to the log writer's timer (storage.checkpoint_interval, 30 s by default, which
 also truncates it) the WAL grows large while the merger catches up a backlog, and
-its commits run slower appending to it.
-
-It copies with a PASSIVE checkpoint, which takes no lock, and only when that copied
-everything restarts the WAL, waiting for nobody (a RESTART holds the write lock while
-it waits). Restarted, not truncated: writing over the file's blocks is faster than
-allocating them again."""
+its commits run slower appending to it."""
 RUN_SECONDS = 1.0
 """How long one call goes on applying batches, each computed while the one before
 commits, before it returns to have them reported (and to hear a stop)."""
@@ -79,31 +72,32 @@ class Applied:
 
 @dataclass
 class Merger:
-    """The graph and its three connections: the main file's, written through; another
-    to it, which a batch reads through while the batch before commits on the first;
-    and the event log's own file, where batches are read meanwhile."""
+    """The graph and its three sessions: one written through; another, which a batch
+    reads through while the batch before commits on the first; and the event log's
+    reader, where batches are read meanwhile."""
 
-    db: sqlite3.Connection
-    reads: sqlite3.Connection
-    log: sqlite3.Connection
+    db: Session
+    reads: Session
+    log: ClosingLogReader
     graph: Graph
     batch_size: int
-    held: SqliteHeldStore
     attempts: Attempts
 
     @classmethod
-    def open(cls, database: Path, busy_timeout: float, rules: IdentitySection) -> Merger:
+    def open(cls, backend: Backend, rules: IdentitySection) -> Merger:
         with ExitStack() as opened:
-            db = opened.enter_context(closing(connect(database, busy_timeout)))
-            reads = opened.enter_context(closing(connect(database, busy_timeout, READ_CACHE_KIB)))
-            log = open_log(database, busy_timeout)
+            db = backend.session()
+            opened.callback(db.close)
+            reads = backend.session(cache_kib=READ_CACHE_KIB)
+            opened.callback(reads.close)
+            log = backend.log_reader()
             opened.pop_all()
-        graph = Graph(SqliteGraphStore(db), rules, Extractor(rules), reads=SqliteGraphStore(reads))
-        return cls(db, reads, log, graph, rules.batch_size, SqliteHeldStore(db), isolate.attempts())
+        graph = Graph(db.graph, rules, Extractor(rules), reads=reads.graph)
+        return cls(db, reads, log, graph, rules.batch_size, isolate.attempts())
 
     def close(self) -> None:
-        for connection in (self.db, self.reads, self.log):
-            connection.close()
+        for opened in (self.db, self.reads, self.log):
+            opened.close()
 
 
 _state: Merger | None = None
@@ -111,7 +105,7 @@ _nice_refused: str | None = None
 log = structlog.get_logger(__name__)
 
 
-def initialize(daemon_pid: int, database: Path) -> None:
+def initialize(daemon_pid: int, backend: Backend) -> None:
     """Pool initializer. Stopping is the daemon's decision, not a signal's; and when
     the daemon is gone (even SIGKILLed, which closes nothing cleanly), so is this
     process, mid-batch or not: an uncommitted batch is rolled back by SQLite."""
@@ -131,15 +125,13 @@ def initialize(daemon_pid: int, database: Path) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
     threading.Thread(
         target=checkpoint_every,
-        args=(database, threading.Event()),  # never set: it ends with the process
+        args=(backend, threading.Event()),  # never set: it ends with the process
         name="checkpoints",
         daemon=True,
     ).start()
 
 
-def start(
-    database: Path, busy_timeout: float, rules: IdentitySection, log_level: str, log_format: str
-) -> int:
+def start(backend: Backend, rules: IdentitySection, log_level: str, log_format: str) -> int:
     """Open the graph; returns the checkpoint to read on from."""
     global _state
     logs.configure(log_level, log_format)  # type: ignore[arg-type]
@@ -150,7 +142,7 @@ def start(
         )
     if _state is not None:
         _state.close()
-    _state = Merger.open(database, busy_timeout, rules)
+    _state = Merger.open(backend, rules)
     return _state.graph.store.checkpoint()
 
 
@@ -160,15 +152,22 @@ def apply_next(after: int) -> Applied | None:
     and the next call, starting with the failed batch, meets its error again."""
     assert _state is not None, "start() first"
     state = _state
+    held = state.db.held
     results: list[MergeResult] = []
     until = time.perf_counter() + RUN_SECONDS
     try:
-        results += isolate.retry_held(state.graph, state.held, state.attempts)
+        results += isolate.retry_held(state.graph, held, state.attempts)
         # The process's own collector, paused for the whole call rather than batch by
         # batch: resumed after each, it would traverse the next batch's live rows.
         with collector_paused():
             for result in isolate.apply_resilient(
-                state.graph, state.held, state.attempts, state.log, after, state.batch_size, until
+                state.graph,
+                held,
+                state.attempts,
+                state.log,
+                after,
+                state.batch_size,
+                until,
             ):
                 results.append(result)
     except Exception as exc:
@@ -201,18 +200,16 @@ def apply_next(after: int) -> Applied | None:
     )
 
 
-def checkpoint_every(database: Path, stop: threading.Event) -> None:
-    """Checkpoint the main file's WAL every CHECKPOINT_SECONDS until `stop` is set.
-    One call into SQLite, which lets go of the interpreter lock: it copies pages on
-    the other core while the merger computes its next batch."""
-    db = open_connection(database, 0)
+def checkpoint_every(backend: Backend, stop: threading.Event) -> None:
+    """Checkpoint the main file every CHECKPOINT_SECONDS until `stop` is set: one
+    call into the database, which lets go of the interpreter lock, so it copies pages
+    on the other core while the merger computes its next batch."""
+    checkpointer = backend.checkpointer()
     try:
         while not stop.wait(CHECKPOINT_SECONDS):
             try:
-                busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if not busy and frames == copied:
-                    db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-            except sqlite3.Error as exc:  # a full disk, say: the next time may do
+                checkpointer.checkpoint()
+            except StorageError as exc:  # a full disk, say: the next time may do
                 log.warning("main file's WAL checkpoint failed", error=str(exc))
     finally:
-        db.close()
+        checkpointer.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -14,14 +13,13 @@ import anyio
 from actors.delivery import payload as payloads
 from actors.delivery.kinds import DestinationSettings
 from actors.identity.extract import EMAIL
-from actors.identity.rebuild import exclusive
 from actors.identity.settings import IdentitySection
 from actors.lifecycle.identifiers import Identifier
 from actors.lifecycle.search import Found, Unsearched
 from actors.lifecycle.suppressions import Suppressions
 from actors.runtime import held_from_thread
+from storage.backend import Backend
 from storage.lifecycle import Deletion, Erased, LifecycleStore, Person, identifier_hash
-from storage.sqlite_lifecycle import SqliteLifecycleStore
 
 LOCKED_TRIES = 3
 """Times forget takes the locks expecting the search outside them to be complete; the
@@ -155,7 +153,7 @@ def unforget(store: LifecycleStore, identifier: Identifier) -> list[bytes]:
 
 
 def forget_here(
-    database: Path,
+    backend: Backend,
     identifier: Identifier,
     config: Config,
     suppressions: Suppressions | None = None,
@@ -165,8 +163,8 @@ def forget_here(
     `write_gate` given: ingestion held, the main file's writers queued, the suppression
     set updated), or with it stopped. Raises RebuildRunning during a rebuild."""
 
-    with exclusive(database):
-        store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
+    with backend.exclusive():
+        store = backend.lifecycle()
         try:
             if suppressions is None or write_gate is None:
                 return forget(store, identifier, config, time.time())
@@ -187,7 +185,7 @@ def forget_here(
 
 
 def unforget_here(
-    database: Path,
+    backend: Backend,
     identifier: Identifier,
     config: Config,
     suppressions: Suppressions | None = None,
@@ -197,7 +195,7 @@ def unforget_here(
     held for the moment). Returns how many identifiers it covered (0: none did). The
     locks are taken in forget's order: the gate, the main file's, ingestion."""
 
-    store = SqliteLifecycleStore.open(database, config.storage.busy_timeout)
+    store = backend.lifecycle()
     gate = nullcontext() if write_gate is None else held_from_thread(write_gate)
     hold = nullcontext() if suppressions is None else held_from_thread(suppressions.lock)
     try:

@@ -4,7 +4,6 @@ a forgotten person's later events."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import anyio
 import msgspec
@@ -13,9 +12,9 @@ from actors.identity.extract import ANONYMOUS_ID, Extractor
 from actors.identity.settings import IdentitySection
 from actors.lifecycle.identifiers import Identifier, loose_identifiers
 from actors.messages import Event
+from storage.backend import Backend
 from storage.lifecycle import identifier_hash
 from storage.log import AppendRequest
-from storage.sqlite_lifecycle import SqliteLifecycleStore
 
 _decode_event = msgspec.json.Decoder(Event).decode
 
@@ -89,9 +88,9 @@ class Suppressions:
         return self.covers(found)
 
 
-def load_suppressions(database: Path, busy_timeout: float, rules: IdentitySection) -> Suppressions:
+def load_suppressions(backend: Backend, rules: IdentitySection) -> Suppressions:
     """The suppression set as the database has it, for the daemon's start."""
-    store = SqliteLifecycleStore.open(database, busy_timeout)
+    store = backend.lifecycle()
     try:
         return Suppressions(store.salt(), store.suppressed(), rules)
     finally:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -47,11 +45,11 @@ from actors.scoring.model import ModelError, parse
 from actors.scoring.scorer import Scorer
 from actors.scoring.settings import ScoringSection
 from actors.scoring.work import COMPONENT
+from storage.backend import Backend
+from storage.errors import StorageUnavailable
 from storage.held import HeldItem
-from storage.sqlite_connect import connect
-from storage.sqlite_held import SqliteHeldStore
-from storage.sqlite_outbox import SqliteOutboxStore
-from storage.sqlite_scores import SCORER_CONSUMER, SqliteScoreStore
+from storage.scores import SCORER_CONSUMER
+from storage.session import Session
 
 log = structlog.get_logger(__name__)
 
@@ -130,7 +128,7 @@ class Config(Protocol):
 class ScorerActor(Actor):
     def __init__(
         self,
-        database: Path,
+        backend: Backend,
         config: Config,
         gate: anyio.Semaphore,
         inbox: Mailbox[ScorerMessage],
@@ -143,7 +141,7 @@ class ScorerActor(Actor):
         """`doorbell`: the destinations' bells, rung after each commit that gives them
         rows due now; without one they find those rows at their next look."""
         super().__init__("scorer")
-        self._database = database
+        self._backend = backend
         self._config = config
         self._gate = gate
         self._inbox = inbox
@@ -166,19 +164,19 @@ class ScorerActor(Actor):
         """A deployed version that failed to parse, so it is reported once."""
 
     async def run(self, ready: Callable[[], None]) -> None:
-        db = self._connection = connect(self._database, self._config.storage.busy_timeout)
+        session = self._session = self._backend.session()
         try:
-            scorer = await anyio.to_thread.run_sync(self._start, db)
+            scorer = await anyio.to_thread.run_sync(self._start, session)
             self._show_progress()
             ready()
             await self._serve(scorer)
         finally:
             for waiting in [*(r.done for r in self._requests), *(s.done for s in self._syncs)]:
                 waiting.set()  # unanswered: the daemon is stopping
-            db.close()
+            session.close()
 
-    def _start(self, db: sqlite3.Connection) -> Scorer:
-        store = SqliteScoreStore(db)
+    def _start(self, session: Session) -> Scorer:
+        store = session.scores
         gate = self._write_gate
         model = deploy.active(store, gate)
         kinds: dict[str, str] = {n: s.kind for n, s in self._config.sources.items()}
@@ -189,7 +187,7 @@ class ScorerActor(Actor):
             kinds,
             self._clock,
             gate,
-            held=SqliteHeldStore(db),
+            held=session.held,
         )
         scorer.attempts.on_held = self._count_held
         scorer.on_staged = self._ring
@@ -221,7 +219,7 @@ class ScorerActor(Actor):
         What was queued for a destination no longer configured is deleted, so that
         adding it again starts afresh; rows held for a batch run by a destination now
         realtime are made due."""
-        outbox = SqliteOutboxStore(self._connection)
+        outbox = self._session.outbox
         scorer.staging = Staging(outbox, destinations) if destinations else None
         for dropped in [s for s in self._syncs if s.destination not in destinations]:
             anyio.from_thread.run_sync(dropped.done.set)  # unanswered: it went
@@ -258,7 +256,7 @@ class ScorerActor(Actor):
             round_started = time.monotonic()
             try:
                 done = await anyio.to_thread.run_sync(self._step, scorer, closing)
-            except sqlite3.OperationalError as exc:
+            except StorageUnavailable as exc:
                 # A long lock or a full disk: nothing of the step was committed.
                 self._metrics.storage_errors.labels("scorer").inc()
                 log.warning("scoring step not applied; retrying", error=str(exc))

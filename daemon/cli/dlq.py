@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -19,6 +19,7 @@ from daemon.cli import offline
 from daemon.cli.options import Commands, command
 from daemon.cli.render import count, print_columns
 from daemon.config import LoadedConfig
+from storage.outbox import OutboxStore
 
 _T = TypeVar("_T")
 
@@ -108,7 +109,7 @@ def _unknown_destination(name: str | None, loaded: LoadedConfig) -> bool:
     return True
 
 
-def _with_outbox(loaded: LoadedConfig, work: Callable[[Any], _T], write: bool = False) -> _T | None:
-    from storage.sqlite_outbox import SqliteOutboxStore
-
-    return offline.with_store(loaded, SqliteOutboxStore, work, write)
+def _with_outbox(
+    loaded: LoadedConfig, work: Callable[[OutboxStore], _T], write: bool = False
+) -> _T | None:
+    return offline.with_session(loaded, lambda session: work(session.outbox), write)

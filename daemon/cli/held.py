@@ -22,7 +22,7 @@ from daemon.cli import offline
 from daemon.cli.options import Commands, with_config
 from daemon.cli.render import count
 from daemon.config import LoadedConfig
-from storage.sqlite_held import SqliteHeldStore
+from storage.held import HeldStore
 
 ERROR_SHOWN = 100
 """Characters of an error in the table; --json shows all of it."""
@@ -114,7 +114,7 @@ def _drop(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 def _act(
     args: argparse.Namespace,
     loaded: LoadedConfig,
-    action: Callable[[SqliteHeldStore, list[int] | None], tuple[int, int]],
+    action: Callable[[HeldStore, list[int] | None], tuple[int, int]],
 ) -> tuple[int, int] | int | None:
     """Run a retry or a drop on the items named: the action's counts, an exit code
     (bad usage, nothing matched) once said why, or None if the database failed."""
@@ -132,9 +132,9 @@ def _act(
 
 
 def _with_held(
-    loaded: LoadedConfig, work: Callable[[SqliteHeldStore], _T], write: bool = False
+    loaded: LoadedConfig, work: Callable[[HeldStore], _T], write: bool = False
 ) -> _T | None:
-    return offline.with_store(loaded, SqliteHeldStore, work, write)
+    return offline.with_session(loaded, lambda session: work(session.held), write)
 
 
 def _body(body: bytes | None) -> object:

@@ -7,7 +7,6 @@ database rebuilt here, with this config's rules and the data dir's lock held."""
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,13 @@ from rich.console import Console
 from rich.progress import Progress
 
 from actors.exit_codes import EXIT_STORAGE, EXIT_TEMPFAIL, EXIT_UNAVAILABLE
+from daemon.backend import backend_for
 from daemon.cli import endings, offline
 from daemon.cli.admin_client import NobodyListens, admin_call, progress_of
 from daemon.cli.options import Commands, command, with_admin
 from daemon.cli.render import count
 from daemon.config import LoadedConfig
+from storage.errors import StorageError
 
 REBUILD_TIMEOUT = 3600.0
 """Seconds: a rebuild replays the whole log, which takes minutes for a large one."""
@@ -75,29 +76,27 @@ def _rebuild_here(loaded: LoadedConfig) -> int:
 
 
 def _rebuild_locked(database: Path, loaded: LoadedConfig) -> int:
-    from actors.identity.rebuild import RebuildRunning, rebuild
-    from storage.migrations import SchemaTooNew
-    from storage.sqlite import LogBehind
+    from actors.identity.rebuild import rebuild
+    from storage.errors import RebuildRunning
 
     config = loaded.config
     # The rebuilt graph is made in this version's schema, and swapped into tables that
     # must have it too: a database upgraded but not yet opened by the daemon is
     # migrated first, as the daemon would.
     try:
-        offline.migrate(database, config.storage)
-    except (sqlite3.Error, SchemaTooNew, LogBehind) as exc:
+        offline.migrate(loaded)
+    except StorageError as exc:
         print(f"leadsync: {database} cannot be opened: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("replaying the event log", total=None)
         try:
             report = rebuild(
-                database,
+                backend_for(config),
                 config.identity,
-                config.storage.busy_timeout,
                 lambda done, total: bar.update(task, completed=done, total=total),
             )
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             print(f"leadsync: rebuild failed, the old graph stays: {exc}", file=sys.stderr)
             return EXIT_STORAGE
         except RebuildRunning as exc:

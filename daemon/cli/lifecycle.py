@@ -10,7 +10,6 @@ stopped, and holds the lock from its check to its end.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,14 @@ from actors.exit_codes import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
 )
+from daemon.backend import backend_for
 from daemon.cli import endings, offline
 from daemon.cli.admin_client import NobodyListens, admin_call
 from daemon.cli.options import Commands, with_admin, with_config
 from daemon.cli.render import count
 from daemon.config import LoadedConfig
 from daemon.datadir import DataDirLock
+from storage.errors import StorageError
 
 FORGET_TIMEOUT = 600.0
 """Seconds: forget reads the whole log for the person's events."""
@@ -123,7 +124,7 @@ def _database_here(loaded: LoadedConfig, role: str) -> tuple[Path, DataDirLock] 
             )
             lock.release()
             return EXIT_STORAGE
-        offline.migrate(database, loaded.config.storage)
+        offline.migrate(loaded)
     except BaseException:
         lock.release()
         raise
@@ -146,17 +147,19 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             return EXIT_TEMPFAIL if status == 409 else EXIT_STORAGE
         erased, where = body, "the running daemon"
     else:
-        from actors.identity.rebuild import RebuildRunning
         from actors.lifecycle.forget import forget_here
+        from storage.errors import RebuildRunning
         from storage.lifecycle import PartlyErased
 
         here = _database_here(loaded, "forget")
         if isinstance(here, int):
             return here
-        database, lock = here
+        _, lock = here
         endings.on_interrupt("an erase under way is rolled back; run forget again")
         try:
-            erased = msgspec.to_builtins(forget_here(database, identifier, loaded.config))
+            erased = msgspec.to_builtins(
+                forget_here(backend_for(loaded.config), identifier, loaded.config)
+            )
         except RebuildRunning as exc:
             print(f"leadsync: {exc}; forget after it", file=sys.stderr)
             return EXIT_TEMPFAIL
@@ -165,7 +168,7 @@ def _forget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                 f"leadsync: forget failed, partly erased; run forget again: {exc}", file=sys.stderr
             )
             return EXIT_STORAGE
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             print(f"leadsync: forget failed, nothing was erased: {exc}", file=sys.stderr)
             return EXIT_STORAGE
         finally:
@@ -225,10 +228,10 @@ def _unforget(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         here = _database_here(loaded, "unforget")
         if isinstance(here, int):
             return here
-        database, lock = here
+        _, lock = here
         try:
-            lifted = unforget_here(database, identifier, loaded.config)
-        except sqlite3.Error as exc:
+            lifted = unforget_here(backend_for(loaded.config), identifier, loaded.config)
+        except StorageError as exc:
             print(f"leadsync: unforget failed: {exc}", file=sys.stderr)
             return EXIT_STORAGE
         finally:
@@ -252,7 +255,7 @@ def _backup(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     except BackupRaced as exc:
         print(f"leadsync: backup failed: {exc}", file=sys.stderr)
         return EXIT_TEMPFAIL
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StorageError) as exc:
         print(f"leadsync: backup failed: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     for path in made:
@@ -313,7 +316,7 @@ def _restore(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     except NotABackup as exc:
         print(f"leadsync: not restored: {exc}", file=sys.stderr)
         return EXIT_DATAERR
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StorageError) as exc:
         print(f"leadsync: restore failed: {exc}", file=sys.stderr)
         return EXIT_STORAGE
     finally:

@@ -5,15 +5,17 @@ looks for a new active model every second, so a deploy needs no daemon to be ask
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from actors.exit_codes import EXIT_DATAERR, EXIT_STORAGE
+from daemon.backend import backend_for
 from daemon.cli import offline
 from daemon.cli.options import Commands, command
 from daemon.cli.render import Bar, count, print_columns
 from daemon.config import LoadedConfig
+from storage.errors import StorageError
 
 
 def add_commands(commands: Commands) -> None:
@@ -49,8 +51,6 @@ def _model_check(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from actors.scoring import bulk
     from actors.scoring.deploy import deployed
     from actors.scoring.model import ModelError, example, load
-    from storage.sqlite_connect import connect
-    from storage.sqlite_scores import SqliteScoreStore
 
     try:
         model = load(args.file)
@@ -66,17 +66,15 @@ def _model_check(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     if not database.is_file():
         print(f"no database at {database} (data_dir from {loaded.path}): no profiles to score")
         return 0
-    db = connect(database, loaded.config.storage.busy_timeout)
     try:
-        store = SqliteScoreStore(db)
-        active = deployed(store) or example()
-        with Bar("scoring profiles", "profiles") as bar:
-            preview = bulk.preview(store, model, active, bar.update)
-    except sqlite3.Error as exc:
+        with closing(backend_for(loaded.config).session()) as session:
+            store = session.scores
+            active = deployed(store) or example()
+            with Bar("scoring profiles", "profiles") as bar:
+                preview = bulk.preview(store, model, active, bar.update)
+    except StorageError as exc:
         print(f"leadsync: cannot read {database}: {exc}", file=sys.stderr)
         return EXIT_STORAGE
-    finally:
-        db.close()
     if not preview.profiles:
         print(f"no profiles in {database} yet: nothing to compare")
         return 0
@@ -112,8 +110,6 @@ def _model_deploy(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     every second, so no daemon needs to be asked (or even running)."""
     from actors.scoring.deploy import Outcome, deploy
     from actors.scoring.model import ModelError, load
-    from storage.sqlite_connect import connect
-    from storage.sqlite_scores import SqliteScoreStore
 
     try:
         model = load(args.file)
@@ -128,22 +124,19 @@ def _model_deploy(args: argparse.Namespace, loaded: LoadedConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_STORAGE
-    db = connect(database, loaded.config.storage.busy_timeout)
     try:
-        # FULL: "deployed" on the terminal must survive a power cut.
-        db.execute("PRAGMA synchronous = FULL")
-        store = SqliteScoreStore(db)
-        before = store.active_model()
-        outcome = deploy(store, model, str(Path(args.file).resolve()), again=True)
+        # Durable: "deployed" on the terminal must survive a power cut.
+        with closing(backend_for(loaded.config).session(durable=True)) as session:
+            store = session.scores
+            before = store.active_model()
+            outcome = deploy(store, model, str(Path(args.file).resolve()), again=True)
     except ModelError as exc:
         print(f"leadsync: {exc}", file=sys.stderr)
         print("  nothing was deployed; the active model stays", file=sys.stderr)
         return EXIT_DATAERR
-    except sqlite3.Error as exc:
+    except StorageError as exc:
         print(f"leadsync: cannot deploy into {database}: {exc}", file=sys.stderr)
         return EXIT_STORAGE
-    finally:
-        db.close()
     if outcome is Outcome.ALREADY_ACTIVE:
         print(f"model {model.version} is already the active model: nothing changed")
         return 0
@@ -159,20 +152,16 @@ def _model_deploy(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 def _model_history(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from actors.scoring.model import example
-    from storage.sqlite_connect import connect
-    from storage.sqlite_scores import SqliteScoreStore
 
     database = offline.database(loaded)
     deploys = []
     if database.is_file():
-        db = connect(database, loaded.config.storage.busy_timeout)
         try:
-            deploys = SqliteScoreStore(db).deploys(args.limit)
-        except sqlite3.Error as exc:
+            with closing(backend_for(loaded.config).session()) as session:
+                deploys = session.scores.deploys(args.limit)
+        except StorageError as exc:
             print(f"leadsync: cannot read {database}: {exc}", file=sys.stderr)
             return EXIT_STORAGE
-        finally:
-            db.close()
     if not deploys:
         print(
             f"no model deployed yet: the daemon deploys the built-in example "

@@ -4,28 +4,28 @@ answers): one way to open it, lock the data dir, migrate it, and say why not."""
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 
 from actors.exit_codes import EXIT_STORAGE, EXIT_TEMPFAIL
-from daemon.config import LoadedConfig, StorageSection
+from daemon.backend import backend_for, database_path
+from daemon.config import LoadedConfig
 from daemon.datadir import DAEMON, DataDirHeld, DataDirLock
-from storage.transaction import Transactional, transaction
+from storage.backend import Backend
+from storage.errors import StorageError
+from storage.session import Session
+from storage.transaction import transaction
 
-_S = TypeVar("_S", bound=Transactional)
 _T = TypeVar("_T")
 
 
 def database(loaded: LoadedConfig) -> Path:
-    from daemon.app import DATABASE_NAME  # the app module is heavy; few commands need it
-
-    return Path(loaded.config.daemon.data_dir) / DATABASE_NAME
+    return database_path(loaded.config)
 
 
 def existing_database(loaded: LoadedConfig) -> Path | None:
@@ -95,44 +95,32 @@ def hold_data_dir(
     return lock
 
 
-def with_store(
-    loaded: LoadedConfig,
-    make: Callable[[sqlite3.Connection], _S],
-    work: Callable[[_S], _T],
-    write: bool = False,
+def with_session(
+    loaded: LoadedConfig, work: Callable[[Session], _T], write: bool = False
 ) -> _T | None:
-    """`work` on a store over the database, in one write transaction if `write`;
+    """`work` on a session over the database, in one write transaction if `write`;
     None, after saying why on stderr, if there is no database or it fails."""
-    from storage.sqlite_connect import connect
-
     path = existing_database(loaded)
     if path is None:
         return None
-    db = connect(path, loaded.config.storage.busy_timeout)
     try:
-        store = make(db)
-        with transaction(store) if write else nullcontext():
-            return work(store)
-    except sqlite3.Error as exc:
+        with (
+            closing(backend_for(loaded.config).session()) as session,
+            transaction(session) if write else nullcontext(),
+        ):
+            return work(session)
+    except StorageError as exc:
         print(f"leadsync: cannot use {path}: {exc}", file=sys.stderr)
         return None
-    finally:
-        db.close()
 
 
-def migrate(database: Path, settings: StorageSection) -> None:
+def migrate(loaded: LoadedConfig) -> None:
     """Bring the database to this version's schema, as the daemon does at start, for
     a command that then writes in it (a rebuild, a forget). Raises what opening it
-    raises: sqlite3.Error, SchemaTooNew, LogBehind."""
-    anyio.run(_open_and_close, database, settings)
+    raises: StorageError."""
+    anyio.run(_open_and_close, backend_for(loaded.config))
 
 
-async def _open_and_close(database: Path, settings: StorageSection) -> None:
-    from storage.sqlite import SqliteStorage
-
-    storage = await SqliteStorage.open(
-        database,
-        busy_timeout=settings.busy_timeout,
-        journal_size_limit=settings.journal_size_limit,
-    )
+async def _open_and_close(backend: Backend) -> None:
+    storage = await backend.open()
     await storage.close()

@@ -16,7 +16,7 @@ from daemon.cli import offline
 from daemon.cli.options import Commands, with_config
 from daemon.cli.render import print_columns
 from daemon.config import LoadedConfig
-from storage.sqlite_connect import Transactions
+from storage.session import Session
 
 NOT_YET = "(none yet: generated at the daemon's first start)"
 
@@ -31,14 +31,9 @@ def add_commands(commands: Commands) -> None:
     sources.set_defaults(handler=_sources)
 
 
-class _GeneratedKeys(Transactions):
-    def read(self, names: list[str]) -> dict[str, str]:
-        keys = {GENERATED_KEY.format(name): name for name in names}
-        rows = self._db.execute(
-            f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})",
-            list(keys),
-        ).fetchall()
-        return {keys[key]: str(value) for key, value in rows}
+def _generated_keys(session: Session, names: list[str]) -> dict[str, str]:
+    found = {name: session.meta(GENERATED_KEY.format(name)) for name in names}
+    return {name: key for name, key in found.items() if key is not None}
 
 
 def _sources(args: argparse.Namespace, loaded: LoadedConfig) -> int:
@@ -47,7 +42,7 @@ def _sources(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     generated = [name for name, source in keyed.items() if source.write_key is None]
     found: dict[str, str] = {}
     if generated and offline.database(loaded).is_file():
-        read = offline.with_store(loaded, _GeneratedKeys, lambda keys: keys.read(generated))
+        read = offline.with_session(loaded, lambda session: _generated_keys(session, generated))
         if read is None:
             return EXIT_STORAGE
         found = read

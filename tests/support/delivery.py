@@ -24,6 +24,7 @@ from actors.metrics import Metrics
 from actors.settings import dec_hook
 from daemon.config import Destination
 from storage.sqlite import SqliteStorage
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_connect import connect
 from storage.sqlite_outbox import SqliteOutboxStore
 
@@ -102,7 +103,9 @@ async def delivering(path: Path, name: str, config: Destination) -> AsyncIterato
     storage = await SqliteStorage.open(path)
     status = DestinationStatus(config.kind, config.mode)
     sender = sender_for(name, config)
-    actor = DestinationActor(name, config, sender, path, 5.0, storage.write_gate, Metrics(), status)
+    actor = DestinationActor(
+        name, config, sender, SqliteBackend(path), storage.write_gate, Metrics(), status
+    )
     try:
         async with anyio.create_task_group() as tg:
             started = anyio.Event()

@@ -36,6 +36,7 @@ from actors.progress import LogProgress
 from daemon.config import parse
 from daemon.ingestion import Ingestion
 from storage.sqlite import SqliteStorage
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_connect import log_path, uri
 from tests.support.daemon_process import SOURCES
 from tests.support.posting import WEB_KEY, Answer, answer, basic_auth
@@ -146,7 +147,7 @@ async def serving(
         storage,
         progress or LogProgress(),
         metrics,
-        load_suppressions(database, config.storage.busy_timeout, config.identity),
+        load_suppressions(SqliteBackend(database), config.identity),
     )
     writing: asyncio.Task[None] | None = None
     try:

@@ -21,6 +21,7 @@ from daemon.config import Config
 from storage.lifecycle import Erased
 from storage.log import AppendRequest, Rejected
 from storage.sqlite import SqliteStorage
+from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_connect import log_path
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from tests.support.graph import records
@@ -52,7 +53,7 @@ def start_merger(
     log_events(path, [])
     monkeypatch.setattr(logs, "configure", lambda *_: None)
     monkeypatch.setattr(worker, "_state", None)
-    checkpoint = [worker.start(path, 5, rules or Config().identity, "warning", "json")]
+    checkpoint = [worker.start(SqliteBackend(path), rules or Config().identity, "warning", "json")]
 
     def apply_all() -> None:
         while (applied := worker.apply_next(checkpoint[0])) is not None:
