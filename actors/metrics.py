@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from actors import __version__
 from actors.delivery.status import DestinationStatus
-from actors.progress import LogProgress
+from actors.progress import LogStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -230,8 +230,10 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, actors: Callable[[], Sequence[ActorState]], progress: LogProgress) -> None:
-        """Read actor states and log positions at scrape time."""
+    def watch(
+        self, actors: Callable[[], Sequence[ActorState]], progress: Callable[[], LogStatus]
+    ) -> None:
+        """Read actor states and log positions at scrape time (a snapshot of each)."""
         self.registry.register(_LiveCollector(actors, progress))
 
     def watch_destinations(self, statuses: dict[str, DestinationStatus]) -> None:
@@ -242,7 +244,9 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, actors: Callable[[], Sequence[ActorState]], progress: LogProgress) -> None:
+    def __init__(
+        self, actors: Callable[[], Sequence[ActorState]], progress: Callable[[], LogStatus]
+    ) -> None:
         self._actors = actors
         self._progress = progress
 
@@ -265,7 +269,7 @@ class _LiveCollector(Collector):
         yield up
         yield depth
         yield capacity
-        p = self._progress
+        p = self._progress()
         yield GaugeMetricFamily(
             "leadsync_log_head_sequence", "Sequence number of the newest logged event.", p.head
         )

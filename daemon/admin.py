@@ -33,7 +33,7 @@ from actors.identity.settings import BUILTIN_ID_KINDS
 from actors.lifecycle.identifiers import BadIdentifier, Identifier, parse_identifier
 from actors.messages import RunBatch, ScorerMessage, SyncDestination
 from actors.metrics import CONTENT_TYPE, Metrics
-from actors.progress import LogProgress
+from actors.progress import LogStatus
 from actors.runtime import Actor, Mailbox
 from actors.scoring.actor import ScoringStatus
 from daemon import __version__
@@ -59,7 +59,7 @@ class AdminServer(Actor):
         config: Config,
         supervisor: Supervisor,
         storage: Storage,
-        progress: LogProgress,
+        progress: Callable[[], LogStatus],
         metrics: Metrics,
         started_at: float,
         rebuild_identity: Callable[[Callable[[int, int], None]], Awaitable[RebuildReport]],
@@ -206,19 +206,20 @@ class AdminServer(Actor):
     async def _status(self, request: web.Request) -> web.Response:
         quarantined, _ = await self._storage.quarantined(limit=0)
         held, _ = await self._storage.held(limit=0)
+        progress = self._progress()
         return _json(
             {
                 "version": __version__,
                 "uptime_seconds": round(time.monotonic() - self._started_at, 3),
                 "ready": self._supervisor.ready.is_set() and not self._supervisor.stopping,
-                "events_stored": self._progress.head,
-                "pending_events": self._progress.pending,
-                "backlog_events": self._progress.backlog,
+                "events_stored": progress.head,
+                "pending_events": progress.pending,
+                "backlog_events": progress.backlog,
                 "quarantined": quarantined,
                 "held": held,
                 "consumers": {
-                    name: {"applied": seq, "lag_events": max(self._progress.head - seq, 0)}
-                    for name, seq in self._progress.consumers.items()
+                    name: {"applied": seq, "lag_events": max(progress.head - seq, 0)}
+                    for name, seq in progress.consumers.items()
                 },
                 "ingest": {
                     "listen": str(self._config.http.listen),
@@ -287,7 +288,7 @@ class AdminServer(Actor):
             return _json({"error": "a rebuild is already running"}, status=409)
         async with self._rebuilding:
             log.info("identity rebuild started")
-            self._rebuild_progress = {"events": 0, "of": self._progress.head}
+            self._rebuild_progress = {"events": 0, "of": self._progress().head}
             try:
                 report = await self._rebuild_identity(self._rebuilt)
             except sqlite3.Error as exc:

@@ -136,7 +136,7 @@ async def _serve(config: Config, config_path: str) -> int:
             config.daemon.shutdown_grace,
             on_restart=lambda name: metrics.actor_restarts.labels(name).inc(),
         )
-        metrics.watch(supervisor.statuses, progress)
+        metrics.watch(supervisor.statuses, progress.snapshot)
         ingestion = Ingestion(config, storage, progress, metrics, suppressions)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
         scoring_status = ScoringStatus()
@@ -161,7 +161,7 @@ async def _serve(config: Config, config_path: str) -> int:
                     config,
                     supervisor,
                     storage,
-                    progress,
+                    progress.snapshot,
                     metrics,
                     started_at,
                     lambda report: anyio.to_thread.run_sync(

@@ -288,11 +288,7 @@ class ScorerActor(Actor):
 
     def _show_progress(self) -> None:
         """On the event loop thread, which is where LogProgress is read."""
-        self._progress.consumers[SCORER_CONSUMER] = self._checkpoint
-        if self._replaying:
-            self._progress.replaying.add(SCORER_CONSUMER)
-        else:
-            self._progress.replaying.discard(SCORER_CONSUMER)
+        self._progress.applied(SCORER_CONSUMER, self._checkpoint, self._replaying)
 
     def _idle_wait(self) -> float:
         due = self._next_batch - self._clock()
@@ -387,9 +383,7 @@ class ScorerActor(Actor):
         """Between the chunks of a batch run, which folds the log as it goes: the
         backlog that pushes back on clients must see it move, and /status the run."""
         self._checkpoint = checkpoint
-        anyio.from_thread.run_sync(
-            self._progress.consumers.__setitem__, SCORER_CONSUMER, checkpoint
-        )
+        anyio.from_thread.run_sync(self._show_progress)
         anyio.from_thread.run_sync(self._show_running, profiles, None)
 
     def _show_running(self, profiles: int | None, total: int | None) -> None:
