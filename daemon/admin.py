@@ -239,7 +239,7 @@ class AdminServer(Actor):
                 "destinations": {
                     name: _destination(status) for name, status in self._destinations.items()
                 },
-                "actors": [asdict(status) for status in self._supervisor.statuses()],
+                "actors": self._supervisor.statuses(),
             }
         )
 

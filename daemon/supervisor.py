@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from actors.exit_codes import EXIT_GRACE_EXCEEDED, EXIT_SOFTWARE
@@ -59,8 +60,9 @@ class ActorSpec:
             self.current.stop()
 
 
-@dataclass(frozen=True)
-class ActorStatus:
+class ActorStatus(msgspec.Struct, frozen=True):
+    """One actor as the supervisor saw it when `statuses()` was called."""
+
     name: str
     role: Role
     state: State
@@ -120,6 +122,7 @@ class Supervisor:
         return self._shutdown.is_set()
 
     def statuses(self) -> list[ActorStatus]:
+        """A snapshot of every actor, for /status, /readyz and /metrics."""
         return [
             ActorStatus(
                 s.name,
