@@ -64,7 +64,7 @@ class AdminServer(Actor):
         started_at: float,
         rebuild_identity: Callable[[Callable[[int, int], None]], Awaitable[RebuildReport]],
         scorer: Mailbox[ScorerMessage],
-        scoring: ScoringStatus,
+        scoring: Callable[[], ScoringStatus],
         destinations: dict[str, DestinationStatus],
         lifecycle: Lifecycle,
     ) -> None:
@@ -206,7 +206,7 @@ class AdminServer(Actor):
     async def _status(self, request: web.Request) -> web.Response:
         quarantined, _ = await self._storage.quarantined(limit=0)
         held, _ = await self._storage.held(limit=0)
-        progress = self._progress()
+        progress, scoring = self._progress(), self._scoring()
         return _json(
             {
                 "version": __version__,
@@ -229,11 +229,11 @@ class AdminServer(Actor):
                     },
                 },
                 "scoring": {
-                    "model": self._scoring.model,
-                    "last_batch_at": _iso(self._scoring.last_batch_at),
-                    "next_batch_at": _iso(self._scoring.next_batch_at),
-                    "last_batch": self._scoring.last_batch,
-                    "running": self._scoring.running,
+                    "model": scoring.model,
+                    "last_batch_at": _iso(scoring.last_batch_at),
+                    "next_batch_at": _iso(scoring.next_batch_at),
+                    "last_batch": dict(scoring.last_batch),
+                    "running": scoring.running,
                 },
                 "identity_rebuild": self._rebuild_progress,
                 "destinations": {

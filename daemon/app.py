@@ -42,7 +42,7 @@ from daemon.admin import AdminServer, Lifecycle
 from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
 from daemon.ingestion import Ingestion
-from daemon.supervisor import ActorSpec, Supervisor
+from daemon.supervisor import ActorSpec, Incarnations, Supervisor
 from daemon.systemd import Systemd
 from storage.backend import Storage
 from storage.lifecycle import Erased
@@ -139,10 +139,23 @@ async def _serve(config: Config, config_path: str) -> int:
         metrics.watch(supervisor.statuses, progress.snapshot)
         ingestion = Ingestion(config, storage, progress, metrics, suppressions)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
-        scoring_status = ScoringStatus()
         # Rung by the scorer after each commit that stages rows due now, and by a
         # forget that queues deletions: the destination starts on them at once.
         doorbell = Doorbell()
+        scorer = Incarnations(
+            lambda status: ScorerActor(
+                path,
+                config,
+                storage.write_gate,
+                scorer_inbox,
+                progress,
+                metrics,
+                status,
+                doorbell=doorbell,
+            ),
+            ScorerActor.status,
+            ScoringStatus(),
+        )
         destinations = Destinations(
             config, path, storage, metrics, supervisor, scorer_inbox, doorbell
         )
@@ -174,7 +187,7 @@ async def _serve(config: Config, config_path: str) -> int:
                         )
                     ),
                     scorer_inbox,
-                    scoring_status,
+                    scorer.status,
                     destinations.statuses,
                     Lifecycle(
                         forget,
@@ -206,22 +219,7 @@ async def _serve(config: Config, config_path: str) -> int:
                 ),
             )
         )
-        supervisor.add(
-            ActorSpec(
-                "scorer",
-                lambda: ScorerActor(
-                    path,
-                    config,
-                    storage.write_gate,
-                    scorer_inbox,
-                    progress,
-                    metrics,
-                    scoring_status,
-                    doorbell=doorbell,
-                ),
-                mailbox=scorer_inbox,
-            )
-        )
+        supervisor.add(ActorSpec("scorer", scorer, mailbox=scorer_inbox))
         destinations.add_all()
         for name, make in await ingestion.sources():
             supervisor.add(ActorSpec(name, make, role="source"))

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 Role = Literal["source", "worker", "service"]
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "failed"]
+A = TypeVar("A", bound=Actor)
+S = TypeVar("S")
 
 
 @dataclass
@@ -70,6 +72,29 @@ class ActorStatus(msgspec.Struct, frozen=True):
     queue_depth: int | None
     queue_capacity: int | None
     last_error: str | None
+
+
+class Incarnations(Generic[A, S]):
+    """One supervised actor across its restarts, for those who read its status.
+
+    Called, it is the ActorSpec's factory: each new actor starts from the status the
+    one before it ended with, so counts and the last error live on through a crash.
+    `status()` is the latest actor's snapshot, `first` until there is one; during a
+    backoff, the one that crashed.
+    """
+
+    def __init__(self, make: Callable[[S], A], status: Callable[[A], S], first: S) -> None:
+        self._make = make
+        self._status = status
+        self._first = first
+        self._latest: A | None = None
+
+    def __call__(self) -> A:
+        self._latest = self._make(self.status())
+        return self._latest
+
+    def status(self) -> S:
+        return self._first if self._latest is None else self._status(self._latest)
 
 
 class Supervisor:

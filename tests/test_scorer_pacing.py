@@ -18,7 +18,7 @@ from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.scoring import actor as scoring_actor
-from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
+from actors.scoring.actor import LAST_BATCH, ScorerActor
 from actors.scoring.fold import FOLD_BATCH
 from actors.scoring.scorer import Scorer
 from daemon.config import Config
@@ -84,9 +84,7 @@ async def scorer_under_flood(
         progress.advance(head)
         inbox = Mailbox[ScorerMessage](10)
         flood = Flood(progress)
-        actor = ScorerActor(
-            storage.path, config, storage.write_gate, inbox, progress, Metrics(), ScoringStatus()
-        )
+        actor = ScorerActor(storage.path, config, storage.write_gate, inbox, progress, Metrics())
         async with anyio.create_task_group() as tg:
             tg.start_soon(flood.run)
             await anyio.sleep(0.3)  # a window of it, measured from the actor's creation

@@ -25,7 +25,7 @@ from actors.messages import ProfileChanged, RunBatch, ScorerMessage
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
-from actors.scoring.actor import ScorerActor, ScoringStatus
+from actors.scoring.actor import ScorerActor
 from daemon.config import Config
 from tests.support.delivery import webhook
 from tests.support.fake_receiver import FakeReceiver
@@ -70,9 +70,7 @@ async def pipeline(tmp_path: Path, mode: str) -> AsyncIterator[Pipeline]:
         config = msgspec.structs.replace(Config(), destinations={"hook": hook})
         doorbell = Doorbell()
         inbox = Mailbox[ScorerMessage](10)
-        scorer = ScorerActor(
-            path, config, gate, inbox, LogProgress(), Metrics(), ScoringStatus(), doorbell=doorbell
-        )
+        scorer = ScorerActor(path, config, gate, inbox, LogProgress(), Metrics(), doorbell=doorbell)
         status = DestinationStatus(hook.kind, hook.mode)
         destination = DestinationActor(
             "hook",
