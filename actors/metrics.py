@@ -7,7 +7,7 @@ collector instead of being copied into gauges that could go stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import (
@@ -236,7 +236,8 @@ class Metrics:
         """Read actor states and log positions at scrape time (a snapshot of each)."""
         self.registry.register(_LiveCollector(actors, progress))
 
-    def watch_destinations(self, statuses: dict[str, DestinationStatus]) -> None:
+    def watch_destinations(self, statuses: Callable[[], Mapping[str, DestinationStatus]]) -> None:
+        """Read each destination's status at scrape time (a snapshot of each)."""
         self.registry.register(_DestinationCollector(statuses))
 
     def render(self) -> bytes:
@@ -292,7 +293,7 @@ class _LiveCollector(Collector):
 
 
 class _DestinationCollector(Collector):
-    def __init__(self, statuses: dict[str, DestinationStatus]) -> None:
+    def __init__(self, statuses: Callable[[], Mapping[str, DestinationStatus]]) -> None:
         self._statuses = statuses
 
     def collect(self) -> Iterator[Metric]:
@@ -323,7 +324,7 @@ class _DestinationCollector(Collector):
                 labels=["destination"],
             ),
         }
-        for name, status in self._statuses.items():
+        for name, status in self._statuses().items():
             for field, gauge in gauges.items():
                 value = getattr(status, field)
                 if value is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +65,7 @@ class AdminServer(Actor):
         rebuild_identity: Callable[[Callable[[int, int], None]], Awaitable[RebuildReport]],
         scorer: Mailbox[ScorerMessage],
         scoring: Callable[[], ScoringStatus],
-        destinations: dict[str, DestinationStatus],
+        destinations: Callable[[], Mapping[str, DestinationStatus]],
         lifecycle: Lifecycle,
     ) -> None:
         super().__init__("admin")
@@ -237,7 +237,7 @@ class AdminServer(Actor):
                 },
                 "identity_rebuild": self._rebuild_progress,
                 "destinations": {
-                    name: _destination(status) for name, status in self._destinations.items()
+                    name: _destination(status) for name, status in self._destinations().items()
                 },
                 "actors": self._supervisor.statuses(),
             }
@@ -323,8 +323,9 @@ class AdminServer(Actor):
         """Stage every profile's payload for one destination (`?full=1`: even those it
         has), answered when staged; the destination then sends at its own pace."""
         name = request.match_info["name"]
-        if name not in self._destinations:
-            known = ", ".join(self._destinations) or "none configured"
+        destinations = self._destinations()
+        if name not in destinations:
+            known = ", ".join(destinations) or "none configured"
             return _json({"error": f"no destination named {name!r} ({known})"}, status=404)
         sync = SyncDestination(name, request.query.get("full") in ("1", "true"))
         try:
@@ -428,7 +429,7 @@ def own_hosts(settings: AdminSection, port: int) -> frozenset[str]:
 
 
 def _destination(status: DestinationStatus) -> dict[str, Any]:
-    shown = asdict(status)
+    shown = msgspec.structs.asdict(status)
     shown["last_success_at"] = _iso(status.last_success_at)
     shown["last_error_at"] = _iso(status.last_error_at)
     shown["rate"] = round(status.rate, 3)

@@ -270,8 +270,7 @@ class Destinations:
         doorbell: Doorbell,
     ) -> None:
         self.config = config
-        self.statuses: dict[str, DestinationStatus] = {}
-        """Shared with /status and /metrics, which read it as it is."""
+        self._actors: dict[str, Incarnations[DestinationActor, DestinationStatus]] = {}
         self._database = database
         self._storage = storage
         self._metrics = metrics
@@ -279,6 +278,10 @@ class Destinations:
         self._scorer = scorer
         self._doorbell = doorbell
         metrics.watch_destinations(self.statuses)
+
+    def statuses(self) -> dict[str, DestinationStatus]:
+        """Each configured destination's status now, for /status and /metrics."""
+        return {name: actor.status() for name, actor in self._actors.items()}
 
     def add_all(self) -> None:
         for name, destination in self.config.destinations.items():
@@ -302,7 +305,7 @@ class Destinations:
         coming = [name for name in new if new[name] != old.get(name)]
         for name in gone:
             await self._supervisor.retire(_actor_name(name))
-            del self.statuses[name]
+            del self._actors[name]
         self.config = msgspec.structs.replace(self.config, destinations=new)
         await self._scorer.send(UseDestinations(new))
         for name in coming:
@@ -320,10 +323,8 @@ class Destinations:
         )
 
     def _spec(self, name: str, destination: Destination) -> ActorSpec:
-        status = self.statuses[name] = DestinationStatus(destination.kind, destination.mode)
-        return ActorSpec(
-            _actor_name(name),
-            lambda: DestinationActor(
+        actor = self._actors[name] = Incarnations(
+            lambda status: DestinationActor(
                 name,
                 destination,
                 destination.sender(name),
@@ -334,7 +335,10 @@ class Destinations:
                 status,
                 bell=self._doorbell.bell(name),
             ),
+            DestinationActor.status,
+            DestinationStatus(destination.kind, destination.mode),
         )
+        return ActorSpec(_actor_name(name), actor)
 
 
 def _actor_name(destination: str) -> str:
