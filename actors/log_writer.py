@@ -88,10 +88,9 @@ class LogWriter(Actor):
                 submission.resolve(None, NotLogged(f"log writer failed: {exc!r}"))
             raise
         elapsed = time.perf_counter() - started
-        self._progress.commit_seconds += elapsed
         self._metrics.commit_seconds.observe(elapsed)
         self._metrics.commit_events.observe(events)
-        self._progress.advance(head)
+        self._progress.advance(head, elapsed)
         for submission, result, suppressed in zip(group, results, dropped, strict=True):
             if suppressed:
                 result = msgspec.structs.replace(result, suppressed=suppressed)

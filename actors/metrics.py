@@ -7,7 +7,7 @@ collector instead of being copied into gauges that could go stale.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import (
@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from actors import __version__
 from actors.delivery.status import DestinationStatus
-from actors.progress import LogProgress
+from actors.progress import LogStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -230,11 +230,14 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, actors: Callable[[], Sequence[ActorState]], progress: LogProgress) -> None:
-        """Read actor states and log positions at scrape time."""
+    def watch(
+        self, actors: Callable[[], Sequence[ActorState]], progress: Callable[[], LogStatus]
+    ) -> None:
+        """Read actor states and log positions at scrape time (a snapshot of each)."""
         self.registry.register(_LiveCollector(actors, progress))
 
-    def watch_destinations(self, statuses: dict[str, DestinationStatus]) -> None:
+    def watch_destinations(self, statuses: Callable[[], Mapping[str, DestinationStatus]]) -> None:
+        """Read each destination's status at scrape time (a snapshot of each)."""
         self.registry.register(_DestinationCollector(statuses))
 
     def render(self) -> bytes:
@@ -242,7 +245,9 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, actors: Callable[[], Sequence[ActorState]], progress: LogProgress) -> None:
+    def __init__(
+        self, actors: Callable[[], Sequence[ActorState]], progress: Callable[[], LogStatus]
+    ) -> None:
         self._actors = actors
         self._progress = progress
 
@@ -265,7 +270,7 @@ class _LiveCollector(Collector):
         yield up
         yield depth
         yield capacity
-        p = self._progress
+        p = self._progress()
         yield GaugeMetricFamily(
             "leadsync_log_head_sequence", "Sequence number of the newest logged event.", p.head
         )
@@ -288,7 +293,7 @@ class _LiveCollector(Collector):
 
 
 class _DestinationCollector(Collector):
-    def __init__(self, statuses: dict[str, DestinationStatus]) -> None:
+    def __init__(self, statuses: Callable[[], Mapping[str, DestinationStatus]]) -> None:
         self._statuses = statuses
 
     def collect(self) -> Iterator[Metric]:
@@ -319,7 +324,7 @@ class _DestinationCollector(Collector):
                 labels=["destination"],
             ),
         }
-        for name, status in self._statuses.items():
+        for name, status in self._statuses().items():
             for field, gauge in gauges.items():
                 value = getattr(status, field)
                 if value is not None:

@@ -137,7 +137,7 @@ class SourceContext:
         request = AppendRequest(self.name, received_at, events, rejected, cursor)
         submission = Submission(request)
         weight = len(events) + len(rejected)
-        host.progress.pending += weight
+        host.progress.hold(weight)
         try:
             await host.writer.send(submission)
             with anyio.fail_after(COMMIT_WAIT_TIMEOUT):
@@ -150,7 +150,7 @@ class SourceContext:
         except NotLogged as exc:
             raise Unavailable(f"could not store events: {exc}") from None
         finally:
-            host.progress.pending -= weight
+            host.progress.release(weight)
         self._count(events, result, rejected_types)
         return result
 

@@ -306,7 +306,6 @@ async def deliver(path: Path, name: str, config: WebhookDestination, staged: int
     rss_start = measure.status_bytes(pid, "VmRSS")
     busy_timeout = StorageSection().busy_timeout
     storage = await SqliteStorage.open(path, busy_timeout=busy_timeout)
-    status = DestinationStatus(config.kind, config.mode)
     actor = DestinationActor(
         name,
         config,
@@ -314,7 +313,6 @@ async def deliver(path: Path, name: str, config: WebhookDestination, staged: int
         SqliteBackend(path, busy_timeout=busy_timeout),
         storage.write_gate,
         Metrics(),
-        status,
     )
     calls = staged / (config.batch_size or WebhookSender.max_batch)
     # Three times as long as the limit needs, and a minute: only a stuck actor meets it.
@@ -329,6 +327,7 @@ async def deliver(path: Path, name: str, config: WebhookDestination, staged: int
                 # The count the daemon's /status reads (the actor signals nothing), then
                 # the outbox itself: a record sent twice is counted twice.
                 while True:
+                    status = actor.status()
                     if status.sent + status.dead_lettered >= staged:
                         left = await anyio.to_thread.run_sync(queued, path, name)
                         if not left:
@@ -339,7 +338,15 @@ async def deliver(path: Path, name: str, config: WebhookDestination, staged: int
             actor.stop()
     finally:
         await storage.close()
-    return Run(config.rate.requests, config.rate.per, staged, seconds, status, rss_start, rss_end)
+    return Run(
+        config.rate.requests,
+        config.rate.per,
+        staged,
+        seconds,
+        actor.status(),
+        rss_start,
+        rss_end,
+    )
 
 
 # ---------------------------------------------------------------------------- report

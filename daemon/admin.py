@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from actors.identity.settings import BUILTIN_ID_KINDS
 from actors.lifecycle.identifiers import BadIdentifier, Identifier, parse_identifier
 from actors.messages import RunBatch, ScorerMessage, SyncDestination
 from actors.metrics import CONTENT_TYPE, Metrics
-from actors.progress import LogProgress
+from actors.progress import LogStatus
 from actors.runtime import Actor, Mailbox
 from actors.scoring.actor import ScoringStatus
 from daemon import __version__
@@ -59,13 +59,13 @@ class AdminServer(Actor):
         config: Config,
         supervisor: Supervisor,
         storage: Storage,
-        progress: LogProgress,
+        progress: Callable[[], LogStatus],
         metrics: Metrics,
         started_at: float,
         rebuild_identity: Callable[[Callable[[int, int], None]], Awaitable[RebuildReport]],
         scorer: Mailbox[ScorerMessage],
-        scoring: ScoringStatus,
-        destinations: dict[str, DestinationStatus],
+        scoring: Callable[[], ScoringStatus],
+        destinations: Callable[[], Mapping[str, DestinationStatus]],
         lifecycle: Lifecycle,
     ) -> None:
         super().__init__("admin")
@@ -206,19 +206,20 @@ class AdminServer(Actor):
     async def _status(self, request: web.Request) -> web.Response:
         quarantined, _ = await self._storage.quarantined(limit=0)
         held, _ = await self._storage.held(limit=0)
+        progress, scoring = self._progress(), self._scoring()
         return _json(
             {
                 "version": __version__,
                 "uptime_seconds": round(time.monotonic() - self._started_at, 3),
                 "ready": self._supervisor.ready.is_set() and not self._supervisor.stopping,
-                "events_stored": self._progress.head,
-                "pending_events": self._progress.pending,
-                "backlog_events": self._progress.backlog,
+                "events_stored": progress.head,
+                "pending_events": progress.pending,
+                "backlog_events": progress.backlog,
                 "quarantined": quarantined,
                 "held": held,
                 "consumers": {
-                    name: {"applied": seq, "lag_events": max(self._progress.head - seq, 0)}
-                    for name, seq in self._progress.consumers.items()
+                    name: {"applied": seq, "lag_events": max(progress.head - seq, 0)}
+                    for name, seq in progress.consumers.items()
                 },
                 "ingest": {
                     "listen": str(self._config.http.listen),
@@ -228,17 +229,17 @@ class AdminServer(Actor):
                     },
                 },
                 "scoring": {
-                    "model": self._scoring.model,
-                    "last_batch_at": _iso(self._scoring.last_batch_at),
-                    "next_batch_at": _iso(self._scoring.next_batch_at),
-                    "last_batch": self._scoring.last_batch,
-                    "running": self._scoring.running,
+                    "model": scoring.model,
+                    "last_batch_at": _iso(scoring.last_batch_at),
+                    "next_batch_at": _iso(scoring.next_batch_at),
+                    "last_batch": dict(scoring.last_batch),
+                    "running": scoring.running,
                 },
                 "identity_rebuild": self._rebuild_progress,
                 "destinations": {
-                    name: _destination(status) for name, status in self._destinations.items()
+                    name: _destination(status) for name, status in self._destinations().items()
                 },
-                "actors": [asdict(status) for status in self._supervisor.statuses()],
+                "actors": self._supervisor.statuses(),
             }
         )
 
@@ -287,7 +288,7 @@ class AdminServer(Actor):
             return _json({"error": "a rebuild is already running"}, status=409)
         async with self._rebuilding:
             log.info("identity rebuild started")
-            self._rebuild_progress = {"events": 0, "of": self._progress.head}
+            self._rebuild_progress = {"events": 0, "of": self._progress().head}
             try:
                 report = await self._rebuild_identity(self._rebuilt)
             except StorageError as exc:
@@ -322,8 +323,9 @@ class AdminServer(Actor):
         """Stage every profile's payload for one destination (`?full=1`: even those it
         has), answered when staged; the destination then sends at its own pace."""
         name = request.match_info["name"]
-        if name not in self._destinations:
-            known = ", ".join(self._destinations) or "none configured"
+        destinations = self._destinations()
+        if name not in destinations:
+            known = ", ".join(destinations) or "none configured"
             return _json({"error": f"no destination named {name!r} ({known})"}, status=404)
         sync = SyncDestination(name, request.query.get("full") in ("1", "true"))
         try:
@@ -427,7 +429,7 @@ def own_hosts(settings: AdminSection, port: int) -> frozenset[str]:
 
 
 def _destination(status: DestinationStatus) -> dict[str, Any]:
-    shown = asdict(status)
+    shown = msgspec.structs.asdict(status)
     shown["last_success_at"] = _iso(status.last_success_at)
     shown["last_error_at"] = _iso(status.last_error_at)
     shown["rate"] = round(status.rate, 3)

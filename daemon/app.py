@@ -41,7 +41,7 @@ from daemon.backend import backend_for, database_path
 from daemon.config import EMBEDDED_DEFAULT, Config, Destination, load
 from daemon.datadir import DataDirLock
 from daemon.ingestion import Ingestion
-from daemon.supervisor import ActorSpec, Supervisor
+from daemon.supervisor import ActorSpec, Incarnations, Supervisor
 from daemon.systemd import Systemd
 from storage.backend import Backend, Storage
 from storage.errors import StorageError
@@ -125,13 +125,26 @@ async def _serve(config: Config, config_path: str) -> int:
             config.daemon.shutdown_grace,
             on_restart=lambda name: metrics.actor_restarts.labels(name).inc(),
         )
-        metrics.watch(supervisor.statuses, progress)
+        metrics.watch(supervisor.statuses, progress.snapshot)
         ingestion = Ingestion(config, storage, progress, metrics, suppressions)
         scorer_inbox = Mailbox[ScorerMessage](SCORER_INBOX)
-        scoring_status = ScoringStatus()
         # Rung by the scorer after each commit that stages rows due now, and by a
         # forget that queues deletions: the destination starts on them at once.
         doorbell = Doorbell()
+        scorer = Incarnations(
+            lambda status: ScorerActor(
+                backend,
+                config,
+                storage.write_gate,
+                scorer_inbox,
+                progress,
+                metrics,
+                status,
+                doorbell=doorbell,
+            ),
+            ScorerActor.status,
+            ScoringStatus(),
+        )
         destinations = Destinations(
             config, backend, storage, metrics, supervisor, scorer_inbox, doorbell
         )
@@ -150,7 +163,7 @@ async def _serve(config: Config, config_path: str) -> int:
                     config,
                     supervisor,
                     storage,
-                    progress,
+                    progress.snapshot,
                     metrics,
                     started_at,
                     lambda report: anyio.to_thread.run_sync(
@@ -162,7 +175,7 @@ async def _serve(config: Config, config_path: str) -> int:
                         )
                     ),
                     scorer_inbox,
-                    scoring_status,
+                    scorer.status,
                     destinations.statuses,
                     Lifecycle(
                         forget,
@@ -193,22 +206,7 @@ async def _serve(config: Config, config_path: str) -> int:
                 ),
             )
         )
-        supervisor.add(
-            ActorSpec(
-                "scorer",
-                lambda: ScorerActor(
-                    backend,
-                    config,
-                    storage.write_gate,
-                    scorer_inbox,
-                    progress,
-                    metrics,
-                    scoring_status,
-                    doorbell=doorbell,
-                ),
-                mailbox=scorer_inbox,
-            )
-        )
+        supervisor.add(ActorSpec("scorer", scorer, mailbox=scorer_inbox))
         destinations.add_all()
         for name, make in await ingestion.sources():
             supervisor.add(ActorSpec(name, make, role="source"))
@@ -259,8 +257,7 @@ class Destinations:
         doorbell: Doorbell,
     ) -> None:
         self.config = config
-        self.statuses: dict[str, DestinationStatus] = {}
-        """Shared with /status and /metrics, which read it as it is."""
+        self._actors: dict[str, Incarnations[DestinationActor, DestinationStatus]] = {}
         self._backend = backend
         self._storage = storage
         self._metrics = metrics
@@ -268,6 +265,10 @@ class Destinations:
         self._scorer = scorer
         self._doorbell = doorbell
         metrics.watch_destinations(self.statuses)
+
+    def statuses(self) -> dict[str, DestinationStatus]:
+        """Each configured destination's status now, for /status and /metrics."""
+        return {name: actor.status() for name, actor in self._actors.items()}
 
     def add_all(self) -> None:
         for name, destination in self.config.destinations.items():
@@ -291,7 +292,7 @@ class Destinations:
         coming = [name for name in new if new[name] != old.get(name)]
         for name in gone:
             await self._supervisor.retire(_actor_name(name))
-            del self.statuses[name]
+            del self._actors[name]
         self.config = msgspec.structs.replace(self.config, destinations=new)
         await self._scorer.send(UseDestinations(new))
         for name in coming:
@@ -309,10 +310,8 @@ class Destinations:
         )
 
     def _spec(self, name: str, destination: Destination) -> ActorSpec:
-        status = self.statuses[name] = DestinationStatus(destination.kind, destination.mode)
-        return ActorSpec(
-            _actor_name(name),
-            lambda: DestinationActor(
+        actor = self._actors[name] = Incarnations(
+            lambda status: DestinationActor(
                 name,
                 destination,
                 destination.sender(name),
@@ -322,7 +321,10 @@ class Destinations:
                 status,
                 bell=self._doorbell.bell(name),
             ),
+            DestinationActor.status,
+            DestinationStatus(destination.kind, destination.mode),
         )
+        return ActorSpec(_actor_name(name), actor)
 
 
 def _actor_name(destination: str) -> str:

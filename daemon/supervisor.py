@@ -18,10 +18,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 import anyio.abc
+import msgspec
 import structlog
 
 from actors.exit_codes import EXIT_GRACE_EXCEEDED, EXIT_SOFTWARE
@@ -32,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 Role = Literal["source", "worker", "service"]
 State = Literal["starting", "running", "backoff", "stopping", "stopped", "failed"]
+A = TypeVar("A", bound=Actor)
+S = TypeVar("S")
 
 
 @dataclass
@@ -59,8 +62,9 @@ class ActorSpec:
             self.current.stop()
 
 
-@dataclass(frozen=True)
-class ActorStatus:
+class ActorStatus(msgspec.Struct, frozen=True):
+    """One actor as the supervisor saw it when `statuses()` was called."""
+
     name: str
     role: Role
     state: State
@@ -68,6 +72,29 @@ class ActorStatus:
     queue_depth: int | None
     queue_capacity: int | None
     last_error: str | None
+
+
+class Incarnations(Generic[A, S]):
+    """One supervised actor across its restarts, for those who read its status.
+
+    Called, it is the ActorSpec's factory: each new actor starts from the status the
+    one before it ended with, so counts and the last error live on through a crash.
+    `status()` is the latest actor's snapshot, `first` until there is one; during a
+    backoff, the one that crashed.
+    """
+
+    def __init__(self, make: Callable[[S], A], status: Callable[[A], S], first: S) -> None:
+        self._make = make
+        self._status = status
+        self._first = first
+        self._latest: A | None = None
+
+    def __call__(self) -> A:
+        self._latest = self._make(self.status())
+        return self._latest
+
+    def status(self) -> S:
+        return self._first if self._latest is None else self._status(self._latest)
 
 
 class Supervisor:
@@ -120,6 +147,7 @@ class Supervisor:
         return self._shutdown.is_set()
 
     def statuses(self) -> list[ActorStatus]:
+        """A snapshot of every actor, for /status, /readyz and /metrics."""
         return [
             ActorStatus(
                 s.name,

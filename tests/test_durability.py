@@ -310,8 +310,10 @@ async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
     tmp_path: Path,
 ) -> None:
     # In process, so a consumer can be held still: a consumer reports the sequence it has
-    # applied in LogProgress.consumers, and a stalled one is an entry that stays put.
-    progress = LogProgress(consumers={"fast": 0, "stalled": 0})
+    # applied to LogProgress, and a stalled one is a checkpoint that stays put.
+    progress = LogProgress()
+    progress.applied("fast", 0)
+    progress.applied("stalled", 0)
     tally = Tally()
     work = batches("backlog", count=5, size=20)
     statuses: list[int | None] = []
@@ -322,9 +324,9 @@ async def test_a_stalled_consumer_is_answered_with_429_until_it_catches_up(
         url = api.url
         for ids in work[:4]:
             statuses.append(await post_batch(session, url, ids, tally))
-            progress.consumers["fast"] = progress.head  # one consumer keeps up
+            progress.applied("fast", progress.head)  # one consumer keeps up
         statuses.append(await post_batch(session, url, work[4], tally))
-        progress.consumers["stalled"] = progress.head  # the slow one catches up
+        progress.applied("stalled", progress.head)  # the slow one catches up
         statuses.append(await post_batch(session, url, work[3], tally))
         statuses.append(await post_batch(session, url, work[4], tally))
         stored = await api.storage.read_events(0, 1000)
@@ -343,7 +345,9 @@ async def test_a_consumer_replaying_the_log_on_purpose_does_not_push_back(
 ) -> None:
     # The scorer reads the whole log again after a deploy with new event weights; a
     # big log must not turn that into minutes of 429s for every client.
-    progress = LogProgress(consumers={"identity": 0, "scorer": 0}, replaying={"scorer"})
+    progress = LogProgress()
+    progress.applied("identity", 0)
+    progress.applied("scorer", 0, replaying=True)
     statuses: list[int | None] = []
     async with (
         serving(tmp_path, "max_backlog = 50", progress) as api,
@@ -352,8 +356,8 @@ async def test_a_consumer_replaying_the_log_on_purpose_does_not_push_back(
         url = api.url
         for ids in batches("replay", count=5, size=20):
             statuses.append(await post_batch(session, url, ids, Tally()))
-            progress.consumers["identity"] = progress.head
-        progress.replaying.clear()  # caught up: its lag counts again
+            progress.applied("identity", progress.head)
+        progress.applied("scorer", 0)  # caught up: its lag counts again
         statuses.append(await post_batch(session, url, ["late"], Tally()))
     assert statuses == [200, 200, 200, 200, 200, 429]
 

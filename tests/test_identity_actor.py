@@ -51,7 +51,7 @@ async def merge_journey(path: Path, outbox: Mailbox[ScorerMessage]) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(actor.run, lambda: None)
         with anyio.fail_after(30):
-            while progress.consumers.get("identity") != head:
+            while progress.snapshot().consumers.get("identity") != head:
                 await anyio.sleep(0.01)
         actor.stop()
     await storage.close()

@@ -18,7 +18,7 @@ from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
 from actors.scoring import actor as scoring_actor
-from actors.scoring.actor import LAST_BATCH, ScorerActor, ScoringStatus
+from actors.scoring.actor import LAST_BATCH, ScorerActor
 from actors.scoring.fold import FOLD_BATCH
 from actors.scoring.scorer import Scorer
 from daemon.config import Config
@@ -58,7 +58,7 @@ class Flood:
         while not self.eased.is_set():
             await anyio.sleep(0.02)
             now = time.monotonic()
-            self.progress.commit_seconds += 0.9 * (now - last)
+            self.progress.advance(self.progress.head, took=0.9 * (now - last))
             last = now
 
 
@@ -86,13 +86,7 @@ async def scorer_under_flood(
         inbox = Mailbox[ScorerMessage](10)
         flood = Flood(progress)
         actor = ScorerActor(
-            SqliteBackend(storage.path),
-            config,
-            storage.write_gate,
-            inbox,
-            progress,
-            Metrics(),
-            ScoringStatus(),
+            SqliteBackend(storage.path), config, storage.write_gate, inbox, progress, Metrics()
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(flood.run)
@@ -107,6 +101,11 @@ async def scorer_under_flood(
                 inbox.close()
     finally:
         await storage.close()
+
+
+def folded(progress: LogProgress) -> int:
+    """How far the scorer has applied the log, as it last reported."""
+    return progress.snapshot().consumers.get(SCORER_CONSUMER, 0)
 
 
 def busy_verdicts(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
@@ -155,10 +154,10 @@ async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
     async with scorer_under_flood(tmp_path, Config()) as scene:
         progress, flood, head = scene.progress, scene.flood, scene.head
         await deferred(verdicts, 2)
-        assert progress.consumers[SCORER_CONSUMER] == 0  # it waited: nothing folded
+        assert folded(progress) == 0  # it waited: nothing folded
         flood.eased.set()
         with anyio.fail_after(10):
-            while progress.consumers[SCORER_CONSUMER] < head:
+            while folded(progress) < head:
                 await anyio.sleep(0.05)
 
 
@@ -175,7 +174,7 @@ async def test_the_fold_does_not_wait_past_half_the_backlog_bound(
     async with scorer_under_flood(tmp_path, config) as scene:
         progress, head = scene.progress, scene.head
         with anyio.fail_after(10):  # flooded all along, and still it folds
-            while head - progress.consumers[SCORER_CONSUMER] >= limit:
+            while head - folded(progress) >= limit:
                 await anyio.sleep(0.05)
 
 
@@ -189,7 +188,7 @@ async def test_a_batch_run_folds_what_was_logged_before_it_first(
     async with scorer_under_flood(tmp_path, Config()) as scene:
         scene.flood.eased.set()
         with anyio.fail_after(10):  # a fold's worth, then no more for an hour
-            while not scene.progress.consumers[SCORER_CONSUMER]:
+            while not folded(scene.progress):
                 await anyio.sleep(0.05)
         request = tracks(50)
         request = AppendRequest(  # 50 more, ids after the first ones

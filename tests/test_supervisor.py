@@ -6,13 +6,14 @@ import itertools
 from collections.abc import Callable
 
 import anyio
+import msgspec
 import pytest
 
 from actors.exit_codes import EXIT_GRACE_EXCEEDED, EXIT_SOFTWARE
 from actors.runtime import Actor, Mailbox
 from actors.settings import Duration
 from daemon.config import RestartPolicy
-from daemon.supervisor import ActorSpec, Supervisor
+from daemon.supervisor import ActorSpec, Incarnations, Supervisor
 
 FAST = RestartPolicy(
     max_restarts=3, window=Duration(10), backoff_initial=Duration(0.01), backoff_max=Duration(0.05)
@@ -74,6 +75,29 @@ class Listener(Actor):
         ready()
         await self._stop.wait()
         self._journal.append(f"{self.name} stopped")
+
+
+class Tally(msgspec.Struct, frozen=True):
+    seen: int = 0
+
+
+class Counter(Actor):
+    """Counts its mailbox's items in the status it shows; crashes on "boom"."""
+
+    def __init__(self, mailbox: Mailbox[str], status: Tally) -> None:
+        super().__init__("counter")
+        self._mailbox = mailbox
+        self._status = status
+
+    def status(self) -> Tally:
+        return self._status
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        ready()
+        async for item in self._mailbox.receiver:
+            if item == "boom":
+                raise RuntimeError("boom")
+            self._status = Tally(self._status.seen + 1)
 
 
 class AlwaysCrashes(Actor):
@@ -153,6 +177,34 @@ async def test_a_crash_restarts_the_actor_and_its_inbox_keeps_the_rest() -> None
     assert seen == ["a", "b", "c", "d"]
     assert restarts == ["recorder"]
     assert journal.count("recorder started") == 2
+
+
+async def test_a_restarted_actor_shows_on_from_the_status_the_crashed_one_ended_with() -> None:
+    mailbox: Mailbox[str] = Mailbox(100)
+    counter = Incarnations(lambda status: Counter(mailbox, status), Counter.status, Tally())
+    supervisor = Supervisor(FAST, grace=5)
+    supervisor.add(ActorSpec("counter", counter, mailbox=mailbox))
+    assert counter.status() == Tally()  # before any actor is made
+
+    async def until(seen: int) -> None:
+        with anyio.fail_after(5):
+            while counter.status().seen < seen:
+                await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(supervisor.run)
+        await supervisor.ready.wait()
+        for item in ["a", "b"]:
+            await mailbox.send(item)
+        await until(2)
+        before = counter.status()
+        for item in ["boom", "c"]:
+            await mailbox.send(item)
+        await until(3)
+        assert supervisor.statuses()[0].restarts == 1
+        supervisor.shutdown()
+    assert counter.status() == Tally(3)  # counted on by the new actor, not from 0
+    assert before == Tally(2)  # a snapshot read earlier stays as it was
 
 
 async def test_restart_intensity_exceeded_stops_the_daemon_with_a_failure_code() -> None:

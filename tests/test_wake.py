@@ -20,12 +20,11 @@ import msgspec
 
 from actors.delivery.actor import DestinationActor
 from actors.delivery.doorbell import Bell, Doorbell
-from actors.delivery.status import DestinationStatus
 from actors.messages import ProfileChanged, RunBatch, ScorerMessage
 from actors.metrics import Metrics
 from actors.progress import LogProgress
 from actors.runtime import Mailbox
-from actors.scoring.actor import ScorerActor, ScoringStatus
+from actors.scoring.actor import ScorerActor
 from daemon.config import Config
 from storage.sqlite_backend import SqliteBackend
 from tests.support.delivery import webhook
@@ -44,7 +43,7 @@ class Pipeline:
     graph: Harness
     receiver: FakeReceiver
     scorer: Mailbox[ScorerMessage]
-    destination: DestinationStatus
+    destination: DestinationActor
 
     async def identify(self, user: str) -> None:
         """An identify applied to the graph, and the hint the identity actor sends."""
@@ -57,7 +56,7 @@ class Pipeline:
     async def idle(self) -> None:
         """Until the destination has looked at the outbox, found nothing, and waits."""
         with anyio.fail_after(ARRIVAL):
-            while self.destination.state != "idle":
+            while self.destination.status().state != "idle":
                 await anyio.sleep(0.02)
 
 
@@ -72,16 +71,8 @@ async def pipeline(tmp_path: Path, mode: str) -> AsyncIterator[Pipeline]:
         doorbell = Doorbell()
         inbox = Mailbox[ScorerMessage](10)
         scorer = ScorerActor(
-            SqliteBackend(path),
-            config,
-            gate,
-            inbox,
-            LogProgress(),
-            Metrics(),
-            ScoringStatus(),
-            doorbell=doorbell,
+            SqliteBackend(path), config, gate, inbox, LogProgress(), Metrics(), doorbell=doorbell
         )
-        status = DestinationStatus(hook.kind, hook.mode)
         destination = DestinationActor(
             "hook",
             hook,
@@ -89,7 +80,6 @@ async def pipeline(tmp_path: Path, mode: str) -> AsyncIterator[Pipeline]:
             SqliteBackend(path),
             gate,
             Metrics(),
-            status,
             bell=doorbell.bell("hook"),
             fallback=FALLBACK,
         )
@@ -99,7 +89,7 @@ async def pipeline(tmp_path: Path, mode: str) -> AsyncIterator[Pipeline]:
                 tg.start_soon(actor.run, ready.set)
                 await ready.wait()
             try:
-                yield Pipeline(graph, receiver, inbox, status)
+                yield Pipeline(graph, receiver, inbox, destination)
             finally:
                 destination.stop()
                 inbox.close()

@@ -18,10 +18,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from actors.delivery.allowance import Allowance
@@ -66,14 +67,15 @@ class DestinationActor(Actor):
         backend: Backend,
         gate: anyio.Semaphore,
         metrics: Metrics,
-        status: DestinationStatus,
+        status: DestinationStatus | None = None,
         clock: Callable[[], float] = time.time,
         bell: Bell | None = None,
         fallback: float | None = None,
     ) -> None:
-        """`bell`: rung when rows for this destination are committed (the daemon's
-        Doorbell has one per destination); without one, rows others commit are found
-        by the `fallback` poll alone (FALLBACK_POLL seconds unless given)."""
+        """`status`: the one to start from (the last one's, after a crash). `bell`: rung
+        when rows for this destination are committed (the daemon's Doorbell has one per
+        destination); without one, rows others commit are found by the `fallback` poll
+        alone (FALLBACK_POLL seconds unless given)."""
         super().__init__(f"destination:{name}")
         self.destination = name
         self._config = config
@@ -81,9 +83,10 @@ class DestinationActor(Actor):
         self._backend = backend
         self._gate = gate
         self._metrics = metrics
-        self._status = status
+        self._status = DestinationStatus(config.kind, config.mode) if status is None else status
+        """Replaced whole (`_show`), never changed in place."""
         self._clock = clock
-        self._allowance = Allowance(config.rate, config.retry, status, clock)
+        self._allowance = Allowance(config.rate, config.retry, clock, self._show)
         self._limiter = self._allowance.limiter
         batch = config.batch_size or sender.max_batch
         self._batch = min(batch, sender.max_batch)
@@ -106,6 +109,13 @@ class DestinationActor(Actor):
         """An outcome could not be recorded while stopping: the sender must not finish."""
         self._store: OutboxStore | None = None
 
+    def status(self) -> DestinationStatus:
+        """What /status and /metrics show now: a snapshot, which later work leaves be."""
+        return self._status
+
+    def _show(self, **changes: Any) -> None:
+        self._status = msgspec.structs.replace(self._status, **changes)
+
     def stop(self) -> None:
         """Calls in flight finish and are settled; nothing new starts."""
         self._stopping.set()
@@ -117,8 +127,8 @@ class DestinationActor(Actor):
         self._store = session.outbox
         try:
             state = await self._db(self._store.sender_state, self.destination)
-            self._status.used_today = await self._db(
-                self._store.usage, self.destination, self._clock()
+            self._allowance.resume(
+                await self._db(self._store.usage, self.destination, self._clock())
             )
             await self._count()
             if not await self._open(state, ready):
@@ -135,9 +145,9 @@ class DestinationActor(Actor):
                     await self._sender.finish()
             finally:
                 await self._sender.close()
-                self._status.writing = self._sender.writing()
+                self._show(writing=self._sender.writing())
         finally:
-            self._status.state = "stopped"
+            self._show(state="stopped")
             session.close()
 
     async def _open(self, state: str | None, ready: Callable[[], None]) -> bool:
@@ -149,7 +159,7 @@ class DestinationActor(Actor):
                 await self._sender.open(state)
             except Unavailable as exc:
                 pause = self._allowance.down()
-                self._status.state = "cannot start"
+                self._show(state="cannot start")
                 self._note_error(exc.reason)
                 log.error(
                     "destination cannot start; trying again",
@@ -190,7 +200,7 @@ class DestinationActor(Actor):
                 next_count = time.monotonic() + max(COUNTS_INTERVAL, 20 * took)
             async with self._serial:
                 await self._sender.tick()
-            self._status.writing = self._sender.writing()
+            self._show(writing=self._sender.writing())
 
     async def _count(self) -> float:
         """Returns the seconds the count itself took."""
@@ -202,10 +212,13 @@ class DestinationActor(Actor):
             return store.counts(self.destination), time.perf_counter() - started
 
         counts, took = await self._db(count)
-        self._status.queued, self._status.held = counts.queued, counts.held
-        self._status.dead_letters = counts.dead
-        self._status.rate = self._limiter.rate()
-        self._status.paused_for = self._limiter.paused_for()
+        self._show(
+            queued=counts.queued,
+            held=counts.held,
+            dead_letters=counts.dead,
+            rate=self._limiter.rate(),
+            paused_for=self._limiter.paused_for(),
+        )
         return took
 
     async def _work(self) -> None:
@@ -260,7 +273,7 @@ class DestinationActor(Actor):
             while not self._buffer:
                 await self._refill()
                 if not self._buffer:
-                    self._status.state = "idle" if not self._status.queued else "waiting"
+                    self._show(state="idle" if not self._status.queued else "waiting")
                     await self._sleep_until_due()
 
     def _take(self) -> list[OutboxRow]:
@@ -310,7 +323,7 @@ class DestinationActor(Actor):
         """One call, already allowed (and, for a batch refused as a whole, the calls
         that find which of its records is bad), with the outcome added to
         `settlement` and the staging times of what was delivered to `staged`."""
-        self._status.state = "sending"
+        self._show(state="sending")
         settlement.requests += 1
         try:
             outcome = await self._sender.send(rows)
@@ -356,7 +369,7 @@ class DestinationActor(Actor):
             else:
                 self._dead(row, error.reason, settlement)
         if failed < len(rows):
-            self._status.last_success_at = self._clock()
+            self._show(last_success_at=self._clock())
 
     async def _split(
         self,
@@ -424,12 +437,12 @@ class DestinationActor(Actor):
         settlement.retry.append(
             (row.id, row.hash, self._clock() + max(delay, at_least), reason, counts)
         )
-        self._status.failed += 1
+        self._show(failed=self._status.failed + 1)
         self._metrics.destination_failed.labels(self.destination).inc()
 
     def _dead(self, row: OutboxRow, reason: str, settlement: Settlement) -> None:
         settlement.dead.append((row.id, row.hash, reason))
-        self._status.dead_lettered += 1
+        self._show(dead_lettered=self._status.dead_lettered + 1)
         self._metrics.destination_dead_lettered.labels(self.destination).inc()
         self._note_error(reason)
         log.error(
@@ -441,7 +454,7 @@ class DestinationActor(Actor):
         )
 
     def _note_error(self, reason: str) -> None:
-        self._status.last_error, self._status.last_error_at = reason, self._clock()
+        self._show(last_error=reason, last_error_at=self._clock())
 
     async def _settle(self, settlement: Settlement, staged: list[float]) -> None:
         """Record the outcome. A storage error (a full disk, a lock held too long) is
@@ -480,12 +493,12 @@ class DestinationActor(Actor):
                 )
                 self._limiter.pause(2 * PAUSE)
                 await anyio.sleep(PAUSE)
-        self._status.sent += len(settlement.delivered)
-        self._status.writing = self._sender.writing()
+        sent = self._status.sent + len(settlement.delivered)
+        self._show(sent=sent, writing=self._sender.writing())
         self._metrics.destination_sent.labels(self.destination).inc(len(settlement.delivered))
         done = self._clock()
         lag = self._metrics.destination_lag.labels(self.destination)
         for at in staged:
             lag.observe(max(0.0, done - at))
         if staged:
-            self._status.lag = max(0.0, done - min(staged))
+            self._show(lag=max(0.0, done - min(staged)))

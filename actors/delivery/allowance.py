@@ -3,8 +3,8 @@ daily cap, counted as calls are allowed, and the pause of a destination that is 
 
 Kept apart from the destination actor (actors/delivery/actor.py), which asks it
 before it takes rows to send, so rows never wait in memory through a pause. The
-day's count is the actor's status (`used_today`, shown in /status), read back from
-the outbox's usage table at start, so a restart the same day makes no more calls.
+day's count is kept here, shown in the actor's status (`used_today`), and read back
+from the outbox's usage table at start, so a restart the same day makes no more calls.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import anyio
 
 from actors.delivery.kinds import RateLimit, RetryPolicy
 from actors.delivery.limiter import WindowLimiter
-from actors.delivery.status import DestinationStatus
 
 DAY = 86_400
 CAPPED_LOOK = 5.0
@@ -33,15 +32,18 @@ class Allowance:
         self,
         rate: RateLimit,
         retry: RetryPolicy,
-        status: DestinationStatus,
         clock: Callable[[], float],
+        show: Callable[..., None],
     ) -> None:
+        """`show`: the actor's, which puts fields in its status (`used_today`, and the
+        state while the daily cap holds calls back)."""
         self.limiter = WindowLimiter(rate.requests, rate.per)
         """Released by the caller when its call ends; paused on a Retry-After."""
         self._daily = rate.daily
-        self._status = status
+        self._show = show
         self._clock = clock
         self._day = int(clock() // DAY)
+        self._used = 0
         self._retry = retry
         self._down_pause = 0.0
 
@@ -51,28 +53,32 @@ class Allowance:
         started = time.monotonic()
         while True:
             while self.capped():
-                self._status.state = "daily cap reached"
+                self._show(state="daily cap reached")
                 now = self._clock()
                 await anyio.sleep(min(CAPPED_LOOK, (now // DAY + 1) * DAY - now))
             await self.limiter.acquire()
             if not self.capped():
                 break
             self.limiter.cancel()  # another task made the day's last call meanwhile
-        self._status.used_today = self.used_today() + 1
+        self._count(self.used_today() + 1)
         return time.monotonic() - started
+
+    def resume(self, used: int) -> None:
+        """The day's calls made before this start (the outbox's usage table)."""
+        self._count(used)
 
     def now(self) -> bool:
         """One more call now if the cap and the rate limit allow it, without waiting
         (a batch being split must not hold up a stop); counted if so."""
         if self.capped() or not self.limiter.try_acquire():
             return False
-        self._status.used_today = self.used_today() + 1
+        self._count(self.used_today() + 1)
         return True
 
     def give_back(self) -> None:
         """A call allowed by `wait` and not made."""
         self.limiter.cancel()
-        self._status.used_today = max(0, self.used_today() - 1)
+        self._count(max(0, self.used_today() - 1))
 
     def capped(self) -> bool:
         """The day's calls are used up."""
@@ -81,8 +87,13 @@ class Allowance:
     def used_today(self) -> int:
         day = int(self._clock() // DAY)
         if day != self._day:
-            self._day, self._status.used_today = day, 0
-        return self._status.used_today
+            self._day = day
+            self._count(0)
+        return self._used
+
+    def _count(self, used: int) -> None:
+        self._used = used
+        self._show(used_today=used)
 
     def down(self) -> float:
         """The next pause of a destination that is down (a whole call failed, or the

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass
-class DestinationStatus:
-    """What /status and /metrics show of one destination; written by its actor."""
+class DestinationStatus(msgspec.Struct, frozen=True):
+    """What /status and /metrics show of one destination at one moment
+    (`DestinationActor.status`): its actor replaces it whole, never changes it."""
 
     type: str
     mode: str

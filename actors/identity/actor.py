@@ -86,7 +86,7 @@ class IdentityActor(Actor):
                 self._log_level,
                 self._log_format,
             )
-            self._progress.consumers[IDENTITY_CONSUMER] = checkpoint
+            self._progress.applied(IDENTITY_CONSUMER, checkpoint)
             ready()
             failures = 0
             while True:
@@ -94,7 +94,8 @@ class IdentityActor(Actor):
                     applied = await _call(pool, worker.apply_next, checkpoint)
                 except StaleCheckpoint as stale:
                     log.info("identity graph was rebuilt; reading on", checkpoint=stale.checkpoint)
-                    checkpoint = self._progress.consumers[IDENTITY_CONSUMER] = stale.checkpoint
+                    checkpoint = stale.checkpoint
+                    self._progress.applied(IDENTITY_CONSUMER, checkpoint)
                     continue
                 except StorageUnavailable as exc:
                     # The outside world (a long lock, a full disk): nothing of the batch
@@ -133,7 +134,8 @@ class IdentityActor(Actor):
                         with anyio.move_on_after(IDLE_LOOK):
                             await self._progress.moved()
                     continue
-                checkpoint = self._progress.consumers[IDENTITY_CONSUMER] = applied.checkpoint
+                checkpoint = applied.checkpoint
+                self._progress.applied(IDENTITY_CONSUMER, checkpoint)
                 self._report(applied)
                 if self._stopping:
                     return

@@ -15,11 +15,13 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from dataclasses import asdict
+from types import MappingProxyType
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from actors.delivery.doorbell import Doorbell
@@ -74,17 +76,24 @@ LAST_BATCH = "scoring_last_batch"
 RETRY_AFTER_STORAGE_ERROR = 1.0
 
 
-@dataclass
-class ScoringStatus:
-    """What /status shows about scoring; written by the scorer actor only."""
+class BatchProgress(msgspec.Struct, frozen=True):
+    """A batch run under way."""
+
+    profiles: int
+    """Scored so far."""
+    of: int
+    """How many there are."""
+
+
+class ScoringStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What /status shows about scoring at one moment (`ScorerActor.status`)."""
 
     model: str | None = None
     last_batch_at: float | None = None
     next_batch_at: float | None = None
-    last_batch: dict[str, float] = field(default_factory=dict)
-    """The last run's BatchRunResult: counts as ints, seconds as a float."""
-    running: dict[str, int] | None = None
-    """A batch run under way: {"profiles": scored so far, "of": how many there are}."""
+    last_batch: Mapping[str, float] = msgspec.field(default_factory=lambda: MappingProxyType({}))
+    """The last run's BatchRunResult, read-only: counts as ints, seconds as a float."""
+    running: BatchProgress | None = None
 
 
 class _Round(enum.Enum):
@@ -134,12 +143,14 @@ class ScorerActor(Actor):
         inbox: Mailbox[ScorerMessage],
         progress: LogProgress,
         metrics: Metrics,
-        status: ScoringStatus,
+        status: ScoringStatus | None = None,
         clock: Callable[[], float] = time.time,
         doorbell: Doorbell | None = None,
     ) -> None:
-        """`doorbell`: the destinations' bells, rung after each commit that gives them
-        rows due now; without one they find those rows at their next look."""
+        """`status`: what to show until this actor knows better (the status the actor
+        before it ended with, after a crash). `doorbell`: the destinations' bells, rung
+        after each commit that gives them rows due now; without one they find those
+        rows at their next look."""
         super().__init__("scorer")
         self._backend = backend
         self._config = config
@@ -148,7 +159,8 @@ class ScorerActor(Actor):
         self._progress = progress
         self._metrics = metrics
         self._clock = clock
-        self._status = status
+        self._status = ScoringStatus() if status is None else status
+        """Replaced whole, never changed: by the worker thread, one step at a time."""
         self._doorbell = doorbell
         self._requests: list[RunBatch] = []
         self._syncs: list[SyncDestination] = []
@@ -162,6 +174,14 @@ class ScorerActor(Actor):
         self._busy = 0.0
         self._refused: str | None = None
         """A deployed version that failed to parse, so it is reported once."""
+
+    def status(self) -> ScoringStatus:
+        """What /status shows of scoring now: a snapshot, which the scorer's later
+        work leaves as it is."""
+        return self._status
+
+    def _show(self, **changes: Any) -> None:
+        self._status = msgspec.structs.replace(self._status, **changes)
 
     async def run(self, ready: Callable[[], None]) -> None:
         session = self._session = self._backend.session()
@@ -196,8 +216,7 @@ class ScorerActor(Actor):
         self._checkpoint, self._replaying = store.checkpoint(), scorer.replaying()
         last = store.meta(LAST_BATCH)
         self._next_batch = (float(last) if last else 0.0) + self._config.scoring.batch_interval
-        self._status.last_batch_at = float(last) if last else None
-        self._status.next_batch_at = self._next_batch
+        self._show(last_batch_at=float(last) if last else None, next_batch_at=self._next_batch)
         self._show_model(model.version)
         log.info("scoring with model", version=model.version)
         return scorer
@@ -286,11 +305,7 @@ class ScorerActor(Actor):
 
     def _show_progress(self) -> None:
         """On the event loop thread, which is where LogProgress is read."""
-        self._progress.consumers[SCORER_CONSUMER] = self._checkpoint
-        if self._replaying:
-            self._progress.replaying.add(SCORER_CONSUMER)
-        else:
-            self._progress.replaying.discard(SCORER_CONSUMER)
+        self._progress.applied(SCORER_CONSUMER, self._checkpoint, self._replaying)
 
     def _idle_wait(self) -> float:
         due = self._next_batch - self._clock()
@@ -385,19 +400,9 @@ class ScorerActor(Actor):
         """Between the chunks of a batch run, which folds the log as it goes: the
         backlog that pushes back on clients must see it move, and /status the run."""
         self._checkpoint = checkpoint
-        anyio.from_thread.run_sync(
-            self._progress.consumers.__setitem__, SCORER_CONSUMER, checkpoint
-        )
-        anyio.from_thread.run_sync(self._show_running, profiles, None)
-
-    def _show_running(self, profiles: int | None, total: int | None) -> None:
-        """On the event loop thread, which is where /status reads it; None: no run."""
-        if profiles is None:
-            self._status.running = None
-        elif total is not None or self._status.running is None:
-            self._status.running = {"profiles": profiles, "of": total or 0}
-        else:
-            self._status.running = {**self._status.running, "profiles": profiles}
+        anyio.from_thread.run_sync(self._show_progress)
+        running = self._status.running
+        self._show(running=BatchProgress(profiles, 0 if running is None else running.of))
 
     def _follow_deploys(self, scorer: Scorer) -> None:
         """Pick up a model deployed by the CLI or by SIGHUP since the last step."""
@@ -418,23 +423,27 @@ class ScorerActor(Actor):
 
     def _show_model(self, version: str) -> None:
         self._metrics.scoring_model.info({"version": version})
-        self._status.model = version
+        self._show(model=version)
 
     def _batch(self, scorer: Scorer) -> None:
-        anyio.from_thread.run_sync(self._show_running, 0, scorer.store.profile_count())
+        self._show(running=BatchProgress(0, scorer.store.profile_count()))
         try:
             result = scorer.run_batch(stop=lambda: self._inbox.closed, between=self._chunk_done)
         finally:
-            anyio.from_thread.run_sync(self._show_running, None, None)
+            self._show(running=None)
         self._report(result)
         if not result.complete:
             return  # stopping, or a rebuild swapped in: run again (soon, or next start)
         finished = self._clock()
         self._next_batch = finished + self._config.scoring.batch_interval
-        self._status.last_batch_at, self._status.next_batch_at = finished, self._next_batch
-        self._status.last_batch = asdict(result)  # as they are: counts are ints
+        figures = asdict(result)  # as they are: counts are ints
+        self._show(
+            last_batch_at=finished,
+            next_batch_at=self._next_batch,
+            last_batch=MappingProxyType(dict(figures)),
+        )
         for request in self._requests:
-            request.result = self._status.last_batch
+            request.result = figures
             anyio.from_thread.run_sync(request.done.set)
         self._requests.clear()
         # Last, so that failing to note the time (a lock held too long) only means the

@@ -83,9 +83,13 @@ def dead(path: Path, destination: str) -> dict[str, tuple[int, str]]:
 
 
 class Running:
-    def __init__(self, actor: DestinationActor, status: DestinationStatus) -> None:
+    def __init__(self, actor: DestinationActor) -> None:
         self.actor = actor
-        self.status = status
+
+    @property
+    def status(self) -> DestinationStatus:
+        """The actor's status now (as /status would read it)."""
+        return self.actor.status()
 
     async def until(self, condition: Callable[[], bool], limit: float = 20.0) -> None:
         with anyio.fail_after(limit):
@@ -101,17 +105,15 @@ def sender_for(name: str, config: Destination) -> Sender:
 @asynccontextmanager
 async def delivering(path: Path, name: str, config: Destination) -> AsyncIterator[Running]:
     storage = await SqliteStorage.open(path)
-    status = DestinationStatus(config.kind, config.mode)
     sender = sender_for(name, config)
-    actor = DestinationActor(
-        name, config, sender, SqliteBackend(path), storage.write_gate, Metrics(), status
-    )
+    backend = SqliteBackend(path)
+    actor = DestinationActor(name, config, sender, backend, storage.write_gate, Metrics())
     try:
         async with anyio.create_task_group() as tg:
             started = anyio.Event()
             tg.start_soon(actor.run, started.set)
             await started.wait()
-            yield Running(actor, status)
+            yield Running(actor)
             actor.stop()
     finally:
         await storage.close()
