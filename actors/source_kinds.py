@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Literal, Self
+from typing import Literal, NamedTuple, Self
 
 import msgspec
 
@@ -28,6 +28,14 @@ Build = tuple[str, Callable[[], Actor]]
 """An actor's name and how to make it (again, when the supervisor restarts it)."""
 
 
+class SourceProblem(NamedTuple):
+    """A rule across a kind's sources broken: said at `sources.<source>.<key...>`."""
+
+    source: str
+    key: tuple[str, ...]
+    message: str
+
+
 class SourceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """What every source has; a kind subclasses it with tag="its type", tag_field="type"."""
 
@@ -38,6 +46,13 @@ class SourceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     def type(self) -> str:
         """The `type` key: http, or a kind registered elsewhere."""
         return str(self.__struct_config__.tag)
+
+    @classmethod
+    def check(cls, named: Mapping[str, Self]) -> list[SourceProblem]:
+        """Rules across this kind's sources (`named`: all of them) that no one
+        source's fields can say, such as two sharing a key; checked with the config,
+        before anything starts. None by default."""
+        return []
 
     @classmethod
     async def start(cls, named: Mapping[str, Self], host: SourceHost) -> list[Build]:

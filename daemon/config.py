@@ -30,7 +30,6 @@ from actors.settings import ListenAddress as ListenAddress
 from actors.settings import Positive, dec_hook, describe, read_text, where
 from actors.source_kinds import SourceSettings
 from actors.source_kinds import kinds as source_kinds
-from actors.sources.http import HttpSource
 
 _T = TypeVar("_T")
 
@@ -216,18 +215,11 @@ def _resolve_env(value: Any, key: tuple[str, ...], filename: str, text: str, env
 
 def _check(config: Config, filename: str, text: str) -> None:
     """Rules that span keys, which msgspec's per-field validation cannot express."""
-    keys: dict[str, str] = {}
-    for name, source in config.sources.items():
-        write_key = source.write_key if isinstance(source, HttpSource) else None
-        if write_key is None:
-            continue
-        if write_key in keys:
-            key: tuple[str, ...] = ("sources", name, "write_key")
-            raise ConfigError(
-                f"{where(filename, text, key)}sources.{name}.write_key: the same write key is "
-                f"already used by sources.{keys[write_key]}; each source needs its own"
-            )
-        keys[write_key] = name
+    for kind in dict.fromkeys(type(source) for source in config.sources.values()):
+        named = {n: s for n, s in config.sources.items() if type(s) is kind}
+        for problem in kind.check(named):
+            key: tuple[str, ...] = ("sources", problem.source, *problem.key)
+            raise ConfigError(f"{where(filename, text, key)}{'.'.join(key)}: {problem.message}")
     if config.storage.checkpoint_interval <= 0:
         key = ("storage", "checkpoint_interval")
         raise ConfigError(

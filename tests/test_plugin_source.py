@@ -1,6 +1,7 @@
 """A source kind that exists only here, installed as operators install a plugin (a
 package with a `leadsync.sources` entry point): read from daemon.toml with file:line
-errors, accepted by check-config, started by the daemon, its events logged, merged
+errors, its own rules across sources (its `check`) said by check-config, accepted by
+check-config, started by the daemon, its events logged, merged
 and scored like any others, and its position (a file offset) committed with its
 events, so that after kill -9 it reads on from there: nothing twice, nothing lost."""
 
@@ -25,12 +26,21 @@ import anyio
 
 from actors import tracking_api
 from actors.runtime import Actor
-from actors.source_kinds import SourceSettings, register
+from actors.source_kinds import SourceProblem, SourceSettings, register
 
 
 @register
 class LinesSource(SourceSettings, tag="lines", tag_field="type", kw_only=True, frozen=True):
     path: str
+
+    @classmethod
+    def check(cls, named):
+        first = {}
+        return [
+            SourceProblem(name, ("path",), f"sources.{first[s.path]} reads that file already")
+            for name, s in named.items()
+            if first.setdefault(s.path, name) != name
+        ]
 
     @classmethod
     async def start(cls, named, host):
@@ -89,6 +99,11 @@ def test_a_plugin_source_is_configured_checked_and_resumes_from_its_cursor(
     refused = check_config(typo, env)
     assert f"{typo}:3: sources.crm.pth: unknown key" in refused.stderr
     assert "a source's type must be one of: http" in check_config(typo, {}).stderr
+    twice = tmp_path / "twice.toml"
+    twice.write_text(table + table.replace("[sources.crm]", "[sources.crm2]"))
+    clash = check_config(twice, env)
+    assert clash.returncode != 0
+    assert f"{twice}:6: sources.crm2.path: sources.crm reads that file already" in clash.stderr
 
     daemon = make_daemon(table)
     accepted = check_config(daemon.config_path, env)

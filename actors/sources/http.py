@@ -11,7 +11,7 @@ import structlog
 
 from actors.http_settings import HttpSection
 from actors.source_context import SourceHost
-from actors.source_kinds import Build, SourceSettings, register
+from actors.source_kinds import Build, SourceProblem, SourceSettings, register
 from storage.backend import Storage
 
 log = structlog.get_logger(__name__)
@@ -29,6 +29,27 @@ class HttpSource(SourceSettings, tag="http", tag_field="type", frozen=True, kw_o
     """
 
     write_key: str | None = None
+
+    @classmethod
+    def check(cls, named: Mapping[str, Self]) -> list[SourceProblem]:
+        """A write key says which source an event came from: no two may share one."""
+        problems: list[SourceProblem] = []
+        owners: dict[str, str] = {}
+        for name, source in named.items():
+            if source.write_key is None:
+                continue
+            if (owner := owners.get(source.write_key)) is not None:
+                problems.append(
+                    SourceProblem(
+                        name,
+                        ("write_key",),
+                        f"the same write key is already used by sources.{owner}; "
+                        "each source needs its own",
+                    )
+                )
+            else:
+                owners[source.write_key] = name
+        return problems
 
     @classmethod
     async def start(cls, named: Mapping[str, Self], host: SourceHost) -> list[Build]:
