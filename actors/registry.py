@@ -69,13 +69,18 @@ class Registry(Generic[_K]):
             for module in pkgutil.iter_modules(package.__path__):
                 importlib.import_module(f"{package.__name__}.{module.name}")
             for entry in entry_points(group=self._plugins):
+                # A plugin that fails half-way leaves nothing registered: asked again,
+                # it fails the same way, not as a kind "registered twice".
+                before = dict(self._kinds)
                 try:
                     loaded = entry.load()
                     if isinstance(loaded, type):  # else a module, which registered its kind
                         self.register(loaded)
                 except KindError as exc:
+                    self._kinds = before
                     raise KindError(f"the {self._what} plugin {entry.name!r}: {exc}") from None
                 except Exception as exc:
+                    self._kinds = before
                     raise KindError(
                         f"the {self._what} plugin {entry.name!r} ({entry.value}) cannot be "
                         f"loaded: {type(exc).__name__}: {exc}"
