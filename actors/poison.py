@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 
-from storage.errors import StorageUnavailable
+from storage.errors import StorageError, StorageUnavailable
 from storage.held import HeldItem, HeldKind, Withdrawn
 
 log = structlog.get_logger(__name__)
@@ -51,7 +51,10 @@ def describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if len(text) > ERROR_CHARS:
         text = text[: ERROR_CHARS - 1] + "…"
-    frames = traceback.extract_tb(exc.__traceback__)
+    # Storage's own errors are raised at the store's edge: where the driver's was raised
+    # (the cause) is the place a bug report needs.
+    cause = exc.__cause__ if isinstance(exc, StorageError) else None
+    frames = traceback.extract_tb((cause or exc).__traceback__)
     if frames:
         last = frames[-1]
         where = "/".join(PurePath(last.filename).parts[-2:])

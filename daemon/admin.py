@@ -291,11 +291,11 @@ class AdminServer(Actor):
             self._rebuild_progress = {"events": 0, "of": self._progress().head}
             try:
                 report = await self._rebuild_identity(self._rebuilt)
+            except RebuildRunning as exc:
+                return _json({"error": str(exc)}, status=409)
             except StorageError as exc:
                 log.error("identity rebuild failed; the old graph stays", error=str(exc))
                 return _json({"error": f"rebuild failed, the old graph stays: {exc}"}, 503)
-            except RebuildRunning as exc:
-                return _json({"error": str(exc)}, status=409)
             except RebuildCancelled as exc:
                 return _json({"error": str(exc)}, status=503)
             finally:

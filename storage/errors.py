@@ -13,8 +13,10 @@ these at its stores' edge (SQLite's: storage/sqlite_errors.py).
     │   └── StorageCorrupt      the files are damaged or are not a database
     ├── StorageRefused          this statement was refused: a bug, or the item's data
     ├── SchemaTooNew            written by a newer leadsync (storage/migrations.py)
-    ├── LogBehind               the log ends before what consumers applied
-    └── RebuildRunning          another rebuild or forget holds the database
+    └── LogBehind               the log ends before what consumers applied
+
+    RebuildRunning              not a failure: another rebuild or forget holds the
+                                database (409, exit 75), so no StorageError
 """
 
 from __future__ import annotations
@@ -55,5 +57,6 @@ class LogBehind(StorageError):
     that reuse the old sequence numbers, so nothing starts."""
 
 
-class RebuildRunning(StorageError):
-    """Another rebuild (or forget) of this database is under way; one at a time."""
+class RebuildRunning(Exception):
+    """Another rebuild (or forget) of this database is under way; one at a time. Not a
+    StorageError: a handler of those would report it as the storage failing."""

@@ -161,8 +161,12 @@ class SqliteBackend:
 
     def session(self, *, cache_kib: int | None = None, durable: bool = False) -> SqliteSession:
         db = connect(self.path, self.busy_timeout, cache_kib or CACHE_KIB)
-        if durable:
-            db.execute("PRAGMA synchronous = FULL")
+        try:
+            if durable:
+                db.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            db.close()
+            raise
         return SqliteSession(db)
 
     def log_reader(self) -> SqliteLogReader:

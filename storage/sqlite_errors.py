@@ -1,7 +1,8 @@
 """SQLite's errors in the storage's own words (storage/errors.py), at the stores' edge.
 
 Every public method of a class decorated with `@translated` raises StorageError and
-its kinds instead of sqlite3's, the driver's error chained as the cause. The kind is
+its kinds instead of sqlite3's, the driver's error chained as the cause; so does what
+such a method returns to run later (an iterator, a context manager). The kind is
 told by SQLite's result code first (Python 3.11 gives it on the exception), then by
 the driver's class, which is what poison handling used to go by: an OperationalError
 or a damaged file is the storage failing; an IntegrityError or a misuse is refused.
@@ -13,6 +14,7 @@ import functools
 import inspect
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, ContextDecorator
 from typing import Any, TypeVar, cast
 
 from storage.errors import (
@@ -63,11 +65,52 @@ def _function(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return _lazy(result)
+
+    return call
+
+
+_PLAIN = frozenset({list, dict, tuple, set, int, float, str, bytes, bool, type(None)})
+
+
+def _lazy(result: Any) -> Any:
+    """What a method hands back to run later (rows read as they are iterated, a
+    transaction opened on entry) translates what it raises then, too."""
+    if type(result) in _PLAIN:  # most calls: no look through the ABCs
+        return result
+    if isinstance(result, Iterator):
+        return _iterate(result)
+    # Made by @contextmanager (a Path is a context manager too, until Python 3.13).
+    if isinstance(result, ContextDecorator) and isinstance(result, AbstractContextManager):
+        return _Context(result)
+    return result
+
+
+def _iterate(rows: Iterator[Any]) -> Iterator[Any]:
+    try:
+        return (yield from rows)
+    except sqlite3.Error as exc:
+        raise translate(exc) from exc
+
+
+class _Context(AbstractContextManager[Any]):
+    def __init__(self, inner: AbstractContextManager[Any]) -> None:
+        self._inner = inner
+
+    def __enter__(self) -> Any:
+        try:
+            return self._inner.__enter__()
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 
-    return call
+    def __exit__(self, *raised: Any) -> bool | None:
+        try:
+            return self._inner.__exit__(*raised)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
 
 def _generator(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:

@@ -3,14 +3,19 @@ storage/errors.py's kinds, which decide whether an item is held or the round ret
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from actors.poison import blames_storage
+from actors.exit_codes import EXIT_TEMPFAIL
+from actors.poison import blames_storage, describe
+from storage import sqlite_backend
 from storage.errors import (
     StorageBusy,
     StorageCorrupt,
@@ -22,6 +27,7 @@ from storage.errors import (
 from storage.held import HeldItem
 from storage.sqlite_backend import SqliteBackend
 from storage.sqlite_errors import translated
+from tests.support.daemon_process import free_port
 
 
 @pytest.fixture
@@ -119,3 +125,70 @@ def test_every_public_method_of_a_translated_class_speaks_storage() -> None:
         coroutine.send(None)
     assert issubclass(StorageUnavailable, StorageError)
     assert issubclass(StorageRefused, StorageError)
+
+
+def test_what_runs_later_speaks_storage_too(backend: SqliteBackend) -> None:
+    """Rows read as they are iterated and a read transaction opened on entry: the
+    merger consumes home_events lazily, and poison handling must still blame the
+    storage, not the event, when the disk fails then."""
+    with closing(backend.session()) as session:
+        session._db.set_progress_handler(lambda: 1, 1)  # every statement interrupted
+        rows = session.graph.home_events([1])
+        with pytest.raises(StorageUnavailable) as raised:
+            list(rows)
+        assert blames_storage(raised.value)
+        with pytest.raises(StorageUnavailable), session.scores.snapshot():
+            pass
+        session._db.set_progress_handler(None, 1)
+
+
+def test_a_scratch_that_cannot_be_made_speaks_storage(
+    backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sqlite_backend, "scratch", full)
+    with pytest.raises(StorageUnavailable, match="full"), backend.scratch():
+        pass
+    assert not list(backend.path.parent.glob("*.rebuild-*"))  # nothing left behind
+
+
+def test_a_held_items_error_says_where_the_driver_raised_it(backend: SqliteBackend) -> None:
+    with closing(backend.session()) as session:
+        session.begin()
+        try:
+            session.held.hold([HeldItem("identity", "event", "1", None, 1)], 0.0)  # type: ignore[arg-type]
+        except StorageRefused as exc:
+            said = describe(exc)
+        session.rollback()
+    assert said.startswith("StorageRefused: NOT NULL constraint failed")
+    assert "(in hold, storage/sqlite_held.py:" in said
+
+
+def test_a_rebuild_while_another_holds_the_database_says_so_and_exits_75(
+    tmp_path: Path,
+) -> None:
+    """Another rebuild or a forget is no failure of the storage: `leadsync identity
+    rebuild` with no daemon answering says who holds it and exits 75 (try again), not
+    73 with "rebuild failed"."""
+    config = tmp_path / "daemon.toml"
+    config.write_text(f'[daemon]\ndata_dir = "{tmp_path}"\n')
+    backend = SqliteBackend(tmp_path / "leadsync.db")
+    asyncio.run(opened_and_closed(backend))
+    nobody = f"http://127.0.0.1:{free_port()}"
+    command = ["identity", "rebuild", "--config", str(config), "--admin", nobody]
+    with backend.exclusive():  # as a forget on the files would
+        done = subprocess.run(
+            [sys.executable, "-m", "daemon", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert (done.returncode, done.stdout) == (EXIT_TEMPFAIL, "")
+    assert "is already running" in done.stderr
+    assert "rebuild failed" not in done.stderr
+
+
+async def opened_and_closed(backend: SqliteBackend) -> None:
+    await (await backend.open()).close()

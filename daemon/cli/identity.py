@@ -96,12 +96,12 @@ def _rebuild_locked(database: Path, loaded: LoadedConfig) -> int:
                 config.identity,
                 lambda done, total: bar.update(task, completed=done, total=total),
             )
-        except StorageError as exc:
-            print(f"leadsync: rebuild failed, the old graph stays: {exc}", file=sys.stderr)
-            return EXIT_STORAGE
         except RebuildRunning as exc:
             print(f"leadsync: {exc}", file=sys.stderr)
             return EXIT_TEMPFAIL
+        except StorageError as exc:
+            print(f"leadsync: rebuild failed, the old graph stays: {exc}", file=sys.stderr)
+            return EXIT_STORAGE
     _print_rebuild(vars(report), f"{database}, no daemon answering")
     return 0
 
