@@ -43,6 +43,7 @@ from aiohttp import web
 
 from actors.delivery.actor import CACHE_KIB, DestinationActor
 from actors.delivery.payload import Payload, encode
+from actors.delivery.staging import stage_changes
 from actors.delivery.status import DestinationStatus
 from actors.destinations.webhook import WebhookDestination
 from actors.destinations.webhook.sender import WebhookSender
@@ -148,7 +149,7 @@ def stage(path: Path, destination: str, count: int, seed: int) -> float:
         now = time.time()
         rows = [(row, payload.profile, *encode(payload)) for row, payload in enumerate(made)]
         store.begin()
-        store.stage(destination, rows, now, now)
+        stage_changes(store, destination, rows, now, now)
         store.commit()
         seconds = time.perf_counter() - started
         # The daemon's timer would have checkpointed by the time the actor reads.

@@ -51,6 +51,20 @@ class Settlement(msgspec.Struct):
     """What the sender must find again after a crash (Sender.state), if anything."""
 
 
+class StagingDecision(msgspec.Struct):
+    """What staging decided for one destination's profiles, each named by its row,
+    written in one go (OutboxStore.apply_staging). Only-on-change decides it
+    (actors/delivery/only_on_change.py); storage only writes it."""
+
+    dropped: list[int] = []
+    """Profiles whose queued row is deleted, unsent (one in flight still arrives)."""
+    queued: list[tuple[int, str, bytes, int]] = []
+    """(profile row, profile id, payload, hash): each replaces the profile's queued row,
+    if any (same row, attempts and last error reset), or is queued anew."""
+    staged: list[tuple[int, int]] = []
+    """(profile row, hash): the staged hash recorded, for the next comparison."""
+
+
 class DestinationCounts(msgspec.Struct, frozen=True):
     queued: int
     """Due now or waiting for a retry."""
@@ -76,19 +90,29 @@ class OutboxStore(Protocol):
         oldest of each) and, if asked, its traits."""
         ...
 
-    def stage(
+    def delivery_states(
+        self, destination: str, profiles: Sequence[int]
+    ) -> dict[int, tuple[int | None, int]]:
+        """Per profile row of `profiles` the destination has a state for: (acked,
+        staged), the hash it last acknowledged (None before the first) and the one
+        staging recorded last (StagingDecision.staged)."""
+        ...
+
+    def queued(self, destination: str, profiles: Sequence[int]) -> set[int]:
+        """Those of `profiles` with a row in the destination's outbox: due, held, being
+        retried or in flight."""
+        ...
+
+    def apply_staging(
         self,
         destination: str,
-        rows: Sequence[tuple[int, str, bytes | None, int]],
+        decision: StagingDecision,
         staged_at: float,
         due_at: float | None,
-        force: bool = False,
-    ) -> int:
-        """Queue each (profile row, profile id, payload, hash) whose payload differs both
-        from what was staged last and from what the destination acknowledged (`force`:
-        every one, for a full resync), due at `due_at`, or if None held until the next
-        batch run to end (the one under way, if any); a None payload (the filter said
-        no) drops what was queued. Returns how many rows were queued."""
+    ) -> None:
+        """Writes what staging decided: the dropped rows deleted, the queued ones
+        upserted, due at `due_at` (None: held until the batch run under way ends, or
+        the next if none is), the staged hashes recorded."""
         ...
 
     def end_run(self, destinations: Sequence[str], now: float) -> int:

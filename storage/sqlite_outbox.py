@@ -1,8 +1,10 @@
 """The outbox, delivery state and dead letters in SQLite, synchronously.
 
 Staging runs inside the scorer's transaction, on its connection, so a score and the
-outbox row that carries it commit together. Destination actors use their own
-connection, one short transaction per fetch or per settled round.
+outbox row that carries it commit together; what it queues is decided in
+actors/delivery/only_on_change.py, and this store reads delivery states and writes the
+decision. Destination actors use their own connection, one short transaction per fetch
+or per settled round.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from typing import Any
 import msgspec
 
 from storage.graph import Stamped
-from storage.outbox import DeadLetter, DestinationCounts, OutboxRow, Settlement
+from storage.outbox import (
+    DeadLetter,
+    DestinationCounts,
+    OutboxRow,
+    Settlement,
+    StagingDecision,
+)
 from storage.scores import decoded_traits
 from storage.sqlite_connect import Transactions, chunks, marks
 from storage.sqlite_deletions import deletion_slot, is_deletion
 from storage.sqlite_errors import translated
-
-FILTERED = 0
-"""The staged hash of a profile the destination's filter refused."""
 
 ADDRESSES = (
     "SELECT profile, kind, value FROM identities WHERE profile IN ({}) "
@@ -87,63 +92,56 @@ class SqliteOutboxStore(Transactions):
                     found[profile][1][kind] = value
         return found
 
-    def stage(
-        self,
-        destination: str,
-        rows: Sequence[tuple[int, str, bytes | None, int]],
-        staged_at: float,
-        due_at: float | None,
-        force: bool = False,
-    ) -> int:
-        if due_at is None:
-            due_at = -(self._released() + 1)  # held for the end of this batch run
-        state: dict[int, tuple[int | None, int]] = {}
-        for chunk in chunks([profile for profile, *_ in rows]):
+    def delivery_states(
+        self, destination: str, profiles: Sequence[int]
+    ) -> dict[int, tuple[int | None, int]]:
+        states: dict[int, tuple[int | None, int]] = {}
+        for chunk in chunks(profiles):
             for profile, acked, staged in self._db.execute(
                 "SELECT profile, acked, staged FROM destination_state "
                 f"WHERE destination = ? AND profile IN ({marks(chunk)})",
                 (destination, *chunk),
             ):
-                state[profile] = (acked, staged)
-        queue: list[tuple[Any, ...]] = []
-        back: list[tuple[Any, ...]] = []
-        drop: list[tuple[str, int]] = []
-        staged_now: list[tuple[str, int, int]] = []
-        for profile, uid, payload, digest in rows:
-            acked, staged = state.get(profile, (None, None))
-            if payload is None:
-                if staged not in (None, FILTERED):
-                    drop.append((destination, profile))
-                    staged_now.append((destination, profile, FILTERED))
-                continue
-            if not force and digest == staged:
-                continue  # queued, held, sent or dead-lettered already: nothing new
-            staged_now.append((destination, profile, digest))
-            row = (destination, profile, uid, payload, digest, staged_at, due_at)
-            if not force and digest == acked:
-                back.append(row)
-            else:
-                queue.append(row)
-        # Back to what the destination acknowledged. Its queued row may be in flight
-        # already, and be acknowledged after this: so the row is not dropped but
-        # made this payload again, and sent (once more, harmlessly). With no row
-        # queued (it was sent, filtered out or dead-lettered), nothing is sent.
-        queued = self._queued(destination, [row[1] for row in back])
-        queue += [row for row in back if row[1] in queued]
-        self._db.executemany("DELETE FROM outbox WHERE destination = ? AND profile = ?", drop)
-        self._db.executemany(_UPSERT, queue)
-        self._db.executemany(_STATE, staged_now)
-        return len(queue)
+                states[profile] = (acked, staged)
+        return states
 
-    def _queued(self, destination: str, profiles: Sequence[int]) -> set[int]:
+    def queued(self, destination: str, profiles: Sequence[int]) -> set[int]:
         return {
             profile
-            for chunk in chunks(list(profiles))
+            for chunk in chunks(profiles)
             for (profile,) in self._db.execute(
                 f"SELECT profile FROM outbox WHERE destination = ? AND profile IN ({marks(chunk)})",
                 (destination, *chunk),
             )
         }
+
+    def apply_staging(
+        self,
+        destination: str,
+        decision: StagingDecision,
+        staged_at: float,
+        due_at: float | None,
+    ) -> None:
+        """One executemany each for the deletes, the upserts and the staged hashes; the
+        run a held row waits for is read only when rows are queued."""
+        db = self._db
+        db.executemany(
+            "DELETE FROM outbox WHERE destination = ? AND profile = ?",
+            ((destination, profile) for profile in decision.dropped),
+        )
+        if decision.queued:
+            if due_at is None:
+                due_at = -(self._released() + 1)  # held for the end of this batch run
+            db.executemany(
+                _UPSERT,
+                (
+                    (destination, profile, uid, payload, digest, staged_at, due_at)
+                    for profile, uid, payload, digest in decision.queued
+                ),
+            )
+        db.executemany(
+            _STATE, ((destination, profile, digest) for profile, digest in decision.staged)
+        )
 
     def _released(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_RELEASED,)).fetchone()

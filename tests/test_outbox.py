@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from actors.delivery.payload import Payload, decode
-from actors.delivery.staging import Staging
+from actors.delivery.staging import Staging, stage_changes
 from actors.destinations.file import FileDestination
 from actors.destinations.webhook import WebhookDestination
 from actors.identity.rebuild import rebuild
@@ -347,7 +347,7 @@ async def test_rows_a_batch_run_released_go_out_in_turn_with_the_rest(tmp_path: 
 
         def stage(row: int, due: float | None) -> None:
             outbox.begin()
-            outbox.stage("d", [(row, f"u{row}", b"{}", row)], 0.0, due)
+            stage_changes(outbox, "d", [(row, f"u{row}", b"{}", row)], 0.0, due)
             outbox.commit()
 
         def end_run(at: float) -> None:

@@ -20,6 +20,7 @@ import msgspec
 
 from actors.delivery.filter import Filter
 from actors.delivery.kinds import DestinationSettings
+from actors.delivery.only_on_change import Row, decide
 from actors.delivery.payload import Payload, encode
 from actors.poison import HELD, Attempts
 from storage.outbox import OutboxStore
@@ -104,8 +105,26 @@ def _digest(value: object) -> str:
     return hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()[:16]
 
 
-Prepared = dict[str, list[tuple[int, str, bytes | None, int]]]
+Prepared = dict[str, list[Row]]
 """Per destination: (profile row, profile id, payload or None, hash)."""
+
+
+def stage_changes(
+    store: OutboxStore,
+    destination: str,
+    rows: Sequence[Row],
+    staged_at: float,
+    due_at: float | None,
+    force: bool = False,
+) -> int:
+    """Stages what changed of `rows` for `destination` (actors/delivery/only_on_change.py;
+    `force`: everything, for a full resync), due at `due_at` or, if None, held until the
+    batch run under way (or the next) ends; inside the caller's transaction. Returns how
+    many rows were queued."""
+    states = store.delivery_states(destination, [row[0] for row in rows])
+    decision = decide(rows, states, lambda profiles: store.queued(destination, profiles), force)
+    store.apply_staging(destination, decision, staged_at, due_at)
+    return len(decision.queued)
 
 
 class Staging:
@@ -156,7 +175,7 @@ class Staging:
         for name, rows in prepared.items():
             route = self.routes[name]
             held = route.held or (batch and route.batch)
-            staged = self.store.stage(name, rows, now, None if held else now)
+            staged = stage_changes(self.store, name, rows, now, None if held else now)
             if staged and not held:
                 self.due.add(name)
             queued += staged
@@ -165,13 +184,13 @@ class Staging:
     def sync(
         self,
         destination: str,
-        rows: Sequence[tuple[int, str, bytes | None, int]],
+        rows: Sequence[Row],
         now: float,
         force: bool,
     ) -> int:
         """One destination's payloads, due now (`sync`: every scored profile, a chunk at
         a time; `force`, even what it acknowledged); inside the caller's transaction."""
-        staged = self.store.stage(destination, rows, now, now, force=force)
+        staged = stage_changes(self.store, destination, rows, now, now, force)
         if staged:
             self.due.add(destination)
         return staged

@@ -18,6 +18,7 @@ import msgspec
 from actors.delivery.actor import DestinationActor
 from actors.delivery.payload import Payload, encode
 from actors.delivery.sender import Sender
+from actors.delivery.staging import stage_changes
 from actors.delivery.status import DestinationStatus
 from actors.destinations.webhook import WebhookDestination
 from actors.metrics import Metrics
@@ -57,7 +58,7 @@ def stage(path: Path, destination: str, uids: Sequence[str]) -> None:
             for n, uid in enumerate(uids)
         ]
         store.begin()
-        store.stage(destination, rows, 0.0, 0.0)
+        stage_changes(store, destination, rows, 0.0, 0.0)
         store.commit()
     finally:
         db.close()
