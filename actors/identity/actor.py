@@ -26,10 +26,11 @@ import structlog
 from actors.identity import isolate, worker
 from actors.identity.settings import IdentitySection
 from actors.identity.unit import StaleCheckpoint
+from actors.log_consumer import LogConsumer, Round
 from actors.messages import ProfileChanged, ScorerMessage
 from actors.metrics import Metrics
 from actors.progress import LogProgress
-from actors.runtime import Actor, Mailbox
+from actors.runtime import Mailbox
 from storage.backend import Backend
 from storage.errors import StorageUnavailable
 from storage.graph import IDENTITY_CONSUMER, Change
@@ -37,15 +38,15 @@ from storage.graph import IDENTITY_CONSUMER, Change
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-RETRY_AFTER_STORAGE_ERROR = 1.0
 IDLE_LOOK = 1.0
 """Seconds between calls to the worker while the log is quiet, which apply any held
 event whose retry was asked for (`leadsync held retry`)."""
+FIRST_RETRY_AFTER_FAILURE = 2.0
 MAX_RETRY_AFTER_FAILURE = 300.0
-"""Seconds before retrying a batch the database refused (locked too long, disk full)."""
+"""Seconds before retrying a batch a bug failed on, doubling from the first."""
 
 
-class IdentityActor(Actor):
+class IdentityActor(LogConsumer):
     def __init__(
         self,
         backend: Backend,
@@ -57,28 +58,34 @@ class IdentityActor(Actor):
     ) -> None:
         """`scorer`: the scorer's inbox, told of each profile a batch changed (a hint:
         the scorer reads what changed from the database either way)."""
-        super().__init__("identity")
+        super().__init__("identity", IDENTITY_CONSUMER, progress, metrics)
         self._backend = backend
         self._rules = rules
         self._log_level, self._log_format = log_settings
-        self._progress = progress
-        self._metrics = metrics
         self._scorer = scorer
         self._stopping = False
+        self._failures = 0
+        self._pool: ProcessPoolExecutor | None = None
 
     def stop(self) -> None:
         self._stopping = True
-        self._progress.wake()
+        self.progress.wake()
+
+    def closing(self) -> bool:
+        return self._stopping
+
+    def stopped_during(self) -> bool:
+        return True  # catching up a backlog could outlast the shutdown grace
 
     async def run(self, ready: Callable[[], None]) -> None:
-        pool = ProcessPoolExecutor(
+        pool = self._pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=worker.initialize,
             initargs=(os.getpid(), self._backend),
         )
         try:
-            checkpoint = await _call(
+            self.checkpoint = await _call(
                 pool,
                 worker.start,
                 self._backend,
@@ -86,74 +93,67 @@ class IdentityActor(Actor):
                 self._log_level,
                 self._log_format,
             )
-            self._progress.applied(IDENTITY_CONSUMER, checkpoint)
+            self.publish()
             ready()
-            failures = 0
-            while True:
-                try:
-                    applied = await _call(pool, worker.apply_next, checkpoint)
-                except StaleCheckpoint as stale:
-                    log.info("identity graph was rebuilt; reading on", checkpoint=stale.checkpoint)
-                    checkpoint = stale.checkpoint
-                    self._progress.applied(IDENTITY_CONSUMER, checkpoint)
-                    continue
-                except StorageUnavailable as exc:
-                    # The outside world (a long lock, a full disk): nothing of the batch
-                    # was committed, so trying the same batch again is exact.
-                    self._metrics.storage_errors.labels("identity").inc()
-                    log.warning("identity batch not applied; retrying", error=str(exc))
-                    await anyio.sleep(RETRY_AFTER_STORAGE_ERROR)
-                    continue
-                except BrokenProcessPool:
-                    raise  # the worker died: a restart starts a new one
-                except Exception as exc:
-                    # A bug that one batch triggers every time. Restarting would escalate
-                    # and take ingestion down with it; instead the merger waits, longer
-                    # each time, and says so, while the log keeps taking events.
-                    self._metrics.identity_failures.inc()
-                    failures += 1
-                    delay = min(RETRY_AFTER_STORAGE_ERROR * 2**failures, MAX_RETRY_AFTER_FAILURE)
-                    log.error(
-                        "identity batch failed; retrying",
-                        after=checkpoint,
-                        retry_in=delay,
-                        error=repr(exc),
-                    )
-                    with anyio.move_on_after(delay):
-                        while not self._stopping:
-                            await self._progress.moved()
-                    if self._stopping:
-                        return  # it cannot catch up; its checkpoint is where it stopped
-                    continue
-                failures = 0
-                if applied is None:
-                    if self._stopping:
-                        return
-                    if self._progress.head <= checkpoint:
-                        # Also a look a second: a held event's retry may be waiting.
-                        with anyio.move_on_after(IDLE_LOOK):
-                            await self._progress.moved()
-                    continue
-                checkpoint = applied.checkpoint
-                self._progress.applied(IDENTITY_CONSUMER, checkpoint)
-                self._report(applied)
-                if self._stopping:
-                    return
+            await self.follow()
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(pool.shutdown)
 
+    async def round(self, closing: bool) -> Round:
+        """One call to the worker: the batches it applies in about a second."""
+        assert self._pool is not None
+        try:
+            applied = await _call(self._pool, worker.apply_next, self.checkpoint)
+        except StaleCheckpoint as stale:
+            log.info("identity graph was rebuilt; reading on", checkpoint=stale.checkpoint)
+            self.checkpoint = stale.checkpoint
+            return Round.FULL
+        except (StorageUnavailable, BrokenProcessPool):
+            raise  # the outside world's, retried; the worker died: a restart starts one
+        except Exception as exc:
+            await self._wait_after(exc)
+            return Round.FULL
+        self._failures = 0
+        if applied is None:
+            return Round.FULL if self.progress.head > self.checkpoint else Round.IDLE
+        self.checkpoint = applied.checkpoint
+        self._report(applied)
+        return Round.FULL
+
+    async def idle(self) -> None:
+        # Also a look a second: a held event's retry may be waiting.
+        with anyio.move_on_after(IDLE_LOOK):
+            await self.progress.moved()
+
+    async def _wait_after(self, exc: Exception) -> None:
+        """A bug that one batch triggers every time. Restarting would escalate and take
+        ingestion down with it; instead the merger waits, longer each time, and says
+        so, while the log keeps taking events."""
+        self.metrics.identity_failures.inc()
+        self._failures += 1
+        delay = min(FIRST_RETRY_AFTER_FAILURE * 2 ** (self._failures - 1), MAX_RETRY_AFTER_FAILURE)
+        log.error(
+            "identity batch failed; retrying",
+            after=self.checkpoint,
+            retry_in=delay,
+            error=repr(exc),
+        )
+        with anyio.move_on_after(delay):
+            while not self._stopping:
+                await self.progress.moved()
+
     def _report(self, applied: worker.Applied) -> None:
         for seconds in applied.seconds:
-            self._metrics.identity_batch_seconds.observe(seconds)
-        self._metrics.identity_events.inc(applied.applied)
-        self._metrics.identity_merges.inc(applied.merges)
-        self._metrics.identity_recomputes.inc(applied.recomputes)
-        self._metrics.identity_blocked.inc(applied.blocked)
+            self.metrics.identity_batch_seconds.observe(seconds)
+        self.metrics.identity_events.inc(applied.applied)
+        self.metrics.identity_merges.inc(applied.merges)
+        self.metrics.identity_recomputes.inc(applied.recomputes)
+        self.metrics.identity_blocked.inc(applied.blocked)
         if applied.held:
-            self._metrics.poison.labels(isolate.COMPONENT).inc(applied.held)
+            self.metrics.poison.labels(isolate.COMPONENT).inc(applied.held)
         for kind, count in applied.dropped.items():
-            self._metrics.identity_links_dropped.labels(kind).inc(count)
+            self.metrics.identity_links_dropped.labels(kind).inc(count)
         if self._scorer is None:
             return
         for uid, flags in applied.changed.items():

@@ -11,7 +11,6 @@ arithmetic, done in a worker thread (actors/scoring/scorer.py).
 from __future__ import annotations
 
 import contextlib
-import enum
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -29,6 +28,7 @@ from actors.delivery.kinds import DestinationSettings
 from actors.delivery.staging import Staging, fingerprint
 from actors.identity.extract import Extractor
 from actors.identity.settings import IdentitySection
+from actors.log_consumer import LogConsumer, Round
 from actors.messages import (
     ProfileChanged,
     RunBatch,
@@ -38,7 +38,7 @@ from actors.messages import (
 )
 from actors.metrics import Metrics
 from actors.progress import LogProgress
-from actors.runtime import Actor, Mailbox, held_from_thread
+from actors.runtime import Mailbox, held_from_thread
 from actors.scoring import deploy
 from actors.scoring.batch import BatchRunResult
 from actors.scoring.changes import CHANGES_BATCH
@@ -48,7 +48,6 @@ from actors.scoring.scorer import Scorer
 from actors.scoring.settings import ScoringSection
 from actors.scoring.work import COMPONENT
 from storage.backend import Backend
-from storage.errors import StorageUnavailable
 from storage.held import HeldItem
 from storage.scores import SCORER_CONSUMER
 from storage.session import Session
@@ -73,7 +72,6 @@ HTTP source refuse events); a run someone asked for (`leadsync scoring run`) doe
 BUSY_WINDOW = 1.0
 """Seconds over which the log writer's busy share is measured."""
 LAST_BATCH = "scoring_last_batch"
-RETRY_AFTER_STORAGE_ERROR = 1.0
 
 
 class BatchProgress(msgspec.Struct, frozen=True):
@@ -94,12 +92,6 @@ class ScoringStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_batch: Mapping[str, float] = msgspec.field(default_factory=lambda: MappingProxyType({}))
     """The last run's BatchRunResult, read-only: counts as ints, seconds as a float."""
     running: BatchProgress | None = None
-
-
-class _Round(enum.Enum):
-    FULL = "a round's worth of work was left over"
-    SOME = "some work"
-    IDLE = "nothing to do"
 
 
 class _Sized(Protocol):
@@ -134,7 +126,7 @@ class Config(Protocol):
     def destinations(self) -> Mapping[str, DestinationSettings]: ...
 
 
-class ScorerActor(Actor):
+class ScorerActor(LogConsumer):
     def __init__(
         self,
         backend: Backend,
@@ -151,13 +143,11 @@ class ScorerActor(Actor):
         before it ended with, after a crash). `doorbell`: the destinations' bells, rung
         after each commit that gives them rows due now; without one they find those
         rows at their next look."""
-        super().__init__("scorer")
+        super().__init__("scorer", SCORER_CONSUMER, progress, metrics, pace=ROUND_INTERVAL)
         self._backend = backend
         self._config = config
         self._gate = gate
         self._inbox = inbox
-        self._progress = progress
-        self._metrics = metrics
         self._clock = clock
         self._status = ScoringStatus() if status is None else status
         """Replaced whole, never changed: by the worker thread, one step at a time."""
@@ -166,12 +156,11 @@ class ScorerActor(Actor):
         self._syncs: list[SyncDestination] = []
         self._reloaded: dict[str, DestinationSettings] | None = None
         self._next_batch = 0.0
-        self._checkpoint = 0
-        self._replaying = False
         self._next_fold = 0.0
         self._fold_limit = config.http.max_backlog // 2
         self._busy_mark = (time.monotonic(), progress.commit_seconds)
         self._busy = 0.0
+        self._scorer: Scorer | None = None
         self._refused: str | None = None
         """A deployed version that failed to parse, so it is reported once."""
 
@@ -186,10 +175,10 @@ class ScorerActor(Actor):
     async def run(self, ready: Callable[[], None]) -> None:
         session = self._session = self._backend.session()
         try:
-            scorer = await anyio.to_thread.run_sync(self._start, session)
-            self._show_progress()
+            self._scorer = await anyio.to_thread.run_sync(self._start, session)
+            self.publish()
             ready()
-            await self._serve(scorer)
+            await self.follow()
         finally:
             for waiting in [*(r.done for r in self._requests), *(s.done for s in self._syncs)]:
                 waiting.set()  # unanswered: the daemon is stopping
@@ -213,7 +202,7 @@ class ScorerActor(Actor):
         scorer.on_staged = self._ring
         self._use_destinations(scorer, self._config.destinations)
         scorer.use(model)
-        self._checkpoint, self._replaying = store.checkpoint(), scorer.replaying()
+        self.checkpoint, self.replaying = store.checkpoint(), scorer.replaying()
         last = store.meta(LAST_BATCH)
         self._next_batch = (float(last) if last else 0.0) + self._config.scoring.batch_interval
         self._show(last_batch_at=float(last) if last else None, next_batch_at=self._next_batch)
@@ -227,7 +216,7 @@ class ScorerActor(Actor):
             anyio.from_thread.run_sync(self._doorbell.ring, destinations)
 
     def _count_held(self, items: list[HeldItem]) -> None:
-        self._metrics.poison.labels(COMPONENT).inc(len(items))
+        self.metrics.poison.labels(COMPONENT).inc(len(items))
 
     def _use_destinations(
         self, scorer: Scorer, destinations: Mapping[str, DestinationSettings]
@@ -269,43 +258,20 @@ class ScorerActor(Actor):
     def _write_gate(self) -> AbstractContextManager[None]:
         return held_from_thread(self._gate)
 
-    async def _serve(self, scorer: Scorer) -> None:
-        while True:
-            closing = self._inbox.closed
-            round_started = time.monotonic()
-            try:
-                done = await anyio.to_thread.run_sync(self._step, scorer, closing)
-            except StorageUnavailable as exc:
-                # A long lock or a full disk: nothing of the step was committed.
-                self._metrics.storage_errors.labels("scorer").inc()
-                log.warning("scoring step not applied; retrying", error=str(exc))
-                if closing:
-                    return  # what is left is on disk for the next start
-                await anyio.sleep(RETRY_AFTER_STORAGE_ERROR)
-                continue
-            finally:
-                self._show_progress()
-            if closing:
-                # Asked to stop: the inbox is drained, the last round is done, and what
-                # is left (changes, log events) is on disk for the next start.
-                return
-            if done is _Round.FULL:
-                self._take_messages()  # more waiting than a round takes: straight on
-                continue
-            if done is _Round.SOME:
-                # Under load, a round every ROUND_INTERVAL: each then carries more rows
-                # per transaction, and the write lock is taken less often (ingestion
-                # and the merger wait for it too). Fit stays well within a second.
-                await anyio.sleep(max(0.0, round_started + ROUND_INTERVAL - time.monotonic()))
-                self._take_messages()
-                continue
-            with anyio.move_on_after(self._idle_wait()):
-                await self._wait_for_message()
-            self._take_messages()
+    def closing(self) -> bool:
+        return self._inbox.closed
 
-    def _show_progress(self) -> None:
-        """On the event loop thread, which is where LogProgress is read."""
-        self._progress.applied(SCORER_CONSUMER, self._checkpoint, self._replaying)
+    async def round(self, closing: bool) -> Round:
+        """One round of work in the worker thread, with what the inbox brought since
+        the last. Asked to stop, the inbox is drained by it, and what is left (changes,
+        log events) is on disk for the next start."""
+        self._take_messages()
+        assert self._scorer is not None
+        return await anyio.to_thread.run_sync(self._step, self._scorer, closing)
+
+    async def idle(self) -> None:
+        with anyio.move_on_after(self._idle_wait()):
+            await self._wait_for_message()
 
     def _idle_wait(self) -> float:
         due = self._next_batch - self._clock()
@@ -334,7 +300,7 @@ class ScorerActor(Actor):
         elif isinstance(message, ProfileChanged):
             pass  # a wake-up call: the to-do list in SQLite says what changed
 
-    def _step(self, scorer: Scorer, closing: bool) -> _Round:
+    def _step(self, scorer: Scorer, closing: bool) -> Round:
         """One round of work in the worker thread."""
         self._follow_deploys(scorer)
         if self._reloaded is not None:
@@ -343,14 +309,14 @@ class ScorerActor(Actor):
         started = time.perf_counter()
         changed = scorer.score_changes()
         if changed:
-            self._metrics.scoring_fit_seconds.observe(time.perf_counter() - started)
-            self._metrics.scoring_fit_profiles.inc(changed)
+            self.metrics.scoring_fit_seconds.observe(time.perf_counter() - started)
+            self.metrics.scoring_fit_profiles.inc(changed)
         scorer.retry_held()
         while self._syncs and not closing:
             self._sync(scorer, self._syncs.pop(0))
         requested = bool(self._requests)
         due = requested or self._clock() >= self._next_batch
-        waiting = self._progress.head - self._checkpoint
+        waiting = self.progress.head - self.checkpoint
         folded = 0
         deferred = False
         if due or waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
@@ -358,23 +324,23 @@ class ScorerActor(Actor):
             # fold; a run someone asked for does not, nor a lag past the fold limit.
             deferred = not requested and waiting < self._fold_limit and self._ingestion_busy()
             if not deferred:
-                folded = scorer.fold_events(self._progress.head)
+                folded = scorer.fold_events(self.progress.head)
                 self._next_fold = time.monotonic() + FOLD_INTERVAL
-                self._metrics.scoring_events_folded.inc(folded)
-        self._checkpoint, self._replaying = scorer.store.checkpoint(), scorer.replaying()
+                self.metrics.scoring_events_folded.inc(folded)
+        self.checkpoint, self.replaying = scorer.store.checkpoint(), scorer.replaying()
         # A run waits until the log is (nearly) folded: folding all of it inside the
         # run would hold up realtime fit for as long as a replay takes.
-        caught_up = self._progress.head - self._checkpoint < FOLD_BATCH
+        caught_up = self.progress.head - self.checkpoint < FOLD_BATCH
         if due and caught_up and not closing and not deferred:
             self._batch(scorer)
         if changed >= CHANGES_BATCH or not (caught_up or deferred):
-            return _Round.FULL
-        return _Round.SOME if changed or folded else _Round.IDLE
+            return Round.FULL
+        return Round.SOME if changed or folded else Round.IDLE
 
     def _ingestion_busy(self) -> bool:
         """Whether the log writer spent more than INGESTION_BUSY of the last
         BUSY_WINDOW committing (measured afresh once a window has passed)."""
-        now, committed = time.monotonic(), self._progress.commit_seconds
+        now, committed = time.monotonic(), self.progress.commit_seconds
         since, before = self._busy_mark
         if now - since >= BUSY_WINDOW:
             self._busy = (committed - before) / (now - since)
@@ -399,8 +365,8 @@ class ScorerActor(Actor):
     def _chunk_done(self, checkpoint: int, profiles: int) -> None:
         """Between the chunks of a batch run, which folds the log as it goes: the
         backlog that pushes back on clients must see it move, and /status the run."""
-        self._checkpoint = checkpoint
-        anyio.from_thread.run_sync(self._show_progress)
+        self.checkpoint = checkpoint
+        anyio.from_thread.run_sync(self.publish)
         running = self._status.running
         self._show(running=BatchProgress(profiles, 0 if running is None else running.of))
 
@@ -422,7 +388,7 @@ class ScorerActor(Actor):
         log.info("scoring with a newly deployed model", version=version)
 
     def _show_model(self, version: str) -> None:
-        self._metrics.scoring_model.info({"version": version})
+        self.metrics.scoring_model.info({"version": version})
         self._show(model=version)
 
     def _batch(self, scorer: Scorer) -> None:
@@ -452,8 +418,8 @@ class ScorerActor(Actor):
             scorer.store.set_meta(LAST_BATCH, repr(finished))
 
     def _report(self, result: BatchRunResult) -> None:
-        self._metrics.scoring_batch_seconds.observe(result.seconds)
-        self._metrics.scoring_batch_profiles.inc(result.profiles)
+        self.metrics.scoring_batch_seconds.observe(result.seconds)
+        self.metrics.scoring_batch_profiles.inc(result.profiles)
         log.info(
             "scoring batch run",
             profiles=result.profiles,
