@@ -15,8 +15,8 @@ from storage.session import Session
 from storage.transaction import transaction
 
 FOLLOW_THEIR_PROFILE = (ProfileRows.SCORES, ProfileRows.DELIVERY_STATES, ProfileRows.QUEUED)
-"""Rows kept beside the graph that belong to a person, as far as the new rules go,
-by the profile id the person had: the rebuild numbers the profiles' rows anew."""
+"""What leadsync keeps of a person by profile row, carried over by profile id (the
+same person, as far as the new rules go): the rebuild numbers the rows anew."""
 
 
 def swap_in(db: Session, rebuilt: Session, checkpoint: int) -> None:
