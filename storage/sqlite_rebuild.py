@@ -98,7 +98,10 @@ _FOLLOWING = {
     ProfileRows.QUEUED: _Following(
         "old_outbox",
         remember=(
-            "CREATE TEMP TABLE old_outbox AS SELECT o.id, p.uid FROM main.outbox o "
+            # Keyed by the row's id: the rekey looks each row up in it (unkeyed, that
+            # was a scan of the whole table per queued row).
+            "CREATE TEMP TABLE old_outbox (id INTEGER PRIMARY KEY, uid TEXT NOT NULL)",
+            "INSERT INTO temp.old_outbox SELECT o.id, p.uid FROM main.outbox o "
             "JOIN main.profiles p ON p.id = o.profile",
         ),
         drop=(
