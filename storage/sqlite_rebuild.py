@@ -62,7 +62,8 @@ class _Following:
 
 _VANISHED = "uid NOT IN (SELECT uid FROM main.profiles)"
 
-_FOLLOWING = {
+FOLLOWING = {
+    # How each kind of ProfileRows follows its profile id through a swap, in SQL.
     # Scores and delivery states are taken out whole and put back under the new rows.
     ProfileRows.SCORES: _Following(
         "old_scores",
@@ -172,7 +173,7 @@ class SqliteGraphSwap:
 
     def remember_by_uid(self, rows: Collection[ProfileRows]) -> None:
         for kind in rows:
-            following = _FOLLOWING[kind]
+            following = FOLLOWING[kind]
             self._note(following.table, *following.remember)
 
     def replace_graph(self) -> None:
@@ -215,14 +216,14 @@ class SqliteGraphSwap:
 
     def drop_vanished(self, rows: Collection[ProfileRows]) -> None:
         for kind in rows:
-            following = _FOLLOWING[kind]
+            following = FOLLOWING[kind]
             self._noting(following.table)
             for sql in following.drop:
                 self._db.execute(sql)
 
     def rekey_by_uid(self, rows: Collection[ProfileRows]) -> None:
         for kind in rows:
-            following = _FOLLOWING[kind]
+            following = FOLLOWING[kind]
             self._noting(following.table)
             for sql in following.rekey:
                 self._db.execute(sql)

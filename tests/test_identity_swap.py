@@ -24,10 +24,12 @@ from actors.identity.swap import swap_in
 from storage.errors import StorageRefused
 from storage.graph import Change
 from storage.held import HeldItem
-from storage.sqlite_backend import SqliteBackend
+from storage.rebuild import ProfileRows
+from storage.sqlite_backend import SqliteBackend, SqliteSession
 from storage.sqlite_connect import connect
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_outbox import SqliteOutboxStore
+from storage.sqlite_rebuild import FOLLOWING
 from tests.support.graph import Harness
 
 ONE_EMAIL = IdentitySection(limits={"email": 1})
@@ -143,3 +145,25 @@ async def test_a_scratch_replayed_elsewhere_is_refused_and_nothing_swapped(tmp_p
                 swap_in(db, work, 2)
             assert db.graph.generation() == 0
         assert graph.profiles() == before
+
+
+async def test_queued_rows_find_their_note_by_id_not_by_a_scan_each(tmp_path: Path) -> None:
+    """A scan of the noted rows for each queued row made a rebuild over a long outbox
+    quadratic."""
+    path = await two_profiles(tmp_path / "g.db")
+    backend = SqliteBackend(path)
+    with (
+        backend.scratch() as work,
+        closing(connect(path, 5)) as db,
+        SqliteSession(db).graph_swap(work) as swap,
+    ):
+        db.execute("BEGIN IMMEDIATE")
+        swap.remember_by_uid([ProfileRows.QUEUED])
+        plans = [
+            step[-1]
+            for sql in FOLLOWING[ProfileRows.QUEUED].rekey
+            for step in db.execute(f"EXPLAIN QUERY PLAN {sql}")
+        ]
+    scans = [s for s in plans if s == "SCAN o" or (s.startswith("SCAN") and "old_outbox" in s)]
+    assert any(s.startswith("SEARCH o USING INTEGER PRIMARY KEY") for s in plans), plans
+    assert not scans, plans
