@@ -159,7 +159,7 @@ class Backend(Protocol):
 
     def scratch(self) -> AbstractContextManager[Session]:
         """An empty database of the same schema, its `log` reading this one's, for a
-        rebuild to replay into (then `Session.swap_graph`); gone on exit."""
+        rebuild to replay into (then `Session.graph_swap`); gone on exit."""
         ...
 
     def exclusive(self) -> AbstractContextManager[None]:

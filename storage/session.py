@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from storage.graph import GraphStore
 from storage.held import HeldStore
 from storage.log import StoredEvent
 from storage.outbox import OutboxStore
+from storage.rebuild import GraphSwap
 from storage.scores import ScoreStore
 
 
@@ -73,10 +75,11 @@ class Session(Protocol):
         """Roll back the transaction if one is open; nothing otherwise."""
         ...
 
-    def swap_graph(self, rebuilt: Session, checkpoint: int) -> None:
-        """Replace the identity graph with the one `rebuilt` (a backend's `scratch`)
-        replayed to `checkpoint`, in one transaction: readers see the old graph or the
-        new one, never a mix. `rebuilt` is closed first. The caller holds the gate."""
+    def graph_swap(self, rebuilt: Session) -> AbstractContextManager[GraphSwap]:
+        """The steps that put the identity graph `rebuilt` (a backend's `scratch`,
+        closed here) holds in place of this session's (storage/rebuild.py), for
+        actors/identity/swap.py to run between this session's `begin` and `commit`,
+        inside the context."""
         ...
 
     def close(self) -> None: ...

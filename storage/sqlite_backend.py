@@ -12,7 +12,7 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,7 @@ from storage.backend import Storage
 from storage.errors import RebuildRunning, StorageUnavailable
 from storage.log import DEDUP_WINDOW, StoredEvent
 from storage.ownership import owned_like_directory
+from storage.rebuild import GraphSwap
 from storage.session import Session
 from storage.sqlite_connect import (
     CACHE_KIB,
@@ -35,7 +36,7 @@ from storage.sqlite_graph import SqliteGraphStore, read_batches, read_events
 from storage.sqlite_held import SqliteHeldStore
 from storage.sqlite_lifecycle import SqliteLifecycleStore
 from storage.sqlite_outbox import SqliteOutboxStore
-from storage.sqlite_rebuild import scratch, swap_in
+from storage.sqlite_rebuild import SqliteGraphSwap, scratch
 from storage.sqlite_scores import SqliteScoreStore
 
 
@@ -93,10 +94,12 @@ class SqliteSession(Transactions):
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def swap_graph(self, rebuilt: Session, checkpoint: int) -> None:
+    def graph_swap(self, rebuilt: Session) -> AbstractContextManager[GraphSwap]:
+        # The protocol's type, not SqliteGraphSwap: so mypy checks that it is one (Session
+        # names itself, and mypy takes its nested members on trust).
         assert isinstance(rebuilt, SqliteScratch), "a session from SqliteBackend.scratch"
         rebuilt.close()
-        swap_in(self._db, rebuilt.path, checkpoint)
+        return SqliteGraphSwap(self._db, rebuilt.path)
 
     def close(self) -> None:
         self._db.close()

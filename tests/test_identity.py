@@ -11,6 +11,7 @@ import itertools
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,14 @@ from actors.identity.extract import Extractor, Identifier
 from actors.identity.pipeline import Graph
 from actors.identity.rebuild import RebuildCancelled, rebuild
 from actors.identity.settings import ExternalId, IdentitySection
+from actors.identity.swap import swap_in
 from actors.identity.unit import StaleCheckpoint
 from actors.messages import Event
 from storage.errors import StorageUnavailable
 from storage.graph import Change
 from storage.sqlite_backend import SqliteBackend
-from storage.sqlite_connect import connect, log_path
+from storage.sqlite_connect import connect
 from storage.sqlite_graph import SqliteGraphStore
-from storage.sqlite_rebuild import scratch, swap_in
 from tests.support.graph import Harness, SlowCommits, built, shape
 from tests.support.identity_journey import (
     DESKTOP,
@@ -409,25 +410,25 @@ async def test_a_batch_read_before_a_rebuild_swap_is_not_written_after_it(tmp_pa
         assert graph.storage is not None
         await graph.send(*steps[:4])
         await graph.apply()
-        rebuilt = tmp_path / "rebuilt.db"
-        work = scratch(rebuilt, log_path(graph.path))
-        Graph(SqliteGraphStore(work), graph.rules, Extractor(graph.rules)).apply(
-            await graph.storage.read_events(0, 100), 0
-        )
-        work.close()
-        await graph.send(steps[4])
-        late = await graph.storage.read_events(4, 100)
+        backend = SqliteBackend(graph.path)
+        with backend.scratch() as work:
+            Graph(work.graph, graph.rules, Extractor(graph.rules)).apply(
+                await graph.storage.read_events(0, 100), 0
+            )
+            await graph.send(steps[4])
+            late = await graph.storage.read_events(4, 100)
 
-        class SwappedBeforeWriting(SqliteGraphStore):
-            def begin(self) -> None:
-                swap_in(connect(graph.path, 5), rebuilt, 4)  # a rebuild to the same checkpoint
-                super().begin()
+            class SwappedBeforeWriting(SqliteGraphStore):
+                def begin(self) -> None:
+                    with closing(backend.session()) as db:
+                        swap_in(db, work, 4)  # a rebuild to the same checkpoint
+                    super().begin()
 
-        merger = Graph(
-            SwappedBeforeWriting(connect(graph.path, 5)), graph.rules, Extractor(graph.rules)
-        )
-        with pytest.raises(StaleCheckpoint):
-            merger.apply(late, 4)
+            merger = Graph(
+                SwappedBeforeWriting(connect(graph.path, 5)), graph.rules, Extractor(graph.rules)
+            )
+            with pytest.raises(StaleCheckpoint):
+                merger.apply(late, 4)
 
 
 async def test_users_who_share_a_kiosk_in_time_order_need_no_re_decision(tmp_path: Path) -> None:

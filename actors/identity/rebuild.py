@@ -2,9 +2,9 @@
 
 After a rule change the graph reflects the old rules for every event already applied.
 Rebuilding replays the log into a scratch database beside the real one and swaps the
-result in with one transaction. It is safe while the daemon runs: the identity actor
-notices the new checkpoint at its next batch (StaleCheckpoint) and reads on from
-there, and lookups see the old graph until the swap, the new one after.
+result in with one transaction (actors/identity/swap.py). It is safe while the daemon
+runs: the identity actor notices the new checkpoint at its next batch (StaleCheckpoint)
+and reads on from there, and lookups see the old graph until the swap, the new one after.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from actors.identity import isolate
 from actors.identity.extract import Extractor
 from actors.identity.pipeline import Graph
 from actors.identity.settings import IdentitySection
+from actors.identity.swap import swap_in
 from storage.backend import Backend
 
 
@@ -61,7 +62,7 @@ def rebuild(
                 done = result.checkpoint
                 progress(done, max(total, done))
         with gate():
-            db.swap_graph(work, done)
+            swap_in(db, work, done)
         return RebuildReport(
             events=done,
             profiles_before=before,
