@@ -3,11 +3,13 @@ at the door.
 
 The real daemon (`python -m daemon run`, a subprocess on free ports) with the example
 scoring model, a realtime webhook destination (to an aiohttp sink in a process of its
-own) and a batch file destination, is sent a fixed rate of events for a set time:
-/v1/batch bodies of a busy site's identify, track and page calls over a population of
-people and a stream of first-time visitors (bench/steady/traffic.py), offered open
-loop by a generator in a process of its own (bench/steady/load.py). Every second the
-bench samples the daemon from outside (bench/steady/observe.py), and reports:
+own) and a batch file destination, starting on a copy of a data dir that already
+knows the returning people (bench/steady/warm.py), is sent a fixed rate of events for
+a set time: /v1/batch bodies of a busy site's identify, track and page calls over a
+population of people and a stream of first-time visitors (bench/steady/traffic.py),
+offered open loop by a generator in a process of its own (bench/steady/load.py).
+Every second the bench samples the daemon from outside (bench/steady/observe.py),
+and reports:
 
 - events acknowledged a second, requests answered 429 and other errors, latency;
 - each consumer's lag over time: the merger and the scorer's fold (events behind the
@@ -54,6 +56,7 @@ from bench import ingest, sqlite_limit  # noqa: E402
 from bench.payloads import Payloads  # noqa: E402
 from bench.realtime import Receiver  # noqa: E402
 from bench.steady import chart, report  # noqa: E402
+from bench.steady import warm as warm_up  # noqa: E402
 from bench.steady.run import RunResult, Settings, run_once  # noqa: E402
 
 BURST_CLIENTS = 8
@@ -92,13 +95,13 @@ def show(result: RunResult, path: Path | None) -> None:
     print(flush=True)
 
 
-def find(args: argparse.Namespace, settings: Settings, sink: str) -> Search:
+def find(args: argparse.Namespace, settings: Settings, sink: str, warm: Path | None) -> Search:
     """Up or down by --step from the first --rate, then bisection to --resolution."""
     search = Search()
 
     def holds(rate: float) -> bool:
         print(f"step {len(search.steps) + 1}: {rate:,.0f} events/s ...", flush=True)
-        result = run_once(settings, rate, args.step_seconds, sink, stop_on_failure=True)
+        result = run_once(settings, rate, args.step_seconds, sink, True, warm)
         search.steps.append(result)
         print(f"  {report.acknowledged_rate(result):,.0f} acknowledged/s; {result.verdict()}")
         return result.sustained
@@ -128,7 +131,7 @@ def find(args: argparse.Namespace, settings: Settings, sink: str) -> Search:
     search.found = good
     if good and args.confirm:
         print(f"confirming {good:,.0f} events/s for {args.seconds:.0f} s ...", flush=True)
-        search.confirmation = run_once(settings, good, args.seconds, sink, stop_on_failure=True)
+        search.confirmation = run_once(settings, good, args.seconds, sink, True, warm)
     return search
 
 
@@ -222,6 +225,11 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.batch_interval,
         help='[scoring] batch_interval (default "4h", the daemon\'s: no batch run in a run)',
     )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="start each run on an empty data dir, not one that knows the returning people",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     return parser
 
@@ -245,19 +253,26 @@ def main() -> int:
     )
     sink = Receiver()
     search = None
+    kept = tempfile.TemporaryDirectory(prefix="leadsync-sustained-warm-")
     try:
+        warm = (
+            None
+            if args.no_warmup
+            else warm_up.prepare(settings, sink.url + "/nothing", Path(kept.name))
+        )
         if args.find:
-            search = find(args, settings, sink.url + "/nothing")
+            search = find(args, settings, sink.url + "/nothing", warm)
             final = search.confirmation or (search.steps[-1] if search.steps else None)
             if final is not None:
                 show(final, chart_path(args.chart, final.rate, False))
         else:
             for rate in args.rate:
                 print(f"{rate:,.0f} events/s for {args.seconds:.0f} s ...", flush=True)
-                result = run_once(settings, rate, args.seconds, sink.url + "/nothing")
+                result = run_once(settings, rate, args.seconds, sink.url + "/nothing", warm=warm)
                 show(result, chart_path(args.chart, rate, len(args.rate) > 1))
     finally:
         sink.close()
+        kept.cleanup()
     limits = None if args.no_limits else measure_limits(args)
     for line in closing_lines(search, limits):
         print(line)

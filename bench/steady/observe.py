@@ -22,7 +22,6 @@ from storage.sqlite_connect import uri
 MERGER, FOLD = "identity", "scorer"
 """The consumers' names in /status (storage.graph.IDENTITY_CONSUMER,
 storage.scores.SCORER_CONSUMER)."""
-RESCORED = "leadsync_scoring_fit_profiles_total"
 REFUSED, ERRORS = "refused", "errors"
 _REQUESTS = "leadsync_http_requests_total{"
 _BACKPRESSURE = "leadsync_http_backpressure_total{"
@@ -48,11 +47,9 @@ class Sample:
     head: int
     applied: dict[str, int]
     """Each consumer's checkpoint."""
-    todo: int | None
-    """Rows on the scorer's to-do list (profiles the merger changed, not yet rescored),
-    or None when it could not be read."""
-    rescored: float
-    """Rows taken off the to-do list so far (leadsync_scoring_fit_profiles_total)."""
+    todo_ids: tuple[int, int] | None
+    """The scorer's to-do list (profiles the merger changed, not yet rescored): the ids
+    of its oldest and newest rows, (0, 0) when empty, None when it could not be read."""
     refused: int
     """Ingestion API answers so far that were 429."""
     errors: int
@@ -65,6 +62,13 @@ class Sample:
     """Cumulative CPU seconds: daemon, worker, generator, machine (every process)."""
     status_seconds: float
     """How long /status took to answer."""
+
+    @property
+    def todo(self) -> int:
+        """Rows on the to-do list."""
+        if not self.todo_ids or not self.todo_ids[1]:
+            return 0
+        return self.todo_ids[1] - self.todo_ids[0] + 1
 
     def lag(self, consumer: str) -> int:
         """Events between the log's head and the consumer's checkpoint."""
@@ -134,10 +138,10 @@ class Observer:
             body: dict[str, Any] = json.loads(response.read())
         return body
 
-    def _todo(self) -> int | None:
-        """Rows on the scorer's to-do list: a queue by integer id, taken oldest first,
-        so the span of its ids is the count, read off the primary key. One short
-        read-only statement on a connection of the bench's."""
+    def _todo(self) -> tuple[int, int] | None:
+        """The oldest and newest ids on the scorer's to-do list: a queue by integer id,
+        taken oldest first, read off the primary key. One short read-only statement on
+        a connection of the bench's."""
         try:
             if self._db is None:
                 self._db = sqlite3.connect(
@@ -146,20 +150,18 @@ class Observer:
             low, high = self._db.execute("SELECT min(id), max(id) FROM profile_changes").fetchone()
         except sqlite3.Error:
             return None
-        return 0 if low is None else int(high) - int(low) + 1
+        return (0, 0) if low is None else (int(low), int(high))
 
     def metrics(self) -> dict[str, float]:
-        """The counters the bench follows, from /metrics: RESCORED, the ingestion API's
-        answers that were 429 (REFUSED) and neither 200 nor 429 (ERRORS), and 429s by
-        the bound that was reached ("backpressure:REASON")."""
-        figures = {RESCORED: 0.0, REFUSED: 0.0, ERRORS: 0.0}
+        """The counters the bench follows, from /metrics: the ingestion API's answers that
+        were 429 (REFUSED) and neither 200 nor 429 (ERRORS), and 429s by the bound that
+        was reached ("backpressure:REASON")."""
+        figures = {REFUSED: 0.0, ERRORS: 0.0}
         with urllib.request.urlopen(self._metrics_url, timeout=10) as response:
             text = response.read().decode()
         for line in text.splitlines():
             name, _, value = line.rpartition(" ")
-            if name == RESCORED:
-                figures[RESCORED] = float(value)
-            elif name.startswith(_REQUESTS) and (code := _CODE.search(name)):
+            if name.startswith(_REQUESTS) and (code := _CODE.search(name)):
                 if code[1] == "429":
                     figures[REFUSED] += float(value)
                 elif code[1] != "200":
@@ -192,8 +194,7 @@ class Observer:
             at=asked - self.started,
             head=int(status["events_stored"]),
             applied={name: int(c["applied"]) for name, c in status["consumers"].items()},
-            todo=self._todo(),
-            rescored=metrics[RESCORED],
+            todo_ids=self._todo(),
             refused=int(metrics[REFUSED]),
             errors=int(metrics[ERRORS]),
             destinations={

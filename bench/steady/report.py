@@ -72,7 +72,7 @@ def summary(result: RunResult) -> Iterator[str]:
     yield (
         f"  lag in events, max: merger {max(s.lag(MERGER) for s in samples):,}, scorer fold "
         f"{max(s.lag(FOLD) for s in samples):,}, rescoring to-do "
-        f"{max(s.todo or 0 for s in samples):,} rows"
+        f"{max(s.todo for s in samples):,} rows"
     )
     for name in (REALTIME, BATCH):
         last = samples[-1].destinations.get(name)
@@ -127,7 +127,7 @@ def table(result: RunResult) -> Iterator[str]:
         yield (
             f"  {start:>5}{acked:>9,.0f}{refused:>6}{percentile(latencies, 0.99) * 1000:>8.0f}"
             f"{max(s.lag(MERGER) for s in window):>10,}{max(s.lag(FOLD) for s in window):>10,}"
-            f"{max(s.todo or 0 for s in window):>8,}"
+            f"{max(s.todo for s in window):>8,}"
             f"{rt.queued if rt else 0:>7,}{(rt.lag or 0.0) if rt else 0.0:>7.1f}"
             f"{(batch.queued + batch.held) if batch else 0:>10,}"
             f"{last.daemon_rss / MB:>8.0f}{last.worker_rss / MB:>7.0f}"

@@ -6,17 +6,19 @@ destination; the load generator; a sample every second; the verdict.
 The verdict (`Judge`): a run is sustained when, for the whole run, no request was
 answered anything but 200 and every lag stayed under LAG_LIMIT seconds: the merger's
 and the scorer fold's (events behind the log's head, over the offered rate), the
-rescoring to-do list's (rows pending over the rate they were added, 10 s window), and
+rescoring to-do list's (how long its oldest row has waited, to the second), and
 the realtime destination's (score stored to acknowledged, as the daemon reports it).
 The batch destination is shown, not judged: it holds rows until a batch run by design.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
+import shutil
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +29,6 @@ from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 LAG_LIMIT = 5.0
 """Seconds of events each lag must stay under, for the whole run (the issue's bound)."""
-TODO_WINDOW = 10
-"""Samples (seconds) over which the to-do list's arrival rate is taken."""
 REALTIME, BATCH = "hook", "files"
 """The two destinations' names."""
 LAGS = ("merger", "scorer fold", "rescoring to-do", "realtime destination")
@@ -82,31 +82,36 @@ class Judge:
     """Which lag first passed LAG_LIMIT, and when (seconds into the load)."""
     refused: int = 0
     errors: int = 0
-    _recent: deque[Sample] = field(default_factory=lambda: deque(maxlen=TODO_WINDOW + 1))
+    _newest: list[tuple[int, float]] = field(default_factory=list)
+    """(newest to-do id, the first sample that saw it), ascending: when each row came."""
 
     def lags(self, sample: Sample) -> dict[str, float]:
         """Each lag in seconds, as judged."""
-        self._recent.append(sample)
         lags = {
             "merger": sample.lag(MERGER) / self.rate,
             "scorer fold": sample.lag(FOLD) / self.rate,
-            "rescoring to-do": self._todo_seconds(),
+            "rescoring to-do": self._todo_age(sample),
         }
         realtime = sample.destinations.get(REALTIME)
         lags["realtime destination"] = (realtime.lag or 0.0) if realtime is not None else 0.0
         return lags
 
-    def _todo_seconds(self) -> float:
-        first, last = self._recent[0], self._recent[-1]
-        if not last.todo:
+    def _todo_age(self, sample: Sample) -> float:
+        """How long the oldest row on the to-do list has waited: it came no later than
+        the first sample whose newest id reached its id. Ids grow while the list holds
+        rows (a new row's id is the largest plus one); one that empties starts again."""
+        if sample.todo_ids is None:
             return 0.0
-        span = last.at - first.at
-        if span <= 0:
+        oldest, newest = sample.todo_ids
+        if not newest:
+            self._newest.clear()
             return 0.0
-        added = (last.todo - (first.todo or 0)) + (last.rescored - first.rescored)
-        if added <= 0:
-            return float("inf")
-        return last.todo / (added / span)
+        if self._newest and newest < self._newest[-1][0]:
+            self._newest.clear()
+        if not self._newest or newest > self._newest[-1][0]:
+            self._newest.append((newest, sample.at))
+        came = bisect.bisect_left(self._newest, (oldest, -math.inf))
+        return sample.at - self._newest[min(came, len(self._newest) - 1)][1]
 
     def see(self, sample: Sample) -> dict[str, float]:
         lags = self.lags(sample)
@@ -178,15 +183,23 @@ class RunResult:
 
 
 def run_once(
-    settings: Settings, rate: float, seconds: float, sink_url: str, stop_on_failure: bool = False
+    settings: Settings,
+    rate: float,
+    seconds: float,
+    sink_url: str,
+    stop_on_failure: bool = False,
+    warm: Path | None = None,
 ) -> RunResult:
-    """The daemon at `rate` events/s offered for `seconds`; with `stop_on_failure`, the
-    load ends as soon as the run cannot be sustained (a search's steps)."""
+    """The daemon at `rate` events/s offered for `seconds`, on a copy of the data dir of
+    `warm` (bench/steady/warm.py) when given, else on an empty one; with
+    `stop_on_failure`, the load ends as soon as the run cannot be sustained (a search's
+    steps)."""
     with tempfile.TemporaryDirectory(prefix="leadsync-sustained-") as temp:
         directory = Path(temp)
-        daemon = DaemonProcess(
-            directory, daemon_config(settings, sink_url, directory / "var" / "scores")
-        )
+        scores = (warm if warm is not None else directory / "var") / "scores"
+        daemon = DaemonProcess(directory, daemon_config(settings, sink_url, scores))
+        if warm is not None:
+            shutil.copytree(warm / "var", directory / "var")
         plan = Plan(
             url=f"{daemon.url}/v1/batch",
             write_key=WRITE_KEYS["backend"],

@@ -121,6 +121,28 @@ class Traffic:
             self.templates.append(batch_body(messages, self._now))
         self.mix = Mix(batch_size * templates, by_type, round(new_people / max(templates, 1)))
 
+    def warmup(self, size: int) -> list[bytes]:
+        """Batches that introduce every returning person once a device: an identify
+        (user id, device, traits) for the known, a page view for the others. A daemon
+        that has taken them knows the population, as a site's daemon does after its
+        first days; the runs then see only what a day brings."""
+        messages = []
+        for person in self._people:
+            for device in person.devices:
+                if person.traits is not None:
+                    message = self._base("identify", device, person.user_id)
+                    message["traits"] = person.traits
+                else:
+                    message = self._page(device, None)
+                messages.append(message)
+        bodies = []
+        for start in range(0, len(messages), size):
+            batch = messages[start : start + size]
+            for index, message in enumerate(batch):
+                message["messageId"] = f"{PLACEHOLDER}-{index:03d}-warm"
+            bodies.append(batch_body(batch, self._now))
+        return bodies
+
     def _batch(self, size: int) -> tuple[list[dict[str, object]], int]:
         rng = self._rng
         journeys = int(self._journeys) + (rng.random() < self._journeys % 1)
