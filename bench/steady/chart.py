@@ -62,7 +62,8 @@ def draw(result: RunResult, path: Path) -> Path:
                 label=f"{name}: queued + held",
             )
     rows.plot(at, [s.todo for s in samples], label="rescoring to-do")
-    rows.set_ylabel("rows")
+    rows.set_ylabel("rows (log above 10)")
+    rows.set_yscale("symlog", linthresh=10)
     rows.legend(fontsize=8, loc="upper left")
 
     memory.plot(at, [s.daemon_rss / MB for s in samples], label="daemon")

@@ -54,6 +54,9 @@ class Sample:
     """Ingestion API answers so far that were 429."""
     errors: int
     """Ingestion API answers so far that were neither 200 nor 429."""
+    committing: float
+    """Seconds the log writer has spent in group commits so far: its share of the time
+    is what the scorer's fold waits on (it defers while that passes one half)."""
     destinations: dict[str, Outbox]
     daemon_rss: int
     worker_rss: int
@@ -154,14 +157,17 @@ class Observer:
 
     def metrics(self) -> dict[str, float]:
         """The counters the bench follows, from /metrics: the ingestion API's answers that
-        were 429 (REFUSED) and neither 200 nor 429 (ERRORS), and 429s by the bound that
-        was reached ("backpressure:REASON")."""
-        figures = {REFUSED: 0.0, ERRORS: 0.0}
+        were 429 (REFUSED) and neither 200 nor 429 (ERRORS), the log writer's time in
+        commits (measure.COMMIT_SECONDS), and 429s by the bound that was reached
+        ("backpressure:REASON")."""
+        figures = {REFUSED: 0.0, ERRORS: 0.0, measure.COMMIT_SECONDS: 0.0}
         with urllib.request.urlopen(self._metrics_url, timeout=10) as response:
             text = response.read().decode()
         for line in text.splitlines():
             name, _, value = line.rpartition(" ")
-            if name.startswith(_REQUESTS) and (code := _CODE.search(name)):
+            if name == measure.COMMIT_SECONDS:
+                figures[name] = float(value)
+            elif name.startswith(_REQUESTS) and (code := _CODE.search(name)):
                 if code[1] == "429":
                     figures[REFUSED] += float(value)
                 elif code[1] != "200":
@@ -197,6 +203,7 @@ class Observer:
             todo_ids=self._todo(),
             refused=int(metrics[REFUSED]),
             errors=int(metrics[ERRORS]),
+            committing=metrics[measure.COMMIT_SECONDS],
             destinations={
                 name: Outbox(int(d["queued"]), int(d["held"]), int(d["sent"]), d["lag"])
                 for name, d in status["destinations"].items()

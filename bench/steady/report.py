@@ -62,7 +62,9 @@ def summary(result: RunResult) -> Iterator[str]:
     yield (
         f"  CPU over the run (100% = one core): daemon {cpu['daemon']:.0%}, merger worker "
         f"{cpu['worker']:.0%}, generator {cpu['generator']:.0%}, everything else {cpu['other']:.0%}"
-        " (other work on the machine, and this bench's sampler and sink)"
+        " (other work on the machine, and this bench's sampler and sink); the log writer "
+        f"was committing {cpu['committing']:.0%} of the time (the scorer's fold waits while "
+        "that is over 50%)"
     )
     for name in LAGS:
         worst = max((lags[name] for lags in result.lags), default=0.0)
@@ -108,7 +110,7 @@ def table(result: RunResult) -> Iterator[str]:
     yield (
         f"  {'s':>5}{'acked/s':>9}{'429':>6}{'p99 ms':>8}{'merger':>10}{'fold':>10}{'to-do':>8}"
         f"{'rt q':>7}{'rt lag':>7}{'batch q+h':>10}{'RSS MB':>8}{'wkr MB':>7}"
-        f"{'daemon':>7}{'wkr':>5}{'gen':>5}{'other':>6}"
+        f"{'daemon':>7}{'wkr':>5}{'gen':>5}{'other':>6}{'commit':>7}"
     )
     previous = samples[0]
     for start in range(0, len(record.acked), WINDOW):
@@ -132,6 +134,7 @@ def table(result: RunResult) -> Iterator[str]:
             f"{(batch.queued + batch.held) if batch else 0:>10,}"
             f"{last.daemon_rss / MB:>8.0f}{last.worker_rss / MB:>7.0f}"
             f"{cpu['daemon']:>7.0%}{cpu['worker']:>5.0%}{cpu['generator']:>5.0%}{cpu['other']:>6.0%}"
+            f"{cpu['committing']:>7.0%}"
         )
     yield (
         "  s: start of the window; acked/s: events acknowledged a second; 429: requests "
@@ -139,17 +142,19 @@ def table(result: RunResult) -> Iterator[str]:
         "the log's head; to-do: most rows waiting to be rescored; rt q, rt lag: the realtime "
         "destination's queued rows and its last lag (s, score stored to acknowledged); batch "
         "q+h: the batch destination's rows queued and held; RSS, wkr: the daemon's and the "
-        "merger worker's RSS; daemon, wkr, gen, other: CPU (100% = one core)"
+        "merger worker's RSS; daemon, wkr, gen, other: CPU (100% = one core); commit: share "
+        "of the time the log writer spent committing"
     )
 
 
 def _cpu_shares(first: Sample, last: Sample) -> dict[str, float]:
     span = last.at - first.at
     if span <= 0:
-        return dict.fromkeys(("daemon", "worker", "generator", "other"), 0.0)
+        return dict.fromkeys(("daemon", "worker", "generator", "other", "committing"), 0.0)
     shares = {name: (last.cpu[name] - first.cpu[name]) / span for name in last.cpu}
     shares["other"] = shares.pop("machine") - shares["daemon"] - shares["worker"]
     shares["other"] -= shares["generator"]
+    shares["committing"] = (last.committing - first.committing) / span
     return shares
 
 
