@@ -38,7 +38,8 @@ LATE_SHARE = 0.01
 """More than this share of sends late: the generator fell behind its schedule."""
 NICE = -5
 """The generator's scheduling priority (when allowed): on a machine shared with other
-work its clock must hold; it takes a few percent of a core whatever its priority."""
+work its clock must hold. It takes the same CPU whatever its priority; only its
+wake-ups come sooner."""
 IN_FLIGHT_SECONDS = 5.0
 """Sends in flight are bounded by this many seconds of the schedule; past it a due
 send is not made and counted as `unsent` (a client's queue overflowing)."""

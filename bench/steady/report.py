@@ -59,6 +59,12 @@ def summary(result: RunResult) -> Iterator[str]:
         f"connections; its CPU {record.cpu_seconds / max(record.seconds, 1e-9):.0%} of a core; "
         f"{behind}"
     )
+    if record.mix is not None:
+        mix = record.mix
+        shares = ", ".join(
+            f"{count / mix.events:.0%} {kind}" for kind, count in sorted(mix.by_type.items())
+        )
+        yield (f"  traffic: {shares}; {mix.new_people} first-time visitors a batch on average")
     yield (
         f"  CPU over the run (100% = one core): daemon {cpu['daemon']:.0%}, merger worker "
         f"{cpu['worker']:.0%}, generator {cpu['generator']:.0%}, everything else {cpu['other']:.0%}"

@@ -79,9 +79,8 @@ class Judge:
 
     rate: float
     exceeded: dict[str, float] = field(default_factory=dict)
-    """Which lag first passed LAG_LIMIT, and when (seconds into the load)."""
-    refused: int = 0
-    errors: int = 0
+    """Which lag first passed LAG_LIMIT (or "429", "errors": the first such answer), and
+    when (seconds into the load)."""
     _newest: list[tuple[int, float]] = field(default_factory=list)
     """(newest to-do id, the first sample that saw it), ascending: when each row came."""
 
@@ -118,7 +117,6 @@ class Judge:
         for name, seconds in lags.items():
             if seconds >= LAG_LIMIT and name not in self.exceeded:
                 self.exceeded[name] = sample.at
-        self.refused, self.errors = sample.refused, sample.errors
         if sample.refused and "429" not in self.exceeded:
             self.exceeded["429"] = sample.at
         if sample.errors and "errors" not in self.exceeded:
