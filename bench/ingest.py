@@ -33,139 +33,25 @@ import asyncio  # noqa: E402
 import base64  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import random  # noqa: E402
 import socket  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import closing  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
 
 import aiohttp  # noqa: E402
-import msgspec  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from actors.tracking_api import MAX_REQUEST_BYTES  # noqa: E402
-from bench import dedup, measure  # noqa: E402
-from storage.migrations import LOG_MIGRATIONS  # noqa: E402
-from storage.sqlite_connect import log_path, uri  # noqa: E402
+from bench import dedup, measure, sqlite_limit  # noqa: E402
+from bench.payloads import Payloads  # noqa: E402
 from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, free_port  # noqa: E402
 
 TARGET_EVENTS_PER_SECOND = 30_000
 TARGET_RSS_BYTES = 200 * 1024 * 1024
-TEMPLATES = 64
-"""Distinct batch bodies; each send stamps a fresh batch number into one of them."""
-_PLACEHOLDER = b"@@@@@@@@@@@@@@@@@@@@"
-"""Twenty bytes in every messageId, replaced by a random prefix and the batch number:
-ids unique for free, and in no order, as the UUIDs real clients send are (ordered ids
-flatter storage: an index on them is appended to, not written all over)."""
-_INSERT = "INSERT INTO events (source, message_id, type, received_at, body) VALUES (?, ?, ?, ?, ?)"
-
-
-# ---------------------------------------------------------------------------- payloads
-
-
-_PLANS = ("free", "starter", "pro", "enterprise")
-_EVENTS = (
-    "Signed Up",
-    "Product Viewed",
-    "Order Completed",
-    "Trial Started",
-    "Invite Sent",
-    "Report Exported",
-)
-_PAGES = ("Pricing", "Docs", "Home", "Blog", "Integrations", "Careers")
-_AGENTS = (
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 Safari/605.1.15",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36",
-)
-
-
-def _message(rng: random.Random, index: int, now: datetime) -> dict[str, object]:
-    """One Segment message as real clients send it: ids, context, a few fields, 300-600 B."""
-    user = f"user-{rng.randrange(1_000_000):06d}"
-    message: dict[str, object] = {
-        "messageId": f"{_PLACEHOLDER.decode()}-{index:03d}-{rng.getrandbits(48):012x}",
-        "userId": user,
-        "anonymousId": f"{rng.getrandbits(64):016x}-{rng.getrandbits(32):08x}",
-        "timestamp": (now - timedelta(seconds=rng.randrange(60))).isoformat(),
-        "context": {
-            "library": {"name": "analytics-python", "version": "2.3.2"},
-            "ip": f"203.0.113.{rng.randrange(1, 255)}",
-        },
-    }
-    roll = rng.random()
-    if roll < 0.6:
-        message["type"] = "track"
-        message["event"] = rng.choice(_EVENTS)
-        message["properties"] = {
-            "plan": rng.choice(_PLANS),
-            "revenue": round(rng.uniform(5, 500), 2),
-            "currency": "EUR",
-            "sku": f"SKU-{rng.randrange(10_000):05d}",
-        }
-    elif roll < 0.8:
-        message["type"] = "identify"
-        message["traits"] = {
-            "email": f"{user}@example.com",
-            "name": f"Person {rng.randrange(10_000)}",
-            "plan": rng.choice(_PLANS),
-            "company": {
-                "name": f"Company {rng.randrange(5_000)}",
-                "employees": rng.randrange(5000),
-            },
-            "title": rng.choice(("CTO", "Engineer", "Head of Growth", "Founder")),
-        }
-    else:
-        page = rng.choice(_PAGES)
-        message["type"] = "page"
-        message["name"] = page
-        message["properties"] = {
-            "path": f"/{page.lower()}",
-            "url": f"https://example.com/{page.lower()}",
-            "referrer": "https://www.google.com/",
-            "title": f"{page} - Example",
-        }
-        context = message["context"]
-        assert isinstance(context, dict)
-        context["userAgent"] = rng.choice(_AGENTS)
-    return message
-
-
-class Payloads:
-    """Batch bodies with unique messageIds, made without per-send JSON encoding.
-
-    The client shares two cores with the server; encoding 100 messages per request
-    would take CPU from the server we are measuring.
-    """
-
-    def __init__(self, batch_size: int, seed: int = 1) -> None:
-        rng = random.Random(seed)
-        self._rng = random.Random(seed + 1)
-        now = datetime.now(UTC)
-        self.templates = [
-            msgspec.json.encode(
-                {
-                    "batch": [_message(rng, i, now) for i in range(batch_size)],
-                    "sentAt": now.isoformat(),
-                    "context": {"library": {"name": "analytics-python", "version": "2.3.2"}},
-                }
-            )
-            for _ in range(TEMPLATES)
-        ]
-        self.batch_size = batch_size
-        self.mean_event_bytes = sum(map(len, self.templates)) / TEMPLATES / batch_size
-        self._next = 0
-
-    def take(self) -> bytes:
-        number = self._next
-        self._next += 1
-        template = self.templates[number % TEMPLATES]
-        return template.replace(_PLACEHOLDER, b"%08x%012d" % (self._rng.getrandbits(32), number))
 
 
 # ---------------------------------------------------------------------------- load
@@ -287,42 +173,6 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float 
     raise TimeoutError(f"null server not listening on {port} after {timeout}s")
 
 
-# ---------------------------------------------------------------------------- raw sqlite
-
-
-Row = tuple[str, str, str, str, bytes]
-
-
-def stored_rows(database: Path, limit: int) -> list[Row]:
-    with closing(sqlite3.connect(uri(log_path(database), readonly=True), uri=True)) as db:
-        return db.execute(
-            "SELECT source, message_id, type, received_at, body FROM events ORDER BY seq LIMIT ?",
-            (limit,),
-        ).fetchall()
-
-
-def raw_sqlite(path: Path, rows: list[Row], per_transaction: int) -> float:
-    """Events/s for stdlib sqlite3 alone: the event log's schema, PRAGMAs and INSERT,
-    executemany of 100 rows, one BEGIN IMMEDIATE ... COMMIT (one fsync) every
-    `per_transaction` rows."""
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        for script in LOG_MIGRATIONS:
-            db.executescript(script)
-        started = time.perf_counter()
-        for start in range(0, len(rows), per_transaction):
-            db.execute("BEGIN IMMEDIATE")
-            end = min(start + per_transaction, len(rows))
-            for chunk in range(start, end, 100):
-                db.executemany(_INSERT, rows[chunk : min(chunk + 100, end)])
-            db.execute("COMMIT")
-        return len(rows) / (time.perf_counter() - started)
-    finally:
-        db.close()
-
-
 # ---------------------------------------------------------------------------- report
 
 
@@ -435,60 +285,96 @@ def measure_null(args: argparse.Namespace, payloads: Payloads) -> LoadResult:
         null.wait(10)
 
 
+@dataclass
+class Burst:
+    """One daemon's closed-loop run (`measure_burst`)."""
+
+    result: LoadResult
+    rows: int
+    """Rows in the event log once the load stopped (less any logged before)."""
+    backlog: int
+    commits: dict[str, float]
+    peak_rss: int
+    database: Path
+    """The daemon's database, left for the sqlite3 limit to read its rows."""
+
+
+def measure_burst(
+    directory: Path,
+    payloads: Payloads,
+    clients: int,
+    seconds: float,
+    batches: int | None = None,
+    daemon_config: str = "",
+    prefill: int = 0,
+    before_start: Callable[[DaemonProcess], None] | None = None,
+) -> Burst:
+    """The real daemon in `directory`/daemon, `clients` closed-loop clients for
+    `seconds` (or `batches` requests); `before_start` prepares its files (a prefill of
+    `prefill` events)."""
+    (directory / "daemon").mkdir()
+    daemon = DaemonProcess(directory / "daemon", daemon_config)
+    if before_start is not None:
+        before_start(daemon)
+    try:
+        started = time.perf_counter()
+        daemon.start(wait=False)
+        daemon.wait_ready(timeout=600)
+        print(f"daemon ready in {time.perf_counter() - started:.1f} s", flush=True)
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        print(f"daemon: {clients} clients ...", flush=True)
+        url = f"{daemon.url}/v1/batch"
+        result = asyncio.run(drive(url, payloads, clients, seconds, batches, pid))
+        # Read while the daemon still runs: every 200 must already be committed.
+        rows = daemon.query("SELECT count(*) FROM events")[0][0] - prefill
+        backlog = int(daemon.admin("/status")[1]["backlog_events"])
+        commits = measure.commit_figures(daemon.admin("/metrics")[1])
+        peak_rss = measure.status_bytes(pid, "VmHWM")
+        code = daemon.terminate()
+        if code != 0:
+            raise RuntimeError(f"daemon exited with {code}:\n{daemon.log()}")
+    finally:
+        daemon.stop_quietly()
+    return Burst(result, rows, backlog, commits, peak_rss, daemon.database)
+
+
 def run(args: argparse.Namespace) -> Report:
     payloads = Payloads(args.batch_size)
     null = None if args.daemon_only else measure_null(args, payloads)
-    with tempfile.TemporaryDirectory(prefix="leadsync-bench-") as temp:
-        directory = Path(temp)
-        (directory / "daemon").mkdir()
-        daemon = DaemonProcess(directory / "daemon", args.daemon_config.replace("\\n", "\n"))
+
+    def prefill(daemon: DaemonProcess) -> None:
         if args.prefill:
             print(f"logging {args.prefill:,} events before the daemon starts ...", flush=True)
             dedup.prefill(daemon.database, args.prefill, args.body_bytes, args.window)
-        try:
-            started = time.perf_counter()
-            daemon.start(wait=False)
-            daemon.wait_ready(timeout=600)
-            print(f"daemon ready in {time.perf_counter() - started:.1f} s", flush=True)
-            assert daemon.process is not None
-            pid = daemon.process.pid
-            print(f"daemon: {args.clients} clients ...", flush=True)
-            url = f"{daemon.url}/v1/batch"
-            result = asyncio.run(
-                drive(url, payloads, args.clients, args.seconds, args.batches, pid)
-            )
-            # Read while the daemon still runs: every 200 must already be committed.
-            rows = daemon.query("SELECT count(*) FROM events")[0][0] - args.prefill
-            backlog = int(daemon.admin("/status")[1]["backlog_events"])
-            commits = measure.commit_figures(daemon.admin("/metrics")[1])
-            peak_rss = measure.status_bytes(pid, "VmHWM")
-            code = daemon.terminate()
-            if code != 0:
-                raise RuntimeError(f"daemon exited with {code}:\n{daemon.log()}")
-        finally:
-            daemon.stop_quietly()
 
-        sqlite_rates: dict[str, float] = {}
-        sample = [] if args.daemon_only else stored_rows(daemon.database, args.sqlite_rows)
+    with tempfile.TemporaryDirectory(prefix="leadsync-bench-") as temp:
+        directory = Path(temp)
+        burst = measure_burst(
+            directory,
+            payloads,
+            args.clients,
+            args.seconds,
+            args.batches,
+            args.daemon_config.replace("\\n", "\n"),
+            args.prefill,
+            prefill,
+        )
+        sample = (
+            [] if args.daemon_only else sqlite_limit.stored_rows(burst.database, args.sqlite_rows)
+        )
         if sample:
             print("sqlite3 alone ...", flush=True)
-            group = args.clients * args.batch_size
-            for label, per_transaction in (
-                ("100 rows a commit", 100),
-                (f"{group} rows a commit", group),
-                ("one transaction", len(sample)),
-            ):
-                path = directory / f"sqlite-{per_transaction}.db"
-                sqlite_rates[label] = raw_sqlite(path, sample, per_transaction)
+        sqlite_rates = sqlite_limit.limits(directory, sample, args.clients * args.batch_size)
     return Report(
         clients=args.clients,
         batch_size=args.batch_size,
         mean_event_bytes=payloads.mean_event_bytes,
-        daemon=result,
-        daemon_rows=rows,
-        backlog=backlog,
-        commits=commits,
-        peak_rss=peak_rss,
+        daemon=burst.result,
+        daemon_rows=burst.rows,
+        backlog=burst.backlog,
+        commits=burst.commits,
+        peak_rss=burst.peak_rss,
         null=null,
         sqlite=sqlite_rates,
         stored_row_bytes=sum(len(row[4]) for row in sample) / len(sample) if sample else 0.0,
