@@ -32,8 +32,12 @@ typecheck: $(STAMP)
 # on TEST_WORKERS pytest-xdist workers (0: in this process, one test at a time); a
 # worker that finishes its share takes tests queued for the other (worksteal).
 TEST_WORKERS ?= 2
+# leadsync's own modules are compiled first: the suite starts some 400 interpreters
+# (daemons, their merger workers, commands), and each would compile them again
+# wherever PYTHONDONTWRITEBYTECODE is set. A module changed since is compiled as usual.
 test: lint typecheck
 	PYTHON=$(PYTHON) .ci/wheel-smoke
+	$(BIN)/python -m compileall -q daemon actors storage
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 bench: $(STAMP)
