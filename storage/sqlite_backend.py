@@ -91,8 +91,7 @@ class SqliteSession(Transactions):
         return SqliteLogReader(self._db)
 
     def meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return self.graph.meta(key)
 
     def graph_swap(self, rebuilt: Session) -> AbstractContextManager[GraphSwap]:
         # The protocol's type, not SqliteGraphSwap: so mypy checks that it is one (Session

@@ -99,11 +99,6 @@ class _Sized(Protocol):
     def max_backlog(self) -> int: ...
 
 
-class _Storage(Protocol):
-    @property
-    def busy_timeout(self) -> float: ...
-
-
 class _Source(Protocol):
     @property
     def kind(self) -> str: ...
@@ -114,8 +109,6 @@ class Config(Protocol):
 
     @property
     def http(self) -> _Sized: ...
-    @property
-    def storage(self) -> _Storage: ...
     @property
     def sources(self) -> Mapping[str, _Source]: ...
     @property
