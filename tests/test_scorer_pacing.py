@@ -150,6 +150,7 @@ async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
     # Rounds and folds at the pace of the busy window, not once a second.
     monkeypatch.setattr(scoring_actor, "IDLE_WAKE", 0.2)
     monkeypatch.setattr(scoring_actor, "FOLD_INTERVAL", 0.2)
+    monkeypatch.setattr(scoring_actor, "FOLD_WAIT_LIMIT", 3600.0)
     verdicts = busy_verdicts(monkeypatch)
     async with scorer_under_flood(tmp_path, Config()) as scene:
         progress, flood, head = scene.progress, scene.flood, scene.head
@@ -161,11 +162,30 @@ async def test_the_fold_waits_while_the_log_writer_is_busy_and_catches_up_after(
                 await anyio.sleep(0.05)
 
 
+async def test_under_a_flood_that_never_eases_the_fold_waits_a_few_seconds_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingestion busy all along, and far from the backlog bound: the fold gives way
+    for FOLD_WAIT_LIMIT, then folds, so a steady load does not leave it behind."""
+    monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
+    monkeypatch.setattr(scoring_actor, "FOLD_WAIT_LIMIT", 1.0)
+    verdicts = busy_verdicts(monkeypatch)
+    async with scorer_under_flood(tmp_path, Config()) as scene:
+        progress, head = scene.progress, scene.head
+        await deferred(verdicts, 1)
+        assert folded(progress) == 0  # it gave way first
+        with anyio.fail_after(10):  # flooded all along, and still it folds
+            while folded(progress) < head:
+                await anyio.sleep(0.05)
+        assert verdicts[-1] is True  # ingestion was still found busy
+
+
 async def test_the_fold_does_not_wait_past_half_the_backlog_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Waiting longer would make the HTTP source refuse events for the scorer's sake."""
     monkeypatch.setattr(scoring_actor, "BUSY_WINDOW", 0.2)
+    monkeypatch.setattr(scoring_actor, "FOLD_WAIT_LIMIT", 3600.0)
     config = Config()
     config = msgspec.structs.replace(
         config, http=msgspec.structs.replace(config.http, max_backlog=2 * (EVENTS - 10))

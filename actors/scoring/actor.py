@@ -67,8 +67,13 @@ INGESTION_BUSY = 0.5
 to run near its capacity. The fold then waits, and a scheduled batch run (which folds
 first) with it: the fold costs about as much interpreter time an event as parsing it,
 only batch runs read what it makes, and ingestion answers clients. They wait until
-ingestion eases, or half the backlog bound is unfolded (so the wait never makes the
-HTTP source refuse events); a run someone asked for (`leadsync scoring run`) does not."""
+ingestion eases, for FOLD_WAIT_LIMIT at most, and never past half the backlog bound
+(so the wait never makes the HTTP source refuse events); a run someone asked for
+(`leadsync scoring run`) does not wait."""
+FOLD_WAIT_LIMIT = 3.0
+"""Seconds the fold gives way to ingestion at most, counted from when it was last
+caught up: a burst is taken at full speed, and under a load that never eases the fold
+still keeps within seconds of the log, not half the backlog bound behind."""
 BUSY_WINDOW = 1.0
 """Seconds over which the log writer's busy share is measured."""
 LAST_BATCH = "scoring_last_batch"
@@ -151,6 +156,8 @@ class ScorerActor(LogConsumer):
         self._next_batch = 0.0
         self._next_fold = 0.0
         self._fold_limit = config.http.max_backlog // 2
+        self._caught_up_at = time.monotonic()
+        """When the fold was last within a fold's worth of the log's head."""
         self._busy_mark = (time.monotonic(), progress.commit_seconds)
         self._busy = 0.0
         self._scorer: Scorer | None = None
@@ -314,8 +321,8 @@ class ScorerActor(LogConsumer):
         deferred = False
         if due or waiting >= FOLD_BATCH or time.monotonic() >= self._next_fold:
             # Ingestion near capacity comes first, and a scheduled run waits with the
-            # fold; a run someone asked for does not, nor a lag past the fold limit.
-            deferred = not requested and waiting < self._fold_limit and self._ingestion_busy()
+            # fold; a run someone asked for does not, nor a fold behind for too long.
+            deferred = not requested and self._may_wait(waiting) and self._ingestion_busy()
             if not deferred:
                 folded = scorer.fold_events(self.progress.head)
                 self._next_fold = time.monotonic() + FOLD_INTERVAL
@@ -324,11 +331,18 @@ class ScorerActor(LogConsumer):
         # A run waits until the log is (nearly) folded: folding all of it inside the
         # run would hold up realtime fit for as long as a replay takes.
         caught_up = self.progress.head - self.checkpoint < FOLD_BATCH
+        if caught_up:
+            self._caught_up_at = time.monotonic()
         if due and caught_up and not closing and not deferred:
             self._batch(scorer)
         if changed >= CHANGES_BATCH or not (caught_up or deferred):
             return Round.FULL
         return Round.SOME if changed or folded else Round.IDLE
+
+    def _may_wait(self, waiting: int) -> bool:
+        """Whether the fold, `waiting` events behind, may still give way to ingestion."""
+        behind_for = time.monotonic() - self._caught_up_at
+        return waiting < self._fold_limit and behind_for < FOLD_WAIT_LIMIT
 
     def _ingestion_busy(self) -> bool:
         """Whether the log writer spent more than INGESTION_BUSY of the last
