@@ -36,7 +36,7 @@ TEST_WORKERS ?= 2
 # (daemons, their merger workers, commands), and each would compile them again
 # wherever PYTHONDONTWRITEBYTECODE is set. A module changed since is compiled as usual.
 test: lint typecheck
-	PYTHON=$(PYTHON) .ci/wheel-smoke
+	PYTHON=$(PYTHON) PIP=$(BIN)/pip .ci/wheel-smoke
 	$(BIN)/python -m compileall -q daemon actors storage
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
 
