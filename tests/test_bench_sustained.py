@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.realtime import Receiver
-from bench.steady import chart, report
+from bench.steady import report
 from bench.steady.run import BATCH, REALTIME, Settings, run_once
 
 RATE, SECONDS = 1_000.0, 4.0
@@ -36,5 +36,9 @@ def test_a_short_run_at_a_low_rate_samples_reports_and_charts(tmp_path: Path) ->
 
     lines = [*report.summary(result), *report.table(result)]
     assert any("acknowledged: 4,000 events" in line for line in lines)
+    # Imported here, not at the top: matplotlib takes 0.6 s to import, which every pytest
+    # worker would pay at collection for the one test that draws.
+    from bench.steady import chart
+
     png = chart.draw(result, tmp_path / "sustained.png")
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
