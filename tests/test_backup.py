@@ -1,5 +1,7 @@
 """`leadsync backup` under load and `leadsync restore`, and the log's retention trim,
-as an operator sees them: through the command line and a real daemon."""
+as an operator sees them: through the command line and a real daemon. A command that
+sets the scene or is run again runs in the test's process; those the test is about, and
+those where a lock, a pid or a log line is what counts, in a process of their own."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from storage.log import AppendRequest, EventRecord
 from storage.sqlite import SqliteStorage
 from storage.sqlite_backup import check_backup
 from storage.sqlite_connect import connect, log_path
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import DaemonProcess, wait_for
 from tests.support.posting import post
 
@@ -62,11 +64,13 @@ def test_a_backup_taken_under_load_restores_every_event_acknowledged_before_it(
     assert "leadsync.db" in made.stdout
     assert "leadsync-events.db" in made.stdout
     after = [m for at, ids in acknowledged if at > ended for m in ids]
-    again = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    again = leadsync_here("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
     assert again.returncode == 73
     assert "back up into an empty directory" in again.stderr
 
-    refused = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    refused = leadsync_here(
+        "restore", str(tmp_path / "backup"), "--config", str(daemon.config_path)
+    )
     assert refused.returncode == 75
     assert "stop it first" in refused.stderr
     assert daemon.terminate() == 0
@@ -122,7 +126,7 @@ def test_restore_refuses_a_directory_without_both_files(
     assert daemon.terminate() == 0
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "leadsync.db").write_bytes(b"")
-    result = leadsync("restore", str(tmp_path / "half"), "--config", str(daemon.config_path))
+    result = leadsync_here("restore", str(tmp_path / "half"), "--config", str(daemon.config_path))
     assert result.returncode == 65
     assert "leadsync-events.db is missing" in result.stderr
     daemon.start()  # untouched
@@ -131,7 +135,7 @@ def test_restore_refuses_a_directory_without_both_files(
 def test_restore_is_refused_while_another_process_holds_the_data_dir(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
-    made = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    made = leadsync_here("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
     assert made.returncode == 0, made.stderr
     assert daemon.terminate() == 0
     # A daemon systemd is starting: the lock taken, no file open yet.
@@ -143,14 +147,16 @@ def test_restore_is_refused_while_another_process_holds_the_data_dir(
     assert refused.returncode == 75, refused.stderr
     assert f"(pid {os.getpid()}); stop it first" in refused.stderr
     assert not list(daemon.database.parent.glob("before-restore-*"))
-    restored = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    restored = leadsync_here(
+        "restore", str(tmp_path / "backup"), "--config", str(daemon.config_path)
+    )
     assert restored.returncode == 0, restored.stderr
 
 
 def test_a_daemon_started_while_a_restore_runs_refuses_to_run(
     daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    made = leadsync_here("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
     assert made.returncode == 0, made.stderr
     assert daemon.terminate() == 0
     codes: list[int | None] = []
@@ -209,7 +215,7 @@ def test_a_restore_cut_short_loses_no_file_and_nothing_starts_until_it_is_run_ag
     daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, placed: int
 ) -> None:
     assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "before"}]) == 200
-    made = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    made = leadsync_here("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
     assert made.returncode == 0, made.stderr
     assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "after"}]) == 200
     assert daemon.terminate() == 0
@@ -244,7 +250,7 @@ def test_a_restore_cut_short_loses_no_file_and_nothing_starts_until_it_is_run_ag
     [refusal] = [line for line in daemon.log_lines() if line["level"] == "critical"]
     assert "did not finish" in refusal["error"]
 
-    again = leadsync("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    again = leadsync_here("restore", str(tmp_path / "backup"), "--config", str(daemon.config_path))
     assert again.returncode == 0, again.stderr
     daemon.start()
     stored = {event["messageId"] for event in daemon.events()}
@@ -260,7 +266,7 @@ def test_a_rebuild_lock_the_daemon_cannot_open_is_a_clear_error_not_a_traceback(
     lock.mkdir()  # as unopenable for the daemon as a file root made for itself
     config = ["--config", str(daemon.config_path)]
     for command in (["forget", "email:ann@example.com"], ["identity", "rebuild"]):
-        refused = leadsync(*command, *config)
+        refused = leadsync_here(*command, *config)
         assert refused.returncode == 73, refused.stdout + refused.stderr
         assert f"cannot open {lock}" in refused.stderr
     assert "Traceback" not in daemon.log()
@@ -316,7 +322,7 @@ def test_an_offline_command_prints_its_result_alone_on_stdout(tmp_path: Path) ->
 def test_root_restoring_for_a_service_user_leaves_files_that_user_owns(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
-    backup = leadsync("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
+    backup = leadsync_here("backup", str(tmp_path / "backup"), "--config", str(daemon.config_path))
     assert backup.returncode == 0, backup.stderr
     assert daemon.terminate() == 0
     service = 65534  # nobody: the daemon's own user under systemd, say

@@ -13,7 +13,7 @@ from typing import Any
 from segment.analytics.client import Client
 
 from tests.support.admin_api import run_batch
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, destination, wait_for
 from tests.support.fake_receiver import receiver_thread
 from tests.support.posting import post
@@ -60,7 +60,7 @@ def test_leadsync_a_sends_its_scores_to_leadsync_b_as_segment_identifies(
     wait_for(lambda: status_of(a, "b").get("sent") == 2)
     # Held for the batch run, then sent: the lag runs from the score to the answer.
     assert status_of(a, "b")["lag"] > 0
-    shown = leadsync("status", "--config", str(a.config_path))
+    shown = leadsync_here("status", "--config", str(a.config_path))
     assert shown.returncode == 0, shown.stderr
     assert "destination b (segment, batch): " in shown.stdout
     assert "sent 2 " in shown.stdout
@@ -136,7 +136,7 @@ def test_dead_letters_are_listed_and_replayed_from_the_command_line(
         assert replayed.returncode == 0, replayed.stderr
         assert "1 dead letter back in the outbox" in replayed.stdout
         wait_for(lambda: [r["user_id"] for r in receiver.records()] == ["ann", "bob"])
-        empty = leadsync("dlq", "list", "--config", str(a.config_path))
+        empty = leadsync_here("dlq", "list", "--config", str(a.config_path))
         assert "no dead letters" in empty.stdout
 
 

@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import DaemonProcess, wait_for
 from tests.support.posting import post
 from tests.support.scoring import CTO
@@ -39,7 +39,7 @@ def test_status_names_the_part_file_and_a_clean_stop_publishes_it(
 
     def writing() -> str | None:
         status = json.loads(
-            leadsync("status", "--config", str(daemon.config_path), "--json").stdout
+            leadsync_here("status", "--config", str(daemon.config_path), "--json").stdout
         )
         found: str | None = status["destinations"]["out"]["writing"]
         return found
@@ -49,7 +49,7 @@ def test_status_names_the_part_file_and_a_clean_stop_publishes_it(
     assert part.name.startswith("out-")
     assert part.name.endswith(".jsonl.part")
     assert part.exists()
-    table = leadsync("status", "--config", str(daemon.config_path)).stdout
+    table = leadsync_here("status", "--config", str(daemon.config_path)).stdout
     assert f"  writing {part}" in table
 
     assert daemon.terminate() == 0
@@ -69,7 +69,7 @@ def test_the_example_config_and_the_embedded_default_rotate_every_five_minutes(
     tmp_path: Path,
 ) -> None:
     expected = "files in ./var/scores, a new one every 5m00s or 64 MiB"
-    example = leadsync("check-config", "--config", str(REPOSITORY / "daemon.toml"))
+    example = leadsync_here("check-config", "--config", str(REPOSITORY / "daemon.toml"))
     assert expected in example.stdout, example.stderr
     embedded = leadsync("check-config", cwd=tmp_path)
     assert expected in embedded.stdout, embedded.stderr

@@ -2,7 +2,8 @@
 (through its admin API) and on the files with the daemon stopped. What a person's
 erasure must leave: no event of theirs in the log, no profile, identity, aggregate or
 queued payload, a deletion request to the webhook that had received them, and their
-later events acknowledged but not stored, until unforget."""
+later events acknowledged but not stored, until unforget. The commands a test runs to
+look (profile) or runs again run in the test's process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.admin_api import metrics, sample
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import DaemonProcess, destination, free_port, wait_for
 from tests.support.fake_receiver import receiver_thread
 from tests.support.posting import post, send
@@ -96,8 +97,8 @@ def test_forget_in_a_running_daemon_erases_the_person_and_drops_their_later_even
         assert "forgot email:ann@initech.com in the running daemon" in done.stdout
         assert "1 profile with 3 identifiers, 3 events from the log" in done.stdout
         assert "a deletion request is queued for destination hook" in done.stdout
-        assert leadsync("profile", "user_id:ann-1", *config).returncode == 1
-        assert leadsync("profile", "anonymous_id:anon-ann", *config).returncode == 1
+        assert leadsync_here("profile", "user_id:ann-1", *config).returncode == 1
+        assert leadsync_here("profile", "anonymous_id:anon-ann", *config).returncode == 1
         assert bodies_mentioning_ann(daemon) == []
         assert rows_of_ann(daemon) == {"identities": 0, "intent": 0}
         # What stays is a keyed hash per identifier, never the value.
@@ -122,8 +123,8 @@ def test_forget_in_a_running_daemon_erases_the_person_and_drops_their_later_even
         assert bodies_mentioning_ann(daemon) == []
         assert sample(metrics(daemon), "leadsync_events_suppressed_total", source="web") == 2
         wait_for(lambda: applied(daemon))
-        assert leadsync("profile", "user_id:ann-1", *config).returncode == 1
-        assert leadsync("profile", "user_id:bob-1", *config).returncode == 0
+        assert leadsync_here("profile", "user_id:ann-1", *config).returncode == 1
+        assert leadsync_here("profile", "user_id:bob-1", *config).returncode == 0
 
         # unforget by any of her identifiers lifts all three.
         lifted = leadsync("unforget", "anonymous_id:anon-ann", *config)
@@ -131,8 +132,8 @@ def test_forget_in_a_running_daemon_erases_the_person_and_drops_their_later_even
         assert "3 identifiers no longer suppressed" in lifted.stdout
         assert daemon.query("SELECT count(*) FROM suppressions") == [(0,)]
         assert post(daemon, [{"type": "identify", "userId": "ann-1"}]) == 200
-        wait_for(lambda: leadsync("profile", "user_id:ann-1", *config).returncode == 0)
-        again = leadsync("unforget", "user_id:ann-1", *config)
+        wait_for(lambda: leadsync_here("profile", "user_id:ann-1", *config).returncode == 0)
+        again = leadsync_here("unforget", "user_id:ann-1", *config)
         assert again.returncode == 1
         assert "nothing is suppressed for user_id:ann-1" in again.stdout
 
@@ -170,7 +171,10 @@ def test_the_admin_api_forgets_from_a_json_body_and_refuses_anything_else(
     )
     assert status == 400
     assert "KIND one of user_id, email, anonymous_id" in answer["error"]
-    assert leadsync("profile", "user_id:ann-1", "--config", str(daemon.config_path)).returncode == 0
+    assert (
+        leadsync_here("profile", "user_id:ann-1", "--config", str(daemon.config_path)).returncode
+        == 0
+    )
 
     status, answer = admin_post(
         daemon, "/v1/forget", b'{"identifier": "user_id:ann-1"}', "application/json"
@@ -198,7 +202,7 @@ def test_forget_with_the_daemon_stopped_works_on_the_files_and_the_next_start_dr
     assert "forgot user_id:ann-1 in the database (no daemon running)" in done.stdout
     assert bodies_mentioning_ann(daemon) == []
     assert rows_of_ann(daemon) == {"identities": 0, "intent": 0}
-    nobody = leadsync("forget", "email:nobody@example.com", *config)
+    nobody = leadsync_here("forget", "email:nobody@example.com", *config)
     assert nobody.returncode == 0, nobody.stderr
     assert "no profile has email:nobody@example.com" in nobody.stdout
 
@@ -213,7 +217,7 @@ def test_forget_with_the_daemon_stopped_works_on_the_files_and_the_next_start_dr
     )
     assert bodies_mentioning_ann(daemon) == []
     assert sample(metrics(daemon), "leadsync_events_suppressed_total", source="web") == 2
-    assert leadsync("profile", "user_id:bob-1", *config).returncode == 0
+    assert leadsync_here("profile", "user_id:bob-1", *config).returncode == 0
 
 
 def test_forget_while_the_persons_events_stream_in_leaves_nothing_of_them(
@@ -324,8 +328,8 @@ def test_forget_on_a_shared_device_leaves_the_other_people_who_used_it(
         ("bob-1", before["bob-1"]),
         ("carol@example.com", before["carol@example.com"]),
     ]
-    assert leadsync("profile", "user_id:bob-1", *config).returncode == 0
-    assert leadsync("profile", "email:carol@example.com", *config).returncode == 0
+    assert leadsync_here("profile", "user_id:bob-1", *config).returncode == 0
+    assert leadsync_here("profile", "email:carol@example.com", *config).returncode == 0
 
     # Bob, signed in on the device, is still Bob; the device alone may be Ann: dropped.
     later = [

@@ -1,5 +1,6 @@
 """`leadsync held list|retry|drop` on a database file, as an operator runs them with
-the daemon stopped: what they show, what they change, and what they refuse."""
+the daemon stopped: what they show, what they change, and what they refuse. Each
+subcommand once in a process of its own; its further variants in this one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from storage.held import HeldItem
 from storage.sqlite import SqliteStorage
 from storage.sqlite_held import SqliteHeldStore
 from storage.transaction import transaction
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 
 ITEMS = [
     HeldItem(
@@ -58,15 +59,19 @@ async def test_list_shows_each_item_newest_first_and_json_has_the_whole_error(
     assert lines[0].split() == ["id", "component", "kind", "key", "tries", "held", "since", "error"]
     assert [line.split()[3] for line in lines[1:]] == ["acme", "prf_a", "41"]
     assert "v" * 300 not in table.stdout  # cut in the table
-    listed = leadsync("held", "list", "--json", "--component", "identity", "--config", str(config))
+    listed = leadsync_here(
+        "held", "list", "--json", "--component", "identity", "--config", str(config)
+    )
     (item,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert item["body"] == {"a": 1}
     assert item["error"].startswith("KeyError")
-    whole = leadsync("held", "list", "--json", "--component", "scorer", "--config", str(config))
+    whole = leadsync_here(
+        "held", "list", "--json", "--component", "scorer", "--config", str(config)
+    )
     assert any("v" * 300 in line for line in whole.stdout.splitlines())
     assert (
         "(3 held; the newest 1 shown"
-        in leadsync("held", "list", "--limit", "1", "--config", str(config)).stdout
+        in leadsync_here("held", "list", "--limit", "1", "--config", str(config)).stdout
     )
 
 
@@ -80,22 +85,24 @@ async def test_retry_requeues_profiles_and_accounts_and_flags_events(tmp_path: P
     with closing(sqlite3.connect(config.parent / "var" / "leadsync.db")) as db:
         queued = db.execute("SELECT uid FROM profile_changes ORDER BY id").fetchall()
     assert queued == [("prf_a",), ("prf_m",)]  # the account's member stands for it
-    assert "(retry asked)" in leadsync("held", "list", "--config", str(config)).stdout
+    assert "(retry asked)" in leadsync_here("held", "list", "--config", str(config)).stdout
 
 
 async def test_drop_forgets_only_what_is_named_and_refuses_to_guess(tmp_path: Path) -> None:
     config = await held_database(tmp_path)
-    neither = leadsync("held", "drop", "--config", str(config))
+    neither = leadsync_here("held", "drop", "--config", str(config))
     assert (neither.returncode, neither.stderr.strip()) == (
         64,
         "leadsync: held drop: name items by id, or say --all",
     )
-    both = leadsync("held", "drop", "1", "--all", "--config", str(config))
+    both = leadsync_here("held", "drop", "1", "--all", "--config", str(config))
     assert both.returncode == 64
-    none = leadsync("held", "drop", "99", "--config", str(config))
+    none = leadsync_here("held", "drop", "99", "--config", str(config))
     assert (none.returncode, none.stdout) == (1, "nothing held matches\n")
     assert (
-        leadsync("held", "drop", "1", "--component", "scorer", "--config", str(config)).returncode
+        leadsync_here(
+            "held", "drop", "1", "--component", "scorer", "--config", str(config)
+        ).returncode
         == 1
     )
     dropped = leadsync("held", "drop", "--all", "--component", "scorer", "--config", str(config))

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from segment.analytics.client import Client
 
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync_here
 from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, wait_for
 from tests.support.identity_journey import (
     DESKTOP,
@@ -211,7 +211,8 @@ def test_profile_cli_shows_the_profile_and_says_when_there_is_none(
     assert missing.returncode == 1
     assert "no profile has user_id 'nobody'" in missing.stderr
     for malformed in ("nobody", "user_id:", "shoe_size:9"):
-        assert cli(malformed).returncode == 64, malformed
+        refused = leadsync_here("profile", malformed, "--admin", daemon.admin_url)
+        assert refused.returncode == 64, malformed
 
 
 def test_sigkill_mid_stream_builds_the_same_graph_as_without_the_crash(
@@ -378,7 +379,7 @@ def test_an_event_the_merger_cannot_apply_is_held_and_the_rest_goes_on(
     with sqlite3.connect(daemon.database) as db:
         db.execute("UPDATE profiles SET activity = ? WHERE user_id = 'u1'", (sound,))
     assert daemon.admin("/v1/profiles/user_id/u1")[1]["events"] == 1
-    retried = leadsync("held", "retry", "--all", "--config", str(daemon.config_path))
+    retried = leadsync_here("held", "retry", "--all", "--config", str(daemon.config_path))
     assert "1 event to be applied again" in retried.stdout, retried.stderr
     wait_for(lambda: daemon.admin("/status")[1]["held"] == {})
     u1 = daemon.admin("/v1/profiles/user_id/u1")[1]

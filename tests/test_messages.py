@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.admin_api import run_batch
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import DaemonProcess, free_port, wait_for
 from tests.support.posting import post
 from tests.support.scoring import CTO
@@ -28,7 +28,7 @@ def test_a_value_not_among_the_choices_is_refused_with_the_choices(tmp_path: Pat
         'expected one of "realtime", "batch", "both"\n'
     )
     path.write_text('[daemon]\nlog_format = "xml"\n')
-    result = leadsync("check-config", "--config", str(path))
+    result = leadsync_here("check-config", "--config", str(path))
     assert 'expected one of "auto", "json", "console"' in result.stderr
 
 
@@ -42,7 +42,7 @@ def test_dlq_names_an_unknown_destination_and_the_configured_ones(
         assert result.returncode == 1, command
         assert result.stderr == "leadsync: unknown destination nope (configured: out)\n"
         assert result.stdout == ""
-    known = leadsync("dlq", "list", "--destination", "out", "--config", config)
+    known = leadsync_here("dlq", "list", "--destination", "out", "--config", config)
     assert (known.returncode, known.stdout) == (0, "no dead letters for out\n")
 
 
@@ -77,13 +77,13 @@ def test_counts_are_whole_numbers_and_one_is_singular(
     result = run_batch(daemon)
     assert result["profiles"] == 1
     assert type(result["profiles"]) is int
-    raw = leadsync("status", "--config", str(daemon.config_path), "--json").stdout
+    raw = leadsync_here("status", "--config", str(daemon.config_path), "--json").stdout
     figures = json.loads(raw)["scoring"]["last_batch"]
     counts = {k: v for k, v in figures.items() if k not in ("seconds", "complete")}
     assert counts
     assert all(type(v) is int for v in counts.values()), figures
     assert '"profiles": 1,' in raw
-    table = leadsync("status", "--config", str(daemon.config_path)).stdout
+    table = leadsync_here("status", "--config", str(daemon.config_path)).stdout
     assert " (1 profile in " in " ".join(table.split())  # as wrapped to the terminal
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from storage.sqlite_connect import log_path
 from tests.support.admin_api import scores
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import WRITE_KEYS, DaemonProcess, destination, wait_for
 from tests.support.posting import post
 from tests.support.scoring import CTO
@@ -144,7 +144,7 @@ def test_a_profile_a_filter_fails_on_is_held_and_applied_after_the_fix(
         )
     )
     scored_at = (scores(daemon, "zero") or {})["fit_at"]
-    unnamed = leadsync("held", "retry", "--config", str(daemon.config_path))
+    unnamed = leadsync_here("held", "retry", "--config", str(daemon.config_path))
     assert unnamed.returncode == 64
     assert "name items by id, or say --all" in unnamed.stderr
     retried = leadsync("held", "retry", "--all", "--config", str(daemon.config_path))
@@ -154,12 +154,15 @@ def test_a_profile_a_filter_fails_on_is_held_and_applied_after_the_fix(
     # it with the fixed filter without holding it again.
     wait_for(lambda: (scores(daemon, "zero") or {})["fit_at"] != scored_at)
     assert daemon.admin("/status")[1]["held"] == {}
-    assert leadsync("held", "list", "--config", str(daemon.config_path)).stdout == "nothing held\n"
+    assert (
+        leadsync_here("held", "list", "--config", str(daemon.config_path)).stdout
+        == "nothing held\n"
+    )
     assert metric(daemon, 'leadsync_poison_total{component="scorer"}') == 1
     no_restarts(daemon)
 
 
 def _held_json(daemon: DaemonProcess) -> list[str]:
-    result = leadsync("held", "list", "--json", "--config", str(daemon.config_path))
+    result = leadsync_here("held", "list", "--json", "--config", str(daemon.config_path))
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()

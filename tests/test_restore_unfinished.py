@@ -1,7 +1,8 @@
 """A restore cut short whose backup is gone: `leadsync restore --finish` completes it
 from the parts it copied in, `--abandon` puts the old files back; and a restore that
 fails before it starts replacing leaves nothing behind. Through the command line and
-a real daemon."""
+a real daemon: the restores in a process of their own, the commands that set the scene
+or are run again in the test's."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from daemon import cli
 from storage import sqlite_backup
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import DaemonProcess
 from tests.support.posting import post
 
@@ -32,7 +33,7 @@ def _crashed_between_the_renames(
     The aside directory, returned."""
     config = str(daemon.config_path)
     assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "before"}]) == 200
-    made = leadsync("backup", str(tmp_path / "backup"), "--config", config)
+    made = leadsync_here("backup", str(tmp_path / "backup"), "--config", config)
     assert made.returncode == 0, made.stderr
     assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "after"}]) == 200
     assert daemon.terminate() == 0
@@ -63,7 +64,7 @@ def _crashed_between_the_renames(
     [refusal] = [line for line in daemon.log_lines() if line["level"] == "critical"]
     for said in ("did not finish", str(aside), "restore --finish", "restore --abandon"):
         assert said in refusal["error"], said
-    refused = leadsync("forget", "email:ann@example.com", "--config", config)
+    refused = leadsync_here("forget", "email:ann@example.com", "--config", config)
     assert refused.returncode == 73
     assert "restore --finish" in refused.stderr
     assert "restore --abandon" in refused.stderr
@@ -106,7 +107,7 @@ def test_a_restore_cut_short_is_abandoned_and_the_old_files_come_back(
     daemon.start()
     stored = {event["messageId"] for event in daemon.events()}
     assert {"before", "after"} <= stored
-    again = leadsync("restore", "--abandon", "--config", str(daemon.config_path))
+    again = leadsync_here("restore", "--abandon", "--config", str(daemon.config_path))
     assert again.returncode == 1
     assert "no restore" in again.stderr
 
@@ -116,7 +117,7 @@ def test_a_restore_failing_before_it_replaces_anything_leaves_nothing_behind(
 ) -> None:
     config = str(daemon.config_path)
     assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "before"}]) == 200
-    made = leadsync("backup", str(tmp_path / "backup"), "--config", config)
+    made = leadsync_here("backup", str(tmp_path / "backup"), "--config", config)
     assert made.returncode == 0, made.stderr
     assert post(daemon, [{"type": "identify", "userId": "u", "messageId": "after"}]) == 200
     assert daemon.terminate() == 0
@@ -148,5 +149,5 @@ def test_restore_without_path_or_unfinished_restore_is_a_usage_error(
     plain = leadsync("restore", "--config", str(daemon.config_path))
     assert plain.returncode == 64
     assert "no restore" in plain.stderr
-    both = leadsync("restore", "somewhere", "--finish", "--config", str(daemon.config_path))
+    both = leadsync_here("restore", "somewhere", "--finish", "--config", str(daemon.config_path))
     assert both.returncode == 64

@@ -18,7 +18,7 @@ from actors.scoring import bulk
 from actors.scoring.model import example
 from daemon.cli import main
 from storage.sqlite import SqliteStorage
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import DaemonProcess, free_port, wait_for
 from tests.support.graph import Harness
 from tests.support.posting import send
@@ -434,7 +434,7 @@ def test_scoring_run_profile_and_deploy_against_the_running_daemon(
     assert run_now.returncode == 0, run_now.stderr
     assert re.search(r"^batch run done in \d+\.\ds: 1 profile and 1 account scored", run_now.stdout)
 
-    shown = leadsync("profile", "user_id:ann", "--config", config)
+    shown = leadsync_here("profile", "user_id:ann", "--config", config)
     assert shown.returncode == 0, shown.stderr
     text = shown.stdout
     assert text.index("traits") < text.index("mk_customer_fit_score")
@@ -449,7 +449,7 @@ def test_scoring_run_profile_and_deploy_against_the_running_daemon(
     deployed = leadsync("model", "deploy", str(ours), "--config", config)
     assert deployed.returncode == 0, deployed.stderr
     wait_for(lambda: "ours-1" in daemon.admin("/metrics")[1])
-    rerun = leadsync("scoring", "run", "--config", config)
+    rerun = leadsync_here("scoring", "run", "--config", config)
     assert "1 fit made anew by the active model" in rerun.stdout
     score = daemon.admin("/v1/profiles/user_id/ann")[1]["scores"]
     assert (score["fit_model"], score["traits"]["mk_customer_fit_score"]) == ("ours-1", 70)

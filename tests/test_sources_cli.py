@@ -9,7 +9,7 @@ import re
 import urllib.request
 from collections.abc import Callable
 
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 
 MOBILE = '\n[sources.mobile]\ntype = "http"\nkind = "ios"\n'
@@ -30,7 +30,7 @@ def test_a_generated_key_is_logged_once_and_leadsync_sources_shows_it(
     make_daemon: Callable[..., DaemonProcess],
 ) -> None:
     daemon = make_daemon(extra_config=MOBILE)
-    before = leadsync("sources", "--config", str(daemon.config_path)).stdout.splitlines()
+    before = leadsync_here("sources", "--config", str(daemon.config_path)).stdout.splitlines()
     assert re.split(r" {3,}", before[3]) == [
         "mobile",
         "ios",
@@ -60,7 +60,7 @@ def test_a_generated_key_is_logged_once_and_leadsync_sources_shows_it(
         ["backend", "server", WRITE_KEYS["backend"], "daemon.toml"],
         ["mobile", "ios", key, "generated at first start"],
     ]
-    listed = leadsync("sources", "--json", "--config", str(daemon.config_path))
+    listed = leadsync_here("sources", "--json", "--config", str(daemon.config_path))
     assert json.loads(listed.stdout)[2] == {
         "source": "mobile",
         "kind": "ios",
