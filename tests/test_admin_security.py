@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import leadsync_here
 from tests.support.daemon_process import DaemonProcess, free_port
 
 TOKEN = "a-test-token-0123456789abcdef"
@@ -153,7 +154,7 @@ def test_with_a_token_every_endpoint_but_the_probes_needs_it(
 
 def test_the_cli_sends_the_token_from_its_config(guarded: DaemonProcess) -> None:
     config = str(guarded.config_path)
-    status = leadsync("status", "--config", config, "--json", env={TOKEN_VAR: TOKEN})
+    status = leadsync_here("status", "--config", config, "--json", env={TOKEN_VAR: TOKEN})
     assert status.returncode == 0, status.stderr
     run = leadsync("scoring", "run", "--config", config, env={TOKEN_VAR: TOKEN})
     assert run.returncode == 0, run.stderr
@@ -162,8 +163,9 @@ def test_the_cli_sends_the_token_from_its_config(guarded: DaemonProcess) -> None
 
 def test_the_cli_without_the_token_says_which_key_it_needs(guarded: DaemonProcess) -> None:
     config = str(guarded.config_path)
-    for env in ({}, {TOKEN_VAR: "not-the-token"}):
-        result = leadsync("status", "--config", config, env=env)
+    no_token = leadsync("status", "--config", config)
+    wrong_token = leadsync_here("status", "--config", config, env={TOKEN_VAR: "not-the-token"})
+    for result in (no_token, wrong_token):
         assert result.returncode == 69, result.stderr
         assert "the admin API at" in result.stderr
         assert "refused" in result.stderr
@@ -186,10 +188,10 @@ def test_an_admin_api_beyond_loopback_without_a_token_is_refused(
     assert not (tmp_path / "var").exists()
 
     path.write_text(path.read_text() + f'token = "env:{TOKEN_VAR}"\n')
-    result = leadsync("check-config", "--config", str(path), env={TOKEN_VAR: TOKEN})
+    result = leadsync_here("check-config", "--config", str(path), env={TOKEN_VAR: TOKEN})
     assert result.returncode == 0, result.stderr
     assert "(bearer token required)" in result.stdout
-    result = leadsync("check-config", "--config", str(path), env={TOKEN_VAR: " "})
+    result = leadsync_here("check-config", "--config", str(path), env={TOKEN_VAR: " "})
     assert result.returncode == 2
     assert f"{path}:6: admin.token: is empty" in result.stderr
 

@@ -25,7 +25,7 @@ import pytest
 from actors import http_source
 from daemon import __version__
 from tests.support.admin_api import metrics, quarantine, sample
-from tests.support.cli import leadsync
+from tests.support.cli import leadsync, leadsync_here
 from tests.support.daemon_process import WRITE_KEYS, DaemonProcess
 from tests.support.ingestion import IngestionApi
 from tests.support.posting import WEB_KEY, basic_auth, refused, send
@@ -277,9 +277,7 @@ def test_one_bad_message_in_a_batch_is_quarantined_and_the_rest_stored_once(
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == seen
     # A wide terminal, so rich does not wrap the table.
-    table = leadsync(
-        "quarantine", "--admin", daemon.admin_url, cwd=daemon.directory, env={"COLUMNS": "300"}
-    )
+    table = leadsync_here("quarantine", "--admin", daemon.admin_url, env={"COLUMNS": "300"})
     assert table.returncode == 0, table.stderr
     assert "1 quarantined message (newest 1)" in table.stdout
     assert reason in table.stdout

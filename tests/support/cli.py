@@ -9,6 +9,7 @@ import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest.mock import patch
 
 import structlog
 
@@ -32,21 +33,25 @@ def leadsync(
     )
 
 
-def leadsync_here(*args: str) -> subprocess.CompletedProcess[str]:
-    """`leadsync ARGS` run by `daemon.cli.main` in this process, returned as `leadsync`
-    returns it: what it printed (stdout, stderr) and its exit code. A fresh interpreter
-    costs some 0.2 s of CPU in imports alone, and the suite runs a few hundred commands.
+def leadsync_here(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`leadsync ARGS` run by `daemon.cli.main` in this process, with `env` added to the
+    environment while it runs, returned as `leadsync` returns it: what it printed
+    (stdout, stderr) and its exit code. A fresh interpreter costs some 0.2 s of CPU in
+    imports alone, and the suite runs a few hundred commands.
 
     For a command whose process proves nothing more: a test of what it prints, answers
-    or changes, whose command is also run by `leadsync` somewhere. Not where the test is
-    about a lock or a pid (this process is the test's), signals or a closed pipe, the
-    environment, or log lines (loggers this process used before keep their set-up, so
-    the command's log lines may go to pytest rather than into stderr here); never
-    `run`; and not inside an event loop (commands run their own)."""
+    or changes, whose command is also run by `leadsync` somewhere. Not where the test
+    is about a lock or a pid (this process is the test's), signals or a closed pipe,
+    what the environment holds beyond `env`, or log lines (loggers this process used
+    before keep their set-up, so the command's log lines may go to pytest rather than
+    into stderr here); never `run`; and not inside an event loop (commands run their
+    own)."""
     out, err = io.StringIO(), io.StringIO()
     logging = structlog.get_config()
     try:
-        with redirect_stdout(out), redirect_stderr(err):
+        with patch.dict(os.environ, env or {}), redirect_stdout(out), redirect_stderr(err):
             try:
                 code = main(list(args))
             except SystemExit as exit:  # argparse's usage errors, --help and --version
