@@ -15,7 +15,7 @@ import json
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +155,33 @@ async def test_every_acknowledged_event_survives_kill_9_mid_load_and_none_twice(
                     failed_in_flight += 1  # it was on its way when the kill came
                 await asyncio.sleep(0.02)
 
+    half_sent, killed = asyncio.Event(), asyncio.Event()
+
+    async def caught_by_the_kill(session: aiohttp.ClientSession) -> None:
+        """One request sure to be on its way when the kill comes: half its body sent, the
+        rest after the kill. (On a busy machine the daemon can have answered every other
+        request by then, the client being the slower of the two.) Then retried as any."""
+        nonlocal failed_in_flight
+        await wait_until(lambda: len(tally.acknowledged) >= 400)
+        ids = next(pending_work)
+        body = json.dumps(batch_body(ids)).encode()
+
+        async def halves() -> AsyncIterator[bytes]:
+            yield body[: len(body) // 2]
+            half_sent.set()
+            await killed.wait()
+            yield body[len(body) // 2 :]
+
+        headers = {**AUTH, "Content-Type": "application/json"}
+        try:
+            async with session.post(f"{daemon.url}/v1/batch", data=halves(), headers=headers):
+                pass
+        except (TimeoutError, aiohttp.ClientConnectionError):
+            tally.statuses[None] += 1
+            failed_in_flight += 1  # it was on its way when the kill came
+        while await post_batch(session, daemon.url, ids, tally) != 200:
+            await asyncio.sleep(0.02)
+
     def kill() -> None:
         nonlocal kill_sent
         kill_sent = time.monotonic()
@@ -162,15 +189,21 @@ async def test_every_acknowledged_event_survives_kill_9_mid_load_and_none_twice(
 
     async def crash_and_restart() -> None:
         await wait_until(lambda: len(tally.acknowledged) >= 400)
+        await half_sent.wait()
         acknowledged_at_kill.update(tally.acknowledged)
         await asyncio.to_thread(kill)
+        killed.set()
         await asyncio.to_thread(daemon.start)
 
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
         asyncio.timeout(STUCK),
     ):
-        await asyncio.gather(crash_and_restart(), *(client(session) for _ in range(6)))
+        await asyncio.gather(
+            crash_and_restart(),
+            caught_by_the_kill(session),
+            *(client(session) for _ in range(6)),
+        )
 
         # A client that lost its answers may resend batches that were already taken:
         # they are acknowledged again and not stored again.
