@@ -28,22 +28,19 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Also leadsync as operators install it: a wheel in a fresh virtualenv (.ci/wheel-smoke),
-# before the suite, so that pytest's summary is the last line CI reads. The suite runs
-# on TEST_WORKERS pytest-xdist workers (0: in this process, one test at a time); a
-# worker that finishes its share takes tests queued for the others (worksteal). Most of
-# the suite's time is daemons and commands in processes of their own, starting up or
-# waiting on an interval: on 2 cores, 3 workers keep the CPUs busier than 2 (110 s
-# against 127 s), and 4 gain nothing over 3.
+# run beside the suite by .ci/suite, whose output keeps pytest's summary the last line
+# CI reads. The suite runs on TEST_WORKERS pytest-xdist workers (0: in this process,
+# one test at a time); a worker that finishes its share takes tests queued for the
+# others (worksteal). Most of the suite's time is daemons and commands in processes of
+# their own, starting up or waiting on an interval: on 2 cores, 3 workers keep the CPUs
+# busier than 2 (110 s against 127 s), and 4 gain nothing over 3.
 TEST_WORKERS ?= 3
 # leadsync's own modules are compiled first: the suite starts some 400 interpreters
 # (daemons, their merger workers, commands), and each would compile them again
 # wherever PYTHONDONTWRITEBYTECODE is set. A module changed since is compiled as usual.
-# pytest runs with it unset: it then keeps the test modules it rewrote for its assert
-# messages, which every worker would otherwise rewrite again (3 s each) at every run.
 test: lint typecheck
-	PYTHON=$(PYTHON) PIP=$(BIN)/pip .ci/wheel-smoke
 	$(BIN)/python -m compileall -q daemon actors storage
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal
+	PYTHON=$(PYTHON) PIP=$(BIN)/pip TEST_WORKERS=$(TEST_WORKERS) .ci/suite
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
