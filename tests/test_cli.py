@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -117,11 +119,23 @@ def test_status_says_when_the_daemon_is_not_running(tmp_path: Path) -> None:
     assert f"cannot reach the admin API at http://127.0.0.1:{port}/status" in result.stderr
 
 
+@pytest.fixture
+def default_ports() -> Iterator[None]:
+    """The embedded default's ports (8320, 8321) for this test alone on this machine: two
+    runs of the suite at once (two checkouts, two sessions) both found them free, and
+    one daemon then stopped with exit 71. A lock on a file every run names the same
+    makes the second wait; the kernel drops it with its holder, however that ends."""
+    with (Path(tempfile.gettempdir()) / "leadsync-test-default-ports.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.mark.usefixtures("default_ports")
 def test_run_with_no_config_uses_the_embedded_default_and_keeps_its_write_key(
     tmp_path: Path,
 ) -> None:
     """`leadsync run` in an empty directory just works. It listens on the default
-    ports, so this test skips where something already does."""
+    ports, so this test skips where something other than this test already does."""
     for port in (8320, 8321):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
