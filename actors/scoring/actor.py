@@ -70,7 +70,7 @@ only batch runs read what it makes, and ingestion answers clients. They wait unt
 ingestion eases, for FOLD_WAIT_LIMIT at most, and never past half the backlog bound
 (so the wait never makes the HTTP source refuse events); a run someone asked for
 (`leadsync scoring run`) does not wait."""
-FOLD_WAIT_LIMIT = 3.0
+FOLD_WAIT_LIMIT = 10.0
 """Seconds the fold gives way to ingestion at most, counted from when it was last
 caught up: a burst is taken at full speed, and under a load that never eases the fold
 still keeps within seconds of the log, not half the backlog bound behind."""

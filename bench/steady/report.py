@@ -72,7 +72,7 @@ def summary(result: RunResult) -> Iterator[str]:
         f"{cpu['worker']:.0%}, generator {cpu['generator']:.0%}, everything else {cpu['other']:.0%}"
         " (other work on the machine, and this bench's sampler and sink); the log writer "
         f"was committing {cpu['committing']:.0%} of the time (the scorer's fold waits while "
-        "that is over 50%, for 3 s at most)"
+        "that is over 50%, for 10 s at most)"
     )
     for name in LAGS:
         worst = max((lags[name] for lags in result.lags), default=0.0)
