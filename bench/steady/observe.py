@@ -56,7 +56,8 @@ class Sample:
     """Ingestion API answers so far that were neither 200 nor 429."""
     committing: float
     """Seconds the log writer has spent in group commits so far: its share of the time
-    is what the scorer's fold waits on (it defers while that passes one half, for 10 s at most)."""
+    is what the scorer's fold waits on (it defers while that passes one half, for
+    FOLD_WAIT_LIMIT at most)."""
     destinations: dict[str, Outbox]
     daemon_rss: int
     worker_rss: int

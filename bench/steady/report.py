@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from actors.scoring.actor import FOLD_WAIT_LIMIT
 from bench.steady.observe import FOLD, MERGER, Sample
 from bench.steady.run import BATCH, LAG_LIMIT, LAGS, REALTIME, RunResult
+from storage.log import DEDUP_WINDOW
 
 WINDOW = 10
 """Seconds a row of the table covers."""
@@ -72,7 +74,7 @@ def summary(result: RunResult) -> Iterator[str]:
         f"{cpu['worker']:.0%}, generator {cpu['generator']:.0%}, everything else {cpu['other']:.0%}"
         " (other work on the machine, and this bench's sampler and sink); the log writer "
         f"was committing {cpu['committing']:.0%} of the time (the scorer's fold waits while "
-        "that is over 50%, for 10 s at most)"
+        f"that is over 50%, for {FOLD_WAIT_LIMIT:g} s at most)"
     )
     for name in LAGS:
         worst = max((lags[name] for lags in result.lags), default=0.0)
@@ -110,7 +112,8 @@ def _memory(result: RunResult) -> str:
         text += (
             f"; daemon after the first minute {after_minute.daemon_rss / MB:.0f} MB, "
             f"{growth:+.0%} by the end, of which up to {window / MB:.0f} MB is the dedup "
-            f"window by design ({DEDUP_BYTES} B an event logged since, for its 10 minutes)"
+            f"window by design ({DEDUP_BYTES} B an event logged since, for its "
+            f"{DEDUP_WINDOW / 60:g} minutes)"
         )
     return text
 
